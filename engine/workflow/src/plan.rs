@@ -1,0 +1,242 @@
+//! The checked plan. Every value here has been validated and every default applied, so the
+//! runner never re-checks anything or carries an `Option` it must test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::expr::{Expr, Template};
+use crate::grants::{Grant, HostPattern};
+use crate::{ConfigValue, Location};
+
+/// How long a step may run by default. Deploy steps (uploads, health checks, rollouts) commonly
+/// take minutes; ten covers them while still catching a plugin stuck forever.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// A plugin's default linear memory. Generous for parsing reports and JSON, yet small enough that
+/// several steps can run in parallel on a modest runner.
+pub const DEFAULT_MEMORY: u64 = 256 * 1024 * 1024;
+/// The default wasm stack. One MiB matches common native thread stacks, which plugin code built
+/// from ordinary Rust or Go expects, while bounding runaway recursion quickly.
+pub const DEFAULT_STACK: usize = 1024 * 1024;
+/// How much log output a step keeps by default: enough to diagnose a failure, too little for a
+/// chatty plugin to fill the run store.
+pub const DEFAULT_LOG_BYTES: usize = 1024 * 1024;
+/// How large a step's outputs may be by default. Outputs are meant for small values (URLs,
+/// versions, counts) that later steps read; bulk data belongs in granted directories.
+pub const DEFAULT_OUTPUT_BYTES: usize = 1024 * 1024;
+/// Steps are not retried unless asked: a retried deploy is only safe if the author knows it is.
+pub const DEFAULT_RETRIES: u32 = 0;
+/// The first retry waits a second: long enough for a flapping dependency, short for a human.
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// Each retry waits twice as long as the one before, the usual exponential backoff.
+pub const DEFAULT_RETRY_FACTOR: f64 = 2.0;
+/// No wait exceeds 30 seconds, so a run with retries still finishes in a human timescale.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A checked workflow.
+#[derive(Clone, Debug)]
+pub struct Workflow {
+    pub name: String,
+    pub description: Option<String>,
+    /// The file as named to `load` or `parse`, for messages.
+    pub file: PathBuf,
+    /// The absolute directory relative paths were resolved against.
+    pub base_dir: PathBuf,
+    /// In file order.
+    pub inputs: Vec<Input>,
+    /// In file order; templates over `inputs` and `run.id` only.
+    pub env: Vec<(String, Template)>,
+    pub concurrency: Option<Concurrency>,
+    pub resume: Resume,
+    pub steps: Vec<Step>,
+    pub on_failure: Vec<Step>,
+    pub finally: Vec<Step>,
+}
+
+impl Workflow {
+    /// Every step: `steps`, then `on_failure`, then `finally`.
+    pub fn all_steps(&self) -> impl Iterator<Item = &Step> {
+        self.steps
+            .iter()
+            .chain(&self.on_failure)
+            .chain(&self.finally)
+    }
+
+    /// The step with this id, in any section.
+    pub fn step(&self, id: &str) -> Option<&Step> {
+        self.all_steps().find(|s| s.id == id)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Input {
+    pub name: String,
+    pub description: Option<String>,
+    pub kind: InputKind,
+    /// Already checked against `kind`.
+    pub default: Option<serde_json::Value>,
+    pub required: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    String,
+    Number,
+    Bool,
+    Choice(Vec<String>),
+}
+
+/// Runs sharing an evaluated `key` do not overlap: a later one waits when `queue` is true, and
+/// is refused otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Concurrency {
+    pub key: Template,
+    pub queue: bool,
+}
+
+/// What happens to runs interrupted by a daemon restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Resume {
+    #[default]
+    Manual,
+    Auto,
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub id: String,
+    pub name: String,
+    pub uses: PluginRef,
+    /// Always an `Object` (empty when `with:` is absent).
+    pub with: ConfigValue,
+    pub allow: Allow,
+    /// Indices into the same section, in the order written.
+    pub needs: Vec<usize>,
+    pub condition: Option<Expr>,
+    pub limits: Limits,
+    pub retries: Retries,
+    pub continue_on_error: bool,
+    pub idempotent: bool,
+    /// Where the step starts in the file.
+    pub location: Location,
+    /// Where each key under the step sits (`with.keep`, `allow.read[0]`), so later checks such
+    /// as [`crate::check_config`] can point at the right line.
+    pub key_locations: KeyLocations,
+}
+
+/// Positions of the keys under one step, by path relative to the step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyLocations(pub Vec<(String, Location)>);
+
+impl KeyLocations {
+    /// The position of `path`, or of its nearest recorded ancestor.
+    pub fn find(&self, path: &str) -> Option<Location> {
+        let mut path = path;
+        loop {
+            if let Some((_, l)) = self.0.iter().find(|(p, _)| p == path) {
+                return Some(*l);
+            }
+            if path.is_empty() {
+                return None;
+            }
+            path = crate::prepass::parent(path);
+        }
+    }
+}
+
+/// Which plugin a step runs, optionally pinned to a digest of its component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PluginRef {
+    Name {
+        name: String,
+        sha256: Option<[u8; 32]>,
+    },
+    Path {
+        path: PathBuf,
+        sha256: Option<[u8; 32]>,
+    },
+}
+
+/// What a step's plugin may reach. Anything not listed is denied.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Allow {
+    pub read: Vec<Grant>,
+    pub write: Vec<Grant>,
+    pub http: Vec<HostPattern>,
+    /// Variables the plugin sees, with templated values.
+    pub env: Vec<(String, Template)>,
+    /// Names of secrets the plugin may ask for.
+    pub secrets: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub memory: u64,
+    pub stack: usize,
+    pub log_bytes: usize,
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: DEFAULT_TIMEOUT,
+            memory: DEFAULT_MEMORY,
+            stack: DEFAULT_STACK,
+            log_bytes: DEFAULT_LOG_BYTES,
+            output_bytes: DEFAULT_OUTPUT_BYTES,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Retries {
+    /// Retries after the first attempt; 0 runs the step once.
+    pub count: u32,
+    pub initial: Duration,
+    pub factor: f64,
+    pub max: Duration,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Retries {
+            count: DEFAULT_RETRIES,
+            initial: DEFAULT_RETRY_INITIAL,
+            factor: DEFAULT_RETRY_FACTOR,
+            max: DEFAULT_RETRY_MAX,
+        }
+    }
+}
+
+impl Retries {
+    /// How long to wait before retry number `attempt`, counted from 1 (the first retry waits
+    /// `initial`), never more than `max`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(i32::MAX as u32) as i32;
+        let secs = self.initial.as_secs_f64() * self.factor.powi(exp);
+        if !secs.is_finite() || secs >= self.max.as_secs_f64() {
+            self.max
+        } else {
+            Duration::from_secs_f64(secs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_cap() {
+        let r = Retries {
+            count: 10,
+            ..Retries::default()
+        };
+        assert_eq!(r.delay(1), Duration::from_secs(1));
+        assert_eq!(r.delay(2), Duration::from_secs(2));
+        assert_eq!(r.delay(5), Duration::from_secs(16));
+        assert_eq!(r.delay(6), Duration::from_secs(30));
+        assert_eq!(r.delay(u32::MAX), Duration::from_secs(30));
+    }
+}
