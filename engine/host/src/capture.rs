@@ -1,0 +1,300 @@
+//! A plugin's stdout and stderr, captured as step log lines within a byte budget.
+//!
+//! WASI's own `MemoryOutputPipe` traps the guest when it is full, which would turn a chatty
+//! plugin into a crashed one. Here a full budget drops further bytes instead and says so
+//! once, so a plugin that writes gigabytes keeps running with bounded memory.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+use crate::redact::Redactor;
+use crate::{Level, fmt_bytes};
+
+/// Where a log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogSource {
+    /// `host.log` from the plugin.
+    Plugin,
+    Stdout,
+    Stderr,
+    /// A line the engine adds: a refused HTTP request, a truncation marker.
+    Engine,
+}
+
+impl LogSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogSource::Plugin => "plugin",
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+            LogSource::Engine => "engine",
+        }
+    }
+}
+
+/// One line of a step's log, secrets already redacted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: Level,
+    pub source: LogSource,
+    pub message: String,
+}
+
+/// Receives a step's log lines as they are produced.
+pub type LogSink = Arc<dyn Fn(LogLine) + Send + Sync>;
+
+/// A partial line longer than this is emitted as it is, so one endless line cannot hold
+/// unbounded memory while it waits for its newline.
+const MAX_LINE: usize = 16 * 1024;
+
+/// How much of stderr is kept aside to find a panic message in, after the budget is spent.
+const STDERR_TAIL: usize = 4 * 1024;
+
+/// A byte budget shared by the writers of one stream, and the lines they make.
+pub(crate) struct Capture {
+    inner: Mutex<CaptureInner>,
+}
+
+struct CaptureInner {
+    source: LogSource,
+    budget: usize,
+    used: usize,
+    dropped: u64,
+    pending: Vec<u8>,
+    /// The last bytes written, kept even past the budget (stderr only): where a panic
+    /// message is found when the plugin traps.
+    tail: Option<Vec<u8>>,
+    sink: LogSink,
+    redactor: Redactor,
+}
+
+impl Capture {
+    pub(crate) fn new(
+        source: LogSource,
+        budget: usize,
+        sink: LogSink,
+        redactor: Redactor,
+    ) -> Arc<Self> {
+        let tail = (source == LogSource::Stderr).then(Vec::new);
+        Arc::new(Capture {
+            inner: Mutex::new(CaptureInner {
+                source,
+                budget,
+                used: 0,
+                dropped: 0,
+                pending: Vec::new(),
+                tail,
+                sink,
+                redactor,
+            }),
+        })
+    }
+
+    /// Adds bytes the plugin wrote; never fails and never blocks.
+    pub(crate) fn write(&self, mut bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap();
+        if let Some(tail) = &mut inner.tail {
+            tail.extend_from_slice(&bytes[bytes.len().saturating_sub(STDERR_TAIL)..]);
+            let excess = tail.len().saturating_sub(STDERR_TAIL);
+            tail.drain(..excess);
+        }
+        let room = inner.budget - inner.used;
+        if bytes.len() > room {
+            let first_drop = inner.dropped == 0;
+            inner.dropped += (bytes.len() - room) as u64;
+            bytes = &bytes[..room];
+            inner.take(bytes);
+            if first_drop {
+                inner.flush_pending();
+                let marker = format!(
+                    "[{} truncated: the step's log_limit of {} is reached; further output is dropped]",
+                    inner.source.as_str(),
+                    fmt_bytes(inner.budget as u64)
+                );
+                inner.emit(Level::Warn, LogSource::Engine, marker);
+            }
+            return;
+        }
+        inner.take(bytes);
+    }
+
+    /// Emits what is left of a last, unterminated line, and how much was dropped.
+    pub(crate) fn finish(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.flush_pending();
+        if inner.dropped > 0 {
+            let message = format!(
+                "[{} bytes of {} dropped]",
+                inner.dropped,
+                inner.source.as_str()
+            );
+            inner.emit(Level::Warn, LogSource::Engine, message);
+            inner.dropped = 0;
+        }
+    }
+
+    /// The last few KiB of what the plugin wrote, as text.
+    pub(crate) fn tail(&self) -> String {
+        let inner = self.inner.lock().unwrap();
+        String::from_utf8_lossy(inner.tail.as_deref().unwrap_or_default()).into_owned()
+    }
+}
+
+impl CaptureInner {
+    fn take(&mut self, bytes: &[u8]) {
+        self.used += bytes.len();
+        let mut rest = bytes;
+        while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+            self.pending.extend_from_slice(&rest[..newline]);
+            self.flush_pending();
+            rest = &rest[newline + 1..];
+        }
+        self.pending.extend_from_slice(rest);
+        if self.pending.len() >= MAX_LINE {
+            self.flush_pending();
+        }
+    }
+
+    /// Emits the pending line. Blank lines carry nothing in a step log and are dropped.
+    fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let line = String::from_utf8_lossy(&self.pending)
+            .trim_end_matches('\r')
+            .to_owned();
+        self.pending.clear();
+        let level = if self.source == LogSource::Stderr {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        self.emit(level, self.source, line);
+    }
+
+    fn emit(&self, level: Level, source: LogSource, message: String) {
+        let message = self.redactor.redact(&message);
+        (self.sink)(LogLine {
+            level,
+            source,
+            message,
+        });
+    }
+}
+
+/// The handle WASI gets for the guest's stdout or stderr.
+#[derive(Clone)]
+pub(crate) struct CaptureStream(pub(crate) Arc<Capture>);
+
+/// How much the guest may write in one go: any amount is accepted, this only sizes chunks.
+const WRITE_PERMIT: usize = 64 * 1024;
+
+impl IsTerminal for CaptureStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CaptureStream {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CaptureStream {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for CaptureStream {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.0.write(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+impl tokio::io::AsyncWrite for CaptureStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.write(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(budget: usize) -> (Arc<Capture>, Arc<Mutex<Vec<LogLine>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink_lines = lines.clone();
+        let sink: LogSink = Arc::new(move |line| sink_lines.lock().unwrap().push(line));
+        (
+            Capture::new(LogSource::Stderr, budget, sink, Redactor::default()),
+            lines,
+        )
+    }
+
+    #[test]
+    fn lines_are_split_across_writes_and_blank_ones_dropped() {
+        let (capture, lines) = collect(1024);
+        capture.write(b"hel");
+        capture.write(b"lo\nwor");
+        capture.write(b"ld\n\npartial");
+        capture.finish();
+        let messages: Vec<_> = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.message.clone())
+            .collect();
+        assert_eq!(messages, ["hello", "world", "partial"]);
+    }
+
+    #[test]
+    fn output_past_the_budget_is_dropped_with_one_marker_and_a_count() {
+        let (capture, lines) = collect(10);
+        capture.write(b"0123456789abc\n");
+        capture.write(&[b'x'; 1000]);
+        capture.finish();
+        let lines = lines.lock().unwrap();
+        let messages: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "0123456789",
+                "[stderr truncated: the step's log_limit of 10B is reached; further output is dropped]",
+                "[1004 bytes of stderr dropped]"
+            ]
+        );
+        assert!(capture.tail().ends_with("xxxx"));
+    }
+}

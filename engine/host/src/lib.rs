@@ -1,0 +1,648 @@
+//! Runs shiphat plugins: WebAssembly components that implement the `step` world of
+//! `wit/shiphat.wit`.
+//!
+//! This crate owns wasmtime. It configures the engine, compiles components (through an
+//! on-disk cache), turns a step's grants into a WASI context, enforces the step's limits
+//! (time, memory, stack, log and output size) and classifies how a call ended: a value the
+//! plugin returned, or a fault of the plugin (a trap, a limit hit). It is the only crate
+//! that names WIT types; everything it hands out is plain Rust.
+//!
+//! It deliberately knows nothing about workflows beyond the plain data it is given (grants
+//! and limits): ordering, retries and expressions belong to the runner.
+
+mod bindings;
+mod cache;
+mod capture;
+mod http;
+mod redact;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, Store};
+
+use crate::bindings::StepPre;
+pub use crate::capture::{LogLine, LogSink, LogSource};
+pub use crate::redact::Redactor;
+use crate::sandbox::StepState;
+pub use shiphat_workflow::{HostPattern, Limits};
+
+/// A plugin log level, as in the WIT `host.level` enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// How often the epoch ticker advances every engine's epoch. A step's time limit is checked
+/// on each tick, so this is the granularity of timeouts for code that never calls the host;
+/// it also bounds how long a busy plugin holds a tokio worker before yielding to others.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Host code called from wasm (WASI, HTTP, our `host` interface) runs on the async fiber's
+/// stack too, below the wasm frames. Give it this much room beyond the wasm stack limit.
+const HOST_STACK_HEADROOM: usize = 1 << 20;
+
+/// Extra time allowed, past a step's timeout, for the wall-clock guard around the whole
+/// call. The epoch deadline normally fires first; this only catches a call stuck in the host.
+const WALL_CLOCK_GRACE: Duration = Duration::from_millis(500);
+
+/// Errors loading or inspecting a plugin. What happens while a step runs is an [`Outcome`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read plugin `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "plugin `{}` does not match its pinned digest: expected sha256:{expected}, found sha256:{actual}",
+        path.display()
+    )]
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("plugin `{}` is not a valid component: {message}", path.display())]
+    Compile { path: PathBuf, message: String },
+    #[error("plugin `{}` does not implement the shiphat `step` world: {message}", path.display())]
+    Link { path: PathBuf, message: String },
+    #[error("plugin `{}` failed in describe(): {message}", path.display())]
+    Describe { path: PathBuf, message: String },
+    #[error("cannot set up the wasm engine: {0}")]
+    Engine(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings for a [`Host`].
+#[derive(Clone, Debug, Default)]
+pub struct HostConfig {
+    /// Where compiled components are kept between runs; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// What `describe()` said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub config_schema: String,
+}
+
+/// A compiled plugin, ready to instantiate. Cheap to share: a [`Host`] hands out one per file
+/// content and wasm stack size.
+pub struct Plugin {
+    path: PathBuf,
+    sha256: [u8; 32],
+    component: Component,
+    pre: StepPre<StepState>,
+    stack: usize,
+    /// How this plugin was obtained, for diagnostics and benchmarks.
+    pub load: LoadKind,
+}
+
+/// Where a [`Plugin`]'s machine code came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadKind {
+    /// Compiled now, and written to the cache when there is one.
+    Compiled,
+    /// Read back from the on-disk cache.
+    Cached,
+}
+
+impl Plugin {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sha256 of the component file, hex.
+    pub fn digest(&self) -> String {
+        hex::encode(self.sha256)
+    }
+
+    /// The component's imports and exports as WIT-ish names, for `shiphat plugin inspect`.
+    pub fn interface(&self, host: &Host) -> (Vec<String>, Vec<String>) {
+        let engine = &host.engine_for(self.stack).engine;
+        let ty = self.component.component_type();
+        let imports = ty
+            .imports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let exports = ty
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        (imports, exports)
+    }
+}
+
+/// Who is calling and why: passed to the plugin as `step-context`.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub run_id: String,
+    pub workflow: String,
+    pub step_id: String,
+    pub attempt: u32,
+    pub dry_run: bool,
+}
+
+/// What a step may reach, resolved to concrete values.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// Directories opened read-only: host path, and the name the plugin sees.
+    pub read: Vec<(PathBuf, String)>,
+    /// Directories opened read-write.
+    pub write: Vec<(PathBuf, String)>,
+    /// Hosts the plugin may send HTTP requests to.
+    pub http: Vec<HostPattern>,
+    /// Environment variables, with their values.
+    pub env: Vec<(String, String)>,
+    /// Secrets by name, with their values.
+    pub secrets: Vec<(String, String)>,
+}
+
+/// One call of a plugin's `run`.
+pub struct Call {
+    pub context: Context,
+    /// The resolved `with:` block, as JSON object text.
+    pub config: String,
+    pub grants: Grants,
+    pub limits: Limits,
+    /// Receives the plugin's log lines (already redacted) as they are written.
+    pub logs: LogSink,
+}
+
+/// How a call of `run` ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The plugin returned `ok`.
+    Succeeded {
+        outputs: serde_json::Map<String, serde_json::Value>,
+        summary: String,
+    },
+    /// The plugin returned `step-error::failed`.
+    Failed {
+        message: String,
+        outputs: serde_json::Map<String, serde_json::Value>,
+    },
+    /// The plugin returned `step-error::invalid-config`.
+    InvalidConfig(String),
+    /// The plugin returned `step-error::transient`: worth retrying.
+    Transient(String),
+    /// The plugin did not return a usable value.
+    Fault(Fault),
+}
+
+/// How a plugin misbehaved. Every one fails its step; none affects the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// The step ran past its `timeout`.
+    Timeout(Duration),
+    /// The plugin tried to grow its memory past the step's `memory` limit.
+    Memory(u64),
+    /// The plugin overflowed its wasm stack (the step's `stack` limit).
+    StackOverflow(usize),
+    /// The plugin panicked; the panic message, as it printed it.
+    Panic(String),
+    /// Any other trap.
+    Trap(String),
+    /// The plugin returned outputs that break the contract (not a JSON object, too large).
+    BadOutput(String),
+    /// The plugin could not be started, e.g. a grant could not be opened.
+    Setup(String),
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::Timeout(d) => {
+                write!(
+                    f,
+                    "timeout: the step ran longer than its limit of {}",
+                    fmt_duration(*d)
+                )
+            }
+            Fault::Memory(limit) => write!(
+                f,
+                "memory limit: the plugin tried to use more than {} of memory",
+                fmt_bytes(*limit)
+            ),
+            Fault::StackOverflow(limit) => write!(
+                f,
+                "stack overflow: the plugin used more than its {} wasm stack",
+                fmt_bytes(*limit as u64)
+            ),
+            Fault::Panic(message) => write!(f, "plugin panicked: {message}"),
+            Fault::Trap(message) => write!(f, "plugin crashed: {message}"),
+            Fault::BadOutput(message) => write!(f, "bad output: {message}"),
+            Fault::Setup(message) => write!(f, "cannot start the plugin: {message}"),
+        }
+    }
+}
+
+/// Formats a byte count the way limits are written in workflows (`256MiB`).
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    for (size, unit) in UNITS {
+        if n >= size && n.is_multiple_of(size) {
+            return format!("{}{unit}", n / size);
+        }
+    }
+    for (size, unit) in UNITS {
+        if n >= size {
+            return format!("{:.1}{unit}", n as f64 / size as f64);
+        }
+    }
+    format!("{n}B")
+}
+
+/// Formats a duration the way limits are written in workflows (`10m`, `1.5s`).
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        format!("{}µs", d.as_micros())
+    } else if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
+}
+
+/// One wasmtime engine and its linker. Engines differ only in their wasm stack limit, which
+/// wasmtime fixes per engine; most runs only ever use the default one.
+struct EngineSet {
+    engine: Engine,
+    linker: Linker<StepState>,
+}
+
+/// Loads and runs plugins. One per process; cheap to clone.
+#[derive(Clone)]
+pub struct Host {
+    inner: Arc<HostInner>,
+}
+
+/// A loaded plugin's identity: the sha256 of its file and the wasm stack size it was built for.
+type PluginKey = ([u8; 32], usize);
+
+struct HostInner {
+    config: HostConfig,
+    engines: Mutex<HashMap<usize, Arc<EngineSet>>>,
+    /// Plugins already compiled in this process, by file digest and stack size.
+    plugins: Mutex<HashMap<PluginKey, Arc<Plugin>>>,
+    /// Set when the host is dropped, to stop the epoch ticker.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for HostInner {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    pub fn new(config: HostConfig) -> Result<Self> {
+        let host = Host {
+            inner: Arc::new(HostInner {
+                config,
+                engines: Mutex::new(HashMap::new()),
+                plugins: Mutex::new(HashMap::new()),
+                stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            }),
+        };
+        // Build the default engine now, so configuration errors surface at start.
+        host.try_engine_for(shiphat_workflow::DEFAULT_STACK)?;
+        Ok(host)
+    }
+
+    fn engine_for(&self, stack: usize) -> Arc<EngineSet> {
+        self.try_engine_for(stack)
+            .expect("an engine with this stack size was built before")
+    }
+
+    fn try_engine_for(&self, stack: usize) -> Result<Arc<EngineSet>> {
+        let mut engines = self.inner.engines.lock().unwrap();
+        if let Some(set) = engines.get(&stack) {
+            return Ok(set.clone());
+        }
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(stack)
+            .async_stack_size(stack + HOST_STACK_HEADROOM);
+        let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let linker = sandbox::linker(&engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
+        spawn_epoch_ticker(engine.weak(), self.inner.stop.clone());
+        let set = Arc::new(EngineSet { engine, linker });
+        engines.insert(stack, set.clone());
+        Ok(set)
+    }
+
+    /// Loads a plugin file: checks the pinned digest if there is one, then compiles it or reads
+    /// it from the compile cache. Loading the same content twice in one process is free.
+    pub fn load(&self, path: &Path, pinned: Option<[u8; 32]>, stack: usize) -> Result<Arc<Plugin>> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        if let Some(expected) = pinned
+            && expected != sha256
+        {
+            return Err(Error::DigestMismatch {
+                path: path.to_owned(),
+                expected: hex::encode(expected),
+                actual: hex::encode(sha256),
+            });
+        }
+        if let Some(plugin) = self.inner.plugins.lock().unwrap().get(&(sha256, stack)) {
+            return Ok(plugin.clone());
+        }
+        let set = self.try_engine_for(stack)?;
+        let (component, load) = cache::load(
+            &set.engine,
+            self.inner.config.cache_dir.as_deref(),
+            &bytes,
+            &sha256,
+        )
+        .map_err(|e| Error::Compile {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        })?;
+        let pre = set
+            .linker
+            .instantiate_pre(&component)
+            .and_then(StepPre::new)
+            .map_err(|e| Error::Link {
+                path: path.to_owned(),
+                message: format!("{e:#}"),
+            })?;
+        let plugin = Arc::new(Plugin {
+            path: path.to_owned(),
+            sha256,
+            component,
+            pre,
+            stack,
+            load,
+        });
+        self.inner
+            .plugins
+            .lock()
+            .unwrap()
+            .insert((sha256, stack), plugin.clone());
+        Ok(plugin)
+    }
+
+    /// Calls the plugin's `describe()`, with nothing granted and default limits.
+    pub async fn describe(&self, plugin: &Plugin) -> Result<PluginInfo> {
+        let set = self.engine_for(plugin.stack);
+        let limits = Limits {
+            stack: plugin.stack,
+            ..Limits::default()
+        };
+        let sink: LogSink = Arc::new(|_| {});
+        let describe_error = |message: String| Error::Describe {
+            path: plugin.path.clone(),
+            message,
+        };
+        let state = StepState::new(&Grants::default(), &limits, Redactor::default(), sink)
+            .map_err(describe_error)?;
+        let mut store = new_store(&set.engine, state, &limits);
+        let call = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance.call_describe(&mut store).await
+        };
+        match tokio::time::timeout(limits.timeout + WALL_CLOCK_GRACE, call).await {
+            Ok(Ok(info)) => Ok(PluginInfo {
+                name: info.name,
+                version: info.version,
+                description: info.description,
+                config_schema: info.config_schema,
+            }),
+            Ok(Err(e)) => Err(describe_error(
+                classify_trap(&e, &store, &limits).to_string(),
+            )),
+            Err(_) => Err(describe_error(Fault::Timeout(limits.timeout).to_string())),
+        }
+    }
+
+    /// Runs one attempt of a step in a fresh store. Never fails: whatever the plugin does, the
+    /// answer is an [`Outcome`].
+    pub async fn run(&self, plugin: &Plugin, call: Call) -> Outcome {
+        let set = self.engine_for(plugin.stack);
+        let redactor = Redactor::new(call.grants.secrets.iter().map(|(_, v)| v.as_str()));
+        let limits = call.limits;
+        let state = match StepState::new(&call.grants, &limits, redactor.clone(), call.logs) {
+            Ok(state) => state,
+            Err(message) => return Outcome::Fault(Fault::Setup(redactor.redact(&message))),
+        };
+        let mut store = new_store(&set.engine, state, &limits);
+        let input = bindings::StepInput {
+            context: bindings::StepContext {
+                run_id: call.context.run_id,
+                workflow: call.context.workflow,
+                step_id: call.context.step_id,
+                attempt: call.context.attempt,
+                dry_run: call.context.dry_run,
+            },
+            config: call.config,
+        };
+        let result = {
+            let run = async {
+                let instance = plugin.pre.instantiate_async(&mut store).await?;
+                instance.call_run(&mut store, &input).await
+            };
+            tokio::time::timeout(limits.timeout + WALL_CLOCK_GRACE, run).await
+        };
+        store.data_mut().finish_logs();
+        let outcome = match result {
+            Err(_) => Outcome::Fault(Fault::Timeout(limits.timeout)),
+            Ok(Err(e)) => Outcome::Fault(classify_trap(&e, &store, &limits)),
+            Ok(Ok(Ok(out))) => match parse_outputs(&out.outputs, limits.output_bytes, "outputs") {
+                Ok(outputs) => Outcome::Succeeded {
+                    outputs,
+                    summary: out.summary,
+                },
+                Err(message) => Outcome::Fault(Fault::BadOutput(message)),
+            },
+            Ok(Ok(Err(bindings::StepError::Failed(failure)))) => {
+                match parse_outputs(&failure.outputs, limits.output_bytes, "failure outputs") {
+                    Ok(outputs) => Outcome::Failed {
+                        message: failure.message,
+                        outputs,
+                    },
+                    Err(message) => Outcome::Fault(Fault::BadOutput(message)),
+                }
+            }
+            Ok(Ok(Err(bindings::StepError::InvalidConfig(message)))) => {
+                Outcome::InvalidConfig(message)
+            }
+            Ok(Ok(Err(bindings::StepError::Transient(message)))) => Outcome::Transient(message),
+        };
+        redactor.redact_outcome(outcome)
+    }
+}
+
+fn new_store(engine: &Engine, state: StepState, limits: &Limits) -> Store<StepState> {
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    let deadline = Instant::now() + limits.timeout;
+    store.data_mut().deadline = deadline;
+    store.set_epoch_deadline(1);
+    // Each tick, either give the worker thread back to tokio (so a busy plugin cannot starve
+    // the steps running beside it) or, past the deadline, stop the plugin with a trap.
+    store.epoch_deadline_callback(move |ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            Ok(wasmtime::UpdateDeadline::Interrupt)
+        } else {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// Names the limit or crash behind a trap.
+fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Limits) -> Fault {
+    let state = store.data();
+    if state.limiter.hit {
+        return Fault::Memory(limits.memory);
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => return Fault::Timeout(limits.timeout),
+        Some(wasmtime::Trap::StackOverflow) => return Fault::StackOverflow(limits.stack),
+        _ => {}
+    }
+    if let Some(message) = state.panic_message() {
+        return Fault::Panic(message);
+    }
+    let text = format!("{error:#}");
+    // Rust's allocator aborts when memory.grow fails; the limiter above saw it, but a
+    // plugin can also hit wasm's own 4 GiB ceiling.
+    Fault::Trap(state.redactor.redact(text.lines().next().unwrap_or("trap")))
+}
+
+/// Checks an `outputs` text from a plugin: a JSON object within the output limit. An empty
+/// text counts as `{}`, which is what a plugin that has nothing to say naturally returns.
+fn parse_outputs(
+    text: &str,
+    limit: usize,
+    what: &str,
+) -> std::result::Result<serde_json::Map<String, serde_json::Value>, String> {
+    if text.len() > limit {
+        return Err(format!(
+            "the plugin's {what} are {} long, over the step's output_limit of {}",
+            fmt_bytes(text.len() as u64),
+            fmt_bytes(limit as u64)
+        ));
+    }
+    if text.trim().is_empty() {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(other) => Err(format!(
+            "the plugin's {what} must be a JSON object, got {}",
+            json_kind(&other)
+        )),
+        Err(e) => Err(format!("the plugin's {what} are not valid JSON: {e}")),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Advances an engine's epoch every [`EPOCH_TICK`] until the engine or the host is gone. A
+/// plain thread, not a tokio task: it must tick even when every worker is busy in wasm.
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<std::sync::atomic::AtomicBool>) {
+    std::thread::Builder::new()
+        .name("shiphat-epoch".into())
+        .spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawning a thread at start-up");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_must_be_a_json_object_within_the_limit() {
+        assert!(parse_outputs("{\"a\":1}", 100, "outputs").is_ok());
+        assert!(parse_outputs("", 100, "outputs").unwrap().is_empty());
+        let err = parse_outputs("[1]", 100, "outputs").unwrap_err();
+        assert_eq!(
+            err,
+            "the plugin's outputs must be a JSON object, got an array"
+        );
+        let err = parse_outputs("not json", 100, "outputs").unwrap_err();
+        assert!(
+            err.starts_with("the plugin's outputs are not valid JSON"),
+            "{err}"
+        );
+        let err = parse_outputs(&"x".repeat(2048), 1024, "outputs").unwrap_err();
+        assert_eq!(
+            err,
+            "the plugin's outputs are 2KiB long, over the step's output_limit of 1KiB"
+        );
+    }
+
+    #[test]
+    fn sizes_and_durations_print_as_written_in_workflows() {
+        assert_eq!(fmt_bytes(256 << 20), "256MiB");
+        assert_eq!(fmt_bytes(1536), "1.5KiB");
+        assert_eq!(fmt_bytes(12), "12B");
+        assert_eq!(fmt_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(fmt_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(fmt_duration(Duration::from_millis(200)), "200ms");
+    }
+}
