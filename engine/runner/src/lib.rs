@@ -1,0 +1,777 @@
+//! Runs a checked shiphat workflow on tokio.
+//!
+//! [`Runner::prepare`] turns a [`Workflow`] into a [`Prepared`] run: every plugin found,
+//! loaded and described, and every step's `with:` block checked against its plugin's schema.
+//! [`Runner::run`] then executes it: steps whose `needs` are met run in parallel, transient
+//! errors are retried with backoff, a failure stops new steps from starting (fail fast) and
+//! runs `on_failure`, and `finally` always runs. Everything that happens is reported as one
+//! stream of [`Event`]s.
+//!
+//! The runner never prints and never parses YAML; it does not know wasmtime either, only the
+//! plain interface of `shiphat-host`.
+
+mod event;
+mod plugins;
+mod secrets;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use shiphat_host::{Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo};
+use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Step, Workflow};
+use tokio_util::sync::CancellationToken;
+
+pub use crate::event::{ErrorKind, Event, RunStatus, Section, StepError, StepHeader, StepStatus};
+pub use crate::plugins::PluginPath;
+pub use crate::secrets::Secrets;
+
+/// Why a workflow cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Problems found in the workflow against its plugins, each with its position.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Diagnostic>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Receives the events of a run, in order, from the task that runs it.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Runs workflows. Holds the plugin host and where plugins and secrets come from.
+#[derive(Clone)]
+pub struct Runner {
+    host: Host,
+    plugin_path: PluginPath,
+    secrets: Secrets,
+}
+
+/// A step ready to run: its plugin loaded and its schema compiled.
+struct PreparedStep {
+    plugin: Arc<Plugin>,
+    info: PluginInfo,
+    schema: Arc<ConfigSchema>,
+}
+
+/// A workflow whose plugins are loaded and whose steps are checked against them.
+pub struct Prepared {
+    pub workflow: Arc<Workflow>,
+    /// One per step, in [`Workflow::all_steps`] order.
+    steps: Vec<PreparedStep>,
+}
+
+impl Prepared {
+    /// The plugin behind each step, in [`Workflow::all_steps`] order.
+    pub fn plugins(&self) -> impl Iterator<Item = (&Step, &Plugin, &PluginInfo)> {
+        self.workflow
+            .all_steps()
+            .zip(&self.steps)
+            .map(|(step, prepared)| (step, prepared.plugin.as_ref(), &prepared.info))
+    }
+}
+
+/// What to run a prepared workflow with.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub run_id: String,
+    pub inputs: Map<String, Value>,
+    pub dry_run: bool,
+}
+
+/// A new run id: a ULID, so ids sort by creation time.
+pub fn new_run_id() -> String {
+    ulid::Ulid::new().to_string().to_lowercase()
+}
+
+/// The result of one step, as the run left it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepReport {
+    pub id: String,
+    pub name: String,
+    pub section: Section,
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub duration: Duration,
+    pub summary: String,
+    pub outputs: Map<String, Value>,
+    pub error: Option<StepError>,
+    pub continued: bool,
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub duration: Duration,
+    /// Every step that ran or was skipped, in the order they finished.
+    pub steps: Vec<StepReport>,
+}
+
+impl Runner {
+    pub fn new(host: Host, plugin_path: PluginPath, secrets: Secrets) -> Self {
+        Runner {
+            host,
+            plugin_path,
+            secrets,
+        }
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Finds, loads and describes every step's plugin, then checks each `with:` block against
+    /// its plugin's schema. All problems are reported together.
+    pub async fn prepare(&self, workflow: Workflow) -> Result<Prepared> {
+        let mut steps = Vec::new();
+        let mut problems = Vec::new();
+        for step in workflow.all_steps() {
+            match self.prepare_step(&workflow, step).await {
+                Ok(prepared) => steps.push(prepared),
+                Err(mut diagnostics) => problems.append(&mut diagnostics),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
+        Ok(Prepared {
+            workflow: Arc::new(workflow),
+            steps,
+        })
+    }
+
+    async fn prepare_step(
+        &self,
+        workflow: &Workflow,
+        step: &Step,
+    ) -> std::result::Result<PreparedStep, Vec<Diagnostic>> {
+        let at_step = |message: String| {
+            vec![Diagnostic {
+                file: workflow.file.clone(),
+                location: Some(step.location),
+                message: format!("step `{}`: {message}", step.id),
+            }]
+        };
+        let (path, pinned) = self.plugin_path.resolve(&step.uses).map_err(at_step)?;
+        let plugin = self
+            .host
+            .load(&path, pinned, step.limits.stack)
+            .map_err(|e| at_step(e.to_string()))?;
+        let info = self
+            .host
+            .describe(&plugin)
+            .await
+            .map_err(|e| at_step(e.to_string()))?;
+        let schema = ConfigSchema::compile(&info.config_schema).map_err(|e| {
+            at_step(format!(
+                "plugin `{}` has an invalid config-schema: {e}",
+                info.name
+            ))
+        })?;
+        let diagnostics = shiphat_workflow::check_config(workflow, step, &info.config_schema);
+        if !diagnostics.is_empty() {
+            return Err(diagnostics);
+        }
+        Ok(PreparedStep {
+            plugin,
+            info,
+            schema: Arc::new(schema),
+        })
+    }
+
+    /// Runs a prepared workflow to the end and reports how it went. Cancelling `cancel` stops
+    /// new steps from starting and ends running ones; the run ends `cancelled`.
+    pub async fn run(
+        &self,
+        prepared: &Prepared,
+        options: RunOptions,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> RunReport {
+        let started = Instant::now();
+        let workflow = prepared.workflow.clone();
+        let run = Arc::new(RunState {
+            run_id: options.run_id.clone(),
+            workflow: workflow.clone(),
+            inputs: options.inputs,
+            env: Map::new(),
+            dry_run: options.dry_run,
+            events,
+            cancel,
+            steps: Mutex::new(BTreeMap::new()),
+            reports: Mutex::new(Vec::new()),
+        });
+        let headers = sections(&workflow)
+            .flat_map(|(section, steps)| {
+                steps.iter().map(move |s| StepHeader {
+                    id: s.id.clone(),
+                    name: s.name.clone(),
+                    section,
+                })
+            })
+            .collect();
+        run.emit(Event::RunStarted {
+            run_id: run.run_id.clone(),
+            workflow: workflow.name.clone(),
+            dry_run: run.dry_run,
+            steps: headers,
+            time: event::now(),
+        });
+
+        let run = match workflow.resolve_env(&run.inputs, &run.run_id) {
+            Ok(env) => Arc::new(RunState {
+                env,
+                ..Arc::into_inner(run).expect("not shared yet")
+            }),
+            Err(e) => {
+                let error = StepError {
+                    kind: ErrorKind::Setup,
+                    message: format!("workflow env: {e}"),
+                };
+                run.emit(Event::Log {
+                    run_id: run.run_id.clone(),
+                    step: String::new(),
+                    level: "error",
+                    source: "engine",
+                    message: error.message.clone(),
+                    time: event::now(),
+                });
+                return run.finish(started, RunStatus::Failed);
+            }
+        };
+
+        let mut offset = 0;
+        let mut main_ok = true;
+        for (section, steps) in sections(&workflow) {
+            let prepared_steps = &prepared.steps[offset..offset + steps.len()];
+            offset += steps.len();
+            let should_run = match section {
+                Section::Steps => true,
+                Section::OnFailure => !main_ok && !run.cancel.is_cancelled(),
+                Section::Finally => true,
+            };
+            if !should_run {
+                continue;
+            }
+            let ok = self.run_section(&run, section, steps, prepared_steps).await;
+            if section == Section::Steps {
+                main_ok = ok;
+            } else if section == Section::Finally && !ok {
+                main_ok = false;
+            }
+        }
+        let status = if run.cancel.is_cancelled() {
+            RunStatus::Cancelled
+        } else if main_ok {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        run.finish(started, status)
+    }
+
+    /// Runs one section's steps as a DAG. Returns whether every step succeeded (or failed
+    /// with `continue_on_error`).
+    async fn run_section(
+        &self,
+        run: &Arc<RunState>,
+        section: Section,
+        steps: &[Step],
+        prepared: &[PreparedStep],
+    ) -> bool {
+        let mut status: Vec<Option<Verdict>> = vec![None; steps.len()];
+        let mut running = tokio::task::JoinSet::new();
+        let mut failed = false;
+        loop {
+            // Start every step whose needs are all settled.
+            for index in 0..steps.len() {
+                if status[index].is_some() {
+                    continue;
+                }
+                let step = &steps[index];
+                if step
+                    .needs
+                    .iter()
+                    .any(|&n| status[n].is_none_or(|v| v == Verdict::Running))
+                {
+                    continue;
+                }
+                let needs_ok = step.needs.iter().all(|&n| status[n] == Some(Verdict::Ok));
+                let decision = if run.cancel.is_cancelled() {
+                    Err("the run was cancelled".to_owned())
+                } else if let Some(condition) = &step.condition {
+                    match run.with_scope(|scope| condition.eval_bool(scope)) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => Err("its `if` condition is false".to_owned()),
+                        Err(e) => {
+                            let error = StepError {
+                                kind: ErrorKind::Setup,
+                                message: format!("cannot evaluate `if`: {e}"),
+                            };
+                            run.report_step(
+                                step,
+                                section,
+                                StepStatus::Failed,
+                                0,
+                                Duration::ZERO,
+                                String::new(),
+                                Map::new(),
+                                Some(error),
+                                false,
+                            );
+                            status[index] = Some(Verdict::Failed);
+                            failed = true;
+                            continue;
+                        }
+                    }
+                } else if !needs_ok {
+                    Err("a step it needs did not succeed".to_owned())
+                } else if failed {
+                    Err("an earlier step failed".to_owned())
+                } else {
+                    Ok(())
+                };
+                match decision {
+                    Ok(()) => {
+                        status[index] = Some(Verdict::Running);
+                        let job = StepJob {
+                            runner: self.clone(),
+                            run: run.clone(),
+                            section,
+                            step: step.clone(),
+                            plugin: prepared[index].plugin.clone(),
+                            schema: prepared[index].schema.clone(),
+                        };
+                        running.spawn(async move { (index, job.run().await) });
+                    }
+                    Err(reason) => {
+                        run.log(&step.id, "info", format!("skipped: {reason}"));
+                        let status_of = if run.cancel.is_cancelled() {
+                            StepStatus::Cancelled
+                        } else {
+                            StepStatus::Skipped
+                        };
+                        run.report_step(
+                            step,
+                            section,
+                            status_of,
+                            0,
+                            Duration::ZERO,
+                            String::new(),
+                            Map::new(),
+                            None,
+                            false,
+                        );
+                        status[index] = Some(Verdict::Skipped);
+                    }
+                }
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let (index, verdict) =
+                joined.expect("a step task panicked; this is a bug in the runner");
+            if verdict == Verdict::Failed {
+                failed = true;
+            }
+            status[index] = Some(verdict);
+        }
+        !failed && !run.cancel.is_cancelled()
+    }
+}
+
+/// How a settled step counts for the steps after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    Running,
+    /// Succeeded, or failed with `continue_on_error`.
+    Ok,
+    Failed,
+    Skipped,
+}
+
+/// The state of one run, shared by its step tasks.
+struct RunState {
+    run_id: String,
+    workflow: Arc<Workflow>,
+    inputs: Map<String, Value>,
+    env: Map<String, Value>,
+    dry_run: bool,
+    events: EventSink,
+    cancel: CancellationToken,
+    /// What expressions see of finished steps.
+    steps: Mutex<BTreeMap<String, shiphat_workflow::StepState>>,
+    reports: Mutex<Vec<StepReport>>,
+}
+
+impl RunState {
+    fn emit(&self, event: Event) {
+        (self.events)(event);
+    }
+
+    fn log(&self, step: &str, level: &'static str, message: String) {
+        self.emit(Event::Log {
+            run_id: self.run_id.clone(),
+            step: step.to_owned(),
+            level,
+            source: "engine",
+            message,
+            time: event::now(),
+        });
+    }
+
+    fn with_scope<T>(&self, f: impl FnOnce(&Scope) -> T) -> T {
+        let steps = self.steps.lock().unwrap();
+        let scope = Scope {
+            inputs: &self.inputs,
+            env: &self.env,
+            steps: &steps,
+            run_id: &self.run_id,
+        };
+        f(&scope)
+    }
+
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site per outcome; a struct would only rename the fields"
+    )]
+    fn report_step(
+        &self,
+        step: &Step,
+        section: Section,
+        status: StepStatus,
+        attempts: u32,
+        duration: Duration,
+        summary: String,
+        outputs: Map<String, Value>,
+        error: Option<StepError>,
+        continued: bool,
+    ) {
+        self.steps.lock().unwrap().insert(
+            step.id.clone(),
+            shiphat_workflow::StepState {
+                status: status.as_str().to_owned(),
+                outputs: outputs.clone(),
+            },
+        );
+        let report = StepReport {
+            id: step.id.clone(),
+            name: step.name.clone(),
+            section,
+            status,
+            attempts,
+            duration,
+            summary,
+            outputs,
+            error,
+            continued,
+        };
+        self.emit(Event::StepFinished {
+            run_id: self.run_id.clone(),
+            step: report.id.clone(),
+            name: report.name.clone(),
+            section,
+            status,
+            attempts,
+            duration_ms: millis(duration),
+            summary: report.summary.clone(),
+            outputs: report.outputs.clone(),
+            error: report.error.clone(),
+            continued,
+            time: event::now(),
+        });
+        self.reports.lock().unwrap().push(report);
+    }
+
+    fn finish(&self, started: Instant, status: RunStatus) -> RunReport {
+        let steps = std::mem::take(&mut *self.reports.lock().unwrap());
+        let duration = started.elapsed();
+        let failed_steps = steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Failed && !s.continued)
+            .map(|s| s.id.clone())
+            .collect();
+        self.emit(Event::RunFinished {
+            run_id: self.run_id.clone(),
+            workflow: self.workflow.name.clone(),
+            status,
+            duration_ms: millis(duration),
+            failed_steps,
+            time: event::now(),
+        });
+        RunReport {
+            run_id: self.run_id.clone(),
+            status,
+            duration,
+            steps,
+        }
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn sections(workflow: &Workflow) -> impl Iterator<Item = (Section, &[Step])> {
+    [
+        (Section::Steps, workflow.steps.as_slice()),
+        (Section::OnFailure, workflow.on_failure.as_slice()),
+        (Section::Finally, workflow.finally.as_slice()),
+    ]
+    .into_iter()
+}
+
+/// One step, run to its end with its retries.
+struct StepJob {
+    runner: Runner,
+    run: Arc<RunState>,
+    section: Section,
+    step: Step,
+    plugin: Arc<Plugin>,
+    schema: Arc<ConfigSchema>,
+}
+
+/// The end of one attempt, before retries are decided.
+enum AttemptEnd {
+    Succeeded {
+        outputs: Map<String, Value>,
+        summary: String,
+    },
+    Failed {
+        error: StepError,
+        outputs: Map<String, Value>,
+    },
+    Transient(String),
+}
+
+impl StepJob {
+    async fn run(self) -> Verdict {
+        let started = Instant::now();
+        let step = &self.step;
+        let mut attempt = 0;
+        let end = loop {
+            attempt += 1;
+            self.run.emit(Event::StepStarted {
+                run_id: self.run.run_id.clone(),
+                step: step.id.clone(),
+                name: step.name.clone(),
+                section: self.section,
+                attempt,
+                time: event::now(),
+            });
+            let end = tokio::select! {
+                end = self.attempt(attempt) => end,
+                () = self.run.cancel.cancelled() => {
+                    self.run.report_step(step, self.section, StepStatus::Cancelled, attempt, started.elapsed(), String::new(), Map::new(), Some(StepError { kind: ErrorKind::Cancelled, message: "cancelled while running".into() }), false);
+                    return Verdict::Failed;
+                }
+            };
+            match end {
+                AttemptEnd::Transient(message) if attempt <= step.retries.count => {
+                    let delay = step.retries.delay(attempt);
+                    self.run.log(
+                        &step.id,
+                        "warn",
+                        format!(
+                            "attempt {attempt} of {} failed transiently: {message}; retrying in {}",
+                            step.retries.count + 1,
+                            shiphat_host::fmt_duration(delay)
+                        ),
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.run.cancel.cancelled() => {}
+                    }
+                }
+                end => break end,
+            }
+        };
+        let duration = started.elapsed();
+        let (status, summary, outputs, error) = match end {
+            AttemptEnd::Succeeded { outputs, summary } => {
+                (StepStatus::Succeeded, summary, outputs, None)
+            }
+            AttemptEnd::Failed { error, outputs } => {
+                (StepStatus::Failed, String::new(), outputs, Some(error))
+            }
+            AttemptEnd::Transient(message) => {
+                let message = if step.retries.count > 0 {
+                    format!("{message} (gave up after {attempt} attempts)")
+                } else {
+                    message
+                };
+                (
+                    StepStatus::Failed,
+                    String::new(),
+                    Map::new(),
+                    Some(StepError {
+                        kind: ErrorKind::Transient,
+                        message,
+                    }),
+                )
+            }
+        };
+        let continued = status == StepStatus::Failed && step.continue_on_error;
+        let summary = match (&error, summary.is_empty()) {
+            (Some(error), _) => error.message.clone(),
+            (None, true) => "done".to_owned(),
+            (None, false) => summary,
+        };
+        self.run.report_step(
+            step,
+            self.section,
+            status,
+            attempt,
+            duration,
+            summary,
+            outputs,
+            error,
+            continued,
+        );
+        match status {
+            StepStatus::Succeeded => Verdict::Ok,
+            _ if continued => Verdict::Ok,
+            _ => Verdict::Failed,
+        }
+    }
+
+    /// Resolves the step's expressions and grants, then calls the plugin once.
+    async fn attempt(&self, attempt: u32) -> AttemptEnd {
+        let step = &self.step;
+        let setup = |message: String| AttemptEnd::Failed {
+            error: StepError {
+                kind: ErrorKind::Setup,
+                message,
+            },
+            outputs: Map::new(),
+        };
+        let resolved = self
+            .run
+            .with_scope(|scope| -> std::result::Result<_, String> {
+                let config = step
+                    .with
+                    .resolve(scope)
+                    .map_err(|e| format!("cannot resolve `with`: {e}"))?;
+                let env = step
+                    .allow
+                    .env
+                    .iter()
+                    .map(|(name, template)| {
+                        template
+                            .eval_string(scope)
+                            .map(|value| (name.clone(), value))
+                            .map_err(|e| format!("cannot resolve `allow.env.{name}`: {e}"))
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                Ok((config, env))
+            });
+        let (config, env) = match resolved {
+            Ok(resolved) => resolved,
+            Err(message) => return setup(message),
+        };
+        if let Err(problems) = self.schema.validate(&config) {
+            return AttemptEnd::Failed {
+                error: StepError {
+                    kind: ErrorKind::InvalidConfig,
+                    message: format!(
+                        "`with` after resolving expressions: {}",
+                        problems.join("; ")
+                    ),
+                },
+                outputs: Map::new(),
+            };
+        }
+        let mut secrets = Vec::new();
+        for name in &step.allow.secrets {
+            match self.runner.secrets.get(name) {
+                Some(value) => secrets.push((name.clone(), value)),
+                None => self.run.log(
+                    &step.id,
+                    "warn",
+                    format!("secret `{name}` is granted but has no value: set the environment variable `{name}` or add it to the secrets file"),
+                ),
+            }
+        }
+        let grants = Grants {
+            read: step
+                .allow
+                .read
+                .iter()
+                .map(|g| (g.host_path.clone(), g.guest_path.clone()))
+                .collect(),
+            write: step
+                .allow
+                .write
+                .iter()
+                .map(|g| (g.host_path.clone(), g.guest_path.clone()))
+                .collect(),
+            http: step.allow.http.clone(),
+            env,
+            secrets,
+        };
+        let run = self.run.clone();
+        let step_id = step.id.clone();
+        let logs: shiphat_host::LogSink = Arc::new(move |line: LogLine| {
+            run.emit(Event::Log {
+                run_id: run.run_id.clone(),
+                step: step_id.clone(),
+                level: line.level.as_str(),
+                source: line.source.as_str(),
+                message: line.message,
+                time: event::now(),
+            });
+        });
+        let call = Call {
+            context: Context {
+                run_id: self.run.run_id.clone(),
+                workflow: self.run.workflow.name.clone(),
+                step_id: step.id.clone(),
+                attempt,
+                dry_run: self.run.dry_run,
+            },
+            config: config.to_string(),
+            grants,
+            limits: step.limits,
+            logs,
+        };
+        match self.runner.host.run(&self.plugin, call).await {
+            Outcome::Succeeded { outputs, summary } => AttemptEnd::Succeeded { outputs, summary },
+            Outcome::Failed { message, outputs } => AttemptEnd::Failed {
+                error: StepError {
+                    kind: ErrorKind::Failed,
+                    message,
+                },
+                outputs,
+            },
+            Outcome::InvalidConfig(message) => AttemptEnd::Failed {
+                error: StepError {
+                    kind: ErrorKind::InvalidConfig,
+                    message,
+                },
+                outputs: Map::new(),
+            },
+            Outcome::Transient(message) => AttemptEnd::Transient(message),
+            Outcome::Fault(fault) => {
+                let kind = match &fault {
+                    Fault::Timeout(_) => ErrorKind::Timeout,
+                    Fault::Memory(_) => ErrorKind::Memory,
+                    Fault::StackOverflow(_) => ErrorKind::StackOverflow,
+                    Fault::Panic(_) => ErrorKind::Panic,
+                    Fault::Trap(_) => ErrorKind::Trap,
+                    Fault::BadOutput(_) => ErrorKind::BadOutput,
+                    Fault::Setup(_) => ErrorKind::Setup,
+                };
+                AttemptEnd::Failed {
+                    error: StepError {
+                        kind,
+                        message: fault.to_string(),
+                    },
+                    outputs: Map::new(),
+                }
+            }
+        }
+    }
+}
