@@ -1,0 +1,355 @@
+//! The `shiphat` command line. The only place in shiphat that prints to the terminal or
+//! picks an exit code.
+
+mod output;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use shiphat_host::{Host, HostConfig};
+use shiphat_runner::{PluginPath, Prepared, RunOptions, RunStatus, Runner, Secrets};
+use tokio_util::sync::CancellationToken;
+
+/// Exit codes, documented in `shiphat --help` and the README.
+mod exit {
+    /// The workflow succeeded (or the command did what it was asked).
+    pub const OK: u8 = 0;
+    /// The workflow failed: a step failed, and any `on_failure` steps ran.
+    pub const FAILED: u8 = 1;
+    /// Invalid input: a bad workflow, a bad `--input`, a missing file. Nothing ran.
+    pub const INVALID: u8 = 2;
+    /// An internal error of shiphat itself.
+    pub const INTERNAL: u8 = 3;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  the workflow succeeded
+  1  the workflow failed (a step failed; any on_failure steps ran)
+  2  invalid input (bad workflow, bad --input, missing file); nothing ran
+  3  internal error
+
+Environment:
+  SHIPHAT_PLUGIN_PATH   more directories to search for `uses: NAME` plugins
+  SHIPHAT_CACHE_DIR     where compiled plugins are cached
+  SHIPHAT_SECRETS_FILE  a NAME=value file of secrets (the environment is also read)
+  RUST_LOG              diagnostics filter, e.g. RUST_LOG=shiphat_host=debug";
+
+#[derive(Parser)]
+#[command(name = "shiphat", version, about = "Deploy workflows of sandboxed WebAssembly plugins", after_help = AFTER_HELP)]
+struct Cli {
+    /// Print diagnostics to stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a workflow file.
+    Run {
+        /// The workflow file (YAML).
+        file: PathBuf,
+        /// A workflow input, `NAME=VALUE`; repeat for several.
+        #[arg(short, long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Write JSON Lines events to stdout instead of the human view (see docs/events.md).
+        #[arg(long)]
+        json: bool,
+        /// Ask every plugin to report what it would do and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Check workflow files, plugins included, without running anything.
+    Validate {
+        /// Workflow files (YAML).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Work with plugin files.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+    /// Print a JSON Schema of the workflow file format, for editors.
+    Schema,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Show what a plugin says about itself and what it imports.
+    Inspect {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+/// Settings of the plugin engine shared by the commands that load plugins.
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// A directory to search for `uses: NAME` plugins, before the defaults; repeat for several.
+    #[arg(long, value_name = "DIR")]
+    plugin_path: Vec<PathBuf>,
+    /// Where compiled plugins are cached [default: the user's cache directory].
+    #[arg(long, value_name = "DIR", env = "SHIPHAT_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile every plugin afresh and keep nothing.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+    /// A file of `NAME=value` secrets, read before the environment.
+    #[arg(long, value_name = "FILE", env = "SHIPHAT_SECRETS_FILE")]
+    secrets_file: Option<PathBuf>,
+}
+
+impl EngineArgs {
+    fn runner(&self) -> anyhow::Result<Runner> {
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir
+                .clone()
+                .or_else(|| dirs::cache_dir().map(|d| d.join("shiphat").join("components")))
+        };
+        let host = Host::new(HostConfig { cache_dir })?;
+        let mut secrets = Secrets::from_env();
+        if let Some(file) = &self.secrets_file {
+            secrets = secrets.with_file(file).map_err(Invalid)?;
+        }
+        Ok(Runner::new(
+            host,
+            PluginPath::new(self.plugin_dirs()),
+            secrets,
+        ))
+    }
+
+    /// `--plugin-path` first, then the plugins built in this source tree, then the
+    /// `plugins` directory beside the binary, then `SHIPHAT_PLUGIN_PATH`.
+    fn plugin_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.plugin_path.clone();
+        let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../plugins/target/wasm32-wasip2/release");
+        if let Ok(built) = built.canonicalize() {
+            dirs.push(built);
+        }
+        if let Some(beside) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("plugins")))
+            && beside.is_dir()
+        {
+            dirs.push(beside);
+        }
+        if let Some(extra) = std::env::var_os("SHIPHAT_PLUGIN_PATH") {
+            dirs.extend(PluginPath::parse_env(&extra));
+        }
+        dirs
+    }
+}
+
+/// An error in what the user gave us: exit code 2.
+#[derive(Debug)]
+struct Invalid(String);
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::INTERNAL);
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // Plugins still running after a cancelled run must not hold the process open.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = if e.is::<Invalid>()
+                || e.is::<shiphat_workflow::Error>()
+                || e.is::<shiphat_runner::Error>()
+            {
+                exit::INVALID
+            } else {
+                exit::INTERNAL
+            };
+            output::error(&e);
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<u8> {
+    match command {
+        Command::Run {
+            file,
+            inputs,
+            json,
+            dry_run,
+            engine,
+        } => run(&file, &inputs, json, dry_run, &engine).await,
+        Command::Validate { files, engine } => validate(&files, &engine).await,
+        Command::Plugin {
+            command: PluginCommand::Inspect { file, json, engine },
+        } => inspect(&file, json, &engine).await,
+        Command::Schema => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&shiphat_workflow::json_schema())?
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Loads a workflow and its plugins, reporting every problem found.
+async fn prepare(runner: &Runner, file: &Path) -> anyhow::Result<Prepared> {
+    let workflow = shiphat_workflow::load(file)?;
+    Ok(runner.prepare(workflow).await?)
+}
+
+async fn run(
+    file: &Path,
+    inputs: &[String],
+    json: bool,
+    dry_run: bool,
+    engine: &EngineArgs,
+) -> anyhow::Result<u8> {
+    let runner = engine.runner()?;
+    let prepared = prepare(&runner, file).await?;
+    let given = inputs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = prepared
+        .workflow
+        .resolve_inputs(&given)
+        .map_err(|problems| {
+            Invalid(
+                problems
+                    .iter()
+                    .map(|p| format!("--input: {p}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+    let options = RunOptions {
+        run_id: shiphat_runner::new_run_id(),
+        inputs,
+        dry_run,
+    };
+    let sink = if json {
+        output::json_sink()
+    } else {
+        output::human_sink(&prepared.workflow)
+    };
+    let cancel = CancellationToken::new();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let report = runner.run(&prepared, options, sink.clone(), cancel).await;
+    drop(sink);
+    Ok(match report.status {
+        RunStatus::Succeeded => exit::OK,
+        RunStatus::Failed | RunStatus::Cancelled => exit::FAILED,
+    })
+}
+
+async fn validate(files: &[PathBuf], engine: &EngineArgs) -> anyhow::Result<u8> {
+    let runner = engine.runner()?;
+    let mut code = exit::OK;
+    for file in files {
+        match prepare(&runner, file).await {
+            Ok(prepared) => {
+                let steps = prepared.workflow.all_steps().count();
+                output::note(&format!("{}: ok ({} steps)", file.display(), steps));
+            }
+            Err(e) if e.is::<shiphat_workflow::Error>() || e.is::<shiphat_runner::Error>() => {
+                output::error(&e);
+                code = exit::INVALID;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(code)
+}
+
+async fn inspect(file: &Path, json: bool, engine: &EngineArgs) -> anyhow::Result<u8> {
+    let runner = engine.runner()?;
+    let host = runner.host();
+    let plugin = host
+        .load(file, None, shiphat_workflow::DEFAULT_STACK)
+        .map_err(|e| Invalid(e.to_string()))?;
+    let info = host
+        .describe(&plugin)
+        .await
+        .map_err(|e| Invalid(e.to_string()))?;
+    let (imports, exports) = plugin.interface(host);
+    let schema: serde_json::Value = serde_json::from_str(&info.config_schema)
+        .context("the plugin's config-schema is not JSON")?;
+    if json {
+        let value = serde_json::json!({
+            "name": info.name,
+            "version": info.version,
+            "description": info.description,
+            "sha256": plugin.digest(),
+            "config_schema": schema,
+            "imports": imports,
+            "exports": exports,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        output::inspect(&info, &plugin.digest(), &schema, &imports, &exports);
+    }
+    Ok(exit::OK)
+}
+
+/// Keeps the sink type in one place for both output modes.
+pub(crate) type Sink = Arc<dyn Fn(shiphat_runner::Event) + Send + Sync>;

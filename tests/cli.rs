@@ -1,0 +1,489 @@
+//! `shiphat run`, `validate`, `plugin inspect` and `schema` through the real binary: exit
+//! codes, events, inputs, expressions between steps, retries, the failure path, the compile
+//! cache and pinned digests.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Run, TestDir};
+
+#[test]
+fn outputs_flow_between_steps_and_the_run_succeeds() {
+    let dir = TestDir::new();
+    let yaml = r#"name: flow
+inputs:
+  release: { type: string, required: true }
+  replicas: { type: number, default: 2 }
+env:
+  GREETING: "release ${{ inputs.release }}"
+steps:
+  - id: build
+    uses: echo
+    with:
+      message: "building ${{ inputs.release }}"
+      outputs: { artifact: "app-${{ inputs.release }}.tar.gz", replicas: "${{ inputs.replicas }}" }
+  - id: ship
+    uses: echo
+    needs: build
+    with:
+      message: "${{ env.GREETING }} ships ${{ steps.build.outputs.artifact }} x${{ steps.build.outputs.replicas }} in ${{ run.id }}"
+"#;
+    let run = dir.run(yaml, &["--input", "release=42"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.step("build")["outputs"]["artifact"], "app-42.tar.gz");
+    // A template that is one expression keeps its type.
+    assert_eq!(run.step("build")["outputs"]["replicas"], 2);
+    let run_id = run.events[0]["run_id"].as_str().unwrap();
+    let logs = run.logs("ship");
+    assert!(
+        logs.contains(&format!("release 42 ships app-42.tar.gz x2 in {run_id}").as_str()),
+        "{logs:?}"
+    );
+    assert_eq!(run.finished()["status"], "succeeded");
+}
+
+#[test]
+fn events_have_their_documented_fields() {
+    let dir = TestDir::new();
+    let run = dir.run(
+        "name: events\nsteps:\n  - id: one\n    uses: echo\n    with: { message: hi }\n",
+        &[],
+    );
+    let kinds: Vec<&str> = run
+        .events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"run_started"));
+    assert_eq!(kinds.last(), Some(&"run_finished"));
+    assert!(
+        kinds.contains(&"step_started")
+            && kinds.contains(&"log")
+            && kinds.contains(&"step_finished")
+    );
+    let started = &run.events[0];
+    for field in ["run_id", "workflow", "dry_run", "steps", "time"] {
+        assert!(
+            started.get(field).is_some(),
+            "run_started lacks `{field}`: {started}"
+        );
+    }
+    let finished = run.step("one");
+    for field in [
+        "run_id",
+        "step",
+        "name",
+        "section",
+        "status",
+        "attempts",
+        "duration_ms",
+        "summary",
+        "outputs",
+        "error",
+        "time",
+    ] {
+        assert!(
+            finished.get(field).is_some(),
+            "step_finished lacks `{field}`: {finished}"
+        );
+    }
+    assert_eq!(finished["summary"], "echo: hi");
+    let log = run.events.iter().find(|e| e["event"] == "log").unwrap();
+    for field in ["run_id", "step", "level", "source", "message", "time"] {
+        assert!(log.get(field).is_some(), "log lacks `{field}`: {log}");
+    }
+}
+
+#[test]
+fn a_failure_runs_on_failure_and_finally_and_exits_1() {
+    let dir = TestDir::new();
+    let yaml = r#"name: failing
+steps:
+  - id: deploy
+    uses: echo
+    with: { outputs: { release: "2" } }
+  - id: verify
+    uses: echo
+    needs: deploy
+    with: { fail: "error rate 5% over 1%" }
+  - id: after
+    uses: echo
+    needs: verify
+on_failure:
+  - id: rollback
+    uses: echo
+    if: steps.verify.status == 'failed'
+    with: { message: "rolling back ${{ steps.deploy.outputs.release }}" }
+finally:
+  - id: cleanup
+    uses: echo
+"#;
+    let run = dir.run(yaml, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.error("verify"), ("failed", "error rate 5% over 1%"));
+    assert_eq!(run.status("after"), "skipped");
+    assert_eq!(run.status("rollback"), "succeeded");
+    assert!(
+        run.logs("rollback").contains(&"rolling back 2"),
+        "{:?}",
+        run.logs("rollback")
+    );
+    assert_eq!(run.status("cleanup"), "succeeded");
+    assert_eq!(
+        run.finished()["failed_steps"],
+        serde_json::json!(["verify"])
+    );
+}
+
+#[test]
+fn a_success_skips_on_failure_and_continue_on_error_lets_the_run_go_on() {
+    let dir = TestDir::new();
+    let yaml = r#"name: lenient
+inputs:
+  mode: { type: string, default: normal }
+steps:
+  - id: flaky
+    uses: echo
+    with: { fail: "not important" }
+    continue_on_error: true
+  - id: next
+    uses: echo
+    needs: flaky
+  - id: only_if_flaky_failed
+    uses: echo
+    needs: flaky
+    if: ${{ steps.flaky.status == 'failed' && !false }}
+  - id: never
+    uses: echo
+    if: inputs.mode == 'x'
+on_failure:
+  - id: rollback
+    uses: echo
+"#;
+    let run = dir.run(yaml, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.status("flaky"), "failed");
+    assert_eq!(run.step("flaky")["continued"], true);
+    assert_eq!(run.status("next"), "succeeded");
+    assert_eq!(run.status("only_if_flaky_failed"), "succeeded");
+    assert_eq!(run.status("never"), "skipped");
+    assert!(
+        run.events.iter().all(|e| e["step"] != "rollback"),
+        "on_failure ran after a success"
+    );
+}
+
+#[test]
+fn transient_errors_are_retried_with_backoff_and_failures_are_not() {
+    let dir = TestDir::new();
+    let yaml = r#"name: retry
+steps:
+  - id: pending
+    uses: echo
+    with: { transient_until: 2 }
+    retries: { count: 3, backoff: { initial: 50ms, factor: 2, max: 1s } }
+  - id: hopeless
+    uses: echo
+    with: { transient_until: 10 }
+    retries: { count: 1, backoff: { initial: 10ms } }
+    continue_on_error: true
+  - id: red
+    uses: echo
+    with: { fail: "QA red" }
+    retries: 3
+    continue_on_error: true
+"#;
+    let run = dir.run(yaml, &[]);
+    assert_eq!(run.step("pending")["attempts"], 3);
+    assert_eq!(run.status("pending"), "succeeded");
+    // 50 ms then 100 ms of backoff.
+    assert!(run.step("pending")["duration_ms"].as_f64().unwrap() >= 150.0);
+    assert_eq!(run.step("hopeless")["attempts"], 2);
+    assert_eq!(run.error("hopeless").0, "transient");
+    assert!(run.error("hopeless").1.contains("gave up after 2 attempts"));
+    assert_eq!(run.step("red")["attempts"], 1);
+}
+
+#[test]
+fn independent_steps_run_in_parallel() {
+    let dir = TestDir::new();
+    let mut yaml = String::from("name: parallel\nsteps:\n");
+    for i in 0..4 {
+        yaml.push_str(&format!(
+            "  - id: s{i}\n    uses: echo\n    with: {{ sleep_ms: 500 }}\n"
+        ));
+    }
+    yaml.push_str("  - id: join\n    uses: echo\n    needs: [s0, s1, s2, s3]\n");
+    let run = dir.run(&yaml, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let total = run.finished()["duration_ms"].as_f64().unwrap();
+    assert!(
+        total < 1500.0,
+        "four 500 ms steps took {total} ms: not parallel"
+    );
+}
+
+#[test]
+fn dry_run_is_passed_to_every_plugin() {
+    let dir = TestDir::new();
+    let yaml = "name: dry\nsteps:\n  - id: one\n    uses: probe\n";
+    let run = dir.run(yaml, &["--dry-run"]);
+    assert_eq!(run.events[0]["dry_run"], true);
+    assert_eq!(run.step("one")["outputs"]["dry_run"], true);
+}
+
+#[test]
+fn bad_inputs_exit_2_and_name_the_problem() {
+    let dir = TestDir::new();
+    let yaml = "name: inputs\ninputs:\n  environment: { type: choice, choices: [staging, production], required: true }\nsteps:\n  - id: one\n    uses: echo\n";
+    let run = dir.run(yaml, &["--input", "enviroment=staging"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("enviroment") && run.stderr.contains("environment"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.events.is_empty(), "something ran");
+    let run = dir.run(yaml, &["--input", "environment=prod"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("staging, production") || run.stderr.contains("staging`, `production"),
+        "{}",
+        run.stderr
+    );
+    let run = dir.run(yaml, &["--input", "nonsense"]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("NAME=VALUE"), "{}", run.stderr);
+}
+
+#[test]
+fn an_invalid_workflow_exits_2_with_file_line_and_column() {
+    let dir = TestDir::new();
+    let run = dir.run(
+        "name: typo\nsteps:\n  - id: one\n    uses: echo\n    timout: 5s\n",
+        &[],
+    );
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("workflow.yaml:5:5"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("did you mean `timeout`?"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn with_is_checked_against_the_plugin_schema_before_anything_runs() {
+    let dir = TestDir::new();
+    let run = dir.run(
+        "name: schema\nsteps:\n  - id: one\n    uses: echo\n    with:\n      sleep_ms: soon\n",
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("workflow.yaml:6:"), "{}", run.stderr);
+    assert!(run.stderr.contains("sleep_ms"), "{}", run.stderr);
+    assert!(run.events.is_empty());
+}
+
+#[test]
+fn an_unknown_plugin_says_where_it_looked() {
+    let dir = TestDir::new();
+    let run = dir.run(
+        "name: missing\nsteps:\n  - id: one\n    uses: no-such-plugin\n",
+        &[],
+    );
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("plugin `no-such-plugin` not found in"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_alias_bomb_is_refused_quickly() {
+    let dir = TestDir::new();
+    // Nine levels of nine aliases each: 9^9 (387 million) strings once expanded.
+    let mut yaml = String::from("a0: &a0 \"");
+    yaml.push_str(&"x".repeat(100_000));
+    yaml.push_str("\"\n");
+    for level in 1..=9 {
+        let refs = vec![format!("*a{}", level - 1); 9].join(", ");
+        yaml.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+    }
+    yaml.push_str("name: bomb\nsteps: []\n");
+    let run = dir.run(&yaml, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("alias"), "{}", run.stderr);
+    assert!(run.wall < Duration::from_secs(1), "took {:?}", run.wall);
+    assert!(
+        run.max_rss_kib < 100 * 1024,
+        "peaked at {} MiB",
+        run.max_rss_kib / 1024
+    );
+}
+
+#[test]
+fn validate_checks_files_and_plugins() {
+    let dir = TestDir::new();
+    let good = dir.write(
+        "good.yaml",
+        "name: good\nsteps:\n  - id: one\n    uses: noop\n",
+    );
+    let bad = dir.write(
+        "bad.yaml",
+        "name: bad\nsteps:\n  - id: one\n    uses: noop\n    needs: two\n",
+    );
+    let mut command = dir.shiphat();
+    command.arg("validate").arg(&good).arg(&bad);
+    let run = Run::of(command);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("good.yaml: ok (1 steps)"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("bad.yaml:5:"), "{}", run.stderr);
+}
+
+#[test]
+fn plugin_inspect_shows_describe_and_imports() {
+    let dir = TestDir::new();
+    let mut command = dir.shiphat();
+    command
+        .args(["plugin", "inspect", "--json"])
+        .arg(support::plugin("echo"));
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let info: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(info["name"], "echo");
+    assert!(info["config_schema"]["properties"]["message"].is_object());
+    let imports = info["imports"].as_array().unwrap();
+    assert!(
+        imports
+            .iter()
+            .any(|i| i.as_str().unwrap().starts_with("shiphat:plugin/host")),
+        "{imports:?}"
+    );
+    let exports: Vec<&str> = info["exports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        exports.contains(&"run") && exports.contains(&"describe"),
+        "{exports:?}"
+    );
+}
+
+#[test]
+fn schema_prints_a_json_schema_of_the_workflow_file() {
+    let dir = TestDir::new();
+    let mut command = dir.shiphat();
+    command.arg("schema");
+    let run = Run::of(command);
+    assert_eq!(run.code, 0);
+    let schema: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert!(schema["properties"]["steps"].is_object(), "{schema}");
+}
+
+#[test]
+fn the_compile_cache_is_used_and_a_corrupt_entry_is_rebuilt() {
+    let dir = TestDir::new();
+    let cache = dir.path().join("cache");
+    let file = dir.write(
+        "wf.yaml",
+        "name: cache\nsteps:\n  - id: one\n    uses: noop\n",
+    );
+    let run_with_cache = || {
+        let mut command = dir.shiphat();
+        command
+            .env("SHIPHAT_CACHE_DIR", &cache)
+            .args(["run", "--json"])
+            .arg(&file);
+        Run::of(command)
+    };
+    assert_eq!(run_with_cache().code, 0);
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    // Corrupt the entry: flip a byte in the middle. It must be dropped, not loaded.
+    let mut bytes = std::fs::read(&entries[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entries[0], &bytes).unwrap();
+    let run = run_with_cache();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_ne!(
+        std::fs::read(&entries[0]).unwrap(),
+        bytes,
+        "the corrupt entry was not rebuilt"
+    );
+    // Garbage of another origin in its place: also rebuilt.
+    std::fs::write(&entries[0], b"not a cache entry").unwrap();
+    assert_eq!(run_with_cache().code, 0);
+}
+
+#[test]
+fn a_pinned_digest_is_verified_before_loading() {
+    let dir = TestDir::new();
+    let bytes = std::fs::read(support::plugin("noop")).unwrap();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    let good = format!("name: pinned\nsteps:\n  - id: one\n    uses: noop@sha256:{digest}\n");
+    assert_eq!(dir.run(&good, &[]).code, 0);
+    let wrong = format!(
+        "name: pinned\nsteps:\n  - id: one\n    uses: noop@sha256:{}\n",
+        "0".repeat(64)
+    );
+    let run = dir.run(&wrong, &[]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("does not match its pinned digest"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&digest), "{}", run.stderr);
+}
+
+#[test]
+fn a_plugin_path_relative_to_the_workflow_is_found() {
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.path().join("flows/plugins")).unwrap();
+    std::fs::copy(
+        support::plugin("noop"),
+        dir.path().join("flows/plugins/mine.wasm"),
+    )
+    .unwrap();
+    let file = dir.write(
+        "flows/wf.yaml",
+        "name: local\nsteps:\n  - id: one\n    uses: ./plugins/mine.wasm\n",
+    );
+    let mut command = dir.shiphat();
+    command.args(["run", "--json"]).arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+#[test]
+fn the_human_view_shows_each_step_and_a_summary() {
+    let dir = TestDir::new();
+    let file = dir.write("wf.yaml", "name: human\nsteps:\n  - id: one\n    name: Say hello\n    uses: echo\n    with: { message: hello there }\n");
+    let mut command = dir.shiphat();
+    command.arg("run").arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("✓ Say hello"), "{}", run.stdout);
+    assert!(run.stdout.contains("echo: hello there"), "{}", run.stdout);
+    assert!(run.stdout.contains("one │ hello there"), "{}", run.stdout);
+    assert!(run.stdout.contains("succeeded in"), "{}", run.stdout);
+    // Not a terminal: no colour codes.
+    assert!(!run.stdout.contains('\u{1b}'), "{:?}", run.stdout);
+}

@@ -1,0 +1,285 @@
+//! Shared helpers for the integration tests: the plugins (built once per test run), the real
+//! `shiphat` binary, and a temporary directory per test.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different subset of the helpers"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository root")
+}
+
+/// The directory the plugins are built into. Builds them the first time it is asked for, in
+/// each test binary; cargo makes the later builds no-ops.
+pub fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = root();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(root.join("plugins/target"))
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("cannot run cargo to build the plugins");
+        assert!(
+            output.status.success(),
+            "building the plugins failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`, or run the suite with `cargo xtask test`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        root.join("plugins/target/wasm32-wasip2/release")
+    })
+}
+
+/// The path of a built plugin, by crate name.
+pub fn plugin(name: &str) -> PathBuf {
+    plugins_dir().join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// A compile cache shared by the tests of one binary, so each plugin compiles once.
+fn shared_cache() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("a temporary directory"))
+        .path()
+}
+
+/// A temporary directory for one test, removed when it is dropped.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        TestDir {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file (creating its directories) and returns its path.
+    pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// The `shiphat` binary, set up to find the test plugins and use the shared cache.
+    pub fn shiphat(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shiphat"));
+        command
+            .current_dir(self.path())
+            .env_remove("SHIPHAT_PLUGIN_PATH")
+            .env_remove("SHIPHAT_SECRETS_FILE")
+            .env_remove("RUST_LOG")
+            .env("SHIPHAT_CACHE_DIR", shared_cache())
+            .env("SHIPHAT_PLUGIN_PATH", plugins_dir());
+        command
+    }
+
+    /// Writes `workflow.yaml` and runs it with `--json`, plus `args`.
+    pub fn run(&self, yaml: &str, args: &[&str]) -> Run {
+        let file = self.write("workflow.yaml", yaml);
+        let mut command = self.shiphat();
+        command.arg("run").arg(&file).arg("--json").args(args);
+        Run::of(command)
+    }
+}
+
+/// How a `shiphat` process ended.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub events: Vec<Value>,
+    pub wall: Duration,
+    /// Peak resident memory of the process, in KiB.
+    pub max_rss_kib: u64,
+}
+
+/// How long any one `shiphat` process in a test may take before the test gives up on it.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(120);
+
+impl Run {
+    /// Runs a command to its end (killing it after [`PROCESS_DEADLINE`]), and measures it.
+    #[allow(
+        clippy::zombie_processes,
+        reason = "the child is reaped with wait4 below, which also reports its peak memory"
+    )]
+    pub fn of(mut command: Command) -> Run {
+        let started = Instant::now();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start shiphat");
+        let pid = child.id() as libc::pid_t;
+        let mut stdout_pipe = child.stdout.take().unwrap();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stdout_pipe, &mut s).unwrap();
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut stderr_pipe, &mut s).unwrap();
+            s
+        });
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watching = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + PROCESS_DEADLINE;
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+                if watching.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+            }
+            // SAFETY: the child has not been reaped (`done` is unset), so the pid is still ours.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let mut status = 0;
+        // SAFETY: rusage is plain data; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(waited, pid, "wait4 failed");
+        let wall = started.elapsed();
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        };
+        let stdout = out.join().unwrap();
+        let stderr = err.join().unwrap();
+        let events = stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert!(
+            wall < PROCESS_DEADLINE,
+            "shiphat ran past the test deadline and was killed:\n{stderr}"
+        );
+        Run {
+            code,
+            stdout,
+            stderr,
+            events,
+            wall,
+            max_rss_kib: usage.ru_maxrss as u64,
+        }
+    }
+
+    /// The `step_finished` event of a step.
+    pub fn step(&self, id: &str) -> &Value {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "step_finished" && e["step"] == id)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no step_finished for `{id}`; events:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    /// A step's status: `succeeded`, `failed`, `skipped`.
+    pub fn status(&self, id: &str) -> &str {
+        self.step(id)["status"].as_str().unwrap()
+    }
+
+    /// A failed step's error kind and message.
+    pub fn error(&self, id: &str) -> (&str, &str) {
+        let error = &self.step(id)["error"];
+        (
+            error["kind"].as_str().unwrap_or(""),
+            error["message"].as_str().unwrap_or(""),
+        )
+    }
+
+    /// The log lines of a step.
+    pub fn logs(&self, id: &str) -> Vec<&str> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "log" && e["step"] == id)
+            .map(|e| e["message"].as_str().unwrap())
+            .collect()
+    }
+
+    /// The `run_finished` event.
+    pub fn finished(&self) -> &Value {
+        self.events
+            .iter()
+            .find(|e| e["event"] == "run_finished")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no run_finished; exit {}; stdout:\n{}\nstderr:\n{}",
+                    self.code, self.stdout, self.stderr
+                )
+            })
+    }
+}
+
+/// A one-request-at-a-time HTTP server on loopback that answers every request with `200 ok`
+/// and counts what it got. Stops when dropped.
+pub struct HttpServer {
+    pub addr: std::net::SocketAddr,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HttpServer {
+    pub fn start() -> HttpServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, s) = (hits.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(5)))
+                            .unwrap();
+                        let mut buf = [0u8; 8192];
+                        let _ = stream.read(&mut buf);
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nhello ok");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        HttpServer { addr, hits, stop }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

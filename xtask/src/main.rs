@@ -1,0 +1,150 @@
+//! shiphat's development tasks, as code rather than tribal knowledge.
+//!
+//! `cargo xtask demo` builds everything a fresh clone needs and runs the demo workflow;
+//! `cargo xtask test` builds the plugins and runs the whole test suite. Both add the
+//! `wasm32-wasip2` target first when it is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  demo      build the engine and the plugins, prepare the demo, run workflows/demo.yaml
+  test      build the plugins, then run every test (cargo test --workspace)
+  plugins   build the plugins into plugins/target/wasm32-wasip2/release
+  lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins";
+
+/// The target plugins are built for: WASI preview 2, which rustc emits as a component.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("demo") => demo(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("plugins") => plugins(),
+        Some("lint") => lint(),
+        Some("-h" | "--help" | "help") | None => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown task `{other}`\n\n{USAGE}"),
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+        .to_owned()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Adds the wasm target through rustup when the toolchain lacks it.
+fn ensure_wasm_target() -> Result<()> {
+    let sysroot = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("cannot run rustc")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if sysroot.join("lib/rustlib").join(WASM_TARGET).is_dir() {
+        return Ok(());
+    }
+    eprintln!("xtask: adding the {WASM_TARGET} target with rustup");
+    run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
+        .with_context(|| format!("the {WASM_TARGET} target is needed to build plugins; install rustup or add the target by hand"))
+}
+
+fn plugins() -> Result<()> {
+    ensure_wasm_target()?;
+    let root = root();
+    // The plugins always land in plugins/target, whatever CARGO_TARGET_DIR says: that is
+    // where the engine's default plugin path looks.
+    run(cargo()
+        .env_remove("CARGO_TARGET_DIR")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--manifest-path",
+        ])
+        .arg(root.join("plugins/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(root.join("plugins/target")))
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    plugins()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["build", "--package", "shiphat"]))?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let shiphat = target_dir.join("debug/shiphat");
+    let workflow = root().join("workflows/demo.yaml");
+    let status = Command::new(&shiphat)
+        .arg("run")
+        .arg(&workflow)
+        .args(args)
+        .status()?;
+    std::process::exit(status.code().unwrap_or(3));
+}
+
+fn test(args: &[String]) -> Result<()> {
+    plugins()?;
+    run(cargo()
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .args(args))
+}
+
+fn lint() -> Result<()> {
+    let root = root();
+    run(cargo().current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    run(cargo().current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    ensure_wasm_target()?;
+    let manifest = root.join("plugins/Cargo.toml");
+    run(cargo()
+        .args(["fmt", "--all", "--check", "--manifest-path"])
+        .arg(&manifest))?;
+    run(cargo()
+        .env_remove("CARGO_TARGET_DIR")
+        .args([
+            "clippy",
+            "--release",
+            "--target",
+            WASM_TARGET,
+            "--all-targets",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(root.join("plugins/target"))
+        .args(["--", "-D", "warnings"]))
+}
