@@ -120,6 +120,8 @@ pub struct Plugin {
     component: Component,
     pre: StepPre<StepState>,
     stack: usize,
+    /// What `describe()` said; it must not depend on anything, so it is asked once.
+    info: tokio::sync::OnceCell<PluginInfo>,
     /// How this plugin was obtained, for diagnostics and benchmarks.
     pub load: LoadKind,
 }
@@ -418,6 +420,7 @@ impl Host {
             component,
             pre,
             stack,
+            info: tokio::sync::OnceCell::new(),
             load,
         });
         self.inner
@@ -428,8 +431,17 @@ impl Host {
         Ok(plugin)
     }
 
-    /// Calls the plugin's `describe()`, with nothing granted and default limits.
+    /// What the plugin's `describe()` says. Asked once per plugin, with nothing granted and
+    /// default limits.
     pub async fn describe(&self, plugin: &Plugin) -> Result<PluginInfo> {
+        plugin
+            .info
+            .get_or_try_init(|| self.call_describe(plugin))
+            .await
+            .cloned()
+    }
+
+    async fn call_describe(&self, plugin: &Plugin) -> Result<PluginInfo> {
         let set = self.engine_for(plugin.stack);
         let limits = Limits {
             stack: plugin.stack,

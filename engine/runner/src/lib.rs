@@ -14,7 +14,7 @@ mod event;
 mod plugins;
 mod secrets;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,17 @@ pub struct RunOptions {
     pub dry_run: bool,
 }
 
+/// A step settled in an earlier life of the run (before a daemon restart), handed to
+/// [`Runner::run_from`] so the run goes on from where it stopped instead of from the start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PriorStep {
+    pub id: String,
+    pub status: StepStatus,
+    pub outputs: Map<String, Value>,
+    /// The step failed but `continue_on_error` let the run go on.
+    pub continued: bool,
+}
+
 /// A new run id: a ULID, so ids sort by creation time.
 pub fn new_run_id() -> String {
     ulid::Ulid::new().to_string().to_lowercase()
@@ -128,8 +139,10 @@ impl Runner {
     pub async fn prepare(&self, workflow: Workflow) -> Result<Prepared> {
         let mut steps = Vec::new();
         let mut problems = Vec::new();
+        // Steps that share a plugin share its compiled schema.
+        let mut schemas = HashMap::new();
         for step in workflow.all_steps() {
-            match self.prepare_step(&workflow, step).await {
+            match self.prepare_step(&workflow, step, &mut schemas).await {
                 Ok(prepared) => steps.push(prepared),
                 Err(mut diagnostics) => problems.append(&mut diagnostics),
             }
@@ -147,6 +160,7 @@ impl Runner {
         &self,
         workflow: &Workflow,
         step: &Step,
+        schemas: &mut HashMap<String, Arc<ConfigSchema>>,
     ) -> std::result::Result<PreparedStep, Vec<Diagnostic>> {
         let at_step = |message: String| {
             vec![Diagnostic {
@@ -165,20 +179,28 @@ impl Runner {
             .describe(&plugin)
             .await
             .map_err(|e| at_step(e.to_string()))?;
-        let schema = ConfigSchema::compile(&info.config_schema).map_err(|e| {
-            at_step(format!(
-                "plugin `{}` has an invalid config-schema: {e}",
-                info.name
-            ))
-        })?;
-        let diagnostics = shiphat_workflow::check_config(workflow, step, &info.config_schema);
+        let schema = match schemas.get(&plugin.digest()) {
+            Some(schema) => Arc::clone(schema),
+            None => {
+                let schema = ConfigSchema::compile(&info.config_schema).map_err(|e| {
+                    at_step(format!(
+                        "plugin `{}` has an invalid config-schema: {e}",
+                        info.name
+                    ))
+                })?;
+                let schema = Arc::new(schema);
+                schemas.insert(plugin.digest(), Arc::clone(&schema));
+                schema
+            }
+        };
+        let diagnostics = shiphat_workflow::check_config_with(workflow, step, &schema);
         if !diagnostics.is_empty() {
             return Err(diagnostics);
         }
         Ok(PreparedStep {
             plugin,
             info,
-            schema: Arc::new(schema),
+            schema,
         })
     }
 
@@ -188,6 +210,25 @@ impl Runner {
         &self,
         prepared: &Prepared,
         options: RunOptions,
+        events: EventSink,
+        cancel: CancellationToken,
+    ) -> RunReport {
+        self.run_from(prepared, options, Vec::new(), events, cancel)
+            .await
+    }
+
+    /// Runs a prepared workflow like [`Runner::run`], taking the steps in `prior` as already
+    /// settled: they are not run again, later steps see their outputs, and no events are
+    /// emitted for them. The daemon uses this to resume a run interrupted by a restart.
+    ///
+    /// The sink is called synchronously from the task that runs a step: `step_started` before
+    /// the plugin is called and `step_finished` before any step that needs it starts, so a
+    /// sink that commits each event durably gives that ordering on disk too.
+    pub async fn run_from(
+        &self,
+        prepared: &Prepared,
+        options: RunOptions,
+        prior: Vec<PriorStep>,
         events: EventSink,
         cancel: CancellationToken,
     ) -> RunReport {
@@ -203,6 +244,7 @@ impl Runner {
             cancel,
             steps: Mutex::new(BTreeMap::new()),
             reports: Mutex::new(Vec::new()),
+            prior,
         });
         let headers = sections(&workflow)
             .flat_map(|(section, steps)| {
@@ -285,6 +327,26 @@ impl Runner {
         let mut status: Vec<Option<Verdict>> = vec![None; steps.len()];
         let mut running = tokio::task::JoinSet::new();
         let mut failed = false;
+        for (index, step) in steps.iter().enumerate() {
+            let Some(prior) = run.prior.iter().find(|p| p.id == step.id) else {
+                continue;
+            };
+            let verdict = match prior.status {
+                StepStatus::Succeeded => Verdict::Ok,
+                StepStatus::Failed if prior.continued => Verdict::Ok,
+                StepStatus::Failed => Verdict::Failed,
+                StepStatus::Skipped | StepStatus::Cancelled => Verdict::Skipped,
+            };
+            failed |= verdict == Verdict::Failed;
+            status[index] = Some(verdict);
+            run.steps.lock().unwrap().insert(
+                step.id.clone(),
+                shiphat_workflow::StepState {
+                    status: prior.status.as_str().to_owned(),
+                    outputs: prior.outputs.clone(),
+                },
+            );
+        }
         loop {
             // Start every step whose needs are all settled.
             for index in 0..steps.len() {
@@ -405,6 +467,8 @@ struct RunState {
     /// What expressions see of finished steps.
     steps: Mutex<BTreeMap<String, shiphat_workflow::StepState>>,
     reports: Mutex<Vec<StepReport>>,
+    /// Steps settled before a restart; see [`Runner::run_from`].
+    prior: Vec<PriorStep>,
 }
 
 impl RunState {

@@ -162,14 +162,26 @@ fn with_path(segments: &[String]) -> String {
 /// Checks `step`'s `with:` block against a plugin's configuration schema before anything runs.
 /// Templated values are unknown until run time, so errors on or inside them are skipped.
 pub fn check_config(workflow: &Workflow, step: &Step, schema_json: &str) -> Vec<Diagnostic> {
+    match ConfigSchema::compile(schema_json) {
+        Ok(schema) => check_config_with(workflow, step, &schema),
+        Err(e) => vec![Diagnostic {
+            file: workflow.file.clone(),
+            location: step.key_locations.find("uses").or(Some(step.location)),
+            message: format!("step `{}`: {e}", step.id),
+        }],
+    }
+}
+
+/// [`check_config`] with a schema compiled once, for workflows whose steps share a plugin.
+pub fn check_config_with(
+    workflow: &Workflow,
+    step: &Step,
+    schema: &ConfigSchema,
+) -> Vec<Diagnostic> {
     let diag = |path: &str, message: String| Diagnostic {
         file: workflow.file.clone(),
         location: step.key_locations.find(path).or(Some(step.location)),
         message: format!("step `{}`: {message}", step.id),
-    };
-    let schema = match ConfigSchema::compile(schema_json) {
-        Ok(s) => s,
-        Err(e) => return vec![diag("uses", e)],
     };
     let mut templated = Vec::new();
     let shape = step.with.shape(&mut Vec::new(), &mut templated);

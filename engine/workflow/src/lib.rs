@@ -21,7 +21,7 @@ mod units;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{ConfigSchema, ConfigValue, check_config, validate_config};
+pub use config::{ConfigSchema, ConfigValue, check_config, check_config_with, validate_config};
 pub use error::{Diagnostic, Diagnostics, Error, Location, Result};
 pub use expr::{EvalError, Expr, Scope, StepState, Template};
 pub use grants::{Grant, HostPattern};
