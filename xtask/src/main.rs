@@ -9,11 +9,14 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod demo;
+
 const USAGE: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  demo      build the engine and the plugins, prepare the demo, run workflows/demo.yaml
+  demo      build the engine and the plugins, prepare a demo target, deploy release 2 with
+            workflows/deploy.yaml (`demo --bad`: a release whose metrics breach, rolled back)
   test      build the plugins, then run every test (cargo test --workspace)
   plugins   build the plugins into plugins/target/wasm32-wasip2/release
   lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins";
@@ -92,6 +95,7 @@ fn plugins() -> Result<()> {
 }
 
 fn demo(args: &[String]) -> Result<()> {
+    let bad = args.iter().any(|a| a == "--bad");
     plugins()?;
     run(cargo()
         .current_dir(root())
@@ -100,13 +104,35 @@ fn demo(args: &[String]) -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
     let shiphat = target_dir.join("debug/shiphat");
-    let workflow = root().join("workflows/demo.yaml");
-    let status = Command::new(&shiphat)
-        .arg("run")
-        .arg(&workflow)
-        .args(args)
-        .status()?;
-    std::process::exit(status.code().unwrap_or(3));
+    let workflow = root().join("workflows/deploy.yaml");
+    let demo = demo::Demo::prepare(&root().join("workflows/.demo"))?;
+    let metrics_url = format!("http://{}/metrics", demo.metrics_addr);
+    let deploy = |release: &str, quiet: bool| -> Result<i32> {
+        let mut command = Command::new(&shiphat);
+        command
+            .arg("run")
+            .arg(&workflow)
+            .args(["--input", &format!("release={release}")])
+            .args(["--input", &format!("metrics_url={metrics_url}")]);
+        if quiet {
+            command.arg("--json").stdout(std::process::Stdio::null());
+        }
+        Ok(command.status()?.code().unwrap_or(3))
+    };
+    eprintln!(
+        "xtask: preparing the demo in workflows/.demo: a sample site, a JUnit report, an app serving {metrics_url}; release 1 is deployed first"
+    );
+    if deploy("1", true)? != 0 {
+        bail!("deploying release 1 to prepare the demo failed; run it by hand to see why");
+    }
+    let release = if bad { demo::BAD_RELEASE } else { "2" };
+    eprintln!("xtask: deploying release {release} over release 1\n");
+    let code = deploy(release, false)?;
+    eprintln!(
+        "\nxtask: workflows/.demo/www/current -> {}",
+        demo.current()?
+    );
+    std::process::exit(code);
 }
 
 fn test(args: &[String]) -> Result<()> {

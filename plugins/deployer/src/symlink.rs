@@ -1,0 +1,381 @@
+//! `strategy: symlink`: Capistrano-style releases under a target directory.
+//!
+//! ```text
+//! <target>/releases/1/                       a release, with .shiphat-release.json
+//! <target>/releases/2/
+//! <target>/releases/.3.partial-<run id>/     a release being written (never current)
+//! <target>/current -> releases/2             relative, switched by rename
+//! ```
+//!
+//! Every change that a reader of `current` could see is a rename, which is atomic: a release
+//! directory appears whole, and `current` flips from one whole release to another.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use shiphat_plugin_sdk::{self as sdk, Output, StepContext, StepError, StepOutput};
+
+use crate::config::{Symlink, check_release_name};
+use crate::files::{self, Source};
+
+/// The manifest each release directory holds.
+const MANIFEST: &str = ".shiphat-release.json";
+
+/// Where a partial release's name starts after the leading `.` and the release name.
+const PARTIAL: &str = ".partial-";
+
+/// The temporary link's prefix, next to `current`.
+const CURRENT_TMP: &str = "current.tmp-";
+
+/// What `.shiphat-release.json` holds.
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    release: String,
+    run_id: String,
+    /// See `files::digest` for exactly what is hashed.
+    source_digest: String,
+    /// When the release was first deployed, RFC 3339 UTC with milliseconds. Releases are
+    /// ordered by it (the fixed format sorts as text).
+    time: String,
+    files: u64,
+}
+
+pub fn run(ctx: &StepContext, config: Symlink) -> Result<StepOutput, StepError> {
+    match config {
+        Symlink::Deploy {
+            release,
+            source,
+            target,
+            keep,
+        } => deploy(ctx, &release, &source, Layout::new(&target), keep),
+        Symlink::Rollback { release, target } => rollback(ctx, release, Layout::new(&target)),
+    }
+}
+
+/// The paths under one target.
+struct Layout {
+    target: PathBuf,
+    releases: PathBuf,
+    current: PathBuf,
+}
+
+impl Layout {
+    fn new(target: &str) -> Layout {
+        let target = PathBuf::from(target);
+        Layout {
+            releases: target.join("releases"),
+            current: target.join("current"),
+            target,
+        }
+    }
+
+    fn release(&self, name: &str) -> PathBuf {
+        self.releases.join(name)
+    }
+
+    /// What `current` holds, relative to the target: `releases/<name>`.
+    fn link_text(name: &str) -> PathBuf {
+        Path::new("releases").join(name)
+    }
+
+    /// The release `current` points at, or `None` when there is no `current` yet.
+    fn current(&self) -> Result<Option<String>, StepError> {
+        let link = match fs::read_link(&self.current) {
+            Ok(link) => link,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(sdk::failed(format!(
+                    "`{}` exists but is not a symlink ({e}); move it away so the deployer can manage it",
+                    self.current.display()
+                )));
+            }
+        };
+        let text = link.to_string_lossy();
+        let name = text
+            .trim_end_matches('/')
+            .strip_prefix("releases/")
+            .filter(|name| check_release_name(name).is_ok());
+        match name {
+            Some(name) => Ok(Some(name.to_string())),
+            None => Err(sdk::failed(format!(
+                "`{}` points at `{text}`, not at `releases/<release>`; fix or remove it",
+                self.current.display()
+            ))),
+        }
+    }
+
+    /// Points `current` at release `name`: a new link under a temporary name, renamed over
+    /// `current`, so that `current` is never missing nor half-written.
+    fn switch(&self, ctx: &StepContext, name: &str) -> Result<(), StepError> {
+        let tmp = self.target.join(format!("{CURRENT_TMP}{}", ctx.run_id));
+        // A link left by an earlier attempt of this run.
+        let _ = fs::remove_file(&tmp);
+        files::make_symlink(&Self::link_text(name), &tmp)
+            .and_then(|()| fs::rename(&tmp, &self.current))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                sdk::failed(format!(
+                    "cannot point `{}` at release `{name}`: {e}",
+                    self.current.display()
+                ))
+            })
+    }
+
+    /// The complete releases with a readable manifest, oldest first.
+    fn releases(&self) -> Result<Vec<(String, Manifest)>, StepError> {
+        let entries = match fs::read_dir(&self.releases) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_failed(&self.releases, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_failed(&self.releases, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            match read_manifest(&self.release(&name)) {
+                Ok(manifest) => out.push((name, manifest)),
+                Err(e) => sdk::warn(&format!(
+                    "release `{name}` has no readable {MANIFEST} ({e}); it is left alone and out of the release order"
+                )),
+            }
+        }
+        out.sort_by(|(a, ma), (b, mb)| ma.time.cmp(&mb.time).then_with(|| a.cmp(b)));
+        Ok(out)
+    }
+
+    /// The release deployed just before `name`, by manifest time.
+    fn before(&self, name: &str) -> Result<Option<String>, StepError> {
+        let releases = self.releases()?;
+        let at = releases.iter().position(|(n, _)| n == name);
+        Ok(at
+            .and_then(|i| i.checked_sub(1))
+            .map(|i| releases[i].0.clone()))
+    }
+
+    /// Removes what a deploy that died left behind: partial releases and temporary links.
+    fn clean_leftovers(&self) -> Result<(), StepError> {
+        for (dir, is_leftover) in [
+            (
+                &self.releases,
+                &(|n: &str| n.starts_with('.') && n.contains(PARTIAL)) as &dyn Fn(&str) -> bool,
+            ),
+            (&self.target, &|n: &str| n.starts_with(CURRENT_TMP)),
+        ] {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_failed(dir, e)),
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !is_leftover(&name) {
+                    continue;
+                }
+                let path = entry.path();
+                let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+                removed.map_err(|e| io_failed(&path, e))?;
+                sdk::info(&format!(
+                    "removed `{}`, left by a deploy that did not finish",
+                    path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn deploy(
+    ctx: &StepContext,
+    release: &str,
+    source: &str,
+    layout: Layout,
+    keep: u32,
+) -> Result<StepOutput, StepError> {
+    let source = Source::open(source).map_err(sdk::invalid_config)?;
+    let previous = layout.current()?;
+    let path = layout.release(release);
+    let output = |summary: String, previous: Option<String>, changed: bool| {
+        Output::new(summary)
+            .set("release", release)
+            .set("previous_release", previous)
+            .set("path", path.to_string_lossy().into_owned())
+            .set("changed", changed)
+    };
+
+    if previous.as_deref() == Some(release) {
+        let before = layout.before(release)?;
+        return Ok(output(
+            format!("release {release} is already current; nothing changed"),
+            before,
+            false,
+        )
+        .into());
+    }
+    let over = match &previous {
+        Some(p) => format!(" over {p}"),
+        None => " as the first release".to_string(),
+    };
+    let exists = path.is_dir();
+
+    if ctx.dry_run {
+        let summary = if exists {
+            format!("would switch to the existing release {release}{over}")
+        } else {
+            let n = source
+                .count()
+                .map_err(|e| sdk::failed(format!("cannot read the source: {e}")))?;
+            format!("would deploy {release}{over} (copy {n} files)")
+        };
+        return Ok(output(summary, previous, false).set("dry_run", true).into());
+    }
+
+    layout.clean_leftovers()?;
+    fs::create_dir_all(&layout.releases).map_err(|e| io_failed(&layout.releases, e))?;
+    let partial = layout
+        .releases
+        .join(format!(".{release}{PARTIAL}{}", ctx.run_id));
+    let (count, digest) = source.put(&partial).map_err(|e| {
+        let _ = fs::remove_dir_all(&partial);
+        sdk::failed(e)
+    })?;
+
+    let summary = if exists {
+        // A release name is immutable: the same name with other contents is a mistake.
+        fs::remove_dir_all(&partial).map_err(|e| io_failed(&partial, e))?;
+        let existing = read_manifest(&path).map_err(|e| {
+            sdk::failed(format!(
+                "release `{release}` already exists without a readable manifest ({e}); deploy under a new release name"
+            ))
+        })?;
+        if existing.source_digest != digest {
+            return Err(sdk::failed(format!(
+                "release `{release}` already exists with other contents (digest {} there, {} here); deploy under a new release name",
+                short(&existing.source_digest),
+                short(&digest)
+            )));
+        }
+        layout.switch(ctx, release)?;
+        format!("switched to the existing release {release}{over} (same contents)")
+    } else {
+        let manifest = Manifest {
+            release: release.to_string(),
+            run_id: ctx.run_id.clone(),
+            source_digest: digest.clone(),
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            files: count,
+        };
+        let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
+        let manifest_path = partial.join(MANIFEST);
+        fs::write(&manifest_path, text + "\n").map_err(|e| io_failed(&manifest_path, e))?;
+        fs::rename(&partial, &path).map_err(|e| io_failed(&path, e))?;
+        layout.switch(ctx, release)?;
+        format!(
+            "deployed {release}{over} ({count} files, sha256 {})",
+            short(&digest)
+        )
+    };
+    sdk::info(&summary);
+    prune(&layout, keep, release, previous.as_deref())?;
+    Ok(output(summary, previous, true)
+        .set("source_digest", digest)
+        .into())
+}
+
+/// Deletes the oldest releases beyond `keep`, never `current` nor `previous`.
+fn prune(
+    layout: &Layout,
+    keep: u32,
+    current: &str,
+    previous: Option<&str>,
+) -> Result<(), StepError> {
+    let releases = layout.releases()?;
+    let excess = releases.len().saturating_sub(keep as usize);
+    for (name, _) in releases.iter().take(excess) {
+        if name == current || Some(name.as_str()) == previous {
+            continue;
+        }
+        let path = layout.release(name);
+        fs::remove_dir_all(&path).map_err(|e| io_failed(&path, e))?;
+        sdk::info(&format!("removed release {name} (keep: {keep})"));
+    }
+    Ok(())
+}
+
+fn rollback(
+    ctx: &StepContext,
+    release: Option<String>,
+    layout: Layout,
+) -> Result<StepOutput, StepError> {
+    let Some(current) = layout.current()? else {
+        return Err(sdk::failed(format!(
+            "nothing to roll back: `{}` does not exist",
+            layout.current.display()
+        )));
+    };
+    let to = match release {
+        Some(name) => {
+            if !layout.release(&name).is_dir() {
+                return Err(sdk::failed(format!(
+                    "cannot roll back to release `{name}`: `{}` does not exist",
+                    layout.release(&name).display()
+                )));
+            }
+            name
+        }
+        None => layout.before(&current)?.ok_or_else(|| {
+            sdk::failed(format!(
+                "nothing to roll back to: no release was deployed before `{current}`"
+            ))
+        })?,
+    };
+    let path = layout.release(&to).to_string_lossy().into_owned();
+    let output = |summary: String, changed: bool| {
+        Output::new(summary)
+            .set("release", to.as_str())
+            .set("previous_release", current.as_str())
+            .set("path", path.as_str())
+            .set("changed", changed)
+    };
+    if to == current {
+        return Ok(output(
+            format!("release {to} is already current; nothing changed"),
+            false,
+        )
+        .into());
+    }
+    if ctx.dry_run {
+        return Ok(
+            output(format!("would roll back from {current} to {to}"), false)
+                .set("dry_run", true)
+                .into(),
+        );
+    }
+    layout.switch(ctx, &to)?;
+    let summary = format!("rolled back from {current} to {to}");
+    sdk::info(&summary);
+    Ok(output(summary, true).into())
+}
+
+fn read_manifest(release_dir: &Path) -> Result<Manifest, String> {
+    let text = fs::read_to_string(release_dir.join(MANIFEST)).map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+fn io_failed(path: &Path, e: io::Error) -> StepError {
+    sdk::failed(format!("`{}`: {e}", path.display()))
+}
+
+/// The first 12 hex digits of a digest, enough to tell releases apart in a summary.
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}

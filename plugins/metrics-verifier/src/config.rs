@@ -1,0 +1,300 @@
+//! The `with:` block: raw serde types as the workflow writes them, checked into [`Metric`]s
+//! with every default filled in, every duration parsed and every condition compiled.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shiphat_plugin_sdk::{self as sdk, StepError};
+
+use crate::condition::Condition;
+
+/// How long one query or scrape may take when `query_timeout` is not set.
+const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The time between two measurements of a metric when `interval` is not set. One minute is
+/// a common Prometheus scrape interval: measuring more often mostly reads the same samples.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How many measurements count towards a metric's verdict when `count` is not set.
+const DEFAULT_COUNT: u32 = 1;
+
+/// How many errors in a row a metric tolerates when `consecutive_error_limit` is not set;
+/// Argo Rollouts' default.
+const DEFAULT_CONSECUTIVE_ERROR_LIMIT: u32 = 4;
+
+/// The most measurements one metric may ask for. Every measurement is kept in the step's
+/// outputs, which the engine caps at 1 MiB; a thousand records of about a hundred bytes each
+/// stay well inside that, errors included.
+pub const MAX_COUNT: u32 = 1000;
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Prometheus,
+    Scrape,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    provider: Option<Provider>,
+    address: Option<String>,
+    token_secret: Option<String>,
+    query_timeout: Option<String>,
+    metrics: Vec<RawMetric>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetric {
+    name: String,
+    provider: Option<Provider>,
+    address: Option<String>,
+    token_secret: Option<String>,
+    query: Option<String>,
+    series: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    initial_delay: Option<String>,
+    interval: Option<String>,
+    count: Option<u32>,
+    success_condition: Option<String>,
+    failure_condition: Option<String>,
+    failure_limit: Option<u32>,
+    inconclusive_limit: Option<u32>,
+    consecutive_error_limit: Option<u32>,
+}
+
+/// Where a metric's value comes from.
+pub enum Source {
+    /// An instant query: `GET {address}/api/v1/query?query=...`.
+    Prometheus { address: String, query: String },
+    /// One series of the text exposition format at `url`.
+    Scrape {
+        url: String,
+        series: String,
+        labels: BTreeMap<String, String>,
+    },
+}
+
+/// One checked metric.
+pub struct Metric {
+    pub name: String,
+    pub source: Source,
+    /// The value of `Authorization: Bearer ...`, from `token_secret`.
+    pub token: Option<String>,
+    pub timeout: Duration,
+    pub initial_delay: Duration,
+    pub interval: Duration,
+    pub count: u32,
+    pub success: Option<Condition>,
+    pub failure: Option<Condition>,
+    pub failure_limit: u32,
+    pub inconclusive_limit: u32,
+    pub consecutive_error_limit: u32,
+}
+
+/// Parses and checks the `with:` block.
+pub fn parse(text: &str) -> Result<Vec<Metric>, StepError> {
+    let mut raw: RawConfig =
+        serde_json::from_str(text).map_err(|e| sdk::invalid_config(e.to_string()))?;
+    let raw_metrics = std::mem::take(&mut raw.metrics);
+    if raw_metrics.is_empty() {
+        return Err(sdk::invalid_config(
+            "`metrics` is empty; list at least one metric to measure",
+        ));
+    }
+    let timeout = match &raw.query_timeout {
+        Some(text) => duration(text, "query_timeout")?,
+        None => DEFAULT_QUERY_TIMEOUT,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut metrics = Vec::with_capacity(raw_metrics.len());
+    for m in raw_metrics {
+        if !seen.insert(m.name.clone()) {
+            return Err(sdk::invalid_config(format!(
+                "metric name `{}` appears twice; give each metric its own name",
+                m.name
+            )));
+        }
+        metrics.push(check_metric(m, &raw, timeout)?);
+    }
+    Ok(metrics)
+}
+
+fn check_metric(m: RawMetric, step: &RawConfig, timeout: Duration) -> Result<Metric, StepError> {
+    let name = m.name;
+    let bad = |message: String| sdk::invalid_config(format!("metric `{name}`: {message}"));
+    let provider = m.provider.or(step.provider).ok_or_else(|| {
+        bad("no `provider`; set `provider: prometheus` or `provider: scrape` on the step or the metric".into())
+    })?;
+    let address = m
+        .address
+        .or_else(|| step.address.clone())
+        .ok_or_else(|| bad("no `address`; set it on the step or the metric".into()))?;
+    if !(address.starts_with("http://") || address.starts_with("https://")) {
+        return Err(bad(format!(
+            "`address` `{address}` is not an http:// or https:// URL"
+        )));
+    }
+    let source = match provider {
+        Provider::Prometheus => {
+            if m.series.is_some() || !m.labels.is_empty() {
+                return Err(bad(
+                    "`series` and `labels` belong to `provider: scrape`; a Prometheus metric takes a `query`".into(),
+                ));
+            }
+            let query = m
+                .query
+                .ok_or_else(|| bad("`provider: prometheus` needs a `query` (PromQL)".into()))?;
+            Source::Prometheus { address, query }
+        }
+        Provider::Scrape => {
+            if m.query.is_some() {
+                return Err(bad(
+                    "`query` belongs to `provider: prometheus`; a scraped metric takes `series` and `labels`".into(),
+                ));
+            }
+            let series = m.series.ok_or_else(|| {
+                bad("`provider: scrape` needs a `series` (a metric name such as `http_requests_total`)".into())
+            })?;
+            Source::Scrape {
+                url: address,
+                series,
+                labels: m.labels,
+            }
+        }
+    };
+    let token = match m.token_secret.or_else(|| step.token_secret.clone()) {
+        Some(secret) => Some(sdk::secret(&secret).ok_or_else(|| {
+            bad(format!(
+                "the secret `{secret}` of `token_secret` has no value: grant it in the step's `allow.secrets` and set it in the engine's environment"
+            ))
+        })?),
+        None => None,
+    };
+    let success = compile(m.success_condition, "success_condition", &name)?;
+    let failure = compile(m.failure_condition, "failure_condition", &name)?;
+    if success.is_none() && failure.is_none() {
+        return Err(bad(
+            "no condition; set `success_condition` (e.g. `result < 0.01`), `failure_condition`, or both".into(),
+        ));
+    }
+    let count = m.count.unwrap_or(DEFAULT_COUNT);
+    if count == 0 || count > MAX_COUNT {
+        return Err(bad(format!(
+            "`count` is {count}; it must be between 1 and {MAX_COUNT}"
+        )));
+    }
+    let in_metric = |key: &str| format!("metric `{name}`: `{key}`");
+    Ok(Metric {
+        source,
+        token,
+        timeout,
+        initial_delay: match &m.initial_delay {
+            Some(text) => duration(text, &in_metric("initial_delay"))?,
+            None => Duration::ZERO,
+        },
+        interval: match &m.interval {
+            Some(text) => duration(text, &in_metric("interval"))?,
+            None => DEFAULT_INTERVAL,
+        },
+        count,
+        success,
+        failure,
+        failure_limit: m.failure_limit.unwrap_or(0),
+        inconclusive_limit: m.inconclusive_limit.unwrap_or(0),
+        consecutive_error_limit: m
+            .consecutive_error_limit
+            .unwrap_or(DEFAULT_CONSECUTIVE_ERROR_LIMIT),
+        name,
+    })
+}
+
+fn compile(text: Option<String>, key: &str, metric: &str) -> Result<Option<Condition>, StepError> {
+    text.map(|text| {
+        Condition::compile(&text).map_err(|e| {
+            sdk::invalid_config(format!(
+                "metric `{metric}`: `{key}` `{text}` does not parse: {e}"
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn duration(text: &str, key: &str) -> Result<Duration, StepError> {
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        sdk::invalid_config(format!(
+            "{key} `{text}` is not a duration ({e}); write e.g. `30s`, `250ms` or `1m`"
+        ))
+    })
+}
+
+/// The JSON Schema (draft 2020-12) of the `with:` block.
+pub fn schema() -> Value {
+    let provider = json!({
+        "enum": ["prometheus", "scrape"],
+        "description": "Where values come from: `prometheus` runs instant PromQL queries against a Prometheus server's HTTP API; `scrape` reads the text exposition format from a `/metrics` URL directly, for apps with no Prometheus server."
+    });
+    let address = json!({
+        "type": "string",
+        "pattern": "^https?://",
+        "description": "For `prometheus`: the server's base URL, e.g. `http://127.0.0.1:9090` (the plugin appends `/api/v1/query`). For `scrape`: the full URL of the metrics page, e.g. `http://127.0.0.1:8080/metrics`. Its host must be granted in `allow.http`."
+    });
+    let token_secret = json!({
+        "type": "string",
+        "description": "The name of a secret holding a bearer token, sent as `Authorization: Bearer <token>`. The secret must be granted in `allow.secrets`."
+    });
+    let duration = |what: &str| json!({ "type": "string", "minLength": 1, "description": what });
+    let limit = |what: &str| json!({ "type": "integer", "minimum": 0, "description": what });
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "type": "object",
+        "description": "Measures one or more metrics with the semantics of an Argo Rollouts AnalysisRun; the step fails when a metric breaches its conditions.",
+        "properties": {
+            "provider": provider,
+            "address": address,
+            "token_secret": token_secret,
+            "query_timeout": duration("How long one query or scrape may take before that measurement is an Error, e.g. `10s` (the default)."),
+            "metrics": {
+                "type": "array",
+                "minItems": 1,
+                "description": "The metrics to measure. Their measurements are interleaved by time; the step's verdict is the worst metric's.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "name": { "type": "string", "minLength": 1, "description": "The metric's name, unique in the step; used in logs, outputs and the summary." },
+                        "provider": provider,
+                        "address": address,
+                        "token_secret": token_secret,
+                        "query": { "type": "string", "minLength": 1, "description": "`prometheus` only: the PromQL of an instant query whose result is one number (a scalar, or a vector of exactly one series)." },
+                        "series": { "type": "string", "minLength": 1, "description": "`scrape` only: the metric name of the series to read, e.g. `http_requests_total`; counters, gauges and untyped samples give their value." },
+                        "labels": {
+                            "type": "object",
+                            "additionalProperties": { "type": "string" },
+                            "description": "`scrape` only: labels the series must have, e.g. `{code: \"500\"}`; exactly one series must match."
+                        },
+                        "initial_delay": duration("How long to wait before the first measurement, e.g. `30s`. Default `0s`."),
+                        "interval": duration("The time from the start of one measurement to the start of the next, e.g. `30s` or `250ms`. Default `1m`. After an Error the next try comes after at most `10s`."),
+                        "count": { "type": "integer", "minimum": 1, "maximum": MAX_COUNT, "description": "How many Successful, Failed or Inconclusive measurements to take; Errors do not count. Default 1." },
+                        "success_condition": { "type": "string", "minLength": 1, "description": "An expr-lang expression over `result` (the measured number) that is true when the measurement is good, e.g. `result < 0.01`." },
+                        "failure_condition": { "type": "string", "minLength": 1, "description": "An expr-lang expression over `result` that is true when the measurement is bad, e.g. `result > 0.05`. With both conditions, a measurement that meets neither is Inconclusive." },
+                        "failure_limit": limit("How many Failed measurements are tolerated; one more fails the step at once. Default 0."),
+                        "inconclusive_limit": limit("How many Inconclusive measurements are tolerated; one more fails the step as inconclusive. Default 0."),
+                        "consecutive_error_limit": limit("How many Errors in a row (query failed, empty result, NaN, several series) are tolerated; one more fails the step. Default 4.")
+                    },
+                    "required": ["name"],
+                    "anyOf": [
+                        { "required": ["success_condition"] },
+                        { "required": ["failure_condition"] }
+                    ],
+                    "additionalProperties": false
+                }
+            }
+        },
+        "required": ["metrics"],
+        "additionalProperties": false
+    })
+}

@@ -1,0 +1,318 @@
+//! The `metrics-verifier` plugin: verifies a release by its metrics, with the measurement
+//! rules of an Argo Rollouts AnalysisRun.
+//!
+//! Each metric is measured `count` times, `interval` apart, after `initial_delay`: an instant
+//! PromQL query to a Prometheus server, or one series read straight from an app's `/metrics`
+//! page. Each value is judged by `success_condition` / `failure_condition` (expr-lang
+//! expressions over `result`) as Successful, Failed or Inconclusive; a measurement without a
+//! value is an Error. The step fails as soon as a metric goes over one of its limits, and
+//! otherwise succeeds once every metric has its `count`. The metrics' measurements are
+//! interleaved by time, as Argo does.
+//!
+//! It only reads, so a dry run measures too. It does not roll anything back: a workflow does
+//! that in `on_failure`.
+
+mod analysis;
+mod condition;
+mod config;
+mod provider;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Map, Value, json};
+use shiphat_plugin_sdk::{
+    self as sdk, Guest, Output, PluginInfo, StepError, StepInput, StepOutput,
+};
+
+use analysis::{Outcome, Tally, Verdict};
+use config::Metric;
+use provider::Problem;
+
+/// The longest wait before retrying a metric whose last measurement was an Error, when its
+/// `interval` is longer. Argo Rollouts uses the same ten seconds: an error is often a blip,
+/// and waiting a whole `interval` to find out would stretch `consecutive_error_limit` errors
+/// into many minutes.
+const ERROR_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The most measurements the outputs list; later ones are counted in
+/// `measurements_omitted`. At about 130 bytes each this keeps the outputs near half of the
+/// engine's 1 MiB limit, whatever the number of metrics.
+const MAX_RECORDED: usize = 4000;
+
+struct MetricsVerifier;
+
+impl Guest for MetricsVerifier {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: env!("CARGO_PKG_NAME").into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "Measures Prometheus queries or scraped metrics against success and failure conditions, Argo Rollouts-style, and fails the step when they breach.".into(),
+            config_schema: config::schema().to_string(),
+        }
+    }
+
+    fn run(input: StepInput) -> Result<StepOutput, StepError> {
+        let metrics = config::parse(&input.config)?;
+        if input.context.dry_run {
+            sdk::info("dry run: measuring anyway, since measuring only reads");
+        }
+        for metric in &metrics {
+            sdk::info(&format!(
+                "measuring {}: {} {} time(s), every {}, after {}",
+                metric.name,
+                match &metric.source {
+                    config::Source::Prometheus { query, .. } => format!("`{query}`"),
+                    config::Source::Scrape { url, series, .. } => format!("`{series}` at {url}"),
+                },
+                metric.count,
+                humantime::format_duration(metric.interval),
+                humantime::format_duration(metric.initial_delay),
+            ));
+        }
+        Analysis::new(&metrics).run()
+    }
+}
+
+/// One run over all the metrics.
+struct Analysis<'a> {
+    metrics: &'a [Metric],
+    tallies: Vec<Tally>,
+    verdicts: Vec<Verdict>,
+    /// When each running metric is next due.
+    due: Vec<Instant>,
+    measurements: Vec<Value>,
+    omitted: usize,
+}
+
+impl<'a> Analysis<'a> {
+    fn new(metrics: &'a [Metric]) -> Self {
+        let start = Instant::now();
+        Analysis {
+            metrics,
+            tallies: metrics.iter().map(|_| Tally::default()).collect(),
+            verdicts: vec![Verdict::Running; metrics.len()],
+            due: metrics.iter().map(|m| start + m.initial_delay).collect(),
+            measurements: Vec::new(),
+            omitted: 0,
+        }
+    }
+
+    fn run(mut self) -> Result<StepOutput, StepError> {
+        // The earliest due running metric is measured next; ties go to the one listed first.
+        while let Some(i) = (0..self.metrics.len())
+            .filter(|&i| self.verdicts[i] == Verdict::Running)
+            .min_by_key(|&i| self.due[i])
+        {
+            let wait = self.due[i].saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                // One blocking `wasi:clocks` call: the host sleeps, not the guest.
+                std::thread::sleep(wait);
+            }
+            let started = Instant::now();
+            self.measure(i)?;
+            let metric = &self.metrics[i];
+            let verdict = analysis::assess(metric, &self.tallies[i]);
+            self.verdicts[i] = verdict;
+            match verdict {
+                Verdict::Running => {
+                    let errored = self.tallies[i].consecutive_errors > 0;
+                    let next = if errored {
+                        metric.interval.min(ERROR_RETRY_INTERVAL)
+                    } else {
+                        metric.interval
+                    };
+                    self.due[i] = started + next;
+                }
+                Verdict::Successful => {}
+                // Argo ends the whole run when one metric goes bad; so does the step.
+                Verdict::Failed | Verdict::Inconclusive | Verdict::Error => {
+                    return Err(sdk::failed_with(self.failure_message(i), self.outputs()));
+                }
+            }
+        }
+        let summary = format!(
+            "metrics green: {}",
+            (0..self.metrics.len())
+                .map(|i| self.passed(i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let outputs = self.outputs();
+        let Value::Object(outputs) = outputs else {
+            unreachable!("outputs are an object")
+        };
+        let mut output = Output::new(summary);
+        for (key, value) in outputs {
+            output = output.set(key, value);
+        }
+        Ok(output.into())
+    }
+
+    /// Takes one measurement of metric `i`, logs it and records it.
+    fn measure(&mut self, i: usize) -> Result<(), StepError> {
+        let metric = &self.metrics[i];
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let (outcome, value, error) = match provider::measure(metric) {
+            Ok(value) => match analysis::evaluate(metric, value) {
+                Ok(outcome) => (outcome, Some(value), None),
+                Err(e) => (Outcome::Error, Some(value), Some(e)),
+            },
+            Err(Problem::Error(e)) => (Outcome::Error, None, Some(e)),
+            Err(Problem::Denied(e)) => {
+                return Err(sdk::invalid_config(format!(
+                    "metric `{}`: {e}",
+                    metric.name
+                )));
+            }
+        };
+        let tally = &mut self.tallies[i];
+        tally.record(outcome, value);
+        match &error {
+            None => sdk::info(&format!(
+                "{} = {} → {} ({}/{})",
+                metric.name,
+                value.map_or("none".into(), |v| v.to_string()),
+                outcome.as_str(),
+                tally.counted(),
+                metric.count
+            )),
+            Some(e) => {
+                sdk::warn(&format!(
+                    "{} → Error ({} in a row, limit {}): {e}",
+                    metric.name, tally.consecutive_errors, metric.consecutive_error_limit
+                ));
+                tally.last_error = Some(e.clone());
+            }
+        }
+        if self.measurements.len() < MAX_RECORDED {
+            let mut record = json!({
+                "metric": metric.name,
+                "value": value,
+                "time": time,
+                "outcome": outcome.as_str(),
+            });
+            if let Some(e) = error {
+                record["error"] = e.into();
+            }
+            self.measurements.push(record);
+        } else {
+            self.omitted += 1;
+        }
+        Ok(())
+    }
+
+    /// The step's outputs: every measurement, each metric's counts, and the verdict.
+    fn outputs(&self) -> Value {
+        let verdict = self
+            .verdicts
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(Verdict::Successful);
+        let mut metrics = Map::new();
+        for (i, metric) in self.metrics.iter().enumerate() {
+            let tally = &self.tallies[i];
+            metrics.insert(
+                metric.name.clone(),
+                json!({
+                    "verdict": self.verdicts[i].as_str(),
+                    "count": metric.count,
+                    "successful": tally.successful,
+                    "failed": tally.failed,
+                    "inconclusive": tally.inconclusive,
+                    "error": tally.error,
+                }),
+            );
+        }
+        let mut outputs = json!({
+            "verdict": verdict.as_str(),
+            "metrics": metrics,
+            "measurements": self.measurements,
+        });
+        if self.omitted > 0 {
+            outputs["measurements_omitted"] = self.omitted.into();
+        }
+        outputs
+    }
+
+    /// How metric `i` passed, e.g. `error_rate 0.004 < 0.01 (3/3)`.
+    fn passed(&self, i: usize) -> String {
+        let (metric, tally) = (&self.metrics[i], &self.tallies[i]);
+        let value = last_value(tally);
+        let how = match (&metric.success, &metric.failure) {
+            (Some(success), _) => with_value(&success.text, &value),
+            (None, Some(failure)) => format!("{value} did not meet `{}`", failure.text),
+            (None, None) => value,
+        };
+        format!(
+            "{} {how} ({}/{})",
+            metric.name,
+            tally.counted(),
+            metric.count
+        )
+    }
+
+    /// Why metric `i` ended the step, after `metrics red:` and the like.
+    fn failure_message(&self, i: usize) -> String {
+        let (metric, tally) = (&self.metrics[i], &self.tallies[i]);
+        let value = last_value(tally);
+        let name = &metric.name;
+        match self.verdicts[i] {
+            Verdict::Failed => {
+                // The measurement that went over the limit is the last one, and it was Failed.
+                let met = |c: &condition::Condition| {
+                    tally.last.is_some_and(|(v, _)| c.eval(v).unwrap_or(false))
+                };
+                let how = match (&metric.success, &metric.failure) {
+                    (_, Some(failure)) if met(failure) => {
+                        format!("met failure condition {}", failure.text)
+                    }
+                    (Some(success), _) => format!("breached {}", success.text),
+                    (None, Some(failure)) => format!("met failure condition {}", failure.text),
+                    (None, None) => "failed".into(),
+                };
+                format!(
+                    "metrics red: {name} {value} {how} ({} failed, limit {})",
+                    tally.failed, metric.failure_limit
+                )
+            }
+            Verdict::Inconclusive => {
+                let conditions: Vec<&str> = [&metric.success, &metric.failure]
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.text.as_str())
+                    .collect();
+                format!(
+                    "metrics inconclusive: {name} {value} met neither {} ({} inconclusive, limit {})",
+                    conditions.join(" nor "),
+                    tally.inconclusive,
+                    metric.inconclusive_limit
+                )
+            }
+            _ => format!(
+                "metrics errored: {name} errored {} times in a row (limit {}): {}",
+                tally.consecutive_errors,
+                metric.consecutive_error_limit,
+                tally.last_error.as_deref().unwrap_or("no detail")
+            ),
+        }
+    }
+}
+
+/// The last value measured, for a person.
+fn last_value(tally: &Tally) -> String {
+    tally
+        .last
+        .map_or_else(|| "(no value)".into(), |(v, _)| v.to_string())
+}
+
+/// `result < 0.01` with `0.004` reads `0.004 < 0.01`: a condition that starts with `result`
+/// and names it once reads best with the value in its place. Others are quoted whole.
+fn with_value(condition: &str, value: &str) -> String {
+    match condition.strip_prefix("result") {
+        Some(rest) if rest.starts_with(' ') && !rest.contains("result") => format!("{value}{rest}"),
+        _ => format!("{value} met `{condition}`"),
+    }
+}
+
+shiphat_plugin_sdk::export!(MetricsVerifier);

@@ -1,0 +1,444 @@
+//! `source: junit`: counts the tests in JUnit XML reports and judges them.
+//!
+//! Tools disagree on the attributes of `<testsuite>` (jest-junit writes `tests="0"` beside the
+//! test case it adds for a suite that failed to run; cargo-nextest leaves ignored tests out of
+//! the report altogether), so the counts come from the `<testcase>` elements. Attributes are used only
+//! where no element speaks: a suite that reports failures or errors but holds no test case
+//! (a suite that failed before any test ran) counts as that many errors, so it is not lost.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use shiphat_plugin_sdk::{self as sdk, Output, StepError, StepOutput};
+
+use crate::list;
+
+/// The largest report read, 32 MiB. The whole document is held in memory as a tree several
+/// times its size, within the plugin's memory limit; a report this big holds hundreds of
+/// thousands of tests, so anything larger is more likely a wrong file than a report.
+const MAX_REPORT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// How many failing test names go into the `failing` output: enough to start on, few enough
+/// that a run with thousands of failures keeps its outputs small.
+const MAX_FAILING: usize = 20;
+
+/// How many directory entries one pattern's walk looks at, at most. A `**` pattern over a
+/// build directory can meet many files; this bounds the time spent without limiting any
+/// realistic reports directory.
+const MAX_WALK_ENTRIES: usize = 200_000;
+
+/// How many failing test names the summary shows, so that it stays one readable line.
+const SUMMARY_NAMES: usize = 5;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    reports: Vec<String>,
+    #[serde(default)]
+    max_failures: u64,
+    min_pass_rate: Option<f64>,
+    max_age: Option<String>,
+}
+
+/// What the reports add up to.
+#[derive(Default)]
+struct Totals {
+    tests: u64,
+    failures: u64,
+    errors: u64,
+    skipped: u64,
+    /// Failing and erroring tests, in report order, at most [`MAX_FAILING`].
+    failing: Vec<String>,
+}
+
+impl Totals {
+    fn passed(&self) -> u64 {
+        self.tests - self.failures - self.errors - self.skipped
+    }
+
+    /// passed / (tests - skipped); 0 when no test ran, so that `min_pass_rate` catches a
+    /// report that ran nothing.
+    fn pass_rate(&self) -> f64 {
+        let ran = self.tests - self.skipped;
+        if ran == 0 {
+            0.0
+        } else {
+            self.passed() as f64 / ran as f64
+        }
+    }
+
+    fn fail(&mut self, name: String) {
+        if self.failing.len() < MAX_FAILING {
+            self.failing.push(name);
+        }
+    }
+}
+
+pub fn run(config: &Config) -> Result<StepOutput, StepError> {
+    let max_age = config
+        .max_age
+        .as_deref()
+        .map(|text| {
+            humantime::parse_duration(text).map_err(|e| {
+                sdk::invalid_config(format!(
+                    "`max_age` `{text}` is not a duration ({e}); write it like `30m`, `1h` or `2h 30m`"
+                ))
+            })
+        })
+        .transpose()?;
+
+    let files = find(&config.reports)?;
+    let mut totals = Totals::default();
+    let mut newest: Option<(SystemTime, &Path)> = None;
+    for file in &files {
+        let modified = read(file, &mut totals)?;
+        if let Some(modified) = modified
+            && newest.is_none_or(|(t, _)| modified > t)
+        {
+            newest = Some((modified, file));
+        }
+    }
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    sdk::info(&format!(
+        "read {} report(s): {}",
+        names.len(),
+        list(&names, 10)
+    ));
+
+    let pass_rate = totals.pass_rate();
+    let outputs = json!({
+        "tests": totals.tests,
+        "failures": totals.failures,
+        "errors": totals.errors,
+        "skipped": totals.skipped,
+        "pass_rate": pass_rate,
+        "failing": totals.failing,
+        "reports": names,
+    });
+
+    if let Some(max_age) = max_age {
+        let Some((modified, file)) = newest else {
+            return Err(sdk::failed_with(
+                "QA red: cannot tell the reports' age (the host gave no modification time), so `max_age` cannot be checked",
+                outputs,
+            ));
+        };
+        // A clock behind the file's time makes the report young, not an error.
+        let age = SystemTime::now()
+            .duration_since(modified)
+            .unwrap_or_default();
+        if age > max_age {
+            return Err(sdk::failed_with(
+                format!(
+                    "QA red: the newest report `{}` is {} old, older than `max_age` {}; did the tests run for this build?",
+                    file.display(),
+                    humantime::format_duration(Duration::from_secs(age.as_secs())),
+                    humantime::format_duration(max_age),
+                ),
+                outputs,
+            ));
+        }
+    }
+
+    let red = totals.failures + totals.errors;
+    if red > config.max_failures {
+        let allowed = if config.max_failures > 0 {
+            format!(", more than `max_failures` {}", config.max_failures)
+        } else {
+            String::new()
+        };
+        return Err(sdk::failed_with(
+            format!(
+                "QA red: {}{allowed} ({})",
+                counts(&totals, false),
+                list(&totals.failing, SUMMARY_NAMES)
+            ),
+            outputs,
+        ));
+    }
+    if let Some(min) = config.min_pass_rate
+        && pass_rate < min
+    {
+        return Err(sdk::failed_with(
+            format!(
+                "QA red: pass rate {} is below `min_pass_rate` {} ({})",
+                percent(pass_rate),
+                percent(min),
+                counts(&totals, true)
+            ),
+            outputs,
+        ));
+    }
+
+    let summary = if totals.tests - totals.skipped == 0 {
+        format!("QA green, but no test ran: {}", counts(&totals, true))
+    } else {
+        format!("QA green: {}", counts(&totals, true))
+    };
+    if totals.tests == totals.skipped {
+        sdk::warn("the reports hold no test that ran");
+    }
+    let Value::Object(outputs) = outputs else {
+        unreachable!("built as an object above")
+    };
+    let mut output = Output::new(summary);
+    for (key, value) in outputs {
+        output = output.set(key, value);
+    }
+    Ok(output.into())
+}
+
+/// `412 passed, 2 failed, 1 error, 3 skipped`, leaving out the zero counts; with
+/// `passed` false, only the red ones.
+fn counts(totals: &Totals, passed: bool) -> String {
+    let mut parts = Vec::new();
+    if passed {
+        parts.push(format!("{} passed", totals.passed()));
+    }
+    if totals.failures > 0 {
+        parts.push(format!("{} failed", totals.failures));
+    }
+    match totals.errors {
+        0 => {}
+        1 => parts.push("1 error".to_string()),
+        n => parts.push(format!("{n} errors")),
+    }
+    if passed && totals.skipped > 0 {
+        parts.push(format!("{} skipped", totals.skipped));
+    }
+    parts.join(", ")
+}
+
+/// A rate as a percentage with at most two decimals: `97.5%`.
+fn percent(rate: f64) -> String {
+    let text = format!("{:.2}", rate * 100.0);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text}%")
+}
+
+/// The files the patterns match, each once, sorted.
+fn find(patterns: &[String]) -> Result<BTreeSet<PathBuf>, StepError> {
+    let mut files = BTreeSet::new();
+    for pattern in patterns {
+        files.extend(matching(pattern)?);
+    }
+    if files.is_empty() {
+        let patterns: Vec<String> = patterns.iter().map(|p| format!("`{p}`")).collect();
+        return Err(sdk::failed(format!(
+            "QA red: no report matched {}; did the tests run, and is the reports' directory granted in `allow.read`?",
+            patterns.join(", ")
+        )));
+    }
+    Ok(files)
+}
+
+/// The files one pattern matches.
+///
+/// The walk starts at the pattern's longest literal directory, not at its first component as
+/// `glob::glob` does: a step granted `target/nextest` sees no `target` directory at all, so a
+/// walk from `target` would find nothing. The `glob` crate still does the matching.
+fn matching(pattern: &str) -> Result<Vec<PathBuf>, StepError> {
+    let compiled = glob::Pattern::new(pattern).map_err(|e| {
+        sdk::invalid_config(format!(
+            "`reports` pattern `{pattern}` is not a valid glob: {e}"
+        ))
+    })?;
+    let components: Vec<&str> = pattern.split('/').collect();
+    let literal = components
+        .iter()
+        .take_while(|c| !c.contains(['*', '?', '[']))
+        .count();
+    if literal == components.len() {
+        let path = PathBuf::from(pattern);
+        return Ok(if path.is_file() {
+            vec![path]
+        } else {
+            Vec::new()
+        });
+    }
+    let base: PathBuf = components[..literal].iter().collect();
+    let rest = &components[literal..];
+    let depth = if rest.contains(&"**") {
+        usize::MAX
+    } else {
+        rest.len()
+    };
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let mut found = Vec::new();
+    let mut budget = MAX_WALK_ENTRIES;
+    walk(&base, depth, &mut budget, &mut |path| {
+        if compiled.matches_path_with(path, options) {
+            found.push(path.to_path_buf());
+        }
+    });
+    if budget == 0 {
+        sdk::warn(&format!(
+            "`reports` pattern `{pattern}`: stopped after looking at {MAX_WALK_ENTRIES} entries; narrow the pattern"
+        ));
+    }
+    Ok(found)
+}
+
+/// Calls `visit` with every file under `dir`, at most `depth` levels down, looking at no more
+/// than `budget` entries. `dir` empty means the current directory.
+fn walk(dir: &Path, depth: usize, budget: &mut usize, visit: &mut dyn FnMut(&Path)) {
+    if depth == 0 {
+        return;
+    }
+    let listed = if dir.as_os_str().is_empty() {
+        std::fs::read_dir(".")
+    } else {
+        std::fs::read_dir(dir)
+    };
+    let entries = match listed {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        // A directory that cannot be listed hides its reports; say so, and let the other
+        // matches (or "no report matched") decide.
+        Err(e) => {
+            sdk::warn(&format!("cannot list `{}`: {e}", dir.display()));
+            return;
+        }
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        let path = dir.join(entry.file_name());
+        // `metadata` follows symbolic links, as a shell's glob does.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => walk(&path, depth - 1, budget, visit),
+            Ok(m) if m.is_file() => visit(&path),
+            _ => {}
+        }
+    }
+}
+
+/// Adds one report to `totals`; returns its modification time, when the host tells it.
+fn read(file: &Path, totals: &mut Totals) -> Result<Option<SystemTime>, StepError> {
+    let shown = file.display();
+    let cannot = |e: std::io::Error| sdk::failed(format!("QA red: cannot read `{shown}`: {e}"));
+    let metadata = std::fs::metadata(file).map_err(cannot)?;
+    if metadata.len() > MAX_REPORT_BYTES {
+        return Err(sdk::failed(format!(
+            "QA red: `{shown}` is {} bytes, larger than the {MAX_REPORT_BYTES} a report may be; is it a JUnit report?",
+            metadata.len()
+        )));
+    }
+    let bytes = std::fs::read(file).map_err(cannot)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        sdk::failed(format!(
+            "QA red: `{shown}` is not UTF-8 (invalid byte at offset {}); JUnit reports are UTF-8 XML",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let document = roxmltree::Document::parse(&text).map_err(|e| {
+        let (what, row, col) = syntax_error(&e, &text);
+        sdk::failed(format!(
+            "QA red: `{shown}` is not well-formed XML: {what} at line {row}, column {col}"
+        ))
+    })?;
+    let root = document.root_element();
+    if !matches!(root.tag_name().name(), "testsuites" | "testsuite") {
+        return Err(sdk::failed(format!(
+            "QA red: `{shown}` is not a JUnit report: its root element is `<{}>`, not `<testsuites>` or `<testsuite>`",
+            root.tag_name().name()
+        )));
+    }
+    add(root, totals);
+    Ok(metadata.modified().ok())
+}
+
+/// What went wrong in a parse, and where, as a person counts lines and columns (from 1).
+fn syntax_error(e: &roxmltree::Error, text: &str) -> (String, u32, u32) {
+    if let roxmltree::Error::UnexpectedEndOfStream = e {
+        // roxmltree gives no position for this one; the end of the file is where it is.
+        let row = text.lines().count().max(1);
+        let col = text.lines().last().map_or(0, |l| l.chars().count()) + 1;
+        let (row, col) = if text.ends_with('\n') {
+            (row + 1, 1)
+        } else {
+            (row, col)
+        };
+        let row = u32::try_from(row).unwrap_or(u32::MAX);
+        let col = u32::try_from(col).unwrap_or(u32::MAX);
+        return (
+            "the file ends inside an element (was it cut off?)".into(),
+            row,
+            col,
+        );
+    }
+    let pos = e.pos();
+    // roxmltree's message ends with ` at ROW:COL`; the position is said once, in words.
+    let message = e.to_string();
+    let what = message
+        .strip_suffix(&format!(" at {pos}"))
+        .unwrap_or(&message)
+        .to_string();
+    (what, pos.row, pos.col)
+}
+
+/// Counts every test case under `root`, wherever the tool nested it, and the failures of
+/// suites that hold no test case at all.
+fn add(root: roxmltree::Node, totals: &mut Totals) {
+    for node in root.descendants().filter(|n| n.is_element()) {
+        match node.tag_name().name() {
+            "testcase" => add_case(node, totals),
+            "testsuite" if !node.descendants().any(|n| n.has_tag_name("testcase")) => {
+                let count = |name| {
+                    node.attribute(name)
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(0)
+                };
+                let red = count("failures") + count("errors");
+                if red > 0 {
+                    totals.tests += red;
+                    totals.errors += red;
+                    totals.fail(
+                        node.attribute("name")
+                            .unwrap_or("(unnamed suite)")
+                            .to_string(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn add_case(case: roxmltree::Node, totals: &mut Totals) {
+    // Retries leave `<flakyFailure>`/`<rerunFailure>` beside a passing case (nextest,
+    // Surefire); only `<failure>` and `<error>` make a case red. A case with both (pytest:
+    // a failing test whose teardown also failed) is one failure.
+    let has = |name: &str| case.children().any(|c| c.has_tag_name(name));
+    totals.tests += 1;
+    if has("failure") {
+        totals.failures += 1;
+        totals.fail(case_name(case));
+    } else if has("error") {
+        totals.errors += 1;
+        totals.fail(case_name(case));
+    } else if has("skipped") {
+        totals.skipped += 1;
+    }
+}
+
+/// `classname::name`, or the name alone where the class adds nothing (jest-junit writes the
+/// same text in both by default).
+fn case_name(case: roxmltree::Node) -> String {
+    let name = case.attribute("name").unwrap_or("(unnamed test)");
+    match case.attribute("classname") {
+        Some(class) if !class.is_empty() && class != name => format!("{class}::{name}"),
+        _ => name.to_string(),
+    }
+}

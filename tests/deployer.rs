@@ -1,0 +1,733 @@
+//! The `deployer` plugin through the real `shiphat` binary: symlink deploys and rollbacks on
+//! temporary directories, a deploy killed mid-copy, and the webhook against a local receiver
+//! that checks the signature.
+
+mod support;
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use support::{Run, TestDir};
+
+/// A symlink deploy of `source` into `site`, with the release and extra `with:` keys.
+fn deploy_yaml(source: &str, release: &str, extra: &str) -> String {
+    let granted = source.split('/').next().unwrap();
+    format!(
+        "name: web\nsteps:\n  - id: deploy\n    uses: deployer\n    with: {{ strategy: symlink, source: {source}, target: site, release: \"{release}\"{extra} }}\n    allow: {{ read: [{granted}], write: [site] }}\n"
+    )
+}
+
+fn rollback_yaml(extra: &str) -> String {
+    format!(
+        "name: web\nsteps:\n  - id: rollback\n    uses: deployer\n    with: {{ strategy: symlink, action: rollback, target: site{extra} }}\n    allow: {{ write: [site] }}\n"
+    )
+}
+
+fn deploy(dir: &TestDir, release: &str, extra: &str) -> Run {
+    let run = dir.run(&deploy_yaml("build", release, extra), &[]);
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    run
+}
+
+fn current(dir: &TestDir) -> PathBuf {
+    std::fs::read_link(dir.path().join("site/current")).expect("`current` is a symlink")
+}
+
+fn releases(dir: &TestDir) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.path().join("site/releases"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn build(dir: &TestDir, version: &str) {
+    dir.write("build/index.html", format!("<h1>{version}</h1>"));
+    dir.write("build/assets/app.js", format!("console.log('{version}')"));
+}
+
+/// The source digest as the plugin's README defines it, computed independently.
+fn digest(root: &Path) -> String {
+    fn walk(root: &Path, rel: &str, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(root.join(rel)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            if entry.file_type().unwrap().is_dir() {
+                walk(root, &rel, out);
+            } else if rel != ".shiphat-release.json" {
+                out.push(rel);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(root, "", &mut files);
+    files.sort();
+    let mut hash = Sha256::new();
+    for rel in files {
+        let content = std::fs::read(root.join(&rel)).unwrap();
+        hash.update(rel.as_bytes());
+        hash.update([0]);
+        hash.update(b"f");
+        hash.update((content.len() as u64).to_be_bytes());
+        hash.update(&content);
+    }
+    hex::encode(hash.finalize())
+}
+
+#[test]
+fn two_deploys_switch_current_write_manifests_and_a_redeploy_changes_nothing() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    let first = deploy(&dir, "1", "");
+    let outputs = &first.step("deploy")["outputs"];
+    assert_eq!(outputs["release"], "1");
+    assert_eq!(outputs["previous_release"], Value::Null);
+    assert_eq!(outputs["changed"], true);
+    assert_eq!(current(&dir), Path::new("releases/1"));
+
+    build(&dir, "2");
+    let second = deploy(&dir, "2", "");
+    let step = second.step("deploy");
+    assert_eq!(step["outputs"]["release"], "2");
+    assert_eq!(step["outputs"]["previous_release"], "1");
+    assert_eq!(step["outputs"]["path"], "site/releases/2");
+    assert_eq!(step["outputs"]["changed"], true);
+    assert_eq!(
+        step["summary"].as_str().unwrap().split(" (").next(),
+        Some("deployed 2 over 1")
+    );
+    // Relative, as Capistrano makes it, so the tree can be moved or mounted elsewhere.
+    assert_eq!(current(&dir), Path::new("releases/2"));
+    let served = std::fs::read_to_string(dir.path().join("site/current/index.html")).unwrap();
+    assert_eq!(served, "<h1>2</h1>");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("site/releases/1/index.html")).unwrap(),
+        "<h1>1</h1>"
+    );
+
+    let release_dir = dir.path().join("site/releases/2");
+    let manifest_text = std::fs::read_to_string(release_dir.join(".shiphat-release.json")).unwrap();
+    let manifest: Value = serde_json::from_str(&manifest_text).unwrap();
+    assert_eq!(manifest["release"], "2");
+    assert_eq!(manifest["run_id"], second.finished()["run_id"]);
+    assert_eq!(manifest["source_digest"], digest(&release_dir));
+    assert_eq!(manifest["source_digest"], step["outputs"]["source_digest"]);
+    assert_eq!(manifest["files"], 2);
+    assert!(
+        manifest["time"].as_str().unwrap().ends_with('Z'),
+        "{manifest}"
+    );
+
+    let again = deploy(&dir, "2", "");
+    let step = again.step("deploy");
+    assert_eq!(step["outputs"]["changed"], false);
+    assert_eq!(step["outputs"]["release"], "2");
+    assert!(
+        step["summary"]
+            .as_str()
+            .unwrap()
+            .contains("already current"),
+        "{step}"
+    );
+    assert_eq!(current(&dir), Path::new("releases/2"));
+    assert_eq!(
+        std::fs::read_to_string(release_dir.join(".shiphat-release.json")).unwrap(),
+        manifest_text,
+        "a redeploy must not rewrite the release"
+    );
+    assert_eq!(releases(&dir), ["1", "2"]);
+}
+
+#[test]
+fn a_tar_gz_source_is_unpacked_with_the_same_digest_as_its_directory() {
+    let dir = TestDir::new();
+    build(&dir, "7");
+    std::fs::create_dir(dir.path().join("dist")).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "dist/app.tar.gz", "-C", "build", "."])
+        .current_dir(dir.path())
+        .status()
+        .expect("the system `tar`");
+    assert!(tar.success());
+
+    let run = dir.run(&deploy_yaml("dist/app.tar.gz", "7", ""), &[]);
+    let step = run.step("deploy");
+    assert_eq!(step["status"], "succeeded", "{}", run.stdout);
+    assert_eq!(current(&dir), Path::new("releases/7"));
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("site/current/assets/app.js")).unwrap(),
+        "console.log('7')"
+    );
+    assert_eq!(
+        step["outputs"]["source_digest"],
+        digest(&dir.path().join("build"))
+    );
+}
+
+#[test]
+fn a_tar_gz_entry_outside_the_release_is_refused() {
+    let dir = TestDir::new();
+    dir.write("build/ok.txt", "ok");
+    dir.write("evil.txt", "evil");
+    std::fs::create_dir(dir.path().join("dist")).unwrap();
+    // GNU tar keeps `..` in member names with -P.
+    let tar = std::process::Command::new("tar")
+        .args([
+            "-czPf",
+            "dist/app.tar.gz",
+            "build/ok.txt",
+            "build/../evil.txt",
+        ])
+        .current_dir(dir.path())
+        .status()
+        .expect("the system `tar`");
+    assert!(tar.success());
+    let run = dir.run(&deploy_yaml("dist/app.tar.gz", "1", ""), &[]);
+    let (kind, message) = run.error("deploy");
+    assert_eq!(kind, "failed");
+    assert!(message.contains("outside the release"), "{message}");
+    assert!(!dir.path().join("site/current").exists());
+    assert!(releases(&dir).is_empty(), "the partial release is removed");
+}
+
+#[test]
+fn rollback_goes_to_the_release_before_and_to_a_named_one() {
+    let dir = TestDir::new();
+    for release in ["1", "2", "3"] {
+        build(&dir, release);
+        deploy(&dir, release, "");
+    }
+    let run = dir.run(&rollback_yaml(""), &[]);
+    let step = run.step("rollback");
+    assert_eq!(step["status"], "succeeded", "{}", run.stdout);
+    assert_eq!(step["outputs"]["release"], "2");
+    assert_eq!(step["outputs"]["previous_release"], "3");
+    assert_eq!(step["outputs"]["changed"], true);
+    assert_eq!(current(&dir), Path::new("releases/2"));
+
+    let run = dir.run(&rollback_yaml(""), &[]);
+    assert_eq!(run.step("rollback")["outputs"]["release"], "1");
+    assert_eq!(current(&dir), Path::new("releases/1"));
+    let run = dir.run(&rollback_yaml(""), &[]);
+    let (kind, message) = run.error("rollback");
+    assert_eq!(kind, "failed");
+    assert!(message.contains("nothing to roll back to"), "{message}");
+
+    let run = dir.run(&rollback_yaml(", release: \"3\""), &[]);
+    assert_eq!(run.step("rollback")["outputs"]["release"], "3");
+    assert_eq!(current(&dir), Path::new("releases/3"));
+    let run = dir.run(&rollback_yaml(", release: \"3\""), &[]);
+    assert_eq!(run.step("rollback")["outputs"]["changed"], false);
+    let run = dir.run(&rollback_yaml(", release: \"9\""), &[]);
+    assert_eq!(run.error("rollback").0, "failed");
+    assert_eq!(current(&dir), Path::new("releases/3"));
+}
+
+#[test]
+fn on_failure_rolls_back_to_the_previous_release_output() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    deploy(&dir, "1", "");
+    build(&dir, "2");
+    let yaml = format!(
+        "{}  - id: verify\n    uses: echo\n    needs: [deploy]\n    with: {{ fail: smoke test red }}\non_failure:\n  - id: rollback\n    uses: deployer\n    with: {{ strategy: symlink, action: rollback, target: site, release: \"${{{{ steps.deploy.outputs.previous_release }}}}\" }}\n    allow: {{ write: [site] }}\n",
+        deploy_yaml("build", "2", "")
+    );
+    let run = dir.run(&yaml, &[]);
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    assert_eq!(run.status("rollback"), "succeeded", "{}", run.stdout);
+    assert_eq!(current(&dir), Path::new("releases/1"));
+}
+
+#[test]
+fn keep_prunes_the_oldest_releases() {
+    let dir = TestDir::new();
+    for release in ["1", "2", "3", "4"] {
+        build(&dir, release);
+        deploy(&dir, release, ", keep: 2");
+    }
+    assert_eq!(releases(&dir), ["3", "4"]);
+    assert_eq!(current(&dir), Path::new("releases/4"));
+}
+
+#[test]
+fn keep_never_deletes_the_previous_release() {
+    let dir = TestDir::new();
+    for release in ["1", "2"] {
+        build(&dir, release);
+        deploy(&dir, release, "");
+    }
+    build(&dir, "3");
+    deploy(&dir, "3", ", keep: 1");
+    assert_eq!(releases(&dir), ["2", "3"]);
+}
+
+#[test]
+fn a_dry_run_reports_and_changes_nothing() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    deploy(&dir, "1", "");
+    build(&dir, "2");
+    let run = dir.run(&deploy_yaml("build", "2", ""), &["--dry-run"]);
+    let step = run.step("deploy");
+    assert_eq!(step["status"], "succeeded", "{}", run.stdout);
+    assert_eq!(step["summary"], "would deploy 2 over 1 (copy 2 files)");
+    assert_eq!(step["outputs"]["changed"], false);
+    assert_eq!(current(&dir), Path::new("releases/1"));
+    assert_eq!(releases(&dir), ["1"]);
+
+    let run = dir.run(&rollback_yaml(""), &["--dry-run"]);
+    assert_eq!(
+        run.error("rollback").0,
+        "failed",
+        "only one release to roll back from"
+    );
+    assert_eq!(current(&dir), Path::new("releases/1"));
+}
+
+#[test]
+fn a_release_name_that_is_not_one_path_component_is_invalid_config() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    // Written literally, the engine refuses it before anything runs.
+    let run = dir.run(&deploy_yaml("build", "../x", ""), &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("with.release"), "{}", run.stderr);
+    // From an expression, it is refused once resolved, naming the key.
+    let yaml = deploy_yaml("build", "${{ inputs.release }}", "").replace(
+        "name: web\n",
+        "name: web\ninputs:\n  release: { type: string }\n",
+    );
+    let run = dir.run(&yaml, &["--input", "release=a/b"]);
+    let (kind, message) = run.error("deploy");
+    assert_eq!(kind, "invalid_config");
+    assert!(message.contains("release"), "{message}");
+    assert!(!dir.path().join("site/releases").exists());
+}
+
+#[test]
+fn keys_a_strategy_needs_are_required_by_name() {
+    let dir = TestDir::new();
+    let yaml = "name: web\nsteps:\n  - id: hook\n    uses: deployer\n    with: { strategy: webhook, release: \"2\", secret: KEY }\n";
+    let run = dir.run(yaml, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("url"), "{}", run.stderr);
+    let yaml = "name: web\nsteps:\n  - id: hook\n    uses: deployer\n    with: { strategy: symlink, release: \"2\", target: site }\n    allow: { write: [site] }\n";
+    let run = dir.run(yaml, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("source"), "{}", run.stderr);
+}
+
+/// Regression guard for the crash-safety promise: a deploy killed while copying must leave
+/// `current` on the previous, intact release, and the next deploy must clean up after it.
+#[test]
+fn a_deploy_killed_mid_copy_leaves_current_on_the_previous_release() {
+    const FILES: usize = 3000;
+    let dir = TestDir::new();
+    build(&dir, "1");
+    deploy(&dir, "1", "");
+    let release_1 = digest(&dir.path().join("site/releases/1"));
+
+    let chunk = vec![b'x'; 4096];
+    for i in 0..FILES {
+        dir.write(&format!("build/files/{:02}/{i}.bin", i % 50), &chunk);
+    }
+    let file = dir.write("workflow.yaml", deploy_yaml("build", "2", ""));
+    let mut child = dir
+        .shiphat()
+        .arg("run")
+        .arg(&file)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let releases_dir = dir.path().join("site/releases");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let partial = loop {
+        let found = std::fs::read_dir(&releases_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(".2.partial-"));
+        if let Some(name) = found {
+            break name;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the deploy finished before its partial directory was seen; make the source bigger"
+        );
+        assert!(Instant::now() < deadline, "no partial directory appeared");
+        std::thread::yield_now();
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert!(
+        !releases_dir.join("2").exists(),
+        "killed after the copy finished; make the source bigger"
+    );
+    assert!(releases_dir.join(&partial).is_dir());
+    assert_eq!(current(&dir), Path::new("releases/1"));
+    assert_eq!(digest(&releases_dir.join("1")), release_1);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("site/current/index.html")).unwrap(),
+        "<h1>1</h1>"
+    );
+
+    let run = deploy(&dir, "2", "");
+    assert!(
+        run.logs("deploy").iter().any(|l| l.contains(&partial)),
+        "{:?}",
+        run.logs("deploy")
+    );
+    assert_eq!(releases(&dir), ["1", "2"]);
+    assert_eq!(current(&dir), Path::new("releases/2"));
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(releases_dir.join("2/.shiphat-release.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["files"], FILES + 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The webhook strategy.
+
+const SECRET: &str = "s3cr3t-hook-key";
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug)]
+struct Request {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether `X-Shiphat-Signature` is the HMAC-SHA256 of `<timestamp>.<body>` under
+    /// [`SECRET`].
+    fn signed_correctly(&self) -> bool {
+        let timestamp = self.header("x-shiphat-timestamp").unwrap_or("");
+        let mut message = format!("{timestamp}.").into_bytes();
+        message.extend_from_slice(&self.body);
+        let expected = format!("sha256={}", hmac_sha256(SECRET.as_bytes(), &message));
+        self.header("x-shiphat-signature") == Some(expected.as_str())
+    }
+}
+
+/// HMAC (RFC 2104) over SHA-256, written out so the test does not share the plugin's crate.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> String {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    hex::encode(
+        Sha256::new()
+            .chain_update(pad(0x5c))
+            .chain_update(inner)
+            .finalize(),
+    )
+}
+
+/// A loopback HTTP receiver answering from a script, one response per request; the last one
+/// repeats. Records every request. Stops when dropped.
+struct Receiver {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Request>>>,
+    stop: Arc<AtomicBool>,
+}
+
+type Answer = (u16, Vec<(&'static str, String)>, String);
+
+impl Receiver {
+    fn start(script: Vec<Answer>) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen, stopping) = (requests.clone(), stop.clone());
+        let mut script: VecDeque<Answer> = script.into();
+        std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                stream.set_nonblocking(false).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream);
+                let Some(request) = read_request(&mut reader) else {
+                    continue;
+                };
+                seen.lock().unwrap().push(request);
+                let (status, headers, body) = if script.len() > 1 {
+                    script.pop_front().unwrap()
+                } else {
+                    script.front().cloned().unwrap()
+                };
+                let mut response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    response.push_str(&format!("{k}: {v}\r\n"));
+                }
+                response.push_str("\r\n");
+                response.push_str(&body);
+                let _ = reader.get_mut().write_all(response.as_bytes());
+            }
+        });
+        Receiver {
+            addr,
+            requests,
+            stop,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_request(reader: &mut BufReader<std::net::TcpStream>) -> Option<Request> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).ok()?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        method,
+        path,
+        headers,
+        body,
+    })
+}
+
+fn webhook_yaml(receiver: &Receiver, extra: &str) -> String {
+    format!(
+        "name: web\nsteps:\n  - id: hook\n    uses: deployer\n    with: {{ strategy: webhook, url: \"{}\", secret: HOOK_KEY, release: \"42\", environment: production{extra} }}\n    allow: {{ http: [\"127.0.0.1:{}\"], secrets: [HOOK_KEY] }}\n    retries: {{ count: 2, backoff: {{ initial: 10ms }} }}\n",
+        receiver.url("/deploys"),
+        receiver.addr.port()
+    )
+}
+
+fn run_hook(receiver: &Receiver, extra: &str, args: &[&str]) -> Run {
+    let dir = TestDir::new();
+    let file = dir.write("workflow.yaml", webhook_yaml(receiver, extra));
+    let mut command = dir.shiphat();
+    command
+        .env("HOOK_KEY", SECRET)
+        .arg("run")
+        .arg(&file)
+        .arg("--json")
+        .args(args);
+    Run::of(command)
+}
+
+#[test]
+fn a_webhook_posts_a_signed_payload_and_2xx_succeeds() {
+    let receiver = Receiver::start(vec![(200, vec![], "{\"ok\":true}".into())]);
+    let run = run_hook(&receiver, "", &[]);
+    let step = run.step("hook");
+    assert_eq!(step["status"], "succeeded", "{}", run.stdout);
+    assert_eq!(step["outputs"]["http_status"], 200);
+    assert_eq!(step["outputs"]["release"], "42");
+
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1);
+    let request = &requests[0];
+    assert_eq!(
+        (request.method.as_str(), request.path.as_str()),
+        ("POST", "/deploys")
+    );
+    assert!(request.signed_correctly(), "{request:?}");
+    let payload: Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(payload["release"], "42");
+    assert_eq!(payload["environment"], "production");
+    assert_eq!(payload["workflow"], "web");
+    assert_eq!(payload["run_id"], run.finished()["run_id"]);
+    assert!(!run.stdout.contains(SECRET));
+}
+
+#[test]
+fn a_webhook_signature_made_with_another_key_does_not_verify() {
+    let receiver = Receiver::start(vec![(200, vec![], String::new())]);
+    let dir = TestDir::new();
+    let file = dir.write("workflow.yaml", webhook_yaml(&receiver, ""));
+    let mut command = dir.shiphat();
+    command
+        .env("HOOK_KEY", "another-key")
+        .arg("run")
+        .arg(&file)
+        .arg("--json");
+    let run = Run::of(command);
+    assert_eq!(run.status("hook"), "succeeded");
+    assert!(!receiver.requests()[0].signed_correctly());
+}
+
+#[test]
+fn a_webhook_500_is_transient_and_retried_with_the_same_idempotency_key() {
+    let receiver = Receiver::start(vec![
+        (500, vec![], "database is restarting".into()),
+        (200, vec![], String::new()),
+    ]);
+    let run = run_hook(&receiver, "", &[]);
+    let step = run.step("hook");
+    assert_eq!(step["status"], "succeeded", "{}", run.stdout);
+    assert_eq!(step["attempts"], 2);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(Request::signed_correctly));
+    assert_eq!(
+        requests[0].header("idempotency-key"),
+        requests[1].header("idempotency-key")
+    );
+
+    let always = Receiver::start(vec![(503, vec![], "down".into())]);
+    let run = run_hook(&always, "", &[]);
+    let (kind, message) = run.error("hook");
+    assert_eq!(kind, "transient");
+    assert!(message.contains("503"), "{message}");
+    assert_eq!(always.requests().len(), 3, "one attempt and two retries");
+}
+
+#[test]
+fn a_webhook_400_fails_with_the_start_of_the_body() {
+    let body = format!("unknown environment `production`{}", "!".repeat(400));
+    let receiver = Receiver::start(vec![(400, vec![], body)]);
+    let run = run_hook(&receiver, "", &[]);
+    let (kind, message) = run.error("hook");
+    assert_eq!(kind, "failed");
+    assert!(message.contains("400"), "{message}");
+    assert!(
+        message.contains("unknown environment `production`"),
+        "{message}"
+    );
+    assert!(
+        message.len() < 400,
+        "only the first 200 characters: {message}"
+    );
+    assert_eq!(receiver.requests().len(), 1, "a 4xx is not retried");
+}
+
+#[test]
+fn a_webhook_202_is_followed_to_its_status_url_until_done() {
+    let receiver = Receiver::start(vec![
+        (202, vec![("location", "/deploys/7".into())], String::new()),
+        (200, vec![], json!({"status": "pending"}).to_string()),
+        (200, vec![], json!({"status": "running"}).to_string()),
+        (200, vec![], json!({"status": "succeeded"}).to_string()),
+    ]);
+    let run = run_hook(&receiver, ", poll_interval: 50ms", &[]);
+    let step = run.step("hook");
+    assert_eq!(step["status"], "succeeded", "{}", run.stdout);
+    assert_eq!(step["outputs"]["deploy_status"], "succeeded");
+    assert_eq!(step["outputs"]["status_url"], receiver.url("/deploys/7"));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 4);
+    assert!(
+        requests[1..]
+            .iter()
+            .all(|r| r.method == "GET" && r.path == "/deploys/7")
+    );
+    assert!(requests.iter().all(Request::signed_correctly));
+}
+
+#[test]
+fn a_webhook_status_url_that_says_failed_fails_with_its_message() {
+    let receiver = Receiver::start(vec![
+        (200, vec![], json!({"status_url": "/deploys/8"}).to_string()),
+        (
+            200,
+            vec![],
+            json!({"status": "failed", "message": "health check red"}).to_string(),
+        ),
+    ]);
+    let run = run_hook(&receiver, ", poll_interval: 50ms", &[]);
+    let (kind, message) = run.error("hook");
+    assert_eq!(kind, "failed");
+    assert!(message.contains("health check red"), "{message}");
+}
+
+#[test]
+fn a_webhook_still_pending_at_its_timeout_fails() {
+    let receiver = Receiver::start(vec![
+        (202, vec![("location", "/deploys/9".into())], String::new()),
+        (200, vec![], json!({"status": "pending"}).to_string()),
+    ]);
+    let run = run_hook(&receiver, ", poll_interval: 50ms, timeout: 300ms", &[]);
+    let (kind, message) = run.error("hook");
+    assert_eq!(kind, "failed");
+    assert!(message.contains("still `pending`"), "{message}");
+}
+
+#[test]
+fn a_webhook_dry_run_sends_nothing() {
+    let receiver = Receiver::start(vec![(200, vec![], String::new())]);
+    let run = run_hook(&receiver, "", &["--dry-run"]);
+    let step = run.step("hook");
+    assert_eq!(step["status"], "succeeded", "{}", run.stdout);
+    assert!(
+        step["summary"].as_str().unwrap().starts_with("would POST"),
+        "{step}"
+    );
+    assert!(receiver.requests().is_empty());
+}

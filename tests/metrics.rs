@@ -1,0 +1,601 @@
+//! The `metrics-verifier` plugin through the real `shiphat` binary, against a real Prometheus
+//! server (Debian's `prometheus` package) scraping a small app whose metrics each test sets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::TestDir;
+
+/// Where Debian's `prometheus` package puts the server.
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+
+/// How long Prometheus may take to start and scrape the app for the first time. It scrapes
+/// every second; the rest is start-up, which takes a few seconds on a loaded machine.
+const PROMETHEUS_READY: Duration = Duration::from_secs(30);
+
+/// The app whose release is being verified: serves `/metrics` in the text exposition format,
+/// with whatever text the test last set. Stops when dropped.
+struct App {
+    addr: SocketAddr,
+    metrics: Arc<Mutex<String>>,
+    /// The `authorization` header of the last request, if any.
+    authorization: Arc<Mutex<Option<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl App {
+    fn start(metrics: &str) -> App {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = App {
+            addr,
+            metrics: Arc::new(Mutex::new(metrics.to_string())),
+            authorization: Arc::new(Mutex::new(None)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let (text, authorization, stop) = (
+            app.metrics.clone(),
+            app.authorization.clone(),
+            app.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => serve(stream, &text, &authorization),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        app
+    }
+
+    /// The metrics the app serves from now on.
+    fn set(&self, metrics: &str) {
+        *self.metrics.lock().unwrap() = metrics.to_string();
+    }
+
+    /// `host:port`, for `allow.http` and Prometheus's targets.
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(mut stream: TcpStream, text: &Mutex<String>, authorization: &Mutex<Option<String>>) {
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let request = String::from_utf8_lossy(&request);
+    *authorization.lock().unwrap() = request
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        })
+        .map(|(_, v)| v.trim().to_string());
+    let body = text.lock().unwrap().clone();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// The app's metrics with `errors` of `total` requests answered 500, as counters, and the same
+/// ratio as a gauge.
+fn requests(total: u32, errors: u32) -> String {
+    format!(
+        "# HELP http_requests_total Requests served.\n\
+         # TYPE http_requests_total counter\n\
+         http_requests_total{{code=\"200\"}} {}\n\
+         http_requests_total{{code=\"500\"}} {errors}\n\
+         # HELP error_ratio Share of requests that failed.\n\
+         # TYPE error_ratio gauge\n\
+         error_ratio {}\n",
+        total - errors,
+        f64::from(errors) / f64::from(total)
+    )
+}
+
+/// The error ratio as a query over the counters, as a real AnalysisTemplate would write it.
+const ERROR_RATIO: &str = r#"sum(http_requests_total{code="500"}) / sum(http_requests_total)"#;
+
+/// A Prometheus server on a free loopback port that scrapes one app every second. Killed when
+/// dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus and waits until it has scraped `app` once.
+    fn start(app: &App) -> Prometheus {
+        assert!(
+            Path::new(PROMETHEUS).is_file(),
+            "{PROMETHEUS} is missing: the metrics tests need a real Prometheus server; install the `prometheus` Debian package (`apt-get install prometheus`)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{}']\n",
+                app.host()
+            ),
+        )
+        .unwrap();
+        // Prometheus cannot be handed a bound socket, so the port is picked free and released;
+        // another process taking it in between would only make this test fail, loudly.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(PROMETHEUS)
+            .arg(format!("--web.listen-address={addr}"))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--config.file={}", config.display()))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start prometheus");
+        let prometheus = Prometheus { child, addr, dir };
+        prometheus.wait_for("up", "1");
+        prometheus
+    }
+
+    /// The base URL, for `address:`.
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Waits until the instant query `query` gives `value`, e.g. after the app's metrics
+    /// changed and Prometheus has yet to scrape them.
+    fn wait_for(&self, query: &str, value: &str) {
+        let deadline = Instant::now() + PROMETHEUS_READY;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            if let Some(answer) = self.query(query) {
+                if answer["data"]["result"][0]["value"][1] == value {
+                    return;
+                }
+                last = answer.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "prometheus did not answer `{query}` with {value} within {PROMETHEUS_READY:?}; last answer: {last}\nits log:\n{}",
+            std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+    }
+
+    /// One instant query, or `None` while Prometheus is not answering yet.
+    fn query(&self, query: &str) -> Option<Value> {
+        let mut stream = TcpStream::connect(self.addr).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let query: String = query
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        // HTTP/1.0, so that the answer is never chunked and ends when the connection closes.
+        write!(stream, "GET /api/v1/query?query={query} HTTP/1.0\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (_, body) = response.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A workflow with one `metrics-verifier` step `verify` (its `with:` is `with`, indented
+/// under it) granted `hosts`, and an `echo` rollback in `on_failure`.
+fn workflow(with: &str, hosts: &[String]) -> String {
+    let with: String = with.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "name: verify-release\n\
+         steps:\n\
+         \x20 - id: verify\n\
+         \x20   uses: metrics-verifier\n\
+         \x20   allow:\n\
+         \x20     http: [{}]\n\
+         \x20   with:\n{with}\
+         on_failure:\n\
+         \x20 - id: rollback\n\
+         \x20   uses: echo\n\
+         \x20   with: {{ message: rolling back }}\n",
+        hosts
+            .iter()
+            .map(|h| format!("\"{h}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The outcomes of the step's measurements, in order.
+fn outcomes(outputs: &Value) -> Vec<&str> {
+    outputs["measurements"]
+        .as_array()
+        .expect("a `measurements` list")
+        .iter()
+        .map(|m| m["outcome"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_good_release_passes() {
+    let app = App::start(&requests(1000, 4));
+    let prometheus = Prometheus::start(&app);
+    prometheus.wait_for(ERROR_RATIO, "0.004");
+    let dir = TestDir::new();
+    let with = format!(
+        "provider: prometheus\n\
+         address: {}\n\
+         metrics:\n\
+         \x20 - name: error_rate\n\
+         \x20   query: '{ERROR_RATIO}'\n\
+         \x20   interval: 250ms\n\
+         \x20   count: 3\n\
+         \x20   success_condition: result < 0.01\n",
+        prometheus.url()
+    );
+    let run = dir.run(&workflow(&with, &[prometheus.addr.to_string()]), &[]);
+
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let step = run.step("verify");
+    assert_eq!(
+        step["summary"],
+        "metrics green: error_rate 0.004 < 0.01 (3/3)"
+    );
+    let outputs = &step["outputs"];
+    assert_eq!(outputs["verdict"], "Successful");
+    assert_eq!(outcomes(outputs), ["Successful"; 3]);
+    assert_eq!(outputs["measurements"][0]["value"], 0.004);
+    assert_eq!(outputs["measurements"][0]["metric"], "error_rate");
+    assert!(
+        outputs["measurements"][0]["time"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert_eq!(outputs["metrics"]["error_rate"]["successful"], 3);
+    assert_eq!(outputs["metrics"]["error_rate"]["failed"], 0);
+    assert!(
+        run.logs("verify")
+            .contains(&"error_rate = 0.004 → Successful (1/3)"),
+        "{:?}",
+        run.logs("verify")
+    );
+    assert!(
+        !run.events
+            .iter()
+            .any(|e| e["event"] == "step_finished" && e["step"] == "rollback"),
+        "the rollback ran after a good release"
+    );
+    // Three measurements 250 ms apart take at least two intervals.
+    assert!(run.wall >= Duration::from_millis(500), "{:?}", run.wall);
+}
+
+#[test]
+fn a_bad_release_fails_after_failure_limit_plus_one_failures_and_rolls_back() {
+    let app = App::start(&requests(1000, 4));
+    let prometheus = Prometheus::start(&app);
+    // The new release breaks: 52 of 1000 requests fail.
+    app.set(&requests(1000, 52));
+    prometheus.wait_for(ERROR_RATIO, "0.052");
+    let dir = TestDir::new();
+    let with = format!(
+        "provider: prometheus\n\
+         address: {}\n\
+         metrics:\n\
+         \x20 - name: error_rate\n\
+         \x20   query: '{ERROR_RATIO}'\n\
+         \x20   interval: 100ms\n\
+         \x20   count: 10\n\
+         \x20   failure_limit: 1\n\
+         \x20   success_condition: result < 0.01\n",
+        prometheus.url()
+    );
+    let run = dir.run(&workflow(&with, &[prometheus.addr.to_string()]), &[]);
+
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.status("verify"), "failed");
+    assert_eq!(
+        run.error("verify"),
+        (
+            "failed",
+            "metrics red: error_rate 0.052 breached result < 0.01 (2 failed, limit 1)"
+        )
+    );
+    // It fails fast: two measurements, not the ten of `count`.
+    let outputs = &run.step("verify")["outputs"];
+    assert_eq!(outcomes(outputs), ["Failed", "Failed"]);
+    assert_eq!(outputs["verdict"], "Failed");
+    assert_eq!(outputs["metrics"]["error_rate"]["failed"], 2);
+    assert_eq!(run.status("rollback"), "succeeded");
+}
+
+#[test]
+fn a_query_error_counts_as_error_not_failed_until_the_consecutive_error_limit() {
+    let app = App::start(&requests(1000, 4));
+    let prometheus = Prometheus::start(&app);
+    let dir = TestDir::new();
+    let hosts = [prometheus.addr.to_string()];
+
+    // A metric the app does not have: Prometheus answers with an empty vector.
+    let with = format!(
+        "provider: prometheus\n\
+         address: {}\n\
+         metrics:\n\
+         \x20 - name: latency\n\
+         \x20   query: 'sum(no_such_metric_seconds)'\n\
+         \x20   interval: 50ms\n\
+         \x20   count: 2\n\
+         \x20   consecutive_error_limit: 2\n\
+         \x20   success_condition: result < 0.5\n",
+        prometheus.url()
+    );
+    let run = dir.run(&workflow(&with, &hosts), &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let (kind, message) = run.error("verify");
+    assert_eq!(kind, "failed");
+    assert!(
+        message.starts_with("metrics errored: latency errored 3 times in a row (limit 2): ")
+            && message.contains("empty result"),
+        "{message}"
+    );
+    let outputs = &run.step("verify")["outputs"];
+    assert_eq!(outcomes(outputs), ["Error"; 3]);
+    assert_eq!(outputs["verdict"], "Error");
+    assert_eq!(outputs["metrics"]["latency"]["failed"], 0);
+    assert_eq!(outputs["metrics"]["latency"]["error"], 3);
+    assert!(outputs["measurements"][0]["value"].is_null());
+    assert_eq!(run.status("rollback"), "succeeded");
+
+    // Bad PromQL: Prometheus refuses it with `bad_data`, which is an Error too.
+    let with = format!(
+        "provider: prometheus\n\
+         address: {}\n\
+         metrics:\n\
+         \x20 - name: broken\n\
+         \x20   query: 'sum(http_requests_total'\n\
+         \x20   consecutive_error_limit: 0\n\
+         \x20   success_condition: result < 0.5\n",
+        prometheus.url()
+    );
+    let run = dir.run(&workflow(&with, &hosts), &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let (_, message) = run.error("verify");
+    assert!(
+        message.starts_with("metrics errored: broken errored 1 times in a row (limit 0): ")
+            && message.contains("bad_data"),
+        "{message}"
+    );
+    assert_eq!(outcomes(&run.step("verify")["outputs"]), ["Error"]);
+}
+
+#[test]
+fn neither_condition_met_is_inconclusive() {
+    let app = App::start(&requests(1000, 30));
+    let prometheus = Prometheus::start(&app);
+    prometheus.wait_for("error_ratio", "0.03");
+    let dir = TestDir::new();
+    let with = format!(
+        "provider: prometheus\n\
+         address: {}\n\
+         metrics:\n\
+         \x20 - name: error_rate\n\
+         \x20   query: 'max(error_ratio)'\n\
+         \x20   interval: 50ms\n\
+         \x20   count: 3\n\
+         \x20   success_condition: result < 0.01\n\
+         \x20   failure_condition: result > 0.05\n",
+        prometheus.url()
+    );
+    let run = dir.run(&workflow(&with, &[prometheus.addr.to_string()]), &[]);
+
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.error("verify"),
+        (
+            "failed",
+            "metrics inconclusive: error_rate 0.03 met neither result < 0.01 nor result > 0.05 (1 inconclusive, limit 0)"
+        )
+    );
+    let outputs = &run.step("verify")["outputs"];
+    assert_eq!(outcomes(outputs), ["Inconclusive"]);
+    assert_eq!(outputs["verdict"], "Inconclusive");
+    assert_eq!(run.status("rollback"), "succeeded");
+}
+
+#[test]
+fn the_scrape_provider_reads_the_app_directly() {
+    let app = App::start(&requests(1000, 4));
+    let dir = TestDir::new();
+    let url = format!("http://{}/metrics", app.host());
+    let with = format!(
+        "provider: scrape\n\
+         address: {url}\n\
+         token_secret: METRICS_TOKEN\n\
+         metrics:\n\
+         \x20 - name: server_errors\n\
+         \x20   series: http_requests_total\n\
+         \x20   labels: {{ code: \"500\" }}\n\
+         \x20   interval: 50ms\n\
+         \x20   count: 2\n\
+         \x20   success_condition: result <= 10\n\
+         \x20 - name: error_rate\n\
+         \x20   series: error_ratio\n\
+         \x20   interval: 50ms\n\
+         \x20   count: 2\n\
+         \x20   failure_condition: result > 0.05\n"
+    );
+    let yaml = workflow(&with, &[app.host()])
+        .replace("      http:", "      secrets: [METRICS_TOKEN]\n      http:");
+    dir.write("workflow.yaml", &yaml);
+    let mut command = dir.shiphat();
+    command
+        .args(["run", "workflow.yaml", "--json"])
+        .env("METRICS_TOKEN", "s3cret-token");
+    let run = support::Run::of(command);
+
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let step = run.step("verify");
+    assert_eq!(
+        step["summary"],
+        "metrics green: server_errors 4 <= 10 (2/2), error_rate 0.004 did not meet `result > 0.05` (2/2)"
+    );
+    // Interleaved by time: both metrics are due at once, then every 50 ms.
+    let metrics: Vec<&str> = step["outputs"]["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        metrics,
+        ["server_errors", "error_rate", "server_errors", "error_rate"]
+    );
+    assert_eq!(
+        app.authorization.lock().unwrap().as_deref(),
+        Some("Bearer s3cret-token")
+    );
+
+    // Without labels the series is ambiguous: an Error naming the candidates, not a value.
+    let with = format!(
+        "provider: scrape\n\
+         address: {url}\n\
+         metrics:\n\
+         \x20 - name: requests\n\
+         \x20   series: http_requests_total\n\
+         \x20   consecutive_error_limit: 0\n\
+         \x20   success_condition: result > 0\n"
+    );
+    let run = dir.run(&workflow(&with, &[app.host()]), &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    let (_, message) = run.error("verify");
+    assert!(
+        message.contains("2 series match `http_requests_total`")
+            && message.contains(r#"http_requests_total{code="500"}"#),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_dry_run_still_measures() {
+    let app = App::start(&requests(1000, 100));
+    let dir = TestDir::new();
+    let with = format!(
+        "provider: scrape\n\
+         address: http://{}/metrics\n\
+         metrics:\n\
+         \x20 - name: error_rate\n\
+         \x20   series: error_ratio\n\
+         \x20   success_condition: result < 0.01\n",
+        app.host()
+    );
+    let run = dir.run(&workflow(&with, &[app.host()]), &["--dry-run"]);
+
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.error("verify").1,
+        "metrics red: error_rate 0.1 breached result < 0.01 (1 failed, limit 0)"
+    );
+}
+
+#[test]
+fn a_condition_that_does_not_parse_is_invalid_config_naming_the_metric() {
+    let dir = TestDir::new();
+    let with = "provider: scrape\n\
+                address: http://127.0.0.1:9/metrics\n\
+                metrics:\n\
+                \x20 - name: error_rate\n\
+                \x20   series: error_ratio\n\
+                \x20   success_condition: 'result <'\n";
+    let run = dir.run(&workflow(with, &["127.0.0.1:9".into()]), &[]);
+
+    assert_ne!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let (kind, message) = run.error("verify");
+    assert_eq!(kind, "invalid_config");
+    assert!(
+        message.starts_with("metric `error_rate`: `success_condition` `result <` does not parse: "),
+        "{message}"
+    );
+}
+
+#[test]
+fn an_address_not_granted_is_invalid_config() {
+    let app = App::start(&requests(1000, 4));
+    let dir = TestDir::new();
+    let with = format!(
+        "provider: scrape\n\
+         address: http://{}/metrics\n\
+         metrics:\n\
+         \x20 - name: error_rate\n\
+         \x20   series: error_ratio\n\
+         \x20   success_condition: result < 0.01\n",
+        app.host()
+    );
+    let run = dir.run(&workflow(&with, &["127.0.0.1:9".into()]), &[]);
+
+    let (kind, message) = run.error("verify");
+    assert_eq!(kind, "invalid_config");
+    assert!(
+        message.contains("add it to the step's `allow.http`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn the_schema_refuses_unknown_keys_before_anything_runs() {
+    let dir = TestDir::new();
+    let with = "provider: prometheus\n\
+                address: http://127.0.0.1:9\n\
+                metrics:\n\
+                \x20 - name: error_rate\n\
+                \x20   query: up\n\
+                \x20   sucess_condition: result == 1\n";
+    let run = dir.run(&workflow(with, &["127.0.0.1:9".into()]), &[]);
+
+    assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("sucess_condition"), "{}", run.stderr);
+}
