@@ -1,0 +1,305 @@
+//! shiphat's engine benchmarks: what the engine itself costs, measured on real components.
+//!
+//! `cargo run --release -p shiphat-bench` (or `bench/run.sh`) prints a Markdown table.
+//! `--quick` runs every measurement once with tiny sizes: the smoke test uses it so the
+//! benchmarks cannot rot.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use shiphat_host::{Host, HostConfig, LoadKind};
+use shiphat_runner::{PluginPath, RunOptions, RunStatus, Runner, Secrets};
+use tokio_util::sync::CancellationToken;
+
+struct Sizes {
+    /// Warm in-process runs of a one-step workflow.
+    single_runs: usize,
+    /// Steps in the sequential chains measured for time per step.
+    chains: &'static [usize],
+    /// Steps in the workflow whose load and validation is timed.
+    big_workflow: usize,
+    /// Repetitions of each one-shot CLI measurement.
+    cli_runs: usize,
+}
+
+const FULL: Sizes = Sizes {
+    single_runs: 2000,
+    chains: &[1, 10, 100, 1000],
+    big_workflow: 1000,
+    cli_runs: 40,
+};
+const QUICK: Sizes = Sizes {
+    single_runs: 5,
+    chains: &[1, 3],
+    big_workflow: 10,
+    cli_runs: 2,
+};
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick { &QUICK } else { &FULL };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let plugins = root.join("plugins/target/wasm32-wasip2/release");
+    if !plugins.join("noop.wasm").is_file() {
+        bail!("the plugins are not built: run `cargo xtask plugins` (bench/run.sh does it)");
+    }
+    let work = tempfile::tempdir()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+
+    rows.extend(runtime.block_on(in_process(&plugins, work.path(), sizes))?);
+    rows.extend(workflow_load(work.path(), sizes.big_workflow)?);
+    rows.extend(compile_cache(&plugins, work.path())?);
+    rows.extend(one_shot(&plugins, work.path(), sizes.cli_runs)?);
+
+    println!("| measurement | value | target |");
+    println!("|---|---|---|");
+    for (what, value, target) in rows {
+        println!("| {what} | {value} | {target} |");
+    }
+    Ok(())
+}
+
+type Row = (String, String, String);
+
+fn row(what: impl Into<String>, value: impl Into<String>, target: impl Into<String>) -> Row {
+    (what.into(), value.into(), target.into())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn chain_yaml(steps: usize) -> String {
+    let mut yaml = String::from("name: chain\nsteps:\n");
+    for i in 0..steps {
+        yaml.push_str(&format!("  - id: s{i}\n    uses: noop\n"));
+        if i > 0 {
+            yaml.push_str(&format!("    needs: s{}\n", i - 1));
+        }
+    }
+    yaml
+}
+
+/// Per-step engine overhead, warm and in process: a no-op plugin run through the whole runner.
+async fn in_process(plugins: &Path, work: &Path, sizes: &Sizes) -> Result<Vec<Row>> {
+    let host = Host::new(HostConfig {
+        cache_dir: Some(work.join("cache")),
+    })?;
+    let runner = Runner::new(
+        host,
+        PluginPath::new(vec![plugins.to_owned()]),
+        Secrets::none(),
+    );
+    let mut rows = Vec::new();
+
+    let file = work.join("one.yaml");
+    std::fs::write(&file, chain_yaml(1))?;
+    let prepared = runner.prepare(shiphat_workflow::load(&file)?).await?;
+    let mut times = Vec::with_capacity(sizes.single_runs);
+    for _ in 0..sizes.single_runs + 10 {
+        let started = Instant::now();
+        let report = runner
+            .run(
+                &prepared,
+                options(),
+                Arc::new(|_| {}),
+                CancellationToken::new(),
+            )
+            .await;
+        times.push(started.elapsed());
+        assert_eq!(report.status, RunStatus::Succeeded);
+    }
+    // The first runs warm caches and the allocator; they are not what a warm engine costs.
+    let mut times = times.split_off(10);
+    times.sort();
+    rows.push(row(
+        "per-step overhead, warm, in process (p50)",
+        us(percentile(&times, 0.5)),
+        "≤ 100 µs",
+    ));
+    rows.push(row(
+        "per-step overhead, warm, in process (p99)",
+        us(percentile(&times, 0.99)),
+        "",
+    ));
+
+    for &steps in sizes.chains {
+        let file = work.join(format!("chain-{steps}.yaml"));
+        std::fs::write(&file, chain_yaml(steps))?;
+        let prepared = runner.prepare(shiphat_workflow::load(&file)?).await?;
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let report = runner
+                .run(
+                    &prepared,
+                    options(),
+                    Arc::new(|_| {}),
+                    CancellationToken::new(),
+                )
+                .await;
+            best = best.min(started.elapsed());
+            assert_eq!(report.status, RunStatus::Succeeded);
+        }
+        rows.push(row(
+            format!("time per step, chain of {steps} no-op steps"),
+            us(best / steps as u32),
+            "flat",
+        ));
+    }
+    Ok(rows)
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        run_id: shiphat_runner::new_run_id(),
+        inputs: Default::default(),
+        dry_run: false,
+    }
+}
+
+/// Parsing and checking a large workflow file (plugins not involved).
+fn workflow_load(work: &Path, steps: usize) -> Result<Vec<Row>> {
+    let file = work.join("big.yaml");
+    std::fs::write(&file, chain_yaml(steps))?;
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let workflow = shiphat_workflow::load(&file)?;
+        best = best.min(started.elapsed());
+        assert_eq!(workflow.steps.len(), steps);
+    }
+    Ok(vec![row(
+        format!("load and validate a {steps}-step workflow"),
+        ms(best),
+        "",
+    )])
+}
+
+/// Loading each bundled plugin: compiled (cache miss) and read back (cache hit).
+fn compile_cache(plugins: &Path, work: &Path) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(plugins)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+        .collect();
+    files.sort();
+    for file in files {
+        let cache = work.join(format!(
+            "cache-{}",
+            file.file_stem().unwrap().to_string_lossy()
+        ));
+        let miss = {
+            let host = Host::new(HostConfig {
+                cache_dir: Some(cache.clone()),
+            })?;
+            let started = Instant::now();
+            let plugin = host.load(&file, None, shiphat_workflow::DEFAULT_STACK)?;
+            assert_eq!(plugin.load, LoadKind::Compiled);
+            started.elapsed()
+        };
+        let hit = {
+            let host = Host::new(HostConfig {
+                cache_dir: Some(cache),
+            })?;
+            let started = Instant::now();
+            let plugin = host.load(&file, None, shiphat_workflow::DEFAULT_STACK)?;
+            assert_eq!(plugin.load, LoadKind::Cached);
+            started.elapsed()
+        };
+        let size = std::fs::metadata(&file)?.len();
+        rows.push(row(
+            format!(
+                "load {} ({} KiB): cache miss / hit",
+                file.file_name().unwrap().to_string_lossy(),
+                size / 1024
+            ),
+            format!("{} / {}", ms(miss), ms(hit)),
+            "",
+        ));
+    }
+    Ok(rows)
+}
+
+/// `shiphat run` of a three-step no-op workflow as a fresh process, cold and warm.
+fn one_shot(plugins: &Path, work: &Path, runs: usize) -> Result<Vec<Row>> {
+    let shiphat = std::env::current_exe()?.parent().unwrap().join("shiphat");
+    if !shiphat.is_file() {
+        bail!(
+            "`{}` is missing: build it with `cargo build --release -p shiphat`",
+            shiphat.display()
+        );
+    }
+    let file = work.join("three.yaml");
+    std::fs::write(
+        &file,
+        "name: three\nsteps:\n  - id: a\n    uses: noop\n  - id: b\n    uses: noop\n    needs: a\n  - id: c\n    uses: noop\n    needs: b\n",
+    )?;
+    let run = |cache: &Path| -> Result<Duration> {
+        let started = Instant::now();
+        let output = Command::new(&shiphat)
+            .arg("run")
+            .arg(&file)
+            .arg("--plugin-path")
+            .arg(plugins)
+            .env("SHIPHAT_CACHE_DIR", cache)
+            .output()
+            .context("running shiphat")?;
+        let took = started.elapsed();
+        if !output.status.success() {
+            bail!(
+                "shiphat failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(took)
+    };
+    let mut cold = Vec::new();
+    for i in 0..runs {
+        cold.push(run(&work.join(format!("cold-cache-{i}")))?);
+    }
+    let warm_cache = work.join("warm-cache");
+    run(&warm_cache)?;
+    let mut warm = Vec::new();
+    for _ in 0..runs {
+        warm.push(run(&warm_cache)?);
+    }
+    cold.sort();
+    warm.sort();
+    Ok(vec![
+        row(
+            "`shiphat run`, 3 no-op steps, cold cache (median)",
+            ms(percentile(&cold, 0.5)),
+            "",
+        ),
+        row(
+            "`shiphat run`, 3 no-op steps, warm cache (median)",
+            ms(percentile(&warm, 0.5)),
+            "≤ 15 ms",
+        ),
+        row(
+            "`shiphat run`, 3 no-op steps, warm cache (p90)",
+            ms(percentile(&warm, 0.9)),
+            "",
+        ),
+    ])
+}
