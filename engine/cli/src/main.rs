@@ -1,7 +1,9 @@
 //! The `shiphat` command line. The only place in shiphat that prints to the terminal or
 //! picks an exit code.
 
+mod client;
 mod output;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,8 +65,64 @@ enum Command {
         /// Ask every plugin to report what it would do and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Run on this daemon (e.g. http://127.0.0.1:7300) instead of here; FILE may then
+        /// also be the name of a workflow the daemon serves.
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
+        /// The bearer token for `--server`.
+        #[arg(
+            long,
+            env = "SHIPHAT_TOKEN",
+            hide_env_values = true,
+            requires = "server"
+        )]
+        token: Option<String>,
         #[command(flatten)]
         engine: EngineArgs,
+    },
+    /// Run the daemon: an HTTP API that runs workflows, keeps their history and guards them
+    /// with tokens and locks (see docs/daemon.md).
+    Serve {
+        /// The address to listen on, instead of the config's (e.g. 127.0.0.1:0 for any port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// A directory of workflows to serve, instead of the config's; repeat for several.
+        #[arg(long = "workflows", value_name = "DIR")]
+        workflows: Vec<PathBuf>,
+        #[command(flatten)]
+        daemon: serve::DaemonArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Manage the daemon's API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Look at and act on a daemon's runs.
+    Runs {
+        #[command(subcommand)]
+        command: client::RunsCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Lock a concurrency key (or workflow) on a daemon: new runs on it are refused.
+    Lock {
+        key: String,
+        /// Why, shown to whoever is refused.
+        #[arg(long)]
+        reason: String,
+        /// Release the lock by itself after this long, e.g. `2h`.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Release a lock on a daemon.
+    Unlock {
+        key: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
     },
     /// Check workflow files, plugins included, without running anything.
     Validate {
@@ -81,6 +139,23 @@ enum Command {
     },
     /// Print a JSON Schema of the workflow file format, for editors.
     Schema,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token for a principal and print it (once; only its SHA-256 is stored).
+    Create {
+        /// The principal's name, as the audit log will show it.
+        name: String,
+        /// viewer, deployer or admin; repeat for several.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// WORKFLOW or WORKFLOW/ENVIRONMENT globs the principal may run; repeat for several.
+        #[arg(long = "pattern")]
+        patterns: Vec<String>,
+        #[command(flatten)]
+        daemon: serve::DaemonArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,8 +301,41 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             inputs,
             json,
             dry_run,
+            server: Some(server),
+            token,
+            engine: _,
+        } => client::run(&server, token, &file, &inputs, json, dry_run),
+        Command::Run {
+            file,
+            inputs,
+            json,
+            dry_run,
             engine,
+            ..
         } => run(&file, &inputs, json, dry_run, &engine).await,
+        Command::Serve {
+            listen,
+            workflows,
+            daemon,
+            engine,
+        } => serve::serve(&daemon, listen, &workflows, &engine).await,
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    name,
+                    roles,
+                    patterns,
+                    daemon,
+                },
+        } => serve::token_create(&daemon, &name, &roles, &patterns),
+        Command::Runs { command, server } => client::runs(&server, command),
+        Command::Lock {
+            key,
+            reason,
+            expires_in,
+            server,
+        } => client::lock(&server, &key, &reason, expires_in.as_deref()),
+        Command::Unlock { key, server } => client::unlock(&server, &key),
         Command::Validate { files, engine } => validate(&files, &engine).await,
         Command::Plugin {
             command: PluginCommand::Inspect { file, json, engine },

@@ -1,0 +1,515 @@
+//! The CLI as a client of `shiphat serve`: `runs`, `lock`, `unlock` and `run --server`. It
+//! prints what a local run prints: the same live view, or the same JSON Lines.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use serde_json::{Map, Value, json};
+use shiphat_runner::{ErrorKind, Event, RunStatus, Section, StepError, StepHeader, StepStatus};
+
+use crate::{Invalid, Sink, exit, output};
+
+/// The daemon the client commands talk to.
+#[derive(clap::Args, Clone)]
+pub struct ServerArgs {
+    /// The daemon's URL.
+    #[arg(long, env = "SHIPHAT_SERVER", default_value = "http://127.0.0.1:7300")]
+    server: String,
+    /// The bearer token (see `shiphat token create`).
+    #[arg(long, env = "SHIPHAT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// How many times an event stream is reopened (from the last event seen) after the
+/// connection drops, before giving up.
+const STREAM_RETRIES: u32 = 5;
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// An answer that was not a success: exit 2 for what the user can fix (4xx), 3 otherwise.
+#[derive(Debug)]
+struct ApiFailure {
+    status: u16,
+    message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the daemon answered {}: {}", self.status, self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl Client {
+    pub fn new(args: &ServerArgs) -> Client {
+        Client::at(&args.server, args.token.clone())
+    }
+
+    pub fn at(server: &str, token: Option<String>) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client {
+            base: server.trim_end_matches('/').to_owned(),
+            token,
+            agent,
+        }
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
+    /// Sends a request and returns its JSON answer, or an error carrying the daemon's message.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.auth();
+        let response = match (method, body) {
+            ("GET", _) => with_auth(self.agent.get(&url), &auth).call(),
+            ("DELETE", _) => with_auth(self.agent.delete(&url), &auth).call(),
+            ("POST", Some(body)) => with_auth(self.agent.post(&url), &auth).send_json(&body),
+            ("POST", None) => with_auth(self.agent.post(&url), &auth).send_empty(),
+            ("PUT", body) => {
+                with_auth(self.agent.put(&url), &auth).send_json(body.unwrap_or(json!({})))
+            }
+            _ => unreachable!("no other method is used"),
+        };
+        let mut response = response
+            .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        let message = value["error"].as_str().map(str::to_owned).unwrap_or(text);
+        let failure = ApiFailure { status, message };
+        if (400..500).contains(&status) {
+            Err(Invalid(failure.to_string()).into())
+        } else {
+            Err(failure.into())
+        }
+    }
+
+    /// Follows a run's event stream, handing each event to `sink`, until `run_finished` (or
+    /// the run ends otherwise). Reconnects with `Last-Event-ID` when the connection drops.
+    /// Returns the run's final status.
+    fn follow(&self, id: &str, sink: &Sink) -> anyhow::Result<String> {
+        let url = format!("{}/api/v1/runs/{id}/events", self.base);
+        let mut last: Option<String> = None;
+        let mut retries = 0;
+        loop {
+            let mut request = with_auth(self.agent.get(&url), &self.auth());
+            if let Some(last) = &last {
+                request = request.header("Last-Event-ID", last.as_str());
+            }
+            let mut response = request
+                .call()
+                .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
+            if response.status().as_u16() != 200 {
+                let text = response.body_mut().read_to_string().unwrap_or_default();
+                return Err(Invalid(format!("the event stream of `{id}`: {text}")).into());
+            }
+            let reader = std::io::BufReader::new(response.body_mut().as_reader());
+            let mut data = String::new();
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                if let Some(id) = line.strip_prefix("id:") {
+                    last = Some(id.trim().to_owned());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                } else if line.is_empty() && !data.is_empty() {
+                    let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    data.clear();
+                    if let Some(event) = event_from_json(&value) {
+                        sink(event);
+                    }
+                    if value["event"] == "run_finished" {
+                        return Ok(value["status"].as_str().unwrap_or("failed").to_owned());
+                    }
+                }
+            }
+            // The stream ended without `run_finished`: the run ended another way (cancelled
+            // while queued or interrupted), or the connection dropped.
+            let run = self.call("GET", &format!("/api/v1/runs/{id}"), None)?;
+            let status = run["status"].as_str().unwrap_or("").to_owned();
+            if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
+                return Ok(status);
+            }
+            retries += 1;
+            if retries > STREAM_RETRIES {
+                return Ok(status);
+            }
+        }
+    }
+}
+
+fn with_auth<B>(
+    request: ureq::RequestBuilder<B>,
+    auth: &Option<String>,
+) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(auth) => request.header("Authorization", auth.as_str()),
+        None => request,
+    }
+}
+
+/// `shiphat run --server URL FILE_OR_WORKFLOW`: starts the run on the daemon and prints its
+/// events as a local run would.
+pub fn run(
+    server: &str,
+    token: Option<String>,
+    target: &Path,
+    inputs: &[String],
+    json: bool,
+    dry_run: bool,
+) -> anyhow::Result<u8> {
+    let client = Client::at(server, token);
+    // A file names its workflow; anything else is the name of a workflow the daemon serves.
+    let name = if target.is_file() {
+        shiphat_workflow::load(target)?.name
+    } else {
+        target.display().to_string()
+    };
+    let mut given = Map::new();
+    for pair in inputs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))?;
+        given.insert(k.trim().to_owned(), Value::String(v.to_owned()));
+    }
+    let accepted = client.call(
+        "POST",
+        "/api/v1/runs",
+        Some(json!({ "workflow": name, "inputs": given, "dry_run": dry_run })),
+    )?;
+    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
+    let sink = sink_for(&client, &name, json)?;
+    let status = client.follow(&id, &sink)?;
+    drop(sink);
+    Ok(if status == "succeeded" {
+        exit::OK
+    } else {
+        exit::FAILED
+    })
+}
+
+/// The same sinks as a local run. The live view only needs the workflow's step names (for
+/// their column width), so it gets a stand-in workflow with the daemon's step names.
+fn sink_for(client: &Client, name: &str, json: bool) -> anyhow::Result<Sink> {
+    if json {
+        return Ok(output::json_sink());
+    }
+    let workflows = client.call("GET", "/api/v1/workflows", None)?;
+    let longest = workflows["workflows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|w| w["name"] == name)
+        .flat_map(|w| w["steps"].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .max_by_key(|n| n.chars().count())
+        .unwrap_or_default();
+    let yaml = format!(
+        "name: {}\nsteps:\n  - id: s\n    name: {}\n    uses: noop\n",
+        serde_json::to_string(name)?,
+        serde_json::to_string(&longest)?
+    );
+    let stand_in = shiphat_workflow::parse(&yaml, Path::new("remote.yaml"))?;
+    Ok(output::human_sink(&stand_in))
+}
+
+/// What `shiphat runs` does.
+#[derive(clap::Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        #[arg(long)]
+        workflow: Option<String>,
+        /// queued, running, succeeded, failed, cancelled or interrupted.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print the daemon's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run and its steps.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a run's events as a local run would (live while it runs).
+    Logs {
+        id: String,
+        /// JSON Lines, as `shiphat run --json`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run.
+    Cancel { id: String },
+    /// Resume an interrupted run from its step in flight.
+    Resume { id: String },
+}
+
+pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
+    let client = Client::new(args);
+    match command {
+        RunsCommand::List {
+            workflow,
+            status,
+            limit,
+            json,
+        } => {
+            let mut query = format!("?limit={limit}");
+            if let Some(w) = workflow {
+                query.push_str(&format!("&workflow={}", encode(&w)));
+            }
+            if let Some(s) = status {
+                query.push_str(&format!("&status={}", encode(&s)));
+            }
+            let answer = client.call("GET", &format!("/api/v1/runs{query}"), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&answer)?);
+            } else {
+                for run in answer["runs"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<11}  {:<24}  {}",
+                        run["id"].as_str().unwrap_or(""),
+                        run["status"].as_str().unwrap_or(""),
+                        run["workflow"].as_str().unwrap_or(""),
+                        run["created_at"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        RunsCommand::Show { id, json } => {
+            let run = client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run)?);
+            } else {
+                println!(
+                    "{} {} {}{}",
+                    run["id"].as_str().unwrap_or(""),
+                    run["workflow"].as_str().unwrap_or(""),
+                    run["status"].as_str().unwrap_or(""),
+                    run["detail"]
+                        .as_str()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                );
+                for step in run["steps"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:<24} {:<11} {:>10}  {}",
+                        step["id"].as_str().unwrap_or(""),
+                        step["status"].as_str().unwrap_or(""),
+                        step["duration_ms"]
+                            .as_f64()
+                            .map(|ms| format!("{ms:.1}ms"))
+                            .unwrap_or_default(),
+                        step["summary"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        RunsCommand::Logs { id, json } => {
+            let run = client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
+            let name = run["workflow"].as_str().unwrap_or("").to_owned();
+            let sink = sink_for(&client, &name, json)?;
+            let status = client.follow(&id, &sink)?;
+            drop(sink);
+            return Ok(if status == "succeeded" {
+                exit::OK
+            } else {
+                exit::FAILED
+            });
+        }
+        RunsCommand::Cancel { id } => {
+            client.call(
+                "POST",
+                &format!("/api/v1/runs/{}/cancel", encode(&id)),
+                None,
+            )?;
+            output::note(&format!("cancelling {id}"));
+        }
+        RunsCommand::Resume { id } => {
+            client.call(
+                "POST",
+                &format!("/api/v1/runs/{}/resume", encode(&id)),
+                None,
+            )?;
+            output::note(&format!("resumed {id}"));
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub fn lock(
+    args: &ServerArgs,
+    key: &str,
+    reason: &str,
+    expires_in: Option<&str>,
+) -> anyhow::Result<u8> {
+    let client = Client::new(args);
+    let mut body = json!({ "reason": reason });
+    if let Some(e) = expires_in {
+        body["expires_in"] = json!(e);
+    }
+    let lock = client.call("PUT", &format!("/api/v1/locks/{}", encode(key)), Some(body))?;
+    output::note(&format!(
+        "locked `{}` ({}){}",
+        key,
+        lock["reason"].as_str().unwrap_or(""),
+        lock["expires_at"]
+            .as_str()
+            .map(|e| format!(" until {e}"))
+            .unwrap_or_default()
+    ));
+    Ok(exit::OK)
+}
+
+pub fn unlock(args: &ServerArgs, key: &str) -> anyhow::Result<u8> {
+    let client = Client::new(args);
+    client.call("DELETE", &format!("/api/v1/locks/{}", encode(key)), None)?;
+    output::note(&format!("unlocked `{key}`"));
+    Ok(exit::OK)
+}
+
+/// Percent-encodes a path segment or query value.
+fn encode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The runner's event from its JSON (docs/events.md), so remote events go through the same
+/// printing code as local ones.
+fn event_from_json(v: &Value) -> Option<Event> {
+    let s = |key: &str| v[key].as_str().unwrap_or("").to_owned();
+    let run_id = s("run_id");
+    let time = s("time");
+    let section = |v: &Value| match v.as_str() {
+        Some("on_failure") => Section::OnFailure,
+        Some("finally") => Section::Finally,
+        _ => Section::Steps,
+    };
+    Some(match v["event"].as_str()? {
+        "run_started" => Event::RunStarted {
+            run_id,
+            workflow: s("workflow"),
+            dry_run: v["dry_run"].as_bool().unwrap_or(false),
+            steps: v["steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|h| StepHeader {
+                    id: h["id"].as_str().unwrap_or("").to_owned(),
+                    name: h["name"].as_str().unwrap_or("").to_owned(),
+                    section: section(&h["section"]),
+                })
+                .collect(),
+            time,
+        },
+        "step_started" => Event::StepStarted {
+            run_id,
+            step: s("step"),
+            name: s("name"),
+            section: section(&v["section"]),
+            attempt: v["attempt"].as_u64().unwrap_or(1) as u32,
+            time,
+        },
+        "log" => Event::Log {
+            run_id,
+            step: s("step"),
+            level: match v["level"].as_str() {
+                Some("trace") => "trace",
+                Some("debug") => "debug",
+                Some("warn") => "warn",
+                Some("error") => "error",
+                _ => "info",
+            },
+            source: match v["source"].as_str() {
+                Some("plugin") => "plugin",
+                Some("stdout") => "stdout",
+                Some("stderr") => "stderr",
+                _ => "engine",
+            },
+            message: s("message"),
+            time,
+        },
+        "step_finished" => Event::StepFinished {
+            run_id,
+            step: s("step"),
+            name: s("name"),
+            section: section(&v["section"]),
+            status: match v["status"].as_str() {
+                Some("succeeded") => StepStatus::Succeeded,
+                Some("skipped") => StepStatus::Skipped,
+                Some("cancelled") => StepStatus::Cancelled,
+                _ => StepStatus::Failed,
+            },
+            attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
+            duration_ms: v["duration_ms"].as_f64().unwrap_or(0.0),
+            summary: s("summary"),
+            outputs: v["outputs"].as_object().cloned().unwrap_or_default(),
+            error: v["error"].as_object().map(|e| StepError {
+                kind: error_kind(e.get("kind").and_then(Value::as_str).unwrap_or("")),
+                message: e
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            }),
+            continued: v["continued"].as_bool().unwrap_or(false),
+            time,
+        },
+        "run_finished" => Event::RunFinished {
+            run_id,
+            workflow: s("workflow"),
+            status: match v["status"].as_str() {
+                Some("succeeded") => RunStatus::Succeeded,
+                Some("cancelled") => RunStatus::Cancelled,
+                _ => RunStatus::Failed,
+            },
+            duration_ms: v["duration_ms"].as_f64().unwrap_or(0.0),
+            failed_steps: v["failed_steps"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect(),
+            time,
+        },
+        _ => return None,
+    })
+}
+
+fn error_kind(kind: &str) -> ErrorKind {
+    match kind {
+        "invalid_config" => ErrorKind::InvalidConfig,
+        "transient" => ErrorKind::Transient,
+        "timeout" => ErrorKind::Timeout,
+        "memory" => ErrorKind::Memory,
+        "stack_overflow" => ErrorKind::StackOverflow,
+        "panic" => ErrorKind::Panic,
+        "trap" => ErrorKind::Trap,
+        "bad_output" => ErrorKind::BadOutput,
+        "setup" => ErrorKind::Setup,
+        "cancelled" => ErrorKind::Cancelled,
+        _ => ErrorKind::Failed,
+    }
+}

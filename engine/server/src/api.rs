@@ -1,0 +1,914 @@
+//! The HTTP API: routes, authentication, the audit of every mutating call, JSON errors.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, RunStatus, rfc3339};
+use shiphat_workflow::Scope;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{Principal, Role, token_hash};
+use crate::scheduler::{App, Refused, input_texts};
+
+/// The OpenAPI document, maintained by hand next to the routes; a test checks that every
+/// route below is in it, and the integration tests call every operation it lists.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route, as `(method, path)`, for the OpenAPI check.
+#[cfg(test)]
+const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/api/v1/openapi.json"),
+    ("post", "/api/v1/runs"),
+    ("get", "/api/v1/runs"),
+    ("get", "/api/v1/runs/{id}"),
+    ("get", "/api/v1/runs/{id}/events"),
+    ("post", "/api/v1/runs/{id}/cancel"),
+    ("post", "/api/v1/runs/{id}/resume"),
+    ("get", "/api/v1/workflows"),
+    ("get", "/api/v1/locks"),
+    ("get", "/api/v1/locks/{key}"),
+    ("put", "/api/v1/locks/{key}"),
+    ("delete", "/api/v1/locks/{key}"),
+    ("get", "/api/v1/audit"),
+];
+
+/// The most runs one page of `GET /api/v1/runs` returns: enough for a screen, bounded so a
+/// list never costs more than a few milliseconds.
+const MAX_PAGE: u32 = 500;
+/// How many stored events an event stream reads per query while catching up.
+const EVENT_BATCH: u32 = 512;
+/// How long an event stream waits for a wake-up before looking at the store anyway: a
+/// safety net against a missed notification, not the normal path.
+const STREAM_POLL: Duration = Duration::from_secs(1);
+
+pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
+    let api = Router::new()
+        .route("/runs", post(create_run).get(list_runs))
+        .route("/runs/{id}", get(show_run))
+        .route("/runs/{id}/events", get(run_events))
+        .route("/runs/{id}/cancel", post(cancel_run))
+        .route("/runs/{id}/resume", post(resume_run))
+        .route("/workflows", get(list_workflows))
+        .route("/locks", get(list_locks))
+        .route(
+            "/locks/{key}",
+            get(get_lock).put(put_lock).delete(delete_lock),
+        )
+        .route("/audit", get(audit_log))
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .nest("/api/v1", api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
+        .layer(axum::Extension(Stop(stop)))
+        .with_state(app)
+}
+
+#[derive(Clone)]
+struct Stop(CancellationToken);
+
+/// A JSON error: `{"error": "...", "field": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    field: Option<String>,
+    extra: Option<Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+            extra: None,
+        }
+    }
+
+    fn field(field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            field: Some(field.to_owned()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, message)
+        }
+    }
+
+    fn forbidden(message: String) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!("{e}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error: {e}"),
+        )
+    }
+}
+
+impl From<shiphat_store::Error> for ApiError {
+    fn from(e: shiphat_store::Error) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.message, "field": self.field });
+        if let Some(Value::Object(extra)) = self.extra {
+            body.as_object_mut().unwrap().extend(extra);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(Outcome(self.message));
+        response
+    }
+}
+
+/// What the audit log says about a call, set by handlers on their response.
+#[derive(Clone)]
+struct Outcome(String);
+
+/// What the audit log names as the call's object, set by handlers on their response.
+#[derive(Clone)]
+struct Target(String);
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Identifies the caller from `Authorization: Bearer TOKEN` (by the token's SHA-256), then
+/// writes every mutating call to the audit log with its outcome.
+async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: Next) -> Response {
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(token_hash);
+    let principal = match token {
+        None => None,
+        Some(hash) => match app.config.principals.iter().find(|(h, _)| *h == hash) {
+            Some((_, p)) => Some(p.clone()),
+            None => match app.store.token(&hash) {
+                Ok(Some(t)) => Some(Principal {
+                    name: t.name,
+                    roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+                    patterns: t.patterns,
+                }),
+                Ok(None) => None,
+                Err(e) => return ApiError::internal(e).into_response(),
+            },
+        },
+    };
+    let mutating = !matches!(*request.method(), Method::GET | Method::HEAD);
+    // Inside `nest` the URI has lost its `/api/v1` prefix; the audit names the full path.
+    let path = request
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map(|u| u.path().to_owned())
+        .unwrap_or_else(|| request.uri().path().to_owned());
+    let action = format!("{} {path}", request.method());
+    let who = principal.as_ref().map(|p| p.name.clone());
+    let response = match principal {
+        Some(p) => {
+            request.extensions_mut().insert(p);
+            next.run(request).await
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required: `Authorization: Bearer TOKEN` (create one with `shiphat token create`)",
+        )
+        .into_response(),
+    };
+    if mutating {
+        let outcome = response
+            .extensions()
+            .get::<Outcome>()
+            .map(|o| o.0.clone())
+            .unwrap_or_else(|| {
+                response
+                    .status()
+                    .canonical_reason()
+                    .unwrap_or("")
+                    .to_lowercase()
+            });
+        let target = response
+            .extensions()
+            .get::<Target>()
+            .map(|t| t.0.clone())
+            .unwrap_or_default();
+        let entry = AuditEntry {
+            at_ms: shiphat_store::now_ms(),
+            principal: who,
+            action,
+            target,
+            remote,
+            status: response.status().as_u16(),
+            outcome,
+        };
+        if let Err(e) = app.store.audit(&entry) {
+            // A mutation we cannot audit is still done; say so loudly.
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+    response
+}
+
+/// The caller, as `authenticate` found them.
+struct Caller(Principal);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .map(Caller)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "a bearer token is required"))
+    }
+}
+
+/// A JSON object body, checked field by field so that errors name the field.
+struct Body(Map<String, Value>);
+
+impl Body {
+    fn parse(bytes: &[u8], allowed: &[&'static str]) -> ApiResult<Body> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        let Value::Object(map) = value else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "the body must be a JSON object",
+            ));
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(ApiError::field(
+                unknown,
+                format!(
+                    "unknown field `{unknown}`; expected one of {}",
+                    allowed
+                        .iter()
+                        .map(|a| format!("`{a}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        Ok(Body(map))
+    }
+
+    fn string(&self, field: &'static str) -> ApiResult<Option<String>> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::field(
+                field,
+                format!("`{field}` must be a string"),
+            )),
+        }
+    }
+
+    fn required(&self, field: &'static str) -> ApiResult<String> {
+        self.string(field)?
+            .ok_or_else(|| ApiError::field(field, format!("`{field}` is required")))
+    }
+
+    fn bool(&self, field: &'static str) -> ApiResult<bool> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(ApiError::field(
+                field,
+                format!("`{field}` must be true or false"),
+            )),
+        }
+    }
+
+    fn object(&self, field: &'static str) -> ApiResult<Map<String, Value>> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(Map::new()),
+            Some(Value::Object(m)) => Ok(m.clone()),
+            Some(_) => Err(ApiError::field(
+                field,
+                format!("`{field}` must be an object"),
+            )),
+        }
+    }
+}
+
+/// The body's bytes, or 413 when it is over the cap.
+fn body_bytes(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|e| ApiError::new(e.status(), e.body_text()))
+}
+
+fn with_target(mut response: Response, target: &str, outcome: Option<String>) -> Response {
+    response.extensions_mut().insert(Target(target.to_owned()));
+    if let Some(outcome) = outcome {
+        response.extensions_mut().insert(Outcome(outcome));
+    }
+    response
+}
+
+fn run_json(app: &App, run: &Run) -> Value {
+    json!({
+        "id": run.id,
+        "workflow": run.workflow,
+        "status": run.status.as_str(),
+        "detail": run.detail,
+        "inputs": run.inputs,
+        "principal": run.principal,
+        "dry_run": run.dry_run,
+        "concurrency_key": run.concurrency_key,
+        "queue_position": app.queue_position(&run.id),
+        "created_at": rfc3339(run.created_ms),
+        "started_at": run.started_ms.map(rfc3339),
+        "finished_at": run.finished_ms.map(rfc3339),
+        "created_ms": run.created_ms,
+        "started_ms": run.started_ms,
+        "finished_ms": run.finished_ms,
+    })
+}
+
+async fn create_run(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let body = Body::parse(
+        &body_bytes(body)?,
+        &["workflow", "inputs", "dry_run", "force"],
+    )?;
+    let name = body.required("workflow")?;
+    let given = body.object("inputs")?;
+    let dry_run = body.bool("dry_run")?;
+    let force = body.bool("force")?;
+    let Some(prepared) = app.workflows.get(&name) else {
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            ..ApiError::field("workflow", format!("no workflow named `{name}` is loaded"))
+        });
+    };
+    let workflow = &prepared.workflow;
+    let inputs = workflow
+        .resolve_inputs(&input_texts(&given))
+        .map_err(|problems| ApiError::field("inputs", problems.join("; ")))?;
+    let environment = inputs.get("environment").and_then(Value::as_str);
+    caller
+        .may_run(&name, environment)
+        .map_err(ApiError::forbidden)?;
+    let id = shiphat_runner::new_run_id();
+    let key = match &workflow.concurrency {
+        None => None,
+        Some(c) => {
+            let steps = Default::default();
+            let env = Map::new();
+            let scope = Scope {
+                inputs: &inputs,
+                env: &env,
+                steps: &steps,
+                run_id: &id,
+            };
+            Some(c.key.eval_string(&scope).map_err(|e| {
+                ApiError::field("inputs", format!("cannot evaluate `concurrency`: {e}"))
+            })?)
+        }
+    };
+    let mut outcome = "accepted".to_owned();
+    for lock_key in key.iter().chain(std::iter::once(&name)) {
+        if let Some(lock) = app.store.lock(lock_key)? {
+            if force {
+                caller
+                    .require(Role::Admin)
+                    .map_err(|e| ApiError::forbidden(format!("forcing past a lock: {e}")))?;
+                outcome = format!(
+                    "accepted, forced past the lock on `{}` held by `{}`",
+                    lock.key, lock.owner
+                );
+            } else {
+                return Err(ApiError {
+                    extra: Some(json!({ "lock": lock_json(&lock) })),
+                    ..ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!(
+                            "`{}` is locked by `{}`: {}",
+                            lock.key, lock.owner, lock.reason
+                        ),
+                    )
+                });
+            }
+        }
+    }
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let new = NewRun {
+        id,
+        workflow: name.clone(),
+        inputs: Value::Object(inputs),
+        principal: caller.name.clone(),
+        dry_run,
+        concurrency_key: key,
+        idempotency_key,
+    };
+    let queue = workflow.concurrency.as_ref().is_none_or(|c| c.queue);
+    let (run, created) = match app.submit(new, queue) {
+        Ok(r) => r,
+        Err(Refused::Busy { key, holder }) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "`{key}` is busy with run `{holder}` and `{name}` does not queue (`queue: false`)"
+                ),
+            ));
+        }
+        Err(Refused::ShuttingDown) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the daemon is shutting down",
+            ));
+        }
+        Err(Refused::Store(e)) => return Err(e.into()),
+    };
+    if !created {
+        outcome = "replayed by idempotency key".to_owned();
+    }
+    let response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": run.id, "status": run.status.as_str(), "created": created })),
+    )
+        .into_response();
+    Ok(with_target(response, &run.id, Some(outcome)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    workflow: Option<String>,
+    status: Option<String>,
+    before: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn list_runs(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let status = match &query.status {
+        None => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::field(
+                "status",
+                format!(
+                    "unknown status `{s}`; one of {}",
+                    RunStatus::ALL
+                        .map(|s| format!("`{}`", s.as_str()))
+                        .join(", ")
+                ),
+            )
+        })?),
+    };
+    let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let runs = app.store.list_runs(&RunFilter {
+        workflow: query.workflow,
+        status,
+        before: query.before,
+        limit,
+    })?;
+    let next = (runs.len() == limit as usize)
+        .then(|| runs.last().map(|r| r.id.clone()))
+        .flatten();
+    Ok(Json(json!({
+        "runs": runs.iter().map(|r| run_json(&app, r)).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+fn find_run(app: &App, id: &str) -> ApiResult<Run> {
+    app.store
+        .run(id)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run `{id}`")))
+}
+
+async fn show_run(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    let run = find_run(&app, &id)?;
+    let mut logs: Map<String, Value> = Map::new();
+    let mut after = 0;
+    loop {
+        let batch = app.store.events(&id, after, EVENT_BATCH)?;
+        let Some(&(last, _)) = batch.last() else {
+            break;
+        };
+        after = last;
+        for (_, body) in batch {
+            let Ok(event) = serde_json::from_str::<Value>(&body) else {
+                continue;
+            };
+            if event["event"] == "log" {
+                let step = event["step"].as_str().unwrap_or("").to_owned();
+                if let Value::Array(lines) = logs.entry(step).or_insert_with(|| json!([])) {
+                    lines.push(json!({
+                        "level": event["level"],
+                        "source": event["source"],
+                        "message": event["message"],
+                        "time": event["time"],
+                    }));
+                }
+            }
+        }
+    }
+    let steps = app
+        .store
+        .steps(&id)?
+        .into_iter()
+        .map(|s| {
+            json!({
+                "id": s.step,
+                "section": s.section,
+                "status": s.status,
+                "attempts": s.attempts,
+                "started_at": s.started_ms.map(rfc3339),
+                "finished_at": s.finished_ms.map(rfc3339),
+                "started_ms": s.started_ms,
+                "finished_ms": s.finished_ms,
+                "duration_ms": s.duration_ms,
+                "summary": s.summary,
+                "outputs": s.outputs,
+                "error": s.error,
+                "continued": s.continued,
+                "logs": logs.get(&s.step).cloned().unwrap_or(json!([])),
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut body = run_json(&app, &run);
+    body["steps"] = Value::Array(steps);
+    body["logs"] = logs.get("").cloned().unwrap_or(json!([]));
+    Ok(Json(body))
+}
+
+/// The run's events as Server-Sent Events: first those stored (after `Last-Event-ID`), then
+/// live ones as they are committed, until the run ends. Each event's `id` is its sequence
+/// number, so a client that reconnects with `Last-Event-ID` misses nothing and sees nothing
+/// twice. The data is exactly the JSON of `shiphat run --json`.
+async fn run_events(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    axum::Extension(Stop(stop)): axum::Extension<Stop>,
+    headers: HeaderMap,
+) -> ApiResult<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>> {
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    find_run(&app, &id)?;
+    let mut after: i64 = match headers.get("last-event-id") {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "`Last-Event-ID` must be an event id (a number)",
+                )
+            })?,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut live = app.live.subscribe();
+    tokio::spawn(async move {
+        loop {
+            // Read what is stored first: the store is the source of truth, the live channel
+            // only says when to look again.
+            let batch = match app.store.events(&id, after, EVENT_BATCH) {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::error!("event stream of `{id}`: {e}");
+                    return;
+                }
+            };
+            let full = batch.len() == EVENT_BATCH as usize;
+            for (seq, body) in batch {
+                after = seq;
+                let event = SseEvent::default().id(seq.to_string()).data(body);
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            let ended = match app.store.run(&id) {
+                Ok(Some(run)) => run.status.is_terminal(),
+                _ => true,
+            };
+            if ended {
+                // One last look: the final events are committed before the status changes.
+                match app.store.events(&id, after, EVENT_BATCH) {
+                    Ok(rest) if !rest.is_empty() => continue,
+                    _ => return,
+                }
+            }
+            let wake = async {
+                loop {
+                    match live.recv().await {
+                        Ok(run) if *run == *id => return,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            };
+            tokio::select! {
+                () = wake => {}
+                () = tokio::time::sleep(STREAM_POLL) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
+}
+
+async fn cancel_run(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let run = may_touch(&app, &caller, &id)?;
+    if !app.cancel(&run, &caller)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run `{id}` has already ended ({})", run.status.as_str()),
+        ));
+    }
+    let response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "cancelling": true })),
+    )
+        .into_response();
+    let outcome = if run.principal == caller.name {
+        "cancelled".to_owned()
+    } else {
+        format!("cancelled a run of `{}`", run.principal)
+    };
+    Ok(with_target(response, &id, Some(outcome)))
+}
+
+async fn resume_run(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let run = may_touch(&app, &caller, &id)?;
+    if !app.resume(&run, &caller)? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "run `{id}` is {}; only interrupted runs resume",
+                run.status.as_str()
+            ),
+        ));
+    }
+    let response = (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "status": "queued" })),
+    )
+        .into_response();
+    Ok(with_target(response, &id, Some("resumed".into())))
+}
+
+/// A deployer may cancel or resume its own runs; anyone else's needs an admin.
+fn may_touch(app: &App, caller: &Principal, id: &str) -> ApiResult<Run> {
+    caller
+        .require(Role::Deployer)
+        .map_err(ApiError::forbidden)?;
+    let run = find_run(app, id)?;
+    if run.principal != caller.name {
+        caller.require(Role::Admin).map_err(|e| {
+            ApiError::forbidden(format!("run `{id}` belongs to `{}`: {e}", run.principal))
+        })?;
+    }
+    Ok(run)
+}
+
+async fn list_workflows(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    let workflows = app
+        .workflows
+        .all()
+        .iter()
+        .map(|p| {
+            let w = &p.workflow;
+            json!({
+                "name": w.name,
+                "description": w.description,
+                "file": w.file.display().to_string(),
+                "concurrency": w.concurrency.as_ref().map(|c| json!({"key": c.key.source(), "queue": c.queue})),
+                "resume": match w.resume { shiphat_workflow::Resume::Auto => "auto", shiphat_workflow::Resume::Manual => "manual" },
+                "inputs": w.inputs.iter().map(|i| json!({
+                    "name": i.name,
+                    "description": i.description,
+                    "type": match &i.kind {
+                        shiphat_workflow::InputKind::String => json!("string"),
+                        shiphat_workflow::InputKind::Number => json!("number"),
+                        shiphat_workflow::InputKind::Bool => json!("bool"),
+                        shiphat_workflow::InputKind::Choice(c) => json!({"choice": c}),
+                    },
+                    "required": i.required,
+                    "default": i.default,
+                })).collect::<Vec<_>>(),
+                "steps": w.all_steps().map(|s| json!({"id": s.id, "name": s.name})).collect::<Vec<_>>(),
+            })
+        })
+        .collect::<Vec<_>>();
+    Ok(Json(json!({ "workflows": workflows })))
+}
+
+fn lock_json(lock: &Lock) -> Value {
+    json!({
+        "key": lock.key,
+        "owner": lock.owner,
+        "reason": lock.reason,
+        "created_at": rfc3339(lock.created_ms),
+        "expires_at": lock.expires_ms.map(rfc3339),
+    })
+}
+
+async fn list_locks(State(app): State<Arc<App>>, Caller(caller): Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    let locks = app.store.locks()?;
+    Ok(Json(
+        json!({ "locks": locks.iter().map(lock_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn get_lock(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(key): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    match app.store.lock(&key)? {
+        Some(lock) => Ok(Json(lock_json(&lock))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("`{key}` is not locked"),
+        )),
+    }
+}
+
+async fn put_lock(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(key): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    caller.require(Role::Admin).map_err(ApiError::forbidden)?;
+    let body = Body::parse(&body_bytes(body)?, &["reason", "owner", "expires_in"])?;
+    let reason = body.required("reason")?;
+    let owner = body.string("owner")?.unwrap_or_else(|| caller.name.clone());
+    let now = shiphat_store::now_ms();
+    let expires_ms = match body.string("expires_in")? {
+        None => None,
+        Some(text) => Some(
+            now + humantime::parse_duration(&text)
+                .map_err(|e| {
+                    ApiError::field(
+                        "expires_in",
+                        format!("`expires_in`: `{text}`: {e}; e.g. `2h`"),
+                    )
+                })?
+                .as_millis() as i64,
+        ),
+    };
+    let lock = Lock {
+        key: key.clone(),
+        owner,
+        reason,
+        created_ms: now,
+        expires_ms,
+    };
+    app.store.put_lock(&lock)?;
+    let response = (StatusCode::OK, Json(lock_json(&lock))).into_response();
+    Ok(with_target(
+        response,
+        &key,
+        Some(format!("locked: {}", lock.reason)),
+    ))
+}
+
+async fn delete_lock(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(key): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Admin).map_err(ApiError::forbidden)?;
+    if !app.store.delete_lock(&key)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("`{key}` is not locked"),
+        ));
+    }
+    let response = StatusCode::NO_CONTENT.into_response();
+    Ok(with_target(response, &key, Some("unlocked".into())))
+}
+
+async fn audit_log(State(app): State<Arc<App>>, Caller(caller): Caller) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin).map_err(ApiError::forbidden)?;
+    let entries = app.store.audit_log(MAX_PAGE)?;
+    Ok(Json(json!({
+        "entries": entries.iter().map(|e| json!({
+            "at": rfc3339(e.at_ms),
+            "principal": e.principal,
+            "action": e.action,
+            "target": e.target,
+            "remote": e.remote,
+            "status": e.status,
+            "outcome": e.outcome,
+        })).collect::<Vec<_>>()
+    })))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        let doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        for (method, path) in ROUTES {
+            assert!(
+                doc["paths"][path][method].is_object(),
+                "`{} {path}` is missing from openapi.json",
+                method.to_uppercase()
+            );
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum();
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "openapi.json lists a route that does not exist"
+        );
+    }
+}

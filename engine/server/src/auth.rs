@@ -1,0 +1,172 @@
+//! Who may do what: bearer tokens (kept only as SHA-256), principals, roles and patterns.
+
+use sha2::{Digest, Sha256};
+
+/// What a principal may do. Each role includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Reads runs, workflows, locks and metrics.
+    Viewer,
+    /// Also runs the workflows (and environments) its patterns allow, and cancels or resumes
+    /// its own runs.
+    Deployer,
+    /// Also holds and releases locks, forces runs past them, and cancels anyone's runs.
+    Admin,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Role> {
+        match text {
+            "viewer" => Some(Role::Viewer),
+            "deployer" => Some(Role::Deployer),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// Who a token speaks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Principal {
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// `WORKFLOW` or `WORKFLOW/ENVIRONMENT`, each part a glob where `*` matches anything. A
+    /// pattern without `/` allows every environment of the workflows it matches.
+    pub patterns: Vec<String>,
+}
+
+impl Principal {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.iter().any(|&r| r >= role)
+    }
+
+    /// Refuses with a message naming the missing role.
+    pub fn require(&self, role: Role) -> Result<(), String> {
+        if self.has(role) {
+            Ok(())
+        } else {
+            Err(format!(
+                "principal `{}` lacks the role `{}`",
+                self.name,
+                role.as_str()
+            ))
+        }
+    }
+
+    /// Whether this principal may start `workflow` in `environment` (the run's `environment`
+    /// input, when it has one). Admins may run anything.
+    pub fn may_run(&self, workflow: &str, environment: Option<&str>) -> Result<(), String> {
+        self.require(Role::Deployer)?;
+        if self.has(Role::Admin) {
+            return Ok(());
+        }
+        let allowed = self.patterns.iter().any(|p| match p.split_once('/') {
+            None => glob(p, workflow),
+            Some((w, e)) => glob(w, workflow) && environment.is_some_and(|env| glob(e, env)),
+        });
+        if allowed {
+            return Ok(());
+        }
+        let target = match environment {
+            Some(env) => format!("`{workflow}/{env}`"),
+            None => format!("`{workflow}`"),
+        };
+        Err(format!(
+            "no pattern of principal `{}` allows {target} (its patterns: {})",
+            self.name,
+            if self.patterns.is_empty() {
+                "none".to_owned()
+            } else {
+                self.patterns
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))
+    }
+}
+
+/// Matches `text` against `pattern`, where `*` matches any run of characters.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut text) = text.strip_prefix(head) else {
+        return false;
+    };
+    let mut parts = rest.split('*').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            return text.ends_with(part);
+        }
+        match text.find(part) {
+            Some(at) => text = &text[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// A new token: 32 random bytes, as hex.
+pub fn new_token() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)?;
+    Ok(hex::encode(bytes))
+}
+
+/// The SHA-256 of a token, as hex: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("*", "anything"));
+        assert!(glob("web-*", "web-prod"));
+        assert!(!glob("web-*", "api-prod"));
+        assert!(glob("*-prod", "web-prod"));
+        assert!(glob("a*b*c", "aXXbYYc"));
+        assert!(!glob("a*b*c", "aXXcYYb"));
+        assert!(glob("exact", "exact"));
+    }
+
+    #[test]
+    fn patterns_name_what_is_missing() {
+        let p = Principal {
+            name: "ci".into(),
+            roles: vec![Role::Deployer],
+            patterns: vec!["web/staging".into(), "docs".into()],
+        };
+        assert!(p.may_run("web", Some("staging")).is_ok());
+        assert!(p.may_run("docs", Some("prod")).is_ok());
+        let err = p.may_run("web", Some("prod")).unwrap_err();
+        assert!(
+            err.contains("`web/prod`") && err.contains("`web/staging`"),
+            "{err}"
+        );
+        assert!(p.require(Role::Admin).unwrap_err().contains("`admin`"));
+        let viewer = Principal {
+            roles: vec![Role::Viewer],
+            ..p
+        };
+        assert!(
+            viewer
+                .may_run("docs", None)
+                .unwrap_err()
+                .contains("`deployer`")
+        );
+    }
+}

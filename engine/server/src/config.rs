@@ -1,0 +1,201 @@
+//! The daemon's configuration file (`shiphat.toml`), parsed with serde at this boundary and
+//! checked into [`Config`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{Principal, Role};
+use crate::{Error, Result};
+
+/// Where the daemon listens when nothing says otherwise: loopback only, so a daemon started
+/// by hand is never reachable from the network by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7300";
+/// How long running steps get to finish after SIGTERM. Most deploy steps finish in well under
+/// a minute; a service manager usually waits about this long before sending SIGKILL.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The largest request body accepted. Run requests are a workflow name and a few inputs;
+/// 64 KiB is generous for them and small enough that nobody can fill memory with a body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    workflows: Option<Vec<PathBuf>>,
+    shutdown_grace: Option<String>,
+    max_body_bytes: Option<usize>,
+    retention: Option<RawRetention>,
+    #[serde(default)]
+    principals: Vec<RawPrincipal>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    /// Finished runs older than this are deleted, e.g. `30d`.
+    keep: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrincipal {
+    name: String,
+    roles: Vec<String>,
+    #[serde(default)]
+    patterns: Vec<String>,
+    /// The SHA-256 (hex) of the principal's bearer token.
+    token_sha256: String,
+}
+
+/// A checked configuration. Relative paths are resolved against the config file's directory
+/// (or the current directory when there is no file).
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub workflow_dirs: Vec<PathBuf>,
+    pub shutdown_grace: Duration,
+    pub max_body_bytes: usize,
+    /// Finished runs older than this are pruned; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    /// Principals declared in the file, by the SHA-256 (hex) of their token.
+    pub principals: Vec<(String, Principal)>,
+}
+
+impl Config {
+    /// The configuration with no file: loopback, the user's data directory, `./workflows`.
+    pub fn defaults() -> Config {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
+            data_dir: default_data_dir(),
+            workflow_dirs: vec![PathBuf::from("workflows")],
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            retention: None,
+            principals: Vec::new(),
+        }
+    }
+
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|message| {
+            Error::Config {
+                file: path.to_path_buf(),
+                message,
+            }
+        })
+    }
+
+    /// Checks config `text`, resolving relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> std::result::Result<Config, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut config = Config::defaults();
+        if let Some(listen) = raw.listen {
+            config.listen = listen
+                .parse()
+                .map_err(|e| format!("`listen`: `{listen}` is not an address: {e}"))?;
+        }
+        if let Some(dir) = raw.data_dir {
+            config.data_dir = base.join(dir);
+        }
+        if let Some(dirs) = raw.workflows {
+            config.workflow_dirs = dirs.into_iter().map(|d| base.join(d)).collect();
+        } else {
+            config.workflow_dirs = vec![base.join("workflows")];
+        }
+        if let Some(grace) = raw.shutdown_grace {
+            config.shutdown_grace = humantime::parse_duration(&grace)
+                .map_err(|e| format!("`shutdown_grace`: `{grace}`: {e}"))?;
+        }
+        if let Some(max) = raw.max_body_bytes {
+            config.max_body_bytes = max;
+        }
+        if let Some(retention) = raw.retention {
+            config.retention = Some(
+                humantime::parse_duration(&retention.keep)
+                    .map_err(|e| format!("`retention.keep`: `{}`: {e}", retention.keep))?,
+            );
+        }
+        for p in raw.principals {
+            let roles = p
+                .roles
+                .iter()
+                .map(|r| {
+                    Role::parse(r).ok_or_else(|| {
+                        format!(
+                            "principal `{}`: unknown role `{r}`; roles are `viewer`, `deployer` and `admin`",
+                            p.name
+                        )
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            let hash = p.token_sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "principal `{}`: `token_sha256` must be 64 hex digits",
+                    p.name
+                ));
+            }
+            config.principals.push((
+                hash,
+                Principal {
+                    name: p.name,
+                    roles,
+                    patterns: p.patterns,
+                },
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The SQLite database inside the data directory.
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.join("shiphat.sqlite")
+    }
+}
+
+/// `$XDG_DATA_HOME/shiphat` or its platform equivalent.
+fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("shiphat")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_roles_are_refused() {
+        let err = Config::parse("listn = \"x\"", Path::new("/"))
+            .err()
+            .unwrap();
+        assert!(err.contains("listn"), "{err}");
+        let text = format!(
+            "[[principals]]\nname = \"ci\"\nroles = [\"deployr\"]\ntoken_sha256 = \"{}\"",
+            "a".repeat(64)
+        );
+        let err = Config::parse(&text, Path::new("/")).err().unwrap();
+        assert!(err.contains("unknown role `deployr`"), "{err}");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_file() {
+        let config = Config::parse(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\nworkflows = [\"wf\"]\n[retention]\nkeep = \"30days\"",
+            Path::new("/etc/shiphat"),
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/shiphat/state"));
+        assert_eq!(config.workflow_dirs, vec![PathBuf::from("/etc/shiphat/wf")]);
+        assert_eq!(config.retention, Some(Duration::from_secs(30 * 86400)));
+    }
+}

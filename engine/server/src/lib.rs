@@ -1,0 +1,180 @@
+//! The shiphat daemon: an HTTP API (axum) over the same runner as `shiphat run`, with durable
+//! run history, bearer-token auth with roles, an audit log, deploy locks, a FIFO queue per
+//! concurrency key, live event streams (SSE), Prometheus metrics and crash recovery.
+//!
+//! It takes a [`Runner`] and a [`Store`] and knows neither wasmtime nor SQLite. It never
+//! prints: what a person should see goes to `tracing`, and [`Daemon::local_addr`] tells the
+//! binary where it listens.
+
+mod api;
+mod auth;
+mod config;
+mod metrics;
+mod scheduler;
+mod workflows;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shiphat_runner::Runner;
+use shiphat_store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::auth::{Principal, Role, glob, new_token, token_hash};
+pub use crate::config::{Config, DEFAULT_LISTEN};
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the config `{file}`: {source}")]
+    ConfigRead {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config `{file}`: {message}")]
+    Config { file: PathBuf, message: String },
+    #[error("cannot listen on `{addr}`: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] shiphat_store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How often the workflow directories are checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+/// How often old runs are pruned when a retention is set. Pruning is cheap and retention is
+/// counted in days, so hourly is precise enough.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// A daemon bound to its address, its workflows loaded and its interrupted runs recovered.
+pub struct Daemon {
+    app: Arc<scheduler::App>,
+    listener: tokio::net::TcpListener,
+}
+
+impl Daemon {
+    /// Recovers what a previous life left (runs found `running` become `interrupted`; those
+    /// that may resume by themselves are queued again, as are runs that were queued), loads
+    /// the workflows and binds the address.
+    pub async fn start(config: Config, runner: Runner, store: Arc<dyn Store>) -> Result<Daemon> {
+        let app = scheduler::App::new(config, runner, store);
+        app.workflows
+            .reload(&app.runner, &app.config.workflow_dirs)
+            .await;
+        app.recover()?;
+        let listener = tokio::net::TcpListener::bind(app.config.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: app.config.listen,
+                source,
+            })?;
+        Ok(Daemon { app, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until SIGTERM or SIGINT. Then it stops accepting runs, gives running steps the
+    /// configured grace period to finish, and records the runs still going as `interrupted`.
+    /// SIGHUP reloads the workflows at once.
+    pub async fn run(self) -> Result<()> {
+        let Daemon { app, listener } = self;
+        let stop = CancellationToken::new();
+        let background = CancellationToken::new();
+        spawn_signals(app.clone(), stop.clone())?;
+        spawn_reloads(app.clone(), background.clone());
+        spawn_pruning(app.clone(), background.clone());
+
+        let router = api::router(app.clone(), stop.clone());
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown({
+            let stop = stop.clone();
+            let app = app.clone();
+            async move {
+                stop.cancelled().await;
+                app.drain().await;
+            }
+        });
+        let result = server.await.map_err(Error::Serve);
+        background.cancel();
+        // Whatever did not finish within the grace period is recorded as interrupted, so the
+        // next start finds it waiting rather than `running`.
+        app.store.interrupt_running()?;
+        result
+    }
+}
+
+fn spawn_signals(app: Arc<scheduler::App>, stop: CancellationToken) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let io = |source| Error::Listen {
+        addr: app.config.listen,
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading workflows");
+                    app.workflows.reload(&app.runner, &app.config.workflow_dirs).await;
+                }
+            }
+        }
+        tracing::warn!(
+            "shutting down: no new runs; running steps get {} to finish",
+            humantime::format_duration(app.config.shutdown_grace)
+        );
+        stop.cancel();
+    });
+    Ok(())
+}
+
+fn spawn_reloads(app: Arc<scheduler::App>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(RELOAD_INTERVAL) => {}
+                () = stop.cancelled() => return,
+            }
+            app.workflows
+                .reload(&app.runner, &app.config.workflow_dirs)
+                .await;
+        }
+    });
+}
+
+fn spawn_pruning(app: Arc<scheduler::App>, stop: CancellationToken) {
+    let Some(keep) = app.config.retention else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let before = shiphat_store::now_ms() - keep.as_millis() as i64;
+            match app.store.prune(before) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("pruned {n} runs past the retention"),
+                Err(e) => tracing::warn!("cannot prune old runs: {e}"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(PRUNE_INTERVAL) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    });
+}

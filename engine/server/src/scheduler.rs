@@ -1,0 +1,454 @@
+//! Accepting, queueing, starting, cancelling and resuming runs. One run per concurrency key
+//! runs at a time; the others wait in FIFO order. Every change of a run's state is written to
+//! the store before it takes effect, and every event of a run is committed before the runner
+//! goes on (the event sink writes synchronously, from the step's own task).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+use shiphat_runner::{Event, EventSink, PriorStep, RunOptions, Runner, StepStatus};
+use shiphat_store::{NewRun, Run, RunStatus, StepChange, Store};
+use shiphat_workflow::Resume;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+use crate::auth::Principal;
+use crate::metrics::Metrics;
+use crate::workflows::Workflows;
+
+/// How many live-event notifications may pile up for a slow stream before it falls back to
+/// reading the store. Streams read the store anyway; the notification only wakes them.
+const LIVE_CAPACITY: usize = 1024;
+
+pub struct App {
+    pub config: Config,
+    pub runner: Runner,
+    pub store: Arc<dyn Store>,
+    pub workflows: Workflows,
+    pub metrics: Metrics,
+    /// Run ids whose events were just committed: wakes the event streams.
+    pub live: broadcast::Sender<Arc<str>>,
+    /// False once shutdown began: no new runs.
+    pub accepting: AtomicBool,
+    sched: Mutex<Sched>,
+    /// Notified whenever a run ends, so shutdown can wait for the running ones.
+    ended: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Sched {
+    /// Per concurrency key: the run holding it and the runs waiting, oldest first.
+    keys: HashMap<String, Key>,
+    /// Runs in progress, with the token that cancels each.
+    running: HashMap<String, CancellationToken>,
+}
+
+#[derive(Default)]
+struct Key {
+    holder: Option<String>,
+    waiting: VecDeque<String>,
+}
+
+/// Why a run was not accepted.
+pub enum Refused {
+    /// The workflow's `concurrency` has `queue: false` and its key is busy.
+    Busy {
+        key: String,
+        holder: String,
+    },
+    Store(shiphat_store::Error),
+    ShuttingDown,
+}
+
+impl From<shiphat_store::Error> for Refused {
+    fn from(e: shiphat_store::Error) -> Self {
+        Refused::Store(e)
+    }
+}
+
+impl App {
+    pub fn new(config: Config, runner: Runner, store: Arc<dyn Store>) -> Arc<App> {
+        Arc::new(App {
+            config,
+            runner,
+            store,
+            workflows: Workflows::default(),
+            metrics: Metrics::new(),
+            live: broadcast::channel(LIVE_CAPACITY).0,
+            accepting: AtomicBool::new(true),
+            sched: Mutex::new(Sched::default()),
+            ended: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// What a previous life of the daemon left: runs still `running` are marked `interrupted`
+    /// (with their step in flight); of those, the ones whose workflow says `resume: auto` and
+    /// whose steps in flight are all `idempotent` are queued again. Queued runs are queued
+    /// again in their order.
+    pub fn recover(self: &Arc<App>) -> Result<(), shiphat_store::Error> {
+        for interrupted in self.store.interrupt_running()? {
+            let resumable = self.workflows.get(&interrupted.workflow).is_some_and(|p| {
+                p.workflow.resume == Resume::Auto
+                    && interrupted
+                        .in_flight
+                        .iter()
+                        .all(|id| p.workflow.step(id).is_some_and(|s| s.idempotent))
+            });
+            tracing::warn!(
+                "run `{}` of `{}` was interrupted{}; {}",
+                interrupted.run,
+                interrupted.workflow,
+                if interrupted.in_flight.is_empty() {
+                    String::new()
+                } else {
+                    format!(" during `{}`", interrupted.in_flight.join("`, `"))
+                },
+                if resumable {
+                    "resuming it"
+                } else {
+                    "it waits for `resume` or `cancel`"
+                }
+            );
+            if resumable {
+                self.store.transition(
+                    &interrupted.run,
+                    &[RunStatus::Interrupted],
+                    RunStatus::Queued,
+                    Some("resumed automatically after a restart"),
+                )?;
+            }
+        }
+        for run in self.store.runs_with_status(RunStatus::Queued)? {
+            self.enqueue(run);
+        }
+        Ok(())
+    }
+
+    /// Records and queues a new run (or returns the one its idempotency key already made).
+    pub fn submit(self: &Arc<App>, run: NewRun, queue: bool) -> Result<(Run, bool), Refused> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(Refused::ShuttingDown);
+        }
+        // The key's state is checked and the run recorded under one lock, so two requests
+        // cannot both find a `queue: false` key free.
+        let sched = self.sched.lock().unwrap();
+        if let Some(key) = &run.concurrency_key
+            && !queue
+            && let Some(k) = sched.keys.get(key)
+            && let Some(holder) = k.holder.clone().or_else(|| k.waiting.front().cloned())
+        {
+            return Err(Refused::Busy {
+                key: key.clone(),
+                holder,
+            });
+        }
+        let (recorded, created) = self.store.create_run(&run)?;
+        drop(sched);
+        if created {
+            self.metrics.run_status(&recorded.workflow, "queued");
+            self.enqueue(recorded.clone());
+        }
+        Ok((recorded, created))
+    }
+
+    /// Starts `run` now if its key is free, or puts it at the back of its key's queue.
+    fn enqueue(self: &Arc<App>, run: Run) {
+        let mut sched = self.sched.lock().unwrap();
+        if let Some(key) = &run.concurrency_key {
+            let k = sched.keys.entry(key.clone()).or_default();
+            if k.holder.is_some() || !k.waiting.is_empty() {
+                k.waiting.push_back(run.id.clone());
+                self.metrics.queue_depth.inc();
+                return;
+            }
+            k.holder = Some(run.id.clone());
+        }
+        self.start(&mut sched, run);
+    }
+
+    /// Marks the run running and spawns it. Called with the scheduler locked.
+    fn start(self: &Arc<App>, sched: &mut Sched, run: Run) {
+        let Some(prepared) = self.workflows.get(&run.workflow) else {
+            let _ = self.store.transition(
+                &run.id,
+                &[RunStatus::Queued],
+                RunStatus::Failed,
+                Some(&format!("workflow `{}` is no longer loaded", run.workflow)),
+            );
+            self.release(sched, &run);
+            return;
+        };
+        match self
+            .store
+            .transition(&run.id, &[RunStatus::Queued], RunStatus::Running, None)
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                // Cancelled while it waited.
+                self.release(sched, &run);
+                return;
+            }
+            Err(e) => {
+                tracing::error!("cannot start run `{}`: {e}", run.id);
+                self.release(sched, &run);
+                return;
+            }
+        }
+        let prior = match self.store.steps(&run.id) {
+            Ok(steps) => steps
+                .into_iter()
+                .filter_map(|s| {
+                    let status = match s.status.as_str() {
+                        "succeeded" => StepStatus::Succeeded,
+                        "failed" => StepStatus::Failed,
+                        "skipped" => StepStatus::Skipped,
+                        "cancelled" => StepStatus::Cancelled,
+                        _ => return None,
+                    };
+                    Some(PriorStep {
+                        id: s.step,
+                        status,
+                        outputs: s.outputs.as_object().cloned().unwrap_or_default(),
+                        continued: s.continued,
+                    })
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!("cannot read the steps of run `{}`: {e}", run.id);
+                Vec::new()
+            }
+        };
+        let cancel = CancellationToken::new();
+        sched.running.insert(run.id.clone(), cancel.clone());
+        self.metrics.running.inc();
+        self.metrics.run_status(&run.workflow, "running");
+        let app = self.clone();
+        tokio::spawn(async move {
+            let options = RunOptions {
+                run_id: run.id.clone(),
+                inputs: run.inputs.as_object().cloned().unwrap_or_default(),
+                dry_run: run.dry_run,
+            };
+            let sink = app.sink(&run);
+            app.runner
+                .run_from(&prepared, options, prior, sink, cancel)
+                .await;
+            let mut sched = app.sched.lock().unwrap();
+            sched.running.remove(&run.id);
+            app.metrics.running.dec();
+            app.release(&mut sched, &run);
+            drop(sched);
+            app.ended.notify_waiters();
+        });
+    }
+
+    /// Frees the run's concurrency key and starts the next run waiting for it.
+    fn release(self: &Arc<App>, sched: &mut Sched, run: &Run) {
+        let Some(key) = &run.concurrency_key else {
+            return;
+        };
+        loop {
+            let Some(k) = sched.keys.get_mut(key) else {
+                return;
+            };
+            if k.holder.as_deref() == Some(run.id.as_str()) {
+                k.holder = None;
+            }
+            if k.holder.is_some() {
+                return;
+            }
+            let Some(next) = k.waiting.pop_front() else {
+                sched.keys.remove(key);
+                return;
+            };
+            self.metrics.queue_depth.dec();
+            match self.store.run(&next) {
+                Ok(Some(next)) if next.status == RunStatus::Queued => {
+                    sched.keys.get_mut(key).expect("present").holder = Some(next.id.clone());
+                    self.start(sched, next);
+                    return;
+                }
+                // Cancelled while waiting, or unreadable: try the one after it.
+                Ok(_) => {}
+                Err(e) => tracing::error!("cannot read queued run `{next}`: {e}"),
+            }
+        }
+    }
+
+    /// Commits each event (and the step change it carries) before the runner goes on, then
+    /// wakes the streams. The last event also records the run's end, before the key is
+    /// released, so runs sharing a key never overlap in the recorded timings either.
+    fn sink(self: &Arc<App>, run: &Run) -> EventSink {
+        let app = self.clone();
+        let run_id = run.id.clone();
+        let workflow = run.workflow.clone();
+        let notify: Arc<str> = Arc::from(run.id.as_str());
+        Arc::new(move |event: Event| {
+            let body = serde_json::to_string(&event).expect("events always serialise");
+            let mut end = None;
+            let change = match event {
+                Event::StepStarted {
+                    step,
+                    section,
+                    attempt,
+                    ..
+                } => Some(StepChange::Started {
+                    step,
+                    section: json_str(&section),
+                    attempt,
+                }),
+                Event::StepFinished {
+                    step,
+                    section,
+                    status,
+                    attempts,
+                    duration_ms,
+                    summary,
+                    outputs,
+                    error,
+                    continued,
+                    ..
+                } => {
+                    let error = serde_json::to_value(&error).unwrap_or(Value::Null);
+                    app.metrics.step_finished(
+                        &workflow,
+                        duration_ms / 1000.0,
+                        error["kind"].as_str(),
+                    );
+                    Some(StepChange::Finished {
+                        step,
+                        section: json_str(&section),
+                        status: status.as_str().to_owned(),
+                        attempts,
+                        duration_ms,
+                        summary,
+                        outputs: Value::Object(outputs),
+                        error,
+                        continued,
+                    })
+                }
+                Event::RunFinished { status, .. } => {
+                    end = Some(match status {
+                        shiphat_runner::RunStatus::Succeeded => RunStatus::Succeeded,
+                        shiphat_runner::RunStatus::Failed => RunStatus::Failed,
+                        shiphat_runner::RunStatus::Cancelled => RunStatus::Cancelled,
+                    });
+                    None
+                }
+                _ => None,
+            };
+            let write = || -> Result<(), shiphat_store::Error> {
+                let committed = app.store.append_event(&run_id, &body, change.as_ref())?;
+                if committed.is_some()
+                    && let Some(end) = end
+                    && app
+                        .store
+                        .transition(&run_id, &[RunStatus::Running], end, None)?
+                {
+                    app.metrics.run_status(&workflow, end.as_str());
+                }
+                Ok(())
+            };
+            // The write must be durable before the step goes on; on the multi-threaded
+            // runtime this moves the other tasks of this worker elsewhere meanwhile.
+            if let Err(e) = tokio::task::block_in_place(write) {
+                tracing::error!("cannot record an event of run `{run_id}`: {e}");
+            }
+            let _ = app.live.send(notify.clone());
+        })
+    }
+
+    /// Cancels a run that is queued, interrupted or running. Returns the status it had, or
+    /// `None` when it had already ended.
+    pub fn cancel(
+        self: &Arc<App>,
+        run: &Run,
+        by: &Principal,
+    ) -> Result<bool, shiphat_store::Error> {
+        let detail = format!("cancelled by `{}`", by.name);
+        let sched = self.sched.lock().unwrap();
+        if let Some(token) = sched.running.get(&run.id) {
+            token.cancel();
+            return Ok(true);
+        }
+        drop(sched);
+        let moved = self.store.transition(
+            &run.id,
+            &[RunStatus::Queued, RunStatus::Interrupted],
+            RunStatus::Cancelled,
+            Some(&detail),
+        )?;
+        if moved {
+            self.metrics.run_status(&run.workflow, "cancelled");
+            let _ = self.live.send(Arc::from(run.id.as_str()));
+        }
+        Ok(moved)
+    }
+
+    /// Queues an interrupted run again; it goes on from its step in flight.
+    pub fn resume(
+        self: &Arc<App>,
+        run: &Run,
+        by: &Principal,
+    ) -> Result<bool, shiphat_store::Error> {
+        let moved = self.store.transition(
+            &run.id,
+            &[RunStatus::Interrupted],
+            RunStatus::Queued,
+            Some(&format!("resumed by `{}`", by.name)),
+        )?;
+        if moved && let Some(run) = self.store.run(&run.id)? {
+            self.enqueue(run);
+        }
+        Ok(moved)
+    }
+
+    /// The position of each waiting run in its key's queue (1 = next).
+    pub fn queue_position(&self, run: &str) -> Option<usize> {
+        let sched = self.sched.lock().unwrap();
+        sched
+            .keys
+            .values()
+            .find_map(|k| k.waiting.iter().position(|r| r == run).map(|p| p + 1))
+    }
+
+    /// Shutdown: refuse new runs, then wait for running ones up to the grace period.
+    pub async fn drain(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
+        loop {
+            let ended = self.ended.notified();
+            if self.sched.lock().unwrap().running.is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, ended).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The JSON string of a unit enum, e.g. `Section::OnFailure` → `on_failure`.
+fn json_str<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// The inputs of a request, as JSON, to the text `resolve_inputs` parses by kind.
+pub fn input_texts(inputs: &Map<String, Value>) -> Vec<(String, String)> {
+    inputs
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (k.clone(), text)
+        })
+        .collect()
+}

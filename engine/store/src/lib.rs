@@ -1,0 +1,286 @@
+//! shiphat's durable state: run history (runs, their steps and their events), deploy locks,
+//! API tokens and the audit log, behind one narrow interface, [`Store`].
+//!
+//! [`SqliteStore`] keeps it in one embedded SQLite file in WAL mode with `synchronous=FULL`:
+//! every write is one transaction that is on disk when the call returns, so a caller that
+//! writes a step's start before starting it and its end before starting the next gets that
+//! order across a crash or power loss. A PostgreSQL store for several daemons sharing work is
+//! meant to implement the same trait; nothing above this crate names SQLite.
+//!
+//! The store knows nothing of workflows, plugins or HTTP: events are opaque JSON text, inputs
+//! and outputs are JSON values, and times are milliseconds since the Unix epoch.
+
+mod sqlite;
+
+use serde_json::Value;
+
+pub use crate::sqlite::SqliteStore;
+
+/// Why the store could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database refused or failed an operation.
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    /// The data directory or database file could not be created.
+    #[error("cannot open the store at `{path}`: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// A step's end was recorded when it was already recorded as ended: a bug in the caller,
+    /// refused so that no step is ever recorded complete twice.
+    #[error("step `{step}` of run `{run}` is already recorded as finished")]
+    StepAlreadyFinished { run: String, step: String },
+    /// A stored value is not what this version of shiphat writes.
+    #[error("corrupt record in `{table}`: {message}")]
+    Corrupt {
+        table: &'static str,
+        message: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where a run is. `Queued` and `Interrupted` wait; `Running` is in progress; the others are
+/// terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    /// Accepted, waiting for its concurrency key or for the daemon to start it.
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The daemon stopped (crash or shutdown) while it ran; waits for `resume` or `cancel`,
+    /// or resumes by itself when its workflow allows it.
+    Interrupted,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunStatus> {
+        RunStatus::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+}
+
+/// A run to record, as accepted by the daemon.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub id: String,
+    pub workflow: String,
+    pub inputs: Value,
+    pub principal: String,
+    pub dry_run: bool,
+    pub concurrency_key: Option<String>,
+    /// With the principal, makes a retried request return the run it created first.
+    pub idempotency_key: Option<String>,
+}
+
+/// A recorded run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Run {
+    pub id: String,
+    pub workflow: String,
+    pub inputs: Value,
+    pub principal: String,
+    pub dry_run: bool,
+    pub concurrency_key: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub status: RunStatus,
+    /// Why the run is where it is, when that needs saying (e.g. the step in flight when it
+    /// was interrupted, or who cancelled it).
+    pub detail: Option<String>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+/// A step as recorded. `status` is a step status of the events (`succeeded`, `failed`,
+/// `skipped`, `cancelled`), or `running` while it runs, or `interrupted`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepRecord {
+    pub step: String,
+    pub section: String,
+    pub status: String,
+    pub attempts: u32,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub duration_ms: Option<f64>,
+    pub summary: String,
+    pub outputs: Value,
+    pub error: Value,
+    pub continued: bool,
+}
+
+/// What an event changes in a run's step records.
+#[derive(Clone, Debug)]
+pub enum StepChange {
+    Started {
+        step: String,
+        section: String,
+        attempt: u32,
+    },
+    Finished {
+        step: String,
+        section: String,
+        status: String,
+        attempts: u32,
+        duration_ms: f64,
+        summary: String,
+        outputs: Value,
+        error: Value,
+        continued: bool,
+    },
+}
+
+/// A run found running by [`Store::interrupt_running`], now `interrupted`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Interrupted {
+    pub run: String,
+    pub workflow: String,
+    /// The steps that had started and not ended.
+    pub in_flight: Vec<String>,
+}
+
+/// Which runs to list, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    /// Only runs older than this run id (ids sort by creation time): the paging cursor.
+    pub before: Option<String>,
+    pub limit: u32,
+}
+
+/// A deploy lock on a concurrency key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lock {
+    pub key: String,
+    pub owner: String,
+    pub reason: String,
+    pub created_ms: i64,
+    pub expires_ms: Option<i64>,
+}
+
+/// Who a token speaks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRecord {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub patterns: Vec<String>,
+    pub created_ms: i64,
+}
+
+/// One mutating call, as the audit log keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// `None` when the caller could not be identified.
+    pub principal: Option<String>,
+    /// E.g. `POST /api/v1/runs`.
+    pub action: String,
+    /// What the call was about: a run id, a lock key, a workflow.
+    pub target: String,
+    pub remote: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// A word or sentence on the outcome, e.g. `accepted`, `forced past lock`, an error.
+    pub outcome: String,
+}
+
+/// The one interface the daemon sees of its durable state. Every method is one transaction;
+/// a write is durable when it returns.
+pub trait Store: Send + Sync + 'static {
+    /// Records a new run as `queued`. When the principal already created a run with the same
+    /// idempotency key, returns that run instead and `false`.
+    fn create_run(&self, run: &NewRun) -> Result<(Run, bool)>;
+    fn run(&self, id: &str) -> Result<Option<Run>>;
+    fn steps(&self, run: &str) -> Result<Vec<StepRecord>>;
+    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
+    /// Moves a run to `to` if it is in one of `from`; returns whether it moved. Entering
+    /// `running` sets its start time, entering a terminal status its end time.
+    fn transition(
+        &self,
+        run: &str,
+        from: &[RunStatus],
+        to: RunStatus,
+        detail: Option<&str>,
+    ) -> Result<bool>;
+    /// Appends an event to a running run, with what it changes in its steps, and returns the
+    /// event's sequence number. Returns `None` and writes nothing when the run is not
+    /// `running` (e.g. it was marked interrupted by a shutdown).
+    fn append_event(
+        &self,
+        run: &str,
+        event: &str,
+        change: Option<&StepChange>,
+    ) -> Result<Option<i64>>;
+    /// The events of a run after sequence number `after`, in order, at most `limit`.
+    fn events(&self, run: &str, after: i64, limit: u32) -> Result<Vec<(i64, String)>>;
+    /// Marks every `running` run `interrupted`, and its steps in flight too.
+    fn interrupt_running(&self) -> Result<Vec<Interrupted>>;
+    /// Runs in a status, oldest first.
+    fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>>;
+
+    fn lock(&self, key: &str) -> Result<Option<Lock>>;
+    fn locks(&self) -> Result<Vec<Lock>>;
+    /// Creates or replaces a lock.
+    fn put_lock(&self, lock: &Lock) -> Result<()>;
+    /// Returns whether there was a lock to delete.
+    fn delete_lock(&self, key: &str) -> Result<bool>;
+
+    /// Stores a token by the SHA-256 of its secret (hex); the secret itself is never stored.
+    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()>;
+    fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>>;
+
+    fn audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// The newest entries first.
+    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>>;
+
+    /// Deletes terminal runs that finished before `before_ms`, with their steps and events.
+    /// Returns how many runs went.
+    fn prune(&self, before_ms: i64) -> Result<usize>;
+    /// The store's own consistency check; `ok` when all is well.
+    fn integrity_check(&self) -> Result<String>;
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch as RFC 3339 in UTC, the form the API and the events use.
+pub fn rfc3339(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
