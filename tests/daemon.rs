@@ -309,6 +309,24 @@ fn every_route_the_auth_matrix_and_bad_bodies() {
         );
     }
 
+    // Tokens are an admin's: 401 without a token, 403 below admin.
+    let new_token = r#"{"name": "x", "roles": ["viewer"]}"#;
+    for (method, path) in [
+        ("GET", "/api/v1/tokens"),
+        ("POST", "/api/v1/tokens"),
+        ("DELETE", "/api/v1/tokens/eve"),
+    ] {
+        assert_eq!(call(&daemon, method, path, None, Some(new_token)).0, 401);
+        for who in [&viewer, &deployer] {
+            let (status, body) = call(&daemon, method, path, Some(who), Some(new_token));
+            assert_eq!(status, 403, "{method} {path}: {body}");
+            assert!(
+                body["error"].as_str().unwrap().contains("`admin`"),
+                "{body}"
+            );
+        }
+    }
+
     // Workflows, with their inputs.
     let (status, list) = call(&daemon, "GET", "/api/v1/workflows", Some(&viewer), None);
     assert_eq!(status, 200);
@@ -909,11 +927,51 @@ fn the_cli_is_a_client_of_the_daemon() {
     };
     assert_eq!(strip(&remote.events), strip(&local.events));
     let id = remote.events[0]["run_id"].as_str().unwrap().to_owned();
+    // `SHIPHAT_SERVER` alone makes `run` remote, as `--server` does.
+    let by_env = cli(&["run", "web", "--json", "--input", "environment=staging"]);
+    assert_eq!(by_env.code, 0, "{}", by_env.stderr);
+    assert_eq!(strip(&by_env.events), strip(&local.events));
+    let by_env_id = by_env.events[0]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        call(
+            &daemon,
+            "GET",
+            &format!("/api/v1/runs/{by_env_id}"),
+            Some(&admin),
+            None
+        )
+        .0,
+        200,
+        "the run went to the daemon"
+    );
     // The human view works remotely too, from a file naming the workflow.
     let file = dir.write("workflows/web.yaml", WEB);
     let human = cli(&["run", "--server", &server, file.to_str().unwrap()]);
     assert_eq!(human.code, 0, "{}", human.stderr);
     assert!(human.stdout.contains("deploy"), "{}", human.stdout);
+    // An empty `SHIPHAT_SERVER` runs here.
+    let here = {
+        let mut command: Command = dir.shiphat();
+        command
+            .args(["run", file.to_str().unwrap(), "--json"])
+            .env("SHIPHAT_SERVER", "")
+            .env("SHIPHAT_TOKEN", &admin);
+        support::Run::of(command)
+    };
+    assert_eq!(here.code, 0, "{}", here.stderr);
+    let here_id = here.events[0]["run_id"].as_str().unwrap();
+    assert_eq!(
+        call(
+            &daemon,
+            "GET",
+            &format!("/api/v1/runs/{here_id}"),
+            Some(&admin),
+            None
+        )
+        .0,
+        404,
+        "the run stayed local"
+    );
 
     let list = cli(&["runs", "list"]);
     assert_eq!(list.code, 0, "{}", list.stderr);
@@ -1093,6 +1151,164 @@ fn sigterm_records_unfinished_runs_as_interrupted() {
     let run = wait_run(&daemon, &admin, &id, terminal);
     assert_eq!(run["status"], "cancelled");
     assert_eq!(run["steps"][0]["attempts"], 1);
+    // Cancelling a running run records who did it.
+    assert_eq!(run["detail"], "cancelled by `root`", "{run}");
+    // The resumed run's history has one `run_started`: the runner's second one is dropped.
+    let events = sse(&daemon, &admin, &id, None);
+    let kinds = events
+        .iter()
+        .map(|(_, e)| e["event"].as_str().unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "run_started").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.first(), Some(&"run_started"));
+    assert_eq!(kinds.last(), Some(&"run_finished"));
+    // `deploy` started twice (before the shutdown and after the resume), `build` once.
+    let starts = |step: &str| {
+        events
+            .iter()
+            .filter(|(_, e)| e["event"] == "step_started" && e["step"] == step)
+            .count()
+    };
+    assert_eq!((starts("build"), starts("deploy")), (1, 2), "{kinds:?}");
+}
+
+#[test]
+fn admins_manage_tokens_over_the_api() {
+    let dir = TestDir::new();
+    setup(&dir);
+    let config = dir.write(
+        "shiphat.toml",
+        format!(
+            "workflows = [\"workflows\"]\ndata_dir = \"data\"\n\n[[principals]]\nname = \"file-ci\"\nroles = [\"viewer\"]\ntoken_sha256 = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = Daemon::start(&dir, &["--config", config.to_str().unwrap()]);
+
+    // Minted once, answered once.
+    let (status, minted) = call(
+        &daemon,
+        "POST",
+        "/api/v1/tokens",
+        Some(&admin),
+        Some(r#"{"name": "ci", "roles": ["deployer"], "patterns": ["web/staging"]}"#),
+    );
+    assert_eq!(status, 201, "{minted}");
+    let secret = minted["token"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 64, "{minted}");
+    assert_eq!(minted["roles"], json!(["deployer"]));
+    // It works at once, with its role and patterns.
+    let ours = start_run(
+        &daemon,
+        &secret,
+        json!({"workflow": "web", "inputs": {"environment": "staging"}}),
+    );
+    let (status, _) = call(
+        &daemon,
+        "POST",
+        "/api/v1/runs",
+        Some(&secret),
+        Some(r#"{"workflow": "docs"}"#),
+    );
+    assert_eq!(status, 403);
+
+    // Listed without secrets, with those of the config file.
+    let (status, list) = call(&daemon, "GET", "/api/v1/tokens", Some(&admin), None);
+    assert_eq!(status, 200);
+    let names = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["source"].as_str().unwrap()))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        names,
+        [
+            ("ci", "database"),
+            ("root", "database"),
+            ("file-ci", "config")
+        ]
+    );
+    assert!(!list.to_string().contains(&secret));
+
+    // Bad bodies name the field; names are unique.
+    for (body, expected, field) in [
+        (r#"{"roles": ["viewer"]}"#, 400, "name"),
+        (r#"{"name": "a"}"#, 400, "roles"),
+        (r#"{"name": "a", "roles": ["god"]}"#, 400, "roles"),
+        (r#"{"name": "a", "roles": "viewer"}"#, 400, "roles"),
+        (
+            r#"{"name": "a", "roles": ["viewer"], "patterns": ["a,b"]}"#,
+            400,
+            "patterns",
+        ),
+        (
+            r#"{"name": "a", "roles": ["viewer"], "colour": 1}"#,
+            400,
+            "colour",
+        ),
+        (r#"{"name": "ci", "roles": ["viewer"]}"#, 409, "name"),
+        (r#"{"name": "file-ci", "roles": ["viewer"]}"#, 409, "name"),
+    ] {
+        let (status, answer) = call(&daemon, "POST", "/api/v1/tokens", Some(&admin), Some(body));
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (expected, Some(field)),
+            "{body}: {answer}"
+        );
+    }
+
+    // Revoked at once; config tokens are the file's.
+    assert_eq!(
+        call(&daemon, "DELETE", "/api/v1/tokens/ci", Some(&admin), None).0,
+        204
+    );
+    let (status, _) = call(
+        &daemon,
+        "GET",
+        &format!("/api/v1/runs/{ours}"),
+        Some(&secret),
+        None,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        call(&daemon, "DELETE", "/api/v1/tokens/ci", Some(&admin), None).0,
+        404
+    );
+    let (status, answer) = call(
+        &daemon,
+        "DELETE",
+        "/api/v1/tokens/file-ci",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 409, "{answer}");
+
+    // Audited, by name, never with the secret.
+    let (_, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+    assert!(!audit.to_string().contains(&secret));
+    let entries = audit["entries"].as_array().unwrap();
+    let find = |action: &str, status: u16| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action && e["status"] == status)
+            .unwrap_or_else(|| panic!("no `{action}` {status} in {audit}"))
+    };
+    let created = find("POST /api/v1/tokens", 201);
+    assert_eq!(created["principal"], "root");
+    assert_eq!(created["target"], "ci");
+    assert_eq!(created["outcome"], "created token `ci` (deployer)");
+    assert_eq!(
+        find("DELETE /api/v1/tokens/ci", 204)["outcome"],
+        "token deleted"
+    );
+    find("POST /api/v1/tokens", 409);
+    find("DELETE /api/v1/tokens/file-ci", 409);
 }
 
 // Crash recovery: the real `shiphat serve` is killed with SIGKILL again and again, at

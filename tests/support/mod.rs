@@ -88,6 +88,8 @@ impl TestDir {
             .current_dir(self.path())
             .env_remove("SHIPHAT_PLUGIN_PATH")
             .env_remove("SHIPHAT_SECRETS_FILE")
+            .env_remove("SHIPHAT_SERVER")
+            .env_remove("SHIPHAT_TOKEN")
             .env_remove("RUST_LOG")
             .env("SHIPHAT_CACHE_DIR", shared_cache())
             .env("SHIPHAT_PLUGIN_PATH", plugins_dir());

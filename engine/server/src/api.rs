@@ -15,8 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, RunStatus, rfc3339};
-use shiphat_workflow::Scope;
+use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, RunStatus, TokenRecord, rfc3339};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +44,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/locks/{key}"),
     ("delete", "/api/v1/locks/{key}"),
     ("get", "/api/v1/audit"),
+    ("get", "/api/v1/tokens"),
+    ("post", "/api/v1/tokens"),
+    ("delete", "/api/v1/tokens/{name}"),
+    ("post", crate::chat::PATH),
 ];
 
 /// The most runs one page of `GET /api/v1/runs` returns: enough for a screen, bounded so a
@@ -70,6 +73,8 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
             get(get_lock).put(put_lock).delete(delete_lock),
         )
         .route("/audit", get(audit_log))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{name}", axum::routing::delete(delete_token))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -78,6 +83,7 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
             "/api/v1/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
+        .route(crate::chat::PATH, post(crate::chat::slack_commands))
         .nest("/api/v1", api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
@@ -393,22 +399,9 @@ async fn create_run(
         .may_run(&name, environment)
         .map_err(ApiError::forbidden)?;
     let id = shiphat_runner::new_run_id();
-    let key = match &workflow.concurrency {
-        None => None,
-        Some(c) => {
-            let steps = Default::default();
-            let env = Map::new();
-            let scope = Scope {
-                inputs: &inputs,
-                env: &env,
-                steps: &steps,
-                run_id: &id,
-            };
-            Some(c.key.eval_string(&scope).map_err(|e| {
-                ApiError::field("inputs", format!("cannot evaluate `concurrency`: {e}"))
-            })?)
-        }
-    };
+    let key = workflow
+        .concurrency_key(&inputs, &id)
+        .map_err(|e| ApiError::field("inputs", format!("cannot evaluate `concurrency`: {e}")))?;
     let mut outcome = "accepted".to_owned();
     for lock_key in key.iter().chain(std::iter::once(&name)) {
         if let Some(lock) = app.store.lock(lock_key)? {
@@ -872,6 +865,144 @@ async fn audit_log(State(app): State<Arc<App>>, Caller(caller): Caller) -> ApiRe
             "outcome": e.outcome,
         })).collect::<Vec<_>>()
     })))
+}
+
+fn token_json(token: &TokenRecord, source: &str) -> Value {
+    json!({
+        "name": token.name,
+        "roles": token.roles,
+        "patterns": token.patterns,
+        "created_at": (token.created_ms > 0).then(|| rfc3339(token.created_ms)),
+        "source": source,
+    })
+}
+
+/// The tokens (never their secrets): those of the database, then those declared in the
+/// config file (`source: "config"`), which only the file can change.
+async fn list_tokens(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Admin).map_err(ApiError::forbidden)?;
+    let mut tokens = app
+        .store
+        .tokens()?
+        .iter()
+        .map(|t| token_json(t, "database"))
+        .collect::<Vec<_>>();
+    tokens.extend(app.config.principals.iter().map(|(_, p)| {
+        let record = TokenRecord {
+            name: p.name.clone(),
+            roles: p.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            patterns: p.patterns.clone(),
+            created_ms: 0,
+        };
+        token_json(&record, "config")
+    }));
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+/// Mints a token: 32 random bytes, answered once; only its SHA-256 is stored. The audit log
+/// names the token, never its secret.
+async fn create_token(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    caller.require(Role::Admin).map_err(ApiError::forbidden)?;
+    let body = Body::parse(&body_bytes(body)?, &["name", "roles", "patterns"])?;
+    let name = body.required("name")?;
+    if name.trim().is_empty() || name.contains('/') {
+        return Err(ApiError::field(
+            "name",
+            format!("`name` must be non-empty and without `/`, not `{name}`"),
+        ));
+    }
+    let strings = |field: &'static str| -> ApiResult<Vec<String>> {
+        match body.0.get(field) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) if !s.is_empty() && !s.contains(',') => Ok(s.clone()),
+                    other => Err(ApiError::field(
+                        field,
+                        format!(
+                            "`{field}` items must be non-empty strings without `,`, not `{other}`"
+                        ),
+                    )),
+                })
+                .collect(),
+            Some(_) => Err(ApiError::field(
+                field,
+                format!("`{field}` must be an array of strings"),
+            )),
+        }
+    };
+    let roles = strings("roles")?;
+    if roles.is_empty() {
+        return Err(ApiError::field(
+            "roles",
+            "`roles` is required: one or more of `viewer`, `deployer`, `admin`",
+        ));
+    }
+    if let Some(bad) = roles.iter().find(|r| Role::parse(r).is_none()) {
+        return Err(ApiError::field(
+            "roles",
+            format!("unknown role `{bad}`; roles are `viewer`, `deployer` and `admin`"),
+        ));
+    }
+    let patterns = strings("patterns")?;
+    let taken = app.config.principals.iter().any(|(_, p)| p.name == name)
+        || app.store.tokens()?.iter().any(|t| t.name == name);
+    if taken {
+        return Err(ApiError {
+            field: Some("name".into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                format!("a token named `{name}` exists; delete it first or pick another name"),
+            )
+        });
+    }
+    let secret = new_secret()?;
+    let record = TokenRecord {
+        name: name.clone(),
+        roles,
+        patterns,
+        created_ms: shiphat_store::now_ms(),
+    };
+    app.store.add_token(&token_hash(&secret), &record)?;
+    let mut answer = token_json(&record, "database");
+    answer["token"] = Value::String(secret);
+    let response = (StatusCode::CREATED, Json(answer)).into_response();
+    let outcome = format!("created token `{name}` ({})", record.roles.join(", "));
+    Ok(with_target(response, &name, Some(outcome)))
+}
+
+fn new_secret() -> ApiResult<String> {
+    crate::auth::new_token().map_err(|e| ApiError::internal(format!("cannot draw a token: {e}")))
+}
+
+/// Revokes the tokens named `name` at once: the next request with them is 401.
+async fn delete_token(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    caller.require(Role::Admin).map_err(ApiError::forbidden)?;
+    if !app.store.delete_token(&name)? {
+        let message = if app.config.principals.iter().any(|(_, p)| p.name == name) {
+            (
+                StatusCode::CONFLICT,
+                format!("`{name}` is declared in the config file; remove it there"),
+            )
+        } else {
+            (StatusCode::NOT_FOUND, format!("no token named `{name}`"))
+        };
+        return Err(ApiError::new(message.0, message.1));
+    }
+    let response = StatusCode::NO_CONTENT.into_response();
+    Ok(with_target(response, &name, Some("token deleted".into())))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

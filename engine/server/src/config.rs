@@ -31,6 +31,7 @@ struct RawConfig {
     retention: Option<RawRetention>,
     #[serde(default)]
     principals: Vec<RawPrincipal>,
+    slack: Option<crate::chat::RawSlack>,
 }
 
 #[derive(Deserialize)]
@@ -64,6 +65,8 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Principals declared in the file, by the SHA-256 (hex) of their token.
     pub principals: Vec<(String, Principal)>,
+    /// Slack slash commands (docs/chat.md); `None` answers them with 404.
+    pub slack: Option<crate::chat::SlackConfig>,
 }
 
 impl Config {
@@ -77,6 +80,7 @@ impl Config {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             retention: None,
             principals: Vec::new(),
+            slack: None,
         }
     }
 
@@ -152,6 +156,9 @@ impl Config {
                     patterns: p.patterns,
                 },
             ));
+        }
+        if let Some(slack) = raw.slack {
+            config.slack = Some(slack.check(|var| std::env::var(var).ok())?);
         }
         Ok(config)
     }

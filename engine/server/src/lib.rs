@@ -8,6 +8,7 @@
 
 mod api;
 mod auth;
+mod chat;
 mod config;
 mod metrics;
 mod scheduler;

@@ -1,7 +1,8 @@
 //! Accepting, queueing, starting, cancelling and resuming runs. One run per concurrency key
 //! runs at a time; the others wait in FIFO order. Every change of a run's state is written to
-//! the store before it takes effect, and every event of a run is committed before the runner
-//! goes on (the event sink writes synchronously, from the step's own task).
+//! the store before it takes effect, and every step start or end is committed before the
+//! runner goes on (the event sink writes synchronously, from the step's own task; log events
+//! are queued without waiting, see `App::sink`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +45,8 @@ struct Sched {
     keys: HashMap<String, Key>,
     /// Runs in progress, with the token that cancels each.
     running: HashMap<String, CancellationToken>,
+    /// Who cancelled a run in progress, for the run's `detail` when it ends cancelled.
+    cancelled_by: HashMap<String, String>,
 }
 
 #[derive(Default)]
@@ -221,6 +224,15 @@ impl App {
                 Vec::new()
             }
         };
+        // A run that has events already is being resumed: the runner starts it again, but its
+        // `run_started` is in the history once (see `sink`).
+        let resumed = match self.store.events(&run.id, 0, 1) {
+            Ok(events) => !events.is_empty(),
+            Err(e) => {
+                tracing::error!("cannot read the events of run `{}`: {e}", run.id);
+                false
+            }
+        };
         let cancel = CancellationToken::new();
         sched.running.insert(run.id.clone(), cancel.clone());
         self.metrics.running.inc();
@@ -232,12 +244,13 @@ impl App {
                 inputs: run.inputs.as_object().cloned().unwrap_or_default(),
                 dry_run: run.dry_run,
             };
-            let sink = app.sink(&run);
+            let sink = app.sink(&run, resumed);
             app.runner
                 .run_from(&prepared, options, prior, sink, cancel)
                 .await;
             let mut sched = app.sched.lock().unwrap();
             sched.running.remove(&run.id);
+            sched.cancelled_by.remove(&run.id);
             app.metrics.running.dec();
             app.release(&mut sched, &run);
             drop(sched);
@@ -281,13 +294,32 @@ impl App {
     /// Commits each event (and the step change it carries) before the runner goes on, then
     /// wakes the streams. The last event also records the run's end, before the key is
     /// released, so runs sharing a key never overlap in the recorded timings either.
-    fn sink(self: &Arc<App>, run: &Run) -> EventSink {
+    ///
+    /// Only the events that carry the durability contract wait for the disk: a step's start
+    /// and end, and the run's start and end. Log events are queued without waiting
+    /// ([`Store::append_log`]); they commit in order with the next waited-for write, so a crash
+    /// can lose at most the logs of the step in flight, never reorder anything.
+    ///
+    /// A resumed run (`resumed`: it has events already) gets no second `run_started`: the
+    /// runner emits one when it starts again, but the history and the event stream keep the
+    /// first; the run's `detail` says who resumed it.
+    fn sink(self: &Arc<App>, run: &Run, resumed: bool) -> EventSink {
         let app = self.clone();
         let run_id = run.id.clone();
         let workflow = run.workflow.clone();
         let notify: Arc<str> = Arc::from(run.id.as_str());
         Arc::new(move |event: Event| {
+            if resumed && matches!(event, Event::RunStarted { .. }) {
+                return;
+            }
             let body = serde_json::to_string(&event).expect("events always serialise");
+            if matches!(event, Event::Log { .. }) {
+                if let Err(e) = app.store.append_log(&run_id, &body) {
+                    tracing::error!("cannot record a log of run `{run_id}`: {e}");
+                }
+                let _ = app.live.send(notify.clone());
+                return;
+            }
             let mut end = None;
             let change = match event {
                 Event::StepStarted {
@@ -342,11 +374,20 @@ impl App {
             };
             let write = || -> Result<(), shiphat_store::Error> {
                 let committed = app.store.append_event(&run_id, &body, change.as_ref())?;
+                let detail = match end {
+                    Some(RunStatus::Cancelled) => {
+                        app.sched.lock().unwrap().cancelled_by.get(&run_id).cloned()
+                    }
+                    _ => None,
+                };
                 if committed.is_some()
                     && let Some(end) = end
-                    && app
-                        .store
-                        .transition(&run_id, &[RunStatus::Running], end, None)?
+                    && app.store.transition(
+                        &run_id,
+                        &[RunStatus::Running],
+                        end,
+                        detail.as_deref(),
+                    )?
                 {
                     app.metrics.run_status(&workflow, end.as_str());
                 }
@@ -369,8 +410,10 @@ impl App {
         by: &Principal,
     ) -> Result<bool, shiphat_store::Error> {
         let detail = format!("cancelled by `{}`", by.name);
-        let sched = self.sched.lock().unwrap();
-        if let Some(token) = sched.running.get(&run.id) {
+        let mut sched = self.sched.lock().unwrap();
+        if let Some(token) = sched.running.get(&run.id).cloned() {
+            // The first to cancel is who the run's detail names.
+            sched.cancelled_by.entry(run.id.clone()).or_insert(detail);
             token.cancel();
             return Ok(true);
         }

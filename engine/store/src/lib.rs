@@ -2,9 +2,10 @@
 //! API tokens and the audit log, behind one narrow interface, [`Store`].
 //!
 //! [`SqliteStore`] keeps it in one embedded SQLite file in WAL mode with `synchronous=FULL`:
-//! every write is one transaction that is on disk when the call returns, so a caller that
-//! writes a step's start before starting it and its end before starting the next gets that
-//! order across a crash or power loss. A PostgreSQL store for several daemons sharing work is
+//! every write is on disk when the call returns, so a caller that writes a step's start before
+//! starting it and its end before starting the next gets that order across a crash or power
+//! loss. Concurrent writes share a transaction and its fsync (group commit, see
+//! `sqlite.rs`), which is what lets many runs go at once without queueing for the disk. A PostgreSQL store for several daemons sharing work is
 //! meant to implement the same trait; nothing above this crate names SQLite.
 //!
 //! The store knows nothing of workflows, plugins or HTTP: events are opaque JSON text, inputs
@@ -32,6 +33,10 @@ pub enum Error {
     /// refused so that no step is ever recorded complete twice.
     #[error("step `{step}` of run `{run}` is already recorded as finished")]
     StepAlreadyFinished { run: String, step: String },
+    /// The transaction holding a write did not commit (or the thread committing writes is
+    /// gone); nothing of the write is on disk.
+    #[error("cannot commit to the store: {message}")]
+    Commit { message: String },
     /// A stored value is not what this version of shiphat writes.
     #[error("corrupt record in `{table}`: {message}")]
     Corrupt {
@@ -215,8 +220,8 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
-/// The one interface the daemon sees of its durable state. Every method is one transaction;
-/// a write is durable when it returns.
+/// The one interface the daemon sees of its durable state. Every method is atomic; a write is
+/// durable when it returns (except [`Store::append_log`], which says when it is).
 pub trait Store: Send + Sync + 'static {
     /// Records a new run as `queued`. When the principal already created a run with the same
     /// idempotency key, returns that run instead and `false`.
@@ -242,6 +247,13 @@ pub trait Store: Send + Sync + 'static {
         event: &str,
         change: Option<&StepChange>,
     ) -> Result<Option<i64>>;
+    /// Appends a log event to a running run without waiting for it to be on disk. It is
+    /// committed in order with the run's other writes: no later than the next write that is
+    /// waited for. Logs are not part of the durability contract (a crash may lose the logs
+    /// written since the last step start or end), so they need not cost an fsync of their own.
+    fn append_log(&self, run: &str, event: &str) -> Result<()> {
+        self.append_event(run, event, None).map(drop)
+    }
     /// The events of a run after sequence number `after`, in order, at most `limit`.
     fn events(&self, run: &str, after: i64, limit: u32) -> Result<Vec<(i64, String)>>;
     /// Marks every `running` run `interrupted`, and its steps in flight too.
@@ -259,6 +271,10 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a token by the SHA-256 of its secret (hex); the secret itself is never stored.
     fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()>;
     fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>>;
+    /// Every stored token (never their secrets), by name.
+    fn tokens(&self) -> Result<Vec<TokenRecord>>;
+    /// Deletes the tokens named `name`; returns whether there was one.
+    fn delete_token(&self, name: &str) -> Result<bool>;
 
     fn audit(&self, entry: &AuditEntry) -> Result<()>;
     /// The newest entries first.

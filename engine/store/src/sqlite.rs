@@ -83,11 +83,166 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
-/// The store in one SQLite file. Writes go through one connection, reads through another, so
-/// a reader (an event stream catching up) never waits for a write's fsync.
+/// The store in one SQLite file. Reads go through their own connection, so a reader (an event
+/// stream catching up) never waits for a write's fsync. Writes go through a [`Committer`].
 pub struct SqliteStore {
-    writer: Mutex<Connection>,
+    committer: Committer,
     reader: Mutex<Connection>,
+}
+
+/// One write, run by the committer thread inside its transaction (given `None` when the
+/// transaction could not begin: then it does nothing). It returns what to do once that
+/// transaction has committed (or failed to): wake the writer with its result.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Wake + Send>;
+type Wake = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// The most writes one transaction takes. Bounds the latency of the writers at the back of a
+/// very long queue; far above what concurrent runs produce between two fsyncs.
+const MAX_GROUP: usize = 4096;
+
+/// Group commit. Writers enqueue their write and wait; one thread takes everything queued,
+/// runs it in ONE transaction (each write in its own savepoint, so a write that fails is
+/// undone alone), commits with one fsync (`synchronous=FULL`), then wakes every writer of the
+/// group. A write is still durable when its call returns, and writes commit in the order they
+/// were queued; what changes is that concurrent writers share an fsync instead of queueing
+/// for one each.
+struct Committer {
+    queue: Option<std::sync::mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Committer {
+    fn start(conn: Connection) -> Result<Committer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("shiphat-store-commit".into())
+            .spawn(move || commit_loop(conn, rx))
+            .map_err(|source| Error::Open {
+                path: "committer thread".into(),
+                source,
+            })?;
+        Ok(Committer {
+            queue: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `work` for the next group and, when `wait`, returns its result once the group
+    /// is on disk. Without `wait` the write commits with the next group, in queue order,
+    /// before any write queued after it.
+    fn submit<R: Send + 'static>(
+        &self,
+        wait: bool,
+        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<Option<R>> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<R>>(1);
+        let job: Job = Box::new(move |conn| {
+            let result = conn.map(|conn| run_in_savepoint(conn, work));
+            Box::new(move |commit: Result<(), String>| {
+                let result = match (commit, result) {
+                    (Ok(()), Some(result)) => result,
+                    // The group did not commit: nothing of this write is on disk, whatever
+                    // it returned.
+                    (Err(message), _) => Err(Error::Commit { message }),
+                    (Ok(()), None) => Err(Error::Commit {
+                        message: "the write was not run".into(),
+                    }),
+                };
+                let _ = tx.send(result);
+            })
+        });
+        let queue = self
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the store");
+        if queue.send(job).is_err() {
+            return Err(Error::Commit {
+                message: "the committer thread has stopped".into(),
+            });
+        }
+        if !wait {
+            return Ok(None);
+        }
+        match rx.recv() {
+            Ok(result) => result.map(Some),
+            Err(_) => Err(Error::Commit {
+                message: "the committer thread has stopped".into(),
+            }),
+        }
+    }
+
+    fn write<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        Ok(self
+            .submit(true, work)?
+            .expect("a waited-for write has a result"))
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread commit what is queued and stop; joining it closes
+        // the connection before the store is gone, so the file can be reopened at once.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_in_savepoint<R>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<R>,
+) -> Result<R> {
+    conn.execute_batch("SAVEPOINT write")?;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+        .unwrap_or_else(|_| {
+            Err(Error::Commit {
+                message: "a write panicked".into(),
+            })
+        });
+    if result.is_err() {
+        conn.execute_batch("ROLLBACK TO write")?;
+    }
+    conn.execute_batch("RELEASE write")?;
+    result
+}
+
+fn commit_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        let mut wakes = Vec::with_capacity(group.len());
+        let commit = match begun {
+            Err(e) => {
+                // Nothing runs; every writer of the group gets the error.
+                for job in group {
+                    wakes.push(job(None));
+                }
+                Err(e.to_string())
+            }
+            Ok(()) => {
+                for job in group {
+                    wakes.push(job(Some(&conn)));
+                }
+                conn.execute_batch("COMMIT").map_err(|e| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    e.to_string()
+                })
+            }
+        };
+        for wake in wakes {
+            wake(commit.clone());
+        }
+    }
 }
 
 impl SqliteStore {
@@ -105,19 +260,22 @@ impl SqliteStore {
         let reader = Connection::open(path)?;
         configure(&reader)?;
         Ok(SqliteStore {
-            writer: Mutex::new(writer),
+            committer: Committer::start(writer)?,
             reader: Mutex::new(reader),
         })
     }
 
-    fn write(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent (an open transaction rolls
-        // back when dropped), so a poisoned lock is still safe to use.
-        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent, so a poisoned lock is
+        // still safe to use.
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read(&self) -> MutexGuard<'_, Connection> {
-        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    fn write<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.committer.write(work)
     }
 }
 
@@ -188,55 +346,143 @@ fn split(text: &str) -> Vec<String> {
         .collect()
 }
 
-impl Store for SqliteStore {
-    fn create_run(&self, run: &NewRun) -> Result<(Run, bool)> {
-        let mut conn = self.write();
-        let tx = conn.transaction()?;
-        if let Some(key) = &run.idempotency_key {
-            let existing = query_runs(
-                &tx,
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE principal = ?1 AND idempotency_key = ?2"
-                ),
-                params![run.principal, key],
+fn create_run(tx: &Connection, run: &NewRun) -> Result<(Run, bool)> {
+    if let Some(key) = &run.idempotency_key {
+        let existing = query_runs(
+            tx,
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE principal = ?1 AND idempotency_key = ?2"
+            ),
+            params![run.principal, key],
+        )?;
+        if let Some(existing) = existing.into_iter().next() {
+            return Ok((existing, false));
+        }
+    }
+    let created_ms = now_ms();
+    tx.execute(
+        "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
+         idempotency_key, status, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8)",
+        params![
+            run.id,
+            run.workflow,
+            run.inputs.to_string(),
+            run.principal,
+            run.dry_run,
+            run.concurrency_key,
+            run.idempotency_key,
+            created_ms
+        ],
+    )?;
+    Ok((
+        Run {
+            id: run.id.clone(),
+            workflow: run.workflow.clone(),
+            inputs: run.inputs.clone(),
+            principal: run.principal.clone(),
+            dry_run: run.dry_run,
+            concurrency_key: run.concurrency_key.clone(),
+            idempotency_key: run.idempotency_key.clone(),
+            status: RunStatus::Queued,
+            detail: None,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+        },
+        true,
+    ))
+}
+
+fn append_event(
+    tx: &Connection,
+    run: &str,
+    event: &str,
+    change: Option<&StepChange>,
+) -> Result<Option<i64>> {
+    let status: Option<String> = tx
+        .query_row(
+            "SELECT status FROM runs WHERE id = ?1",
+            params![run],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if status.as_deref() != Some("running") {
+        return Ok(None);
+    }
+    tx.execute(
+        "INSERT INTO events (run_id, body) VALUES (?1, ?2)",
+        params![run, event],
+    )?;
+    let seq = tx.last_insert_rowid();
+    let now = now_ms();
+    match change {
+        None => {}
+        Some(StepChange::Started {
+            step,
+            section,
+            attempt,
+        }) => {
+            tx.execute(
+                "INSERT INTO steps (run_id, step, section, status, attempts, started_ms, seq) \
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6) \
+                 ON CONFLICT (run_id, step) DO UPDATE SET status = 'running', \
+                   attempts = excluded.attempts, \
+                   started_ms = CASE WHEN steps.status = 'interrupted' \
+                     THEN excluded.started_ms ELSE steps.started_ms END",
+                params![run, step, section, attempt, now, seq],
             )?;
-            if let Some(existing) = existing.into_iter().next() {
-                return Ok((existing, false));
+        }
+        Some(StepChange::Finished {
+            step,
+            section,
+            status,
+            attempts,
+            duration_ms,
+            summary,
+            outputs,
+            error,
+            continued,
+        }) => {
+            let changed = tx.execute(
+                "INSERT INTO steps (run_id, step, section, status, attempts, finished_ms, \
+                   duration_ms, summary, outputs, error, continued, seq) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (run_id, step) DO UPDATE SET status = excluded.status, \
+                   attempts = excluded.attempts, finished_ms = excluded.finished_ms, \
+                   duration_ms = excluded.duration_ms, summary = excluded.summary, \
+                   outputs = excluded.outputs, error = excluded.error, \
+                   continued = excluded.continued \
+                 WHERE steps.finished_ms IS NULL",
+                params![
+                    run,
+                    step,
+                    section,
+                    status,
+                    attempts,
+                    now,
+                    duration_ms,
+                    summary,
+                    outputs.to_string(),
+                    error.to_string(),
+                    continued,
+                    seq
+                ],
+            )?;
+            if changed != 1 {
+                return Err(Error::StepAlreadyFinished {
+                    run: run.to_owned(),
+                    step: step.clone(),
+                });
             }
         }
-        let created_ms = now_ms();
-        tx.execute(
-            "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-             idempotency_key, status, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8)",
-            params![
-                run.id,
-                run.workflow,
-                run.inputs.to_string(),
-                run.principal,
-                run.dry_run,
-                run.concurrency_key,
-                run.idempotency_key,
-                created_ms
-            ],
-        )?;
-        tx.commit()?;
-        Ok((
-            Run {
-                id: run.id.clone(),
-                workflow: run.workflow.clone(),
-                inputs: run.inputs.clone(),
-                principal: run.principal.clone(),
-                dry_run: run.dry_run,
-                concurrency_key: run.concurrency_key.clone(),
-                idempotency_key: run.idempotency_key.clone(),
-                status: RunStatus::Queued,
-                detail: None,
-                created_ms,
-                started_ms: None,
-                finished_ms: None,
-            },
-            true,
-        ))
+    }
+    Ok(Some(seq))
+}
+
+impl Store for SqliteStore {
+    fn create_run(&self, run: &NewRun) -> Result<(Run, bool)> {
+        let run = run.clone();
+        self.write(move |tx| create_run(tx, &run))
     }
 
     fn run(&self, id: &str) -> Result<Option<Run>> {
@@ -311,12 +557,14 @@ impl Store for SqliteStore {
         to: RunStatus,
         detail: Option<&str>,
     ) -> Result<bool> {
-        let conn = self.write();
         let from = from
             .iter()
             .map(|s| s.as_str())
             .collect::<Vec<_>>()
             .join(",");
+        let run = run.to_owned();
+        let detail = detail.map(str::to_owned);
+        self.write(move |conn| {
         let now = now_ms();
         let changed = conn.execute(
             "UPDATE runs SET status = ?2, detail = ?3, \
@@ -326,6 +574,7 @@ impl Store for SqliteStore {
             params![run, to.as_str(), detail, now, from],
         )?;
         Ok(changed == 1)
+        })
     }
 
     fn append_event(
@@ -334,87 +583,18 @@ impl Store for SqliteStore {
         event: &str,
         change: Option<&StepChange>,
     ) -> Result<Option<i64>> {
-        let mut conn = self.write();
-        let tx = conn.transaction()?;
-        let status: Option<String> = tx
-            .query_row(
-                "SELECT status FROM runs WHERE id = ?1",
-                params![run],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if status.as_deref() != Some("running") {
-            return Ok(None);
-        }
-        tx.execute(
-            "INSERT INTO events (run_id, body) VALUES (?1, ?2)",
-            params![run, event],
-        )?;
-        let seq = tx.last_insert_rowid();
-        let now = now_ms();
-        match change {
-            None => {}
-            Some(StepChange::Started {
-                step,
-                section,
-                attempt,
-            }) => {
-                tx.execute(
-                    "INSERT INTO steps (run_id, step, section, status, attempts, started_ms, seq) \
-                     VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6) \
-                     ON CONFLICT (run_id, step) DO UPDATE SET status = 'running', \
-                       attempts = excluded.attempts, \
-                       started_ms = CASE WHEN steps.status = 'interrupted' \
-                         THEN excluded.started_ms ELSE steps.started_ms END",
-                    params![run, step, section, attempt, now, seq],
-                )?;
-            }
-            Some(StepChange::Finished {
-                step,
-                section,
-                status,
-                attempts,
-                duration_ms,
-                summary,
-                outputs,
-                error,
-                continued,
-            }) => {
-                let changed = tx.execute(
-                    "INSERT INTO steps (run_id, step, section, status, attempts, finished_ms, \
-                       duration_ms, summary, outputs, error, continued, seq) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-                     ON CONFLICT (run_id, step) DO UPDATE SET status = excluded.status, \
-                       attempts = excluded.attempts, finished_ms = excluded.finished_ms, \
-                       duration_ms = excluded.duration_ms, summary = excluded.summary, \
-                       outputs = excluded.outputs, error = excluded.error, \
-                       continued = excluded.continued \
-                     WHERE steps.finished_ms IS NULL",
-                    params![
-                        run,
-                        step,
-                        section,
-                        status,
-                        attempts,
-                        now,
-                        duration_ms,
-                        summary,
-                        outputs.to_string(),
-                        error.to_string(),
-                        continued,
-                        seq
-                    ],
-                )?;
-                if changed != 1 {
-                    return Err(Error::StepAlreadyFinished {
-                        run: run.to_owned(),
-                        step: step.clone(),
-                    });
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(Some(seq))
+        let run = run.to_owned();
+        let event = event.to_owned();
+        let change = change.cloned();
+        self.write(move |tx| append_event(tx, &run, &event, change.as_ref()))
+    }
+
+    fn append_log(&self, run: &str, event: &str) -> Result<()> {
+        let run = run.to_owned();
+        let event = event.to_owned();
+        self.committer
+            .submit(false, move |tx| append_event(tx, &run, &event, None))?;
+        Ok(())
     }
 
     fn events(&self, run: &str, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
@@ -431,43 +611,42 @@ impl Store for SqliteStore {
     }
 
     fn interrupt_running(&self) -> Result<Vec<Interrupted>> {
-        let mut conn = self.write();
-        let tx = conn.transaction()?;
-        let running = query_runs(
-            &tx,
-            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id"),
-            [],
-        )?;
-        let mut out = Vec::new();
-        for run in running {
-            let in_flight = {
-                let mut stmt = tx.prepare_cached(
+        self.write(|tx| {
+            let running = query_runs(
+                tx,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id"),
+                [],
+            )?;
+            let mut out = Vec::new();
+            for run in running {
+                let in_flight = {
+                    let mut stmt = tx.prepare_cached(
                     "SELECT step FROM steps WHERE run_id = ?1 AND status = 'running' ORDER BY seq",
                 )?;
-                stmt.query_map(params![run.id], |row| row.get::<_, String>(0))?
-                    .collect::<rusqlite::Result<Vec<_>>>()?
-            };
-            tx.execute(
+                    stmt.query_map(params![run.id], |row| row.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?
+                };
+                tx.execute(
                 "UPDATE steps SET status = 'interrupted' WHERE run_id = ?1 AND status = 'running'",
                 params![run.id],
             )?;
-            let detail = if in_flight.is_empty() {
-                "interrupted between steps".to_owned()
-            } else {
-                format!("interrupted during step `{}`", in_flight.join("`, `"))
-            };
-            tx.execute(
-                "UPDATE runs SET status = 'interrupted', detail = ?2 WHERE id = ?1",
-                params![run.id, detail],
-            )?;
-            out.push(Interrupted {
-                run: run.id,
-                workflow: run.workflow,
-                in_flight,
-            });
-        }
-        tx.commit()?;
-        Ok(out)
+                let detail = if in_flight.is_empty() {
+                    "interrupted between steps".to_owned()
+                } else {
+                    format!("interrupted during step `{}`", in_flight.join("`, `"))
+                };
+                tx.execute(
+                    "UPDATE runs SET status = 'interrupted', detail = ?2 WHERE id = ?1",
+                    params![run.id, detail],
+                )?;
+                out.push(Interrupted {
+                    run: run.id,
+                    workflow: run.workflow,
+                    in_flight,
+                });
+            }
+            Ok(out)
+        })
     }
 
     fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>> {
@@ -507,28 +686,34 @@ impl Store for SqliteStore {
     }
 
     fn put_lock(&self, lock: &Lock) -> Result<()> {
-        let conn = self.write();
-        conn.execute(
-            "INSERT OR REPLACE INTO locks (key, owner, reason, created_ms, expires_ms) \
+        let lock = lock.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO locks (key, owner, reason, created_ms, expires_ms) \
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                lock.key,
-                lock.owner,
-                lock.reason,
-                lock.created_ms,
-                lock.expires_ms
-            ],
-        )?;
-        Ok(())
+                params![
+                    lock.key,
+                    lock.owner,
+                    lock.reason,
+                    lock.created_ms,
+                    lock.expires_ms
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     fn delete_lock(&self, key: &str) -> Result<bool> {
-        let conn = self.write();
-        Ok(conn.execute("DELETE FROM locks WHERE key = ?1", params![key])? == 1)
+        let key = key.to_owned();
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM locks WHERE key = ?1", params![key])? == 1)
+        })
     }
 
     fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()> {
-        let conn = self.write();
+        let sha256_hex = sha256_hex.to_owned();
+        let token = token.clone();
+        self.write(move |conn| {
         conn.execute(
             "INSERT INTO tokens (sha256, name, roles, patterns, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -540,6 +725,7 @@ impl Store for SqliteStore {
             ],
         )?;
         Ok(())
+        })
     }
 
     fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>> {
@@ -560,22 +746,49 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        let conn = self.write();
-        conn.execute(
-            "INSERT INTO audit (at_ms, principal, action, target, remote, status, outcome) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                entry.at_ms,
-                entry.principal,
-                entry.action,
-                entry.target,
-                entry.remote,
-                entry.status,
-                entry.outcome
-            ],
+    fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, roles, patterns, created_ms FROM tokens ORDER BY name, created_ms",
         )?;
-        Ok(())
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(TokenRecord {
+                    name: row.get(0)?,
+                    roles: split(&row.get::<_, String>(1)?),
+                    patterns: split(&row.get::<_, String>(2)?),
+                    created_ms: row.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn delete_token(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM tokens WHERE name = ?1", params![name])? > 0)
+        })
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Result<()> {
+        let entry = entry.clone();
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO audit (at_ms, principal, action, target, remote, status, outcome) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    entry.at_ms,
+                    entry.principal,
+                    entry.action,
+                    entry.target,
+                    entry.remote,
+                    entry.status,
+                    entry.outcome
+                ],
+            )?;
+            Ok(())
+        })
     }
 
     fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
@@ -601,12 +814,13 @@ impl Store for SqliteStore {
     }
 
     fn prune(&self, before_ms: i64) -> Result<usize> {
-        let conn = self.write();
-        Ok(conn.execute(
-            "DELETE FROM runs WHERE status IN ('succeeded', 'failed', 'cancelled') \
-             AND finished_ms < ?1",
-            params![before_ms],
-        )?)
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM runs WHERE status IN ('succeeded', 'failed', 'cancelled') \
+                 AND finished_ms < ?1",
+                params![before_ms],
+            )?)
+        })
     }
 
     fn integrity_check(&self) -> Result<String> {
@@ -726,6 +940,110 @@ mod tests {
         assert_eq!(store.steps("01a").unwrap()[0].status, "interrupted");
         assert!(store.interrupt_running().unwrap().is_empty());
         assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn concurrent_writers_share_commits_and_a_failed_write_is_undone_alone() {
+        let (_dir, store) = store();
+        let store = std::sync::Arc::new(store);
+        let runs = 16;
+        for r in 0..runs {
+            let id = format!("01{r:02}");
+            store.create_run(&new_run(&id, None)).unwrap();
+            store
+                .transition(&id, &[RunStatus::Queued], RunStatus::Running, None)
+                .unwrap();
+        }
+        let threads = (0..runs)
+            .map(|r| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let id = format!("01{r:02}");
+                    for s in 0..50 {
+                        let step = format!("s{s}");
+                        let start = StepChange::Started {
+                            step: step.clone(),
+                            section: "steps".into(),
+                            attempt: 1,
+                        };
+                        store.append_event(&id, "{}", Some(&start)).unwrap();
+                        store.append_log(&id, "{\"event\":\"log\"}").unwrap();
+                        store
+                            .append_event(&id, "{}", Some(&finished(&step)))
+                            .unwrap()
+                            .unwrap();
+                        // Refused, and undone alone: the writes grouped with it stay.
+                        assert!(matches!(
+                            store.append_event(&id, "{\"again\":1}", Some(&finished(&step))),
+                            Err(Error::StepAlreadyFinished { .. })
+                        ));
+                    }
+                })
+            })
+            .collect::<Vec<_>>();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for r in 0..runs {
+            let id = format!("01{r:02}");
+            let steps = store.steps(&id).unwrap();
+            assert_eq!(steps.len(), 50);
+            assert!(steps.iter().all(|s| s.status == "succeeded"));
+            let events = store.events(&id, 0, 1000).unwrap();
+            // Start, log and end per step, in the order written; no refused write left a trace.
+            assert_eq!(events.len(), 150);
+            assert!(events.iter().all(|(_, body)| !body.contains("again")));
+            assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
+            assert_eq!(events[1].1, "{\"event\":\"log\"}");
+        }
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_write_is_on_disk_when_it_returns_and_logs_before_the_next_write() {
+        let (dir, store) = store();
+        store.create_run(&new_run("01a", None)).unwrap();
+        store
+            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+            .unwrap();
+        store.append_log("01a", "{\"log\":1}").unwrap();
+        let start = StepChange::Started {
+            step: "s".into(),
+            section: "steps".into(),
+            attempt: 1,
+        };
+        store.append_event("01a", "{}", Some(&start)).unwrap();
+        // Another connection (as after a crash) sees both.
+        let other = Connection::open(dir.path().join("db/shiphat.sqlite")).unwrap();
+        let count: i64 = other
+            .query_row(
+                "SELECT count(*) FROM events WHERE run_id = '01a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(count, 2);
+        drop(store);
+        // Dropping the store stops its committer and closes the file: it reopens at once.
+        let again = SqliteStore::open(&dir.path().join("db/shiphat.sqlite")).unwrap();
+        assert_eq!(again.events("01a", 0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn tokens_are_listed_and_deleted_by_name() {
+        let (_dir, store) = store();
+        let token = TokenRecord {
+            name: "ci".into(),
+            roles: vec!["deployer".into()],
+            patterns: vec!["web/*".into()],
+            created_ms: now_ms(),
+        };
+        store.add_token("aa", &token).unwrap();
+        assert_eq!(store.tokens().unwrap(), vec![token]);
+        assert!(store.delete_token("ci").unwrap());
+        assert!(!store.delete_token("ci").unwrap());
+        assert_eq!(store.token("aa").unwrap(), None);
+        assert!(store.tokens().unwrap().is_empty());
     }
 
     #[test]

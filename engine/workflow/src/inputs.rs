@@ -81,6 +81,27 @@ impl Workflow {
             })
             .collect()
     }
+
+    /// The run's concurrency key, when the workflow has one: its `concurrency` template over
+    /// the run's inputs, env and id. Runs with the same key never overlap.
+    pub fn concurrency_key(
+        &self,
+        inputs: &Map<String, Value>,
+        run_id: &str,
+    ) -> Result<Option<String>, EvalError> {
+        let Some(concurrency) = &self.concurrency else {
+            return Ok(None);
+        };
+        let env = self.resolve_env(inputs, run_id)?;
+        let steps = Default::default();
+        let scope = Scope {
+            inputs,
+            env: &env,
+            steps: &steps,
+            run_id,
+        };
+        concurrency.key.eval_string(&scope).map(Some)
+    }
 }
 
 /// Reads `text` as a value of `kind`.

@@ -1,0 +1,112 @@
+//! The `/deploy` command language: `APP[@REF] to ENV`, `status [APP]`, `lock APP in ENV
+//! REASON`, `unlock APP in ENV`, `rollback APP in ENV`, `help`.
+
+/// A parsed `/deploy` command.
+#[derive(Debug, PartialEq)]
+pub enum Command {
+    Deploy {
+        app: String,
+        git_ref: Option<String>,
+        environment: String,
+    },
+    Status {
+        app: Option<String>,
+    },
+    Lock {
+        app: String,
+        environment: String,
+        reason: String,
+    },
+    Unlock {
+        app: String,
+        environment: String,
+    },
+    Rollback {
+        app: String,
+        environment: String,
+    },
+    Help,
+}
+
+/// Every form, as `/deploy help` shows it and every parse error repeats it.
+pub const USAGE: &str = "\
+`/deploy APP[@REF] to ENVIRONMENT`: deploy (e.g. `/deploy web@v1.2 to staging`)
+`/deploy status [APP]`: what is running, queued and last deployed where
+`/deploy lock APP in ENVIRONMENT REASON` and `/deploy unlock APP in ENVIRONMENT`
+`/deploy rollback APP in ENVIRONMENT`: run the app's rollback workflow
+`/deploy help`: this";
+
+/// Parses the text after `/deploy`; an error says which form was meant and how it goes.
+pub fn parse(text: &str) -> Result<Command, String> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let form = |form: &str| format!("that is not a `/deploy` command I know; the form is `{form}`");
+    match words.as_slice() {
+        [] | ["help"] => Ok(Command::Help),
+        ["status"] => Ok(Command::Status { app: None }),
+        ["status", app] => Ok(Command::Status {
+            app: Some((*app).to_owned()),
+        }),
+        ["status", ..] => Err(form("/deploy status [APP]")),
+        ["lock", app, "in", env, reason @ ..] if !reason.is_empty() => Ok(Command::Lock {
+            app: (*app).to_owned(),
+            environment: (*env).to_owned(),
+            reason: reason.join(" "),
+        }),
+        ["lock", ..] => Err(form("/deploy lock APP in ENVIRONMENT REASON")),
+        ["unlock", app, "in", env] => Ok(Command::Unlock {
+            app: (*app).to_owned(),
+            environment: (*env).to_owned(),
+        }),
+        ["unlock", ..] => Err(form("/deploy unlock APP in ENVIRONMENT")),
+        ["rollback", app, "in", env] => Ok(Command::Rollback {
+            app: (*app).to_owned(),
+            environment: (*env).to_owned(),
+        }),
+        ["rollback", ..] => Err(form("/deploy rollback APP in ENVIRONMENT")),
+        [target, "to", env] => {
+            let (app, git_ref) = match target.split_once('@') {
+                Some((app, r)) if !app.is_empty() && !r.is_empty() => (app, Some(r.to_owned())),
+                Some(_) => return Err(form("/deploy APP[@REF] to ENVIRONMENT")),
+                None => (*target, None),
+            };
+            Ok(Command::Deploy {
+                app: app.to_owned(),
+                git_ref,
+                environment: (*env).to_owned(),
+            })
+        }
+        _ => Err(format!(
+            "I did not understand that. The forms are:\n{USAGE}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        assert_eq!(
+            parse("web@v1.2 to staging"),
+            Ok(Command::Deploy {
+                app: "web".into(),
+                git_ref: Some("v1.2".into()),
+                environment: "staging".into()
+            })
+        );
+        assert_eq!(
+            parse(" lock web in prod  release freeze "),
+            Ok(Command::Lock {
+                app: "web".into(),
+                environment: "prod".into(),
+                reason: "release freeze".into()
+            })
+        );
+        assert_eq!(parse(""), Ok(Command::Help));
+        assert_eq!(parse("status"), Ok(Command::Status { app: None }));
+        assert!(parse("lock web in prod").unwrap_err().contains("REASON"));
+        assert!(parse("web@ to prod").unwrap_err().contains("APP[@REF]"));
+        assert!(parse("ship it").unwrap_err().contains("/deploy status"));
+    }
+}

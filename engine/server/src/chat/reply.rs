@@ -1,0 +1,325 @@
+//! What goes back to Slack: the escaping of text from plugins and users, the posts to a
+//! command's `response_url` and to incoming webhooks, and following a run to its end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::scheduler::App;
+
+/// Slack lets a `response_url` be used at most five times (within 30 minutes).
+pub const MAX_RESPONSE_POSTS: usize = 5;
+/// How long one post to Slack may take before it is given up: Slack answers in well under a
+/// second, and a hung post must not hold a blocking thread for long.
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many stored events are read per query while following a run.
+const EVENT_BATCH: u32 = 512;
+/// How long the follower waits for a wake-up before reading the store anyway: a safety net
+/// against a missed notification, not the normal path.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+
+/// Escapes text for Slack's `mrkdwn` so that it cannot ping (`<!channel>`, `@here`) or forge a
+/// link (`<https://evil|docs>`): `&`, `<` and `>` become entities, and a zero-width space
+/// after every `@` keeps `@here`, `@channel` and `@everyone` plain text.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '@' => out.push_str("@\u{200B}"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An ephemeral answer to the command itself (only the caller sees it).
+pub fn ephemeral(text: &str) -> Value {
+    json!({ "response_type": "ephemeral", "text": text })
+}
+
+/// Posts JSON to a URL on a blocking thread. ureq is already the workspace's HTTP client (the
+/// CLI's); a post or two per run needs no connection pool or async client, and keeping it off
+/// the runtime's threads costs one `spawn_blocking`.
+pub async fn post(url: String, body: Value) {
+    let result = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(POST_TIMEOUT))
+            .build()
+            .into();
+        agent
+            .post(&url)
+            .send_json(&body)
+            .map(|_| ())
+            .map_err(|e| (url, e))
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err((url, e))) => tracing::warn!("cannot post to Slack at `{}`: {e}", redact(&url)),
+        Err(e) => tracing::warn!("cannot post to Slack: {e}"),
+    }
+}
+
+/// A URL without its path, for logs: webhook and response URLs carry their secret in the path.
+fn redact(url: &str) -> String {
+    match url.parse::<axum::http::Uri>() {
+        Ok(u) => format!(
+            "{}://{}/…",
+            u.scheme_str().unwrap_or("?"),
+            u.authority().map(|a| a.as_str()).unwrap_or("?")
+        ),
+        Err(_) => "?".into(),
+    }
+}
+
+/// What a followed run is, for the messages about it.
+pub struct Follow {
+    pub run_id: String,
+    /// E.g. `` `web` to `staging` `` or `` rollback of `web` in `prod` ``, already escaped.
+    pub label: String,
+    pub rollback: bool,
+    pub response_url: Option<String>,
+    pub webhooks: Vec<String>,
+}
+
+struct Step {
+    id: String,
+    name: String,
+    section: String,
+    ok: bool,
+    status: String,
+    summary: String,
+    error: Option<String>,
+    duration_ms: f64,
+}
+
+impl Step {
+    fn line(&self) -> String {
+        let mark = if self.ok { "✓" } else { "✗" };
+        let what = match (&self.error, self.summary.is_empty()) {
+            (Some(e), _) => format!(": {}", escape(e)),
+            (None, false) => format!(": {}", escape(&self.summary)),
+            (None, true) if !self.ok => format!(" ({})", self.status),
+            (None, true) => String::new(),
+        };
+        let name = if self.name.is_empty() || self.name == self.id {
+            format!("`{}`", escape(&self.id))
+        } else {
+            format!("`{}` ({})", escape(&self.id), escape(&self.name))
+        };
+        format!("{mark} {name}{what} ({})", seconds(self.duration_ms))
+    }
+}
+
+fn seconds(ms: f64) -> String {
+    format!("{:.1} s", ms / 1000.0)
+}
+
+/// Follows a run through the store until it ends, posting its start, progress and result to
+/// the `response_url` (at most [`MAX_RESPONSE_POSTS`] messages) and its start and end to the
+/// incoming webhooks.
+pub async fn follow(app: Arc<App>, f: Follow) {
+    let mut live = app.live.subscribe();
+    let mut after = 0;
+    let mut posts = 0;
+    let mut steps: Vec<Step> = Vec::new();
+    let respond = |text: String, public: bool, posts: &mut usize| {
+        let url = f.response_url.clone();
+        let room = *posts < MAX_RESPONSE_POSTS;
+        if room && url.is_some() {
+            *posts += 1;
+        }
+        async move {
+            if let (Some(url), true) = (url, room) {
+                let kind = if public { "in_channel" } else { "ephemeral" };
+                post(url, json!({ "response_type": kind, "text": text })).await;
+            }
+        }
+    };
+    let announce = |text: String| {
+        let hooks = f.webhooks.clone();
+        async move {
+            for hook in hooks {
+                post(hook, json!({ "text": text })).await;
+            }
+        }
+    };
+    loop {
+        let batch = match app.store.events(&f.run_id, after, EVENT_BATCH) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!("following run `{}` for Slack: {e}", f.run_id);
+                return;
+            }
+        };
+        let full = batch.len() == EVENT_BATCH as usize;
+        for (seq, body) in batch {
+            after = seq;
+            let Ok(event) = serde_json::from_str::<Value>(&body) else {
+                continue;
+            };
+            match event["event"].as_str() {
+                Some("run_started") => {
+                    let names: Vec<String> = event["steps"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|s| s["section"] == "steps")
+                        .filter_map(|s| s["id"].as_str())
+                        .map(|s| format!("`{}`", escape(s)))
+                        .collect();
+                    let text = format!(
+                        "▶ {} started (run `{}`): {}",
+                        f.label,
+                        f.run_id,
+                        names.join(" → ")
+                    );
+                    respond(text.clone(), true, &mut posts).await;
+                    announce(text).await;
+                }
+                Some("step_finished") => {
+                    let step = Step {
+                        id: event["step"].as_str().unwrap_or("").to_owned(),
+                        name: event["name"].as_str().unwrap_or("").to_owned(),
+                        section: event["section"].as_str().unwrap_or("").to_owned(),
+                        ok: matches!(event["status"].as_str(), Some("succeeded" | "skipped")),
+                        status: event["status"].as_str().unwrap_or("").to_owned(),
+                        summary: event["summary"].as_str().unwrap_or("").to_owned(),
+                        error: event["error"]["message"].as_str().map(str::to_owned),
+                        duration_ms: event["duration_ms"].as_f64().unwrap_or(0.0),
+                    };
+                    // One post stays in reserve for the result.
+                    if posts + 1 < MAX_RESPONSE_POSTS {
+                        respond(step.line(), false, &mut posts).await;
+                    }
+                    steps.push(step);
+                }
+                Some("run_finished") => {
+                    let status = event["status"].as_str().unwrap_or("failed");
+                    let duration = seconds(event["duration_ms"].as_f64().unwrap_or(0.0));
+                    let text = result_text(&f, status, &duration, &steps);
+                    respond(text, true, &mut posts).await;
+                    let rolled_back = steps.iter().any(|s| s.section == "on_failure" && s.ok);
+                    let word = match status {
+                        "succeeded" if f.rollback => "rolled back",
+                        "succeeded" => "succeeded",
+                        "cancelled" => "was cancelled",
+                        _ if rolled_back => "failed and was rolled back",
+                        _ => "failed",
+                    };
+                    announce(format!(
+                        "{} {} {word} in {duration} (run `{}`)",
+                        if status == "succeeded" { "✓" } else { "✗" },
+                        f.label,
+                        f.run_id
+                    ))
+                    .await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if full {
+            continue;
+        }
+        // A run that ended without a `run_finished` (cancelled while queued, or its workflow
+        // gone) ends the follow too.
+        match app.store.run(&f.run_id) {
+            Ok(Some(run)) if run.status.is_terminal() => {
+                match app.store.events(&f.run_id, after, 1) {
+                    Ok(rest) if !rest.is_empty() => continue,
+                    _ => {}
+                }
+                let text = format!(
+                    "✗ {} ended {} (run `{}`){}",
+                    f.label,
+                    run.status.as_str(),
+                    f.run_id,
+                    run.detail
+                        .map(|d| format!(": {}", escape(&d)))
+                        .unwrap_or_default()
+                );
+                respond(text, true, &mut posts).await;
+                return;
+            }
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+        let wake = async {
+            loop {
+                match live.recv().await {
+                    Ok(run) if *run == *f.run_id => return,
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            () = wake => {}
+            () = tokio::time::sleep(FOLLOW_POLL) => {}
+        }
+    }
+}
+
+/// The final message: the outcome, the duration, the run id, each step with ✓/✗ and its
+/// summary, and on failure what failed and whether the rollback ran.
+fn result_text(f: &Follow, status: &str, duration: &str, steps: &[Step]) -> String {
+    let mark = if status == "succeeded" { "✓" } else { "✗" };
+    let mut text = format!(
+        "{mark} {} {status} in {duration} (run `{}`)",
+        f.label, f.run_id
+    );
+    for step in steps.iter().filter(|s| s.section == "steps") {
+        text.push('\n');
+        text.push_str(&step.line());
+    }
+    if status != "succeeded" {
+        let failed: Vec<String> = steps
+            .iter()
+            .filter(|s| s.section == "steps" && !s.ok && s.status == "failed")
+            .map(|s| format!("`{}`", escape(&s.id)))
+            .collect();
+        if !failed.is_empty() {
+            text.push_str(&format!("\nfailed: {}", failed.join(", ")));
+        }
+        let rollback: Vec<&Step> = steps.iter().filter(|s| s.section == "on_failure").collect();
+        if rollback.is_empty() {
+            text.push_str("\nrollback: none ran");
+        } else {
+            let ok = rollback.iter().all(|s| s.ok);
+            text.push_str(&format!(
+                "\nrollback: ran, {}",
+                if ok { "succeeded" } else { "failed" }
+            ));
+            for step in rollback {
+                text.push('\n');
+                text.push_str(&step.line());
+            }
+        }
+    }
+    for step in steps.iter().filter(|s| s.section == "finally") {
+        text.push('\n');
+        text.push_str(&step.line());
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_text_cannot_ping_or_forge_links() {
+        let text = escape("<!channel> @here see <https://evil.example|docs> & more");
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        assert!(!text.contains("@here"), "{text}");
+        assert!(
+            text.contains("&lt;!channel&gt;") && text.contains("&amp; more"),
+            "{text}"
+        );
+    }
+}
