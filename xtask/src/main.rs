@@ -10,6 +10,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod demo;
+mod tools;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -17,7 +18,9 @@ usage: cargo xtask <task>
 tasks:
   demo      build the engine and the plugins, prepare a demo target, deploy release 2 with
             workflows/deploy.yaml (`demo --bad`: a release whose metrics breach, rolled back)
-  test      build the plugins, then run every test (cargo test --workspace)
+  test      build the plugins, install what the tests need (prometheus and curl from
+            Debian, componentize-py and ansible-core from PyPI, componentize-js from npm;
+            pinned, into target/test-tools), then run every test (cargo test --workspace)
   plugins   build the plugins into plugins/target/wasm32-wasip2/release
   lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins";
 
@@ -39,7 +42,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask sits in the workspace root")
@@ -50,7 +53,7 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn run(command: &mut Command) -> Result<()> {
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     let status = command
         .status()
         .with_context(|| format!("cannot start {command:?}"))?;
@@ -137,10 +140,14 @@ fn demo(args: &[String]) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     plugins()?;
-    run(cargo()
+    let tools = tools::ensure()?;
+    let mut command = cargo();
+    command
         .current_dir(root())
         .args(["test", "--workspace"])
-        .args(args))
+        .args(args);
+    tools.apply(&mut command);
+    run(&mut command)
 }
 
 fn lint() -> Result<()> {

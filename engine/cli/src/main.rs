@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod plugin_cmd;
 mod serve;
 
 use std::path::{Path, PathBuf};
@@ -66,8 +67,9 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
         /// Run on this daemon (e.g. http://127.0.0.1:7300) instead of here; FILE may then
-        /// also be the name of a workflow the daemon serves.
-        #[arg(long, value_name = "URL")]
+        /// also be the name of a workflow the daemon serves. An exported `SHIPHAT_SERVER`
+        /// makes every `run` remote; unset it (or `SHIPHAT_SERVER= shiphat run`) to run here.
+        #[arg(long, value_name = "URL", env = "SHIPHAT_SERVER")]
         server: Option<String>,
         /// The bearer token for `--server`.
         #[arg(
@@ -170,6 +172,10 @@ enum PluginCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Write a plugin skeleton that builds as it is: source, WIT, README and a workflow.
+    New(plugin_cmd::NewArgs),
+    /// Run one step of a plugin outside any workflow and print its result, outputs and logs.
+    Test(Box<plugin_cmd::TestArgs>),
 }
 
 /// Settings of the plugin engine shared by the commands that load plugins.
@@ -304,7 +310,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             server: Some(server),
             token,
             engine: _,
-        } => client::run(&server, token, &file, &inputs, json, dry_run),
+        } if !server.is_empty() => client::run(&server, token, &file, &inputs, json, dry_run),
         Command::Run {
             file,
             inputs,
@@ -340,6 +346,12 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Plugin {
             command: PluginCommand::Inspect { file, json, engine },
         } => inspect(&file, json, &engine).await,
+        Command::Plugin {
+            command: PluginCommand::New(args),
+        } => plugin_cmd::new(&args),
+        Command::Plugin {
+            command: PluginCommand::Test(args),
+        } => plugin_cmd::test(&args).await,
         Command::Schema => {
             println!(
                 "{}",

@@ -1,0 +1,123 @@
+//! What the test suite needs beyond the Rust toolchain, installed on demand and pinned:
+//!
+//! - `prometheus` (tests/metrics.rs runs a real server) and `curl` (the benchmarks' shell
+//!   baseline), from Debian's packages;
+//! - `componentize-py` (tests/languages.rs builds the Python example) and `ansible-core` (the
+//!   benchmarks' smoke test), each in a virtual environment;
+//! - `componentize-js` (the JavaScript example), from the npm registry.
+//!
+//! Everything lands under `target/test-tools` (or `$SHIPHAT_TEST_TOOLS`), so a second run
+//! installs nothing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+const ANSIBLE_CORE: &str = "ansible-core==2.17.7";
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+
+/// Where the tools are, to hand to the test run.
+pub struct Tools {
+    python_bin: PathBuf,
+    js: PathBuf,
+    ansible: PathBuf,
+}
+
+impl Tools {
+    pub fn apply(&self, command: &mut Command) {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut dirs = vec![self.python_bin.clone()];
+        dirs.extend(std::env::split_paths(&path));
+        command
+            .env(
+                "PATH",
+                std::env::join_paths(dirs).expect("paths without separators"),
+            )
+            .env("SHIPHAT_JS_TOOLS", &self.js)
+            .env("SHIPHAT_BENCH_ANSIBLE", &self.ansible);
+    }
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub fn ensure() -> Result<Tools> {
+    let missing: Vec<&str> = ["prometheus", "curl"]
+        .into_iter()
+        .filter(|p| !on_path(p))
+        .collect();
+    if !missing.is_empty() {
+        if !on_path("apt-get") {
+            bail!(
+                "the tests need {} (Debian packages); install them and run again",
+                missing.join(" and ")
+            );
+        }
+        eprintln!("xtask: installing {} with apt-get", missing.join(", "));
+        run(Command::new("apt-get").arg("update").arg("-qq")).context(
+            "apt-get update failed (the tests need the Debian packages prometheus and curl)",
+        )?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .with_context(|| format!("cannot install {} with apt-get", missing.join(" ")))?;
+    }
+
+    let dir = std::env::var_os("SHIPHAT_TEST_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::root().join("target/test-tools"));
+    let venv = dir.join("venv");
+    let python_bin = venv.join("bin");
+    let pip_wants = [
+        (COMPONENTIZE_PY, "componentize-py"),
+        (ANSIBLE_CORE, "ansible-playbook"),
+    ];
+    if pip_wants
+        .iter()
+        .any(|(_, exe)| !python_bin.join(exe).is_file())
+    {
+        eprintln!(
+            "xtask: installing {COMPONENTIZE_PY} and {ANSIBLE_CORE} into {}",
+            venv.display()
+        );
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("cannot make a Python virtual environment (python3 -m venv)")?;
+        run(Command::new(python_bin.join("pip"))
+            .args(["install", "--quiet"])
+            .args(pip_wants.map(|(p, _)| p)))
+        .context("pip install failed: the tests need componentize-py and ansible-core from PyPI")?;
+    }
+
+    let js = dir.join("js");
+    if !js
+        .join("node_modules/@bytecodealliance/componentize-js")
+        .is_dir()
+    {
+        eprintln!("xtask: installing {COMPONENTIZE_JS} into {}", js.display());
+        std::fs::create_dir_all(&js)?;
+        if !js.join("package.json").is_file() {
+            std::fs::write(js.join("package.json"), "{\"private\": true}\n")?;
+        }
+        run(Command::new("npm").current_dir(&js).args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            COMPONENTIZE_JS,
+        ]))
+        .context("npm install failed: the tests need componentize-js from the npm registry")?;
+    }
+    Ok(Tools {
+        ansible: python_bin.join("ansible-playbook"),
+        python_bin,
+        js,
+    })
+}
