@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+mod side;
 use shiphat_host::{Host, HostConfig, LoadKind};
 use shiphat_runner::{PluginPath, RunOptions, RunStatus, Runner, Secrets};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,8 @@ struct Sizes {
     big_workflow: usize,
     /// Repetitions of each one-shot CLI measurement.
     cli_runs: usize,
+    /// Rounds of the side-by-side deploy (each tool once per round).
+    rounds: usize,
 }
 
 const FULL: Sizes = Sizes {
@@ -30,12 +34,14 @@ const FULL: Sizes = Sizes {
     chains: &[1, 10, 100, 1000],
     big_workflow: 1000,
     cli_runs: 40,
+    rounds: 15,
 };
 const QUICK: Sizes = Sizes {
     single_runs: 5,
     chains: &[1, 3],
     big_workflow: 10,
     cli_runs: 2,
+    rounds: 1,
 };
 
 fn main() -> Result<()> {
@@ -50,11 +56,30 @@ fn main() -> Result<()> {
         bail!("the plugins are not built: run `cargo xtask plugins` (bench/run.sh does it)");
     }
     let work = tempfile::tempdir()?;
+    let args: Vec<String> = std::env::args().collect();
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let ansible = value_of("--ansible").map(PathBuf::from);
+    let rounds = match value_of("--rounds") {
+        Some(n) => n.parse().context("--rounds takes a whole number")?,
+        None => sizes.rounds,
+    };
+    let mut rows = Vec::new();
+    // First, while this process is still small: a child's peak memory as the kernel reports
+    // it includes the memory of the process it was forked from.
+    rows.extend(side::side_by_side(
+        &root,
+        &plugins,
+        &shiphat_binary()?,
+        ansible.as_deref(),
+        rounds,
+    )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let mut rows = Vec::new();
-
     rows.extend(runtime.block_on(in_process(&plugins, work.path(), sizes))?);
     rows.extend(workflow_load(work.path(), sizes.big_workflow)?);
     rows.extend(compile_cache(&plugins, work.path())?);
@@ -241,7 +266,8 @@ fn compile_cache(plugins: &Path, work: &Path) -> Result<Vec<Row>> {
 }
 
 /// `shiphat run` of a three-step no-op workflow as a fresh process, cold and warm.
-fn one_shot(plugins: &Path, work: &Path, runs: usize) -> Result<Vec<Row>> {
+/// The `shiphat` binary built beside this one.
+fn shiphat_binary() -> Result<PathBuf> {
     let shiphat = std::env::current_exe()?.parent().unwrap().join("shiphat");
     if !shiphat.is_file() {
         bail!(
@@ -249,6 +275,11 @@ fn one_shot(plugins: &Path, work: &Path, runs: usize) -> Result<Vec<Row>> {
             shiphat.display()
         );
     }
+    Ok(shiphat)
+}
+
+fn one_shot(plugins: &Path, work: &Path, runs: usize) -> Result<Vec<Row>> {
+    let shiphat = shiphat_binary()?;
     let file = work.join("three.yaml");
     std::fs::write(
         &file,

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The daemon's throughput and memory: no-op steps per second through `shiphat serve` at 1, 10
+# and 50 concurrent runs of a 100-step chain, the resident memory of a fresh daemon, the memory
+# each queued run adds, and the fsync latency of the disk the store is on (the ceiling of one
+# run: each step commits its start and its end, one fsync each, one after the other).
+#
+# Usage: bench/daemon.sh [--quick] [--no-build]
+# Prints one Markdown table on stdout; progress goes to stderr. Needs curl and python3 (for the
+# fsync probe). Uses the release build of shiphat and the release plugins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+quick=0
+build=1
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    --no-build) build=0 ;;
+    *) echo "unknown argument \`$arg\`; use --quick or --no-build" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$build" = 1 ]; then
+  cargo xtask plugins >&2
+  cargo build --release -p shiphat >&2
+fi
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+shiphat="${SHIPHAT_BIN:-$target_dir/release/shiphat}"  # SHIPHAT_BIN: another build
+plugins="$root/plugins/target/wasm32-wasip2/release"
+[ -x "$shiphat" ] || { echo "no \`$shiphat\`; run without --no-build" >&2; exit 2; }
+[ -f "$plugins/noop.wasm" ] || { echo "no \`$plugins/noop.wasm\`; run \`cargo xtask plugins\`" >&2; exit 2; }
+
+STEPS=100
+QUEUED=1000
+[ "$quick" = 1 ] && QUEUED=200
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/shiphat-daemon-bench.XXXXXX")
+pid=""
+cleanup() {
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+mkdir -p "$work/workflows" "$work/data"
+{
+  echo "name: chain"
+  echo "steps:"
+  echo "  - id: s1"
+  echo "    uses: noop"
+  for i in $(seq 2 "$STEPS"); do
+    echo "  - id: s$i"
+    echo "    uses: noop"
+    echo "    needs: s$((i - 1))"
+  done
+} >"$work/workflows/chain.yaml"
+cat >"$work/workflows/hold.yaml" <<'EOF'
+name: hold
+concurrency: hold
+steps:
+  - id: wait
+    uses: echo
+    with: { message: holding the key, sleep_ms: 600000 }
+EOF
+
+export SHIPHAT_PLUGIN_PATH="$plugins" SHIPHAT_CACHE_DIR="$work/cache"
+unset SHIPHAT_SERVER SHIPHAT_TOKEN SHIPHAT_CONFIG RUST_LOG
+token=$("$shiphat" token create bench --role admin --data-dir "$work/data" 2>/dev/null)
+
+"$shiphat" serve --listen 127.0.0.1:0 --data-dir "$work/data" --workflows "$work/workflows" \
+  2>"$work/serve.log" &
+pid=$!
+addr=""
+for _ in $(seq 1 600); do
+  addr=$(sed -n 's/.*listening on \([0-9.:]*\).*/\1/p' "$work/serve.log" | head -n1)
+  [ -n "$addr" ] && break
+  kill -0 "$pid" 2>/dev/null || { cat "$work/serve.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$addr" ] || { echo "the daemon did not start:" >&2; cat "$work/serve.log" >&2; exit 1; }
+url="http://$addr"
+
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status"; }
+api() { curl -sS --max-time 60 -H "Authorization: Bearer $token" "$@"; }
+start_run() { # WORKFLOW
+  api -X POST -H 'Content-Type: application/json' -d "{\"workflow\":\"$1\"}" "$url/api/v1/runs" \
+    | grep -o '"id":"[^"]*"' | cut -d'"' -f4
+}
+succeeded() { # how many runs of `chain` have succeeded so far
+  curl -sS --max-time 10 "$url/metrics" \
+    | awk '/^shiphat_runs_total\{/ && /workflow="chain"/ && /status="succeeded"/ { n += $2 } END { print n + 0 }'
+}
+failed() {
+  curl -sS --max-time 10 "$url/metrics" \
+    | awk '/^shiphat_runs_total\{/ && /workflow="chain"/ && /status="failed"/ { n += $2 } END { print n + 0 }'
+}
+now() { date +%s.%N; }
+
+# Idle: a fresh daemon with its workflows loaded, after a second's rest.
+sleep 1
+idle_kib=$(rss_kib)
+
+# Warm-up: one run, so every size is measured on a warm daemon.
+start_run chain >/dev/null
+until [ "$(succeeded)" -ge 1 ]; do sleep 0.01; done
+
+done_runs=1
+rows=()
+concurrencies="1 10 50 200"
+[ "$quick" = 1 ] && concurrencies="1 10"
+for concurrency in $concurrencies; do
+  # Enough rounds that each figure covers at least ~1,000 steps.
+  rounds=$(((1000 + concurrency * STEPS - 1) / (concurrency * STEPS)))
+  [ "$quick" = 1 ] && rounds=1
+  echo "running $rounds round(s) of $concurrency concurrent $STEPS-step runs" >&2
+  t0=$(now)
+  for _ in $(seq 1 "$rounds"); do
+    for _ in $(seq 1 "$concurrency"); do start_run chain >/dev/null & done
+    wait $(jobs -p | grep -v "^$pid\$") 2>/dev/null || true
+    done_runs=$((done_runs + concurrency))
+    deadline=$(($(date +%s) + 600))
+    until [ "$(succeeded)" -ge "$done_runs" ]; do
+      [ "$(failed)" = 0 ] || { echo "a run failed" >&2; tail -20 "$work/serve.log" >&2; exit 1; }
+      [ "$(date +%s)" -lt "$deadline" ] || { echo "runs did not finish in 10 minutes" >&2; exit 1; }
+      sleep 0.01
+    done
+  done
+  t1=$(now)
+  rows+=("$(awk -v c="$concurrency" -v r="$rounds" -v s="$STEPS" -v a="$t0" -v b="$t1" -v k="$(rss_kib)" \
+    'BEGIN { n = c * r * s; printf "| steps/s at %d concurrent run(s) (%d steps; %.1f runs/s; RSS after %.1f MiB) | %.0f | ≥ 2000 |", c, n, c * r / (b - a), k / 1024, n / (b - a) }')")
+done
+
+# Queued runs: one run holds the key `hold`, then QUEUED more wait behind it.
+start_run hold >/dev/null
+before_kib=$(rss_kib)
+seq 1 "$QUEUED" | xargs -P 8 -I{} curl -sS --max-time 60 -o /dev/null -X POST \
+  -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+  -d '{"workflow":"hold"}' "$url/api/v1/runs"
+queued=$(curl -sS --max-time 10 "$url/metrics" | awk '/^shiphat_queue_depth/ { print $2 + 0 }')
+sleep 1
+after_kib=$(rss_kib)
+
+# The disk: fsync latency of a 4 KiB append in the data directory.
+fsync=$(python3 - "$work/data/fsync-probe" <<'EOF'
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+lat = []
+for _ in range(200):
+    os.write(fd, b"x" * 4096)
+    t = time.perf_counter(); os.fsync(fd); lat.append(time.perf_counter() - t)
+os.close(fd); os.unlink(sys.argv[1])
+lat.sort()
+print("%.2f %.2f" % (lat[len(lat) // 2] * 1e3, lat[int(len(lat) * 0.9)] * 1e3))
+EOF
+)
+fsync_median=${fsync% *}
+fsync_p90=${fsync#* }
+
+echo "| measure | value | goal |"
+echo "|---|---|---|"
+for row in "${rows[@]}"; do echo "$row"; done
+awk -v k="$idle_kib" 'BEGIN { printf "| idle RSS of a fresh daemon | %.1f MiB | ≤ 40 MiB |\n", k / 1024 }'
+awk -v b="$before_kib" -v a="$after_kib" -v n="$QUEUED" -v q="$queued" \
+  'BEGIN { printf "| RSS added per queued run (%d queued; queue depth %d) | %.1f KiB |  |\n", n, q, (a - b) / n }'
+echo "| fsync of a 4 KiB append (median / p90) | $fsync_median / $fsync_p90 ms |  |"
+awk -v m="$fsync_median" \
+  'BEGIN { printf "| ceiling of one run: 1 / (2 × median fsync) | %.0f steps/s |  |\n", 1000 / (2 * m) }'

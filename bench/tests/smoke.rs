@@ -1,0 +1,81 @@
+//! Runs every benchmark once with tiny sizes, so they cannot rot. The figures are not checked:
+//! speed is measured by `bench/run.sh`, not by tests.
+
+use std::process::Command;
+
+#[test]
+fn every_benchmark_runs_once() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let plugins = root.join("plugins/target/wasm32-wasip2/release");
+    assert!(
+        plugins.join("noop.wasm").is_file(),
+        "the plugins are not built: run the suite with `cargo xtask test`"
+    );
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shiphat-bench"));
+    command.arg("--quick");
+    // The Ansible leg needs ansible-playbook from a virtual environment; .ci/run makes one and
+    // names it here. Without it the side-by-side compares shiphat and the shell script only.
+    if let Some(ansible) = std::env::var_os("SHIPHAT_BENCH_ANSIBLE") {
+        command.arg("--ansible").arg(ansible);
+    }
+    let output = command.output().expect("cannot run shiphat-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "shiphat-bench --quick failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for measurement in [
+        "per-step overhead, warm, in process (p50)",
+        "time per step, chain of 3 no-op steps",
+        "load and validate a 10-step workflow",
+        "load noop.wasm",
+        "`shiphat run`, 3 no-op steps, warm cache (median)",
+        "same deploy, shiphat",
+        "same deploy, shell",
+        "ratio shiphat / shell",
+    ] {
+        assert!(
+            stdout.contains(measurement),
+            "no `{measurement}` row in:\n{stdout}"
+        );
+    }
+    if std::env::var_os("SHIPHAT_BENCH_ANSIBLE").is_some() {
+        assert!(
+            stdout.contains("ratio ansible / shiphat"),
+            "no ansible row in:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn the_daemon_benchmark_runs_once() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    // The shiphat binary of this build, beside the benchmark binary.
+    let shiphat =
+        std::path::Path::new(env!("CARGO_BIN_EXE_shiphat-bench")).with_file_name("shiphat");
+    assert!(
+        shiphat.is_file(),
+        "`{}` is not built: run the suite with `cargo xtask test`",
+        shiphat.display()
+    );
+    let output = Command::new(root.join("bench/daemon.sh"))
+        .args(["--quick", "--no-build"])
+        .env("SHIPHAT_BIN", &shiphat)
+        .output()
+        .expect("cannot run bench/daemon.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "bench/daemon.sh --quick failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("steps/s"),
+        "no throughput row in:\n{stdout}"
+    );
+}
