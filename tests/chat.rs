@@ -7,7 +7,7 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -125,47 +125,14 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &TestDir) -> Daemon {
-        let mut child = dir
-            .shiphat()
+        let mut command = dir.shiphat();
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(dir.path().join("shiphat.toml"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start shiphat serve");
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let started = Instant::now();
-        let mut seen = String::new();
-        loop {
-            match rx.recv_timeout(DEADLINE.saturating_sub(started.elapsed())) {
-                Ok(line) => {
-                    if let Some(addr) = line.split("listening on ").nth(1) {
-                        // Keep draining stderr so the daemon never blocks on a full pipe.
-                        std::thread::spawn(move || while rx.recv().is_ok() {});
-                        return Daemon {
-                            child,
-                            addr: addr.trim().to_owned(),
-                        };
-                    }
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the daemon did not say where it listens:\n{seen}");
-                }
-            }
-        }
+            .arg(dir.path().join("shiphat.toml"));
+        let (child, addr, rx) = support::serve(command, DEADLINE);
+        // Keep draining stderr so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || while rx.recv().is_ok() {});
+        Daemon { child, addr }
     }
 
     fn url(&self, path: &str) -> String {

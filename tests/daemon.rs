@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -57,42 +57,12 @@ impl Daemon {
             .arg(dir.path().join("data"))
             .arg("--workflows")
             .arg(dir.path().join("workflows"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("cannot start shiphat serve");
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let started = Instant::now();
-        let mut seen = String::new();
-        loop {
-            let left = DEADLINE.saturating_sub(started.elapsed());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = line.split("listening on ").nth(1) {
-                        return Daemon {
-                            child,
-                            addr: addr.trim().to_owned(),
-                            stderr: std::sync::Mutex::new(rx),
-                        };
-                    }
-                    seen.push_str(&line);
-                    seen.push('\n');
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("the daemon did not say where it listens:\n{seen}");
-                }
-            }
+            .args(extra);
+        let (child, addr, rx) = support::serve(command, DEADLINE);
+        Daemon {
+            child,
+            addr,
+            stderr: std::sync::Mutex::new(rx),
         }
     }
 

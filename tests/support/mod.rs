@@ -285,3 +285,50 @@ impl Drop for HttpServer {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
+
+/// Starts a `shiphat serve` command and waits, up to `deadline`, for the line saying where it
+/// listens. Returns the child, that address, and the rest of its stderr, line by line (read on
+/// a thread, so the daemon never blocks on a full pipe).
+pub fn serve(
+    mut command: Command,
+    deadline: Duration,
+) -> (
+    std::process::Child,
+    String,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::BufRead;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start shiphat serve");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut seen = String::new();
+    loop {
+        match rx.recv_timeout(deadline.saturating_sub(started.elapsed())) {
+            Ok(line) => {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    return (child, addr.trim().to_owned(), rx);
+                }
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon did not say where it listens:\n{seen}");
+            }
+        }
+    }
+}
