@@ -13,7 +13,7 @@ use anyhow::{Context, Result, bail};
 
 mod side;
 use shiphat_host::{Host, HostConfig, LoadKind};
-use shiphat_runner::{PluginPath, RunOptions, RunStatus, Runner, Secrets};
+use shiphat_runner::{PluginPath, Prepared, RunOptions, RunStatus, Runner, Secrets};
 use tokio_util::sync::CancellationToken;
 
 struct Sizes {
@@ -135,22 +135,10 @@ async fn in_process(plugins: &Path, work: &Path, sizes: &Sizes) -> Result<Vec<Ro
     );
     let mut rows = Vec::new();
 
-    let file = work.join("one.yaml");
-    std::fs::write(&file, chain_yaml(1))?;
-    let prepared = runner.prepare(shiphat_workflow::load(&file)?).await?;
+    let prepared = prepare_chain(&runner, work, 1).await?;
     let mut times = Vec::with_capacity(sizes.single_runs);
     for _ in 0..sizes.single_runs + 10 {
-        let started = Instant::now();
-        let report = runner
-            .run(
-                &prepared,
-                options(),
-                Arc::new(|_| {}),
-                CancellationToken::new(),
-            )
-            .await;
-        times.push(started.elapsed());
-        assert_eq!(report.status, RunStatus::Succeeded);
+        times.push(timed_run(&runner, &prepared).await);
     }
     // The first runs warm caches and the allocator; they are not what a warm engine costs.
     let mut times = times.split_off(10);
@@ -167,22 +155,10 @@ async fn in_process(plugins: &Path, work: &Path, sizes: &Sizes) -> Result<Vec<Ro
     ));
 
     for &steps in sizes.chains {
-        let file = work.join(format!("chain-{steps}.yaml"));
-        std::fs::write(&file, chain_yaml(steps))?;
-        let prepared = runner.prepare(shiphat_workflow::load(&file)?).await?;
+        let prepared = prepare_chain(&runner, work, steps).await?;
         let mut best = Duration::MAX;
         for _ in 0..3 {
-            let started = Instant::now();
-            let report = runner
-                .run(
-                    &prepared,
-                    options(),
-                    Arc::new(|_| {}),
-                    CancellationToken::new(),
-                )
-                .await;
-            best = best.min(started.elapsed());
-            assert_eq!(report.status, RunStatus::Succeeded);
+            best = best.min(timed_run(&runner, &prepared).await);
         }
         rows.push(row(
             format!("time per step, chain of {steps} no-op steps"),
@@ -191,6 +167,29 @@ async fn in_process(plugins: &Path, work: &Path, sizes: &Sizes) -> Result<Vec<Ro
         ));
     }
     Ok(rows)
+}
+
+/// A chain of `steps` no-op steps, written to `work` and prepared.
+async fn prepare_chain(runner: &Runner, work: &Path, steps: usize) -> Result<Prepared> {
+    let file = work.join(format!("chain-{steps}.yaml"));
+    std::fs::write(&file, chain_yaml(steps))?;
+    Ok(runner.prepare(shiphat_workflow::load(&file)?).await?)
+}
+
+/// The wall time of one whole run of `prepared`, which must succeed.
+async fn timed_run(runner: &Runner, prepared: &Prepared) -> Duration {
+    let started = Instant::now();
+    let report = runner
+        .run(
+            prepared,
+            options(),
+            Arc::new(|_| {}),
+            CancellationToken::new(),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(report.status, RunStatus::Succeeded);
+    took
 }
 
 fn options() -> RunOptions {
