@@ -39,6 +39,8 @@ Environment:
   SHIPHAT_PLUGIN_PATH   more directories to search for `uses: NAME` plugins
   SHIPHAT_CACHE_DIR     where compiled plugins are cached
   SHIPHAT_SECRETS_FILE  a NAME=value file of secrets (the environment is also read)
+  SHIPHAT_SERVER        a daemon's URL: `run`, `runs`, `lock` and `unlock` talk to it
+  SHIPHAT_TOKEN         the API token sent to the daemon
   RUST_LOG              diagnostics filter, e.g. RUST_LOG=shiphat_host=debug";
 
 #[derive(Parser)]
