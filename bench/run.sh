@@ -12,6 +12,7 @@ ANSIBLE_CORE_VERSION=2.17.7
 cargo xtask plugins
 cargo build --release -p shiphat -p shiphat-bench
 target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
 
 venv="$target_dir/bench-venv"
 if [ ! -x "$venv/bin/ansible-playbook" ]; then

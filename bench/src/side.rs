@@ -149,9 +149,11 @@ pub fn side_by_side(
             }
             _ => {
                 let ansible = ansible.expect("ansible is measured only when given");
+                // Ansible runs its modules from a temporary directory: paths must be absolute.
+                let ansible = std::path::absolute(ansible).expect("a path to make absolute");
                 // The venv's own interpreter: discovery would find whatever python3 is first.
                 let python = ansible.with_file_name("python");
-                let mut c = Command::new(ansible);
+                let mut c = Command::new(&ansible);
                 c.args(["-i", "localhost,", "-c", "local"])
                     .args([
                         "-e",
