@@ -487,3 +487,22 @@ fn the_human_view_shows_each_step_and_a_summary() {
     // Not a terminal: no colour codes.
     assert!(!run.stdout.contains('\u{1b}'), "{:?}", run.stdout);
 }
+
+/// Regression: `--token` required `--server`, so an exported SHIPHAT_TOKEN (set for the daemon
+/// commands) made every local `shiphat run` fail with a usage error.
+#[test]
+fn an_exported_token_does_not_stop_a_local_run() {
+    let dir = TestDir::new();
+    let file = dir.write(
+        "wf.yaml",
+        "name: local\nsteps:\n  - id: one\n    uses: noop\n",
+    );
+    let mut command = dir.shiphat();
+    command
+        .env("SHIPHAT_TOKEN", "a-token-for-the-daemon")
+        .args(["run", "--json"])
+        .arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.finished()["status"], "succeeded");
+}

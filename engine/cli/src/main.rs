@@ -73,13 +73,9 @@ enum Command {
         /// makes every `run` remote; unset it (or `SHIPHAT_SERVER= shiphat run`) to run here.
         #[arg(long, value_name = "URL", env = "SHIPHAT_SERVER")]
         server: Option<String>,
-        /// The bearer token for `--server`.
-        #[arg(
-            long,
-            env = "SHIPHAT_TOKEN",
-            hide_env_values = true,
-            requires = "server"
-        )]
+        /// The bearer token for `--server`; ignored by a local run, so an exported
+        /// `SHIPHAT_TOKEN` never gets in the way of one.
+        #[arg(long, env = "SHIPHAT_TOKEN", hide_env_values = true)]
         token: Option<String>,
         #[command(flatten)]
         engine: EngineArgs,
