@@ -7,14 +7,13 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::TestDir;
+use support::{Daemon, TestDir};
 
 /// How long any wait in these tests may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -117,45 +116,19 @@ roles = ["viewer"]
     )
 }
 
-/// A running `shiphat serve`, killed when dropped.
-struct Daemon {
-    child: Child,
-    addr: String,
+fn start(dir: &TestDir) -> Daemon {
+    Daemon::start(dir, &["--config", "shiphat.toml"])
 }
 
-impl Daemon {
-    fn start(dir: &TestDir) -> Daemon {
-        let mut command = dir.shiphat();
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-            .arg(dir.path().join("shiphat.toml"));
-        let (child, addr, rx) = support::serve(command, DEADLINE);
-        // Keep draining stderr so the daemon never blocks on a full pipe.
-        std::thread::spawn(move || while rx.recv().is_ok() {});
-        Daemon { child, addr }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// A GET on the API as the admin principal.
-    fn api(&self, path: &str) -> Value {
-        let mut response = agent()
-            .get(&self.url(path))
-            .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-            .call()
-            .expect("the API answers");
-        assert_eq!(response.status().as_u16(), 200, "GET {path}");
-        response.body_mut().read_json().expect("JSON")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A GET on the API as the admin principal.
+fn api(daemon: &Daemon, path: &str) -> Value {
+    let mut response = agent()
+        .get(&daemon.url(path))
+        .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .call()
+        .expect("the API answers");
+    assert_eq!(response.status().as_u16(), 200, "GET {path}");
+    response.body_mut().read_json().expect("JSON")
 }
 
 fn setup() -> TestDir {
@@ -173,11 +146,7 @@ fn setup_with_webhooks(webhooks: &[&str]) -> TestDir {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .into()
+    support::agent(DEADLINE)
 }
 
 fn now() -> i64 {
@@ -322,7 +291,7 @@ impl Receiver {
 }
 
 fn runs(daemon: &Daemon) -> Vec<Value> {
-    daemon.api("/api/v1/runs")["runs"]
+    api(daemon, "/api/v1/runs")["runs"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -331,7 +300,7 @@ fn runs(daemon: &Daemon) -> Vec<Value> {
 #[test]
 fn requests_are_verified_before_anything_else() {
     let dir = setup();
-    let daemon = Daemon::start(&dir);
+    let daemon = start(&dir);
 
     // Slack's published example, signed with its secret: this daemon's secret differs, so
     // the vector is checked through the test's signer, which must reproduce it exactly.
@@ -348,7 +317,7 @@ fn requests_are_verified_before_anything_else() {
         "shiphat.toml",
         "data_dir = \"data\"\n[slack]\nsigning_secret = \"8f742231b10e8888abcd99yyyzzz85a5\"\n",
     );
-    let kat_daemon = Daemon::start(&kat);
+    let kat_daemon = start(&kat);
     let sig = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
     let ts = ("X-Slack-Request-Timestamp", "1531420618");
     let (status, answer) = post(&kat_daemon, SLACK_BODY, &[ts, ("X-Slack-Signature", sig)]);
@@ -433,7 +402,7 @@ fn requests_are_verified_before_anything_else() {
     assert_eq!(status, 401, "a re-encoded body");
 
     // Every refusal is in the audit log, with no principal.
-    let audit = daemon.api("/api/v1/audit");
+    let audit = api(&daemon, "/api/v1/audit");
     let refused = audit["entries"]
         .as_array()
         .unwrap()
@@ -447,7 +416,7 @@ fn requests_are_verified_before_anything_else() {
 #[test]
 fn a_deploy_starts_one_run_even_when_slack_retries_and_reports_each_step() {
     let dir = setup();
-    let mut daemon = Daemon::start(&dir);
+    let mut daemon = start(&dir);
     let receiver = Receiver::start();
     let deploy = body(
         "U0ALICE",
@@ -494,13 +463,13 @@ fn a_deploy_starts_one_run_even_when_slack_retries_and_reports_each_step() {
     // After a restart, a late retry still finds the first run.
     let _ = daemon.child.kill();
     let _ = daemon.child.wait();
-    daemon = Daemon::start(&dir);
+    daemon = start(&dir);
     let (_, retry) = command(&daemon, &deploy, Some("2"));
     assert!(text(&retry).contains(&run_id), "{retry}");
     assert_eq!(runs(&daemon).len(), 1);
 
     // The audit log names the principal and the Slack user.
-    let audit = daemon.api("/api/v1/audit");
+    let audit = api(&daemon, "/api/v1/audit");
     let entries = audit["entries"].as_array().unwrap();
     let accepted = entries
         .iter()
@@ -524,7 +493,7 @@ fn a_deploy_starts_one_run_even_when_slack_retries_and_reports_each_step() {
 fn a_failed_deploy_says_what_failed_and_that_the_rollback_ran_without_pinging() {
     let channel = Receiver::start();
     let dir = setup_with_webhooks(&[&channel.url]);
-    let daemon = Daemon::start(&dir);
+    let daemon = start(&dir);
     let receiver = Receiver::start();
     let deploy = body("U0ALICE", "C0DEV", "api to staging", &receiver.url, "2.2.b");
     let (_, answer) = command(&daemon, &deploy, None);
@@ -571,7 +540,7 @@ fn a_failed_deploy_says_what_failed_and_that_the_rollback_ran_without_pinging() 
 #[test]
 fn refusals_say_what_was_missing() {
     let dir = setup();
-    let daemon = Daemon::start(&dir);
+    let daemon = start(&dir);
     let receiver = Receiver::start();
     let say = |user: &str, channel: &str, line: &str, trigger: &str| -> String {
         let (status, answer) = command(

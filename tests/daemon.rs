@@ -5,14 +5,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shiphat_store::{RunStatus, SqliteStore, Store};
 use std::collections::HashMap;
-use support::TestDir;
+use support::{Daemon, TestDir};
 
 /// How long any wait in these tests may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -42,48 +41,15 @@ steps:
     with: { message: publishing, sleep_ms: 400 }
 "#;
 
-/// A running `shiphat serve`, killed when dropped.
-pub struct Daemon {
-    pub child: Child,
-    pub addr: String,
-    pub stderr: std::sync::Mutex<mpsc::Receiver<String>>,
-}
-
-impl Daemon {
-    pub fn start(dir: &TestDir, extra: &[&str]) -> Daemon {
-        let mut command = dir.shiphat();
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--workflows")
-            .arg(dir.path().join("workflows"))
-            .args(extra);
-        let (child, addr, rx) = support::serve(command, DEADLINE);
-        Daemon {
-            child,
-            addr,
-            stderr: std::sync::Mutex::new(rx),
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `shiphat serve` on the test's `data` and `workflows` folders, plus `extra`.
+pub fn start(dir: &TestDir, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--data-dir", "data", "--workflows", "workflows"];
+    args.extend(extra);
+    Daemon::start(dir, &args)
 }
 
 pub fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(DEADLINE))
-        .build()
-        .into()
+    support::agent(DEADLINE)
 }
 
 /// One request; returns the status and the JSON body (or the text as a JSON string).
@@ -253,7 +219,7 @@ fn every_route_the_auth_matrix_and_bad_bodies() {
     let admin = token(&dir, "root", "admin", &[]);
     let deployer = token(&dir, "ci", "deployer", &["web/staging"]);
     let viewer = token(&dir, "eve", "viewer", &[]);
-    let daemon = Daemon::start(&dir, &[]);
+    let daemon = start(&dir, &[]);
 
     // Open routes.
     assert_eq!(call(&daemon, "GET", "/healthz", None, None).0, 200);
@@ -787,7 +753,7 @@ fn twenty_simultaneous_runs_of_one_concurrency_key_never_overlap() {
     let dir = TestDir::new();
     setup(&dir);
     let admin = token(&dir, "root", "admin", &[]);
-    let daemon = Daemon::start(&dir, &[]);
+    let daemon = start(&dir, &[]);
     let body =
         json!({"workflow": "web", "inputs": {"environment": "prod", "sleep": 20}}).to_string();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
@@ -858,7 +824,7 @@ fn the_cli_is_a_client_of_the_daemon() {
     let dir = TestDir::new();
     setup(&dir);
     let admin = token(&dir, "root", "admin", &[]);
-    let daemon = Daemon::start(&dir, &[]);
+    let daemon = start(&dir, &[]);
     let server = format!("http://{}", daemon.addr);
     let cli = |args: &[&str]| {
         let mut command: Command = dir.shiphat();
@@ -994,7 +960,7 @@ fn an_invalid_workflow_is_skipped_and_the_last_good_one_stays() {
     let dir = TestDir::new();
     setup(&dir);
     let admin = token(&dir, "root", "admin", &[]);
-    let daemon = Daemon::start(&dir, &[]);
+    let daemon = start(&dir, &[]);
     let names = || -> Vec<String> {
         let (_, list) = call(&daemon, "GET", "/api/v1/workflows", Some(&admin), None);
         list["workflows"]
@@ -1069,7 +1035,7 @@ fn sigterm_records_unfinished_runs_as_interrupted() {
         "shutdown_grace = \"200ms\"\nworkflows = [\"workflows\"]\ndata_dir = \"data\"\n",
     );
     let admin = token(&dir, "root", "admin", &[]);
-    let mut daemon = Daemon::start(&dir, &["--config", config.to_str().unwrap()]);
+    let mut daemon = start(&dir, &["--config", config.to_str().unwrap()]);
     let id = start_run(
         &daemon,
         &admin,
@@ -1092,7 +1058,7 @@ fn sigterm_records_unfinished_runs_as_interrupted() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
-    let daemon = Daemon::start(&dir, &["--config", config.to_str().unwrap()]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
     let run = wait_run(&daemon, &admin, &id, |_| true);
     assert_eq!(run["status"], "interrupted", "{run}");
     assert!(
@@ -1158,7 +1124,7 @@ fn admins_manage_tokens_over_the_api() {
         ),
     );
     let admin = token(&dir, "root", "admin", &[]);
-    let daemon = Daemon::start(&dir, &["--config", config.to_str().unwrap()]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
 
     // Minted once, answered once.
     let (status, minted) = call(
@@ -1380,7 +1346,7 @@ fn twenty_four_sigkills_lose_nothing() {
     let mut ids = Vec::new();
     let mut hits: HashMap<String, usize> = HashMap::new();
     for kill in 0..KILLS {
-        let mut daemon = Daemon::start(&dir, &[]);
+        let mut daemon = start(&dir, &[]);
         // Some of the manual runs left interrupted by earlier kills get a person's attention.
         let (_, waiting) = call(
             &daemon,
@@ -1440,7 +1406,7 @@ fn twenty_four_sigkills_lose_nothing() {
     );
 
     // A last life: interrupted manual runs are cancelled, auto ones finish by themselves.
-    let daemon = Daemon::start(&dir, &[]);
+    let daemon = start(&dir, &[]);
     let started = Instant::now();
     loop {
         let (_, waiting) = call(

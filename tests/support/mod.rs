@@ -332,3 +332,50 @@ pub fn serve(
         }
     }
 }
+
+/// How long a daemon may take to start listening.
+const DAEMON_START: Duration = Duration::from_secs(60);
+
+/// A running `shiphat serve`, killed when dropped. Its stderr lines arrive on `stderr`.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub stderr: std::sync::Mutex<std::sync::mpsc::Receiver<String>>,
+}
+
+impl Daemon {
+    /// Starts `shiphat serve --listen 127.0.0.1:0 ARGS` in `dir` and waits until it listens.
+    /// Relative paths in `args` are taken from `dir`.
+    pub fn start(dir: &TestDir, args: &[&str]) -> Daemon {
+        let mut command = dir.shiphat();
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
+        let (child, addr, rx) = serve(command, DAEMON_START);
+        Daemon {
+            child,
+            addr,
+            stderr: std::sync::Mutex::new(rx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that returns error statuses as responses and gives up after `deadline`.
+pub fn agent(deadline: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(deadline))
+        .build()
+        .into()
+}
