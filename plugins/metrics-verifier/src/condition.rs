@@ -20,6 +20,30 @@ impl Condition {
         Ok(condition)
     }
 
+    /// The line a chart can draw for this condition, when it is one comparison of `result`
+    /// with a number (`result < 0.01`, `0.95 <= result`): `(op, value)` with `result` on the
+    /// left. Anything richer has no single line, and gets `None`.
+    pub fn threshold(&self) -> Option<(&'static str, f64)> {
+        const OPS: [&str; 6] = ["<=", ">=", "==", "!=", "<", ">"];
+        let text = self.text.trim();
+        let (at, op) = OPS
+            .iter()
+            .find_map(|op| text.find(op).map(|at| (at, *op)))?;
+        let (left, right) = (text[..at].trim(), text[at + op.len()..].trim());
+        let mirrored = |op| match op {
+            "<" => ">",
+            ">" => "<",
+            "<=" => ">=",
+            ">=" => "<=",
+            same => same,
+        };
+        match (left, right) {
+            ("result", number) => Some((op, number.parse().ok()?)),
+            (number, "result") => Some((mirrored(op), number.parse().ok()?)),
+            _ => None,
+        }
+    }
+
     /// Whether the condition holds for `result`.
     pub fn eval(&self, result: f64) -> Result<bool, String> {
         let mut context = expr::Context::default();
@@ -41,4 +65,19 @@ fn one_line(e: impl std::fmt::Display) -> String {
         .filter(|l| !l.is_empty() && *l != "|")
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_of_simple_comparisons() {
+        let t = |text: &str| Condition::compile(text).unwrap().threshold();
+        assert_eq!(t("result < 0.01"), Some(("<", 0.01)));
+        assert_eq!(t("  result>=3 "), Some((">=", 3.0)));
+        assert_eq!(t("0.95 <= result"), Some((">=", 0.95)));
+        assert_eq!(t("result > 1 && result < 2"), None);
+        assert_eq!(t("result * 2 < 1"), None);
+    }
 }

@@ -216,6 +216,15 @@ impl<'a> Analysis<'a> {
                 metric.name.clone(),
                 json!({
                     "verdict": self.verdicts[i].as_str(),
+                    "success_condition": metric.success.as_ref().map(|c| &c.text),
+                    "failure_condition": metric.failure.as_ref().map(|c| &c.text),
+                    // The line a chart draws: the success condition's, else the failure's.
+                    "threshold": metric
+                        .success
+                        .iter()
+                        .chain(&metric.failure)
+                        .find_map(|c| c.threshold())
+                        .map(|(op, value)| json!({ "op": op, "value": value })),
                     "count": metric.count,
                     "successful": tally.successful,
                     "failed": tally.failed,
