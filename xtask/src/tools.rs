@@ -4,7 +4,9 @@
 //!   baseline), from Debian's packages;
 //! - `componentize-py` (tests/languages.rs builds the Python example) and `ansible-core` (the
 //!   benchmarks' smoke test), each in a virtual environment;
-//! - `componentize-js` (the JavaScript example), from the npm registry.
+//! - `componentize-js` (the JavaScript example), from the npm registry;
+//! - `chromium` from Debian's packages and `playwright-core` from the npm registry, which
+//!   drives it (tests/web.rs runs the web page in a real headless browser).
 //!
 //! Everything lands under `target/test-tools` (or `$SHIPHAT_TEST_TOOLS`), so a second run
 //! installs nothing.
@@ -19,6 +21,9 @@ use crate::run;
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 const ANSIBLE_CORE: &str = "ansible-core==2.17.7";
 const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+const PLAYWRIGHT_CORE: &str = "playwright-core@1.64.1";
+/// The programs the tests run, each from the Debian package of the same name.
+const DEBIAN: [&str; 3] = ["prometheus", "curl", "chromium"];
 
 /// Where the tools are, to hand to the test run.
 pub struct Tools {
@@ -38,6 +43,10 @@ impl Tools {
                 std::env::join_paths(dirs).expect("paths without separators"),
             )
             .env("SHIPHAT_JS_TOOLS", &self.js)
+            .env(
+                "SHIPHAT_PLAYWRIGHT",
+                self.js.join("node_modules/playwright-core"),
+            )
             .env("SHIPHAT_BENCH_ANSIBLE", &self.ansible);
     }
 }
@@ -50,10 +59,7 @@ fn on_path(program: &str) -> bool {
 }
 
 pub fn ensure() -> Result<Tools> {
-    let missing: Vec<&str> = ["prometheus", "curl"]
-        .into_iter()
-        .filter(|p| !on_path(p))
-        .collect();
+    let missing: Vec<&str> = DEBIAN.into_iter().filter(|p| !on_path(p)).collect();
     if !missing.is_empty() {
         if !on_path("apt-get") {
             bail!(
@@ -63,7 +69,7 @@ pub fn ensure() -> Result<Tools> {
         }
         eprintln!("xtask: installing {} with apt-get", missing.join(", "));
         run(Command::new("apt-get").arg("update").arg("-qq")).context(
-            "apt-get update failed (the tests need the Debian packages prometheus and curl)",
+            "apt-get update failed (the tests need the Debian packages prometheus, curl and chromium)",
         )?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq"])
@@ -98,22 +104,29 @@ pub fn ensure() -> Result<Tools> {
     }
 
     let js = dir.join("js");
-    if !js
-        .join("node_modules/@bytecodealliance/componentize-js")
-        .is_dir()
+    let npm_wants = [
+        (COMPONENTIZE_JS, "@bytecodealliance/componentize-js"),
+        (PLAYWRIGHT_CORE, "playwright-core"),
+    ];
+    if npm_wants
+        .iter()
+        .any(|(_, folder)| !js.join("node_modules").join(folder).is_dir())
     {
-        eprintln!("xtask: installing {COMPONENTIZE_JS} into {}", js.display());
+        eprintln!(
+            "xtask: installing {COMPONENTIZE_JS} and {PLAYWRIGHT_CORE} into {}",
+            js.display()
+        );
         std::fs::create_dir_all(&js)?;
         if !js.join("package.json").is_file() {
             std::fs::write(js.join("package.json"), "{\"private\": true}\n")?;
         }
-        run(Command::new("npm").current_dir(&js).args([
-            "install",
-            "--no-audit",
-            "--no-fund",
-            COMPONENTIZE_JS,
-        ]))
-        .context("npm install failed: the tests need componentize-js from the npm registry")?;
+        run(Command::new("npm")
+            .current_dir(&js)
+            .args(["install", "--no-audit", "--no-fund"])
+            .args(npm_wants.map(|(p, _)| p)))
+        .context(
+            "npm install failed: the tests need componentize-js and playwright-core from the npm registry",
+        )?;
     }
     Ok(Tools {
         ansible: python_bin.join("ansible-playbook"),

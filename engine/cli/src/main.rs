@@ -81,7 +81,8 @@ enum Command {
         engine: EngineArgs,
     },
     /// Run the daemon: an HTTP API that runs workflows, keeps their history and guards them
-    /// with tokens and locks (see docs/daemon.md).
+    /// with tokens and locks, and a web page at `/` to deploy and watch runs (see
+    /// docs/daemon.md).
     Serve {
         /// The address to listen on, instead of the config's (e.g. 127.0.0.1:0 for any port).
         #[arg(long, value_name = "ADDR")]

@@ -64,7 +64,11 @@ pub async fn serve(
             .join(", ")
     ));
     let daemon = Daemon::start(config, runner, store).await?;
-    output::note(&format!("listening on {}", daemon.local_addr()?));
+    let addr = daemon.local_addr()?;
+    output::note(&format!("listening on {addr}"));
+    output::note(&format!(
+        "web page: http://{addr}/ (sign in with a token from `shiphat token create`)"
+    ));
     daemon.run().await?;
     output::note("stopped");
     Ok(exit::OK)

@@ -47,6 +47,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/tokens"),
     ("post", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{name}"),
+    ("post", "/api/v1/session"),
+    ("get", "/api/v1/session"),
+    ("delete", "/api/v1/session"),
+    ("get", "/api/v1/events"),
+    ("get", "/api/v1/environments"),
     ("post", crate::chat::PATH),
 ];
 
@@ -75,8 +80,16 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
         .route("/audit", get(audit_log))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{name}", axum::routing::delete(delete_token))
+        .route("/session", post(sign_in).get(show_session).delete(sign_out))
+        .route("/events", get(all_events))
+        .route("/environments", get(list_environments))
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
+        .route("/", get(|| async { crate::web::asset("index.html") }))
+        .route(
+            "/assets/{name}",
+            get(|Path(name): Path<String>| async move { crate::web::asset(&name) }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route(
@@ -169,7 +182,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
-    let token = request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -177,19 +190,18 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(token_hash);
-    let principal = match token {
+    // A browser has no bearer token: its session cookie stands for the token it signed in
+    // with. A bearer token wins when both are sent.
+    let session = match bearer {
+        Some(_) => None,
+        None => app.sessions.find(request.headers()),
+    };
+    let hash = bearer.or_else(|| session.as_ref().map(|s| s.token_hash.clone()));
+    let principal = match hash {
         None => None,
-        Some(hash) => match app.config.principals.iter().find(|(h, _)| *h == hash) {
-            Some((_, p)) => Some(p.clone()),
-            None => match app.store.token(&hash) {
-                Ok(Some(t)) => Some(Principal {
-                    name: t.name,
-                    roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
-                    patterns: t.patterns,
-                }),
-                Ok(None) => None,
-                Err(e) => return ApiError::internal(e).into_response(),
-            },
+        Some(hash) => match principal_for(&app, &hash) {
+            Ok(p) => p,
+            Err(e) => return ApiError::internal(e).into_response(),
         },
     };
     let mutating = !matches!(*request.method(), Method::GET | Method::HEAD);
@@ -201,11 +213,26 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         .unwrap_or_else(|| request.uri().path().to_owned());
     let action = format!("{} {path}", request.method());
     let who = principal.as_ref().map(|p| p.name.clone());
+    // Signing in is the one call made without a principal: it checks its own token.
+    let signing_in = *request.method() == Method::POST && path == "/api/v1/session";
+    // A cookie is sent with any request to this origin, a forged one included; the CSRF
+    // token, which only the page can read, is what shows the page made the call.
+    let forged = mutating
+        && !signing_in
+        && principal.is_some()
+        && session
+            .as_ref()
+            .is_some_and(|s| !s.csrf_ok(request.headers()));
     let response = match principal {
+        _ if forged => ApiError::forbidden(
+            "a missing or wrong `X-CSRF-Token` header: the web page sends the token `GET /api/v1/session` returns; other clients use `Authorization: Bearer TOKEN`".to_owned(),
+        )
+        .into_response(),
         Some(p) => {
             request.extensions_mut().insert(p);
             next.run(request).await
         }
+        None if signing_in => next.run(request).await,
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "a valid bearer token is required: `Authorization: Bearer TOKEN` (create one with `shiphat token create`)",
@@ -244,6 +271,174 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
         }
     }
     response
+}
+
+/// Who a token's SHA-256 speaks for: a principal of the config file, or a token made by
+/// `shiphat token create`.
+fn principal_for(app: &App, hash: &str) -> Result<Option<Principal>, shiphat_store::Error> {
+    if let Some((_, p)) = app.config.principals.iter().find(|(h, _)| h == hash) {
+        return Ok(Some(p.clone()));
+    }
+    Ok(app.store.token(hash)?.map(|t| Principal {
+        name: t.name,
+        roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        patterns: t.patterns,
+    }))
+}
+
+/// `POST /api/v1/session`: exchanges an API token for a session cookie and a CSRF token.
+/// Only JSON is taken: a cross-site HTML form cannot send it without a CORS preflight, which
+/// this daemon never grants, so nobody can sign a browser in behind its owner's back.
+async fn sign_in(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the token as JSON: `Content-Type: application/json`, `{\"token\": \"...\"}`",
+        ));
+    }
+    let body = Body::parse(&body_bytes(body)?, &["token"])?;
+    let token = body.required("token")?;
+    let hash = token_hash(token.trim());
+    let Some(principal) = principal_for(&app, &hash)? else {
+        return Err(ApiError {
+            field: Some("token".into()),
+            ..ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unknown token: paste a token from `shiphat token create` or your admin",
+            )
+        });
+    };
+    let (id, session) = app.sessions.open(hash).map_err(ApiError::internal)?;
+    let mut response = Json(session_json(&principal, &session.csrf)).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        crate::web::set_cookie(Some(&id), &headers),
+    );
+    Ok(with_target(
+        response,
+        &principal.name,
+        Some(format!("signed in as `{}`", principal.name)),
+    ))
+}
+
+fn session_json(principal: &Principal, csrf: &str) -> Value {
+    json!({
+        "principal": principal.name,
+        "roles": principal.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        "patterns": principal.patterns,
+        "csrf": csrf,
+    })
+}
+
+/// `GET /api/v1/session`: who the browser is signed in as, with its CSRF token.
+async fn show_session(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    let session = app.sessions.find(&headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "no session: sign in with `POST /api/v1/session`",
+        )
+    })?;
+    Ok(Json(session_json(&caller, &session.csrf)))
+}
+
+/// `DELETE /api/v1/session`: signs the browser out and clears its cookie.
+async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    app.sessions.close(&headers);
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, crate::web::set_cookie(None, &headers));
+    with_target(response, "", Some("signed out".into()))
+}
+
+/// `GET /api/v1/environments`: see [`crate::environments`].
+async fn list_environments(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<Value>> {
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    Ok(Json(crate::environments::list(
+        &app,
+        |r| run_json(&app, r),
+        lock_json,
+    )?))
+}
+
+/// How long `GET /api/v1/events` gathers changes before it sends them: a run's burst of log
+/// lines becomes one notice per run, and a page refetches at most a few times a second.
+const FEED_COALESCE: Duration = Duration::from_millis(200);
+
+/// `GET /api/v1/events`: Server-Sent Events naming each run that changed (created, started,
+/// a step or a log line, ended), as `event: run` with data `{"run": ID}`; `{"run": null}`
+/// when notices were lost and everything should be read again. A list page listens here
+/// instead of polling.
+async fn all_events(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+    axum::Extension(Stop(stop)): axum::Extension<Stop>,
+) -> ApiResult<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>> {
+    use tokio::sync::broadcast::error::RecvError;
+    caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let mut live = app.live.subscribe();
+    tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                r = live.recv() => r,
+                () = stop.cancelled() => return,
+                () = tx.closed() => return,
+            };
+            let mut changed: Vec<Option<Arc<str>>> = Vec::new();
+            let mut note = |r: Result<Arc<str>, RecvError>| match r {
+                Ok(id) => {
+                    if !changed.iter().any(|c| c.as_ref() == Some(&id)) {
+                        changed.push(Some(id));
+                    }
+                    true
+                }
+                Err(RecvError::Lagged(_)) => {
+                    changed.push(None);
+                    true
+                }
+                Err(RecvError::Closed) => false,
+            };
+            if !note(first) {
+                return;
+            }
+            let window = tokio::time::sleep(FEED_COALESCE);
+            tokio::pin!(window);
+            loop {
+                tokio::select! {
+                    r = live.recv() => if !note(r) { return },
+                    () = &mut window => break,
+                }
+            }
+            if changed.contains(&None) {
+                changed = vec![None];
+            }
+            for id in changed {
+                let event = SseEvent::default()
+                    .event("run")
+                    .data(json!({ "run": id.as_deref() }).to_string());
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))
 }
 
 /// The caller, as `authenticate` found them.
@@ -350,7 +545,11 @@ fn with_target(mut response: Response, target: &str, outcome: Option<String>) ->
     response
 }
 
-fn run_json(app: &App, run: &Run) -> Value {
+pub(crate) fn run_json(app: &App, run: &Run) -> Value {
+    let (waiting_on, queue_position) = match app.waiting_on(&run.id) {
+        Some((holder, position)) => (holder, Some(position)),
+        None => (None, None),
+    };
     json!({
         "id": run.id,
         "workflow": run.workflow,
@@ -360,13 +559,16 @@ fn run_json(app: &App, run: &Run) -> Value {
         "principal": run.principal,
         "dry_run": run.dry_run,
         "concurrency_key": run.concurrency_key,
-        "queue_position": app.queue_position(&run.id),
+        "queue_position": queue_position,
+        "waiting_on": waiting_on,
+        "environment": run.inputs.get("environment").and_then(Value::as_str),
         "created_at": rfc3339(run.created_ms),
         "started_at": run.started_ms.map(rfc3339),
         "finished_at": run.finished_ms.map(rfc3339),
         "created_ms": run.created_ms,
         "started_ms": run.started_ms,
         "finished_ms": run.finished_ms,
+        "duration_ms": run.started_ms.zip(run.finished_ms).map(|(s, f)| (f - s).max(0)),
     })
 }
 
@@ -578,9 +780,38 @@ async fn show_run(
         })
         .collect::<Vec<_>>();
     let mut body = run_json(&app, &run);
+    body["plan"] = match app.workflows.get(&run.workflow) {
+        Some(prepared) => plan_json(&prepared.workflow),
+        None => json!([]),
+    };
     body["steps"] = Value::Array(steps);
     body["logs"] = logs.get("").cloned().unwrap_or(json!([]));
     Ok(Json(body))
+}
+
+/// Every step of `workflow` in order, with its section and plugin: what a run page shows
+/// before the steps start.
+fn plan_json(workflow: &shiphat_workflow::Workflow) -> Value {
+    let sections = [
+        ("steps", &workflow.steps),
+        ("on_failure", &workflow.on_failure),
+        ("finally", &workflow.finally),
+    ];
+    let steps = sections
+        .into_iter()
+        .flat_map(|(section, steps)| steps.iter().map(move |s| (section, s)))
+        .map(|(section, s)| {
+            let uses = match &s.uses {
+                shiphat_workflow::PluginRef::Name { name, .. } => name.clone(),
+                shiphat_workflow::PluginRef::Path { path, .. } => path
+                    .file_stem()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            };
+            json!({ "id": s.id, "name": s.name, "section": section, "uses": uses })
+        })
+        .collect();
+    Value::Array(steps)
 }
 
 /// The run's events as Server-Sent Events: first those stored (after `Last-Event-ID`), then

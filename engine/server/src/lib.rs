@@ -1,6 +1,7 @@
 //! The shiphat daemon: an HTTP API (axum) over the same runner as `shiphat run`, with durable
 //! run history, bearer-token auth with roles, an audit log, deploy locks, a FIFO queue per
-//! concurrency key, live event streams (SSE), Prometheus metrics and crash recovery.
+//! concurrency key, live event streams (SSE), Prometheus metrics, crash recovery, and the web
+//! page (`web`: assets built in, token sign-in for a session cookie, CSRF tokens).
 //!
 //! It takes a [`Runner`] and a [`Store`] and knows neither wasmtime nor SQLite. It never
 //! prints: what a person should see goes to `tracing`, and [`Daemon::local_addr`] tells the
@@ -10,8 +11,10 @@ mod api;
 mod auth;
 mod chat;
 mod config;
+mod environments;
 mod metrics;
 mod scheduler;
+mod web;
 mod workflows;
 
 use std::net::SocketAddr;

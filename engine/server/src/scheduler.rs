@@ -34,6 +34,8 @@ pub struct App {
     pub live: broadcast::Sender<Arc<str>>,
     /// False once shutdown began: no new runs.
     pub accepting: AtomicBool,
+    /// The web page's signed-in browsers.
+    pub sessions: crate::web::Sessions,
     sched: Mutex<Sched>,
     /// Notified whenever a run ends, so shutdown can wait for the running ones.
     ended: tokio::sync::Notify,
@@ -82,6 +84,7 @@ impl App {
             metrics: Metrics::new(),
             live: broadcast::channel(LIVE_CAPACITY).0,
             accepting: AtomicBool::new(true),
+            sessions: crate::web::Sessions::default(),
             sched: Mutex::new(Sched::default()),
             ended: tokio::sync::Notify::new(),
         })
@@ -153,6 +156,7 @@ impl App {
         if created {
             self.metrics.run_status(&recorded.workflow, "queued");
             self.enqueue(recorded.clone());
+            let _ = self.live.send(Arc::from(recorded.id.as_str()));
         }
         Ok((recorded, created))
     }
@@ -449,13 +453,14 @@ impl App {
         Ok(moved)
     }
 
-    /// The position of each waiting run in its key's queue (1 = next).
-    pub fn queue_position(&self, run: &str) -> Option<usize> {
+    /// For a queued run: the run holding its concurrency key (if one does) and its place in
+    /// the key's queue (1 = next).
+    pub fn waiting_on(&self, run: &str) -> Option<(Option<String>, usize)> {
         let sched = self.sched.lock().unwrap();
-        sched
-            .keys
-            .values()
-            .find_map(|k| k.waiting.iter().position(|r| r == run).map(|p| p + 1))
+        sched.keys.values().find_map(|k| {
+            let at = k.waiting.iter().position(|r| r == run)?;
+            Some((k.holder.clone(), at + 1))
+        })
     }
 
     /// Shutdown: refuse new runs, then wait for running ones up to the grace period.

@@ -578,7 +578,7 @@ fn start(
     let mut text = format!(
         "started the {label} as run `{}`{}",
         run.id,
-        if run.status == RunStatus::Queued && app.queue_position(&run.id).is_some() {
+        if run.status == RunStatus::Queued && app.waiting_on(&run.id).is_some() {
             " (queued behind the run in progress)"
         } else {
             ""

@@ -1,0 +1,122 @@
+//! `GET /api/v1/environments`: what is deployed where, by whom and when, read off the run
+//! history and the locks. An environment is a lock key: the concurrency key a run takes, or
+//! its workflow's name when it has none, which is what `PUT /locks/{key}` and a refused
+//! run name too.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use shiphat_store::{Run, RunFilter, RunStatus};
+
+use crate::scheduler::App;
+
+/// How many of the latest runs are read to find the environments. A deploy older than the
+/// last 500 runs of the whole daemon is history, not "what is deployed now", for any team
+/// this serves; the bound keeps the page's query in the milliseconds.
+const RECENT_RUNS: u32 = 500;
+/// How many deploys each environment lists.
+const DEPLOYS_SHOWN: usize = 10;
+/// The inputs that name what a run deploys, in the order they are looked for.
+const RELEASE_INPUTS: [&str; 4] = ["release", "version", "ref", "tag"];
+
+/// Each environment, by key: its latest deploy that succeeded (what runs there now), the run
+/// in progress, how many wait, its lock, and its last deploys with rollbacks marked. Dry runs
+/// change nothing and are left out.
+pub fn list(
+    app: &App,
+    run_json: impl Fn(&Run) -> Value,
+    lock_json: impl Fn(&shiphat_store::Lock) -> Value,
+) -> Result<Value, shiphat_store::Error> {
+    let runs = app.store.list_runs(&RunFilter {
+        workflow: None,
+        status: None,
+        before: None,
+        limit: RECENT_RUNS,
+    })?;
+    // Newest first, as the store lists them.
+    // Each key's workflow (a lock can name a key no workflow takes) and runs.
+    let mut by_key: BTreeMap<String, (Option<String>, Vec<&Run>)> = BTreeMap::new();
+    for run in runs.iter().filter(|r| !r.dry_run) {
+        let key = run
+            .concurrency_key
+            .clone()
+            .unwrap_or_else(|| run.workflow.clone());
+        let entry = by_key.entry(key).or_default();
+        entry.0.get_or_insert_with(|| run.workflow.clone());
+        entry.1.push(run);
+    }
+    // Workflows that never ran still have an environment when their key does not depend on
+    // the inputs: it can be locked before the first deploy.
+    for prepared in app.workflows.all().iter() {
+        let w = &prepared.workflow;
+        let key = match &w.concurrency {
+            None => Some(w.name.clone()),
+            Some(c) if !c.key.source().contains("${{") => Some(c.key.source().to_owned()),
+            Some(_) => None,
+        };
+        if let Some(key) = key {
+            by_key
+                .entry(key)
+                .or_default()
+                .0
+                .get_or_insert_with(|| w.name.clone());
+        }
+    }
+    let locks = app.store.locks()?;
+    for lock in &locks {
+        by_key.entry(lock.key.clone()).or_default();
+    }
+
+    let mut environments = Vec::new();
+    for (key, (workflow, runs)) in by_key {
+        let newest = runs.first();
+        let current = runs.iter().find(|r| r.status == RunStatus::Succeeded);
+        let active = runs.iter().find(|r| r.status == RunStatus::Running);
+        let queued = runs
+            .iter()
+            .filter(|r| r.status == RunStatus::Queued)
+            .count();
+        let mut deploys = Vec::new();
+        for run in runs.iter().take(DEPLOYS_SHOWN) {
+            let mut body = with_release(run_json(run), run);
+            body["rolled_back"] = rolled_back(app, run)?.into();
+            deploys.push(body);
+        }
+        environments.push(json!({
+            "key": key,
+            "workflow": workflow,
+            "environment": newest.and_then(|r| r.inputs.get("environment")).and_then(Value::as_str),
+            "current": current.map(|r| with_release(run_json(r), r)),
+            "active": active.map(|r| with_release(run_json(r), r)),
+            "queued": queued,
+            "lock": locks.iter().find(|l| l.key == key).map(&lock_json),
+            "deploys": deploys,
+        }));
+    }
+    Ok(json!({ "environments": environments }))
+}
+
+/// Adds `release`: the first of the run's [`RELEASE_INPUTS`] it has, as text.
+fn with_release(mut body: Value, run: &Run) -> Value {
+    body["release"] = RELEASE_INPUTS
+        .iter()
+        .find_map(|name| match run.inputs.get(*name)? {
+            Value::String(s) => Some(Value::String(s.clone())),
+            Value::Number(n) => Some(Value::String(n.to_string())),
+            _ => None,
+        })
+        .unwrap_or(Value::Null);
+    body
+}
+
+/// Whether a step of the run's `on_failure` section ran and succeeded: its failure was undone.
+fn rolled_back(app: &App, run: &Run) -> Result<bool, shiphat_store::Error> {
+    if run.status != RunStatus::Failed {
+        return Ok(false);
+    }
+    Ok(app
+        .store
+        .steps(&run.id)?
+        .iter()
+        .any(|s| s.section == "on_failure" && s.status == "succeeded"))
+}
