@@ -15,6 +15,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// Where the demo app serves its metrics when the port is free: `metrics_url`'s default in
+/// `workflows/deploy.yaml`.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+
 /// The release whose app fails 8% of its requests.
 pub const BAD_RELEASE: &str = "3";
 
@@ -54,7 +58,10 @@ impl Demo {
         std::fs::create_dir_all(dir.join("reports"))?;
         std::fs::write(dir.join("reports/junit.xml"), JUNIT)?;
         std::fs::create_dir_all(dir.join("www"))?;
-        let listener = TcpListener::bind("127.0.0.1:0")
+        // The port `workflows/deploy.yaml` names by default, so a deploy started from the web
+        // page needs no input but the release; any free port when it is taken.
+        let listener = TcpListener::bind(DEFAULT_METRICS)
+            .or_else(|_| TcpListener::bind("127.0.0.1:0"))
             .context("cannot open a loopback port for the demo app")?;
         let metrics_addr = listener.local_addr()?;
         let www = dir.join("www");

@@ -17,10 +17,12 @@ usage: cargo xtask <task>
 
 tasks:
   demo      build the engine and the plugins, prepare a demo target, deploy release 2 with
-            workflows/deploy.yaml (`demo --bad`: a release whose metrics breach, rolled back)
-  test      build the plugins, install what the tests need (prometheus and curl from
-            Debian, componentize-py and ansible-core from PyPI, componentize-js from npm;
-            pinned, into target/test-tools), then run every test (cargo test --workspace)
+            workflows/deploy.yaml (`demo --bad`: a release whose metrics breach, rolled back;
+            `demo --serve`: the daemon and its web page on http://127.0.0.1:7300/ instead)
+  test      build the plugins, install what the tests need (prometheus, curl and chromium
+            from Debian, componentize-py and ansible-core from PyPI, componentize-js and
+            playwright-core from npm; pinned, into target/test-tools), then run every test
+            (cargo test --workspace); screenshots of the web page land in artifacts/screenshots
   plugins   build the plugins into plugins/target/wasm32-wasip2/release
   lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins";
 
@@ -125,6 +127,9 @@ fn demo(args: &[String]) -> Result<()> {
     eprintln!(
         "xtask: preparing the demo in workflows/.demo: a sample site, a JUnit report, an app serving {metrics_url}; release 1 is deployed first"
     );
+    if args.iter().any(|a| a == "--serve") {
+        return serve_demo(&shiphat, &demo);
+    }
     if deploy("1", true)? != 0 {
         bail!("deploying release 1 to prepare the demo failed; run it by hand to see why");
     }
@@ -136,6 +141,75 @@ fn demo(args: &[String]) -> Result<()> {
         demo.current()?
     );
     std::process::exit(code);
+}
+
+/// `cargo xtask demo --serve`: the daemon and its web page over the demo, with an admin
+/// token made for the occasion, until Ctrl-C. The demo app keeps serving its metrics from
+/// this process meanwhile.
+fn serve_demo(shiphat: &std::path::Path, demo: &demo::Demo) -> Result<()> {
+    let data = root().join("workflows/.demo/data");
+    let listen = "127.0.0.1:7300";
+    let created = Command::new(shiphat)
+        .args([
+            "token",
+            "create",
+            "demo-admin",
+            "--role",
+            "admin",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .context("cannot run `shiphat token create`")?;
+    if !created.status.success() {
+        bail!(
+            "`shiphat token create` failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let token = String::from_utf8(created.stdout)?.trim().to_owned();
+    if demo.metrics_addr.to_string() != demo::DEFAULT_METRICS {
+        eprintln!(
+            "xtask: {} was taken; give the deploy form `metrics_url` = http://{}/metrics",
+            demo::DEFAULT_METRICS,
+            demo.metrics_addr
+        );
+    }
+    let mut daemon = Command::new(shiphat)
+        .args(["serve", "--listen", listen, "--data-dir"])
+        .arg(&data)
+        .arg("--workflows")
+        .arg(root().join("workflows"))
+        .spawn()
+        .context("cannot start `shiphat serve`")?;
+    // Release 1 goes through the daemon, so its history says what is deployed from the start.
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(listen).is_err() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = daemon.kill();
+            bail!(
+                "`shiphat serve` did not listen on {listen} within a minute (is the port taken?)"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let first = Command::new(shiphat)
+        .args(["run", "deploy", "--input", "release=1", "--input"])
+        .arg(format!("metrics_url=http://{}/metrics", demo.metrics_addr))
+        .arg("--server")
+        .arg(format!("http://{listen}"))
+        .env("SHIPHAT_TOKEN", &token)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !first.success() {
+        let _ = daemon.kill();
+        bail!("deploying release 1 through the daemon failed; see its log above");
+    }
+    eprintln!(
+        "\nxtask: release 1 is deployed. Open http://{listen}/ and sign in with the token\n\n    {token}\n\nthen deploy release 2 (or 3, the bad one) from the Deploy page. Ctrl-C stops.\n"
+    );
+    let status = daemon.wait()?;
+    std::process::exit(status.code().unwrap_or(0));
 }
 
 fn test(args: &[String]) -> Result<()> {
