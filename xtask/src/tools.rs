@@ -8,6 +8,8 @@
 //! - `chromium` from Debian's packages and `playwright-core` from the npm registry, which
 //!   drives it (tests/web.rs runs the web page in a real headless browser).
 //!
+//! The npm packages are pinned, with everything they pull in, by `xtask/js/package-lock.json`.
+//!
 //! Everything lands under `target/test-tools` (or `$SHIPHAT_TEST_TOOLS`), so a second run
 //! installs nothing.
 
@@ -20,8 +22,6 @@ use crate::run;
 
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 const ANSIBLE_CORE: &str = "ansible-core==2.17.7";
-const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
-const PLAYWRIGHT_CORE: &str = "playwright-core@1.64.1";
 /// The programs the tests run, each from the Debian package of the same name.
 const DEBIAN: [&str; 3] = ["prometheus", "curl", "chromium"];
 
@@ -103,29 +103,30 @@ pub fn ensure() -> Result<Tools> {
         .context("pip install failed: the tests need componentize-py and ansible-core from PyPI")?;
     }
 
+    // The npm packages come from xtask/js: exact versions, and a lock file for everything they
+    // pull in. A caret range deep in componentize-js's tree once resolved to a set that lacks
+    // a module it imports; `npm ci` installs exactly what the lock says, every time.
     let js = dir.join("js");
-    let npm_wants = [
-        (COMPONENTIZE_JS, "@bytecodealliance/componentize-js"),
-        (PLAYWRIGHT_CORE, "playwright-core"),
-    ];
-    if npm_wants
-        .iter()
-        .any(|(_, folder)| !js.join("node_modules").join(folder).is_dir())
+    let pinned = crate::root().join("xtask/js");
+    let lock = std::fs::read(pinned.join("package-lock.json"))
+        .context("xtask/js/package-lock.json is missing")?;
+    if std::fs::read(js.join("package-lock.json")).ok().as_ref() != Some(&lock)
+        || !js.join("node_modules").is_dir()
     {
         eprintln!(
-            "xtask: installing {COMPONENTIZE_JS} and {PLAYWRIGHT_CORE} into {}",
+            "xtask: installing componentize-js and playwright-core (xtask/js/package-lock.json) into {}",
             js.display()
         );
         std::fs::create_dir_all(&js)?;
-        if !js.join("package.json").is_file() {
-            std::fs::write(js.join("package.json"), "{\"private\": true}\n")?;
+        for file in ["package.json", "package-lock.json"] {
+            std::fs::copy(pinned.join(file), js.join(file))
+                .with_context(|| format!("cannot copy xtask/js/{file}"))?;
         }
         run(Command::new("npm")
             .current_dir(&js)
-            .args(["install", "--no-audit", "--no-fund"])
-            .args(npm_wants.map(|(p, _)| p)))
+            .args(["ci", "--no-audit", "--no-fund"]))
         .context(
-            "npm install failed: the tests need componentize-js and playwright-core from the npm registry",
+            "npm ci failed: the tests need componentize-js and playwright-core from the npm registry",
         )?;
     }
     Ok(Tools {
