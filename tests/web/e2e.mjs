@@ -253,7 +253,7 @@ try {
   await shot(page, 'phone-run.png', true);
 
   // 7. A viewer.
-  step(7, 'viewer: no Deploy, no lock controls');
+  step(7, 'viewer, signed in with the keyboard alone: no Deploy, no lock controls');
   const vctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const vpage = await vctx.newPage();
   vpage.setDefaultTimeout(WAIT);
@@ -261,7 +261,15 @@ try {
   page = vpage;
   await vpage.goto(`${BASE}/`);
   await vpage.waitForSelector(tid('signin-form'));
-  await signIn(vpage, VIEWER);
+  // Keyboard only: Tab to the token field (a bounded number of presses), type, Enter.
+  let tabs = 0;
+  while (!(await vpage.evaluate(() => document.activeElement?.id === 'token'))) {
+    check(++tabs <= 15, 'Tab never reaches the token field');
+    await vpage.keyboard.press('Tab');
+  }
+  await vpage.keyboard.type(VIEWER);
+  await vpage.keyboard.press('Enter');
+  await vpage.waitForFunction(() => location.hash.startsWith('#/runs') && !!document.querySelector('[data-testid="principal"]')?.textContent, null, { timeout: WAIT });
   await vpage.waitForSelector(tid('run-row'));
   check(!(await vpage.isVisible(tid('nav-deploy'))), 'a viewer sees the Deploy link');
   check(await vpage.locator(tid('deploy-button')).count() === 0, 'a viewer sees a Deploy button');
