@@ -2,7 +2,9 @@
 # The daemon's throughput and memory: no-op steps per second through `shiphat serve` at 1, 10
 # and 50 concurrent runs of a 100-step chain, the resident memory of a fresh daemon, the memory
 # each queued run adds, and the fsync latency of the disk the store is on (the ceiling of one
-# run: each step commits its start and its end, one fsync each, one after the other).
+# run: each step commits its start and its end, one fsync each, one after the other). Then
+# what the web page waits for: the page itself and the API calls behind its views, timed on
+# the history the benchmark left (hundreds of runs, a thousand queued).
 #
 # Usage: bench/daemon.sh [--quick] [--no-build]
 # Prints one Markdown table on stdout; progress goes to stderr. Needs curl and python3 (for the
@@ -142,6 +144,21 @@ queued=$(curl -sS --max-time 10 "$url/metrics" | awk '/^shiphat_queue_depth/ { p
 sleep 1
 after_kib=$(rss_kib)
 
+# The web page's calls, each the median of 20 requests, on the history above.
+median_ms() { # PATH: the median time of 20 GETs, in milliseconds
+  for _ in $(seq 1 20); do
+    curl -sS --max-time 60 -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $token" "$url$1"
+  done | sort -n | awk '{ t[NR] = $1 } END { printf "%.2f", t[int((NR + 1) / 2)] * 1000 }'
+}
+chain_run=$(api "$url/api/v1/runs?workflow=chain&status=succeeded&limit=1" \
+  | grep -o '"id":"[^"]*"' | head -n1 | cut -d'"' -f4)
+page_rows=(
+  "| web: \`GET /\` (the page) | $(median_ms /) ms |  |"
+  "| web: runs list, \`GET /api/v1/runs?limit=50\` | $(median_ms '/api/v1/runs?limit=50') ms |  |"
+  "| web: a 100-step run, \`GET /api/v1/runs/{id}\` | $(median_ms "/api/v1/runs/$chain_run") ms |  |"
+  "| web: environments, \`GET /api/v1/environments\` | $(median_ms /api/v1/environments) ms |  |"
+)
+
 # The disk: fsync latency of a 4 KiB append in the data directory.
 fsync=$(python3 - "$work/data/fsync-probe" <<'EOF'
 import os, sys, time
@@ -167,3 +184,4 @@ awk -v b="$before_kib" -v a="$after_kib" -v n="$QUEUED" -v q="$queued" \
 echo "| fsync of a 4 KiB append (median / p90) | $fsync_median / $fsync_p90 ms |  |"
 awk -v m="$fsync_median" \
   'BEGIN { printf "| ceiling of one run: 1 / (2 × median fsync) | %.0f steps/s |  |\n", 1000 / (2 * m) }'
+for row in "${page_rows[@]}"; do echo "$row"; done

@@ -78,4 +78,8 @@ fn the_daemon_benchmark_runs_once() {
         stdout.contains("steps/s"),
         "no throughput row in:\n{stdout}"
     );
+    assert!(
+        stdout.contains("web: environments"),
+        "no web page row in:\n{stdout}"
+    );
 }
