@@ -99,6 +99,15 @@ steps:
     with: { message: hello }
 "#;
 
+/// A run to interrupt: the daemon is killed while its one step sleeps.
+const SLOW: &str = r#"
+name: slow
+steps:
+  - id: wait
+    uses: echo
+    with: { message: waiting, sleep_ms: 1500 }
+"#;
+
 const JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 <testsuites tests="2" failures="0">
   <testsuite name="site" tests="2" failures="0">
@@ -523,6 +532,7 @@ fn browser_tools() -> (PathBuf, PathBuf) {
 fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
     let (playwright, chromium) = browser_tools();
     let dir = setup();
+    let interrupted = interrupt_a_run(&dir);
     let daemon = start(&dir);
     let shots = screenshots();
     let script = support::root().join("tests/web/e2e.mjs");
@@ -535,6 +545,7 @@ fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
         .env("SHIPHAT_SCREENSHOTS", &shots)
         .env("SHIPHAT_PLAYWRIGHT", &playwright)
         .env("SHIPHAT_CHROMIUM", &chromium)
+        .env("SHIPHAT_INTERRUPTED", &interrupted)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -579,6 +590,46 @@ fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
         assert!(size > 1000, "no screenshot `{}`\n{log}", file.display());
     }
     assert_deployed(&dir.path().join("workflows"), "staging", "2");
+}
+
+/// Starts a run of `slow`, kills the daemon (SIGKILL) while its step runs, and returns the
+/// run's id: the next daemon finds it `interrupted`, for the page to resume.
+fn interrupt_a_run(dir: &TestDir) -> String {
+    dir.write("workflows/slow.yaml", SLOW);
+    let daemon = start(dir);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let (status, _, body) = call(
+        &daemon,
+        "POST",
+        "/api/v1/runs",
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        Some(r#"{"workflow": "slow"}"#),
+    );
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    loop {
+        let (_, _, run) = call(
+            &daemon,
+            "GET",
+            &format!("/api/v1/runs/{id}"),
+            &[("authorization", &bearer)],
+            None,
+        );
+        if run["steps"][0]["status"] == "running" {
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the step never started: {run}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(daemon);
+    id
 }
 
 /// After the scenario, the target's `current` is the release the page last saw succeed (the

@@ -6,9 +6,10 @@
 //   SHIPHAT_SCREENSHOTS    an existing folder for the PNGs
 //   SHIPHAT_PLAYWRIGHT     absolute path of the playwright-core package folder
 //   SHIPHAT_CHROMIUM       the browser (default /usr/bin/chromium)
+//   SHIPHAT_INTERRUPTED    the id of a run the daemon was killed during (step 8 resumes it)
 // The daemon serves one workflow `deploy` (inputs release 1|2|3, environment staging|production,
 // note, smoke; steps qa, deploy, verify, on_failure rollback; release 3 breaches the metric)
-// and nothing is deployed yet. Exits 0 and prints `e2e: ok (N screenshots)`, or exits 1 with
+// and nothing is deployed yet; a workflow `slow` has the interrupted run. Exits 0 and prints `e2e: ok (N screenshots)`, or exits 1 with
 // the failing step and a failure.png.
 
 import path from 'node:path';
@@ -25,6 +26,7 @@ const VIEWER = env('SHIPHAT_VIEWER_TOKEN');
 const SHOTS = env('SHIPHAT_SCREENSHOTS');
 const PW = env('SHIPHAT_PLAYWRIGHT');
 const CHROMIUM = env('SHIPHAT_CHROMIUM', '/usr/bin/chromium');
+const INTERRUPTED = env('SHIPHAT_INTERRUPTED');
 
 const WAIT = 30_000;      // any single wait: the runs take about a second each
 const LONG = 60_000;      // waiting for a whole run to finish
@@ -126,6 +128,7 @@ let failed = false;
 try {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   page = await context.newPage();
+  const admin = page;
   page.setDefaultTimeout(WAIT);
   page.setDefaultNavigationTimeout(WAIT);
   watch(page, 'admin');
@@ -281,6 +284,17 @@ try {
   await vpage.goto(`${BASE}/#/runs/${encodeURIComponent(badRun)}`);
   await vpage.waitForSelector(tid('run-status'));
   check(await vpage.locator(tid('cancel-run')).count() === 0, 'a viewer sees a Cancel button');
+
+  await vpage.goto(`${BASE}/#/runs/${encodeURIComponent(INTERRUPTED)}`);
+  await vpage.waitForSelector(`${tid('run-status')}[data-status="interrupted"]`);
+  check(await vpage.locator(tid('resume-run')).count() === 0, 'a viewer sees a Resume button');
+
+  step(8, 'a run the daemon was killed during: the admin resumes it from its page');
+  page = admin;
+  await admin.goto(`${BASE}/#/runs/${encodeURIComponent(INTERRUPTED)}`);
+  await admin.waitForSelector(`${tid('run-status')}[data-status="interrupted"]`);
+  await admin.click(tid('resume-run'));
+  await runEnds(admin, 'succeeded');
 
   check(pageProblems.length === 0, `the page reported problems:\n  ${pageProblems.join('\n  ')}`);
   console.log(`e2e: ok (${shots} screenshots)`);

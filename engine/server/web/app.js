@@ -453,7 +453,7 @@ async function viewRun(root, show, alive, id) {
   const runLogsBox = h('div');
   root.append(headBox, stepsBox, runLogsBox);
 
-  const renderHead = () => headBox.replaceChildren(runHeader(model, cancel));
+  const renderHead = () => headBox.replaceChildren(runHeader(model, cancel, resume));
   const renderAll = () => {
     renderHead();
     stepsBox.replaceChildren(timeline(model));
@@ -466,6 +466,16 @@ async function viewRun(root, show, alive, id) {
     try {
       await api('POST', `/api/v1/runs/${encodeURIComponent(model.run.id)}/cancel`);
       msg.textContent = 'Cancelling…';
+      refreshHead().catch(() => {});
+    } catch (e) { msg.textContent = e.message; btn.disabled = false; }
+  };
+
+  // An interrupted run (the daemon stopped mid-run) goes on from its step in flight.
+  const resume = async (btn, msg) => {
+    btn.disabled = true;
+    try {
+      await api('POST', `/api/v1/runs/${encodeURIComponent(model.run.id)}/resume`);
+      msg.textContent = 'Resuming…';
       refreshHead().catch(() => {});
     } catch (e) { msg.textContent = e.message; btn.disabled = false; }
   };
@@ -581,7 +591,7 @@ function rollbackState(model) {
   return ran.every((st) => st.status === 'succeeded') ? 'rolled back' : 'rollback failed';
 }
 
-function runHeader(model, cancel) {
+function runHeader(model, cancel, resume) {
   const r = model.run;
   const running = r.status === 'running';
   const fact = (label, value, testid) => h('div', { class: 'fact' }, h('dt', null, label), h('dd', { testid }, value));
@@ -590,6 +600,10 @@ function runHeader(model, cancel) {
   const canCancel = !TERMINAL.has(r.status) && role.canCancel(r);
   const cancelBtn = canCancel ? h('button', { type: 'button', class: 'btn btn-danger', testid: 'cancel-run' }, 'Cancel run') : null;
   if (cancelBtn) cancelBtn.addEventListener('click', () => cancel(cancelBtn, msg));
+  // Resuming takes the same right as cancelling: one's own run, or an admin.
+  const resumeBtn = r.status === 'interrupted' && role.canCancel(r)
+    ? h('button', { type: 'button', class: 'btn', testid: 'resume-run' }, 'Resume run') : null;
+  if (resumeBtn) resumeBtn.addEventListener('click', () => resume(resumeBtn, msg));
 
   let why = null;
   if (r.status === 'queued') {
@@ -606,7 +620,7 @@ function runHeader(model, cancel) {
         badge(r.status, { testid: 'run-status' }),
         rb ? h('span', { class: ['tag', rb === 'rolled back' ? 'tag-warn' : 'tag-bad'], testid: 'rolled-back' }, `↩ ${rb}`) : null,
         r.dry_run ? h('span', { class: 'tag' }, 'dry run') : null,
-        cancelBtn, msg)),
+        resumeBtn, cancelBtn, msg)),
     why,
     r.detail ? h('p', { class: 'detail', testid: 'run-detail' }, r.detail) : null,
     h('dl', { class: 'facts' },
