@@ -460,25 +460,19 @@ async function viewRun(root, show, alive, id) {
     runLogsBox.replaceChildren(runLogsPanel(model));
   };
 
-  const cancel = async (btn, msg) => {
-    if (!confirm(`Cancel run ${model.run.id}?`)) return;
+  // POSTs `/runs/ID/<action>` for a header button, then shows the run's new state.
+  const act = (action, pending) => async (btn, msg) => {
     btn.disabled = true;
     try {
-      await api('POST', `/api/v1/runs/${encodeURIComponent(model.run.id)}/cancel`);
-      msg.textContent = 'Cancelling…';
+      await api('POST', `/api/v1/runs/${encodeURIComponent(model.run.id)}/${action}`);
+      msg.textContent = pending;
       refreshHead().catch(() => {});
     } catch (e) { msg.textContent = e.message; btn.disabled = false; }
   };
-
+  const cancelNow = act('cancel', 'Cancelling…');
+  const cancel = (btn, msg) => confirm(`Cancel run ${model.run.id}?`) && cancelNow(btn, msg);
   // An interrupted run (the daemon stopped mid-run) goes on from its step in flight.
-  const resume = async (btn, msg) => {
-    btn.disabled = true;
-    try {
-      await api('POST', `/api/v1/runs/${encodeURIComponent(model.run.id)}/resume`);
-      msg.textContent = 'Resuming…';
-      refreshHead().catch(() => {});
-    } catch (e) { msg.textContent = e.message; btn.disabled = false; }
-  };
+  const resume = act('resume', 'Resuming…');
 
   // The header (status, queue position, detail) comes from GET: cheap, and it covers what the
   // event stream does not say, e.g. a queued run's position or a cancel before it started.
