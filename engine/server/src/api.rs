@@ -316,6 +316,8 @@ async fn sign_in(
             )
         });
     };
+    // A browser signing in again (another token, say) leaves no older session behind.
+    app.sessions.close(&headers);
     let (id, session) = app.sessions.open(hash).map_err(ApiError::internal)?;
     let mut response = Json(session_json(&principal, &session.csrf)).into_response();
     response.headers_mut().insert(

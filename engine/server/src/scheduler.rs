@@ -30,7 +30,7 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub workflows: Workflows,
     pub metrics: Metrics,
-    /// Run ids whose events were just committed: wakes the event streams.
+    /// Run ids that just changed (recorded, or events committed): wakes the event streams.
     pub live: broadcast::Sender<Arc<str>>,
     /// False once shutdown began: no new runs.
     pub accepting: AtomicBool,
