@@ -228,10 +228,21 @@ try {
   check(await staging.locator(tid('lock-info')).count() === 0, 'the lock is still shown after unlocking');
 
   // 5. Filter the runs list.
-  step(5, 'runs list filtered by status failed shows only the failed run');
+  step(5, 'runs list: a run started elsewhere appears and ends live; the failed filter');
   await page.click(tid('nav-runs'));
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="run-row"]').length >= 2, null, { timeout: WAIT });
   await shot(page, 'runs.png');
+  // The list follows runs started elsewhere without a reload: one started over the API
+  // appears, then turns succeeded.
+  const started = await fetch(`${BASE}/api/v1/runs`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ workflow: 'slow' }),
+  });
+  check(started.status === 202, `starting a run over the API answered ${started.status}`);
+  const apiRun = (await started.json()).id;
+  await page.waitForSelector(`${tid('run-row')}[data-run-id="${apiRun}"]`, { timeout: WAIT });
+  await page.waitForSelector(`${tid('run-row')}[data-run-id="${apiRun}"][data-status="succeeded"]`, { timeout: WAIT });
   await page.selectOption(tid('filter-status'), 'failed');
   await page.waitForFunction(() => {
     const rows = [...document.querySelectorAll('[data-testid="run-row"]')];
