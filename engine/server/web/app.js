@@ -683,7 +683,8 @@ function stepEl(model, st) {
         h('span', { class: ['step-status', `st-${status}`] }, status),
         glance ? h('span', { class: 'glance-summary ellipsis', title: glance }, glance) : null)),
     h('div', { class: 'step-detail' },
-      st.summary ? h('p', { class: 'summary' }, st.summary) : null,
+      // A failed step's summary is its error message; say it once, with the error's kind.
+      st.summary && st.summary !== st.error?.message ? h('p', { class: 'summary' }, st.summary) : null,
       st.error ? h('p', { class: 'error step-error', testid: `step-error-${st.id}` }, h('strong', null, st.error.kind), ': ', st.error.message) : null,
       h('h3', null, 'Logs'), st.logs.length || st.status === 'running' ? logsPre : h('p', { class: 'muted small' }, 'No log lines.'),
       outputsEl(st)));
