@@ -99,13 +99,17 @@ steps:
     with: { message: hello }
 "#;
 
-/// A run to interrupt: the daemon is killed while its one step sleeps.
+/// A run to interrupt: the daemon is killed while its one step sleeps. Its step's name and
+/// log line are long, one of them without a space, for the page to wrap on a phone.
 const SLOW: &str = r#"
 name: slow
 steps:
   - id: wait
+    name: Wait for the downstream caches of every region to expire before the next deploy may start
     uses: echo
-    with: { message: waiting, sleep_ms: 1500 }
+    with:
+      message: "waiting-on-https://cdn.example/regions/eu-west-1/caches/expiry?ids=0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+      sleep_ms: 1500
 "#;
 
 const JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
@@ -584,6 +588,7 @@ fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
         "environments",
         "deploy-refused",
         "phone-run",
+        "phone-long-names",
     ] {
         let file = shots.join(format!("{shot}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);

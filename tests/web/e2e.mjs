@@ -252,7 +252,7 @@ try {
   check(failedIds.length === 1 && failedIds[0] === badRun, `the failed filter shows ${failedIds.join(', ')} instead of ${badRun}`);
 
   // 6. A phone.
-  step(6, 'phone viewport 390×844: no horizontal scroll');
+  step(6, 'phone viewport 390×844: no horizontal scroll, long names and log lines included');
   await page.setViewportSize({ width: 390, height: 844 });
   await page.goto(`${BASE}/#/runs`);
   await page.waitForSelector(tid('run-row'));
@@ -265,6 +265,13 @@ try {
   const runWidth = await page.evaluate(() => document.documentElement.scrollWidth);
   check(runWidth <= 390, `the run page is ${runWidth}px wide at 390px`);
   await shot(page, 'phone-run.png', true);
+  // A long step name and a log line without a space wrap rather than widen the page.
+  await page.goto(`${BASE}/#/runs/${encodeURIComponent(apiRun)}`);
+  await page.waitForSelector(`${tid('run-status')}[data-status="succeeded"]`);
+  await expand(page, 'wait');
+  const longWidth = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(longWidth <= 390, `a run with a long step name and log line is ${longWidth}px wide at 390px`);
+  await shot(page, 'phone-long-names.png', true);
 
   // 7. A viewer.
   step(7, 'viewer, signed in with the keyboard alone: no Deploy, no lock controls');
