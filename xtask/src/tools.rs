@@ -110,9 +110,9 @@ pub fn ensure() -> Result<Tools> {
     let pinned = crate::root().join("xtask/js");
     let lock = std::fs::read(pinned.join("package-lock.json"))
         .context("xtask/js/package-lock.json is missing")?;
-    if std::fs::read(js.join("package-lock.json")).ok().as_ref() != Some(&lock)
-        || !js.join("node_modules").is_dir()
-    {
+    // Written only after `npm ci` succeeds, so an install cut short is redone next time.
+    let installed = js.join("installed-package-lock.json");
+    if std::fs::read(&installed).ok().as_ref() != Some(&lock) {
         eprintln!(
             "xtask: installing componentize-js and playwright-core (xtask/js/package-lock.json) into {}",
             js.display()
@@ -128,6 +128,7 @@ pub fn ensure() -> Result<Tools> {
         .context(
             "npm ci failed: the tests need componentize-js and playwright-core from the npm registry",
         )?;
+        std::fs::write(&installed, &lock)?;
     }
     Ok(Tools {
         ansible: python_bin.join("ansible-playbook"),
