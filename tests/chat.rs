@@ -5,14 +5,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::http::{Reply, Server};
 use support::{Daemon, TestDir};
 
 /// How long any wait in these tests may take before the test fails.
@@ -222,53 +221,24 @@ fn text(answer: &Value) -> &str {
 
 /// A local stand-in for Slack's `response_url`: each JSON body posted to it, in order.
 struct Receiver {
+    _server: Server,
     url: String,
     messages: mpsc::Receiver<Value>,
 }
 
 impl Receiver {
     fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "http://{}/commands/T0ACME/1/secret",
-            listener.local_addr().unwrap()
-        );
         let (tx, messages) = mpsc::channel();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                stream.set_read_timeout(Some(DEADLINE)).unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        break;
-                    }
-                    let line = line.trim_end();
-                    if line.is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = line.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        length = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; length];
-                if reader.read_exact(&mut body).is_err() {
-                    continue;
-                }
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                );
-                let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                if tx.send(value).is_err() {
-                    return;
-                }
-            }
+        let server = Server::start(move |request, _| {
+            let _ = tx.send(request.json());
+            Reply::ok()
         });
-        Receiver { url, messages }
+        let url = server.url("/commands/T0ACME/1/secret");
+        Receiver {
+            _server: server,
+            url,
+            messages,
+        }
     }
 
     /// Messages until one contains `until` (that one included).

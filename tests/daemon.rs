@@ -71,41 +71,17 @@ pub fn call_with(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (u16, Value) {
-    let agent = agent();
-    let url = daemon.url(path);
     let auth = token.map(|t| format!("Bearer {t}"));
-    macro_rules! build {
-        ($req:expr) => {{
-            let mut req = $req;
-            if let Some(auth) = &auth {
-                req = req.header("Authorization", auth.as_str());
-            }
-            for (k, v) in headers {
-                req = req.header(*k, *v);
-            }
-            req
-        }};
+    let mut all: Vec<(&str, &str)> = Vec::new();
+    if let Some(auth) = &auth {
+        all.push(("Authorization", auth));
     }
-    let response = match method {
-        "GET" => build!(agent.get(&url)).call(),
-        "DELETE" => build!(agent.delete(&url)).call(),
-        "POST" => build!(agent.post(&url))
-            .header("Content-Type", "application/json")
-            .send(body.unwrap_or("")),
-        "PUT" => build!(agent.put(&url))
-            .header("Content-Type", "application/json")
-            .send(body.unwrap_or("")),
-        other => panic!("unsupported method {other}"),
-    };
-    let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(64 * 1024 * 1024)
-        .read_to_string()
-        .unwrap_or_default();
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if matches!(method, "POST" | "PUT") {
+        all.push(("Content-Type", "application/json"));
+    }
+    all.extend(headers);
+    let body = matches!(method, "POST" | "PUT").then(|| body.unwrap_or(""));
+    let (status, _, value) = daemon.call(method, path, &all, body);
     (status, value)
 }
 

@@ -5,16 +5,15 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::http::{Reply, Request, Server};
 use support::{Run, TestDir};
 
 /// A symlink deploy of `source` into `site`, with the release and extra `with:` keys.
@@ -409,167 +408,50 @@ fn a_deploy_killed_mid_copy_leaves_current_on_the_previous_release() {
 
 const SECRET: &str = "s3cr3t-hook-key";
 
-/// One request as the receiver saw it.
-#[derive(Clone, Debug)]
-struct Request {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
+/// Whether `X-Shiphat-Signature` is the HMAC-SHA256 of `<timestamp>.<body>` under
+/// [`SECRET`].
+fn signed_correctly(request: &Request) -> bool {
+    let timestamp = request.header("x-shiphat-timestamp").unwrap_or("");
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(&request.body);
+    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    request.header("x-shiphat-signature") == Some(expected.as_str())
 }
 
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether `X-Shiphat-Signature` is the HMAC-SHA256 of `<timestamp>.<body>` under
-    /// [`SECRET`].
-    fn signed_correctly(&self) -> bool {
-        let timestamp = self.header("x-shiphat-timestamp").unwrap_or("");
-        let mut message = format!("{timestamp}.").into_bytes();
-        message.extend_from_slice(&self.body);
-        let expected = format!("sha256={}", hmac_sha256(SECRET.as_bytes(), &message));
-        self.header("x-shiphat-signature") == Some(expected.as_str())
-    }
-}
-
-/// HMAC (RFC 2104) over SHA-256, written out so the test does not share the plugin's crate.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> String {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    hex::encode(
-        Sha256::new()
-            .chain_update(pad(0x5c))
-            .chain_update(inner)
-            .finalize(),
-    )
-}
-
-/// A loopback HTTP receiver answering from a script, one response per request; the last one
-/// repeats. Records every request. Stops when dropped.
-struct Receiver {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Request>>>,
-    stop: Arc<AtomicBool>,
-}
-
+/// A status, extra headers and a body.
 type Answer = (u16, Vec<(&'static str, String)>, String);
 
-impl Receiver {
-    fn start(script: Vec<Answer>) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen, stopping) = (requests.clone(), stop.clone());
-        let mut script: VecDeque<Answer> = script.into();
-        std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                let Ok((stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(2));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream);
-                let Some(request) = read_request(&mut reader) else {
-                    continue;
-                };
-                seen.lock().unwrap().push(request);
-                let (status, headers, body) = if script.len() > 1 {
-                    script.pop_front().unwrap()
-                } else {
-                    script.front().cloned().unwrap()
-                };
-                let mut response = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
-                    body.len()
-                );
-                for (k, v) in headers {
-                    response.push_str(&format!("{k}: {v}\r\n"));
-                }
-                response.push_str("\r\n");
-                response.push_str(&body);
-                let _ = reader.get_mut().write_all(response.as_bytes());
-            }
-        });
-        Receiver {
-            addr,
-            requests,
-            stop,
+/// A loopback receiver answering from a script, one answer per request; the last one repeats.
+fn scripted(script: Vec<Answer>) -> Server {
+    let script = Mutex::new(VecDeque::from(script));
+    Server::start(move |_, _| {
+        let mut script = script.lock().unwrap();
+        let (status, headers, body) = if script.len() > 1 {
+            script.pop_front().unwrap()
+        } else {
+            script.front().cloned().unwrap()
+        };
+        Reply {
+            status,
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            body,
         }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn read_request(reader: &mut BufReader<std::net::TcpStream>) -> Option<Request> {
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).ok()?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let (k, v) = line.split_once(':')?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
-    let length: usize = headers
-        .iter()
-        .find(|(k, _)| k == "content-length")
-        .map_or(0, |(_, v)| v.parse().unwrap());
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some(Request {
-        method,
-        path,
-        headers,
-        body,
     })
 }
 
-fn webhook_yaml(receiver: &Receiver, extra: &str) -> String {
+fn webhook_yaml(receiver: &Server, extra: &str) -> String {
     format!(
         "name: web\nsteps:\n  - id: hook\n    uses: deployer\n    with: {{ strategy: webhook, url: \"{}\", secret: HOOK_KEY, release: \"42\", environment: production{extra} }}\n    allow: {{ http: [\"127.0.0.1:{}\"], secrets: [HOOK_KEY] }}\n    retries: {{ count: 2, backoff: {{ initial: 10ms }} }}\n",
         receiver.url("/deploys"),
-        receiver.addr.port()
+        receiver.port()
     )
 }
 
-fn run_hook(receiver: &Receiver, extra: &str, args: &[&str]) -> Run {
+fn run_hook(receiver: &Server, extra: &str, args: &[&str]) -> Run {
     let dir = TestDir::new();
     let file = dir.write("workflow.yaml", webhook_yaml(receiver, extra));
     let mut command = dir.shiphat();
@@ -584,7 +466,7 @@ fn run_hook(receiver: &Receiver, extra: &str, args: &[&str]) -> Run {
 
 #[test]
 fn a_webhook_posts_a_signed_payload_and_2xx_succeeds() {
-    let receiver = Receiver::start(vec![(200, vec![], "{\"ok\":true}".into())]);
+    let receiver = scripted(vec![(200, vec![], "{\"ok\":true}".into())]);
     let run = run_hook(&receiver, "", &[]);
     let step = run.step("hook");
     assert_eq!(step["status"], "succeeded", "{}", run.stdout);
@@ -595,10 +477,10 @@ fn a_webhook_posts_a_signed_payload_and_2xx_succeeds() {
     assert_eq!(requests.len(), 1);
     let request = &requests[0];
     assert_eq!(
-        (request.method.as_str(), request.path.as_str()),
+        (request.method.as_str(), request.target.as_str()),
         ("POST", "/deploys")
     );
-    assert!(request.signed_correctly(), "{request:?}");
+    assert!(signed_correctly(request), "{request:?}");
     let payload: Value = serde_json::from_slice(&request.body).unwrap();
     assert_eq!(payload["release"], "42");
     assert_eq!(payload["environment"], "production");
@@ -609,7 +491,7 @@ fn a_webhook_posts_a_signed_payload_and_2xx_succeeds() {
 
 #[test]
 fn a_webhook_signature_made_with_another_key_does_not_verify() {
-    let receiver = Receiver::start(vec![(200, vec![], String::new())]);
+    let receiver = scripted(vec![(200, vec![], String::new())]);
     let dir = TestDir::new();
     let file = dir.write("workflow.yaml", webhook_yaml(&receiver, ""));
     let mut command = dir.shiphat();
@@ -620,12 +502,12 @@ fn a_webhook_signature_made_with_another_key_does_not_verify() {
         .arg("--json");
     let run = Run::of(command);
     assert_eq!(run.status("hook"), "succeeded");
-    assert!(!receiver.requests()[0].signed_correctly());
+    assert!(!signed_correctly(&receiver.requests()[0]));
 }
 
 #[test]
 fn a_webhook_500_is_transient_and_retried_with_the_same_idempotency_key() {
-    let receiver = Receiver::start(vec![
+    let receiver = scripted(vec![
         (500, vec![], "database is restarting".into()),
         (200, vec![], String::new()),
     ]);
@@ -635,13 +517,13 @@ fn a_webhook_500_is_transient_and_retried_with_the_same_idempotency_key() {
     assert_eq!(step["attempts"], 2);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 2);
-    assert!(requests.iter().all(Request::signed_correctly));
+    assert!(requests.iter().all(signed_correctly));
     assert_eq!(
         requests[0].header("idempotency-key"),
         requests[1].header("idempotency-key")
     );
 
-    let always = Receiver::start(vec![(503, vec![], "down".into())]);
+    let always = scripted(vec![(503, vec![], "down".into())]);
     let run = run_hook(&always, "", &[]);
     let (kind, message) = run.error("hook");
     assert_eq!(kind, "transient");
@@ -652,7 +534,7 @@ fn a_webhook_500_is_transient_and_retried_with_the_same_idempotency_key() {
 #[test]
 fn a_webhook_400_fails_with_the_start_of_the_body() {
     let body = format!("unknown environment `production`{}", "!".repeat(400));
-    let receiver = Receiver::start(vec![(400, vec![], body)]);
+    let receiver = scripted(vec![(400, vec![], body)]);
     let run = run_hook(&receiver, "", &[]);
     let (kind, message) = run.error("hook");
     assert_eq!(kind, "failed");
@@ -670,7 +552,7 @@ fn a_webhook_400_fails_with_the_start_of_the_body() {
 
 #[test]
 fn a_webhook_202_is_followed_to_its_status_url_until_done() {
-    let receiver = Receiver::start(vec![
+    let receiver = scripted(vec![
         (202, vec![("location", "/deploys/7".into())], String::new()),
         (200, vec![], json!({"status": "pending"}).to_string()),
         (200, vec![], json!({"status": "running"}).to_string()),
@@ -686,14 +568,14 @@ fn a_webhook_202_is_followed_to_its_status_url_until_done() {
     assert!(
         requests[1..]
             .iter()
-            .all(|r| r.method == "GET" && r.path == "/deploys/7")
+            .all(|r| r.method == "GET" && r.target == "/deploys/7")
     );
-    assert!(requests.iter().all(Request::signed_correctly));
+    assert!(requests.iter().all(signed_correctly));
 }
 
 #[test]
 fn a_webhook_status_url_that_says_failed_fails_with_its_message() {
-    let receiver = Receiver::start(vec![
+    let receiver = scripted(vec![
         (200, vec![], json!({"status_url": "/deploys/8"}).to_string()),
         (
             200,
@@ -709,7 +591,7 @@ fn a_webhook_status_url_that_says_failed_fails_with_its_message() {
 
 #[test]
 fn a_webhook_still_pending_at_its_timeout_fails() {
-    let receiver = Receiver::start(vec![
+    let receiver = scripted(vec![
         (202, vec![("location", "/deploys/9".into())], String::new()),
         (200, vec![], json!({"status": "pending"}).to_string()),
     ]);
@@ -721,7 +603,7 @@ fn a_webhook_still_pending_at_its_timeout_fails() {
 
 #[test]
 fn a_webhook_dry_run_sends_nothing() {
-    let receiver = Receiver::start(vec![(200, vec![], String::new())]);
+    let receiver = scripted(vec![(200, vec![], String::new())]);
     let run = run_hook(&receiver, "", &["--dry-run"]);
     let step = run.step("hook");
     assert_eq!(step["status"], "succeeded", "{}", run.stdout);

@@ -9,13 +9,12 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use serde_json::Value;
+use support::http::{Reply, Server};
 use support::{Run, TestDir, root};
 
 /// The Python and JavaScript examples, built once per test binary by the script the guide
@@ -128,81 +127,6 @@ fn js_tools() -> PathBuf {
     dir
 }
 
-/// An HTTP server on loopback that keeps every request it gets (head and body) and answers
-/// `200`. Stops when dropped.
-struct Webhook {
-    addr: std::net::SocketAddr,
-    requests: Arc<Mutex<Vec<String>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Webhook {
-    fn start() -> Webhook {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (r, s) = (requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok((mut stream, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                stream.set_nonblocking(false).unwrap();
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .unwrap();
-                let mut data = Vec::new();
-                let mut buf = [0u8; 8192];
-                // Read the head, then as much body as content-length says.
-                while let Ok(n) = stream.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    data.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&data).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let length = text[..end]
-                            .lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case("content-length")
-                                    .then(|| v.trim().parse::<usize>().ok())?
-                            })
-                            .unwrap_or(0);
-                        if data.len() >= end + 4 + length {
-                            break;
-                        }
-                    }
-                }
-                r.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&data).to_string());
-                let _ = stream.write_all(
-                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                );
-            }
-        });
-        Webhook {
-            addr,
-            requests,
-            stop,
-        }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 fn notify_workflow(plugin: &Path, url: &str, grant: &str) -> String {
     format!(
         r#"name: ship-web
@@ -229,12 +153,11 @@ steps:
 
 #[test]
 fn python_notify_posts_the_run_to_a_granted_webhook_with_a_secret_token() {
-    let hook = Webhook::start();
+    let hook = Server::start(|_, _| Reply::ok());
     let t = TestDir::new();
-    let url = format!("http://{}/hooks/deploys", hook.addr);
     let file = t.write(
         "workflow.yaml",
-        notify_workflow(&notify(), &url, &hook.addr.to_string()),
+        notify_workflow(&notify(), &hook.url("/hooks/deploys"), &hook.host()),
     );
     let mut command = t.shiphat();
     command
@@ -249,15 +172,18 @@ fn python_notify_posts_the_run_to_a_granted_webhook_with_a_secret_token() {
     let requests = hook.requests();
     assert_eq!(requests.len(), 1, "{requests:?}");
     let request = &requests[0];
-    assert!(request.starts_with("POST /hooks/deploys "), "{request}");
+    assert_eq!(
+        (request.method.as_str(), request.target.as_str()),
+        ("POST", "/hooks/deploys"),
+        "{request:?}"
+    );
     assert!(
         request
-            .to_ascii_lowercase()
-            .contains("authorization: bearer tok-7f3a91"),
-        "{request}"
+            .header("authorization")
+            .is_some_and(|v| v.eq_ignore_ascii_case("bearer tok-7f3a91")),
+        "{request:?}"
     );
-    let body: Value = serde_json::from_str(&request[request.find("\r\n\r\n").unwrap() + 4..])
-        .expect("a JSON body");
+    let body = request.json();
     assert_eq!(body["workflow"], "ship-web");
     assert_eq!(body["release"], "1.4.2");
     assert_eq!(body["status"], "succeeded");
@@ -268,13 +194,12 @@ fn python_notify_posts_the_run_to_a_granted_webhook_with_a_secret_token() {
 
 #[test]
 fn python_notify_cannot_reach_a_host_that_is_not_granted() {
-    let granted = Webhook::start();
-    let other = Webhook::start();
+    let granted = Server::start(|_, _| Reply::ok());
+    let other = Server::start(|_, _| Reply::ok());
     let t = TestDir::new();
-    let url = format!("http://{}/hook", other.addr);
     let file = t.write(
         "workflow.yaml",
-        notify_workflow(&notify(), &url, &granted.addr.to_string()),
+        notify_workflow(&notify(), &other.url("/hook"), &granted.host()),
     );
     let mut command = t.shiphat();
     command

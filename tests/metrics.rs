@@ -7,12 +7,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::TestDir;
+use support::http::{Reply, Server};
 
 /// Where Debian's `prometheus` package puts the server.
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -24,38 +24,22 @@ const PROMETHEUS_READY: Duration = Duration::from_secs(30);
 /// The app whose release is being verified: serves `/metrics` in the text exposition format,
 /// with whatever text the test last set. Stops when dropped.
 struct App {
-    addr: SocketAddr,
+    server: Server,
     metrics: Arc<Mutex<String>>,
-    /// The `authorization` header of the last request, if any.
-    authorization: Arc<Mutex<Option<String>>>,
-    stop: Arc<AtomicBool>,
 }
 
 impl App {
     fn start(metrics: &str) -> App {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = App {
-            addr,
-            metrics: Arc::new(Mutex::new(metrics.to_string())),
-            authorization: Arc::new(Mutex::new(None)),
-            stop: Arc::new(AtomicBool::new(false)),
-        };
-        let (text, authorization, stop) = (
-            app.metrics.clone(),
-            app.authorization.clone(),
-            app.stop.clone(),
-        );
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => serve(stream, &text, &authorization),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
+        let metrics = Arc::new(Mutex::new(metrics.to_string()));
+        let text = metrics.clone();
+        let server = Server::start(move |_, _| {
+            Reply::new(
+                200,
+                "text/plain; version=0.0.4",
+                text.lock().unwrap().clone(),
+            )
         });
-        app
+        App { server, metrics }
     }
 
     /// The metrics the app serves from now on.
@@ -65,43 +49,14 @@ impl App {
 
     /// `host:port`, for `allow.http` and Prometheus's targets.
     fn host(&self) -> String {
-        self.addr.to_string()
+        self.server.host()
     }
-}
 
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+    /// The `authorization` header of the last request, if any.
+    fn authorization(&self) -> Option<String> {
+        let requests = self.server.requests();
+        requests.last()?.header("authorization").map(str::to_owned)
     }
-}
-
-fn serve(mut stream: TcpStream, text: &Mutex<String>, authorization: &Mutex<Option<String>>) {
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut request = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => request.extend_from_slice(&buf[..n]),
-        }
-    }
-    let request = String::from_utf8_lossy(&request);
-    *authorization.lock().unwrap() = request
-        .lines()
-        .find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
-        })
-        .map(|(_, v)| v.trim().to_string());
-    let body = text.lock().unwrap().clone();
-    let _ = write!(
-        stream,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
 }
 
 /// The app's metrics with `errors` of `total` requests answered 500, as counters, and the same
@@ -495,10 +450,7 @@ fn the_scrape_provider_reads_the_app_directly() {
         metrics,
         ["server_errors", "error_rate", "server_errors", "error_rate"]
     );
-    assert_eq!(
-        app.authorization.lock().unwrap().as_deref(),
-        Some("Bearer s3cret-token")
-    );
+    assert_eq!(app.authorization().as_deref(), Some("Bearer s3cret-token"));
 
     // Without labels the series is ambiguous: an Error naming the candidates, not a value.
     let with = format!(
@@ -520,11 +472,9 @@ fn the_scrape_provider_reads_the_app_directly() {
     );
 }
 
-#[test]
-fn a_dry_run_still_measures() {
-    let app = App::start(&requests(1000, 100));
-    let dir = TestDir::new();
-    let with = format!(
+/// One metric, `error_rate`, scraped from `app` and judged by `result < 0.01`.
+fn error_rate_scrape(app: &App) -> String {
+    format!(
         "provider: scrape\n\
          address: http://{}/metrics\n\
          metrics:\n\
@@ -532,7 +482,14 @@ fn a_dry_run_still_measures() {
          \x20   series: error_ratio\n\
          \x20   success_condition: result < 0.01\n",
         app.host()
-    );
+    )
+}
+
+#[test]
+fn a_dry_run_still_measures() {
+    let app = App::start(&requests(1000, 100));
+    let dir = TestDir::new();
+    let with = error_rate_scrape(&app);
     let run = dir.run(&workflow(&with, &[app.host()]), &["--dry-run"]);
 
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
@@ -566,15 +523,7 @@ fn a_condition_that_does_not_parse_is_invalid_config_naming_the_metric() {
 fn an_address_not_granted_is_invalid_config() {
     let app = App::start(&requests(1000, 4));
     let dir = TestDir::new();
-    let with = format!(
-        "provider: scrape\n\
-         address: http://{}/metrics\n\
-         metrics:\n\
-         \x20 - name: error_rate\n\
-         \x20   series: error_ratio\n\
-         \x20   success_condition: result < 0.01\n",
-        app.host()
-    );
+    let with = error_rate_scrape(&app);
     let run = dir.run(&workflow(&with, &["127.0.0.1:9".into()]), &[]);
 
     let (kind, message) = run.error("verify");

@@ -4,14 +4,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
+use support::http::{Reply, Server};
 use support::{Run, TestDir};
 
 /// A workflow with one `qa` step reading JUnit reports under `reports/`.
@@ -401,116 +398,23 @@ fn the_schema_refuses_keys_of_the_other_source_and_missing_ones() {
 const TOKEN: &str = "ghp_test-token-1234";
 const SHA: &str = "abc1234def5678abc1234def5678abc1234def56";
 
-/// One request the fake API received.
-#[derive(Clone, Debug)]
-struct Request {
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// What the fake API answers: given the path (without query) and how many requests for that
-/// path came before, a status and a JSON body.
-type Answer = dyn Fn(&str, usize) -> (u16, Value) + Send + Sync;
-
-/// A GitHub-shaped API on loopback. Every request must carry `Authorization: Bearer TOKEN`,
-/// or it gets GitHub's 401. Stops when dropped.
-struct FakeGitHub {
-    addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Request>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl FakeGitHub {
-    fn start(answer: impl Fn(&str, usize) -> (u16, Value) + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let answer: Arc<Answer> = Arc::new(answer);
-        let (seen, stopping) = (requests.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stopping.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((stream, _)) => serve(stream, &seen, &*answer),
-                    // Nonblocking accept: poll for the stop flag between connections.
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        FakeGitHub {
-            addr,
-            requests,
-            stop,
-        }
-    }
-
-    fn api(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn requests(&self) -> Vec<Request> {
-        self.requests.lock().unwrap().clone()
-    }
-}
-
-impl Drop for FakeGitHub {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn serve(mut stream: TcpStream, seen: &Mutex<Vec<Request>>, answer: &Answer) {
-    stream.set_nonblocking(false).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let mut lines = head.lines();
-    let target = lines.next().and_then(|l| l.split(' ').nth(1)).unwrap_or("");
-    let path = target.split('?').next().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let request = Request { path, headers };
-    let before = {
-        let mut seen = seen.lock().unwrap();
-        let before = seen.iter().filter(|r| r.path == request.path).count();
-        seen.push(request.clone());
-        before
-    };
-    let (status, body) = if request.header("authorization") != Some(&format!("Bearer {TOKEN}")) {
-        (
-            401,
-            json!({ "message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401" }),
-        )
-    } else {
-        answer(&request.path, before)
-    };
-    let body = body.to_string();
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
+/// A GitHub-shaped API on loopback. `answer` gets the path (without query) and how many
+/// requests for that path came before, and gives a status and a JSON body. Every request must
+/// carry `Authorization: Bearer TOKEN`, or it gets GitHub's 401.
+fn fake_github(answer: impl Fn(&str, usize) -> (u16, Value) + Send + 'static) -> Server {
+    Server::start(move |request, before| {
+        let (status, body) = if request.header("authorization") != Some(&format!("Bearer {TOKEN}"))
+        {
+            (
+                401,
+                json!({ "message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401" }),
+            )
+        } else {
+            let path = request.path();
+            answer(path, before.iter().filter(|r| r.path() == path).count())
+        };
+        Reply::json(status, &body)
+    })
 }
 
 fn combined(state: &str, statuses: &[(&str, &str)]) -> Value {
@@ -545,7 +449,7 @@ const CHECKS_PATH: &str = "/repos/acme/shop/commits/main/check-runs";
 
 /// Runs a workflow with one commit-status step against `api`, with the token in the engine's
 /// environment as `token`.
-fn run_commit_status(api: &FakeGitHub, token: &str, extra: &str) -> Run {
+fn run_commit_status(api: &Server, token: &str, extra: &str) -> Run {
     let dir = TestDir::new();
     let yaml = format!(
         "name: qa
@@ -563,8 +467,8 @@ steps:
       http: [\"{}\"]
       secrets: [GITHUB_TOKEN]
 ",
-        api.api(),
-        api.addr
+        api.url(""),
+        api.host()
     );
     let file = dir.write("workflow.yaml", yaml);
     let mut command = dir.shiphat();
@@ -581,7 +485,7 @@ steps:
 
 #[test]
 fn commit_status_green_with_statuses_and_check_runs() {
-    let api = FakeGitHub::start(|path, _| match path {
+    let api = fake_github(|path, _| match path {
         STATUS_PATH => (
             200,
             combined(
@@ -622,7 +526,7 @@ fn commit_status_green_with_statuses_and_check_runs() {
 
 #[test]
 fn commit_status_red_names_the_red_contexts() {
-    let api = FakeGitHub::start(|path, _| match path {
+    let api = fake_github(|path, _| match path {
         STATUS_PATH => (
             200,
             combined(
@@ -660,7 +564,7 @@ fn commit_status_red_names_the_red_contexts() {
 
 #[test]
 fn commit_status_pending_is_transient_and_retried_until_green() {
-    let api = FakeGitHub::start(|path, before| match path {
+    let api = fake_github(|path, before| match path {
         STATUS_PATH if before == 0 => (200, combined("pending", &[("ci/build", "pending")])),
         STATUS_PATH => (200, combined("success", &[("ci/build", "success")])),
         CHECKS_PATH if before == 0 => (200, check_runs(&[("lint", "queued", None)])),
@@ -689,7 +593,7 @@ fn commit_status_pending_is_transient_and_retried_until_green() {
 
 #[test]
 fn a_missing_required_context_is_transient_and_named() {
-    let api = FakeGitHub::start(|path, _| match path {
+    let api = fake_github(|path, _| match path {
         STATUS_PATH => (200, combined("success", &[("ci/build", "success")])),
         CHECKS_PATH => (200, check_runs(&[])),
         _ => (404, json!({ "message": "Not Found" })),
@@ -710,7 +614,7 @@ fn a_missing_required_context_is_transient_and_named() {
 
 #[test]
 fn a_refused_token_fails_with_a_hint() {
-    let api = FakeGitHub::start(|_, _| (200, combined("success", &[])));
+    let api = fake_github(|_, _| (200, combined("success", &[])));
     let run = run_commit_status(&api, "ghp_wrong", "");
     let message = assert_red(&run, "failed");
     assert!(
@@ -725,7 +629,7 @@ fn a_refused_token_fails_with_a_hint() {
 
 #[test]
 fn a_server_error_is_transient() {
-    let api = FakeGitHub::start(|_, _| (502, json!({ "message": "Server Error" })));
+    let api = fake_github(|_, _| (502, json!({ "message": "Server Error" })));
     let run = run_commit_status(
         &api,
         TOKEN,
@@ -738,7 +642,7 @@ fn a_server_error_is_transient() {
 
 #[test]
 fn an_unknown_repository_fails_naming_repo_and_ref() {
-    let api = FakeGitHub::start(|_, _| (404, json!({ "message": "Not Found" })));
+    let api = fake_github(|_, _| (404, json!({ "message": "Not Found" })));
     let run = run_commit_status(&api, TOKEN, "");
     let message = assert_red(&run, "failed");
     assert!(

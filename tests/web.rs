@@ -9,14 +9,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::http::{Reply, Server};
 use support::{Daemon, TestDir};
 
 /// How long any one wait in these tests may take before the test fails.
@@ -144,9 +144,10 @@ token_sha256 = "{}"
 }
 
 /// Lays out the releases, the JUnit report, the targets and the workflows, and starts the
-/// app whose `/metrics/ENV` error ratio is that of the release `www/ENV/current` points at.
+/// app whose `/metrics/ENV` error ratio is that of the release `www/ENV/current` points at
+/// (it serves until the returned server is dropped).
 /// A workflow's paths are taken from its own folder, so all of it is under `workflows/`.
-fn setup() -> TestDir {
+fn setup() -> (TestDir, Server) {
     let dir = TestDir::new();
     for (release, ratio) in [("1", 0.002), ("2", 0.003), ("3", 0.08)] {
         dir.write(
@@ -164,101 +165,39 @@ fn setup() -> TestDir {
         std::fs::create_dir_all(www.join(env)).unwrap();
     }
     let metrics = serve_metrics(www);
-    dir.write("workflows/deploy.yaml", DEPLOY.replace("METRICS", &metrics));
+    dir.write(
+        "workflows/deploy.yaml",
+        DEPLOY.replace("METRICS", &metrics.host()),
+    );
     dir.write("workflows/hello.yaml", HELLO);
     dir.write("shiphat.toml", config());
-    dir
+    (dir, metrics)
 }
 
-/// The app's metrics on a loopback port, answered from a thread until the test ends.
-fn serve_metrics(www: PathBuf) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(DEADLINE));
-            let mut line = String::new();
-            if BufReader::new(&stream).read_line(&mut line).is_err() {
-                continue;
-            }
-            let env = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|path| path.strip_prefix("/metrics/"))
-                .unwrap_or("");
-            let ratio = std::fs::read_to_string(www.join(env).join("current/ratio"))
-                .unwrap_or_else(|_| "0".into());
-            let body = format!(
-                "# TYPE demo_error_ratio gauge\ndemo_error_ratio {}\n",
-                ratio.trim()
-            );
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
+/// The app's metrics on a loopback port: `/metrics/ENV` gives the error ratio of the release
+/// `ENV/current` points at under `www`.
+fn serve_metrics(www: PathBuf) -> Server {
+    Server::start(move |request, _| {
+        let env = request.path().strip_prefix("/metrics/").unwrap_or("");
+        let ratio = std::fs::read_to_string(www.join(env).join("current/ratio"))
+            .unwrap_or_else(|_| "0".into());
+        let body = format!(
+            "# TYPE demo_error_ratio gauge\ndemo_error_ratio {}\n",
+            ratio.trim()
+        );
+        Reply::new(200, "text/plain; version=0.0.4", body)
+    })
 }
 
 fn start(dir: &TestDir) -> Daemon {
     Daemon::start(dir, &["--config", "shiphat.toml"])
 }
 
-/// One request with optional cookie and headers; returns status, headers and the JSON body
-/// (or the text as a JSON string).
-fn call(
-    daemon: &Daemon,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&str>,
-) -> (u16, Headers, Value) {
-    let agent = support::agent(DEADLINE);
-    let url = daemon.url(path);
-    let mut request = ureq::http::Request::builder().method(method).uri(&url);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let result = match body {
-        Some(body) => agent.run(request.body(body.to_owned()).unwrap()),
-        None => agent.run(request.body(()).unwrap()),
-    };
-    let mut response = result.expect("the daemon answers");
-    let status = response.status().as_u16();
-    let headers = Headers::of(response.headers());
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, headers, value)
-}
-
-/// Response headers, kept as owned text.
-struct Headers(Vec<(String, String)>);
-
-impl Headers {
-    fn of(map: &ureq::http::HeaderMap) -> Headers {
-        Headers(
-            map.iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-                .collect(),
-        )
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 #[test]
 fn the_page_is_served_from_the_binary_with_a_strict_policy() {
-    let dir = setup();
+    let (dir, _metrics) = setup();
     let daemon = start(&dir);
-    let (status, headers, body) = call(&daemon, "GET", "/", &[], None);
+    let (status, headers, body) = daemon.call("GET", "/", &[], None);
     assert_eq!(status, 200);
     assert!(
         headers
@@ -280,7 +219,7 @@ fn the_page_is_served_from_the_binary_with_a_strict_policy() {
         "{page}"
     );
     for (asset, kind) in [("app.js", "text/javascript"), ("app.css", "text/css")] {
-        let (status, headers, body) = call(&daemon, "GET", &format!("/assets/{asset}"), &[], None);
+        let (status, headers, body) = daemon.call("GET", &format!("/assets/{asset}"), &[], None);
         assert_eq!(status, 200, "{asset}");
         assert!(headers.get("content-type").unwrap().starts_with(kind));
         assert!(
@@ -288,14 +227,13 @@ fn the_page_is_served_from_the_binary_with_a_strict_policy() {
             "{asset} is empty"
         );
     }
-    let (status, _, _) = call(&daemon, "GET", "/assets/../shiphat.toml", &[], None);
+    let (status, _, _) = daemon.call("GET", "/assets/../shiphat.toml", &[], None);
     assert_eq!(status, 404);
 }
 
 /// Signs in; returns the cookie pair to send back and the CSRF token.
 fn sign_in(daemon: &Daemon, token: &str) -> (String, String) {
-    let (status, headers, body) = call(
-        daemon,
+    let (status, headers, body) = daemon.call(
         "POST",
         "/api/v1/session",
         &[("content-type", "application/json")],
@@ -312,12 +250,11 @@ fn sign_in(daemon: &Daemon, token: &str) -> (String, String) {
 
 #[test]
 fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
-    let dir = setup();
+    let (dir, _metrics) = setup();
     let daemon = start(&dir);
     let json = ("content-type", "application/json");
 
-    let (status, _, body) = call(
-        &daemon,
+    let (status, _, body) = daemon.call(
         "POST",
         "/api/v1/session",
         &[json],
@@ -326,8 +263,7 @@ fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["field"], "token");
     // A cross-site form can only send form encoding; it is refused before the token is read.
-    let (status, _, _) = call(
-        &daemon,
+    let (status, _, _) = daemon.call(
         "POST",
         "/api/v1/session",
         &[("content-type", "application/x-www-form-urlencoded")],
@@ -337,7 +273,7 @@ fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
 
     let (cookie, csrf) = sign_in(&daemon, ADMIN_TOKEN);
     let with_cookie = ("cookie", cookie.as_str());
-    let (status, _, me) = call(&daemon, "GET", "/api/v1/session", &[with_cookie], None);
+    let (status, _, me) = daemon.call("GET", "/api/v1/session", &[with_cookie], None);
     assert_eq!(status, 200, "{me}");
     assert_eq!(me["principal"], "alice");
     assert_eq!(me["roles"], json!(["admin"]));
@@ -345,8 +281,7 @@ fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
 
     let start_run = json!({ "workflow": "hello" }).to_string();
     // The cookie alone, as a forged cross-site request would carry it, starts nothing.
-    let (status, _, body) = call(
-        &daemon,
+    let (status, _, body) = daemon.call(
         "POST",
         "/api/v1/runs",
         &[with_cookie, json],
@@ -357,19 +292,17 @@ fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
         body["error"].as_str().unwrap().contains("X-CSRF-Token"),
         "{body}"
     );
-    let (status, _, body) = call(
-        &daemon,
+    let (status, _, body) = daemon.call(
         "POST",
         "/api/v1/runs",
         &[with_cookie, json, ("x-csrf-token", "0123")],
         Some(&start_run),
     );
     assert_eq!(status, 403, "{body}");
-    let (_, _, runs) = call(&daemon, "GET", "/api/v1/runs", &[with_cookie], None);
+    let (_, _, runs) = daemon.call("GET", "/api/v1/runs", &[with_cookie], None);
     assert_eq!(runs["runs"], json!([]), "a refused call started a run");
 
-    let (status, _, body) = call(
-        &daemon,
+    let (status, _, body) = daemon.call(
         "POST",
         "/api/v1/runs",
         &[with_cookie, json, ("x-csrf-token", &csrf)],
@@ -378,8 +311,7 @@ fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
     assert_eq!(status, 202, "{body}");
 
     // The audit names who signed in.
-    let (_, _, audit) = call(
-        &daemon,
+    let (_, _, audit) = daemon.call(
         "GET",
         "/api/v1/audit",
         &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
@@ -398,8 +330,7 @@ fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
         "{actions:?}"
     );
 
-    let (status, headers, _) = call(
-        &daemon,
+    let (status, headers, _) = daemon.call(
         "DELETE",
         "/api/v1/session",
         &[with_cookie, ("x-csrf-token", &csrf)],
@@ -407,13 +338,13 @@ fn a_token_becomes_a_session_and_mutations_need_the_csrf_token() {
     );
     assert_eq!(status, 204);
     assert!(headers.get("set-cookie").unwrap().contains("Max-Age=0"));
-    let (status, _, _) = call(&daemon, "GET", "/api/v1/session", &[with_cookie], None);
+    let (status, _, _) = daemon.call("GET", "/api/v1/session", &[with_cookie], None);
     assert_eq!(status, 401, "a signed-out session still works");
 }
 
 #[test]
 fn environments_say_what_runs_where_and_the_feed_names_changed_runs() {
-    let dir = setup();
+    let (dir, _metrics) = setup();
     let daemon = start(&dir);
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     let auth = ("authorization", bearer.as_str());
@@ -440,8 +371,7 @@ fn environments_say_what_runs_where_and_the_feed_names_changed_runs() {
         }
     });
 
-    let (status, _, body) = call(
-        &daemon,
+    let (status, _, body) = daemon.call(
         "POST",
         "/api/v1/runs",
         &[auth, ("content-type", "application/json")],
@@ -464,7 +394,7 @@ fn environments_say_what_runs_where_and_the_feed_names_changed_runs() {
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["environment"], "dev");
     assert_eq!(run["plan"][0]["uses"], "echo", "{run}");
-    let (_, _, envs) = call(&daemon, "GET", "/api/v1/environments", &[auth], None);
+    let (_, _, envs) = daemon.call("GET", "/api/v1/environments", &[auth], None);
     let envs = envs["environments"].as_array().unwrap();
     let hello = envs
         .iter()
@@ -479,8 +409,7 @@ fn wait_for_end(daemon: &Daemon, id: &str) -> Value {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     let started = Instant::now();
     loop {
-        let (_, _, run) = call(
-            daemon,
+        let (_, _, run) = daemon.call(
             "GET",
             &format!("/api/v1/runs/{id}"),
             &[("authorization", &bearer)],
@@ -535,7 +464,7 @@ fn browser_tools() -> (PathBuf, PathBuf) {
 #[test]
 fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
     let (playwright, chromium) = browser_tools();
-    let dir = setup();
+    let (dir, _metrics) = setup();
     let interrupted = interrupt_a_run(&dir);
     let daemon = start(&dir);
     let shots = screenshots();
@@ -603,8 +532,7 @@ fn interrupt_a_run(dir: &TestDir) -> String {
     dir.write("workflows/slow.yaml", SLOW);
     let daemon = start(dir);
     let bearer = format!("Bearer {ADMIN_TOKEN}");
-    let (status, _, body) = call(
-        &daemon,
+    let (status, _, body) = daemon.call(
         "POST",
         "/api/v1/runs",
         &[
@@ -617,8 +545,7 @@ fn interrupt_a_run(dir: &TestDir) -> String {
     let id = body["id"].as_str().unwrap().to_owned();
     let started = Instant::now();
     loop {
-        let (_, _, run) = call(
-            &daemon,
+        let (_, _, run) = daemon.call(
             "GET",
             &format!("/api/v1/runs/{id}"),
             &[("authorization", &bearer)],

@@ -6,6 +6,8 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod http;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -335,6 +337,8 @@ pub fn serve(
 
 /// How long a daemon may take to start listening.
 const DAEMON_START: Duration = Duration::from_secs(60);
+/// How long one call to the daemon may take.
+const DAEMON_CALL: Duration = Duration::from_secs(60);
 
 /// A running `shiphat serve`, killed when dropped. Its stderr lines arrive on `stderr`.
 pub struct Daemon {
@@ -361,6 +365,58 @@ impl Daemon {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// One request with these headers and body; returns the status, the response headers and
+    /// the JSON body (or the text as a JSON string).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> (u16, Headers, Value) {
+        let agent = agent(DAEMON_CALL);
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(self.url(path));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let result = match body {
+            Some(body) => agent.run(request.body(body.to_owned()).unwrap()),
+            None => agent.run(request.body(()).unwrap()),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let headers = Headers(
+            response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect(),
+        );
+        // Large enough for the biggest run the tests read back, with all its logs.
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, value)
+    }
+}
+
+/// Response headers, kept as owned text.
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
