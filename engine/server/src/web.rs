@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -66,15 +67,16 @@ pub fn asset(name: &str) -> Response {
     let Some(&(name, content_type, embedded)) = ASSETS.iter().find(|(n, _, _)| *n == name) else {
         return (StatusCode::NOT_FOUND, "no such asset\n").into_response();
     };
+    // The embedded text is served as is, without a copy per request.
     let body = match std::env::var_os("SHIPHAT_WEB_DIR") {
         Some(dir) => match std::fs::read_to_string(PathBuf::from(dir).join(name)) {
-            Ok(text) => text,
+            Ok(text) => Body::from(text),
             Err(e) => {
                 tracing::warn!("SHIPHAT_WEB_DIR: cannot read `{name}`: {e}");
-                embedded.to_owned()
+                Body::from(embedded)
             }
         },
-        None => embedded.to_owned(),
+        None => Body::from(embedded),
     };
     (
         [
