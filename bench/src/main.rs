@@ -127,6 +127,7 @@ fn chain_yaml(steps: usize) -> String {
 async fn in_process(plugins: &Path, work: &Path, sizes: &Sizes) -> Result<Vec<Row>> {
     let host = Host::new(HostConfig {
         cache_dir: Some(work.join("cache")),
+        ..Default::default()
     })?;
     let runner = Runner::new(
         host,
@@ -235,6 +236,7 @@ fn compile_cache(plugins: &Path, work: &Path) -> Result<Vec<Row>> {
         let miss = {
             let host = Host::new(HostConfig {
                 cache_dir: Some(cache.clone()),
+                ..Default::default()
             })?;
             let started = Instant::now();
             let plugin = host.load(&file, None, shiphat_workflow::DEFAULT_STACK)?;
@@ -244,6 +246,7 @@ fn compile_cache(plugins: &Path, work: &Path) -> Result<Vec<Row>> {
         let hit = {
             let host = Host::new(HostConfig {
                 cache_dir: Some(cache),
+                ..Default::default()
             })?;
             let started = Instant::now();
             let plugin = host.load(&file, None, shiphat_workflow::DEFAULT_STACK)?;

@@ -48,8 +48,10 @@ pub(crate) fn load(
     dir: Option<&Path>,
     bytes: &[u8],
     sha256: &[u8; 32],
+    before_compile: &dyn Fn(),
 ) -> wasmtime::Result<(Component, LoadKind)> {
     let Some(dir) = dir else {
+        before_compile();
         return Ok((Component::new(engine, bytes)?, LoadKind::Compiled));
     };
     let path = dir.join(key(engine, sha256));
@@ -64,6 +66,7 @@ pub(crate) fn load(
             }
         }
     }
+    before_compile();
     let component = Component::new(engine, bytes)?;
     if let Err(e) = write_entry(dir, &path, &component.serialize()?) {
         // A cache that cannot be written only costs time; the run goes on.

@@ -101,6 +101,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub struct HostConfig {
     /// Where compiled components are kept between runs; `None` compiles every time.
     pub cache_dir: Option<PathBuf>,
+    /// Told before a component is compiled (not found in the cache), with its path and size:
+    /// a first compile can take many seconds, and a front end should say why it waits.
+    pub on_compile: Option<CompileHook>,
+}
+
+/// See [`HostConfig::on_compile`].
+#[derive(Clone)]
+pub struct CompileHook(pub Arc<dyn Fn(&Path, usize) + Send + Sync>);
+
+impl std::fmt::Debug for CompileHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CompileHook")
+    }
 }
 
 /// What `describe()` said.
@@ -396,11 +409,17 @@ impl Host {
             return Ok(plugin.clone());
         }
         let set = self.try_engine_for(stack)?;
+        let before_compile = || {
+            if let Some(CompileHook(hook)) = &self.inner.config.on_compile {
+                hook(path, bytes.len());
+            }
+        };
         let (component, load) = cache::load(
             &set.engine,
             self.inner.config.cache_dir.as_deref(),
             &bytes,
             &sha256,
+            &before_compile,
         )
         .map_err(|e| Error::Compile {
             path: path.to_owned(),

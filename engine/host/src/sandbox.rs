@@ -172,8 +172,15 @@ impl StepState {
 }
 
 /// Finds the message in Rust's panic output: `thread '…' panicked at FILE:LINE:COL:\nMESSAGE`.
+/// A Python plugin (componentize-py) prints the exception's traceback, then its runtime
+/// panics with a generic message; the exception (`RuntimeError: kaboom`) is what the user
+/// needs, so it wins.
 fn parse_panic(stderr: &str) -> Option<String> {
-    let start = stderr.rfind("panicked at ")? + "panicked at ".len();
+    let panic_at = stderr.rfind("panicked at ")?;
+    if let Some(exception) = python_exception(&stderr[..panic_at]) {
+        return Some(exception);
+    }
+    let start = panic_at + "panicked at ".len();
     let rest = &stderr[start..];
     let (location, message) = rest.split_once(":\n")?;
     let message: Vec<&str> = message
@@ -187,6 +194,20 @@ fn parse_panic(stderr: &str) -> Option<String> {
     } else {
         format!("{message} (at {location})")
     })
+}
+
+/// The last exception of a Python traceback: the first unindented line after the last
+/// `Traceback (most recent call last):`, such as `RuntimeError: kaboom`.
+fn python_exception(stderr: &str) -> Option<String> {
+    let start = stderr.rfind("Traceback (most recent call last):")?;
+    let exception: Vec<&str> = stderr[start..]
+        .lines()
+        .skip(1)
+        .skip_while(|line| line.starts_with(' '))
+        .take_while(|line| !line.is_empty() && !line.starts_with("thread '"))
+        .collect();
+    let exception = exception.join("\n");
+    (!exception.trim().is_empty()).then(|| exception.trim().to_owned())
 }
 
 impl WasiView for StepState {
@@ -278,5 +299,13 @@ mod tests {
             Some("misbehave: deliberate panic (at src/lib.rs:12:9)")
         );
         assert_eq!(parse_panic("no panic here"), None);
+    }
+
+    /// Regression: a Python plugin's `RuntimeError: kaboom` was reported as "Python function
+    /// threw an unexpected exception (at runtime/src/lib.rs:1293:29)".
+    #[test]
+    fn a_python_exception_is_the_message() {
+        let stderr = "Traceback (most recent call last):\n  File \"/app.py\", line 9, in run\n    raise RuntimeError(\"kaboom\")\nRuntimeError: kaboom\n\nthread '<unnamed>' panicked at runtime/src/lib.rs:1293:29:\nPython function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(parse_panic(stderr).as_deref(), Some("RuntimeError: kaboom"));
     }
 }
