@@ -14,6 +14,8 @@ pub struct Scope<'a> {
     pub env: &'a Map<String, Value>,
     pub steps: &'a BTreeMap<String, StepState>,
     pub run_id: &'a str,
+    /// `run.dry_run`: whether the run only reports what it would do.
+    pub dry_run: bool,
 }
 
 /// What a finished step exposes to later expressions. `status` is `succeeded`, `failed` or
@@ -286,6 +288,12 @@ impl P<'_> {
                     }
                     segs.push(seg);
                 }
+                Some(Tok::LParen) => {
+                    return Err(format!(
+                        "`{}(…)`: expressions have no functions; to run a step after a failure put it in `on_failure:` (or `finally:` to run it always), or test `steps.<id>.status`",
+                        path_text(&segs)
+                    ));
+                }
                 _ => return Ok(Node::Path(segs)),
             }
         }
@@ -376,6 +384,9 @@ fn lookup(segs: &[Seg], scope: &Scope) -> Result<Value, EvalError> {
         Some("env") => Ok(from_map(scope.env)),
         Some("run") if key(1) == Some("id") && segs.len() == 2 => {
             Ok(Value::String(scope.run_id.to_string()))
+        }
+        Some("run") if key(1) == Some("dry_run") && segs.len() == 2 => {
+            Ok(Value::Bool(scope.dry_run))
         }
         Some("steps") => {
             let Some(state) = key(1).and_then(|id| scope.steps.get(id)) else {
@@ -605,12 +616,51 @@ pub(crate) struct RefRules<'a> {
 
 const ROOTS: &[&str] = &["inputs", "env", "steps", "run"];
 
-/// Problems with the names `expr` refers to, as messages.
+/// The values `steps.<id>.status` takes.
+pub(crate) const STEP_STATUSES: &[&str] = &["succeeded", "failed", "skipped", "cancelled"];
+
+/// Problems with the names `expr` refers to, and with what it compares them to, as messages.
 pub(crate) fn check_refs(expr: &Expr, rules: &RefRules) -> Vec<String> {
-    expr.paths()
+    let mut problems: Vec<String> = expr
+        .paths()
         .into_iter()
         .filter_map(|p| check_path(p, rules).err())
-        .collect()
+        .collect();
+    status_literals(&expr.node, &mut problems);
+    problems
+}
+
+/// Comparisons of `steps.<id>.status` with a string it never equals, such as GitHub Actions'
+/// `'success'`: the condition would be silently false (or true) on every run.
+fn status_literals(node: &Node, problems: &mut Vec<String>) {
+    match node {
+        Node::Lit(_) | Node::Path(_) => {}
+        Node::Not(e) => status_literals(e, problems),
+        Node::And(a, b) | Node::Or(a, b) => {
+            status_literals(a, problems);
+            status_literals(b, problems);
+        }
+        Node::Cmp(_, a, b) => {
+            for (path, literal) in [(a, b), (b, a)] {
+                let (Node::Path(segs), Node::Lit(Value::String(text))) = (&**path, &**literal)
+                else {
+                    continue;
+                };
+                let is_status = segs.len() == 3
+                    && segs[0] == Seg::Key("steps".into())
+                    && segs[2] == Seg::Key("status".into());
+                if is_status && !STEP_STATUSES.contains(&text.as_str()) {
+                    let hint = crate::suggest(&text.to_lowercase(), STEP_STATUSES.iter().copied())
+                        .map(|s| format!("; did you mean '{s}'?"))
+                        .unwrap_or_default();
+                    problems.push(format!(
+                        "`{}` is never '{text}': a step's status is 'succeeded', 'failed', 'skipped' or 'cancelled'{hint}",
+                        path_text(segs)
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn check_path(segs: &[Seg], rules: &RefRules) -> Result<(), String> {
@@ -649,14 +699,19 @@ fn check_path(segs: &[Seg], rules: &RefRules) -> Result<(), String> {
                 ));
             }
         }
-        "run" => {
-            if key(1) != Some("id") || segs.len() != 2 {
+        "run" => match (key(1), segs.len()) {
+            (Some("id"), 2) => {}
+            (Some("dry_run"), 2) if rules.steps.is_some() => {}
+            (Some("dry_run"), 2) => {
+                return Err(format!("`run.dry_run` is not available here; {only_inputs}"));
+            }
+            _ => {
                 return Err(format!(
-                    "unknown name `{}`; expected `run.id`",
+                    "unknown name `{}`; expected `run.id` or `run.dry_run`",
                     path_text(segs)
                 ));
             }
-        }
+        },
         "steps" => {
             let Some((all, upstream)) = rules.steps else {
                 return Err(format!(

@@ -10,6 +10,17 @@ use std::path::{Component, Path, PathBuf};
 pub struct Grant {
     pub host_path: PathBuf,
     pub guest_path: String,
+    /// For a grant written as a path that climbs out of the workflow's directory (`../x`):
+    /// that path, normalised, under which the plugin sees the directory too, so a `with:`
+    /// value written the same way as the grant finds it.
+    pub alias: Option<String>,
+}
+
+impl Grant {
+    /// Every name the plugin sees the directory under.
+    pub fn guest_paths(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.guest_path.as_str()).chain(self.alias.as_deref())
+    }
 }
 
 /// Removes `.` and resolves `..` without touching the filesystem. `..` at the root stays at the
@@ -51,9 +62,11 @@ pub(crate) fn grant(written: &str, base_dir: &Path) -> Result<Grant, String> {
     } else {
         lexical.display().to_string()
     };
+    let alias = (climbs && !written_path.is_absolute()).then(|| lexical.display().to_string());
     Ok(Grant {
         host_path,
         guest_path,
+        alias,
     })
 }
 

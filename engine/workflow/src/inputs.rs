@@ -70,6 +70,7 @@ impl Workflow {
             env: &empty_env,
             steps: &steps,
             run_id,
+            dry_run: false,
         };
         self.env
             .iter()
@@ -99,6 +100,7 @@ impl Workflow {
             env: &env,
             steps: &steps,
             run_id,
+            dry_run: false,
         };
         concurrency.key.eval_string(&scope).map(Some)
     }

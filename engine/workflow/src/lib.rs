@@ -21,7 +21,9 @@ mod units;
 
 use std::path::{Path, PathBuf};
 
-pub use config::{ConfigSchema, ConfigValue, check_config, check_config_with, validate_config};
+pub use config::{
+    ConfigSchema, ConfigValue, GRANT_ANNOTATION, check_config, check_config_with, validate_config,
+};
 pub use error::{Diagnostic, Diagnostics, Error, Location, Result};
 pub use expr::{EvalError, Expr, Scope, StepState, Template};
 pub use grants::{Grant, HostPattern};
@@ -91,7 +93,7 @@ fn base_dir(file: &Path) -> PathBuf {
 }
 
 /// The closest of `candidates` to `word`, if it is close enough to be a plausible typo.
-fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))

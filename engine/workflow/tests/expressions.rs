@@ -48,6 +48,7 @@ fn eval(src: &str) -> Value {
         env: &f.env,
         steps: &f.steps,
         run_id: "run-42",
+        dry_run: false,
     };
     Expr::parse(src)
         .unwrap_or_else(|e| panic!("{src}: {e}"))
@@ -62,6 +63,7 @@ fn template(src: &str) -> Value {
         env: &f.env,
         steps: &f.steps,
         run_id: "run-42",
+        dry_run: false,
     };
     Template::parse(src).unwrap().eval(&scope).unwrap()
 }
@@ -125,6 +127,7 @@ fn ordering_mixed_types_is_an_error() {
         env: &f.env,
         steps: &f.steps,
         run_id: "r",
+        dry_run: false,
     };
     let err = Expr::parse("'a' < 1").unwrap().eval(&scope).unwrap_err();
     assert!(err.to_string().contains("cannot order"), "{err}");

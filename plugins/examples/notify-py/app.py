@@ -35,7 +35,7 @@ SCHEMA = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
     "properties": {
-        "url": {"type": "string", "description": "The webhook, http:// or https://."},
+        "url": {"type": "string", "x-shiphat-grant": "http", "description": "The webhook, http:// or https://."},
         "release": {"type": "string", "description": "The release the run is about."},
         "status": {
             "type": "string",

@@ -241,6 +241,7 @@ pub fn schema() -> Value {
     let address = json!({
         "type": "string",
         "pattern": "^https?://",
+        "x-shiphat-grant": "http",
         "description": "For `prometheus`: the server's base URL, e.g. `http://127.0.0.1:9090` (the plugin appends `/api/v1/query`). For `scrape`: the full URL of the metrics page, e.g. `http://127.0.0.1:8080/metrics`. Its host must be granted in `allow.http`."
     });
     let token_secret = json!({

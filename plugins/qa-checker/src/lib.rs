@@ -63,7 +63,7 @@ fn schema() -> serde_json::Value {
             },
             "reports": {
                 "type": "array",
-                "items": { "type": "string", "minLength": 1 },
+                "items": { "type": "string", "minLength": 1, "x-shiphat-grant": "read" },
                 "minItems": 1,
                 "description": "junit: paths or glob patterns of the reports, e.g. `reports/**/*.xml`, inside a directory granted in `allow.read`. Matching no file at all fails the step."
             },
@@ -86,6 +86,7 @@ fn schema() -> serde_json::Value {
             "api": {
                 "type": "string",
                 "pattern": "^https?://",
+                "x-shiphat-grant": "http",
                 "description": "commit-status: the API's base URL. Defaults to `https://api.github.com`; GitHub Enterprise uses `https://HOST/api/v3`. Its host must be granted in `allow.http`."
             },
             "repo": {
