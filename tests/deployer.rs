@@ -252,6 +252,38 @@ fn on_failure_rolls_back_to_the_previous_release_output() {
     assert_eq!(current(&dir), Path::new("releases/1"));
 }
 
+/// Regression: after deploying 1, 2, 1 again and a failing 3, a rollback said "rolled back
+/// from 3 to 2" (the release deployed before 3 by time) while 1 had been live.
+#[test]
+fn rollback_returns_to_the_release_that_was_live_before() {
+    let dir = TestDir::new();
+    for release in ["1", "2"] {
+        build(&dir, release);
+        deploy(&dir, release, "");
+    }
+    build(&dir, "1");
+    let again = deploy(&dir, "1", "");
+    assert_eq!(again.step("deploy")["outputs"]["previous_release"], "2");
+    build(&dir, "3");
+    let run = deploy(&dir, "3", "");
+    assert_eq!(run.step("deploy")["outputs"]["previous_release"], "1");
+
+    let run = dir.run(&rollback_yaml(""), &[]);
+    let step = run.step("rollback");
+    assert_eq!(step["summary"], "rolled back from 3 to 1", "{}", run.stdout);
+    assert_eq!(current(&dir), Path::new("releases/1"));
+    // The rollback popped 3: the next one goes back to what was live before 1 went live.
+    let run = dir.run(&rollback_yaml(""), &[]);
+    assert_eq!(run.step("rollback")["summary"], "rolled back from 1 to 2");
+    assert_eq!(current(&dir), Path::new("releases/2"));
+    let history = std::fs::read_to_string(dir.path().join("site/.shiphat-history")).unwrap();
+    let names: Vec<&str> = history
+        .lines()
+        .map(|l| l.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(names, ["1", "2"], "{history}");
+}
+
 #[test]
 fn keep_prunes_the_oldest_releases() {
     let dir = TestDir::new();
@@ -612,4 +644,83 @@ fn a_webhook_dry_run_sends_nothing() {
         "{step}"
     );
     assert!(receiver.requests().is_empty());
+}
+
+/// Regression: `target: /abs/path` failed with "the link path leaves its grant" after the
+/// release was copied, and `target: ../x` with "No such file or directory (os error 44)".
+/// Capistrano's `deploy_to` is absolute; both must work.
+#[test]
+fn absolute_and_climbing_targets_deploy() {
+    let outer = TestDir::new();
+    let dir_path = outer.path().join("project");
+    std::fs::create_dir_all(dir_path.join("build")).unwrap();
+    std::fs::write(dir_path.join("build/index.html"), "<h1>1</h1>").unwrap();
+    let absolute = outer.path().join("srv/www");
+    for (target, live) in [
+        (absolute.display().to_string(), absolute.clone()),
+        ("../x".to_owned(), outer.path().join("x")),
+    ] {
+        let yaml = format!(
+            "name: web\nsteps:\n  - id: deploy\n    uses: deployer\n    with: {{ strategy: symlink, source: build, target: \"{target}\", release: \"1\" }}\n    allow: {{ read: [build], write: [\"{target}\"] }}\n"
+        );
+        let file = dir_path.join("deploy.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let mut command = outer.shiphat();
+        command.current_dir(&dir_path).arg("run").arg(&file).arg("--json");
+        let run = Run::of(command);
+        assert_eq!(run.status("deploy"), "succeeded", "{target}: {}", run.stdout);
+        assert_eq!(
+            std::fs::read_link(live.join("current")).unwrap(),
+            Path::new("releases/1"),
+            "{target}"
+        );
+        assert!(live.join("releases/1/index.html").is_file(), "{target}");
+    }
+}
+
+/// Regression: a missing grant surfaced as WASI's "(os error 44)", and only once the step
+/// ran. Written literally, `validate` names it before anything runs; from an expression, the
+/// plugin names it.
+#[test]
+fn a_missing_grant_is_named_before_the_run_or_without_errno_text() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    let literal = "name: web\nsteps:\n  - id: deploy\n    uses: deployer\n    with: { strategy: symlink, source: build, target: site, release: \"1\" }\n    allow: { write: [site] }\n";
+    let run = dir.run(literal, &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the step reads `build` but `allow.read` does not grant it"),
+        "{}",
+        run.stderr
+    );
+    let templated = "name: web\ninputs:\n  source: { type: string, default: build }\nsteps:\n  - id: deploy\n    uses: deployer\n    with: { strategy: symlink, source: \"${{ inputs.source }}\", target: site, release: \"1\" }\n    allow: { write: [site] }\n";
+    let run = dir.run(templated, &[]);
+    let (kind, message) = run.error("deploy");
+    assert!(matches!(kind, "failed" | "invalid_config"), "{kind}: {message}");
+    assert!(!message.contains("os error"), "{message}");
+    assert!(message.contains("allow.read"), "{message}");
+}
+
+/// Regression: a dry run said "would deploy" where the real run then failed for a missing
+/// `write` grant.
+#[test]
+fn a_dry_run_fails_where_the_real_run_would_for_a_missing_grant() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    // A read grant must exist to be opened; the step may read it but not write it.
+    std::fs::create_dir_all(dir.path().join("site")).unwrap();
+    for allow in ["{ read: [build] }", "{ read: [build, site] }"] {
+        // From an expression, so that `validate` cannot see it and the plugin must.
+        let yaml = format!(
+            "name: web\ninputs:\n  target: {{ type: string, default: site }}\nsteps:\n  - id: deploy\n    uses: deployer\n    with: {{ strategy: symlink, source: build, target: \"${{{{ inputs.target }}}}\", release: \"1\" }}\n    allow: {allow}\n"
+        );
+        let dry = dir.run(&yaml, &["--dry-run"]);
+        let (kind, message) = dry.error("deploy");
+        assert_eq!(kind, "failed", "{allow}: {}", dry.stdout);
+        assert!(message.contains("allow.write"), "{allow}: {message}");
+        let real = dir.run(&yaml, &[]);
+        assert_eq!(real.error("deploy").0, "failed", "{allow}");
+        assert!(!dir.path().join("site/releases").exists());
+    }
 }

@@ -10,6 +10,8 @@ use std::path::{Component, Path, PathBuf};
 use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 use shiphat_plugin_sdk::bindings::wasi::filesystem::preopens;
+use shiphat_plugin_sdk::bindings::wasi::filesystem::types::{Descriptor, DescriptorFlags};
+use shiphat_plugin_sdk::{self as sdk};
 
 /// How many bytes are read at a time while digesting.
 const CHUNK: usize = 64 * 1024;
@@ -23,9 +25,8 @@ pub enum Source {
 impl Source {
     /// Tells a directory from a `.tar.gz` by looking at `path`; `Err` says why it is neither.
     pub fn open(path: &str) -> Result<Source, String> {
-        let meta = fs::metadata(path).map_err(|e| {
-            format!("`source`: cannot read `{path}`: {e}; is its directory granted by allow.read?")
-        })?;
+        let meta =
+            fs::metadata(path).map_err(|e| format!("`source`: `{path}` {}", sdk::io_error(&e)))?;
         if meta.is_dir() {
             Ok(Source::Dir(path.into()))
         } else if path.ends_with(".tar.gz") || path.ends_with(".tgz") {
@@ -67,15 +68,21 @@ impl Source {
     /// Writes the release's files under `dest`, which must not exist yet; returns how many
     /// files (and symlinks) it wrote and their digest (see [`digest`]).
     pub fn put(&self, dest: &Path) -> Result<(u64, String), String> {
-        fs::create_dir(dest).map_err(|e| format!("cannot create `{}`: {e}", dest.display()))?;
+        fs::create_dir(dest)
+            .map_err(|e| format!("cannot create `{}`: {}", dest.display(), sdk::io_error(&e)))?;
         match self {
             Source::Dir(dir) => tree(dir, Some(dest))
-                .map_err(|e| format!("copying `{}` failed: {e}", dir.display())),
+                .map_err(|e| format!("copying `{}` failed: {}", dir.display(), sdk::io_error(&e))),
             Source::Tarball(file) => {
                 let count = unpack(file, dest)?;
                 // Archive order is not path order: digest what was written.
-                let digest = digest(dest)
-                    .map_err(|e| format!("reading back `{}` failed: {e}", dest.display()))?;
+                let digest = digest(dest).map_err(|e| {
+                    format!(
+                        "reading back `{}` failed: {}",
+                        dest.display(),
+                        sdk::io_error(&e)
+                    )
+                })?;
                 Ok((count, digest))
             }
         }
@@ -114,7 +121,13 @@ fn walk(
 }
 
 fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
-    let fail = |e: io::Error| format!("unpacking `{}` failed: {e}", file.display());
+    let fail = |e: io::Error| {
+        format!(
+            "unpacking `{}` failed: {}",
+            file.display(),
+            sdk::io_error(&e)
+        )
+    };
     let gz = File::open(file).map_err(fail)?;
     let mut archive = tar::Archive::new(GzDecoder::new(gz));
     let mut n = 0;
@@ -159,9 +172,32 @@ fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
                 name.display()
             ));
         };
-        result.map_err(|e| format!("unpacking `{}` failed: {e}", name.display()))?;
+        result.map_err(|e| {
+            format!(
+                "unpacking `{}` failed: {}",
+                name.display(),
+                sdk::io_error(&e)
+            )
+        })?;
     }
     Ok(n)
+}
+
+/// `path` as WASI's libc matches it against the names of preopened directories: without `.`
+/// components and without a leading `/` (`/srv/www` and `srv/www` name the same preopen), and
+/// with `..` only at the start (`../x`, a grant outside the workflow's directory). `None` for
+/// a `..` after a name, which only the filesystem could resolve.
+fn guest_name(path: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(part) => out.push(part),
+            Component::ParentDir if out.iter().all(|c| c == "..") => out.push(".."),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 /// `path` without `.` components, if it stays inside the directory it is relative to.
@@ -217,26 +253,55 @@ pub fn make_symlink(target: &Path, link: &Path) -> io::Result<()> {
             target.display()
         )));
     }
-    let link = inside(link).ok_or_else(|| io::Error::other("the link path leaves its grant"))?;
-    let (dir, rest) = preopens::get_directories()
+    let (dir, rest) = preopen_for(link)?;
+    dir.symlink_at(&slash_path(target), &slash_path(&rest))
+        .map_err(|code| io::Error::other(format!("symlink-at: {code:?}")))
+}
+
+/// The preopened directory that holds `path`, found by its guest name as `std` itself
+/// resolves paths, and the rest of `path` inside it.
+fn preopen_for(path: &Path) -> io::Result<(Descriptor, PathBuf)> {
+    let name = guest_name(path).ok_or_else(|| {
+        io::Error::other(format!(
+            "`{}` climbs out of a directory it names; write the path without `..` after a name",
+            path.display()
+        ))
+    })?;
+    preopens::get_directories()
         .into_iter()
-        .filter_map(|(dir, name)| {
-            let rest = link
-                .strip_prefix(inside(Path::new(&name))?)
-                .ok()?
-                .to_path_buf();
-            Some((dir, name.len(), rest))
+        .filter_map(|(dir, guest)| {
+            let rest = name.strip_prefix(guest_name(Path::new(&guest))?).ok()?;
+            Some((dir, guest.len(), rest.to_path_buf()))
         })
         .max_by_key(|(_, len, _)| *len)
         .map(|(dir, _, rest)| (dir, rest))
         .ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("`{}` is in no granted directory", link.display()),
+                format!("`{}` is in no granted directory", path.display()),
             )
-        })?;
-    dir.symlink_at(&slash_path(target), &slash_path(&rest))
-        .map_err(|code| io::Error::other(format!("symlink-at: {code:?}")))
+        })
+}
+
+/// Checks, without writing anything, that `path` is inside a directory the step may write:
+/// what a dry run must know to fail where the real run would.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    let (dir, _) = preopen_for(path).map_err(|_| {
+        format!(
+            "`{}` is outside every granted directory; grant it in `allow.write`",
+            path.display()
+        )
+    })?;
+    let flags = dir
+        .get_flags()
+        .map_err(|code| format!("`{}`: {code:?}", path.display()))?;
+    if !flags.contains(DescriptorFlags::MUTATE_DIRECTORY) {
+        return Err(format!(
+            "`{}` is granted read-only; grant it in `allow.write`",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The source digest: SHA-256 over every file and symlink under `root`, in the byte order of

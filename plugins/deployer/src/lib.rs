@@ -46,9 +46,17 @@ impl Guest for Deployer {
     }
 }
 
+/// The keys only `strategy: webhook` takes.
+const WEBHOOK_ONLY: [&str; 5] = ["url", "secret", "environment", "poll_interval", "timeout"];
+/// The keys only `strategy: symlink` takes.
+const SYMLINK_ONLY: [&str; 3] = ["source", "target", "keep"];
+
 /// The JSON Schema of the `with:` block. The plugin checks the same rules again after the
 /// engine resolved `${{ ... }}` expressions, which the schema cannot see through.
 fn schema() -> serde_json::Value {
+    let forbid = |keys: &[&str]| -> serde_json::Value {
+        keys.iter().map(|k| (k.to_string(), json!(false))).collect()
+    };
     let duration = |what: &str| json!({ "type": "string", "description": what });
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -70,10 +78,12 @@ fn schema() -> serde_json::Value {
             },
             "source": {
                 "type": "string",
+                "x-shiphat-grant": "read",
                 "description": "symlink deploy: the build to deploy, a directory or a `.tar.gz`/`.tgz` file, inside a directory granted by `allow.read` (or `allow.write`)."
             },
             "target": {
                 "type": "string",
+                "x-shiphat-grant": "write",
                 "description": "symlink: the deploy directory holding `releases/` and `current`, inside a directory granted by `allow.write`."
             },
             "keep": {
@@ -84,6 +94,7 @@ fn schema() -> serde_json::Value {
             },
             "url": {
                 "type": "string",
+                "x-shiphat-grant": "http",
                 "description": "webhook: the deploy API's URL (`http://` or `https://`); its host must be granted by `allow.http`."
             },
             "secret": {
@@ -98,10 +109,12 @@ fn schema() -> serde_json::Value {
             "timeout": duration("webhook: how long to poll the status URL before giving up, e.g. `10m`. Default `10m`. The step's own `timeout:` still applies.")
         },
         "required": ["strategy"],
+        // Each strategy requires its keys and refuses the other's, so `validate` catches
+        // `url` with `strategy: symlink` before anything runs.
         "allOf": [
             {
                 "if": { "properties": { "strategy": { "const": "symlink" } } },
-                "then": { "required": ["target"] }
+                "then": { "required": ["target"], "properties": forbid(&WEBHOOK_ONLY) }
             },
             {
                 "if": {
@@ -114,7 +127,7 @@ fn schema() -> serde_json::Value {
             },
             {
                 "if": { "properties": { "strategy": { "const": "webhook" } } },
-                "then": { "required": ["url", "secret", "release"] }
+                "then": { "required": ["url", "secret", "release"], "properties": forbid(&SYMLINK_ONLY) }
             }
         ],
         "additionalProperties": false

@@ -5,7 +5,12 @@
 //! <target>/releases/2/
 //! <target>/releases/.3.partial-<run id>/     a release being written (never current)
 //! <target>/current -> releases/2             relative, switched by rename
+//! <target>/.shiphat-history                  each release that went live, oldest first
 //! ```
+//!
+//! The history is Capistrano's `revisions.log`: a rollback without `release:` returns to the
+//! release that was live before the current one went live, which is not always the one
+//! deployed before it by time (deploy 1, 2, 1 again, then 3: a rollback goes back to 1).
 //!
 //! Every change that a reader of `current` could see is a rename, which is atomic: a release
 //! directory appears whole, and `current` flips from one whole release to another.
@@ -29,6 +34,13 @@ const PARTIAL: &str = ".partial-";
 
 /// The temporary link's prefix, next to `current`.
 const CURRENT_TMP: &str = "current.tmp-";
+
+/// The history of what went live, one line per switch: `release<TAB>run id<TAB>time<TAB>how`.
+const HISTORY: &str = ".shiphat-history";
+
+/// How many switches the history keeps. Rollbacks walk back through it, and nobody rolls
+/// back further than this; old lines would only grow the file.
+const HISTORY_LIMIT: usize = 200;
 
 /// What `.shiphat-release.json` holds.
 #[derive(Serialize, Deserialize)]
@@ -60,6 +72,7 @@ struct Layout {
     target: PathBuf,
     releases: PathBuf,
     current: PathBuf,
+    history: PathBuf,
 }
 
 impl Layout {
@@ -68,6 +81,7 @@ impl Layout {
         Layout {
             releases: target.join("releases"),
             current: target.join("current"),
+            history: target.join(HISTORY),
             target,
         }
     }
@@ -88,8 +102,9 @@ impl Layout {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(sdk::failed(format!(
-                    "`{}` exists but is not a symlink ({e}); move it away so the deployer can manage it",
-                    self.current.display()
+                    "`{}` exists but is not a symlink ({}); move it away so the deployer can manage it",
+                    self.current.display(),
+                    sdk::io_error(&e)
                 )));
             }
         };
@@ -118,9 +133,69 @@ impl Layout {
             .map_err(|e| {
                 let _ = fs::remove_file(&tmp);
                 sdk::failed(format!(
-                    "cannot point `{}` at release `{name}`: {e}",
-                    self.current.display()
+                    "cannot point `{}` at release `{name}`: {}",
+                    self.current.display(),
+                    sdk::io_error(&e)
                 ))
+            })
+    }
+
+    /// The history's lines, oldest first, ending with `current` when there is one. A
+    /// history that lost its last switch (the step died between the switch and the write),
+    /// or a target deployed before the history existed, gets a line for `current` added.
+    fn history(&self, current: Option<&str>) -> Result<Vec<String>, StepError> {
+        let mut lines: Vec<String> = match fs::read_to_string(&self.history) {
+            Ok(text) => text
+                .lines()
+                .filter(|line| check_release_name(history_name(line)).is_ok())
+                .map(str::to_owned)
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_failed(&self.history, e)),
+        };
+        if let Some(current) = current
+            && lines.last().map(|line| history_name(line)) != Some(current)
+        {
+            lines.push(format!("{current}\t\t\tfound live"));
+        }
+        Ok(lines)
+    }
+
+    /// The release that was live before `current` went live and still exists; falls back to
+    /// the release deployed before it by time when the history does not know.
+    fn previous_live(&self, current: &str) -> Result<Option<String>, StepError> {
+        let history = self.history(Some(current))?;
+        let from_history = history
+            .iter()
+            .rev()
+            .map(|line| history_name(line))
+            .find(|name| *name != current && self.release(name).is_dir())
+            .map(str::to_owned);
+        match from_history {
+            Some(name) => Ok(Some(name)),
+            None => self.before(current),
+        }
+    }
+
+    /// Writes the history as `lines` plus one for `name`, by a temporary file renamed over
+    /// the old one.
+    fn record(
+        &self,
+        ctx: &StepContext,
+        mut lines: Vec<String>,
+        name: &str,
+        how: &str,
+    ) -> Result<(), StepError> {
+        let time = humantime::format_rfc3339_millis(SystemTime::now());
+        lines.push(format!("{name}\t{}\t{time}\t{how}", ctx.run_id));
+        let skip = lines.len().saturating_sub(HISTORY_LIMIT);
+        let text: String = lines[skip..].iter().map(|l| format!("{l}\n")).collect();
+        let tmp = self.target.join(format!("{HISTORY}.tmp-{}", ctx.run_id));
+        fs::write(&tmp, text)
+            .and_then(|()| fs::rename(&tmp, &self.history))
+            .map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                io_failed(&self.history, e)
             })
     }
 
@@ -165,7 +240,9 @@ impl Layout {
                 &self.releases,
                 &(|n: &str| n.starts_with('.') && n.contains(PARTIAL)) as &dyn Fn(&str) -> bool,
             ),
-            (&self.target, &|n: &str| n.starts_with(CURRENT_TMP)),
+            (&self.target, &|n: &str| {
+                n.starts_with(CURRENT_TMP) || (n.starts_with(HISTORY) && n.contains(".tmp-"))
+            }),
         ] {
             let entries = match fs::read_dir(dir) {
                 Ok(entries) => entries,
@@ -202,6 +279,8 @@ fn deploy(
     keep: u32,
 ) -> Result<StepOutput, StepError> {
     let source = Source::open(source).map_err(sdk::invalid_config)?;
+    // Before anything is copied, and in a dry run too: a missing grant fails here.
+    files::check_writable(&layout.target).map_err(sdk::failed)?;
     let previous = layout.current()?;
     let path = layout.release(release);
     let output = |summary: String, previous: Option<String>, changed: bool| {
@@ -213,7 +292,7 @@ fn deploy(
     };
 
     if previous.as_deref() == Some(release) {
-        let before = layout.before(release)?;
+        let before = layout.previous_live(release)?;
         return Ok(output(
             format!("release {release} is already current; nothing changed"),
             before,
@@ -231,9 +310,9 @@ fn deploy(
         let summary = if exists {
             format!("would switch to the existing release {release}{over}")
         } else {
-            let n = source
-                .count()
-                .map_err(|e| sdk::failed(format!("cannot read the source: {e}")))?;
+            let n = source.count().map_err(|e| {
+                sdk::failed(format!("cannot read the source: {}", sdk::io_error(&e)))
+            })?;
             format!("would deploy {release}{over} (copy {n} files)")
         };
         return Ok(output(summary, previous, false).set("dry_run", true).into());
@@ -284,6 +363,8 @@ fn deploy(
             short(&digest)
         )
     };
+    let history = layout.history(previous.as_deref())?;
+    layout.record(ctx, history, release, "deploy")?;
     sdk::info(&summary);
     prune(&layout, keep, release, previous.as_deref())?;
     Ok(output(summary, previous, true)
@@ -316,6 +397,7 @@ fn rollback(
     release: Option<String>,
     layout: Layout,
 ) -> Result<StepOutput, StepError> {
+    files::check_writable(&layout.target).map_err(sdk::failed)?;
     let Some(current) = layout.current()? else {
         return Err(sdk::failed(format!(
             "nothing to roll back: `{}` does not exist",
@@ -332,9 +414,9 @@ fn rollback(
             }
             name
         }
-        None => layout.before(&current)?.ok_or_else(|| {
+        None => layout.previous_live(&current)?.ok_or_else(|| {
             sdk::failed(format!(
-                "nothing to roll back to: no release was deployed before `{current}`"
+                "nothing to roll back to: no release was live before `{current}`"
             ))
         })?,
     };
@@ -361,18 +443,30 @@ fn rollback(
         );
     }
     layout.switch(ctx, &to)?;
+    // A rollback pops the history back to `to`, so the next rollback goes one further back;
+    // a rollback to a release that was not in it adds it.
+    let mut history = layout.history(Some(&current))?;
+    if let Some(at) = history.iter().rposition(|line| history_name(line) == to) {
+        history.truncate(at);
+    }
+    layout.record(ctx, history, &to, "rollback")?;
     let summary = format!("rolled back from {current} to {to}");
     sdk::info(&summary);
     Ok(output(summary, true).into())
 }
 
+/// The release a history line names.
+fn history_name(line: &str) -> &str {
+    line.split('\t').next().unwrap_or_default()
+}
+
 fn read_manifest(release_dir: &Path) -> Result<Manifest, String> {
-    let text = fs::read_to_string(release_dir.join(MANIFEST)).map_err(|e| e.to_string())?;
+    let text = fs::read_to_string(release_dir.join(MANIFEST)).map_err(|e| sdk::io_error(&e))?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
 fn io_failed(path: &Path, e: io::Error) -> StepError {
-    sdk::failed(format!("`{}`: {e}", path.display()))
+    sdk::failed(format!("`{}` {}", path.display(), sdk::io_error(&e)))
 }
 
 /// The first 12 hex digits of a digest, enough to tell releases apart in a summary.

@@ -189,6 +189,31 @@ pub fn invalid_config(message: impl Into<String>) -> StepError {
     StepError::InvalidConfig(message.into())
 }
 
+/// An I/O error as a person can act on it: what went wrong and which grant to check, without
+/// the `(os error 44)` WASI errno that means nothing to anyone. Write it after the path:
+/// `format!("`{}`: {}", path.display(), sdk::io_error(&e))`.
+pub fn io_error(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => "does not exist, or is outside every granted directory; check the path and the step's `allow.read`/`allow.write`".into(),
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+            "not allowed: is it granted in `allow.write` (not only `allow.read`)?".into()
+        }
+        ErrorKind::AlreadyExists => "already exists".into(),
+        ErrorKind::NotADirectory => "a part of the path is not a directory".into(),
+        ErrorKind::IsADirectory => "is a directory, not a file".into(),
+        ErrorKind::DirectoryNotEmpty => "is a directory that is not empty".into(),
+        ErrorKind::StorageFull => "no space left on the device".into(),
+        _ => {
+            let text = e.to_string();
+            match text.find(" (os error ") {
+                Some(at) => text[..at].to_owned(),
+                None => text,
+            }
+        }
+    }
+}
+
 /// A successful step's result, built one output at a time.
 ///
 /// ```ignore
