@@ -67,6 +67,17 @@ on_failure:
     with: { message: "undone" }
 "#;
 
+// Takes the release as `release`, not `ref`: the config maps `@REF` to it for staging only.
+const SITE: &str = r#"
+name: site
+inputs:
+  release: { type: string, required: true }
+steps:
+  - id: deploy
+    uses: echo
+    with: { message: "deployed ${{ inputs.release }}" }
+"#;
+
 fn config(webhooks: &[&str]) -> String {
     format!(
         r#"
@@ -90,6 +101,10 @@ prod = {{ workflow = "web", rollback = "web-rollback" }}
 [slack.apps.api]
 staging = {{ workflow = "api" }}
 
+[slack.apps.site]
+staging = {{ workflow = "site", ref_input = "release" }}
+prod = {{ workflow = "site" }}
+
 [slack.channels]
 prod = ["C0DEPLOYS"]
 
@@ -98,7 +113,7 @@ user = "U0ALICE"
 team = "T0ACME"
 name = "alice"
 roles = ["deployer"]
-patterns = ["web/*", "web-rollback", "api"]
+patterns = ["web/*", "web-rollback", "api", "site"]
 
 [[slack.users]]
 user = "U0OPS"
@@ -140,6 +155,7 @@ fn setup_with_webhooks(webhooks: &[&str]) -> TestDir {
     dir.write("workflows/web.yaml", WEB);
     dir.write("workflows/web-rollback.yaml", WEB_ROLLBACK);
     dir.write("workflows/api.yaml", API);
+    dir.write("workflows/site.yaml", SITE);
     dir.write("shiphat.toml", config(webhooks));
     dir
 }
@@ -553,7 +569,7 @@ fn refusals_say_what_was_missing() {
     // Unknown apps and environments, and text that is no command, show the right form.
     let t = say("U0ALICE", "C0DEV", "shop to staging", "3.9");
     assert!(
-        t.contains("unknown app `shop`; the apps are `api`, `web`"),
+        t.contains("unknown app `shop`; the apps are `api`, `site`, `web`"),
         "{t}"
     );
     let t = say("U0ALICE", "C0DEV", "web to qa", "3.10");
@@ -569,4 +585,40 @@ fn refusals_say_what_was_missing() {
         text(&answer).contains("`U0ALICE` of team `T0OTHER` is not known"),
         "{answer}"
     );
+}
+
+/// Regression: `/deploy site@v2` to a workflow whose input is `release` failed with "takes no
+/// ref input", and nothing warned when the daemon started.
+#[test]
+fn ref_input_maps_the_ref_and_a_mapping_that_cannot_work_is_warned_about() {
+    let dir = setup();
+    let daemon = start(&dir);
+    let receiver = Receiver::start();
+    let deploy = body("U0ALICE", "C0DEV", "site@v2 to staging", &receiver.url, "1.2.3");
+    let (status, answer) = command(&daemon, &deploy, None);
+    assert_eq!(status, 200, "{answer}");
+    assert!(text(&answer).contains("started"), "{answer}");
+    let run = runs(&daemon)
+        .into_iter()
+        .find(|r| r["workflow"] == "site")
+        .expect("a run of `site`");
+    assert_eq!(run["inputs"]["release"], "v2", "{run}");
+
+    let mut warnings = String::new();
+    let stderr = daemon.stderr.lock().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !warnings.contains("requires the input `release`") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match stderr.recv_timeout(left) {
+            Ok(line) => warnings.push_str(&(line + "\n")),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        warnings.contains(
+            "slack app `site` in `prod`: the workflow `site` requires the input `release`"
+        ),
+        "{warnings}"
+    );
+    assert!(!warnings.contains("slack app `site` in `staging`"), "{warnings}");
 }

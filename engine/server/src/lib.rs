@@ -92,6 +92,12 @@ impl Daemon {
     /// SIGHUP reloads the workflows at once.
     pub async fn run(self) -> Result<()> {
         let Daemon { app, listener } = self;
+        // Said once the daemon listens, so whoever started it sees it beside the address.
+        if let Some(slack) = &app.config.slack {
+            for problem in chat::check_targets(slack, &app.workflows) {
+                tracing::warn!("{problem}");
+            }
+        }
         let stop = CancellationToken::new();
         let background = CancellationToken::new();
         spawn_signals(app.clone(), stop.clone())?;

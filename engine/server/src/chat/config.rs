@@ -37,6 +37,8 @@ pub struct RawSlack {
 struct RawTarget {
     workflow: String,
     rollback: Option<String>,
+    /// The workflow input that `/deploy APP@REF` fills with REF; `ref` by default.
+    ref_input: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -58,7 +60,19 @@ struct RawUser {
 pub struct Target {
     pub workflow: String,
     pub rollback: Option<String>,
+    /// The workflow input `@REF` goes to, when the config names one; see [`Target::ref_input`].
+    pub ref_input: Option<String>,
 }
+
+impl Target {
+    /// The workflow input `@REF` goes to.
+    pub fn ref_input(&self) -> &str {
+        self.ref_input.as_deref().unwrap_or(DEFAULT_REF_INPUT)
+    }
+}
+
+/// The input `/deploy APP@REF` fills when the config names none.
+pub const DEFAULT_REF_INPUT: &str = "ref";
 
 /// Who a Slack user is to the daemon.
 #[derive(Clone, Debug)]
@@ -122,6 +136,7 @@ impl RawSlack {
                             Target {
                                 workflow: t.workflow,
                                 rollback: t.rollback,
+                                ref_input: t.ref_input,
                             },
                         )
                     })

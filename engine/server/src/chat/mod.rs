@@ -231,7 +231,7 @@ async fn run_command(
                 &name,
                 &environment,
                 &target.workflow,
-                git_ref,
+                git_ref.map(|r| (target.ref_input().to_owned(), r)),
                 label,
                 false,
             )
@@ -390,7 +390,7 @@ fn plan(
     app: &App,
     workflow_name: &str,
     environment: &str,
-    git_ref: Option<String>,
+    git_ref: Option<(String, String)>,
     request: &Request,
     caller: &Principal,
     app_name: &str,
@@ -416,14 +416,15 @@ fn plan(
             json!(format!("{} (slack {})", caller.name, request.user_id)),
         );
     }
-    if let Some(r) = git_ref {
-        if !declares("ref") {
+    if let Some((input, r)) = git_ref {
+        if !declares(&input) {
             return Err(format!(
-                "the workflow `{}` takes no `ref` input; deploy without `@REF`",
-                reply::escape(workflow_name)
+                "the workflow `{}` takes no `{}` input for `@REF`; deploy without `@REF`, or set `ref_input` for this app in the daemon's `[slack.apps]` config",
+                reply::escape(workflow_name),
+                reply::escape(&input)
             ));
         }
-        given.insert("ref".into(), json!(r));
+        given.insert(input, json!(r));
     }
     let inputs = workflow
         .resolve_inputs(&input_texts(&given))
@@ -483,7 +484,7 @@ fn start(
     name: &str,
     environment: &str,
     workflow: &str,
-    git_ref: Option<String>,
+    git_ref: Option<(String, String)>,
     label: String,
     rollback: bool,
 ) -> Answer {
@@ -719,4 +720,44 @@ fn status(
         target: only.unwrap_or("").to_owned(),
         outcome: "status".into(),
     }
+}
+
+/// What a mapped workflow cannot take from `/deploy APP[@REF] to ENV`, one sentence per
+/// problem, for the daemon to warn about when it loads its config and workflows: a missing
+/// `ref_input`, or a required input that Slack never fills.
+pub fn check_targets(slack: &SlackConfig, workflows: &crate::workflows::Workflows) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (app, envs) in &slack.apps {
+        for (env, target) in envs {
+            let Some(prepared) = workflows.get(&target.workflow) else {
+                problems.push(format!(
+                    "slack app `{app}` in `{env}`: the workflow `{}` is not loaded",
+                    target.workflow
+                ));
+                continue;
+            };
+            let inputs = &prepared.workflow.inputs;
+            if let Some(ref_input) = &target.ref_input
+                && !inputs.iter().any(|i| &i.name == ref_input)
+            {
+                problems.push(format!(
+                    "slack app `{app}` in `{env}`: the workflow `{}` has no input `{ref_input}` (its `ref_input`), so `/deploy {app}@REF` will be refused",
+                    target.workflow
+                ));
+            }
+            let filled = ["environment", "app", "caller", target.ref_input()];
+            for input in inputs {
+                if input.required
+                    && input.default.is_none()
+                    && !filled.contains(&input.name.as_str())
+                {
+                    problems.push(format!(
+                        "slack app `{app}` in `{env}`: the workflow `{}` requires the input `{}`, which a slash command never gives; give it a default, or set `ref_input = \"{}\"` if `@REF` should fill it",
+                        target.workflow, input.name, input.name
+                    ));
+                }
+            }
+        }
+    }
+    problems
 }
