@@ -299,6 +299,14 @@ fn an_unknown_plugin_says_where_it_looked() {
         "{}",
         run.stderr
     );
+    // Regression: a typo only got "build the bundled plugins", not the name it meant.
+    let run = dir.run("name: typo\nsteps:\n  - id: one\n    uses: deployr\n", &[]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("did you mean `deployer`?"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -505,4 +513,362 @@ fn an_exported_token_does_not_stop_a_local_run() {
     let run = Run::of(command);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.finished()["status"], "succeeded");
+}
+
+/// A deploy of release 2 over release 1 whose verify step is `verify` (YAML of one step),
+/// with a rollback to the release this run replaced and a `finally` that leaves a trace.
+fn guarded_deploy(verify: &str, rollback_extra: &str) -> String {
+    format!(
+        r#"name: guarded
+steps:
+  - id: deploy
+    uses: deployer
+    with: {{ strategy: symlink, source: build, target: site, release: "2" }}
+    allow: {{ read: [build], write: [site] }}
+{verify}
+on_failure:
+  - id: rollback
+    uses: deployer
+    if: steps.deploy.status == 'succeeded'
+    with: {{ strategy: symlink, action: rollback, target: site, release: "${{{{ steps.deploy.outputs.previous_release }}}}" }}
+    allow: {{ write: [site] }}
+{rollback_extra}
+finally:
+  - id: notify
+    uses: deployer
+    with: {{ strategy: symlink, source: build, target: notified, release: "1" }}
+    allow: {{ read: [build], write: [notified] }}
+"#
+    )
+}
+
+/// A test directory with release 1 live in `site` and release 2 built.
+fn release_1_live() -> TestDir {
+    let dir = TestDir::new();
+    dir.write("build/index.html", "<h1>1</h1>");
+    let first = dir.run(
+        "name: first\nsteps:\n  - id: deploy\n    uses: deployer\n    with: { strategy: symlink, source: build, target: site, release: \"1\" }\n    allow: { read: [build], write: [site] }\n",
+        &[],
+    );
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    dir.write("build/index.html", "<h1>2</h1>");
+    dir
+}
+
+fn live_release(dir: &TestDir) -> std::path::PathBuf {
+    std::fs::read_link(dir.path().join("site/current")).expect("`current` is a symlink")
+}
+
+/// Regression: `shiphat run deploy.yaml | head -5` panicked on EPIPE ("failed printing to
+/// stdout: Broken pipe") and exited 101 with the bad release live: verify, the rollback and
+/// `finally` never ran.
+#[test]
+fn a_closed_output_never_stops_a_run() {
+    let verify = "  - id: verify\n    uses: echo\n    needs: deploy\n    with: { fail: error ratio breached }\n";
+    for (json, close_stdout, close_stderr) in [
+        (false, true, false),
+        (true, true, false),
+        (false, false, true),
+        (false, true, true),
+    ] {
+        let dir = release_1_live();
+        let file = dir.write("deploy.yaml", guarded_deploy(verify, ""));
+        let mut command = dir.shiphat();
+        command.arg("run").arg(&file);
+        if json {
+            command.arg("--json");
+        }
+        let case = format!("json {json}, stdout closed {close_stdout}, stderr closed {close_stderr}");
+        let (code, stderr) = support::run_with_closed_output(command, close_stdout, close_stderr);
+        assert!(!stderr.contains("panicked"), "{case}: {stderr}");
+        assert_eq!(code, 1, "{case}: the run fails on verify and ends normally: {stderr}");
+        assert_eq!(
+            live_release(&dir),
+            std::path::Path::new("releases/1"),
+            "{case}: the rollback ran"
+        );
+        assert!(
+            dir.path().join("notified/current").exists(),
+            "{case}: finally ran"
+        );
+    }
+}
+
+/// Regression: `schema`, `plugin inspect` and `plugin test` panicked on a closed stdout.
+#[test]
+fn every_command_survives_a_closed_stdout() {
+    let dir = TestDir::new();
+    let echo = support::plugin("echo");
+    let echo = echo.to_str().unwrap();
+    let commands: [&[&str]; 5] = [
+        &["schema"],
+        &["plugin", "inspect", echo],
+        &["plugin", "inspect", "--json", echo],
+        &["plugin", "test", echo, "--with", r#"{"message":"hi"}"#],
+        &["plugin", "test", "--json", echo],
+    ];
+    for args in commands {
+        let mut command = dir.shiphat();
+        command.args(args);
+        let (code, stderr) = support::run_with_closed_output(command, true, false);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+    }
+}
+
+/// A `shiphat run --json` whose events are read as they come.
+struct LiveRun {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl LiveRun {
+    fn start(dir: &TestDir, yaml: &str) -> LiveRun {
+        use std::io::BufRead;
+        let file = dir.write("deploy.yaml", yaml);
+        let mut child = dir
+            .shiphat()
+            .arg("run")
+            .arg(&file)
+            .arg("--json")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str(&line)
+                    && tx.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        LiveRun {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the `step_started` event of `step`.
+    fn wait_started(&mut self, step: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("`{step}` never started; events: {:?}", self.seen));
+            self.seen.push(event.clone());
+            if event["event"] == "step_started" && event["step"] == step {
+                return;
+            }
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: the child is running (not reaped), so its pid is ours.
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+    }
+
+    /// Waits for the end; returns the exit code, every event and stderr.
+    fn finish(mut self) -> (i32, Vec<serde_json::Value>, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(event) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+        {
+            self.seen.push(event);
+        }
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr)
+            .unwrap();
+        (status.code().unwrap_or(-1), self.seen, stderr)
+    }
+}
+
+fn finished<'a>(events: &'a [serde_json::Value], step: &str) -> &'a serde_json::Value {
+    events
+        .iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == step)
+        .unwrap_or_else(|| panic!("no step_finished for `{step}`: {events:?}"))
+}
+
+const SLOW_VERIFY: &str = "  - id: verify\n    uses: misbehave\n    needs: deploy\n    with: { mode: sleep, ms: 60000 }\n";
+
+/// Regression: Ctrl-C (or SIGTERM) during verify skipped `on_failure` and `finally` and left
+/// the unverified release live, with no warning.
+#[test]
+fn ctrl_c_cancels_the_step_and_runs_the_safety_net() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let dir = release_1_live();
+        let mut run = LiveRun::start(&dir, &guarded_deploy(SLOW_VERIFY, ""));
+        run.wait_started("verify");
+        let sent = std::time::Instant::now();
+        run.signal(signal);
+        let (code, events, stderr) = run.finish();
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "the cancelled step ends at once"
+        );
+        assert_eq!(code, 1, "signal {signal}: {stderr}");
+        assert!(stderr.contains("on_failure and finally still run"), "{stderr}");
+        assert_eq!(finished(&events, "verify")["status"], "cancelled");
+        assert_eq!(finished(&events, "rollback")["status"], "succeeded");
+        assert_eq!(finished(&events, "notify")["status"], "succeeded");
+        let end = events.iter().find(|e| e["event"] == "run_finished").unwrap();
+        assert_eq!(end["status"], "cancelled");
+        assert!(
+            events.iter().any(|e| e["event"] == "log"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("the run was cancelled; running on_failure"))),
+            "the output says the safety net runs: {events:?}"
+        );
+        assert_eq!(live_release(&dir), std::path::Path::new("releases/1"));
+    }
+}
+
+/// A second Ctrl-C aborts at once, the safety net included, and says what was left.
+#[test]
+fn a_second_ctrl_c_aborts_and_says_what_was_left() {
+    let dir = release_1_live();
+    let slow_rollback = "  - id: slow-rollback\n    uses: misbehave\n    with: { mode: sleep, ms: 60000 }\n";
+    let mut run = LiveRun::start(&dir, &guarded_deploy(SLOW_VERIFY, slow_rollback));
+    run.wait_started("verify");
+    run.signal(libc::SIGINT);
+    run.wait_started("slow-rollback");
+    let sent = std::time::Instant::now();
+    run.signal(libc::SIGINT);
+    let (code, events, stderr) = run.finish();
+    assert!(sent.elapsed() < Duration::from_secs(30), "an abort is prompt");
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(finished(&events, "slow-rollback")["status"], "cancelled");
+    assert!(stderr.contains("aborted"), "{stderr}");
+    assert!(
+        stderr.contains("slow-rollback (on_failure): stopped while running"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("notify (finally): never ran"), "{stderr}");
+}
+
+/// Regression: `if: ${{ steps.qa.status == 'success' }}` (GitHub's word) passed `validate`,
+/// skipped the deploy on every run, and the run said "✓ succeeded".
+#[test]
+fn validate_refuses_a_status_no_step_ever_has() {
+    let dir = TestDir::new();
+    let file = dir.write(
+        "deploy.yaml",
+        "name: gh-habit\nsteps:\n  - id: qa\n    uses: echo\n  - id: deploy\n    uses: echo\n    needs: qa\n    if: ${{ steps.qa.status == 'success' }}\n  - id: notify\n    uses: echo\n    needs: deploy\n    if: \"'Failure' != steps.deploy.status && success()\"\n",
+    );
+    let mut command = dir.shiphat();
+    command.arg("validate").arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("`steps.qa.status` is never 'success'")
+            && run.stderr.contains("did you mean 'succeeded'?"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("expressions have no functions"),
+        "a function call gets an answer, not a parse error: {}",
+        run.stderr
+    );
+}
+
+/// Regression: a run whose deploy was skipped printed "✓ succeeded" like any other.
+#[test]
+fn a_run_that_skipped_its_deploy_says_nothing_was_deployed() {
+    let dir = TestDir::new();
+    let yaml = "name: skipped\ninputs:\n  go: { type: bool, default: false }\nsteps:\n  - id: qa\n    uses: echo\n  - id: deploy\n    uses: deployer\n    needs: qa\n    if: inputs.go\n    with: { strategy: symlink, source: build, target: site, release: \"1\" }\n    allow: { read: [build], write: [site] }\n";
+    let file = dir.write("deploy.yaml", yaml);
+    let mut command = dir.shiphat();
+    command.arg("run").arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("but nothing was deployed or changed")
+            && run
+                .stdout
+                .contains("`deploy` skipped because its `if` condition `inputs.go` is false"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Regression: `plugin inspect NAME` wanted a file path, unlike `uses: NAME`; and `--no-cache`
+/// clashed with an exported SHIPHAT_CACHE_DIR instead of winning over it.
+#[test]
+fn plugin_inspect_takes_a_name_and_no_cache_beats_the_environment() {
+    let dir = TestDir::new();
+    let mut command = dir.shiphat();
+    command.args(["plugin", "inspect", "--json", "echo", "--no-cache"]);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let info: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(info["name"], "echo");
+    // Regression: a first compile (17 s for a Python plugin) showed nothing at all.
+    assert!(
+        run.stderr.contains("compiling echo.wasm (") && run.stderr.contains("KB)"),
+        "{}",
+        run.stderr
+    );
+
+    let mine = dir.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::copy(support::plugin("echo"), mine.join("my-echo.wasm")).unwrap();
+    let mut command = dir.shiphat();
+    command
+        .env_remove("SHIPHAT_PLUGIN_PATH")
+        .args(["plugin", "inspect", "my-echo", "--plugin-path"])
+        .arg(&mine);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("echo"), "{}", run.stdout);
+
+    let mut command = dir.shiphat();
+    command.args(["plugin", "inspect", "my-ecko", "--plugin-path"]).arg(&mine);
+    let run = Run::of(command);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("did you mean `my-echo`?"), "{}", run.stderr);
+}
+
+/// Regression: `plugin test` pointed schema errors at an invented `plugin-test.yaml:1:189`.
+#[test]
+fn plugin_test_points_errors_at_the_flags() {
+    let dir = TestDir::new();
+    let mut command = dir.shiphat();
+    command
+        .args(["plugin", "test"])
+        .arg(support::plugin("deployer"))
+        .args(["--with", r#"{"strategy":"symlink","targt":"www"}"#]);
+    let run = Run::of(command);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(!run.stderr.contains("plugin-test.yaml"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--with: `with`: unknown key `targt`; did you mean `target`?"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// `run.dry_run` lets a post-deploy check skip itself in a dry run.
+#[test]
+fn run_dry_run_is_available_to_expressions() {
+    let dir = TestDir::new();
+    let yaml = "name: dry\nsteps:\n  - id: smoke\n    uses: echo\n    if: ${{ !run.dry_run }}\n  - id: say\n    uses: echo\n    with: { message: \"dry ${{ run.dry_run }}\" }\n";
+    let run = dir.run(yaml, &["--dry-run"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.status("smoke"), "skipped");
+    assert!(run.logs("say").contains(&"dry true"), "{:?}", run.logs("say"));
+    let run = dir.run(yaml, &[]);
+    assert_eq!(run.status("smoke"), "succeeded");
 }

@@ -1462,3 +1462,144 @@ fn twenty_four_sigkills_lose_nothing() {
         }
     }
 }
+
+/// The CLI as a client of `daemon`, with `token`.
+fn client(dir: &TestDir, daemon: &Daemon, token: &str, args: &[&str]) -> Command {
+    let mut command = dir.shiphat();
+    command
+        .args(args)
+        .args(["--server", &daemon.url("")])
+        .env("SHIPHAT_TOKEN", token);
+    command
+}
+
+const GUARDED: &str = r#"
+name: guarded
+inputs:
+  rollback_ms: { type: number, default: 0 }
+steps:
+  - id: verify
+    uses: echo
+    with: { message: verifying, sleep_ms: 60000 }
+on_failure:
+  - id: rollback
+    uses: echo
+    with: { message: rolling back, sleep_ms: "${{ inputs.rollback_ms }}" }
+finally:
+  - id: notify
+    uses: echo
+"#;
+
+fn step_of<'a>(run: &'a Value, id: &str) -> &'a Value {
+    run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step `{id}` in {run}"))
+}
+
+/// Regression: a daemon cancel skipped `on_failure` and `finally`. The first cancel ends the
+/// running step and runs the safety net; a second one aborts it.
+#[test]
+fn a_cancel_runs_the_safety_net_and_a_second_one_aborts_it() {
+    let dir = TestDir::new();
+    dir.write("workflows/guarded.yaml", GUARDED);
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &[]);
+    let cancel = |id: &str| {
+        let (status, body) = call(
+            &daemon,
+            "POST",
+            &format!("/api/v1/runs/{id}/cancel"),
+            Some(&admin),
+            None,
+        );
+        assert_eq!(status, 202, "{body}");
+    };
+
+    let id = start_run(&daemon, &admin, json!({"workflow": "guarded"}));
+    wait_run(&daemon, &admin, &id, |r| r["steps"][0]["status"] == "running");
+    cancel(&id);
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(step_of(&run, "verify")["status"], "cancelled");
+    assert_eq!(step_of(&run, "rollback")["status"], "succeeded", "{run}");
+    assert_eq!(step_of(&run, "notify")["status"], "succeeded", "{run}");
+
+    let id = start_run(
+        &daemon,
+        &admin,
+        json!({"workflow": "guarded", "inputs": {"rollback_ms": 60000}}),
+    );
+    wait_run(&daemon, &admin, &id, |r| r["steps"][0]["status"] == "running");
+    cancel(&id);
+    wait_run(&daemon, &admin, &id, |r| {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == "rollback" && s["status"] == "running")
+    });
+    let aborted = Instant::now();
+    cancel(&id);
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert!(aborted.elapsed() < Duration::from_secs(30), "an abort is prompt");
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(step_of(&run, "rollback")["status"], "cancelled", "{run}");
+    assert_eq!(step_of(&run, "notify")["status"], "cancelled", "{run}");
+}
+
+/// Regression: the `--server` client panicked on a closed stdout.
+#[test]
+fn the_client_survives_a_closed_stdout() {
+    let dir = TestDir::new();
+    dir.write("workflows/web.yaml", WEB);
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &[]);
+    let run = |args: &[&str]| {
+        support::run_with_closed_output(client(&dir, &daemon, &admin, args), true, false)
+    };
+    // Regression: an empty list printed nothing at all.
+    let (code, stderr) = run(&["runs", "list"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("no runs"), "{stderr}");
+    let (code, stderr) = run(&["run", "web", "--json"]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stderr) = run(&["runs", "list"]);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
+}
+
+/// Regression: `shiphat lock` with a key no workflow uses said nothing, and there was no way
+/// to list the locks.
+#[test]
+fn lock_warns_about_a_key_nothing_uses_and_locks_lists_them() {
+    let dir = TestDir::new();
+    dir.write("workflows/web.yaml", WEB);
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &[]);
+    let cli = |args: &[&str]| support::Run::of(client(&dir, &daemon, &admin, args));
+    let none = cli(&["locks"]);
+    assert_eq!(none.code, 0, "{}", none.stderr);
+    assert!(none.stderr.contains("no locks"), "{}", none.stderr);
+    let used = cli(&["lock", "web-prod", "--reason", "freeze"]);
+    assert_eq!(used.code, 0, "{}", used.stderr);
+    assert!(!used.stderr.contains("warning"), "{}", used.stderr);
+    let typo = cli(&["lock", "wbe-prod", "--reason", "freeze"]);
+    assert_eq!(typo.code, 0, "{}", typo.stderr);
+    assert!(
+        typo.stderr.contains("no workflow on this daemon uses the key `wbe-prod`")
+            && typo.stderr.contains("`web-${{ inputs.environment }}` (web)"),
+        "{}",
+        typo.stderr
+    );
+    let listed = cli(&["locks"]);
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains("web-prod") && listed.stdout.contains("wbe-prod"),
+        "{}",
+        listed.stdout
+    );
+}

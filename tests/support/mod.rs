@@ -435,3 +435,57 @@ pub fn agent(deadline: Duration) -> ureq::Agent {
         .build()
         .into()
 }
+
+/// A pipe whose reading end is already closed: whoever writes to it gets EPIPE at once, as
+/// `shiphat run … | head` does once `head` has exited.
+pub fn closed_pipe() -> Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds` with two new descriptors, which we own from here on.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: fds[0] is ours and used nowhere else.
+    unsafe { libc::close(fds[0]) };
+    // SAFETY: fds[1] is open and owned by nobody else.
+    Stdio::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) })
+}
+
+/// Runs `command` with stdout, stderr or both into a [`closed_pipe`]. Returns the exit code
+/// (-1 for a signal) and stderr when it was not closed.
+pub fn run_with_closed_output(
+    mut command: Command,
+    close_stdout: bool,
+    close_stderr: bool,
+) -> (i32, String) {
+    command.stdin(Stdio::null());
+    command.stdout(if close_stdout {
+        closed_pipe()
+    } else {
+        Stdio::null()
+    });
+    command.stderr(if close_stderr {
+        closed_pipe()
+    } else {
+        Stdio::piped()
+    });
+    let mut child = command.spawn().expect("cannot start shiphat");
+    let stderr = child.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut s);
+            s
+        })
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > PROCESS_DEADLINE {
+            let _ = child.kill();
+            panic!("shiphat ran past the test deadline and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = stderr.map(|t| t.join().unwrap()).unwrap_or_default();
+    (status.code().unwrap_or(-1), stderr)
+}

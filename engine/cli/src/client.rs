@@ -278,10 +278,12 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
             }
             let answer = client.call("GET", &format!("/api/v1/runs{query}"), None)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&answer)?);
+                outln!("{}", serde_json::to_string_pretty(&answer)?);
+            } else if answer["runs"].as_array().is_none_or(|runs| runs.is_empty()) {
+                output::note("no runs");
             } else {
                 for run in answer["runs"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "{}  {:<11}  {:<24}  {}",
                         run["id"].as_str().unwrap_or(""),
                         run["status"].as_str().unwrap_or(""),
@@ -294,9 +296,9 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
         RunsCommand::Show { id, json } => {
             let run = client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&run)?);
+                outln!("{}", serde_json::to_string_pretty(&run)?);
             } else {
-                println!(
+                outln!(
                     "{} {} {}{}",
                     run["id"].as_str().unwrap_or(""),
                     run["workflow"].as_str().unwrap_or(""),
@@ -307,7 +309,7 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
                         .unwrap_or_default()
                 );
                 for step in run["steps"].as_array().into_iter().flatten() {
-                    println!(
+                    outln!(
                         "  {:<24} {:<11} {:>10}  {}",
                         step["id"].as_str().unwrap_or(""),
                         step["status"].as_str().unwrap_or(""),
@@ -373,6 +375,88 @@ pub fn lock(
             .map(|e| format!(" until {e}"))
             .unwrap_or_default()
     ));
+    // A typo in the key locks nothing that matters; say so while the lock can still be fixed.
+    if let Ok(answer) = client.call("GET", "/api/v1/workflows", None) {
+        let workflows = answer["workflows"].as_array().cloned().unwrap_or_default();
+        let keys: Vec<(String, String)> = workflows
+            .iter()
+            .map(|w| {
+                let name = w["name"].as_str().unwrap_or("").to_owned();
+                let key = w["concurrency"]["key"].as_str().unwrap_or(&name).to_owned();
+                (name, key)
+            })
+            .collect();
+        let used = keys
+            .iter()
+            .any(|(name, pattern)| name == key || key_matches(pattern, key));
+        if !used {
+            let known = keys
+                .iter()
+                .map(|(name, pattern)| format!("`{pattern}` ({name})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            output::warn(&format!(
+                "no workflow on this daemon uses the key `{key}`, so the lock holds nothing; the keys in use are {}",
+                if known.is_empty() { "none".to_owned() } else { known }
+            ));
+        }
+    }
+    Ok(exit::OK)
+}
+
+/// Whether a concurrency key as written (`web-${{ inputs.environment }}`) can produce `key`:
+/// each `${{ }}` matches any text.
+fn key_matches(pattern: &str, key: &str) -> bool {
+    let mut parts = Vec::new();
+    let mut rest = pattern;
+    while let Some(start) = rest.find("${{") {
+        parts.push(&rest[..start]);
+        rest = rest[start..]
+            .find("}}")
+            .map_or("", |end| &rest[start + end + 2..]);
+    }
+    parts.push(rest);
+    if parts.len() == 1 {
+        return pattern == key;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !key.starts_with(first) || !key[first.len()..].ends_with(last) {
+        return false;
+    }
+    let mut at = first.len();
+    let end = key.len() - last.len();
+    for middle in &parts[1..parts.len() - 1] {
+        match key[at..end].find(middle) {
+            Some(found) => at += found + middle.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+pub fn locks(args: &ServerArgs, json: bool) -> anyhow::Result<u8> {
+    let client = Client::new(args);
+    let answer = client.call("GET", "/api/v1/locks", None)?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(exit::OK);
+    }
+    let locks = answer["locks"].as_array().cloned().unwrap_or_default();
+    if locks.is_empty() {
+        output::note("no locks");
+    }
+    for lock in &locks {
+        outln!(
+            "{:<24}  {:<12}  {}{}",
+            lock["key"].as_str().unwrap_or(""),
+            lock["owner"].as_str().unwrap_or(""),
+            lock["reason"].as_str().unwrap_or(""),
+            lock["expires_at"]
+                .as_str()
+                .map(|e| format!(" (until {e})"))
+                .unwrap_or_default()
+        );
+    }
     Ok(exit::OK)
 }
 

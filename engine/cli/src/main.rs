@@ -1,6 +1,22 @@
 //! The `shiphat` command line. The only place in shiphat that prints to the terminal or
 //! picks an exit code.
 
+// Everything goes through `outln!` and `errln!`, which survive a closed pipe: a run must reach
+// its end (verify, on_failure, finally) whatever happens to its output.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+/// `println!` that ignores a closed or broken stdout (`shiphat run … | head`) instead of
+/// panicking, as cargo and git do.
+macro_rules! outln {
+    () => { outln!("") };
+    ($($arg:tt)*) => { $crate::output::write_line(&mut ::std::io::stdout().lock(), format_args!($($arg)*)) };
+}
+
+/// `eprintln!` that ignores a closed or broken stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::output::write_line(&mut ::std::io::stderr().lock(), format_args!($($arg)*)) };
+}
+
 mod client;
 mod output;
 mod plugin_cmd;
@@ -13,8 +29,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shiphat_host::{Host, HostConfig};
-use shiphat_runner::{PluginPath, Prepared, RunOptions, RunStatus, Runner, Secrets};
-use tokio_util::sync::CancellationToken;
+use shiphat_runner::{PluginPath, Prepared, RunOptions, RunStatus, Runner, Secrets, Stop};
 
 /// Exit codes, documented in `shiphat --help` and the README.
 mod exit {
@@ -119,6 +134,14 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// List the locks held on a daemon.
+    Locks {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Release a lock on a daemon.
     Unlock {
         key: String,
@@ -163,7 +186,8 @@ enum TokenCommand {
 enum PluginCommand {
     /// Show what a plugin says about itself and what it imports.
     Inspect {
-        /// The plugin component (.wasm).
+        /// The plugin: a component file (.wasm), or a name looked up as `uses: NAME` is.
+        #[arg(value_name = "FILE|NAME")]
         file: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -186,8 +210,9 @@ struct EngineArgs {
     /// Where compiled plugins are cached [default: the user's cache directory].
     #[arg(long, value_name = "DIR", env = "SHIPHAT_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
-    /// Compile every plugin afresh and keep nothing.
-    #[arg(long, conflicts_with = "cache_dir")]
+    /// Compile every plugin afresh and keep nothing; beats `--cache-dir` and an exported
+    /// `SHIPHAT_CACHE_DIR`.
+    #[arg(long)]
     no_cache: bool,
     /// A file of `NAME=value` secrets, read before the environment.
     #[arg(long, value_name = "FILE", env = "SHIPHAT_SECRETS_FILE")]
@@ -203,7 +228,23 @@ impl EngineArgs {
                 .clone()
                 .or_else(|| dirs::cache_dir().map(|d| d.join("shiphat").join("components")))
         };
-        let host = Host::new(HostConfig { cache_dir })?;
+        let cached = cache_dir.is_some();
+        let on_compile = shiphat_host::CompileHook(Arc::new(move |path: &Path, size: usize| {
+            let name = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
+            let when = if cached {
+                "first run only"
+            } else {
+                "--no-cache compiles every run"
+            };
+            output::note(&format!(
+                "compiling {name} ({}), {when}",
+                output::fmt_size(size)
+            ));
+        }));
+        let host = Host::new(HostConfig {
+            cache_dir,
+            on_compile: Some(on_compile),
+        })?;
         let mut secrets = Secrets::from_env();
         if let Some(file) = &self.secrets_file {
             secrets = secrets.with_file(file).map_err(Invalid)?;
@@ -259,7 +300,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(exit::INTERNAL);
         }
     };
@@ -292,8 +333,11 @@ fn init_tracing(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // No colour codes in a log file or a pipe (`shiphat serve 2> serve.log`).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -341,6 +385,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             server,
         } => client::lock(&server, &key, &reason, expires_in.as_deref()),
         Command::Unlock { key, server } => client::unlock(&server, &key),
+        Command::Locks { json, server } => client::locks(&server, json),
         Command::Validate { files, engine } => validate(&files, &engine).await,
         Command::Plugin {
             command: PluginCommand::Inspect { file, json, engine },
@@ -352,7 +397,7 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             command: PluginCommand::Test(args),
         } => plugin_cmd::test(&args).await,
         Command::Schema => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&shiphat_workflow::json_schema())?
             );
@@ -406,19 +451,43 @@ async fn run(
     } else {
         output::human_sink(&prepared.workflow)
     };
-    let cancel = CancellationToken::new();
-    let on_signal = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            on_signal.cancel();
-        }
-    });
-    let report = runner.run(&prepared, options, sink.clone(), cancel).await;
+    let stop = Stop::new();
+    let signals = stop_on_signals(stop.clone())?;
+    let report = runner.run(&prepared, options, sink.clone(), stop.clone()).await;
+    signals.abort();
     drop(sink);
+    if stop.is_aborted() {
+        output::aborted(&report);
+    }
     Ok(match report.status {
         RunStatus::Succeeded => exit::OK,
         RunStatus::Failed | RunStatus::Cancelled => exit::FAILED,
     })
+}
+
+/// The first Ctrl-C or SIGTERM cancels the run: the running step ends and the safety net
+/// (`on_failure`, `finally`) still runs. The next one aborts at once. The handlers are in
+/// place when this returns, before the run starts.
+fn stop_on_signals(stop: Stop) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if stop.escalate() {
+                output::note("aborting: the running steps end now and nothing more starts");
+                return;
+            }
+            output::note(
+                "cancelling: the running steps end; on_failure and finally still run \
+                 (press Ctrl-C again to abort at once)",
+            );
+        }
+    }))
 }
 
 async fn validate(files: &[PathBuf], engine: &EngineArgs) -> anyhow::Result<u8> {
@@ -443,8 +512,22 @@ async fn validate(files: &[PathBuf], engine: &EngineArgs) -> anyhow::Result<u8> 
 async fn inspect(file: &Path, json: bool, engine: &EngineArgs) -> anyhow::Result<u8> {
     let runner = engine.runner()?;
     let host = runner.host();
+    // A name (`deployer`) is looked up as `uses: deployer` would be; a path is taken as it is.
+    let by_name = file.to_str().filter(|name| {
+        !file.exists() && !name.contains('/') && !name.ends_with(".wasm")
+    });
+    let file = match by_name {
+        Some(name) => {
+            let uses = shiphat_workflow::PluginRef::Name {
+                name: name.to_owned(),
+                sha256: None,
+            };
+            runner.plugin_path().resolve(&uses).map_err(Invalid)?.0
+        }
+        None => file.to_owned(),
+    };
     let plugin = host
-        .load(file, None, shiphat_workflow::DEFAULT_STACK)
+        .load(&file, None, shiphat_workflow::DEFAULT_STACK)
         .map_err(|e| Invalid(e.to_string()))?;
     let info = host
         .describe(&plugin)
@@ -463,7 +546,7 @@ async fn inspect(file: &Path, json: bool, engine: &EngineArgs) -> anyhow::Result
             "imports": imports,
             "exports": exports,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        outln!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         output::inspect(&info, &plugin.digest(), &schema, &imports, &exports);
     }

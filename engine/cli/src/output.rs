@@ -8,10 +8,16 @@ use std::time::Duration;
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shiphat_host::PluginInfo;
-use shiphat_runner::{Event, RunStatus, Section, StepStatus};
+use shiphat_runner::{Event, RunReport, RunStatus, Section, StepStatus};
 use shiphat_workflow::Workflow;
 
 use crate::Sink;
+
+/// Writes one line. A write error (a reader that went away: EPIPE) is ignored, because
+/// output is never worth stopping a run for; see `outln!`.
+pub fn write_line(out: &mut impl Write, args: std::fmt::Arguments<'_>) {
+    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+}
 
 /// Prints an error and its causes to stderr.
 pub fn error(e: &anyhow::Error) {
@@ -19,22 +25,50 @@ pub fn error(e: &anyhow::Error) {
     for cause in e.chain().skip(1) {
         text.push_str(&format!("\n  caused by: {cause}"));
     }
-    eprintln!("{} {text}", style("error:").red().bold());
+    errln!("{} {text}", style("error:").for_stderr().red().bold());
+}
+
+/// After an abort (a second Ctrl-C): what the run left unfinished, so whoever aborted knows
+/// what to check by hand.
+pub fn aborted(report: &RunReport) {
+    let unfinished: Vec<String> = report
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Cancelled)
+        .map(|s| {
+            let state = if s.attempts > 0 {
+                "stopped while running"
+            } else {
+                "never ran"
+            };
+            format!("  {} ({}): {state}", s.id, s.section.as_str())
+        })
+        .collect();
+    if unfinished.is_empty() {
+        return;
+    }
+    errln!(
+        "{} aborted; these steps did not finish, check what they change by hand:\n{}",
+        style("!").for_stderr().yellow().bold(),
+        unfinished.join("\n")
+    );
+}
+
+/// A warning on stderr: something worked, but probably not as meant.
+pub fn warn(text: &str) {
+    errln!("{} {text}", style("warning:").for_stderr().yellow().bold());
 }
 
 /// A line of information on stderr.
 pub fn note(text: &str) {
-    eprintln!("{text}");
+    errln!("{text}");
 }
 
 /// Writes every event as one JSON line on stdout.
 pub fn json_sink() -> Sink {
-    let out = Mutex::new(std::io::stdout());
     Arc::new(move |event: Event| {
         let line = serde_json::to_string(&event).expect("events always serialise");
-        let mut out = out.lock().unwrap();
-        // A closed stdout (`| head`) is not worth failing the run over.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        outln!("{line}");
     })
 }
 
@@ -53,12 +87,21 @@ pub fn human_sink(workflow: &Workflow) -> Sink {
         .max()
         .unwrap_or(0)
         .min(32);
+    // Steps that can change something outside shiphat: those granted `write` or `http`.
+    let changers = workflow
+        .steps
+        .iter()
+        .filter(|s| !s.allow.write.is_empty() || !s.allow.http.is_empty())
+        .map(|s| s.id.clone())
+        .collect();
     let state = Mutex::new(Human {
         multi,
         live,
         width,
         bars: HashMap::new(),
         on_failure_ran: Vec::new(),
+        changers,
+        skipped: Vec::new(),
     });
     Arc::new(move |event| state.lock().unwrap().event(event))
 }
@@ -69,6 +112,10 @@ struct Human {
     width: usize,
     bars: HashMap<String, ProgressBar>,
     on_failure_ran: Vec<String>,
+    /// The ids of the steps of `steps` that can change something (see `human_sink`).
+    changers: Vec<String>,
+    /// Steps of `steps` that were skipped, with their summaries (`skipped: why`).
+    skipped: Vec<(String, String)>,
 }
 
 impl Human {
@@ -76,7 +123,7 @@ impl Human {
         if self.live {
             let _ = self.multi.println(line);
         } else {
-            println!("{line}");
+            outln!("{line}");
         }
     }
 
@@ -153,6 +200,9 @@ impl Human {
                 if section == Section::OnFailure && status != StepStatus::Skipped {
                     self.on_failure_ran.push(step.clone());
                 }
+                if section == Section::Steps && status == StepStatus::Skipped {
+                    self.skipped.push((step.clone(), summary.clone()));
+                }
                 let mark = match status {
                     StepStatus::Succeeded => style("✓").green().bold(),
                     StepStatus::Failed if continued => style("!").yellow().bold(),
@@ -166,7 +216,7 @@ impl Human {
                 };
                 let summary = match status {
                     StepStatus::Failed => style(summary).red().to_string(),
-                    StepStatus::Skipped => style("skipped").dim().to_string(),
+                    StepStatus::Skipped => style(summary).dim().to_string(),
                     StepStatus::Cancelled => style("cancelled").dim().to_string(),
                     StepStatus::Succeeded => summary,
                 };
@@ -186,7 +236,7 @@ impl Human {
                 let took = fmt_ms(duration_ms);
                 let line = match status {
                     RunStatus::Succeeded => {
-                        format!("{} succeeded in {took}", style("✓").green().bold())
+                        format!("{} succeeded in {took}{}", style("✓").green().bold(), self.skipped_note())
                     }
                     RunStatus::Cancelled => {
                         format!("{} cancelled after {took}", style("✗").red().bold())
@@ -211,6 +261,53 @@ impl Human {
     }
 }
 
+impl Human {
+    /// After a success with skipped steps: what did not happen. When every step that can
+    /// change something was skipped, the run must not look like a deploy happened.
+    fn skipped_note(&self) -> String {
+        if self.skipped.is_empty() {
+            return String::new();
+        }
+        let list = self
+            .skipped
+            .iter()
+            .map(|(id, summary)| {
+                let why = summary.strip_prefix("skipped: ").unwrap_or(summary);
+                format!("`{id}` skipped because {why}")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let all_changers_skipped = !self.changers.is_empty()
+            && self
+                .changers
+                .iter()
+                .all(|c| self.skipped.iter().any(|(id, _)| id == c));
+        if all_changers_skipped {
+            format!(
+                ", {}: {list}",
+                style("but nothing was deployed or changed").yellow().bold()
+            )
+        } else {
+            format!(" ({list})")
+        }
+    }
+}
+
+/// A size for people: `18 MB`, `740 KB`, `12 B`.
+pub fn fmt_size(bytes: usize) -> String {
+    const KB: usize = 1000;
+    const MB: usize = 1000 * KB;
+    if bytes >= 10 * MB {
+        format!("{} MB", bytes / MB)
+    } else if bytes >= MB {
+        format!("{:.1} MB", bytes as f64 / MB as f64)
+    } else if bytes >= KB {
+        format!("{} KB", bytes / KB)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
 fn fmt_ms(ms: f64) -> String {
     if ms < 1.0 {
         format!("{ms:.2}ms")
@@ -229,12 +326,12 @@ pub fn inspect(
     imports: &[String],
     exports: &[String],
 ) {
-    println!("{} {}", style(&info.name).bold(), info.version);
-    println!("{}", info.description);
-    println!();
-    println!("uses: {}@sha256:{digest}", info.name);
-    println!();
-    println!("with:");
+    outln!("{} {}", style(&info.name).bold(), info.version);
+    outln!("{}", info.description);
+    outln!();
+    outln!("uses: {}@sha256:{digest}", info.name);
+    outln!();
+    outln!("with:");
     match schema.get("properties").and_then(|p| p.as_object()) {
         Some(props) if !props.is_empty() => {
             let required: Vec<&str> = schema
@@ -256,18 +353,18 @@ pub fn inspect(
                     .get("description")
                     .and_then(|d| d.as_str())
                     .unwrap_or("");
-                println!("  {key}: {ty}{req}  {}", style(desc).dim());
+                outln!("  {key}: {ty}{req}  {}", style(desc).dim());
             }
         }
-        _ => println!("  (no keys)"),
+        _ => outln!("  (no keys)"),
     }
-    println!();
-    println!("imports:");
+    outln!();
+    outln!("imports:");
     for import in imports {
-        println!("  {import}");
+        outln!("  {import}");
     }
-    println!("exports:");
+    outln!("exports:");
     for export in exports {
-        println!("  {export}");
+        outln!("  {export}");
     }
 }

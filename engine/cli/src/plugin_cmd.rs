@@ -196,6 +196,36 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
 }
 
+/// Problems found in the workflow that `plugin test` built from its flags, told against the
+/// flags the user typed: there is no file, so `plugin-test.yaml:1:189` would point nowhere.
+fn flag_problems(diagnostics: &[shiphat_workflow::Diagnostic]) -> Invalid {
+    const FLAGS: [(&str, &str); 8] = [
+        ("`with", "--with"),
+        ("allow.read", "--allow-read"),
+        ("allow.write", "--allow-write"),
+        ("allow.http", "--allow-http"),
+        ("host pattern", "--allow-http"),
+        ("allow.env", "--allow-env"),
+        ("secret", "--secret"),
+        ("timeout", "--timeout"),
+    ];
+    let lines: Vec<String> = diagnostics
+        .iter()
+        .map(|d| {
+            let message = d
+                .message
+                .strip_prefix("step `test`: ")
+                .unwrap_or(&d.message);
+            let flag = FLAGS
+                .iter()
+                .find(|(needle, _)| message.contains(needle))
+                .map_or("the plugin", |(_, flag)| flag);
+            format!("{flag}: {message}")
+        })
+        .collect();
+    Invalid(lines.join("\n"))
+}
+
 /// `shiphat plugin test`: builds a one-step workflow in memory from the flags, so grants,
 /// secrets, limits and schema checks are exactly those of `shiphat run`, and runs it.
 pub async fn test(args: &TestArgs) -> anyhow::Result<u8> {
@@ -239,11 +269,22 @@ pub async fn test(args: &TestArgs) -> anyhow::Result<u8> {
     // workflow file were there.
     let text = serde_json::to_string(&json!({ "name": "plugin-test", "steps": [step] }))?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let workflow = shiphat_workflow::parse(&text, &cwd.join("plugin-test.yaml"))?;
+    let workflow = match shiphat_workflow::parse(&text, &cwd.join("plugin-test.yaml")) {
+        Ok(workflow) => workflow,
+        Err(shiphat_workflow::Error::Invalid(diagnostics)) => {
+            return Err(flag_problems(&diagnostics.0).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
 
     let runner = args.engine.runner()?;
     let started = Instant::now();
-    let prepared = runner.prepare(workflow).await?;
+    let prepared = match runner.prepare(workflow).await {
+        Ok(prepared) => prepared,
+        Err(shiphat_runner::Error::Invalid(diagnostics)) => {
+            return Err(flag_problems(&diagnostics).into());
+        }
+    };
     let load_time = started.elapsed();
     let (_, plugin, info) = prepared.plugins().next().context("the step's plugin")?;
     let load = match plugin.load {
@@ -297,9 +338,9 @@ pub async fn test(args: &TestArgs) -> anyhow::Result<u8> {
             "load_ms": load_time.as_secs_f64() * 1000.0,
             "run_ms": run_time.as_secs_f64() * 1000.0,
         });
-        println!("{}", serde_json::to_string(&value)?);
+        outln!("{}", serde_json::to_string(&value)?);
     } else {
-        println!(
+        outln!(
             "{} {} {}  ({} in {}, ran in {})",
             if succeeded { "✓" } else { "✗" },
             info.name,
@@ -309,20 +350,20 @@ pub async fn test(args: &TestArgs) -> anyhow::Result<u8> {
             shiphat_host::fmt_duration(run_time)
         );
         match &step.error {
-            None => println!("result: succeeded: {}", step.summary),
-            Some(e) => println!(
+            None => outln!("result: succeeded: {}", step.summary),
+            Some(e) => outln!(
                 "result: {}: {}",
                 serde_json::to_value(e.kind)?.as_str().unwrap_or("failed"),
                 e.message
             ),
         }
-        println!(
+        outln!(
             "outputs: {}",
             serde_json::to_string_pretty(&Value::Object(step.outputs))?
         );
-        println!("logs:");
+        outln!("logs:");
         for line in &logs {
-            println!(
+            outln!(
                 "  [{}] {}",
                 line["level"].as_str().unwrap_or(""),
                 line["message"].as_str().unwrap_or("")

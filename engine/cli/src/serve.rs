@@ -112,7 +112,7 @@ pub fn token_create(
             .join(", "),
         display(&config.database())
     ));
-    println!("{token}");
+    outln!("{token}");
     Ok(exit::OK)
 }
 

@@ -14,6 +14,17 @@ pub enum Section {
     Finally,
 }
 
+impl Section {
+    /// The section's key in the workflow file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::Steps => "steps",
+            Section::OnFailure => "on_failure",
+            Section::Finally => "finally",
+        }
+    }
+}
+
 /// How a step ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

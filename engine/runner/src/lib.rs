@@ -91,6 +91,79 @@ pub struct PriorStep {
     pub continued: bool,
 }
 
+/// How a run is stopped from outside, in two levels, as GitHub Actions and Argo do it.
+///
+/// [`Stop::cancel`] ends the running steps of the main section and starts no more of them,
+/// but the safety net still runs: `on_failure` (a cancelled run did not succeed) and
+/// `finally`, like GitHub Actions' `always()` steps and Argo's exit handlers. A deploy that is
+/// cancelled halfway is therefore rolled back or cleaned up, not left as it stood.
+/// [`Stop::abort`] ends everything at once, the safety net included: what a second Ctrl-C
+/// asks for.
+///
+/// A plain [`CancellationToken`] converts into a `Stop` that can only cancel.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    abort: CancellationToken,
+    /// A child of `abort`: aborting cancels too.
+    cancel: CancellationToken,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        let abort = CancellationToken::new();
+        let cancel = abort.child_token();
+        Self { abort, cancel }
+    }
+
+    /// Cancels the run: running steps end, `on_failure` and `finally` still run.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Aborts the run: every running step ends at once and nothing more starts.
+    pub fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// Cancels a run that is not cancelled yet, and aborts one that is: what a repeated
+    /// Ctrl-C or a second cancel request means. Returns whether the run is now aborted.
+    pub fn escalate(&self) -> bool {
+        if self.cancel.is_cancelled() {
+            self.abort();
+            true
+        } else {
+            self.cancel();
+            false
+        }
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.abort.is_cancelled()
+    }
+
+    /// The token that ends the steps of `section`: the main steps end on a cancel, the
+    /// safety net only on an abort.
+    fn token(&self, section: Section) -> &CancellationToken {
+        match section {
+            Section::Steps => &self.cancel,
+            Section::OnFailure | Section::Finally => &self.abort,
+        }
+    }
+}
+
+impl From<CancellationToken> for Stop {
+    fn from(cancel: CancellationToken) -> Self {
+        Self {
+            abort: CancellationToken::new(),
+            cancel,
+        }
+    }
+}
+
 /// A new run id: a ULID, so ids sort by creation time.
 pub fn new_run_id() -> String {
     ulid::Ulid::new().to_string().to_lowercase()
@@ -128,6 +201,11 @@ impl Runner {
             plugin_path,
             secrets,
         }
+    }
+
+    /// Where `uses: NAME` plugins are looked for.
+    pub fn plugin_path(&self) -> &PluginPath {
+        &self.plugin_path
     }
 
     pub fn host(&self) -> &Host {
@@ -204,16 +282,16 @@ impl Runner {
         })
     }
 
-    /// Runs a prepared workflow to the end and reports how it went. Cancelling `cancel` stops
-    /// new steps from starting and ends running ones; the run ends `cancelled`.
+    /// Runs a prepared workflow to the end and reports how it went. A [`Stop`] cancels the
+    /// run (the safety net still runs) or aborts it; either way the run ends `cancelled`.
     pub async fn run(
         &self,
         prepared: &Prepared,
         options: RunOptions,
         events: EventSink,
-        cancel: CancellationToken,
+        stop: impl Into<Stop>,
     ) -> RunReport {
-        self.run_from(prepared, options, Vec::new(), events, cancel)
+        self.run_from(prepared, options, Vec::new(), events, stop)
             .await
     }
 
@@ -230,8 +308,9 @@ impl Runner {
         options: RunOptions,
         prior: Vec<PriorStep>,
         events: EventSink,
-        cancel: CancellationToken,
+        stop: impl Into<Stop>,
     ) -> RunReport {
+        let stop = stop.into();
         let started = Instant::now();
         let workflow = prepared.workflow.clone();
         let run = Arc::new(RunState {
@@ -241,7 +320,7 @@ impl Runner {
             env: Map::new(),
             dry_run: options.dry_run,
             events,
-            cancel,
+            stop,
             steps: Mutex::new(BTreeMap::new()),
             reports: Mutex::new(Vec::new()),
             prior,
@@ -292,11 +371,21 @@ impl Runner {
             offset += steps.len();
             let should_run = match section {
                 Section::Steps => true,
-                Section::OnFailure => !main_ok && !run.cancel.is_cancelled(),
+                Section::OnFailure => !main_ok,
                 Section::Finally => true,
             };
-            if !should_run {
+            if !should_run || steps.is_empty() {
                 continue;
+            }
+            if section != Section::Steps && run.stop.is_cancelled() && !run.stop.is_aborted() {
+                run.log(
+                    "",
+                    "warn",
+                    format!(
+                        "the run was cancelled; running {} before it ends",
+                        section.as_str()
+                    ),
+                );
             }
             let ok = self.run_section(&run, section, steps, prepared_steps).await;
             if section == Section::Steps {
@@ -305,7 +394,7 @@ impl Runner {
                 main_ok = false;
             }
         }
-        let status = if run.cancel.is_cancelled() {
+        let status = if run.stop.is_cancelled() {
             RunStatus::Cancelled
         } else if main_ok {
             RunStatus::Succeeded
@@ -362,12 +451,16 @@ impl Runner {
                     continue;
                 }
                 let needs_ok = step.needs.iter().all(|&n| status[n] == Some(Verdict::Ok));
-                let decision = if run.cancel.is_cancelled() {
+                let stopped = run.stop.token(section).is_cancelled();
+                let decision = if stopped {
                     Err("the run was cancelled".to_owned())
                 } else if let Some(condition) = &step.condition {
                     match run.with_scope(|scope| condition.eval_bool(scope)) {
                         Ok(true) => Ok(()),
-                        Ok(false) => Err("its `if` condition is false".to_owned()),
+                        Ok(false) => Err(format!(
+                            "its `if` condition `{}` is false",
+                            condition.source()
+                        )),
                         Err(e) => {
                             let error = StepError {
                                 kind: ErrorKind::Setup,
@@ -411,7 +504,7 @@ impl Runner {
                     }
                     Err(reason) => {
                         run.log(&step.id, "info", format!("skipped: {reason}"));
-                        let status_of = if run.cancel.is_cancelled() {
+                        let status_of = if stopped {
                             StepStatus::Cancelled
                         } else {
                             StepStatus::Skipped
@@ -422,7 +515,7 @@ impl Runner {
                             status_of,
                             0,
                             Duration::ZERO,
-                            String::new(),
+                            format!("skipped: {reason}"),
                             Map::new(),
                             None,
                             false,
@@ -441,7 +534,7 @@ impl Runner {
             }
             status[index] = Some(verdict);
         }
-        !failed && !run.cancel.is_cancelled()
+        !failed && !run.stop.token(section).is_cancelled()
     }
 }
 
@@ -463,7 +556,7 @@ struct RunState {
     env: Map<String, Value>,
     dry_run: bool,
     events: EventSink,
-    cancel: CancellationToken,
+    stop: Stop,
     /// What expressions see of finished steps.
     steps: Mutex<BTreeMap<String, shiphat_workflow::StepState>>,
     reports: Mutex<Vec<StepReport>>,
@@ -494,6 +587,7 @@ impl RunState {
             env: &self.env,
             steps: &steps,
             run_id: &self.run_id,
+            dry_run: self.dry_run,
         };
         f(&scope)
     }
@@ -628,7 +722,7 @@ impl StepJob {
             });
             let end = tokio::select! {
                 end = self.attempt(attempt) => end,
-                () = self.run.cancel.cancelled() => {
+                () = self.run.stop.token(self.section).cancelled() => {
                     self.run.report_step(step, self.section, StepStatus::Cancelled, attempt, started.elapsed(), String::new(), Map::new(), Some(StepError { kind: ErrorKind::Cancelled, message: "cancelled while running".into() }), false);
                     return Verdict::Failed;
                 }
@@ -647,7 +741,7 @@ impl StepJob {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = self.run.cancel.cancelled() => {}
+                        () = self.run.stop.token(self.section).cancelled() => {}
                     }
                 }
                 end => break end,
@@ -759,19 +853,18 @@ impl StepJob {
                 ),
             }
         }
+        let preopens = |grants: &[shiphat_workflow::Grant]| {
+            grants
+                .iter()
+                .flat_map(|g| {
+                    g.guest_paths()
+                        .map(|guest| (g.host_path.clone(), guest.to_owned()))
+                })
+                .collect()
+        };
         let grants = Grants {
-            read: step
-                .allow
-                .read
-                .iter()
-                .map(|g| (g.host_path.clone(), g.guest_path.clone()))
-                .collect(),
-            write: step
-                .allow
-                .write
-                .iter()
-                .map(|g| (g.host_path.clone(), g.guest_path.clone()))
-                .collect(),
+            read: preopens(&step.allow.read),
+            write: preopens(&step.allow.write),
             http: step.allow.http.clone(),
             env,
             secrets,

@@ -61,14 +61,41 @@ impl PluginPath {
             .iter()
             .map(|d| format!("`{}`", d.display()))
             .collect();
-        let hint = "build the bundled plugins with `cargo xtask plugins`, or add a directory to SHIPHAT_PLUGIN_PATH";
         if searched.is_empty() {
-            format!("plugin `{name}` not found: the plugin path is empty; {hint}")
-        } else {
-            format!(
-                "plugin `{name}` not found in {}; {hint}",
-                searched.join(", ")
-            )
+            return format!(
+                "plugin `{name}` not found: the plugin path is empty; build the bundled plugins with `cargo xtask plugins`, or add a directory with `--plugin-path` or SHIPHAT_PLUGIN_PATH"
+            );
         }
+        let found = self.names();
+        let hint = match shiphat_workflow::suggest(name, found.iter().map(String::as_str)) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None if found.is_empty() => "build the bundled plugins with `cargo xtask plugins`, or add the directory that holds `NAME.wasm` with `--plugin-path` or SHIPHAT_PLUGIN_PATH".to_owned(),
+            None => format!(
+                "found {}; or add the directory that holds `{name}.wasm` with `--plugin-path` or SHIPHAT_PLUGIN_PATH",
+                found.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        format!(
+            "plugin `{name}` not found in {}; {hint}",
+            searched.join(", ")
+        )
+    }
+
+    /// The plugin names found on the path (`NAME.wasm`, with `_` shown as `-` as `uses:`
+    /// would write it), sorted, without repeats.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .dirs
+            .iter()
+            .filter_map(|dir| std::fs::read_dir(dir).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                Some(name.strip_suffix(".wasm")?.replace('_', "-"))
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 }

@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
-use shiphat_runner::{Event, EventSink, PriorStep, RunOptions, Runner, StepStatus};
+use shiphat_runner::{Event, EventSink, PriorStep, RunOptions, Runner, StepStatus, Stop};
 use shiphat_store::{NewRun, Run, RunStatus, StepChange, Store};
 use shiphat_workflow::Resume;
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::auth::Principal;
@@ -46,7 +45,7 @@ struct Sched {
     /// Per concurrency key: the run holding it and the runs waiting, oldest first.
     keys: HashMap<String, Key>,
     /// Runs in progress, with the token that cancels each.
-    running: HashMap<String, CancellationToken>,
+    running: HashMap<String, Stop>,
     /// Who cancelled a run in progress, for the run's `detail` when it ends cancelled.
     cancelled_by: HashMap<String, String>,
 }
@@ -237,8 +236,8 @@ impl App {
                 false
             }
         };
-        let cancel = CancellationToken::new();
-        sched.running.insert(run.id.clone(), cancel.clone());
+        let stop = Stop::new();
+        sched.running.insert(run.id.clone(), stop.clone());
         self.metrics.running.inc();
         self.metrics.run_status(&run.workflow, "running");
         let app = self.clone();
@@ -250,7 +249,7 @@ impl App {
             };
             let sink = app.sink(&run, resumed);
             app.runner
-                .run_from(&prepared, options, prior, sink, cancel)
+                .run_from(&prepared, options, prior, sink, stop)
                 .await;
             let mut sched = app.sched.lock().unwrap();
             sched.running.remove(&run.id);
@@ -406,8 +405,9 @@ impl App {
         })
     }
 
-    /// Cancels a run that is queued, interrupted or running. Returns the status it had, or
-    /// `None` when it had already ended.
+    /// Cancels a run that is queued, interrupted or running. A running run's steps end and its
+    /// `on_failure` and `finally` still run; cancelling it again aborts those too. Returns
+    /// whether the run was still going.
     pub fn cancel(
         self: &Arc<App>,
         run: &Run,
@@ -415,10 +415,10 @@ impl App {
     ) -> Result<bool, shiphat_store::Error> {
         let detail = format!("cancelled by `{}`", by.name);
         let mut sched = self.sched.lock().unwrap();
-        if let Some(token) = sched.running.get(&run.id).cloned() {
+        if let Some(stop) = sched.running.get(&run.id).cloned() {
             // The first to cancel is who the run's detail names.
             sched.cancelled_by.entry(run.id.clone()).or_insert(detail);
-            token.cancel();
+            stop.escalate();
             return Ok(true);
         }
         drop(sched);
