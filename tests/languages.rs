@@ -387,14 +387,17 @@ fn plugin_test_prints_the_result_outputs_and_logs() {
     );
 }
 
-/// Writes a skeleton with `shiphat plugin new`, builds it with `build`, and runs its workflow.
-fn new_plugin_builds_and_runs(lang: &str, build: impl FnOnce(&Path)) {
+/// Writes a skeleton named `name` with `shiphat plugin new`, builds it with `build`, and runs
+/// its workflow. Returns the test directory and the plugin's.
+fn new_plugin_builds_and_runs(
+    lang: &str,
+    name: &str,
+    build: impl FnOnce(&Path),
+) -> (TestDir, std::path::PathBuf) {
     let t = TestDir::new();
-    let dir = t.path().join("hello-step");
+    let dir = t.path().join(name);
     let mut command = t.shiphat();
-    command
-        .args(["plugin", "new", "--lang", lang, "hello-step"])
-        .arg(&dir);
+    command.args(["plugin", "new", "--lang", lang, name]).arg(&dir);
     let made = Run::of(command);
     assert_eq!(made.code, 0, "{}", made.stderr);
     for file in [
@@ -412,8 +415,9 @@ fn new_plugin_builds_and_runs(lang: &str, build: impl FnOnce(&Path)) {
         .args(["run", "workflow.yaml", "--json"]);
     let run = Run::of(command);
     assert_eq!(run.code, 0, "{lang}: {}\n{}", run.stdout, run.stderr);
-    assert_eq!(run.step("hello-step")["outputs"]["greeted"], "shiphat");
-    assert_eq!(run.logs("hello-step"), ["hello, shiphat"]);
+    assert_eq!(run.step(name)["outputs"]["greeted"], "shiphat");
+    assert_eq!(run.logs(name), ["hello, shiphat"]);
+    (t, dir)
 }
 
 fn check(what: &str, output: std::process::Output) {
@@ -427,7 +431,7 @@ fn check(what: &str, output: std::process::Output) {
 
 #[test]
 fn plugin_new_rust_builds_and_runs() {
-    new_plugin_builds_and_runs("rust", |dir| {
+    new_plugin_builds_and_runs("rust", "hello-rs", |dir| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         // A target directory kept across runs, so dependencies build once.
         let target = root().join("target/plugin-new-rust");
@@ -440,8 +444,8 @@ fn plugin_new_rust_builds_and_runs() {
             .output()
             .expect("cannot run cargo");
         check("cargo build", output);
-        let built = target.join("wasm32-wasip2/release/hello_step.wasm");
-        let expected = dir.join("target/wasm32-wasip2/release/hello_step.wasm");
+        let built = target.join("wasm32-wasip2/release/hello_rs.wasm");
+        let expected = dir.join("target/wasm32-wasip2/release/hello_rs.wasm");
         std::fs::create_dir_all(expected.parent().unwrap()).unwrap();
         std::fs::copy(built, expected).unwrap();
     });
@@ -450,21 +454,40 @@ fn plugin_new_rust_builds_and_runs() {
 #[test]
 fn plugin_new_python_builds_and_runs() {
     let py = componentize_py();
-    new_plugin_builds_and_runs("python", |dir| {
+    let (t, dir) = new_plugin_builds_and_runs("python", "hello-py", |dir| {
+        // An exception a plugin author did not mean, for the check below.
+        let app = dir.join("app.py");
+        let source = std::fs::read_to_string(&app).unwrap().replace(
+            "        name = config.get(\"name\", \"world\")\n",
+            "        name = config.get(\"name\", \"world\")\n        if name == \"kaboom\":\n            raise RuntimeError(\"kaboom\")\n",
+        );
+        assert!(source.contains("RuntimeError"), "the template changed");
+        std::fs::write(&app, source).unwrap();
         let output = Command::new(&py)
             .current_dir(dir)
             .args(["-d", "wit", "-w", "step", "componentize", "app", "-o"])
-            .arg("hello-step.wasm")
+            .arg("hello-py.wasm")
             .output()
             .expect("cannot run componentize-py");
         check("componentize-py", output);
     });
+    // Regression: the step's error was "Python function threw an unexpected exception (at
+    // runtime/src/lib.rs:1293:29)" instead of the exception.
+    let mut command = t.shiphat();
+    command
+        .current_dir(&dir)
+        .args(["plugin", "test", "--json", "hello-py.wasm", "--with", r#"{"name":"kaboom"}"#]);
+    let run = Run::of(command);
+    let result: Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));
+    let error = result["error"]["message"].as_str().unwrap_or_default();
+    assert!(error.contains("RuntimeError: kaboom"), "{result}");
 }
 
 #[test]
 fn plugin_new_js_builds_and_runs() {
     let tools = js_tools();
-    new_plugin_builds_and_runs("js", |dir| {
+    new_plugin_builds_and_runs("js", "hello-js", |dir| {
         let output = Command::new("node")
             .current_dir(dir)
             .arg("build.mjs")
