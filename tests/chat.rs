@@ -594,7 +594,13 @@ fn ref_input_maps_the_ref_and_a_mapping_that_cannot_work_is_warned_about() {
     let dir = setup();
     let daemon = start(&dir);
     let receiver = Receiver::start();
-    let deploy = body("U0ALICE", "C0DEV", "site@v2 to staging", &receiver.url, "1.2.3");
+    let deploy = body(
+        "U0ALICE",
+        "C0DEV",
+        "site@v2 to staging",
+        &receiver.url,
+        "1.2.3",
+    );
     let (status, answer) = command(&daemon, &deploy, None);
     assert_eq!(status, 200, "{answer}");
     assert!(text(&answer).contains("started"), "{answer}");
@@ -620,5 +626,8 @@ fn ref_input_maps_the_ref_and_a_mapping_that_cannot_work_is_warned_about() {
         ),
         "{warnings}"
     );
-    assert!(!warnings.contains("slack app `site` in `staging`"), "{warnings}");
+    assert!(
+        !warnings.contains("slack app `site` in `staging`"),
+        "{warnings}"
+    );
 }

@@ -578,10 +578,14 @@ fn a_closed_output_never_stops_a_run() {
         if json {
             command.arg("--json");
         }
-        let case = format!("json {json}, stdout closed {close_stdout}, stderr closed {close_stderr}");
+        let case =
+            format!("json {json}, stdout closed {close_stdout}, stderr closed {close_stderr}");
         let (code, stderr) = support::run_with_closed_output(command, close_stdout, close_stderr);
         assert!(!stderr.contains("panicked"), "{case}: {stderr}");
-        assert_eq!(code, 1, "{case}: the run fails on verify and ends normally: {stderr}");
+        assert_eq!(
+            code, 1,
+            "{case}: the run fails on verify and ends normally: {stderr}"
+        );
         assert_eq!(
             live_release(&dir),
             std::path::Path::new("releases/1"),
@@ -640,7 +644,10 @@ impl LiveRun {
         let stdout = child.stdout.take().unwrap();
         let (tx, events) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Ok(event) = serde_json::from_str(&line)
                     && tx.send(event).is_err()
                 {
@@ -673,7 +680,10 @@ impl LiveRun {
 
     fn signal(&self, signal: libc::c_int) {
         // SAFETY: the child is running (not reaped), so its pid is ours.
-        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
     }
 
     /// Waits for the end; returns the exit code, every event and stderr.
@@ -687,8 +697,7 @@ impl LiveRun {
         }
         let status = self.child.wait().unwrap();
         let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr)
-            .unwrap();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
         (status.code().unwrap_or(-1), self.seen, stderr)
     }
 }
@@ -718,11 +727,17 @@ fn ctrl_c_cancels_the_step_and_runs_the_safety_net() {
             "the cancelled step ends at once"
         );
         assert_eq!(code, 1, "signal {signal}: {stderr}");
-        assert!(stderr.contains("on_failure and finally still run"), "{stderr}");
+        assert!(
+            stderr.contains("on_failure and finally still run"),
+            "{stderr}"
+        );
         assert_eq!(finished(&events, "verify")["status"], "cancelled");
         assert_eq!(finished(&events, "rollback")["status"], "succeeded");
         assert_eq!(finished(&events, "notify")["status"], "succeeded");
-        let end = events.iter().find(|e| e["event"] == "run_finished").unwrap();
+        let end = events
+            .iter()
+            .find(|e| e["event"] == "run_finished")
+            .unwrap();
         assert_eq!(end["status"], "cancelled");
         assert!(
             events.iter().any(|e| e["event"] == "log"
@@ -739,7 +754,8 @@ fn ctrl_c_cancels_the_step_and_runs_the_safety_net() {
 #[test]
 fn a_second_ctrl_c_aborts_and_says_what_was_left() {
     let dir = release_1_live();
-    let slow_rollback = "  - id: slow-rollback\n    uses: misbehave\n    with: { mode: sleep, ms: 60000 }\n";
+    let slow_rollback =
+        "  - id: slow-rollback\n    uses: misbehave\n    with: { mode: sleep, ms: 60000 }\n";
     let mut run = LiveRun::start(&dir, &guarded_deploy(SLOW_VERIFY, slow_rollback));
     run.wait_started("verify");
     run.signal(libc::SIGINT);
@@ -747,7 +763,10 @@ fn a_second_ctrl_c_aborts_and_says_what_was_left() {
     let sent = std::time::Instant::now();
     run.signal(libc::SIGINT);
     let (code, events, stderr) = run.finish();
-    assert!(sent.elapsed() < Duration::from_secs(30), "an abort is prompt");
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "an abort is prompt"
+    );
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(finished(&events, "slow-rollback")["status"], "cancelled");
     assert!(stderr.contains("aborted"), "{stderr}");
@@ -835,10 +854,16 @@ fn plugin_inspect_takes_a_name_and_no_cache_beats_the_environment() {
     assert!(run.stdout.contains("echo"), "{}", run.stdout);
 
     let mut command = dir.shiphat();
-    command.args(["plugin", "inspect", "my-ecko", "--plugin-path"]).arg(&mine);
+    command
+        .args(["plugin", "inspect", "my-ecko", "--plugin-path"])
+        .arg(&mine);
     let run = Run::of(command);
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("did you mean `my-echo`?"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("did you mean `my-echo`?"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// Regression: `plugin test` pointed schema errors at an invented `plugin-test.yaml:1:189`.
@@ -854,7 +879,8 @@ fn plugin_test_points_errors_at_the_flags() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(!run.stderr.contains("plugin-test.yaml"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("--with: `with`: unknown key `targt`; did you mean `target`?"),
+        run.stderr
+            .contains("--with: `with`: unknown key `targt`; did you mean `target`?"),
         "{}",
         run.stderr
     );
@@ -868,7 +894,11 @@ fn run_dry_run_is_available_to_expressions() {
     let run = dir.run(yaml, &["--dry-run"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(run.status("smoke"), "skipped");
-    assert!(run.logs("say").contains(&"dry true"), "{:?}", run.logs("say"));
+    assert!(
+        run.logs("say").contains(&"dry true"),
+        "{:?}",
+        run.logs("say")
+    );
     let run = dir.run(yaml, &[]);
     assert_eq!(run.status("smoke"), "succeeded");
 }

@@ -1519,7 +1519,9 @@ fn a_cancel_runs_the_safety_net_and_a_second_one_aborts_it() {
     };
 
     let id = start_run(&daemon, &admin, json!({"workflow": "guarded"}));
-    wait_run(&daemon, &admin, &id, |r| r["steps"][0]["status"] == "running");
+    wait_run(&daemon, &admin, &id, |r| {
+        r["steps"][0]["status"] == "running"
+    });
     cancel(&id);
     let run = wait_run(&daemon, &admin, &id, terminal);
     assert_eq!(run["status"], "cancelled", "{run}");
@@ -1532,7 +1534,9 @@ fn a_cancel_runs_the_safety_net_and_a_second_one_aborts_it() {
         &admin,
         json!({"workflow": "guarded", "inputs": {"rollback_ms": 60000}}),
     );
-    wait_run(&daemon, &admin, &id, |r| r["steps"][0]["status"] == "running");
+    wait_run(&daemon, &admin, &id, |r| {
+        r["steps"][0]["status"] == "running"
+    });
     cancel(&id);
     wait_run(&daemon, &admin, &id, |r| {
         r["steps"]
@@ -1544,7 +1548,10 @@ fn a_cancel_runs_the_safety_net_and_a_second_one_aborts_it() {
     let aborted = Instant::now();
     cancel(&id);
     let run = wait_run(&daemon, &admin, &id, terminal);
-    assert!(aborted.elapsed() < Duration::from_secs(30), "an abort is prompt");
+    assert!(
+        aborted.elapsed() < Duration::from_secs(30),
+        "an abort is prompt"
+    );
     assert_eq!(run["status"], "cancelled", "{run}");
     assert_eq!(step_of(&run, "rollback")["status"], "cancelled", "{run}");
     assert_eq!(step_of(&run, "notify")["status"], "cancelled", "{run}");
@@ -1590,8 +1597,11 @@ fn lock_warns_about_a_key_nothing_uses_and_locks_lists_them() {
     let typo = cli(&["lock", "wbe-prod", "--reason", "freeze"]);
     assert_eq!(typo.code, 0, "{}", typo.stderr);
     assert!(
-        typo.stderr.contains("no workflow on this daemon uses the key `wbe-prod`")
-            && typo.stderr.contains("`web-${{ inputs.environment }}` (web)"),
+        typo.stderr
+            .contains("no workflow on this daemon uses the key `wbe-prod`")
+            && typo
+                .stderr
+                .contains("`web-${{ inputs.environment }}` (web)"),
         "{}",
         typo.stderr
     );

@@ -666,9 +666,18 @@ fn absolute_and_climbing_targets_deploy() {
         let file = dir_path.join("deploy.yaml");
         std::fs::write(&file, yaml).unwrap();
         let mut command = outer.shiphat();
-        command.current_dir(&dir_path).arg("run").arg(&file).arg("--json");
+        command
+            .current_dir(&dir_path)
+            .arg("run")
+            .arg(&file)
+            .arg("--json");
         let run = Run::of(command);
-        assert_eq!(run.status("deploy"), "succeeded", "{target}: {}", run.stdout);
+        assert_eq!(
+            run.status("deploy"),
+            "succeeded",
+            "{target}: {}",
+            run.stdout
+        );
         assert_eq!(
             std::fs::read_link(live.join("current")).unwrap(),
             Path::new("releases/1"),
@@ -697,7 +706,10 @@ fn a_missing_grant_is_named_before_the_run_or_without_errno_text() {
     let templated = "name: web\ninputs:\n  source: { type: string, default: build }\nsteps:\n  - id: deploy\n    uses: deployer\n    with: { strategy: symlink, source: \"${{ inputs.source }}\", target: site, release: \"1\" }\n    allow: { write: [site] }\n";
     let run = dir.run(templated, &[]);
     let (kind, message) = run.error("deploy");
-    assert!(matches!(kind, "failed" | "invalid_config"), "{kind}: {message}");
+    assert!(
+        matches!(kind, "failed" | "invalid_config"),
+        "{kind}: {message}"
+    );
     assert!(!message.contains("os error"), "{message}");
     assert!(message.contains("allow.read"), "{message}");
 }

@@ -40,7 +40,9 @@ fn yaml_blocks(text: &str) -> Vec<(usize, String)> {
     for (n, line) in text.lines().enumerate() {
         let fence = line.trim_start();
         match &mut current {
-            None if fence == "```yaml" || fence == "```yml" => current = Some((n + 2, String::new())),
+            None if fence == "```yaml" || fence == "```yml" => {
+                current = Some((n + 2, String::new()))
+            }
             Some(_) if fence.starts_with("```") => blocks.push(current.take().unwrap()),
             Some((_, block)) => {
                 block.push_str(line);
@@ -95,7 +97,11 @@ fn every_workflow_in_the_docs_validates() {
     let mut problems = Vec::new();
     for doc in documents() {
         let text = std::fs::read_to_string(&doc).unwrap();
-        let shown = doc.strip_prefix(&root).unwrap_or(&doc).display().to_string();
+        let shown = doc
+            .strip_prefix(&root)
+            .unwrap_or(&doc)
+            .display()
+            .to_string();
         for (line, block) in yaml_blocks(&text) {
             let Some(workflow) = as_workflow(&block) else {
                 continue;

@@ -197,15 +197,35 @@ fn python_notify_cannot_reach_a_host_that_is_not_granted() {
     let granted = Server::start(|_, _| Reply::ok());
     let other = Server::start(|_, _| Reply::ok());
     let t = TestDir::new();
+    // Written literally, `validate` sees the URL (notify marks `url` with x-shiphat-grant).
     let file = t.write(
         "workflow.yaml",
         notify_workflow(&notify(), &other.url("/hook"), &granted.host()),
     );
     let mut command = t.shiphat();
+    command.arg("validate").arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("add `{}` to `allow.http`", other.host())),
+        "{}",
+        run.stderr
+    );
+    // From an expression, only the sandbox can refuse it.
+    let file = t.write(
+        "workflow.yaml",
+        notify_workflow(&notify(), "${{ inputs.url }}", &granted.host()).replace(
+            "inputs:\n",
+            "inputs:\n  url: { type: string, required: true }\n",
+        ),
+    );
+    let mut command = t.shiphat();
     command
         .arg("run")
         .arg(&file)
-        .args(["--json", "--input", "release=1.4.2"])
+        .args(["--json", "--input", "release=1.4.2", "--input"])
+        .arg(format!("url={}", other.url("/hook")))
         .env("HOOK_TOKEN", "tok");
     let run = Run::of(command);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
@@ -314,7 +334,7 @@ fn examples_load_from_the_compile_cache_the_second_time() {
         let cache = tempfile::tempdir().unwrap();
         let mut args = vec![plugin.to_str().unwrap(), "--with", with];
         if dry {
-            args.push("--dry-run");
+            args.extend(["--dry-run", "--allow-http", "127.0.0.1:9"]);
         }
         let first = plugin_test(&t, cache.path(), &args);
         let second = plugin_test(&t, cache.path(), &args);
@@ -397,7 +417,9 @@ fn new_plugin_builds_and_runs(
     let t = TestDir::new();
     let dir = t.path().join(name);
     let mut command = t.shiphat();
-    command.args(["plugin", "new", "--lang", lang, name]).arg(&dir);
+    command
+        .args(["plugin", "new", "--lang", lang, name])
+        .arg(&dir);
     let made = Run::of(command);
     assert_eq!(made.code, 0, "{}", made.stderr);
     for file in [
@@ -474,9 +496,14 @@ fn plugin_new_python_builds_and_runs() {
     // Regression: the step's error was "Python function threw an unexpected exception (at
     // runtime/src/lib.rs:1293:29)" instead of the exception.
     let mut command = t.shiphat();
-    command
-        .current_dir(&dir)
-        .args(["plugin", "test", "--json", "hello-py.wasm", "--with", r#"{"name":"kaboom"}"#]);
+    command.current_dir(&dir).args([
+        "plugin",
+        "test",
+        "--json",
+        "hello-py.wasm",
+        "--with",
+        r#"{"name":"kaboom"}"#,
+    ]);
     let run = Run::of(command);
     let result: Value = serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}\n{}", run.stdout, run.stderr));

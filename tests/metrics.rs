@@ -524,7 +524,31 @@ fn an_address_not_granted_is_invalid_config() {
     let app = App::start(&requests(1000, 4));
     let dir = TestDir::new();
     let with = error_rate_scrape(&app);
+    // Written literally, `validate` names the grant before anything runs.
     let run = dir.run(&workflow(&with, &["127.0.0.1:9".into()]), &[]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!(
+            "does not grant `{}`; add `{}`",
+            app.host(),
+            app.host()
+        )),
+        "{}",
+        run.stderr
+    );
+    // From an expression, the plugin refuses it when the step runs.
+    let address = format!("http://{}/metrics", app.host());
+    let yaml = workflow(
+        &with.replace(&address, "${{ inputs.address }}"),
+        &["127.0.0.1:9".into()],
+    )
+    .replace(
+        "name: verify-release\n",
+        &format!(
+            "name: verify-release\ninputs:\n  address: {{ type: string, default: \"{address}\" }}\n"
+        ),
+    );
+    let run = dir.run(&yaml, &[]);
 
     let (kind, message) = run.error("verify");
     assert_eq!(kind, "invalid_config");

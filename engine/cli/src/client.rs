@@ -13,10 +13,16 @@ use crate::{Invalid, Sink, exit, output};
 #[derive(clap::Args, Clone)]
 pub struct ServerArgs {
     /// The daemon's URL.
-    #[arg(long, env = "SHIPHAT_SERVER", default_value = "http://127.0.0.1:7300")]
+    // Global, so `shiphat runs list --server URL` works as well as `runs --server URL list`.
+    #[arg(
+        long,
+        env = "SHIPHAT_SERVER",
+        default_value = "http://127.0.0.1:7300",
+        global = true
+    )]
     server: String,
     /// The bearer token (see `shiphat token create`).
-    #[arg(long, env = "SHIPHAT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "SHIPHAT_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
 
@@ -397,7 +403,11 @@ pub fn lock(
                 .join(", ");
             output::warn(&format!(
                 "no workflow on this daemon uses the key `{key}`, so the lock holds nothing; the keys in use are {}",
-                if known.is_empty() { "none".to_owned() } else { known }
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known
+                }
             ));
         }
     }

@@ -230,7 +230,10 @@ impl EngineArgs {
         };
         let cached = cache_dir.is_some();
         let on_compile = shiphat_host::CompileHook(Arc::new(move |path: &Path, size: usize| {
-            let name = path.file_name().unwrap_or(path.as_os_str()).to_string_lossy();
+            let name = path
+                .file_name()
+                .unwrap_or(path.as_os_str())
+                .to_string_lossy();
             let when = if cached {
                 "first run only"
             } else {
@@ -453,7 +456,9 @@ async fn run(
     };
     let stop = Stop::new();
     let signals = stop_on_signals(stop.clone())?;
-    let report = runner.run(&prepared, options, sink.clone(), stop.clone()).await;
+    let report = runner
+        .run(&prepared, options, sink.clone(), stop.clone())
+        .await;
     signals.abort();
     drop(sink);
     if stop.is_aborted() {
@@ -513,9 +518,9 @@ async fn inspect(file: &Path, json: bool, engine: &EngineArgs) -> anyhow::Result
     let runner = engine.runner()?;
     let host = runner.host();
     // A name (`deployer`) is looked up as `uses: deployer` would be; a path is taken as it is.
-    let by_name = file.to_str().filter(|name| {
-        !file.exists() && !name.contains('/') && !name.ends_with(".wasm")
-    });
+    let by_name = file
+        .to_str()
+        .filter(|name| !file.exists() && !name.contains('/') && !name.ends_with(".wasm"));
     let file = match by_name {
         Some(name) => {
             let uses = shiphat_workflow::PluginRef::Name {

@@ -236,7 +236,11 @@ impl Human {
                 let took = fmt_ms(duration_ms);
                 let line = match status {
                     RunStatus::Succeeded => {
-                        format!("{} succeeded in {took}{}", style("✓").green().bold(), self.skipped_note())
+                        format!(
+                            "{} succeeded in {took}{}",
+                            style("✓").green().bold(),
+                            self.skipped_note()
+                        )
                     }
                     RunStatus::Cancelled => {
                         format!("{} cancelled after {took}", style("✗").red().bold())

@@ -106,9 +106,12 @@ pub struct HostConfig {
     pub on_compile: Option<CompileHook>,
 }
 
-/// See [`HostConfig::on_compile`].
+/// See [`HostConfig::on_compile`]: called with the component's path and size in bytes.
 #[derive(Clone)]
-pub struct CompileHook(pub Arc<dyn Fn(&Path, usize) + Send + Sync>);
+pub struct CompileHook(pub Arc<CompileFn>);
+
+/// What a [`CompileHook`] calls.
+pub type CompileFn = dyn Fn(&Path, usize) + Send + Sync;
 
 impl std::fmt::Debug for CompileHook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -438,7 +438,11 @@ fn missing_grant(workflow: &Workflow, step: &Step, access: Access, text: &str) -
                     "read",
                 ),
             };
-            let verb = if access == Access::Write { "writes" } else { "reads" };
+            let verb = if access == Access::Write {
+                "writes"
+            } else {
+                "reads"
+            };
             let dir = if plain.is_empty() { "." } else { plain };
             (!granted).then(|| {
                 format!("the step {verb} `{text}` but `allow.{key}` does not grant it; add `{dir}` (or a directory above it) to `allow.{key}`")

@@ -703,7 +703,9 @@ fn check_path(segs: &[Seg], rules: &RefRules) -> Result<(), String> {
             (Some("id"), 2) => {}
             (Some("dry_run"), 2) if rules.steps.is_some() => {}
             (Some("dry_run"), 2) => {
-                return Err(format!("`run.dry_run` is not available here; {only_inputs}"));
+                return Err(format!(
+                    "`run.dry_run` is not available here; {only_inputs}"
+                ));
             }
             _ => {
                 return Err(format!(

@@ -124,10 +124,22 @@ fn messages_say_what_to_fix() {
         .map(|d| d.message.clone())
         .collect();
     let all = shown.join("\n");
-    assert!(all.contains("unknown key `report`; did you mean `reports`?"), "{all}");
-    assert!(all.contains("`target` is required with `strategy: symlink`"), "{all}");
-    assert!(all.contains("`url` is not used with `strategy: symlink`; remove it"), "{all}");
-    assert!(!all.contains("anyOf") && !all.contains("Additional properties"), "{all}");
+    assert!(
+        all.contains("unknown key `report`; did you mean `reports`?"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`target` is required with `strategy: symlink`"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`url` is not used with `strategy: symlink`; remove it"),
+        "{all}"
+    );
+    assert!(
+        !all.contains("anyOf") && !all.contains("Additional properties"),
+        "{all}"
+    );
 }
 
 /// `validate` names a grant a step lacks, from the plugin's `x-shiphat-grant` annotations.
@@ -154,8 +166,14 @@ fn annotated_paths_and_urls_are_checked_against_allow() {
         "{all}"
     );
     assert!(all.contains("reads `build` but `allow.read`"), "{all}");
-    assert!(all.contains("add `reports` (or a directory above it)"), "{all}");
-    assert!(all.contains("does not grant `127.0.0.1:18931`; add `127.0.0.1:18931`"), "{all}");
+    assert!(
+        all.contains("add `reports` (or a directory above it)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("does not grant `127.0.0.1:18931`; add `127.0.0.1:18931`"),
+        "{all}"
+    );
     assert_eq!(shown.len(), 4, "{all}");
     assert!(shiphat_workflow::check_config(&w, &w.steps[1], schema).is_empty());
 }
