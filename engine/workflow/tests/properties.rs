@@ -842,8 +842,6 @@ proptest! {
         under_with in any::<bool>(),
     ) {
         let (text, size) = alias_document(&levels, leaves, under_with);
-        // Only clear-cut cases: the exact count at the boundary is the pre-pass's business.
-        prop_assume!(!(MAX_EXPANDED_NODES / 2..=2 * MAX_EXPANDED_NODES).contains(&size));
         let result = timed("alias document", || parse(&text, Path::new("bomb.yaml")))?;
         let refused = match &result {
             Err(Error::Invalid(d)) => d
@@ -858,6 +856,26 @@ proptest! {
             "{} nodes expanded; {:?}",
             size,
             result.err().map(|e| e.to_string())
+        );
+    }
+}
+
+/// The budget counts exactly what it says: a document of exactly MAX_EXPANDED_NODES nodes is
+/// not refused for its size, and one more node is.
+#[test]
+fn the_alias_budget_is_exact() {
+    // The root mapping, the key `l0`, the sequence and its scalars.
+    let fits = (MAX_EXPANDED_NODES - 3) as usize;
+    for (leaves, refused) in [(fits, false), (fits + 1, true)] {
+        let (text, size) = alias_document(&[], leaves, false);
+        assert_eq!(size, leaves as u64 + 3);
+        let err = parse(&text, Path::new("edge.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err.contains(&format!("past {MAX_EXPANDED_NODES} nodes")),
+            refused,
+            "{size} nodes: {err}"
         );
     }
 }
