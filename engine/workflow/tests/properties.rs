@@ -5,7 +5,8 @@
 //! the same however it is printed; an alias bomb of any shape is refused.
 //!
 //! The default case counts keep this file to a few seconds; a long run is
-//! `PROPTEST_CASES=20000 cargo test -p shiphat-workflow --test properties` (see
+//! `PROPTEST_CASES=20000 cargo test -p shiphat-workflow --test properties -- --skip deeply`,
+//! with the megabyte-deep `deeply_*` properties run apart at a few hundred cases (see
 //! docs/security-fuzz-notes.md).
 
 use std::collections::BTreeMap;
