@@ -7,6 +7,13 @@ use std::fmt;
 
 use serde_json::{Map, Number, Value};
 
+/// The deepest an expression may nest, counting each `!`, each pair of parentheses and each
+/// `&&` or `||` of a chain as a level. Parsing, evaluating and dropping an expression recurse
+/// once per level, so without a bound a one-megabyte workflow file of `!!!…` or `((…))` or
+/// `x && x && …` overflows the stack of the thread that loads it, and takes the daemon down
+/// with it. Conditions people write nest a few levels and chain a few dozen terms at most.
+pub const MAX_EXPR_DEPTH: usize = 100;
+
 /// What an expression can see while a run is going.
 #[derive(Clone, Copy, Debug)]
 pub struct Scope<'a> {
@@ -188,9 +195,23 @@ struct P<'a> {
     toks: Vec<Tok>,
     pos: usize,
     src: &'a str,
+    /// How many levels deep the parser is, see [`MAX_EXPR_DEPTH`].
+    depth: usize,
 }
 
 impl P<'_> {
+    /// Goes one level deeper, or refuses to past [`MAX_EXPR_DEPTH`].
+    fn deeper(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_EXPR_DEPTH {
+            // The source can be a megabyte long: its start is enough to find it.
+            let start: String = self.src.trim().chars().take(40).collect();
+            return Err(format!(
+                "the expression starting `{start}` nests deeper than {MAX_EXPR_DEPTH} levels of `!`, `(` and `&&`/`||`; split it into smaller conditions"
+            ));
+        }
+        Ok(())
+    }
     fn peek(&self) -> Option<&Tok> {
         self.toks.get(self.pos)
     }
@@ -200,19 +221,26 @@ impl P<'_> {
         t
     }
     fn or(&mut self) -> Result<Node, String> {
+        // A chain `a || b || c` is a tree as deep as it is long.
+        let depth = self.depth;
         let mut lhs = self.and()?;
         while self.peek() == Some(&Tok::Or) {
             self.pos += 1;
+            self.deeper()?;
             lhs = Node::Or(Box::new(lhs), Box::new(self.and()?));
         }
+        self.depth = depth;
         Ok(lhs)
     }
     fn and(&mut self) -> Result<Node, String> {
+        let depth = self.depth;
         let mut lhs = self.cmp()?;
         while self.peek() == Some(&Tok::And) {
             self.pos += 1;
+            self.deeper()?;
             lhs = Node::And(Box::new(lhs), Box::new(self.cmp()?));
         }
+        self.depth = depth;
         Ok(lhs)
     }
     fn cmp(&mut self) -> Result<Node, String> {
@@ -233,7 +261,10 @@ impl P<'_> {
     fn unary(&mut self) -> Result<Node, String> {
         if self.peek() == Some(&Tok::Not) {
             self.pos += 1;
-            return Ok(Node::Not(Box::new(self.unary()?)));
+            self.deeper()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Node::Not(Box::new(inner)));
         }
         self.primary()
     }
@@ -242,7 +273,9 @@ impl P<'_> {
             Some(Tok::Str(s)) => Ok(Node::Lit(Value::String(s))),
             Some(Tok::Num(n)) => Ok(Node::Lit(Value::Number(n))),
             Some(Tok::LParen) => {
+                self.deeper()?;
                 let inner = self.or()?;
+                self.depth -= 1;
                 match self.bump() {
                     Some(Tok::RParen) => Ok(inner),
                     _ => Err(format!("missing `)` in `{}`", self.src)),
@@ -452,7 +485,12 @@ impl Expr {
         if toks.is_empty() {
             return Err("empty expression".to_string());
         }
-        let mut p = P { toks, pos: 0, src };
+        let mut p = P {
+            toks,
+            pos: 0,
+            src,
+            depth: 0,
+        };
         let node = p.or()?;
         if let Some(t) = p.peek() {
             return Err(format!("unexpected {} in `{src}`", describe(t)));

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
-use shiphat_workflow::{Expr, Scope, StepState, Template};
+use shiphat_workflow::{Expr, MAX_EXPR_DEPTH, Scope, StepState, Template};
 
 struct Fixture {
     inputs: Map<String, Value>,
@@ -223,4 +223,44 @@ fn parse_errors() {
     }
     assert!(Template::parse("${{ run.id").is_err());
     assert!(Template::parse("${{ }}").is_err());
+}
+
+// `!!!…true`, `((…1))` and `true && true && …` nested one level per `!`, `(` or `&&`, and
+// parsing, evaluating and dropping recursed per level: a workflow file of a few hundred
+// kilobytes of them overflowed the stack and aborted the process loading it.
+#[test]
+fn deeply_nested_expressions_are_refused_not_a_stack_overflow() {
+    let n = 200_000;
+    let nots = format!("{}true", "!".repeat(n));
+    let parens = format!("{}1{}", "(".repeat(n), ")".repeat(n));
+    let chain = format!("true{}", " && true".repeat(n));
+    let mixed = format!("{}x{}", "!(".repeat(n), ")".repeat(n));
+    for src in [&nots, &parens, &chain, &mixed] {
+        let err = Expr::parse(src).unwrap_err();
+        assert!(
+            err.contains(&format!("deeper than {MAX_EXPR_DEPTH} levels")),
+            "{err}"
+        );
+        assert!(
+            err.len() < 300,
+            "the message repeats the whole source: {err}"
+        );
+        let err = Template::parse(&format!("${{{{ {src} }}}}")).unwrap_err();
+        assert!(err.contains("deeper than"), "{err}");
+    }
+}
+
+#[test]
+fn expressions_nested_to_the_limit_still_parse() {
+    let d = MAX_EXPR_DEPTH;
+    assert_eq!(
+        eval(&format!("{}true", "!".repeat(d))),
+        json!(d.is_multiple_of(2))
+    );
+    assert_eq!(
+        eval(&format!("{}1{}", "(".repeat(d), ")".repeat(d))),
+        json!(1)
+    );
+    assert_eq!(eval(&format!("true{}", " && true".repeat(d))), json!(true));
+    assert!(Expr::parse(&format!("{}true", "!".repeat(d + 1))).is_err());
 }

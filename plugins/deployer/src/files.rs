@@ -368,3 +368,196 @@ fn slash_path(path: &Path) -> String {
         .collect::<Vec<_>>()
         .join("/")
 }
+
+// The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    //! Native property tests of the checks on a tarball's entry names: the archive is the
+    //! build's output, so whoever controls the build controls every name in it.
+
+    use std::os::unix::fs::symlink;
+
+    use proptest::prelude::*;
+    use proptest::test_runner::Config;
+
+    use super::*;
+
+    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
+    fn config(cases: u32) -> Config {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases);
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// Pieces of entry names, with every way a name can try to climb out.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::sample::select(vec![
+                "a", "b", "..", ".", "", "/", "//", "...", ".. ", " ..", "..\\", "\\..", "~",
+                "C:", "\\\\?\\", "%2e%2e", "\u{0}", "é", "current", "releases",
+            ])
+            .prop_map(str::to_string),
+            1 => ".{0,4}",
+        ]
+    }
+
+    fn entry_name() -> impl Strategy<Value = String> {
+        prop::collection::vec(piece(), 0..8).prop_map(|p| p.join("/"))
+    }
+
+    /// The path `rel` names under `root` once `.` and `..` are resolved lexically, as the
+    /// filesystem would resolve them without symlinks.
+    fn resolve(root: &Path, rel: &Path) -> PathBuf {
+        let mut out = root.to_path_buf();
+        for c in rel.components() {
+            match c {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(config(2048))]
+
+        /// Whatever an entry is called, what `inside` accepts stays inside the release: no root,
+        /// no `..`, nothing but plain names, and it resolves to a path under the release. It
+        /// accepts exactly the names with no `..` and no leading `/`, and accepting is stable.
+        #[test]
+        fn accepted_entry_names_stay_inside_the_release(name in entry_name()) {
+            let root = Path::new("/site/releases/7");
+            let path = Path::new(&name);
+            let climbs = path
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_)));
+            match inside(path) {
+                None => prop_assert!(climbs, "`{name}` refused but stays inside"),
+                Some(rel) => {
+                    prop_assert!(!climbs, "`{name}` accepted as `{}`", rel.display());
+                    prop_assert!(rel.is_relative());
+                    prop_assert!(rel.components().all(|c| matches!(c, Component::Normal(_))));
+                    let at = resolve(root, &rel);
+                    prop_assert!(at.starts_with(root), "`{name}` lands at `{}`", at.display());
+                    prop_assert_eq!(inside(&rel), Some(rel.clone()));
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config(128))]
+
+        /// With a symlink planted at any depth of a release, an entry is refused exactly when
+        /// it would be written through a symlinked directory above it.
+        #[test]
+        fn entries_under_a_planted_symlink_are_refused(
+            depth in 1usize..5,
+            plant_at in 0usize..5,
+            absolute_target in any::<bool>(),
+        ) {
+            let release = tempfile::tempdir().unwrap();
+            let outside = tempfile::tempdir().unwrap();
+            let parts: Vec<String> = (0..depth).map(|i| format!("d{i}")).collect();
+            let rel: PathBuf = parts.iter().collect();
+            // Plant a symlink at `plant_at` components deep, when that is above or at the entry.
+            let planted = plant_at < depth;
+            if planted {
+                let dir: PathBuf = parts[..plant_at].iter().collect();
+                fs::create_dir_all(release.path().join(&dir)).unwrap();
+                let target = if absolute_target {
+                    outside.path().to_path_buf()
+                } else {
+                    PathBuf::from("../".repeat(plant_at + 2))
+                };
+                symlink(target, release.path().join(&dir).join(&parts[plant_at])).unwrap();
+            }
+            let refused = no_symlink_above(release.path(), &rel).is_err();
+            // The entry's own name being a symlink is `unpack`'s business (it writes the file
+            // there), not this check's: only directories above it are looked at.
+            prop_assert_eq!(refused, planted && plant_at + 1 < depth);
+        }
+    }
+
+    /// Writes a `.tar.gz` of `entries` (name, contents; `None` for a directory) under `dir`,
+    /// with the names written raw into the headers as a hostile tool would.
+    fn tarball(dir: &Path, entries: &[(&str, Option<&[u8]>)]) -> PathBuf {
+        let path = dir.join("release.tar.gz");
+        let gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut builder = tar::Builder::new(gz);
+        for (name, contents) in entries {
+            let mut header = tar::Header::new_gnu();
+            let bytes = contents.unwrap_or_default();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(if contents.is_some() {
+                tar::EntryType::Regular
+            } else {
+                tar::EntryType::Directory
+            });
+            let field = &mut header.as_old_mut().name;
+            field[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_cksum();
+            builder.append(&header, bytes).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap();
+        path
+    }
+
+    proptest! {
+        #![proptest_config(config(64))]
+
+        /// A whole archive with one hostile name among plain ones: `unpack` writes nothing
+        /// outside the release, and refuses exactly the names that climb out.
+        #[test]
+        fn unpacking_never_writes_outside_the_release(
+            names in prop::collection::vec(entry_name().prop_filter("fits a ustar name", |n| {
+                !n.is_empty() && n.len() < 100 && !n.contains('\u{0}')
+            }), 1..6),
+        ) {
+            let work = tempfile::tempdir().unwrap();
+            let dest = work.path().join("site/releases/1");
+            fs::create_dir_all(&dest).unwrap();
+            let entries: Vec<(&str, Option<&[u8]>)> =
+                names.iter().map(|n| (n.as_str(), Some(&b"x"[..]))).collect();
+            let archive = tarball(&work.path().join("site"), &entries);
+            let before: Vec<PathBuf> = list(work.path());
+            let result = unpack(&archive, &dest);
+            let climbs = names.iter().any(|n| {
+                Path::new(n).components().any(|c| matches!(c, Component::ParentDir | Component::RootDir))
+            });
+            if climbs {
+                prop_assert!(result.is_err(), "{names:?} unpacked: {result:?}");
+            }
+            // Whatever happened, every new path is under the release.
+            for path in list(work.path()) {
+                if !before.contains(&path) {
+                    prop_assert!(path.starts_with(&dest), "{names:?} wrote `{}`", path.display());
+                }
+            }
+        }
+    }
+
+    /// Every path under `dir`, symlinks not followed.
+    fn list(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(dir, Path::new(""), &mut |rel, _| {
+            out.push(dir.join(rel));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+}

@@ -67,9 +67,132 @@ fn one_line(e: impl std::fmt::Display) -> String {
         .join(" ")
 }
 
-#[cfg(test)]
+// The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
+#[cfg(all(test, not(target_family = "wasm")))]
 mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError};
+
     use super::*;
+
+    /// The most compiling and evaluating one condition may take: microseconds in practice; a
+    /// second leaves room for a loaded machine and still catches a blow-up.
+    const CASE_TIME: Duration = Duration::from_secs(1);
+
+    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
+    fn config(cases: u32) -> Config {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases);
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    fn timed<T>(f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
+        let start = Instant::now();
+        let out = f();
+        let took = start.elapsed();
+        prop_assert!(took < CASE_TIME, "took {took:?}");
+        Ok(out)
+    }
+
+    /// Pieces of expr-lang, for condition soup.
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::sample::select(vec![
+                "result", "result", "<", "<=", ">", ">=", "==", "!=", "&&", "||", "and", "or",
+                "not", "!", "(", ")", "[", "]", "{", "}", "0", "1", "0.5", "-1", "1e3", "1e400",
+                ".5", "+", "-", "*", "/", "%", "**", "?", ":", "??", "in", "..", "1..3", "len",
+                "'a'", "\"b\"", "nil", "true", "false", "let", "=", ";", "#", ".", ",", "|",
+                "map", "filter", "all", "abs", "max", "now()", "x", "result.y", "result[0]",
+            ])
+            .prop_map(str::to_string),
+            1 => ".{0,4}",
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = f64> {
+        prop_oneof![
+            any::<f64>(),
+            prop::sample::select(vec![
+                0.0,
+                -0.0,
+                1.0,
+                0.01,
+                0.95,
+                f64::NAN,
+                f64::INFINITY,
+                1e300
+            ]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any condition text: compiling it, and evaluating what compiles on any number, never
+        /// panics and is quick.
+        #[test]
+        fn any_condition_compiles_or_is_refused_quickly(
+            soup in prop::collection::vec(token(), 0..16),
+            text in ".{0,40}",
+            result in value(),
+        ) {
+            for src in [soup.join(" "), text] {
+                timed(|| {
+                    if let Ok(condition) = Condition::compile(&src) {
+                        let _ = condition.eval(result);
+                        let _ = condition.threshold();
+                    }
+                })?;
+            }
+        }
+
+        /// Where a condition has a threshold (the line a chart draws), the condition holds
+        /// exactly on that line's side, for any measurement.
+        #[test]
+        fn a_threshold_says_what_the_condition_does(
+            op in prop::sample::select(vec!["<", "<=", ">", ">=", "==", "!="]),
+            number in prop_oneof![
+                any::<i32>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:?}")),
+                prop::sample::select(vec!["0", "0.01", "-0.5", "1e3", "2.5e-3"]).prop_map(str::to_string),
+            ],
+            result_first in any::<bool>(),
+            spaces in prop::sample::select(vec!["", " ", "  "]),
+            result in value(),
+        ) {
+            let text = if result_first {
+                format!("result{spaces}{op}{spaces}{number}")
+            } else {
+                format!("{number}{spaces}{op}{spaces}result")
+            };
+            let Ok(condition) = Condition::compile(&text) else {
+                return Ok(());
+            };
+            let Some((line_op, line)) = condition.threshold() else {
+                return Err(TestCaseError::fail(format!("`{text}` has no threshold")));
+            };
+            let Ok(holds) = condition.eval(result) else {
+                return Ok(());
+            };
+            let drawn = match line_op {
+                "<" => result < line,
+                "<=" => result <= line,
+                ">" => result > line,
+                ">=" => result >= line,
+                "==" => result == line,
+                _ => result != line,
+            };
+            prop_assert_eq!(holds, drawn, "`{}` at {}: line {} {}", text, result, line_op, line);
+        }
+    }
 
     #[test]
     fn thresholds_of_simple_comparisons() {

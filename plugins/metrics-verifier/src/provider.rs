@@ -183,3 +183,162 @@ fn encode(text: &str) -> String {
     }
     out
 }
+
+// The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    //! Native property tests of what a scraped page or a Prometheus server sends back: both
+    //! come from outside the engine, and a page can be written by the very release under test.
+
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError};
+
+    use super::*;
+
+    /// The most one case may take: a page of a few kilobytes parses in microseconds; a second
+    /// leaves room for a loaded machine and still catches a blow-up.
+    const CASE_TIME: Duration = Duration::from_secs(1);
+
+    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
+    fn config(cases: u32) -> Config {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases);
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    fn timed<T>(f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
+        let start = Instant::now();
+        let out = f();
+        let took = start.elapsed();
+        prop_assert!(took < CASE_TIME, "took {took:?}");
+        Ok(out)
+    }
+
+    /// Lines of the text exposition format, valid and not.
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            6 => prop::sample::select(vec![
+                "# HELP http_requests_total Requests.", "# TYPE http_requests_total counter",
+                "# TYPE x gauge", "# TYPE x histogram", "# TYPE x summary", "# TYPE x untyped",
+                "# TYPE x bogus", "# TYPE", "# HELP", "#", "",
+                "http_requests_total{code=\"200\"} 1027 1395066363000",
+                "http_requests_total{code=\"500\",method=\"post\"} 3",
+                "x 1", "x NaN", "x +Inf", "x -Inf", "x 1e400", "x -0", "x 0x10", "x", "x{", "x}",
+                "x{a=\"b\"", "x{a=\"\\\"\\\\\\n\"} 2", "x{a=b} 1", "x{,} 1", "x{a=\"1\",} 1",
+                "x_bucket{le=\"0.1\"} 5", "x_bucket{le=\"+Inf\"} 9", "x_bucket 1", "x_sum 4.5",
+                "x_count 9", "x{quantile=\"0.5\"} 0.2", "x{quantile=\"abc\"} 1",
+                "x_bucket{le=\"zz\"} 1", "{a=\"b\"} 1", "x 1 notatime", "x 1 2 3",
+                "\u{0} 1", "x{é=\"ü\"} 1",
+            ])
+            .prop_map(str::to_string),
+            1 => ".{0,30}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any page, valid or not: reading one series from it never panics and is quick.
+        #[test]
+        fn any_scraped_page_is_read_quickly(
+            lines in prop::collection::vec(line(), 0..30),
+            series in prop::sample::select(vec!["x", "x_sum", "x_bucket", "http_requests_total", ""]),
+            label in prop::option::of(prop::sample::select(vec!["code", "le", "quantile", "a"])),
+        ) {
+            let labels: BTreeMap<String, String> =
+                label.map(|k| (k.to_string(), "200".to_string())).into_iter().collect();
+            let page = lines.join("\n");
+            let result = timed(|| scrape_value(&page, series, &labels))?;
+            if let Err(message) = result {
+                prop_assert!(!message.is_empty());
+            }
+        }
+
+        /// Any text at all as a page.
+        #[test]
+        fn any_text_as_a_page_is_read_quickly(page in "(?s).{0,300}") {
+            timed(|| scrape_value(&page, "x", &BTreeMap::new()))?.ok();
+        }
+
+        /// A page with known series gives back exactly the value of the one series asked for,
+        /// and says so when none or several match.
+        #[test]
+        fn scraped_series_give_their_own_value(
+            values in prop::collection::vec(
+                (0usize..3, any::<f64>().prop_filter("not NaN", |v| !v.is_nan())),
+                1..6,
+            ),
+            want in 0usize..3,
+        ) {
+            let mut page = String::from("# TYPE req gauge\n");
+            for (instance, value) in &values {
+                let text = match *value {
+                    f64::INFINITY => "+Inf".to_string(),
+                    f64::NEG_INFINITY => "-Inf".to_string(),
+                    v => format!("{v:?}"),
+                };
+                page.push_str(&format!("req{{instance=\"i{instance}\"}} {text}\n"));
+            }
+            let labels = BTreeMap::from([("instance".to_string(), format!("i{want}"))]);
+            let matching: Vec<f64> = values
+                .iter()
+                .filter(|(i, _)| *i == want)
+                .map(|(_, v)| *v)
+                .collect();
+            let got = timed(|| scrape_value(&page, "req", &labels))?;
+            match matching.as_slice() {
+                [one] => prop_assert_eq!(got, Ok(*one), "{}", page),
+                _ => prop_assert!(got.is_err(), "{} gave {:?}", page, got),
+            }
+        }
+
+        /// Any answer from Prometheus (any status, any body, any JSON shape): a number or a
+        /// message, never a panic.
+        #[test]
+        fn any_prometheus_answer_is_read_quickly(
+            status in any::<u16>(),
+            body in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..300),
+                prop::sample::select(vec![
+                    r#"{"status":"success","data":{"resultType":"scalar","result":[1,"2.5"]}}"#,
+                    r#"{"status":"success","data":{"resultType":"scalar","result":[1,2.5]}}"#,
+                    r#"{"status":"success","data":{"resultType":"scalar","result":"x"}}"#,
+                    r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+                    r#"{"status":"success","data":{"resultType":"vector","result":[{"value":[1,"NaN"]}]}}"#,
+                    r#"{"status":"success","data":{"resultType":"vector","result":[{},{}]}}"#,
+                    r#"{"status":"success","data":{"resultType":"vector","result":{"a":1}}}"#,
+                    r#"{"status":"success","data":{"resultType":"matrix","result":[]}}"#,
+                    r#"{"status":"success","data":[]}"#, r#"{"status":"error","error":7}"#,
+                    r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
+                    "[]", "null", "1", "\"success\"", "",
+                ])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            ],
+        ) {
+            timed(|| prometheus_value(status, &body))?.ok();
+        }
+    }
+
+    // Percent-encoding leaves only unreserved characters, so no query can add a parameter
+    // or break out of the URL.
+    #[test]
+    fn encoded_queries_hold_only_unreserved_characters() {
+        let all: String = (0u8..=127).map(char::from).chain(['é', '€', '𝄞']).collect();
+        let encoded = encode(&all);
+        assert!(
+            encoded
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._~%".contains(c)),
+            "{encoded}"
+        );
+        assert!(!encoded.contains(['&', '#', '=', '?', '+', ' ']));
+    }
+}

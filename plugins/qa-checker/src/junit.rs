@@ -33,6 +33,12 @@ const MAX_WALK_ENTRIES: usize = 200_000;
 /// How many failing test names the summary shows, so that it stays one readable line.
 const SUMMARY_NAMES: usize = 5;
 
+/// The most failures (or errors) a suite's attributes may claim when it holds no test case;
+/// a larger claim counts as this many. No suite holds four billion tests, and claims this
+/// small cannot overflow the totals' `u64`s however many suites a report holds, where a
+/// report's own numbers (say `failures="18446744073709551615"`) could wrap them.
+const MAX_SUITE_CLAIM: u64 = u32::MAX as u64;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -399,11 +405,12 @@ fn add(root: roxmltree::Node, totals: &mut Totals) {
                     node.attribute(name)
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .unwrap_or(0)
+                        .min(MAX_SUITE_CLAIM)
                 };
                 let red = count("failures") + count("errors");
                 if red > 0 {
-                    totals.tests += red;
-                    totals.errors += red;
+                    totals.tests = totals.tests.saturating_add(red);
+                    totals.errors = totals.errors.saturating_add(red);
                     totals.fail(
                         node.attribute("name")
                             .unwrap_or("(unnamed suite)")
@@ -440,5 +447,250 @@ fn case_name(case: roxmltree::Node) -> String {
     match case.attribute("classname") {
         Some(class) if !class.is_empty() && class != name => format!("{class}::{name}"),
         _ => name.to_string(),
+    }
+}
+
+// The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    //! Native property tests of the report reader: reports are whatever the tests (or whoever
+    //! can write to the reports' directory) left there.
+
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError};
+
+    use super::*;
+
+    /// The most one case may take: a report of a few kilobytes is read in microseconds; a
+    /// second leaves room for a loaded machine and still catches a blow-up.
+    const CASE_TIME: Duration = Duration::from_secs(1);
+
+    /// The real reports in tests/fixtures/junit, as tools write them.
+    const FIXTURES: &[&str] = &[
+        include_str!("../../../tests/fixtures/junit/jest-junit.xml"),
+        include_str!("../../../tests/fixtures/junit/jest-junit-red.xml"),
+        include_str!("../../../tests/fixtures/junit/pytest.xml"),
+        include_str!(
+            "../../../tests/fixtures/junit/surefire-reports/TEST-com.example.shop.api.LoginTest.xml"
+        ),
+        include_str!(
+            "../../../tests/fixtures/junit/surefire-reports/TEST-com.example.shop.cart.CartServiceTest.xml"
+        ),
+    ];
+
+    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
+    fn config(cases: u32) -> Config {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases);
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// Reads `text` as `read` does after the file is loaded, checks the totals' invariants
+    /// and returns them (`None` when the text is not a JUnit report).
+    fn totals_of(text: &str) -> Result<Option<Totals>, TestCaseError> {
+        let start = Instant::now();
+        let totals = match roxmltree::Document::parse(text) {
+            Ok(document) => {
+                let root = document.root_element();
+                if matches!(root.tag_name().name(), "testsuites" | "testsuite") {
+                    let mut totals = Totals::default();
+                    add(root, &mut totals);
+                    Some(totals)
+                } else {
+                    None
+                }
+            }
+            Err(e) => {
+                let (what, row, col) = syntax_error(&e, text);
+                prop_assert!(!what.is_empty() && row >= 1 && col >= 1);
+                None
+            }
+        };
+        if let Some(t) = &totals {
+            let red = t.failures.checked_add(t.errors);
+            let counted = red.and_then(|r| r.checked_add(t.skipped));
+            prop_assert!(
+                counted.is_some_and(|c| c <= t.tests),
+                "{} failures, {} errors and {} skipped of {} tests",
+                t.failures,
+                t.errors,
+                t.skipped,
+                t.tests
+            );
+            let rate = t.pass_rate();
+            prop_assert!((0.0..=1.0).contains(&rate), "pass rate {rate}");
+            prop_assert!(t.failing.len() <= MAX_FAILING);
+            let _ = (counts(t, true), percent(rate));
+        }
+        let took = start.elapsed();
+        prop_assert!(took < CASE_TIME, "took {took:?}");
+        Ok(totals)
+    }
+
+    /// Pieces of JUnit XML, valid and not, for XML-ish soup.
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                "<testsuites>", "</testsuites>", "<testsuite>", "</testsuite>",
+                "<testsuite name=\"s\" tests=\"3\" failures=\"2\" errors=\"1\">",
+                "<testsuite failures=\"18446744073709551615\" errors=\"18446744073709551615\"/>",
+                "<testsuite failures=\"-1\" errors=\" 7 \"/>", "<testsuite failures=\"1e9\"/>",
+                "<testcase name=\"t\" classname=\"c\">", "<testcase/>", "</testcase>",
+                "<testcase name=\"t\" classname=\"t\"/>", "<failure/>", "<failure>boom</failure>",
+                "<error/>", "<skipped/>", "<flakyFailure/>", "<rerunFailure/>", "<system-out>",
+                "</system-out>", "<properties><property name=\"a\" value=\"b\"/></properties>",
+                "<?xml version=\"1.0\"?>", "<!-- c -->", "<![CDATA[ <testcase/> ]]>", "&amp;",
+                "&lt;", "&#10;", "&#0;", "&#x110000;", "&bogus;", "<!DOCTYPE x>",
+                "<!DOCTYPE x [<!ENTITY a \"&#60;testcase/&#62;\">]>", "&a;", "<", ">", "\"", "=",
+                "\n", " ", "<a:testcase xmlns:a=\"u\"/>",
+            ])
+            .prop_map(str::to_string),
+            1 => ".{0,8}",
+        ]
+    }
+
+    /// How a test case ends, for reports generated with known counts.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Outcome {
+        Pass,
+        Fail,
+        Error,
+        FailAndError,
+        Skip,
+        Flaky,
+    }
+
+    fn case_xml(name: &str, outcome: Outcome) -> String {
+        let body = match outcome {
+            Outcome::Pass => "",
+            Outcome::Fail => "<failure message=\"x\">trace</failure>",
+            Outcome::Error => "<error>trace</error>",
+            Outcome::FailAndError => "<failure/><error/>",
+            Outcome::Skip => "<skipped/>",
+            Outcome::Flaky => "<flakyFailure/><system-out>x</system-out>",
+        };
+        format!("<testcase classname=\"k\" name=\"{name}\">{body}</testcase>")
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any text: no panic, quick, and totals that add up.
+        #[test]
+        fn any_text_is_read_quickly_and_adds_up(text in "(?s).{0,300}") {
+            totals_of(&text)?;
+        }
+
+        /// Soup of JUnit elements, entities and attributes (including counts that overflow a
+        /// `u64` when added): no panic, quick, and totals that add up.
+        #[test]
+        fn junit_soup_is_read_quickly_and_adds_up(
+            pieces in prop::collection::vec(piece(), 0..60),
+            wrap in any::<bool>(),
+        ) {
+            let mut text = pieces.concat();
+            if wrap {
+                text = format!("<testsuites>{text}</testsuites>");
+            }
+            totals_of(&text)?;
+        }
+
+        /// The real reports with a slice removed, duplicated or replaced by a piece of JUnit:
+        /// no panic, quick, and totals that add up.
+        #[test]
+        fn mutated_real_reports_are_read_quickly_and_add_up(
+            which in 0..FIXTURES.len(),
+            at in any::<prop::sample::Index>(),
+            len in 0usize..200,
+            how in 0u8..3,
+            insert in piece(),
+        ) {
+            let original = FIXTURES[which];
+            let mut start = at.index(original.len());
+            while !original.is_char_boundary(start) {
+                start -= 1;
+            }
+            let mut end = (start + len).min(original.len());
+            while !original.is_char_boundary(end) {
+                end -= 1;
+            }
+            let (head, cut, tail) = (&original[..start], &original[start..end], &original[end..]);
+            let text = match how {
+                0 => format!("{head}{tail}"),
+                1 => format!("{head}{cut}{cut}{tail}"),
+                _ => format!("{head}{insert}{tail}"),
+            };
+            totals_of(&text)?;
+        }
+
+        /// Reports generated with known outcomes, in suites nested as tools nest them, count
+        /// exactly those outcomes.
+        #[test]
+        fn generated_reports_count_what_they_hold(
+            suites in prop::collection::vec(
+                prop::collection::vec(
+                    prop::sample::select(vec![
+                        Outcome::Pass, Outcome::Fail, Outcome::Error, Outcome::FailAndError,
+                        Outcome::Skip, Outcome::Flaky,
+                    ]),
+                    0..8,
+                ),
+                0..5,
+            ),
+            lying_attributes in any::<bool>(),
+        ) {
+            let mut text = String::from("<?xml version=\"1.0\"?><testsuites>");
+            let mut want = (0u64, 0u64, 0u64, 0u64);
+            for (i, cases) in suites.iter().enumerate() {
+                // Attributes that disagree with the elements must not matter while the suite
+                // holds test cases.
+                let attributes = if lying_attributes { " tests=\"0\" failures=\"9\"" } else { "" };
+                text.push_str(&format!("<testsuite name=\"s{i}\"{attributes}>"));
+                for (j, &outcome) in cases.iter().enumerate() {
+                    text.push_str(&case_xml(&format!("t{j}"), outcome));
+                    want.0 += 1;
+                    match outcome {
+                        Outcome::Fail | Outcome::FailAndError => want.1 += 1,
+                        Outcome::Error => want.2 += 1,
+                        Outcome::Skip => want.3 += 1,
+                        Outcome::Pass | Outcome::Flaky => {}
+                    }
+                }
+                if cases.is_empty() && lying_attributes {
+                    // A suite that failed before any test ran counts its claimed failures.
+                    want.0 += 9;
+                    want.2 += 9;
+                }
+                text.push_str("</testsuite>");
+            }
+            text.push_str("</testsuites>");
+            let t = totals_of(&text)?.expect("a generated report is a report");
+            prop_assert_eq!((t.tests, t.failures, t.errors, t.skipped), want);
+        }
+    }
+
+    // A suite without test cases whose `failures` and `errors` add up past `u64::MAX` made
+    // the sum overflow: a panic in a debug build, and in the release component a wrapped sum
+    // that could turn a red report green.
+    #[test]
+    fn suite_counts_past_u64_max_do_not_overflow() {
+        let text = concat!(
+            "<testsuites>",
+            "<testsuite name=\"a\" failures=\"18446744073709551615\" errors=\"1\"/>",
+            "<testsuite name=\"b\" failures=\"18446744073709551615\"/>",
+            "<testsuite><testcase name=\"ok\"/></testsuite>",
+            "</testsuites>"
+        );
+        let t = totals_of(text).unwrap().unwrap();
+        assert!(t.errors >= MAX_SUITE_CLAIM, "{} errors", t.errors);
+        assert_eq!(t.passed(), 1);
     }
 }
