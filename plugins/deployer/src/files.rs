@@ -154,7 +154,12 @@ fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
         } else if kind.is_file() {
             n += 1;
             create_parent(&dst).and_then(|()| {
-                let mut out = File::create(&dst)?;
+                // `create_new` never follows a symlink at `dst`, which an earlier entry may
+                // have put there to aim this write outside the release.
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&dst)?;
                 io::copy(&mut entry, &mut out).map(drop)
             })
         } else if kind.is_symlink() {
@@ -559,5 +564,22 @@ mod tests {
         })
         .unwrap();
         out
+    }
+
+    // A symlink entry `index.html -> ../../shared.yml` followed by a file entry `index.html`
+    // wrote the file through the symlink, outside the release.
+    #[test]
+    fn a_file_entry_is_not_written_through_a_symlink_at_its_name() {
+        let work = tempfile::tempdir().unwrap();
+        let dest = work.path().join("site/releases/2");
+        fs::create_dir_all(&dest).unwrap();
+        fs::write(work.path().join("site/shared.yml"), "precious").unwrap();
+        // As the symlink entry would leave it (make_symlink needs WASI, so it is planted here).
+        symlink("../../shared.yml", dest.join("index.html")).unwrap();
+        let archive = tarball(work.path(), &[("index.html", Some(&b"pwned"[..]))]);
+        let err = unpack(&archive, &dest).unwrap_err();
+        assert!(err.contains("index.html"), "{err}");
+        let shared = fs::read_to_string(work.path().join("site/shared.yml")).unwrap();
+        assert_eq!(shared, "precious");
     }
 }
