@@ -1922,3 +1922,63 @@ fn sign_ins_with_one_token_never_sign_out_another_and_guessing_is_throttled() {
         "a signed-in session is not throttled"
     );
 }
+
+#[test]
+fn one_principal_cannot_queue_runs_without_end() {
+    // A principal could queue runs without bound, each a row on disk and an entry in memory.
+    let dir = TestDir::new();
+    setup(&dir);
+    let config = dir.write(
+        "shiphat.toml",
+        "max_queued_per_principal = 3\nworkflows = [\"workflows\"]\ndata_dir = \"data\"\n",
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let ci = token(&dir, "ci", "deployer", &["web/*"]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let run = |token: &str, sleep: u32| {
+        call(
+            &daemon,
+            "POST",
+            "/api/v1/runs",
+            Some(token),
+            Some(&json!({"workflow": "web", "inputs": {"sleep": sleep}}).to_string()),
+        )
+    };
+    let (_, running) = run(&ci, 30000);
+    let running = running["id"].as_str().unwrap().to_owned();
+    wait_run(&daemon, &ci, &running, |r| r["status"] == "running");
+    let queued = (0..3)
+        .map(|_| {
+            let (status, body) = run(&ci, 0);
+            assert_eq!(status, 202, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        })
+        .collect::<Vec<_>>();
+    let (status, refused) = run(&ci, 0);
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("`ci` has 3 runs queued"),
+        "{refused}"
+    );
+    // Another principal is not held back by it.
+    assert_eq!(run(&admin, 0).0, 202);
+    // A queued run cancelled makes room.
+    call(
+        &daemon,
+        "POST",
+        &format!("/api/v1/runs/{}/cancel", queued[0]),
+        Some(&ci),
+        None,
+    );
+    assert_eq!(run(&ci, 0).0, 202);
+    call(
+        &daemon,
+        "POST",
+        &format!("/api/v1/runs/{running}/cancel"),
+        Some(&ci),
+        None,
+    );
+}

@@ -719,6 +719,14 @@ async fn create_run(
                 "the daemon is shutting down",
             ));
         }
+        Err(Refused::TooManyQueued { principal, max }) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "`{principal}` has {max} runs queued already (`max_queued_per_principal`); wait for them or cancel some"
+                ),
+            ));
+        }
         Err(Refused::Store(e)) => return Err(e.into()),
     };
     if !created {

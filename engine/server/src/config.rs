@@ -19,6 +19,10 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The largest request body accepted. Run requests are a workflow name and a few inputs;
 /// 64 KiB is generous for them and small enough that nobody can fill memory with a body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// How many runs one principal may have queued at once. A CI burst or a bench queues a
+/// thousand; past ten thousand a client is looping, and each queued run is a row on disk and
+/// an entry in memory.
+pub const DEFAULT_MAX_QUEUED_PER_PRINCIPAL: u64 = 10_000;
 /// How long audit entries are kept when the config says nothing: a quarter, long enough to
 /// look into anything noticed late, and the table cannot grow for ever. Set
 /// `retention.audit` for longer.
@@ -32,6 +36,7 @@ struct RawConfig {
     workflows: Option<Vec<PathBuf>>,
     shutdown_grace: Option<String>,
     max_body_bytes: Option<usize>,
+    max_queued_per_principal: Option<u64>,
     retention: Option<RawRetention>,
     #[serde(default)]
     principals: Vec<RawPrincipal>,
@@ -67,6 +72,8 @@ pub struct Config {
     pub workflow_dirs: Vec<PathBuf>,
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
+    /// Past this many queued runs of one principal, a new run is refused (429).
+    pub max_queued_per_principal: u64,
     /// Finished runs older than this are pruned; `None` keeps them forever.
     pub retention: Option<Duration>,
     /// Audit entries older than this are pruned.
@@ -86,6 +93,7 @@ impl Config {
             workflow_dirs: vec![PathBuf::from("workflows")],
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_queued_per_principal: DEFAULT_MAX_QUEUED_PER_PRINCIPAL,
             retention: None,
             audit_retention: DEFAULT_AUDIT_RETENTION,
             principals: Vec::new(),
@@ -130,6 +138,9 @@ impl Config {
         }
         if let Some(max) = raw.max_body_bytes {
             config.max_body_bytes = max;
+        }
+        if let Some(max) = raw.max_queued_per_principal {
+            config.max_queued_per_principal = max;
         }
         let retention = raw.retention.unwrap_or(RawRetention {
             keep: None,

@@ -80,6 +80,11 @@ pub enum Refused {
     },
     Store(shiphat_store::Error),
     ShuttingDown,
+    /// The principal has `max` runs queued already (`max_queued_per_principal`).
+    TooManyQueued {
+        principal: String,
+        max: u64,
+    },
 }
 
 impl From<shiphat_store::Error> for Refused {
@@ -257,6 +262,14 @@ impl App {
             return Err(Refused::Busy {
                 key: key.clone(),
                 holder,
+            });
+        }
+        // Counted under the scheduler's lock, so concurrent requests cannot all slip under.
+        let max = self.config.max_queued_per_principal;
+        if self.store.queued_of(&run.principal)? >= max {
+            return Err(Refused::TooManyQueued {
+                principal: run.principal.clone(),
+                max,
             });
         }
         let (recorded, created) = self.store.create_run(&run)?;

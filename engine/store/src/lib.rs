@@ -286,6 +286,8 @@ pub trait Store: Send + Sync + 'static {
     fn interrupt_running(&self) -> Result<Vec<Interrupted>>;
     /// Runs in a status, oldest first.
     fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>>;
+    /// How many runs of `principal` are `queued`.
+    fn queued_of(&self, principal: &str) -> Result<u64>;
 
     fn lock(&self, key: &str) -> Result<Option<Lock>>;
     fn locks(&self) -> Result<Vec<Lock>>;

@@ -680,6 +680,15 @@ impl Store for SqliteStore {
         )
     }
 
+    fn queued_of(&self, principal: &str) -> Result<u64> {
+        let conn = self.read();
+        Ok(conn.query_row(
+            "SELECT count(*) FROM runs WHERE status = 'queued' AND principal = ?1",
+            params![principal],
+            |row| row.get(0),
+        )?)
+    }
+
     fn lock(&self, key: &str) -> Result<Option<Lock>> {
         Ok(self.locks()?.into_iter().find(|l| l.key == key))
     }
@@ -1142,6 +1151,8 @@ mod tests {
         store
             .transition("01a", &[RunStatus::Queued], RunStatus::Succeeded, None)
             .unwrap();
+        assert_eq!(store.queued_of("ci").unwrap(), 1);
+        assert_eq!(store.queued_of("root").unwrap(), 0);
         assert_eq!(store.prune(now_ms() + 1000).unwrap(), 1);
         assert!(store.run("01a").unwrap().is_none());
         assert!(store.run("01b").unwrap().is_some());

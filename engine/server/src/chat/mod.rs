@@ -555,6 +555,15 @@ fn start(
                 "the daemon is shutting down; try again in a minute".into(),
             );
         }
+        Err(Refused::TooManyQueued { principal, max }) => {
+            return Answer::refused(
+                target,
+                format!(
+                    "`{}` has {max} runs queued already; wait for them or cancel some",
+                    escape(&principal)
+                ),
+            );
+        }
         Err(Refused::Store(e)) => {
             return Answer::refused(target, format!("cannot record the run: {e}"));
         }
