@@ -1982,3 +1982,45 @@ fn one_principal_cannot_queue_runs_without_end() {
         None,
     );
 }
+
+#[test]
+fn a_run_queued_across_a_restart_waits_for_the_lock_until_it_expires() {
+    // Runs found queued at start were started at once, under any lock on their key.
+    let dir = TestDir::new();
+    setup(&dir);
+    let config = dir.write(
+        "shiphat.toml",
+        "shutdown_grace = \"200ms\"\nworkflows = [\"workflows\"]\ndata_dir = \"data\"\n",
+    );
+    let config = config.to_str().unwrap();
+    let admin = token(&dir, "root", "admin", &[]);
+    let mut daemon = start(&dir, &["--config", config]);
+    let slow = start_run(
+        &daemon,
+        &admin,
+        json!({"workflow": "web", "inputs": {"sleep": 30000}}),
+    );
+    wait_run(&daemon, &admin, &slow, |r| r["status"] == "running");
+    let queued = start_run(&daemon, &admin, json!({"workflow": "web"}));
+    let (status, _) = call(
+        &daemon,
+        "PUT",
+        "/api/v1/locks/web-staging",
+        Some(&admin),
+        Some(r#"{"reason": "migration", "expires_in": "10s"}"#),
+    );
+    assert_eq!(status, 200);
+    stop(&mut daemon);
+    // The lock outlives the restart (10 s is ample even on a loaded machine): the daemon
+    // recovers its queued runs before it listens.
+    let daemon = start(&dir, &["--config", config]);
+    let held = get(&daemon, &admin, &queued);
+    assert_eq!(held["status"], "queued", "{held}");
+    assert_eq!(
+        held["detail"], "held by the lock on `web-staging` of `root`: migration",
+        "{held}"
+    );
+    // When the lock expires, it starts by itself.
+    let run = wait_run(&daemon, &admin, &queued, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+}
