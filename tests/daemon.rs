@@ -1548,6 +1548,36 @@ fn a_second_principal_of_the_same_name_is_refused() {
     let deleted = command.output().unwrap();
     assert!(deleted.status.success(), "{deleted:?}");
     token(&dir, "ci", "viewer", &[]);
+
+    // Made without the config file, a token can take a config principal's name: the daemon
+    // with that config then refuses to start rather than let both act as `ops`.
+    token(&dir, "ops", "viewer", &[]);
+    let mut command = dir.shiphat();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("the daemon started with two principals named `ops`");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("two principals are named `ops`"),
+        "{stderr}"
+    );
 }
 
 /// SIGTERMs the daemon and waits for it to exit.
