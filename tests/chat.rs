@@ -91,7 +91,7 @@ token_sha256 = "{token}"
 
 [slack]
 signing_secret = "{SECRET}"
-response_hosts = ["127.0.0.1"]
+response_hosts = ["127.0.0.1:*"]   # each test's stand-ins listen on a port of their own
 webhooks = {webhooks:?}
 
 [slack.apps.web]
@@ -630,4 +630,56 @@ fn ref_input_maps_the_ref_and_a_mapping_that_cannot_work_is_warned_about() {
         !warnings.contains("slack app `site` in `staging`"),
         "{warnings}"
     );
+}
+
+#[test]
+fn a_response_url_that_redirects_is_not_followed_and_the_port_counts() {
+    // A `response_url` on an allowed host that answered 302 made the daemon post to the
+    // redirect's target, and an allowed host was allowed on every port.
+    let target = Receiver::start();
+    let location = target.url.clone();
+    let (tx, redirected) = mpsc::channel();
+    let redirector = Server::start(move |request, _| {
+        let _ = tx.send(request.json());
+        Reply::new(302, "text/plain", "").header("location", location.clone())
+    });
+    let other_port = Receiver::start();
+    let dir = setup();
+    let config = config(&[]).replace(
+        r#"response_hosts = ["127.0.0.1:*"]"#,
+        &format!("response_hosts = [\"{}\"]", redirector.host()),
+    );
+    dir.write("shiphat.toml", config);
+    let daemon = start(&dir);
+
+    // Another port of the allowed host is not allowed: nothing is posted there.
+    let deploy = body("U0ALICE", "C0DEV", "api to staging", &other_port.url, "8.1");
+    let (_, answer) = command(&daemon, &deploy, None);
+    assert!(
+        text(&answer).contains("progress will not be posted here"),
+        "{answer}"
+    );
+
+    let url = redirector.url("/commands/T0ACME/1/secret");
+    let deploy = body("U0ALICE", "C0DEV", "web to staging", &url, "8.2");
+    let (_, answer) = command(&daemon, &deploy, None);
+    assert!(text(&answer).contains("started the deploy"), "{answer}");
+    // Every message of the deploy reaches the allowed host, the result last; none is posted
+    // again to where its 302 pointed.
+    let started = Instant::now();
+    loop {
+        let left = DEADLINE.saturating_sub(started.elapsed());
+        let message: Value = redirected
+            .recv_timeout(left)
+            .expect("the deploy's result reaches the response_url");
+        if text(&message).contains("succeeded in") {
+            break;
+        }
+    }
+    assert!(
+        target.messages.try_recv().is_err(),
+        "the redirect was followed"
+    );
+    let seen = other_port.messages.try_recv();
+    assert!(seen.is_err(), "posted to a port not allowed: {seen:?}");
 }

@@ -1063,8 +1063,11 @@ fn sigterm_records_unfinished_runs_as_interrupted() {
     let run = wait_run(&daemon, &admin, &id, terminal);
     assert_eq!(run["status"], "cancelled");
     assert_eq!(run["steps"][0]["attempts"], 1);
-    // Cancelling a running run records who did it.
-    assert_eq!(run["detail"], "cancelled by `root`", "{run}");
+    // Cancelling a running run records who did it, after what came before.
+    assert_eq!(
+        run["detail"], "interrupted during step `deploy`; resumed by `root`; cancelled by `root`",
+        "{run}"
+    );
     // The resumed run's history has one `run_started`: the runner's second one is dropped.
     let events = sse(&daemon, &admin, &id, None);
     let kinds = events
@@ -1612,4 +1615,593 @@ fn lock_warns_about_a_key_nothing_uses_and_locks_lists_them() {
         "{}",
         listed.stdout
     );
+}
+
+/// `shiphat token create` with its output, without asserting that it succeeded.
+fn token_create(dir: &TestDir, args: &[&str]) -> std::process::Output {
+    let mut command = dir.shiphat();
+    command
+        .args(["token", "create"])
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"));
+    command.output().unwrap()
+}
+
+#[test]
+fn a_second_principal_of_the_same_name_is_refused() {
+    // `shiphat token create ci` twice made two principals `ci`; either could cancel the
+    // other's runs, since runs belong to a principal by name.
+    let dir = TestDir::new();
+    setup(&dir);
+    let first = token(&dir, "ci", "deployer", &["web/staging"]);
+    let again = token_create(&dir, &["ci", "--role", "admin"]);
+    assert_eq!(again.status.code(), Some(2), "{again:?}");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("a token named `ci` exists") && stderr.contains("shiphat token delete ci"),
+        "{stderr}"
+    );
+    assert!(again.stdout.is_empty(), "no second token is printed");
+
+    // A config principal's name is taken too, by the CLI and by the API.
+    let config = dir.write(
+        "shiphat.toml",
+        format!(
+            "workflows = [\"workflows\"]\ndata_dir = \"data\"\n\n[[principals]]\nname = \"ops\"\nroles = [\"admin\"]\ntoken_sha256 = \"{}\"\n",
+            "ab".repeat(32)
+        ),
+    );
+    let mut command = dir.shiphat();
+    command
+        .args(["token", "create", "ops", "--role", "admin", "--config"])
+        .arg(&config);
+    let taken = command.output().unwrap();
+    assert_eq!(taken.status.code(), Some(2), "{taken:?}");
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("`ops` is a principal of the config file"),
+        "{taken:?}"
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    for name in ["ci", "ops"] {
+        let (status, answer) = call(
+            &daemon,
+            "POST",
+            "/api/v1/tokens",
+            Some(&admin),
+            Some(&json!({"name": name, "roles": ["admin"]}).to_string()),
+        );
+        assert_eq!(status, 409, "{name}: {answer}");
+        assert_eq!(answer["field"], "name", "{answer}");
+    }
+    // The first `ci` is untouched and still the only one.
+    start_run(
+        &daemon,
+        &first,
+        json!({"workflow": "web", "inputs": {"environment": "staging"}}),
+    );
+    let (_, list) = call(&daemon, "GET", "/api/v1/tokens", Some(&admin), None);
+    let cis = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["name"] == "ci")
+        .count();
+    assert_eq!(cis, 1, "{list}");
+    drop(daemon);
+
+    // `token delete` frees the name.
+    let mut command = dir.shiphat();
+    command
+        .args(["token", "delete", "ci", "--data-dir"])
+        .arg(dir.path().join("data"));
+    let deleted = command.output().unwrap();
+    assert!(deleted.status.success(), "{deleted:?}");
+    token(&dir, "ci", "viewer", &[]);
+
+    // Made without the config file, a token can take a config principal's name: the daemon
+    // with that config then refuses to start rather than let both act as `ops`.
+    token(&dir, "ops", "viewer", &[]);
+    let mut command = dir.shiphat();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("the daemon started with two principals named `ops`");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success(), "{status:?}");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("two principals are named `ops`"),
+        "{stderr}"
+    );
+}
+
+/// SIGTERMs the daemon and waits for it to exit.
+fn stop(daemon: &mut Daemon) {
+    // SAFETY: the pid is our own live child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+    let started = Instant::now();
+    while daemon.child.try_wait().unwrap().is_none() {
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the daemon did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_lock_holds_queued_runs_and_resumes_until_an_admin_forces_them() {
+    // A lock refused new runs only: a run queued before it and the resume of an interrupted
+    // run started under it, and starting a resumed run wiped its `resumed by` detail.
+    let dir = TestDir::new();
+    setup(&dir);
+    let config = dir.write(
+        "shiphat.toml",
+        "shutdown_grace = \"200ms\"\nworkflows = [\"workflows\"]\ndata_dir = \"data\"\n",
+    );
+    let config = config.to_str().unwrap();
+    let admin = token(&dir, "root", "admin", &[]);
+    let ci = token(&dir, "ci", "deployer", &["web/*"]);
+    let mut daemon = start(&dir, &["--config", config]);
+    // An interrupted run of `web-prod`: stopped during its step.
+    let slow =
+        |env: &str| json!({"workflow": "web", "inputs": {"environment": env, "sleep": 30000}});
+    let interrupted = start_run(&daemon, &ci, slow("prod"));
+    wait_run(&daemon, &ci, &interrupted, |r| {
+        r["steps"][1]["status"] == "running"
+    });
+    stop(&mut daemon);
+    let daemon = start(&dir, &["--config", config]);
+    // A run of `web-staging` in progress, and one queued behind it.
+    let running = start_run(&daemon, &ci, slow("staging"));
+    wait_run(&daemon, &ci, &running, |r| r["status"] == "running");
+    let queued = start_run(
+        &daemon,
+        &ci,
+        json!({"workflow": "web", "inputs": {"environment": "staging"}}),
+    );
+    for key in ["web-staging", "web-prod"] {
+        let (status, body) = call(
+            &daemon,
+            "PUT",
+            &format!("/api/v1/locks/{key}"),
+            Some(&admin),
+            Some(r#"{"reason": "release freeze"}"#),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    // The key comes free, but the lock holds the queued run: queued, the lock named.
+    call(
+        &daemon,
+        "POST",
+        &format!("/api/v1/runs/{running}/cancel"),
+        Some(&admin),
+        None,
+    );
+    let held = wait_run(&daemon, &ci, &queued, |r| {
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("held by the lock"))
+    });
+    assert_eq!(held["status"], "queued", "{held}");
+    assert_eq!(
+        held["detail"],
+        "held by the lock on `web-staging` of `root`: release freeze"
+    );
+    assert_eq!(get(&daemon, &admin, &running)["status"], "cancelled");
+
+    // A resume under a lock needs an admin's force.
+    let resume = |token: &str, body: Option<&str>| {
+        call(
+            &daemon,
+            "POST",
+            &format!("/api/v1/runs/{interrupted}/resume"),
+            Some(token),
+            body,
+        )
+    };
+    let (status, refused) = resume(&ci, None);
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["lock"]["key"], "web-prod", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("`{\"force\": true}`"),
+        "{refused}"
+    );
+    assert_eq!(resume(&ci, Some(r#"{"force": true}"#)).0, 403);
+    assert_eq!(resume(&admin, None).0, 409);
+    assert_eq!(get(&daemon, &admin, &interrupted)["status"], "interrupted");
+    let (status, body) = resume(&admin, Some(r#"{"force": true}"#));
+    assert_eq!(status, 202, "{body}");
+    // It runs, and starting it kept who resumed it and why.
+    let run = wait_run(&daemon, &admin, &interrupted, |r| r["status"] == "running");
+    let detail = run["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("interrupted during step `deploy`"),
+        "{detail}"
+    );
+    assert!(
+        detail.contains("resumed by `root`, forced past the lock on `web-prod` of `root`"),
+        "{detail}"
+    );
+    call(
+        &daemon,
+        "POST",
+        &format!("/api/v1/runs/{interrupted}/cancel"),
+        Some(&admin),
+        None,
+    );
+    let run = wait_run(&daemon, &admin, &interrupted, terminal);
+    let detail = run["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("resumed by `root`") && detail.ends_with("cancelled by `root`"),
+        "{detail}"
+    );
+    let (_, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+    let forced = audit["entries"].as_array().unwrap().iter().any(|e| {
+        e["target"] == interrupted.as_str()
+            && e["outcome"] == "resumed, forced past the lock on `web-prod` held by `root`"
+    });
+    assert!(forced, "{audit:#}");
+
+    // Lifting the lock starts the held run.
+    let (status, _) = call(
+        &daemon,
+        "DELETE",
+        "/api/v1/locks/web-staging",
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 204);
+    let run = wait_run(&daemon, &ci, &queued, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+}
+
+#[test]
+fn an_idempotency_key_reused_with_another_body_is_refused_with_the_first_run() {
+    // A key reused for a different request quietly answered with the first run, as if the
+    // second deploy had been started.
+    let dir = TestDir::new();
+    setup(&dir);
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &[]);
+    let post = |body: &str, key: &str| {
+        call_with(
+            &daemon,
+            "POST",
+            "/api/v1/runs",
+            Some(&admin),
+            Some(body),
+            &[("Idempotency-Key", key)],
+        )
+    };
+    let staging = r#"{"workflow": "web", "inputs": {"environment": "staging"}}"#;
+    let (status, first) = post(staging, "deploy-42");
+    assert_eq!(status, 202, "{first}");
+    let (status, again) = post(staging, "deploy-42");
+    assert_eq!((status, &again["created"]), (202, &json!(false)), "{again}");
+    assert_eq!(again["id"], first["id"]);
+    for other in [
+        r#"{"workflow": "web", "inputs": {"environment": "prod"}}"#,
+        r#"{"workflow": "web", "inputs": {"environment": "staging"}, "dry_run": true}"#,
+        r#"{"workflow": "docs"}"#,
+    ] {
+        let (status, refused) = post(other, "deploy-42");
+        assert_eq!(status, 422, "{other}: {refused}");
+        assert_eq!(refused["run"], first["id"], "{refused}");
+        let id = first["id"].as_str().unwrap();
+        assert!(refused["error"].as_str().unwrap().contains(id), "{refused}");
+    }
+    let (status, _) = post(staging, &"k".repeat(256));
+    assert_eq!(status, 400, "a key longer than 255 is refused");
+    let (_, list) = call(&daemon, "GET", "/api/v1/runs", Some(&admin), None);
+    assert_eq!(list["runs"].as_array().unwrap().len(), 1, "{list}");
+}
+
+#[test]
+fn event_streams_are_capped_per_principal() {
+    // One principal could open event streams without end, each holding a task and a socket.
+    let dir = TestDir::new();
+    setup(&dir);
+    let ci = token(&dir, "ci", "viewer", &[]);
+    let other = token(&dir, "eve", "viewer", &[]);
+    let daemon = start(&dir, &[]);
+    let open = |token: &str| {
+        agent()
+            .get(&daemon.url("/api/v1/events"))
+            .header("Authorization", format!("Bearer {token}"))
+            .call()
+            .unwrap()
+    };
+    let mut streams = (0..32).map(|_| open(&ci)).collect::<Vec<_>>();
+    assert!(streams.iter().all(|s| s.status() == 200));
+    let refused = open(&ci);
+    assert_eq!(refused.status(), 429);
+    // Another principal has its own.
+    assert_eq!(open(&other).status(), 200);
+    // A stream closed is given back.
+    streams.pop();
+    let started = Instant::now();
+    loop {
+        let again = open(&ci);
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 429);
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the closed stream was never given back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn the_data_directory_and_database_are_created_private() {
+    // They were created with the umask's modes (0755 and 0644): anyone on the machine could
+    // read the runs' inputs, outputs and logs.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new();
+    token(&dir, "root", "admin", &[]);
+    let mode = |name: &str| {
+        std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("data"), 0o700);
+    assert_eq!(mode("data/shiphat.sqlite"), 0o600);
+}
+
+/// The bytes of the database and its write-ahead log.
+fn database_bytes(dir: &TestDir) -> u64 {
+    ["shiphat.sqlite", "shiphat.sqlite-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.path().join("data").join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn a_flood_of_refused_calls_cannot_fill_the_audit_log() {
+    // 300 unauthenticated requests with 60 KB paths grew the database by more than 20 MB:
+    // every refusal was stored whole.
+    let dir = TestDir::new();
+    setup(&dir);
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &[]);
+    let before = database_bytes(&dir);
+    let path = format!("/api/v1/runs/{}/cancel", "a".repeat(60_000));
+    for _ in 0..300 {
+        let (status, _) = call(&daemon, "POST", &path, None, None);
+        assert_eq!(status, 401);
+    }
+    let grown = database_bytes(&dir).saturating_sub(before);
+    assert!(
+        grown < 2 * 1024 * 1024,
+        "the database grew by {grown} bytes"
+    );
+    let (status, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+    assert_eq!(status, 200);
+    let entries = audit["entries"].as_array().unwrap();
+    let refused = entries
+        .iter()
+        .filter(|e| e["status"] == 401)
+        .collect::<Vec<_>>();
+    assert!(
+        (20..300).contains(&refused.len()),
+        "the first refusals are logged one by one, the flood is not: {}",
+        refused.len()
+    );
+    for entry in &refused {
+        let action = entry["action"].as_str().unwrap();
+        assert!(
+            action.len() < 1100 && action.ends_with("more bytes)"),
+            "{}",
+            action.len()
+        );
+    }
+    // The next refusal logged says how many were not.
+    let started = Instant::now();
+    loop {
+        call(&daemon, "POST", "/api/v1/runs", None, None);
+        let (_, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+        let merged = audit["entries"][0]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("refused calls from this address before it"));
+        if merged {
+            break;
+        }
+        assert!(started.elapsed() < DEADLINE, "{audit:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Signs in with `token`; returns the status and the session cookie (`name=value`).
+fn sign_in(daemon: &Daemon, token: &str) -> (u16, Option<String>) {
+    let body = json!({ "token": token }).to_string();
+    let (status, headers, _) = daemon.call(
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        Some(&body),
+    );
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .map(str::to_owned);
+    (status, cookie)
+}
+
+/// Whether a session cookie is still signed in.
+fn signed_in(daemon: &Daemon, cookie: &str) -> bool {
+    let (status, _, _) = daemon.call("GET", "/api/v1/session", &[("Cookie", cookie)], None);
+    status == 200
+}
+
+#[test]
+fn sign_ins_with_one_token_never_sign_out_another_and_guessing_is_throttled() {
+    // Sessions were capped for all tokens together, the oldest evicted first: signing in
+    // again and again with one token signed everyone else out. Nothing slowed guessing.
+    let dir = TestDir::new();
+    setup(&dir);
+    let admin = token(&dir, "root", "admin", &[]);
+    let ci = token(&dir, "ci", "viewer", &[]);
+    let daemon = start(&dir, &[]);
+    let (status, theirs) = sign_in(&daemon, &admin);
+    assert_eq!(status, 200);
+    let theirs = theirs.unwrap();
+    let (_, first) = sign_in(&daemon, &ci);
+    let first = first.unwrap();
+    for _ in 0..40 {
+        assert_eq!(sign_in(&daemon, &ci).0, 200);
+    }
+    assert!(
+        signed_in(&daemon, &theirs),
+        "another token's session was ended"
+    );
+    assert!(
+        !signed_in(&daemon, &first),
+        "the token's own oldest session makes room"
+    );
+
+    // Wrong tokens: a few are answered, then the address waits, right tokens included.
+    for _ in 0..10 {
+        assert_eq!(sign_in(&daemon, "guess").0, 401);
+    }
+    let (status, headers, body) = daemon.call(
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        Some(&json!({ "token": "guess" }).to_string()),
+    );
+    assert_eq!(status, 429, "{body}");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(sign_in(&daemon, &admin).0, 429);
+    assert!(
+        signed_in(&daemon, &theirs),
+        "a signed-in session is not throttled"
+    );
+}
+
+#[test]
+fn one_principal_cannot_queue_runs_without_end() {
+    // A principal could queue runs without bound, each a row on disk and an entry in memory.
+    let dir = TestDir::new();
+    setup(&dir);
+    let config = dir.write(
+        "shiphat.toml",
+        "max_queued_per_principal = 3\nworkflows = [\"workflows\"]\ndata_dir = \"data\"\n",
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let ci = token(&dir, "ci", "deployer", &["web/*"]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let run = |token: &str, sleep: u32| {
+        call(
+            &daemon,
+            "POST",
+            "/api/v1/runs",
+            Some(token),
+            Some(&json!({"workflow": "web", "inputs": {"sleep": sleep}}).to_string()),
+        )
+    };
+    let (_, running) = run(&ci, 30000);
+    let running = running["id"].as_str().unwrap().to_owned();
+    wait_run(&daemon, &ci, &running, |r| r["status"] == "running");
+    let queued = (0..3)
+        .map(|_| {
+            let (status, body) = run(&ci, 0);
+            assert_eq!(status, 202, "{body}");
+            body["id"].as_str().unwrap().to_owned()
+        })
+        .collect::<Vec<_>>();
+    let (status, refused) = run(&ci, 0);
+    assert_eq!(status, 429, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("`ci` has 3 runs queued"),
+        "{refused}"
+    );
+    // Another principal is not held back by it.
+    assert_eq!(run(&admin, 0).0, 202);
+    // A queued run cancelled makes room.
+    call(
+        &daemon,
+        "POST",
+        &format!("/api/v1/runs/{}/cancel", queued[0]),
+        Some(&ci),
+        None,
+    );
+    assert_eq!(run(&ci, 0).0, 202);
+    call(
+        &daemon,
+        "POST",
+        &format!("/api/v1/runs/{running}/cancel"),
+        Some(&ci),
+        None,
+    );
+}
+
+#[test]
+fn a_run_queued_across_a_restart_waits_for_the_lock_until_it_expires() {
+    // Runs found queued at start were started at once, under any lock on their key.
+    let dir = TestDir::new();
+    setup(&dir);
+    let config = dir.write(
+        "shiphat.toml",
+        "shutdown_grace = \"200ms\"\nworkflows = [\"workflows\"]\ndata_dir = \"data\"\n",
+    );
+    let config = config.to_str().unwrap();
+    let admin = token(&dir, "root", "admin", &[]);
+    let mut daemon = start(&dir, &["--config", config]);
+    let slow = start_run(
+        &daemon,
+        &admin,
+        json!({"workflow": "web", "inputs": {"sleep": 30000}}),
+    );
+    wait_run(&daemon, &admin, &slow, |r| r["status"] == "running");
+    let queued = start_run(&daemon, &admin, json!({"workflow": "web"}));
+    let (status, _) = call(
+        &daemon,
+        "PUT",
+        "/api/v1/locks/web-staging",
+        Some(&admin),
+        Some(r#"{"reason": "migration", "expires_in": "10s"}"#),
+    );
+    assert_eq!(status, 200);
+    stop(&mut daemon);
+    // The lock outlives the restart (10 s is ample even on a loaded machine): the daemon
+    // recovers its queued runs before it listens.
+    let daemon = start(&dir, &["--config", config]);
+    let held = get(&daemon, &admin, &queued);
+    assert_eq!(held["status"], "queued", "{held}");
+    assert_eq!(
+        held["detail"], "held by the lock on `web-staging` of `root`: migration",
+        "{held}"
+    );
+    // When the lock expires, it starts by itself.
+    let run = wait_run(&daemon, &admin, &queued, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
 }

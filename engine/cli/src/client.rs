@@ -263,7 +263,12 @@ pub enum RunsCommand {
     /// Cancel a run.
     Cancel { id: String },
     /// Resume an interrupted run from its step in flight.
-    Resume { id: String },
+    Resume {
+        id: String,
+        /// Resume it although a lock holds its key (admins only; audited).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
@@ -348,11 +353,11 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
             )?;
             output::note(&format!("cancelling {id}"));
         }
-        RunsCommand::Resume { id } => {
+        RunsCommand::Resume { id, force } => {
             client.call(
                 "POST",
                 &format!("/api/v1/runs/{}/resume", encode(&id)),
-                None,
+                force.then(|| serde_json::json!({ "force": true })),
             )?;
             output::note(&format!("resumed {id}"));
         }

@@ -180,6 +180,13 @@ enum TokenCommand {
         #[command(flatten)]
         daemon: serve::DaemonArgs,
     },
+    /// Delete the token of a principal (its sessions end at once).
+    Delete {
+        /// The principal's name.
+        name: String,
+        #[command(flatten)]
+        daemon: serve::DaemonArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -380,6 +387,9 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                     daemon,
                 },
         } => serve::token_create(&daemon, &name, &roles, &patterns),
+        Command::Token {
+            command: TokenCommand::Delete { name, daemon },
+        } => serve::token_delete(&daemon, &name),
         Command::Runs { command, server } => client::runs(&server, command),
         Command::Lock {
             key,

@@ -1,4 +1,5 @@
-//! `shiphat serve` and `shiphat token create`: starting the daemon and minting its tokens.
+//! `shiphat serve` and `shiphat token create | delete`: starting the daemon and minting its
+//! tokens.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -91,10 +92,18 @@ pub fn token_create(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Runs belong to a principal by name: a second principal of the same name could cancel
+    // the first one's runs.
+    if config.principal_names().any(|n| n == name) {
+        return Err(Invalid(format!(
+            "`{name}` is a principal of the config file; pick another name"
+        ))
+        .into());
+    }
     let store = open_store(&config)?;
     let token = shiphat_server::new_token()
         .map_err(|e| anyhow::anyhow!("cannot draw a random token: {e}"))?;
-    store.add_token(
+    let added = store.add_token(
         &shiphat_server::token_hash(&token),
         &TokenRecord {
             name: name.to_owned(),
@@ -102,7 +111,13 @@ pub fn token_create(
             patterns: patterns.to_vec(),
             created_ms: shiphat_store::now_ms(),
         },
-    )?;
+    );
+    match added {
+        Err(e @ shiphat_store::Error::NameTaken { .. }) => {
+            return Err(Invalid(e.to_string()).into());
+        }
+        other => other?,
+    }
     output::note(&format!(
         "token for `{name}` ({}) stored in {}; it is shown once:",
         roles
@@ -113,6 +128,20 @@ pub fn token_create(
         display(&config.database())
     ));
     outln!("{token}");
+    Ok(exit::OK)
+}
+
+pub fn token_delete(daemon: &DaemonArgs, name: &str) -> anyhow::Result<u8> {
+    let config = daemon.config()?;
+    let store = open_store(&config)?;
+    if !store.delete_token(name)? {
+        return Err(Invalid(format!(
+            "no token named `{name}` in {}",
+            display(&config.database())
+        ))
+        .into());
+    }
+    output::note(&format!("deleted the token of `{name}`"));
     Ok(exit::OK)
 }
 

@@ -58,11 +58,34 @@ const ROUTES: &[(&str, &str)] = &[
 /// The most runs one page of `GET /api/v1/runs` returns: enough for a screen, bounded so a
 /// list never costs more than a few milliseconds.
 const MAX_PAGE: u32 = 500;
+/// The longest `Idempotency-Key` taken, as Stripe's API: room for any UUID or hash, and a key
+/// stored with every run cannot be used to fill the disk.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// How many stored events an event stream reads per query while catching up.
 const EVENT_BATCH: u32 = 512;
 /// How long an event stream waits for a wake-up before looking at the store anyway: a
 /// safety net against a missed notification, not the normal path.
 const STREAM_POLL: Duration = Duration::from_secs(1);
+/// The most event streams (`/runs/{id}/events` and `/events` together) one principal holds
+/// open. A person's page holds two (the runs list and a run), a CLI one per `runs logs`; a
+/// few tabs and terminals stay well under this, and a script that opens streams without end
+/// cannot hold a task, a store reader and a socket each for ever.
+const MAX_STREAMS_PER_PRINCIPAL: usize = 32;
+
+/// Holds one of the caller's event streams, or refuses with 429.
+fn take_stream(app: &App, caller: &Principal) -> ApiResult<crate::limits::Hold> {
+    app.streams
+        .take(&caller.name, MAX_STREAMS_PER_PRINCIPAL)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "`{}` holds {MAX_STREAMS_PER_PRINCIPAL} event streams open already; close one first",
+                    caller.name
+                ),
+            )
+        })
+}
 
 pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
     let api = Router::new()
@@ -265,10 +288,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
             status: response.status().as_u16(),
             outcome,
         };
-        if let Err(e) = app.store.audit(&entry) {
-            // A mutation we cannot audit is still done; say so loudly.
-            tracing::error!("cannot write the audit log: {e}");
-        }
+        app.audit(entry);
     }
     response
 }
@@ -279,7 +299,19 @@ fn principal_for(app: &App, hash: &str) -> Result<Option<Principal>, shiphat_sto
     if let Some((_, p)) = app.config.principals.iter().find(|(h, _)| h == hash) {
         return Ok(Some(p.clone()));
     }
-    Ok(app.store.token(hash)?.map(|t| Principal {
+    let Some(t) = app.store.token(hash)? else {
+        return Ok(None);
+    };
+    // A token created beside a running daemon without its config file may carry the name of a
+    // config principal; it speaks for no one rather than for that principal's runs.
+    if app.config.principal_names().any(|n| n == t.name) {
+        tracing::error!(
+            "a database token is named `{}` like a principal of the config file; it is refused until one of them is renamed",
+            t.name
+        );
+        return Ok(None);
+    }
+    Ok(Some(Principal {
         name: t.name,
         roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
         patterns: t.patterns,
@@ -291,9 +323,28 @@ fn principal_for(app: &App, hash: &str) -> Result<Option<Principal>, shiphat_sto
 /// this daemon never grants, so nobody can sign a browser in behind its owner's back.
 async fn sign_in(
     State(app): State<Arc<App>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
+    // Failed attempts count, per address, so one client's guesses never lock out another's.
+    let address = remote.ip().to_string();
+    if !app.sign_ins.has_budget(&address) {
+        let mut refused = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many sign-ins from `{}`; wait {} s and try again",
+                remote.ip(),
+                crate::limits::SIGN_IN_EVERY.as_secs()
+            ),
+        )
+        .into_response();
+        refused.headers_mut().insert(
+            header::RETRY_AFTER,
+            header::HeaderValue::from(crate::limits::SIGN_IN_EVERY.as_secs()),
+        );
+        return Ok(refused);
+    }
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -308,6 +359,7 @@ async fn sign_in(
     let token = body.required("token")?;
     let hash = token_hash(token.trim());
     let Some(principal) = principal_for(&app, &hash)? else {
+        app.sign_ins.allow(&address);
         return Err(ApiError {
             field: Some("token".into()),
             ..ApiError::new(
@@ -318,7 +370,12 @@ async fn sign_in(
     };
     // A browser signing in again (another token, say) leaves no older session behind.
     app.sessions.close(&headers);
-    let (id, session) = app.sessions.open(hash).map_err(ApiError::internal)?;
+    let Some((id, session)) = app.sessions.open(hash).map_err(ApiError::internal)? else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon holds as many sessions as it keeps; try again later, or use the API with `Authorization: Bearer TOKEN`",
+        ));
+    };
     let mut response = Json(session_json(&principal, &session.csrf)).into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,
@@ -393,9 +450,11 @@ async fn all_events(
 ) -> ApiResult<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>> {
     use tokio::sync::broadcast::error::RecvError;
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
+    let hold = take_stream(&app, &caller)?;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     let mut live = app.live.subscribe();
     tokio::spawn(async move {
+        let _hold = hold;
         loop {
             let first = tokio::select! {
                 r = live.recv() => r,
@@ -607,45 +666,44 @@ async fn create_run(
         .concurrency_key(&inputs, &id)
         .map_err(|e| ApiError::field("inputs", format!("cannot evaluate `concurrency`: {e}")))?;
     let mut outcome = "accepted".to_owned();
-    for lock_key in key.iter().chain(std::iter::once(&name)) {
-        if let Some(lock) = app.store.lock(lock_key)? {
-            if force {
-                caller
-                    .require(Role::Admin)
-                    .map_err(|e| ApiError::forbidden(format!("forcing past a lock: {e}")))?;
-                outcome = format!(
-                    "accepted, forced past the lock on `{}` held by `{}`",
-                    lock.key, lock.owner
-                );
-            } else {
-                return Err(ApiError {
-                    extra: Some(json!({ "lock": lock_json(&lock) })),
-                    ..ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!(
-                            "`{}` is locked by `{}`: {}",
-                            lock.key, lock.owner, lock.reason
-                        ),
-                    )
-                });
-            }
+    let forced = match app.lock_on(key.as_deref(), &name)? {
+        None => false,
+        Some(lock) => {
+            pass_lock(&caller, &lock, force, "")?;
+            outcome = format!(
+                "accepted, forced past the lock on `{}` held by `{}`",
+                lock.key, lock.owner
+            );
+            true
         }
-    }
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    };
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_owned()),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters, e.g. a UUID"
+                    ),
+                ));
+            }
+        },
+    };
+    let new_workflow = name.clone();
+    let new_inputs = Value::Object(inputs);
     let new = NewRun {
         id,
         workflow: name.clone(),
-        inputs: Value::Object(inputs),
+        inputs: new_inputs.clone(),
         principal: caller.name.clone(),
         dry_run,
         concurrency_key: key,
         idempotency_key,
     };
     let queue = workflow.concurrency.as_ref().is_none_or(|c| c.queue);
-    let (run, created) = match app.submit(new, queue) {
+    let (run, created) = match app.submit(new, queue, forced) {
         Ok(r) => r,
         Err(Refused::Busy { key, holder }) => {
             return Err(ApiError::new(
@@ -661,9 +719,33 @@ async fn create_run(
                 "the daemon is shutting down",
             ));
         }
+        Err(Refused::TooManyQueued { principal, max }) => {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "`{principal}` has {max} runs queued already (`max_queued_per_principal`); wait for them or cancel some"
+                ),
+            ));
+        }
         Err(Refused::Store(e)) => return Err(e.into()),
     };
     if !created {
+        // The same key with another request is a client bug (a key reused for a different
+        // deploy); answering with the first run would say this one was started.
+        let same =
+            run.workflow == new_workflow && run.inputs == new_inputs && run.dry_run == dry_run;
+        if !same {
+            return Err(ApiError {
+                extra: Some(json!({ "run": run.id })),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "this `Idempotency-Key` was used for run `{}` with another request (workflow, inputs or dry_run differ); use a new key for a new request",
+                        run.id
+                    ),
+                )
+            });
+        }
         outcome = "replayed by idempotency key".to_owned();
     }
     let response = (
@@ -842,9 +924,11 @@ async fn run_events(
                 )
             })?,
     };
+    let hold = take_stream(&app, &caller)?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut live = app.live.subscribe();
     tokio::spawn(async move {
+        let _hold = hold;
         loop {
             // Read what is stored first: the store is the source of truth, the live channel
             // only says when to look again.
@@ -891,6 +975,8 @@ async fn run_events(
                 () = wake => {}
                 () = tokio::time::sleep(STREAM_POLL) => {}
                 () = stop.cancelled() => return,
+                // A client gone while its run is quiet frees its stream at once.
+                () = tx.closed() => return,
             }
         }
     });
@@ -922,13 +1008,34 @@ async fn cancel_run(
     Ok(with_target(response, &id, Some(outcome)))
 }
 
+/// Queues an interrupted run again. Under a lock on its key or workflow it needs an admin's
+/// `{"force": true}`, which the audit log records: a resume starts steps like a new run does.
 async fn resume_run(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
     Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
+    let body = body_bytes(body)?;
+    let force = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        Body::parse(&body, &["force"])?.bool("force")?
+    };
     let run = may_touch(&app, &caller, &id)?;
-    if !app.resume(&run, &caller)? {
+    let lock = match run.status {
+        RunStatus::Interrupted => app.lock_on(run.concurrency_key.as_deref(), &run.workflow)?,
+        _ => None,
+    };
+    if let Some(lock) = &lock {
+        pass_lock(
+            &caller,
+            lock,
+            force,
+            "; an admin may resume it past the lock with `{\"force\": true}`",
+        )?;
+    }
+    if !app.resume(&run, &caller, lock.as_ref())? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -942,7 +1049,34 @@ async fn resume_run(
         Json(json!({ "id": id, "status": "queued" })),
     )
         .into_response();
-    Ok(with_target(response, &id, Some("resumed".into())))
+    let outcome = match &lock {
+        None => "resumed".to_owned(),
+        Some(lock) => format!(
+            "resumed, forced past the lock on `{}` held by `{}`",
+            lock.key, lock.owner
+        ),
+    };
+    Ok(with_target(response, &id, Some(outcome)))
+}
+
+/// Whether `caller` may go past `lock`: only an admin, and only with `force`. The refusal is
+/// 409 with the lock, or 403 for a `force` without the admin role.
+fn pass_lock(caller: &Principal, lock: &Lock, force: bool, hint: &str) -> ApiResult<()> {
+    if force {
+        return caller
+            .require(Role::Admin)
+            .map_err(|e| ApiError::forbidden(format!("forcing past a lock: {e}")));
+    }
+    Err(ApiError {
+        extra: Some(json!({ "lock": lock_json(lock) })),
+        ..ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "`{}` is locked by `{}`: {}{hint}",
+                lock.key, lock.owner, lock.reason
+            ),
+        )
+    })
 }
 
 /// A deployer may cancel or resume its own runs; anyone else's needs an admin.
@@ -1074,7 +1208,7 @@ async fn delete_lock(
     Path(key): Path<String>,
 ) -> ApiResult {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
-    if !app.store.delete_lock(&key)? {
+    if !app.unlock(&key)? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("`{key}` is not locked"),
@@ -1186,16 +1320,14 @@ async fn create_token(
         ));
     }
     let patterns = strings("patterns")?;
-    let taken = app.config.principals.iter().any(|(_, p)| p.name == name)
-        || app.store.tokens()?.iter().any(|t| t.name == name);
-    if taken {
-        return Err(ApiError {
-            field: Some("name".into()),
-            ..ApiError::new(
-                StatusCode::CONFLICT,
-                format!("a token named `{name}` exists; delete it first or pick another name"),
-            )
-        });
+    let taken = |message: String| ApiError {
+        field: Some("name".into()),
+        ..ApiError::new(StatusCode::CONFLICT, message)
+    };
+    if app.config.principal_names().any(|n| n == name) {
+        return Err(taken(format!(
+            "`{name}` is a principal of the config file; pick another name"
+        )));
     }
     let secret = new_secret()?;
     let record = TokenRecord {
@@ -1204,7 +1336,11 @@ async fn create_token(
         patterns,
         created_ms: shiphat_store::now_ms(),
     };
-    app.store.add_token(&token_hash(&secret), &record)?;
+    // The store refuses a name taken in the database in the same transaction as the insert.
+    match app.store.add_token(&token_hash(&secret), &record) {
+        Err(e @ shiphat_store::Error::NameTaken { .. }) => return Err(taken(e.to_string())),
+        other => other?,
+    }
     let mut answer = token_json(&record, "database");
     answer["token"] = Value::String(secret);
     let response = (StatusCode::CREATED, Json(answer)).into_response();

@@ -19,6 +19,14 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The largest request body accepted. Run requests are a workflow name and a few inputs;
 /// 64 KiB is generous for them and small enough that nobody can fill memory with a body.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// How many runs one principal may have queued at once. A CI burst or a bench queues a
+/// thousand; past ten thousand a client is looping, and each queued run is a row on disk and
+/// an entry in memory.
+pub const DEFAULT_MAX_QUEUED_PER_PRINCIPAL: u64 = 10_000;
+/// How long audit entries are kept when the config says nothing: a quarter, long enough to
+/// look into anything noticed late, and the table cannot grow for ever. Set
+/// `retention.audit` for longer.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 86400);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +36,7 @@ struct RawConfig {
     workflows: Option<Vec<PathBuf>>,
     shutdown_grace: Option<String>,
     max_body_bytes: Option<usize>,
+    max_queued_per_principal: Option<u64>,
     retention: Option<RawRetention>,
     #[serde(default)]
     principals: Vec<RawPrincipal>,
@@ -38,7 +47,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawRetention {
     /// Finished runs older than this are deleted, e.g. `30d`.
-    keep: String,
+    keep: Option<String>,
+    /// Audit entries older than this are deleted, e.g. `1year`.
+    audit: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -61,8 +72,12 @@ pub struct Config {
     pub workflow_dirs: Vec<PathBuf>,
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
+    /// Past this many queued runs of one principal, a new run is refused (429).
+    pub max_queued_per_principal: u64,
     /// Finished runs older than this are pruned; `None` keeps them forever.
     pub retention: Option<Duration>,
+    /// Audit entries older than this are pruned.
+    pub audit_retention: Duration,
     /// Principals declared in the file, by the SHA-256 (hex) of their token.
     pub principals: Vec<(String, Principal)>,
     /// Slack slash commands (docs/chat.md); `None` answers them with 404.
@@ -78,7 +93,9 @@ impl Config {
             workflow_dirs: vec![PathBuf::from("workflows")],
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_queued_per_principal: DEFAULT_MAX_QUEUED_PER_PRINCIPAL,
             retention: None,
+            audit_retention: DEFAULT_AUDIT_RETENTION,
             principals: Vec::new(),
             slack: None,
         }
@@ -122,11 +139,22 @@ impl Config {
         if let Some(max) = raw.max_body_bytes {
             config.max_body_bytes = max;
         }
-        if let Some(retention) = raw.retention {
-            config.retention = Some(
-                humantime::parse_duration(&retention.keep)
-                    .map_err(|e| format!("`retention.keep`: `{}`: {e}", retention.keep))?,
-            );
+        if let Some(max) = raw.max_queued_per_principal {
+            config.max_queued_per_principal = max;
+        }
+        let retention = raw.retention.unwrap_or(RawRetention {
+            keep: None,
+            audit: None,
+        });
+        let duration = |field: &str, text: &str| {
+            humantime::parse_duration(text)
+                .map_err(|e| format!("`retention.{field}`: `{text}`: {e}; e.g. `30days`"))
+        };
+        if let Some(keep) = &retention.keep {
+            config.retention = Some(duration("keep", keep)?);
+        }
+        if let Some(audit) = &retention.audit {
+            config.audit_retention = duration("audit", audit)?;
         }
         for p in raw.principals {
             let roles = p
@@ -160,7 +188,24 @@ impl Config {
         if let Some(slack) = raw.slack {
             config.slack = Some(slack.check(|var| std::env::var(var).ok())?);
         }
+        // Runs, locks and cancellations go by the principal's name: two principals of one
+        // name (with other roles or patterns) could act on each other's runs.
+        let mut seen = std::collections::HashSet::new();
+        if let Some(name) = config.principal_names().find(|n| !seen.insert(*n)) {
+            return Err(format!(
+                "two principals are named `{name}` (in `principals` or `slack.users`); give each its own name"
+            ));
+        }
         Ok(config)
+    }
+
+    /// The names of the principals this file declares: `principals` and `slack.users`.
+    pub fn principal_names(&self) -> impl Iterator<Item = &str> {
+        let slack = self.slack.iter().flat_map(|s| s.users.iter());
+        self.principals
+            .iter()
+            .map(|(_, p)| p.name.as_str())
+            .chain(slack.map(|u| u.principal.name.as_str()))
     }
 
     /// The SQLite database inside the data directory.
@@ -195,14 +240,32 @@ mod tests {
     }
 
     #[test]
+    fn two_principals_of_one_name_are_refused() {
+        let one = |name: &str, role: &str| {
+            format!(
+                "[[principals]]\nname = \"{name}\"\nroles = [\"{role}\"]\ntoken_sha256 = \"{}\"\n",
+                "a".repeat(64)
+            )
+        };
+        let text = one("ci", "viewer") + &one("ci", "admin");
+        let err = Config::parse(&text, Path::new("/")).err().unwrap();
+        assert!(err.contains("two principals are named `ci`"), "{err}");
+        let text = one("ci", "viewer")
+            + "[slack]\nsigning_secret = \"s\"\n[[slack.users]]\nteam = \"T1\"\nname = \"ci\"\nroles = [\"admin\"]\n";
+        let err = Config::parse(&text, Path::new("/")).err().unwrap();
+        assert!(err.contains("two principals are named `ci`"), "{err}");
+    }
+
+    #[test]
     fn paths_are_relative_to_the_file() {
         let config = Config::parse(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\nworkflows = [\"wf\"]\n[retention]\nkeep = \"30days\"",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\nworkflows = [\"wf\"]\n[retention]\nkeep = \"30days\"\naudit = \"1year\"",
             Path::new("/etc/shiphat"),
         )
         .unwrap();
         assert_eq!(config.data_dir, Path::new("/etc/shiphat/state"));
         assert_eq!(config.workflow_dirs, vec![PathBuf::from("/etc/shiphat/wf")]);
         assert_eq!(config.retention, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(config.audit_retention, Duration::from_secs(31_557_600));
     }
 }

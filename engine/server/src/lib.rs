@@ -12,6 +12,7 @@ mod auth;
 mod chat;
 mod config;
 mod environments;
+mod limits;
 mod metrics;
 mod scheduler;
 mod web;
@@ -48,6 +49,12 @@ pub enum Error {
     Serve(std::io::Error),
     #[error(transparent)]
     Store(#[from] shiphat_store::Error),
+    /// Two principals share a name: tokens made before names were unique, or a token named
+    /// like a principal of the config file.
+    #[error(
+        "two principals are named `{name}` ({sources}); runs belong to a principal by name, so delete one (`shiphat token delete {name}`) and create it again under another name"
+    )]
+    DuplicatePrincipal { name: String, sources: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -69,6 +76,7 @@ impl Daemon {
     /// that may resume by themselves are queued again, as are runs that were queued), loads
     /// the workflows and binds the address.
     pub async fn start(config: Config, runner: Runner, store: Arc<dyn Store>) -> Result<Daemon> {
+        check_principal_names(&config, store.as_ref())?;
         let app = scheduler::App::new(config, runner, store);
         app.workflows
             .reload(&app.runner, &app.config.workflow_dirs)
@@ -103,6 +111,7 @@ impl Daemon {
         spawn_signals(app.clone(), stop.clone())?;
         spawn_reloads(app.clone(), background.clone());
         spawn_pruning(app.clone(), background.clone());
+        spawn_lock_expiry(app.clone(), background.clone());
 
         let router = api::router(app.clone(), stop.clone());
         let server = axum::serve(
@@ -124,6 +133,24 @@ impl Daemon {
         app.store.interrupt_running()?;
         result
     }
+}
+
+/// Refuses to start when two principals share a name: a database older than the rule that
+/// names are unique, or a token created without the config file that names the same principal.
+fn check_principal_names(config: &Config, store: &dyn Store) -> Result<()> {
+    let mut seen: std::collections::HashMap<String, &str> = config
+        .principal_names()
+        .map(|n| (n.to_owned(), "the config file"))
+        .collect();
+    for token in store.tokens()? {
+        if let Some(first) = seen.insert(token.name.clone(), "the database") {
+            return Err(Error::DuplicatePrincipal {
+                name: token.name,
+                sources: format!("in {first} and in the database"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn spawn_signals(app: Arc<scheduler::App>, stop: CancellationToken) -> Result<()> {
@@ -169,17 +196,42 @@ fn spawn_reloads(app: Arc<scheduler::App>, stop: CancellationToken) {
     });
 }
 
-fn spawn_pruning(app: Arc<scheduler::App>, stop: CancellationToken) {
-    let Some(keep) = app.config.retention else {
-        return;
-    };
+/// How often runs held by a lock look whether it has expired. A lock's `expires_in` is
+/// minutes or hours; a second late is nothing, and the look is one read per held run.
+const LOCK_EXPIRY_POLL: Duration = Duration::from_secs(1);
+
+/// Queues again the runs held by locks that have expired (a removed lock does it at once).
+fn spawn_lock_expiry(app: Arc<scheduler::App>, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
-            let before = shiphat_store::now_ms() - keep.as_millis() as i64;
-            match app.store.prune(before) {
+            tokio::select! {
+                () = tokio::time::sleep(LOCK_EXPIRY_POLL) => {}
+                () = stop.cancelled() => return,
+            }
+            if app.holds_runs() {
+                app.release_held();
+            }
+        }
+    });
+}
+
+/// Prunes, hourly, finished runs past `retention.keep` (when set) and audit entries past
+/// `retention.audit`, each table by its own retention.
+fn spawn_pruning(app: Arc<scheduler::App>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let ago = |d: Duration| shiphat_store::now_ms() - d.as_millis() as i64;
+            if let Some(keep) = app.config.retention {
+                match app.store.prune(ago(keep)) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("pruned {n} runs past the retention"),
+                    Err(e) => tracing::warn!("cannot prune old runs: {e}"),
+                }
+            }
+            match app.store.prune_audit(ago(app.config.audit_retention)) {
                 Ok(0) => {}
-                Ok(n) => tracing::info!("pruned {n} runs past the retention"),
-                Err(e) => tracing::warn!("cannot prune old runs: {e}"),
+                Ok(n) => tracing::info!("pruned {n} audit entries past their retention"),
+                Err(e) => tracing::warn!("cannot prune the audit log: {e}"),
             }
             tokio::select! {
                 () = tokio::time::sleep(PRUNE_INTERVAL) => {}

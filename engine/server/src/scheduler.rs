@@ -4,13 +4,13 @@
 //! runner goes on (the event sink writes synchronously, from the step's own task; log events
 //! are queued without waiting, see `App::sink`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 use shiphat_runner::{Event, EventSink, PriorStep, RunOptions, Runner, StepStatus, Stop};
-use shiphat_store::{NewRun, Run, RunStatus, StepChange, Store};
+use shiphat_store::{Lock, NewRun, Run, RunStatus, StepChange, Store};
 use shiphat_workflow::Resume;
 use tokio::sync::broadcast;
 
@@ -35,6 +35,13 @@ pub struct App {
     pub accepting: AtomicBool,
     /// The web page's signed-in browsers.
     pub sessions: crate::web::Sessions,
+    /// The event streams each principal holds open.
+    pub streams: Arc<crate::limits::Held>,
+    /// Sign-in attempts per remote address.
+    pub sign_ins: crate::limits::Rate,
+    /// Refused calls written to the audit log per remote address, and how many were not.
+    pub refusals: crate::limits::Rate,
+    pub unlogged_refusals: Mutex<HashMap<String, u64>>,
     sched: Mutex<Sched>,
     /// Notified whenever a run ends, so shutdown can wait for the running ones.
     ended: tokio::sync::Notify,
@@ -48,6 +55,13 @@ struct Sched {
     running: HashMap<String, Stop>,
     /// Who cancelled a run in progress, for the run's `detail` when it ends cancelled.
     cancelled_by: HashMap<String, String>,
+    /// Queued runs that would have started but a lock holds their key (or workflow), oldest
+    /// first. They keep no concurrency key; they are queued again when a lock goes.
+    held: Vec<Run>,
+    /// Runs an admin forced past the locks (a new run with `force`, a forced resume): no lock
+    /// holds them. Kept in memory: after a restart a forced run that had not started yet waits
+    /// for the lock like any other, the safe side.
+    forced: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -65,6 +79,11 @@ pub enum Refused {
     },
     Store(shiphat_store::Error),
     ShuttingDown,
+    /// The principal has `max` runs queued already (`max_queued_per_principal`).
+    TooManyQueued {
+        principal: String,
+        max: u64,
+    },
 }
 
 impl From<shiphat_store::Error> for Refused {
@@ -84,6 +103,16 @@ impl App {
             live: broadcast::channel(LIVE_CAPACITY).0,
             accepting: AtomicBool::new(true),
             sessions: crate::web::Sessions::default(),
+            streams: Arc::default(),
+            sign_ins: crate::limits::Rate::new(
+                crate::limits::SIGN_IN_BURST,
+                crate::limits::SIGN_IN_EVERY,
+            ),
+            refusals: crate::limits::Rate::new(
+                crate::limits::REFUSAL_BURST,
+                crate::limits::REFUSAL_EVERY,
+            ),
+            unlogged_refusals: Mutex::default(),
             sched: Mutex::new(Sched::default()),
             ended: tokio::sync::Notify::new(),
         })
@@ -132,14 +161,98 @@ impl App {
         Ok(())
     }
 
+    /// The lock that holds runs of `workflow` with concurrency key `key`: one on the key, or
+    /// one on the workflow's name.
+    pub fn lock_on(
+        &self,
+        key: Option<&str>,
+        workflow: &str,
+    ) -> Result<Option<Lock>, shiphat_store::Error> {
+        for k in key.into_iter().chain([workflow]) {
+            if let Some(lock) = self.store.lock(k)? {
+                return Ok(Some(lock));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes a lock and queues again the runs it held. Returns whether there was one.
+    pub fn unlock(self: &Arc<App>, key: &str) -> Result<bool, shiphat_store::Error> {
+        let removed = self.store.delete_lock(key)?;
+        self.release_held();
+        Ok(removed)
+    }
+
+    /// Queues again every run a lock held, in their order; those a lock still holds are held
+    /// again. Called when a lock is removed, and periodically for locks that expire.
+    pub fn release_held(self: &Arc<App>) {
+        let held = std::mem::take(&mut self.sched.lock().unwrap().held);
+        for run in held {
+            // Cancelled while held: nothing to start.
+            match self.store.run(&run.id) {
+                Ok(Some(now)) if now.status == RunStatus::Queued => self.enqueue(now),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("cannot read held run `{}`: {e}", run.id);
+                    self.sched.lock().unwrap().held.push(run);
+                }
+            }
+        }
+    }
+
+    /// Whether runs are held by a lock (so that the lock's expiry must be watched).
+    pub fn holds_runs(&self) -> bool {
+        !self.sched.lock().unwrap().held.is_empty()
+    }
+
+    /// Writes an entry to the audit log. A refusal (status 400 and up) from an address that
+    /// has had its [`crate::limits::REFUSAL_BURST`] is counted instead, and the next one
+    /// written says how many were not: a flood of bad requests costs a few rows, not one each.
+    /// The store caps the length of every field.
+    pub fn audit(&self, mut entry: shiphat_store::AuditEntry) {
+        if entry.status >= 400 {
+            let address = entry
+                .remote
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| entry.remote.clone());
+            let mut unlogged = self.unlogged_refusals.lock().unwrap();
+            if !self.refusals.allow(&address) {
+                // Bounded like the rate's own map: under a flood from that many addresses
+                // the counts are lost, never the memory.
+                if unlogged.len() >= crate::limits::MAX_KEYS && !unlogged.contains_key(&address) {
+                    unlogged.clear();
+                }
+                *unlogged.entry(address).or_default() += 1;
+                return;
+            }
+            if let Some(n) = unlogged.remove(&address) {
+                entry.outcome = format!(
+                    "{} (and {n} refused calls from this address before it, not logged one by one)",
+                    entry.outcome
+                );
+            }
+        }
+        if let Err(e) = self.store.audit(&entry) {
+            // A mutation we cannot audit is still done; say so loudly.
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
     /// Records and queues a new run (or returns the one its idempotency key already made).
-    pub fn submit(self: &Arc<App>, run: NewRun, queue: bool) -> Result<(Run, bool), Refused> {
+    /// A `forced` run (an admin passed `force`) is not held by a lock.
+    pub fn submit(
+        self: &Arc<App>,
+        run: NewRun,
+        queue: bool,
+        forced: bool,
+    ) -> Result<(Run, bool), Refused> {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(Refused::ShuttingDown);
         }
         // The key's state is checked and the run recorded under one lock, so two requests
         // cannot both find a `queue: false` key free.
-        let sched = self.sched.lock().unwrap();
+        let mut sched = self.sched.lock().unwrap();
         if let Some(key) = &run.concurrency_key
             && !queue
             && let Some(k) = sched.keys.get(key)
@@ -150,7 +263,18 @@ impl App {
                 holder,
             });
         }
+        // Counted under the scheduler's lock, so concurrent requests cannot all slip under.
+        let max = self.config.max_queued_per_principal;
+        if self.store.queued_of(&run.principal)? >= max {
+            return Err(Refused::TooManyQueued {
+                principal: run.principal.clone(),
+                max,
+            });
+        }
         let (recorded, created) = self.store.create_run(&run)?;
+        if created && forced {
+            sched.forced.insert(recorded.id.clone());
+        }
         drop(sched);
         if created {
             self.metrics.run_status(&recorded.workflow, "queued");
@@ -175,8 +299,44 @@ impl App {
         self.start(&mut sched, run);
     }
 
-    /// Marks the run running and spawns it. Called with the scheduler locked.
+    /// Marks the run running and spawns it, unless a lock holds it: then it stays queued,
+    /// with the lock named in its `detail`, and gives up its key until the lock goes. Called
+    /// with the scheduler locked.
     fn start(self: &Arc<App>, sched: &mut Sched, run: Run) {
+        if !sched.forced.contains(&run.id) {
+            match self.lock_on(run.concurrency_key.as_deref(), &run.workflow) {
+                Ok(None) => {}
+                Ok(Some(lock)) => {
+                    let detail = format!(
+                        "held by the lock on `{}` of `{}`: {}",
+                        lock.key, lock.owner, lock.reason
+                    );
+                    // Held again by the same lock (the expiry check): nothing new to say.
+                    if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
+                        if let Err(e) = self.store.transition(
+                            &run.id,
+                            &[RunStatus::Queued],
+                            RunStatus::Queued,
+                            Some(&detail),
+                        ) {
+                            tracing::error!("cannot record why run `{}` waits: {e}", run.id);
+                        }
+                        let _ = self.live.send(Arc::from(run.id.as_str()));
+                    }
+                    self.release(sched, &run);
+                    sched.held.push(run);
+                    return;
+                }
+                Err(e) => {
+                    // A lock that cannot be read may be there: the run waits, and is tried
+                    // again with the next look at the held runs.
+                    tracing::error!("cannot read the locks for run `{}`: {e}", run.id);
+                    self.release(sched, &run);
+                    sched.held.push(run);
+                    return;
+                }
+            }
+        }
         let Some(prepared) = self.workflows.get(&run.workflow) else {
             let _ = self.store.transition(
                 &run.id,
@@ -254,6 +414,7 @@ impl App {
             let mut sched = app.sched.lock().unwrap();
             sched.running.remove(&run.id);
             sched.cancelled_by.remove(&run.id);
+            sched.forced.remove(&run.id);
             app.metrics.running.dec();
             app.release(&mut sched, &run);
             drop(sched);
@@ -421,6 +582,8 @@ impl App {
             stop.escalate();
             return Ok(true);
         }
+        sched.forced.remove(&run.id);
+        sched.held.retain(|r| r.id != run.id);
         drop(sched);
         let moved = self.store.transition(
             &run.id,
@@ -435,19 +598,31 @@ impl App {
         Ok(moved)
     }
 
-    /// Queues an interrupted run again; it goes on from its step in flight.
+    /// Queues an interrupted run again; it goes on from its step in flight. `forced` (an
+    /// admin passed a lock, which the caller has checked) lets it start under a lock.
     pub fn resume(
         self: &Arc<App>,
         run: &Run,
         by: &Principal,
+        forced: Option<&Lock>,
     ) -> Result<bool, shiphat_store::Error> {
+        let detail = match forced {
+            None => format!("resumed by `{}`", by.name),
+            Some(lock) => format!(
+                "resumed by `{}`, forced past the lock on `{}` of `{}`",
+                by.name, lock.key, lock.owner
+            ),
+        };
         let moved = self.store.transition(
             &run.id,
             &[RunStatus::Interrupted],
             RunStatus::Queued,
-            Some(&format!("resumed by `{}`", by.name)),
+            Some(&detail),
         )?;
         if moved && let Some(run) = self.store.run(&run.id)? {
+            if forced.is_some() {
+                self.sched.lock().unwrap().forced.insert(run.id.clone());
+            }
             self.enqueue(run);
         }
         Ok(moved)

@@ -28,9 +28,15 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lasts after sign-in: a working day, so nobody signs in twice a day,
 /// and a cookie left on a shared machine is dead by the next morning.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// The most sessions kept at once. Past it the oldest goes first: a flood of sign-ins with
-/// a valid token cannot grow the daemon's memory without bound.
+/// The most sessions kept at once, all tokens together: a bound on the daemon's memory. When
+/// it is reached, expired sessions go; if none has, a new sign-in is refused (503) rather than
+/// signing anyone out. One token holds at most [`MAX_SESSIONS_PER_TOKEN`], so filling it takes
+/// hundreds of tokens.
 const MAX_SESSIONS: usize = 10_000;
+/// The most sessions one token holds. Past it that token's oldest session goes, never another
+/// token's: a person has a browser or three, and a script signing in again and again signs
+/// only itself out.
+pub const MAX_SESSIONS_PER_TOKEN: usize = 16;
 
 /// The policy for every asset: only this origin's scripts, styles, connections and images
 /// (`data:` for the inline favicon fallback), and no framing (clickjacking).
@@ -111,8 +117,9 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Opens a session for a token already checked; returns its id and CSRF token.
-    pub fn open(&self, hash: String) -> Result<(String, Session), getrandom::Error> {
+    /// Opens a session for a token already checked; returns its id and CSRF token, or `None`
+    /// when the daemon holds [`MAX_SESSIONS`] live sessions of other tokens.
+    pub fn open(&self, hash: String) -> Result<Option<(String, Session)>, getrandom::Error> {
         let id = new_token()?;
         let now = shiphat_store::now_ms();
         let session = Session {
@@ -121,19 +128,31 @@ impl Sessions {
             expires_ms: now + SESSION_TTL.as_millis() as i64,
         };
         let mut by_id = self.by_id.lock().unwrap();
+        let mine = |s: &Session| s.token_hash == session.token_hash;
+        // This token's oldest sessions make room for its new one; nobody else's do.
+        loop {
+            let own = by_id.values().filter(|s| mine(s)).count();
+            if own < MAX_SESSIONS_PER_TOKEN {
+                break;
+            }
+            let oldest = by_id
+                .iter()
+                .filter(|(_, s)| mine(s))
+                .min_by_key(|(_, s)| s.expires_ms)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => by_id.remove(&k),
+                None => break,
+            };
+        }
         if by_id.len() >= MAX_SESSIONS {
             by_id.retain(|_, s| s.expires_ms > now);
         }
-        if by_id.len() >= MAX_SESSIONS
-            && let Some(oldest) = by_id
-                .iter()
-                .min_by_key(|(_, s)| s.expires_ms)
-                .map(|(k, _)| k.clone())
-        {
-            by_id.remove(&oldest);
+        if by_id.len() >= MAX_SESSIONS {
+            return Ok(None);
         }
         by_id.insert(token_hash(&id), session.clone());
-        Ok((id, session))
+        Ok(Some((id, session)))
     }
 
     /// The session a request's cookie names, if it is live.
@@ -235,7 +254,7 @@ mod tests {
     #[test]
     fn a_session_needs_its_own_csrf_token() {
         let sessions = Sessions::default();
-        let (id, session) = sessions.open("hash".into()).unwrap();
+        let (id, session) = sessions.open("hash".into()).unwrap().unwrap();
         let found = sessions
             .find(&headers(&[("cookie", &format!("{COOKIE}={id}"))]))
             .expect("the session is live");

@@ -37,6 +37,12 @@ pub enum Error {
     /// gone); nothing of the write is on disk.
     #[error("cannot commit to the store: {message}")]
     Commit { message: String },
+    /// A token was added under a name another token already has. Runs and locks belong to a
+    /// principal by name, so two principals of one name could act on each other's runs.
+    #[error(
+        "a token named `{name}` exists; delete it first (`shiphat token delete {name}`) or pick another name"
+    )]
+    NameTaken { name: String },
     /// A stored value is not what this version of shiphat writes.
     #[error("corrupt record in `{table}`: {message}")]
     Corrupt {
@@ -120,7 +126,8 @@ pub struct Run {
     pub idempotency_key: Option<String>,
     pub status: RunStatus,
     /// Why the run is where it is, when that needs saying (e.g. the step in flight when it
-    /// was interrupted, or who cancelled it).
+    /// was interrupted, who resumed it, the lock that holds it, who cancelled it): each change
+    /// of state adds to it, in order, after `; `.
     pub detail: Option<String>,
     pub created_ms: i64,
     pub started_ms: Option<i64>,
@@ -203,6 +210,24 @@ pub struct TokenRecord {
     pub created_ms: i64,
 }
 
+/// The most bytes the audit log keeps of any one field of an entry. A path, a lock key, an
+/// error naming a value: 1 KiB holds any real one whole, and an entry a client makes up (a
+/// 60 KB path, sent by anyone, authenticated or not) cannot cost more than a few KiB.
+pub const MAX_AUDIT_FIELD: usize = 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` and how many bytes
+/// were left out.
+pub fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} more bytes)", &text[..end], text.len() - end).into()
+}
+
 /// One mutating call, as the audit log keeps it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AuditEntry {
@@ -230,7 +255,8 @@ pub trait Store: Send + Sync + 'static {
     fn steps(&self, run: &str) -> Result<Vec<StepRecord>>;
     fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
     /// Moves a run to `to` if it is in one of `from`; returns whether it moved. Entering
-    /// `running` sets its start time, entering a terminal status its end time.
+    /// `running` sets its start time, entering a terminal status its end time. `detail` is
+    /// added to what the run's detail says (after `; `); nothing a detail says is ever removed.
     fn transition(
         &self,
         run: &str,
@@ -260,6 +286,8 @@ pub trait Store: Send + Sync + 'static {
     fn interrupt_running(&self) -> Result<Vec<Interrupted>>;
     /// Runs in a status, oldest first.
     fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>>;
+    /// How many runs of `principal` are `queued`.
+    fn queued_of(&self, principal: &str) -> Result<u64>;
 
     fn lock(&self, key: &str) -> Result<Option<Lock>>;
     fn locks(&self) -> Result<Vec<Lock>>;
@@ -269,6 +297,7 @@ pub trait Store: Send + Sync + 'static {
     fn delete_lock(&self, key: &str) -> Result<bool>;
 
     /// Stores a token by the SHA-256 of its secret (hex); the secret itself is never stored.
+    /// Refuses ([`Error::NameTaken`]) a name another token has: a principal is its name.
     fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()>;
     fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>>;
     /// Every stored token (never their secrets), by name.
@@ -276,9 +305,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the tokens named `name`; returns whether there was one.
     fn delete_token(&self, name: &str) -> Result<bool>;
 
+    /// Appends an entry, each text field cut to [`MAX_AUDIT_FIELD`] bytes.
     fn audit(&self, entry: &AuditEntry) -> Result<()>;
     /// The newest entries first.
     fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>>;
+    /// Deletes the audit entries written before `before_ms`; returns how many went.
+    fn prune_audit(&self, before_ms: i64) -> Result<usize>;
 
     /// Deletes terminal runs that finished before `before_ms`, with their steps and events.
     /// Returns how many runs went.

@@ -247,13 +247,26 @@ fn commit_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
+    /// The data directory it creates is `0700` and the database file `0600` (SQLite gives its
+    /// `-wal` and `-shm` files the database's mode): runs' inputs, outputs, logs and the token
+    /// hashes are nobody else's to read.
     pub fn open(path: &Path) -> Result<SqliteStore> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Open {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        let open_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Open { path, source }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir).map_err(open_error(dir))?;
         }
+        let mut file = std::fs::OpenOptions::new();
+        file.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+        file.open(path).map_err(open_error(path))?;
         let writer = Connection::open(path)?;
         configure(&writer)?;
         writer.execute_batch(SCHEMA)?;
@@ -288,6 +301,15 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())
 }
+
+/// The SQL of a run's new `detail` given `?3`: what it said, then `; ` and `?3`. A change of
+/// state never wipes what the detail says (who resumed a run, why it stopped); `NULL` adds
+/// nothing, and the same words twice in a row (a run held again by the same lock) are kept
+/// once.
+const APPEND_DETAIL: &str = "CASE WHEN ?3 IS NULL THEN detail \
+    WHEN detail IS NULL OR detail = '' THEN ?3 \
+    WHEN detail = ?3 OR substr(detail, -length(?3) - 2) = '; ' || ?3 THEN detail \
+    ELSE detail || '; ' || ?3 END";
 
 const RUN_COLUMNS: &str = "id, workflow, inputs, principal, dry_run, concurrency_key, \
     idempotency_key, status, detail, created_ms, started_ms, finished_ms";
@@ -567,10 +589,10 @@ impl Store for SqliteStore {
         self.write(move |conn| {
         let now = now_ms();
         let changed = conn.execute(
-            "UPDATE runs SET status = ?2, detail = ?3, \
+            &format!("UPDATE runs SET status = ?2, detail = {APPEND_DETAIL}, \
                started_ms = CASE WHEN ?2 = 'running' THEN ?4 ELSE started_ms END, \
                finished_ms = CASE WHEN ?2 IN ('succeeded', 'failed', 'cancelled') THEN ?4 ELSE finished_ms END \
-             WHERE id = ?1 AND instr(',' || ?5 || ',', ',' || status || ',') > 0",
+             WHERE id = ?1 AND instr(',' || ?5 || ',', ',' || status || ',') > 0"),
             params![run, to.as_str(), detail, now, from],
         )?;
         Ok(changed == 1)
@@ -636,8 +658,8 @@ impl Store for SqliteStore {
                     format!("interrupted during step `{}`", in_flight.join("`, `"))
                 };
                 tx.execute(
-                    "UPDATE runs SET status = 'interrupted', detail = ?2 WHERE id = ?1",
-                    params![run.id, detail],
+                    &format!("UPDATE runs SET status = ?2, detail = {APPEND_DETAIL} WHERE id = ?1"),
+                    params![run.id, RunStatus::Interrupted.as_str(), detail],
                 )?;
                 out.push(Interrupted {
                     run: run.id,
@@ -656,6 +678,15 @@ impl Store for SqliteStore {
             &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY id"),
             params![status.as_str()],
         )
+    }
+
+    fn queued_of(&self, principal: &str) -> Result<u64> {
+        let conn = self.read();
+        Ok(conn.query_row(
+            "SELECT count(*) FROM runs WHERE status = 'queued' AND principal = ?1",
+            params![principal],
+            |row| row.get(0),
+        )?)
     }
 
     fn lock(&self, key: &str) -> Result<Option<Lock>> {
@@ -714,6 +745,16 @@ impl Store for SqliteStore {
         let sha256_hex = sha256_hex.to_owned();
         let token = token.clone();
         self.write(move |conn| {
+        // Checked in the same transaction as the insert, so two concurrent creations (the
+        // API and `shiphat token create` beside it) cannot both find the name free.
+        let taken: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM tokens WHERE name = ?1)",
+            params![token.name],
+            |row| row.get(0),
+        )?;
+        if taken {
+            return Err(Error::NameTaken { name: token.name });
+        }
         conn.execute(
             "INSERT INTO tokens (sha256, name, roles, patterns, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
@@ -772,7 +813,15 @@ impl Store for SqliteStore {
     }
 
     fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        let entry = entry.clone();
+        let capped = |text: &str| crate::cap(text, crate::MAX_AUDIT_FIELD).into_owned();
+        let entry = AuditEntry {
+            principal: entry.principal.as_deref().map(capped),
+            action: capped(&entry.action),
+            target: capped(&entry.target),
+            remote: capped(&entry.remote),
+            outcome: capped(&entry.outcome),
+            ..entry.clone()
+        };
         self.write(move |conn| {
             conn.execute(
                 "INSERT INTO audit (at_ms, principal, action, target, remote, status, outcome) \
@@ -811,6 +860,12 @@ impl Store for SqliteStore {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> Result<usize> {
+        self.write(move |conn| {
+            Ok(conn.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])?)
+        })
     }
 
     fn prune(&self, before_ms: i64) -> Result<usize> {
@@ -1039,11 +1094,53 @@ mod tests {
             created_ms: now_ms(),
         };
         store.add_token("aa", &token).unwrap();
-        assert_eq!(store.tokens().unwrap(), vec![token]);
+        assert_eq!(store.tokens().unwrap(), vec![token.clone()]);
+        // A second principal of the same name is refused, whatever its secret.
+        assert!(matches!(
+            store.add_token("bb", &token),
+            Err(Error::NameTaken { .. })
+        ));
+        assert_eq!(store.tokens().unwrap().len(), 1);
         assert!(store.delete_token("ci").unwrap());
         assert!(!store.delete_token("ci").unwrap());
         assert_eq!(store.token("aa").unwrap(), None);
         assert!(store.tokens().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_change_of_state_keeps_the_detail() {
+        // Moving a resumed run to `running` wiped its `resumed by` detail.
+        let (_dir, store) = store();
+        store.create_run(&new_run("01a", None)).unwrap();
+        let move_to = |from, to, detail| store.transition("01a", &[from], to, detail).unwrap();
+        assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
+        store.interrupt_running().unwrap();
+        assert!(move_to(
+            RunStatus::Interrupted,
+            RunStatus::Queued,
+            Some("resumed by `root`")
+        ));
+        assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
+        assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
+        assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
+        assert_eq!(
+            store.run("01a").unwrap().unwrap().detail.as_deref(),
+            Some("interrupted between steps; resumed by `root`; held")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_data_directory_and_database_are_private() {
+        // They were created with the umask's modes: 0755 and 0644 on most systems.
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = store();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("db")), 0o700);
+        for file in ["shiphat.sqlite", "shiphat.sqlite-wal"] {
+            assert_eq!(mode(&dir.path().join("db").join(file)), 0o600, "{file}");
+        }
+        drop(store);
     }
 
     #[test]
@@ -1054,9 +1151,49 @@ mod tests {
         store
             .transition("01a", &[RunStatus::Queued], RunStatus::Succeeded, None)
             .unwrap();
+        assert_eq!(store.queued_of("ci").unwrap(), 1);
+        assert_eq!(store.queued_of("root").unwrap(), 0);
         assert_eq!(store.prune(now_ms() + 1000).unwrap(), 1);
         assert!(store.run("01a").unwrap().is_none());
         assert!(store.run("01b").unwrap().is_some());
+    }
+
+    #[test]
+    fn audit_fields_are_capped_and_old_entries_pruned() {
+        // A 60 KB path was stored whole in every entry, by anyone, signed in or not.
+        let (_dir, store) = store();
+        let long = "é".repeat(30_000);
+        let entry = |at_ms| AuditEntry {
+            at_ms,
+            principal: Some(long.clone()),
+            action: format!("POST /{long}"),
+            target: long.clone(),
+            remote: long.clone(),
+            status: 401,
+            outcome: long.clone(),
+        };
+        store.audit(&entry(1)).unwrap();
+        store.audit(&entry(now_ms())).unwrap();
+        let kept = store.audit_log(10).unwrap();
+        let fields = |e: &AuditEntry| {
+            [
+                e.principal.clone().unwrap(),
+                e.action.clone(),
+                e.target.clone(),
+                e.remote.clone(),
+                e.outcome.clone(),
+            ]
+        };
+        for field in fields(&kept[0]) {
+            assert!(
+                field.len() <= crate::MAX_AUDIT_FIELD + 32,
+                "{}",
+                field.len()
+            );
+            assert!(field.ends_with("more bytes)"), "{field}");
+        }
+        assert_eq!(store.prune_audit(now_ms() - 1000).unwrap(), 1);
+        assert_eq!(store.audit_log(10).unwrap().len(), 1);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! The default case counts keep this file to a few seconds; a long run is
 //! `PROPTEST_CASES=20000 cargo test -p shiphat-workflow --test properties -- --skip deeply`,
 //! with the megabyte-deep `deeply_*` properties run apart at a few hundred cases (see
-//! docs/security-fuzz-notes.md).
+//! docs/security-testing.md).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -524,6 +524,7 @@ impl World {
             env: &self.env,
             steps: &self.steps,
             run_id: "01RUN",
+            dry_run: false,
         }
     }
 }

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use shiphat_workflow::HostPattern;
+
 use crate::auth::{Principal, Role};
 
 /// The host of Slack's `response_url`s: the only one the daemon posts to unless the config
@@ -24,7 +26,8 @@ pub struct RawSlack {
     /// `ENVIRONMENT → [channel id or name]`; environments not named here are allowed anywhere.
     #[serde(default)]
     channels: BTreeMap<String, Vec<String>>,
-    /// Hosts besides `hooks.slack.com` that a request's `response_url` may name.
+    /// Hosts besides `hooks.slack.com` that a request's `response_url` may name, as in a
+    /// step's `allow.http`: `host` (ports 80 and 443 only) or `host:port`.
     #[serde(default)]
     response_hosts: Vec<String>,
     /// Incoming-webhook URLs that get the run events of chat deploys.
@@ -89,7 +92,8 @@ pub struct SlackConfig {
     pub apps: BTreeMap<String, BTreeMap<String, Target>>,
     pub users: Vec<SlackUser>,
     pub channels: BTreeMap<String, Vec<String>>,
-    pub response_hosts: Vec<String>,
+    /// Host and port together, as a step's `allow.http` matches them.
+    pub response_hosts: Vec<HostPattern>,
     pub webhooks: Vec<String>,
 }
 
@@ -180,12 +184,17 @@ impl RawSlack {
                 .filter(|u| u.host().is_some())
                 .ok_or_else(|| format!("`slack.webhooks`: `{url}` is not a URL"))?;
         }
+        let response_hosts = self
+            .response_hosts
+            .iter()
+            .map(|h| HostPattern::parse(h).map_err(|e| format!("`slack.response_hosts`: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(SlackConfig {
             signing_secret,
             apps,
             users,
             channels: self.channels,
-            response_hosts: self.response_hosts,
+            response_hosts,
             webhooks: self.webhooks,
         })
     }
@@ -207,19 +216,29 @@ impl SlackConfig {
             .map(|u| &u.principal)
     }
 
-    /// Whether a `response_url` may be posted to: `https://hooks.slack.com/…`, or a host the
-    /// config allows (over http or https).
+    /// Whether a `response_url` may be posted to: `https://hooks.slack.com/…` on port 443, or a
+    /// host and port the config allows (over http or https). The port counts: a host allowed
+    /// for its web server does not open its other services.
     pub fn response_url_allowed(&self, url: &str) -> bool {
         let Ok(uri) = url.parse::<axum::http::Uri>() else {
             return false;
         };
-        let (Some(scheme), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
             return false;
         };
-        if host == SLACK_RESPONSE_HOST {
-            return scheme == "https";
+        if authority.as_str().contains('@') {
+            return false;
         }
-        matches!(scheme, "http" | "https") && self.response_hosts.iter().any(|h| h == host)
+        let port = authority.port_u16().unwrap_or(match scheme {
+            "https" => 443,
+            _ => 80,
+        });
+        let host = authority.host();
+        if host.eq_ignore_ascii_case(SLACK_RESPONSE_HOST) {
+            return scheme == "https" && port == 443;
+        }
+        matches!(scheme, "http" | "https")
+            && self.response_hosts.iter().any(|h| h.matches(host, port))
     }
 }
 
@@ -235,14 +254,22 @@ mod tests {
 
     #[test]
     fn response_urls_go_only_to_slack_or_allowed_hosts() {
-        let c = config("response_hosts = [\"127.0.0.1\"]").unwrap();
+        let c = config("response_hosts = [\"127.0.0.1:4000\", \"hooks.example.com\"]").unwrap();
         assert!(c.response_url_allowed("https://hooks.slack.com/commands/T1/2/x"));
         assert!(!c.response_url_allowed("http://hooks.slack.com/commands/T1/2/x"));
+        assert!(!c.response_url_allowed("https://hooks.slack.com:8443/commands/T1/2/x"));
         assert!(!c.response_url_allowed("https://hooks.slack.com.evil.example/x"));
         assert!(!c.response_url_allowed("https://evil.example/hooks.slack.com"));
+        assert!(!c.response_url_allowed("https://evil.example@hooks.slack.com/x"));
         assert!(c.response_url_allowed("http://127.0.0.1:4000/r"));
+        // Host and port together: the same host on another port is another service.
+        assert!(!c.response_url_allowed("http://127.0.0.1:4001/r"));
         assert!(!c.response_url_allowed("http://127.0.0.2:4000/r"));
+        assert!(c.response_url_allowed("https://hooks.example.com/r"));
+        assert!(!c.response_url_allowed("http://hooks.example.com:22/r"));
         assert!(!c.response_url_allowed("file:///etc/passwd"));
+        let err = config("response_hosts = [\"https://x.example\"]").unwrap_err();
+        assert!(err.contains("without a scheme"), "{err}");
     }
 
     #[test]

@@ -119,9 +119,7 @@ pub async fn slack_commands(
             status: status.as_u16(),
             outcome,
         };
-        if let Err(e) = app.store.audit(&entry) {
-            tracing::error!("cannot write the audit log: {e}");
-        }
+        app.audit(entry);
     };
     let body = match body {
         Ok(body) => body,
@@ -313,7 +311,7 @@ async fn run_command(
                 Ok(key) => key,
                 Err(why) => return Answer::refused(format!("{name}/{environment}"), why),
             };
-            match app.store.delete_lock(&key) {
+            match app.unlock(&key) {
                 Ok(true) => Answer {
                     text: format!("🔓 unlocked `{}`", escape(&key)),
                     outcome: "unlocked".into(),
@@ -541,7 +539,7 @@ fn start(
         .concurrency
         .as_ref()
         .is_none_or(|c| c.queue);
-    let (run, created) = match app.submit(new, queue) {
+    let (run, created) = match app.submit(new, queue, false) {
         Ok(r) => r,
         Err(Refused::Busy { key, holder }) => {
             return Answer::refused(
@@ -556,6 +554,15 @@ fn start(
             return Answer::refused(
                 target,
                 "the daemon is shutting down; try again in a minute".into(),
+            );
+        }
+        Err(Refused::TooManyQueued { principal, max }) => {
+            return Answer::refused(
+                target,
+                format!(
+                    "`{}` has {max} runs queued already; wait for them or cancel some",
+                    escape(&principal)
+                ),
             );
         }
         Err(Refused::Store(e)) => {
@@ -587,12 +594,12 @@ fn start(
     );
     if response_url.is_none() && !request.response_url.is_empty() {
         tracing::warn!(
-            "not posting to the `response_url` of run `{}`: its host is neither `{}` nor in `slack.response_hosts`",
+            "not posting to the `response_url` of run `{}`: its host and port are neither `{}:443` nor in `slack.response_hosts`",
             run.id,
             config::SLACK_RESPONSE_HOST
         );
         text.push_str(
-            "; progress will not be posted here (the `response_url` host is not allowed)",
+            "; progress will not be posted here (the `response_url` host and port are not allowed)",
         );
     }
     tokio::spawn(reply::follow(

@@ -41,22 +41,36 @@ pub fn ephemeral(text: &str) -> Value {
     json!({ "response_type": "ephemeral", "text": text })
 }
 
+/// The HTTP client of every request the daemon makes. It follows no redirect: a URL is
+/// checked against an allow-list (host and port) before the request, and a `302` from an
+/// allowed host would otherwise send the daemon to whatever address the answer names, the
+/// loopback and cloud metadata addresses included.
+pub(crate) fn outbound_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(POST_TIMEOUT))
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
 /// Posts JSON to a URL on a blocking thread. ureq is already the workspace's HTTP client (the
 /// CLI's); a post or two per run needs no connection pool or async client, and keeping it off
-/// the runtime's threads costs one `spawn_blocking`.
+/// the runtime's threads costs one `spawn_blocking`. A redirect is not followed, and counts as
+/// a failed post.
 pub async fn post(url: String, body: Value) {
-    let result = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(POST_TIMEOUT))
-            .build()
-            .into();
-        agent
-            .post(&url)
-            .send_json(&body)
-            .map(|_| ())
-            .map_err(|e| (url, e))
-    })
-    .await;
+    let result =
+        tokio::task::spawn_blocking(move || match outbound_agent().post(&url).send_json(&body) {
+            Ok(response) if response.status().is_redirection() => Err((
+                url,
+                format!(
+                    "it answered {} (a redirect, which is not followed)",
+                    response.status().as_u16()
+                ),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err((url, e.to_string())),
+        })
+        .await;
     match result {
         Ok(Ok(())) => {}
         Ok(Err((url, e))) => tracing::warn!("cannot post to Slack at `{}`: {e}", redact(&url)),
