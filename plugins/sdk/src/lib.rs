@@ -17,7 +17,7 @@
 //!
 //! A plugin crate is a `cdylib` depending on this crate, `serde` and `serde_json`:
 //!
-//! ```ignore
+//! ```no_run
 //! use serde::Deserialize;
 //! use shiphat_plugin_sdk::{self as sdk, Guest, Output, PluginInfo, StepError, StepInput, StepOutput};
 //!
@@ -216,8 +216,12 @@ pub fn io_error(e: &std::io::Error) -> String {
 
 /// A successful step's result, built one output at a time.
 ///
-/// ```ignore
-/// Ok(Output::new("deployed 42").set("release", "42").set("canary", true).into())
+/// ```
+/// use shiphat_plugin_sdk::{Output, StepError, StepOutput};
+///
+/// let result: Result<StepOutput, StepError> =
+///     Ok(Output::new("deployed 42").set("release", "42").set("canary", true).into());
+/// assert_eq!(result.unwrap().summary, "deployed 42");
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Output {
