@@ -10,6 +10,7 @@
 //! It deliberately knows nothing about workflows beyond the plain data it is given (grants
 //! and limits): ordering, retries and expressions belong to the runner.
 
+mod beneath;
 mod bindings;
 mod cache;
 mod capture;
@@ -30,7 +31,7 @@ use crate::bindings::StepPre;
 pub use crate::capture::{LogLine, LogSink, LogSource};
 pub use crate::redact::Redactor;
 use crate::sandbox::StepState;
-pub use shiphat_workflow::{HostPattern, Limits};
+pub use shiphat_workflow::{Grant, HostPattern, Limits};
 
 /// A plugin log level, as in the WIT `host.level` enum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,10 +175,10 @@ pub struct Context {
 /// What a step may reach, resolved to concrete values.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
-    /// Directories opened read-only: host path, and the name the plugin sees.
-    pub read: Vec<(PathBuf, String)>,
-    /// Directories opened read-write.
-    pub write: Vec<(PathBuf, String)>,
+    /// Directories opened read-only, each beneath its root.
+    pub read: Vec<Grant>,
+    /// Directories opened read-write, created (beneath their root) when missing.
+    pub write: Vec<Grant>,
     /// Hosts the plugin may send HTTP requests to.
     pub http: Vec<HostPattern>,
     /// Environment variables, with their values.
@@ -195,6 +196,9 @@ pub struct Call {
     pub limits: Limits,
     /// Receives the plugin's log lines (already redacted) as they are written.
     pub logs: LogSink,
+    /// Redacts every secret the run grants to any of its steps, this step's included: a
+    /// secret handed on through a file or an output must not show in another step.
+    pub redactor: Redactor,
 }
 
 /// How a call of `run` ended.
@@ -223,8 +227,15 @@ pub enum Outcome {
 pub enum Fault {
     /// The step ran past its `timeout`.
     Timeout(Duration),
-    /// The plugin tried to grow its memory past the step's `memory` limit.
+    /// The plugin tried to grow its memories and tables, all together, past the step's
+    /// `memory` limit.
     Memory(u64),
+    /// The plugin tried to create more instances, memories or tables than a step may have
+    /// (`what` says which, `limit` is the cap).
+    TooMany { what: &'static str, limit: usize },
+    /// The plugin tried to hold more host objects (open files, streams, requests) at once than
+    /// a step may; the cap.
+    Resources(usize),
     /// The plugin overflowed its wasm stack (the step's `stack` limit).
     StackOverflow(usize),
     /// The plugin panicked; the panic message, as it printed it.
@@ -251,6 +262,14 @@ impl std::fmt::Display for Fault {
                 f,
                 "memory limit: the plugin tried to use more than {} of memory",
                 fmt_bytes(*limit)
+            ),
+            Fault::TooMany { what, limit } => write!(
+                f,
+                "memory limit: the plugin tried to create more than {limit} {what}, the most a step may have"
+            ),
+            Fault::Resources(limit) => write!(
+                f,
+                "resource limit: the plugin tried to hold more than {limit} host objects at once (open files, directories, streams, HTTP requests), the most a step may have; close what you no longer need"
             ),
             Fault::StackOverflow(limit) => write!(
                 f,
@@ -338,6 +357,7 @@ impl std::fmt::Debug for Host {
 
 impl Host {
     pub fn new(config: HostConfig) -> Result<Self> {
+        raise_descriptor_limit();
         let host = Host {
             inner: Arc::new(HostInner {
                 config,
@@ -460,12 +480,17 @@ impl Host {
             instance.call_describe(&mut store).await
         };
         match tokio::time::timeout(limits.timeout + WALL_CLOCK_GRACE, call).await {
-            Ok(Ok(info)) => Ok(PluginInfo {
-                name: info.name,
-                version: info.version,
-                description: info.description,
-                config_schema: info.config_schema,
-            }),
+            Ok(Ok(info)) => {
+                let limit = limits.output_bytes;
+                let check =
+                    |text: String, what| check_text(text, limit, what).map_err(describe_error);
+                Ok(PluginInfo {
+                    name: check(info.name, "name")?,
+                    version: check(info.version, "version")?,
+                    description: check(info.description, "description")?,
+                    config_schema: check(info.config_schema, "config-schema")?,
+                })
+            }
             Ok(Err(e)) => Err(describe_error(
                 classify_trap(&e, &store, &limits).to_string(),
             )),
@@ -477,7 +502,7 @@ impl Host {
     /// answer is an [`Outcome`].
     pub async fn run(&self, plugin: &Plugin, call: Call) -> Outcome {
         let set = self.engine_for(plugin.stack);
-        let redactor = Redactor::new(call.grants.secrets.iter().map(|(_, v)| v.as_str()));
+        let redactor = call.redactor;
         let limits = call.limits;
         let state = match StepState::new(&call.grants, &limits, redactor.clone(), call.logs) {
             Ok(state) => state,
@@ -505,26 +530,8 @@ impl Host {
         let outcome = match result {
             Err(_) => Outcome::Fault(Fault::Timeout(limits.timeout)),
             Ok(Err(e)) => Outcome::Fault(classify_trap(&e, &store, &limits)),
-            Ok(Ok(Ok(out))) => match parse_outputs(&out.outputs, limits.output_bytes, "outputs") {
-                Ok(outputs) => Outcome::Succeeded {
-                    outputs,
-                    summary: out.summary,
-                },
-                Err(message) => Outcome::Fault(Fault::BadOutput(message)),
-            },
-            Ok(Ok(Err(bindings::StepError::Failed(failure)))) => {
-                match parse_outputs(&failure.outputs, limits.output_bytes, "failure outputs") {
-                    Ok(outputs) => Outcome::Failed {
-                        message: failure.message,
-                        outputs,
-                    },
-                    Err(message) => Outcome::Fault(Fault::BadOutput(message)),
-                }
-            }
-            Ok(Ok(Err(bindings::StepError::InvalidConfig(message)))) => {
-                Outcome::InvalidConfig(message)
-            }
-            Ok(Ok(Err(bindings::StepError::Transient(message)))) => Outcome::Transient(message),
+            Ok(Ok(answer)) => check_answer(answer, limits.output_bytes)
+                .unwrap_or_else(|message| Outcome::Fault(Fault::BadOutput(message))),
         };
         redactor.redact_outcome(outcome)
     }
@@ -554,6 +561,16 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
     if state.limiter.hit {
         return Fault::Memory(limits.memory);
     }
+    if let Some(fault) = too_many(error) {
+        return fault;
+    }
+    let table_full = matches!(
+        error.downcast_ref::<wasmtime::component::ResourceTableError>(),
+        Some(wasmtime::component::ResourceTableError::Full)
+    );
+    if table_full || format!("{error:#}").contains("resource table has no free keys") {
+        return Fault::Resources(sandbox::MAX_RESOURCES);
+    }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => return Fault::Timeout(limits.timeout),
         Some(wasmtime::Trap::StackOverflow) => return Fault::StackOverflow(limits.stack),
@@ -566,6 +583,58 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
     // Rust's allocator aborts when memory.grow fails; the limiter above saw it, but a
     // plugin can also hit wasm's own 4 GiB ceiling.
     Fault::Trap(state.redactor.redact(text.lines().next().unwrap_or("trap")))
+}
+
+/// Recognises wasmtime's refusal to instantiate past the store's object counts, which it
+/// reports as `resource limit exceeded: {what} count too high at {n}`.
+fn too_many(error: &wasmtime::Error) -> Option<Fault> {
+    let text = format!("{error:#}");
+    let caps = [
+        ("instance", "instances", sandbox::MAX_INSTANCES),
+        ("memory", "memories", sandbox::MAX_MEMORIES),
+        ("table", "tables", sandbox::MAX_TABLES),
+    ];
+    caps.into_iter().find_map(|(name, what, limit)| {
+        text.contains(&format!("resource limit exceeded: {name} count too high"))
+            .then_some(Fault::TooMany { what, limit })
+    })
+}
+
+/// Turns what `run` returned into an [`Outcome`], checking every string against the step's
+/// output limit: outputs must be a JSON object, and no text, however it is returned, may be
+/// longer than the limit.
+fn check_answer(
+    answer: std::result::Result<bindings::StepOutput, bindings::StepError>,
+    limit: usize,
+) -> std::result::Result<Outcome, String> {
+    Ok(match answer {
+        Ok(out) => Outcome::Succeeded {
+            outputs: parse_outputs(&out.outputs, limit, "outputs")?,
+            summary: check_text(out.summary, limit, "summary")?,
+        },
+        Err(bindings::StepError::Failed(failure)) => Outcome::Failed {
+            outputs: parse_outputs(&failure.outputs, limit, "failure outputs")?,
+            message: check_text(failure.message, limit, "failure message")?,
+        },
+        Err(bindings::StepError::InvalidConfig(message)) => {
+            Outcome::InvalidConfig(check_text(message, limit, "invalid-config message")?)
+        }
+        Err(bindings::StepError::Transient(message)) => {
+            Outcome::Transient(check_text(message, limit, "transient message")?)
+        }
+    })
+}
+
+/// Checks a text a plugin returned against the step's output limit.
+fn check_text(text: String, limit: usize, what: &str) -> std::result::Result<String, String> {
+    if text.len() > limit {
+        return Err(format!(
+            "the plugin's {what} is {} long, over the step's output_limit of {}",
+            fmt_bytes(text.len() as u64),
+            fmt_bytes(limit as u64)
+        ));
+    }
+    Ok(text)
 }
 
 /// Checks an `outputs` text from a plugin: a JSON object within the output limit. An empty
@@ -603,6 +672,30 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Raises the process's soft limit on open descriptors to its hard limit, once. Each step
+/// holds up to [`sandbox::MAX_RESOURCES`] descriptors, and the daemon must still accept
+/// connections and read its workflow directories while steps run; the soft limit (often
+/// 1024) is a default for programs that never expect many, not a policy.
+fn raise_descriptor_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let limit = getrlimit(Resource::Nofile);
+            if limit.current != limit.maximum {
+                let raised = Rlimit {
+                    current: limit.maximum,
+                    maximum: limit.maximum,
+                };
+                if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                    tracing::warn!("cannot raise the open-file limit to its hard limit: {e}");
+                }
+            }
+        });
     }
 }
 

@@ -10,6 +10,10 @@ use std::path::{Component, Path, PathBuf};
 pub struct Grant {
     pub host_path: PathBuf,
     pub guest_path: String,
+    /// The directory `host_path` must stay beneath when it is opened: no symlink on the way
+    /// may lead out of it. The workflow's directory for a grant inside it; for a grant the
+    /// workflow names outside its directory, the directory that holds it.
+    pub root: PathBuf,
 }
 
 /// Removes `.` and resolves `..` without touching the filesystem. `..` at the root stays at the
@@ -51,9 +55,15 @@ pub(crate) fn grant(written: &str, base_dir: &Path) -> Result<Grant, String> {
     } else {
         lexical.display().to_string()
     };
+    let root = if host_path.starts_with(base_dir) {
+        base_dir.to_owned()
+    } else {
+        host_path.parent().unwrap_or(&host_path).to_owned()
+    };
     Ok(Grant {
         host_path,
         guest_path,
+        root,
     })
 }
 
@@ -249,8 +259,12 @@ mod tests {
         let g = grant("./reports/", base).unwrap();
         assert_eq!(g.host_path, PathBuf::from("/work/app/reports"));
         assert_eq!(g.guest_path, "reports");
+        assert_eq!(g.root, base);
         let g = grant("/srv/www", base).unwrap();
         assert_eq!(g.guest_path, "/srv/www");
+        assert_eq!(g.root, PathBuf::from("/srv"));
+        let g = grant("/work/app/releases/r1", base).unwrap();
+        assert_eq!(g.root, base);
         let g = grant("../build", base).unwrap();
         assert_eq!(g.host_path, PathBuf::from("/work/build"));
         assert_eq!(g.guest_path, "/work/build");
