@@ -581,3 +581,61 @@ fn a_plugin_that_opens_files_without_end_hits_the_step_resource_limit() {
         run.stdout
     );
 }
+
+#[test]
+fn a_workflow_directory_that_cannot_be_read_keeps_its_workflows_in_service() {
+    // Bug: the daemon's reload took a directory it could not read (say, with every descriptor
+    // taken) as empty, and took every workflow in it out of service.
+    let deadline = Duration::from_secs(60);
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/keep.yaml",
+        "name: keep\nsteps:\n  - id: a\n    uses: noop\n",
+    );
+    let output = dir
+        .shiphat()
+        .args(["token", "create", "root", "--role", "admin", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = format!(
+        "Bearer {}",
+        String::from_utf8(output.stdout).unwrap().trim()
+    );
+    let daemon = support::Daemon::start(&dir, &["--data-dir", "data", "--workflows", "workflows"]);
+    let names = || -> Vec<String> {
+        let (status, _, list) = daemon.call(
+            "GET",
+            "/api/v1/workflows",
+            &[("Authorization", token.as_str())],
+            None,
+        );
+        assert_eq!(status, 200, "{list}");
+        list["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(), ["keep"]);
+    // A file where the directory was: reading it fails, as it does with no descriptors left.
+    std::fs::rename(dir.path().join("workflows"), dir.path().join("moved")).unwrap();
+    dir.write("workflows", "");
+    let started = std::time::Instant::now();
+    let mut said = String::new();
+    while !said.contains("cannot read the workflow directory") {
+        assert!(started.elapsed() < deadline, "never reported: {said}");
+        if let Ok(line) = daemon
+            .stderr
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_millis(100))
+        {
+            said.push_str(&line);
+        }
+    }
+    assert!(said.contains("stay as last loaded"), "{said}");
+    assert_eq!(names(), ["keep"]);
+}
