@@ -36,8 +36,12 @@ pub(crate) fn open(grant: &Grant, create: bool) -> Result<Opened, String> {
     #[cfg(target_os = "linux")]
     match linux::open(&grant.root, rel, create) {
         Ok(fd) => return Ok(opened_fd(grant, fd)),
-        // A kernel older than 5.6 has no openat2.
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSYS.raw_os_error()) => {}
+        // A kernel older than 5.6 has no openat2, and older container seccomp profiles refuse
+        // syscalls they do not know with EPERM, which opening a directory never fails with.
+        Err(e)
+            if [rustix::io::Errno::NOSYS, rustix::io::Errno::PERM]
+                .iter()
+                .any(|errno| e.raw_os_error() == Some(errno.raw_os_error())) => {}
         Err(e) => return Err(describe(grant, &e)),
     }
     portable(grant, rel, create).map_err(|e| describe(grant, &e))
@@ -171,5 +175,63 @@ mod linux {
             };
         }
         Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `base/` with `base/releases/r1/esc -> ../../../outside` and `base/current -> releases/r1`.
+    fn layout() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base");
+        std::fs::create_dir_all(base.join("releases/r1")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink("../../../outside", base.join("releases/r1/esc")).unwrap();
+        std::os::unix::fs::symlink("releases/r1", base.join("current")).unwrap();
+        dir
+    }
+
+    fn grant(dir: &tempfile::TempDir, rel: &str) -> Grant {
+        let root = dir.path().join("base");
+        Grant {
+            host_path: root.join(rel),
+            guest_path: rel.to_owned(),
+            root,
+        }
+    }
+
+    #[test]
+    fn a_symlink_out_of_the_root_is_refused_and_one_inside_is_followed() {
+        let dir = layout();
+        for create in [false, true] {
+            let error = open(&grant(&dir, "releases/r1/esc"), create).err().unwrap();
+            assert!(error.contains("leads out of"), "{error}");
+            let error = open(&grant(&dir, "releases/r1/esc/new"), create)
+                .err()
+                .unwrap();
+            assert!(error.contains("leads out of"), "{error}");
+        }
+        assert!(!dir.path().join("outside/new").exists());
+        open(&grant(&dir, "current/logs/today"), true).unwrap();
+        assert!(dir.path().join("base/releases/r1/logs/today").is_dir());
+        open(&grant(&dir, "current"), false).unwrap();
+    }
+
+    #[test]
+    fn the_portable_resolution_refuses_the_same_escapes() {
+        let dir = layout();
+        for rel in ["releases/r1/esc", "releases/r1/esc/new"] {
+            let g = grant(&dir, rel);
+            let rel = g.host_path.strip_prefix(&g.root).unwrap().to_owned();
+            let error = portable(&g, &rel, true).err().unwrap();
+            assert_eq!(error.raw_os_error(), Some(EXDEV), "{error}");
+        }
+        assert!(!dir.path().join("outside/new").exists());
+        let g = grant(&dir, "current/cache");
+        let rel = g.host_path.strip_prefix(&g.root).unwrap().to_owned();
+        portable(&g, &rel, true).unwrap();
+        assert!(dir.path().join("base/releases/r1/cache").is_dir());
     }
 }
