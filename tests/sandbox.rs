@@ -639,3 +639,28 @@ fn a_workflow_directory_that_cannot_be_read_keeps_its_workflows_in_service() {
     assert!(said.contains("stay as last loaded"), "{said}");
     assert_eq!(names(), ["keep"]);
 }
+
+#[test]
+fn what_many_core_instances_cost_the_host_counts_against_the_step_memory_limit() {
+    // Bug: each core instance keeps its globals in host memory the limiter never saw, so a
+    // module with many globals, instantiated many times, took far more than `memory`.
+    let dir = TestDir::new();
+    let mut extra = String::from("(core module $globals\n");
+    extra.push_str(&"  (global i32 (i32.const 0))\n".repeat(50_000));
+    extra.push_str(")\n");
+    extra.push_str(&"(core instance (instantiate $globals))\n".repeat(100));
+    let file = support::wat::component(
+        dir.path(),
+        "globals",
+        &support::wat::hoarder(0, 0, 0, 0),
+        &extra,
+    );
+    let run = run_component(&dir, &file, "64MiB");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let (kind, message) = run.error("hoard");
+    assert_eq!(kind, "memory", "{message}");
+    assert!(message.contains("64MiB"), "{message}");
+    // About 80 MB of instances fit the default limit.
+    let run = run_component(&dir, &file, "256MiB");
+    assert_eq!(run.status("hoard"), "succeeded", "{}", run.stderr);
+}

@@ -15,6 +15,7 @@ mod bindings;
 mod cache;
 mod capture;
 mod http;
+mod objects;
 mod redact;
 mod sandbox;
 
@@ -121,6 +122,9 @@ pub struct Plugin {
     component: Component,
     pre: StepPre<StepState>,
     stack: usize,
+    /// What its core instances cost the host outside memories and tables, charged to every
+    /// step's `memory` limit (see `objects.rs`).
+    instances_cost: u64,
     /// What `describe()` said; it must not depend on anything, so it is asked once.
     info: tokio::sync::OnceCell<PluginInfo>,
     /// How this plugin was obtained, for diagnostics and benchmarks.
@@ -440,6 +444,7 @@ impl Host {
             component,
             pre,
             stack,
+            instances_cost: objects::instances_cost(&bytes),
             info: tokio::sync::OnceCell::new(),
             load,
         });
@@ -472,8 +477,17 @@ impl Host {
             path: plugin.path.clone(),
             message,
         };
-        let state = StepState::new(&Grants::default(), &limits, Redactor::default(), sink)
-            .map_err(describe_error)?;
+        if plugin.instances_cost > limits.memory {
+            return Err(describe_error(Fault::Memory(limits.memory).to_string()));
+        }
+        let state = StepState::new(
+            &Grants::default(),
+            &limits,
+            plugin.instances_cost,
+            Redactor::default(),
+            sink,
+        )
+        .map_err(describe_error)?;
         let mut store = new_store(&set.engine, state, &limits);
         let call = async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
@@ -504,7 +518,16 @@ impl Host {
         let set = self.engine_for(plugin.stack);
         let redactor = call.redactor;
         let limits = call.limits;
-        let state = match StepState::new(&call.grants, &limits, redactor.clone(), call.logs) {
+        if plugin.instances_cost > limits.memory {
+            return Outcome::Fault(Fault::Memory(limits.memory));
+        }
+        let state = match StepState::new(
+            &call.grants,
+            &limits,
+            plugin.instances_cost,
+            redactor.clone(),
+            call.logs,
+        ) {
             Ok(state) => state,
             Err(message) => return Outcome::Fault(Fault::Setup(redactor.redact(&message))),
         };

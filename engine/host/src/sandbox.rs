@@ -34,9 +34,9 @@ pub(crate) const MAX_MEMORIES: usize = 16;
 /// calls indirectly).
 pub(crate) const MAX_TABLES: usize = 64;
 
-/// Bounds what a step takes from the host: the bytes of all its memories and tables
-/// together (the step's `memory` limit), and how many instances, memories and tables it
-/// creates. Records which limit was hit, so the trap that follows (Rust aborts when an
+/// Bounds what a step takes from the host: the bytes of all its memories and tables and what
+/// its instances cost outside them, together (the step's `memory` limit), and how many
+/// instances, memories and tables it creates. Records which limit was hit, so the trap that follows (Rust aborts when an
 /// allocation fails) is reported as the limit it is.
 pub(crate) struct Limiter {
     /// The step's `memory` limit, for every memory and table of the step together.
@@ -47,10 +47,12 @@ pub(crate) struct Limiter {
 }
 
 impl Limiter {
-    pub(crate) fn new(budget: usize) -> Self {
+    /// A limiter for a step with `budget` bytes, `charged` of them taken before the plugin
+    /// starts (what its instances cost outside memories and tables).
+    pub(crate) fn new(budget: usize, charged: usize) -> Self {
         Limiter {
             budget,
-            used: 0,
+            used: charged,
             hit: false,
         }
     }
@@ -161,6 +163,7 @@ impl StepState {
     pub(crate) fn new(
         grants: &Grants,
         limits: &Limits,
+        instances_cost: u64,
         redactor: Redactor,
         sink: LogSink,
     ) -> Result<Self, String> {
@@ -221,7 +224,10 @@ impl StepState {
                 redactor: redactor.clone(),
                 refused: 0,
             },
-            limiter: Limiter::new(usize::try_from(limits.memory).unwrap_or(usize::MAX)),
+            limiter: Limiter::new(
+                usize::try_from(limits.memory).unwrap_or(usize::MAX),
+                usize::try_from(instances_cost).unwrap_or(usize::MAX),
+            ),
             deadline: Instant::now() + limits.timeout,
             redactor,
             secrets: grants.secrets.clone(),
