@@ -664,3 +664,24 @@ fn what_many_core_instances_cost_the_host_counts_against_the_step_memory_limit()
     let run = run_component(&dir, &file, "256MiB");
     assert_eq!(run.status("hoard"), "succeeded", "{}", run.stderr);
 }
+
+#[test]
+fn a_plugin_cannot_make_the_engine_copy_more_than_a_step_can_keep() {
+    // Bug: the engine copied up to 128 MiB out of the plugin per call (wasmtime's default)
+    // before looking at it, however little the step could keep.
+    let dir = TestDir::new();
+    // 64 MiB of summary, four times what the engine now copies in one call.
+    let yaml = "name: huge\nsteps:\n  - id: huge\n    uses: misbehave\n    with: { mode: big_summary, size: 67108864 }\n";
+    let run = dir.run(yaml, &[]);
+    let (kind, message) = run.error("huge");
+    assert_eq!(kind, "bad_output", "{message}");
+    assert!(
+        message.contains("more than 16MiB to the engine in one call"),
+        "{message}"
+    );
+    assert!(
+        run.max_rss_kib < 300 * 1024,
+        "the engine peaked at {} MiB",
+        run.max_rss_kib / 1024
+    );
+}

@@ -563,6 +563,7 @@ impl Host {
 fn new_store(engine: &Engine, state: StepState, limits: &Limits) -> Store<StepState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    store.set_hostcall_fuel(hostcall_bytes(limits));
     let deadline = Instant::now() + limits.timeout;
     store.data_mut().deadline = deadline;
     store.set_epoch_deadline(1);
@@ -578,6 +579,25 @@ fn new_store(engine: &Engine, state: StepState, limits: &Limits) -> Store<StepSt
     store
 }
 
+/// The least the engine lets a plugin pass it in one call (a string, a list), whatever the
+/// step's limits: far more than a real plugin logs or writes at once (WASI streams take at most
+/// a few KiB per write), and an eighth of wasmtime's default of 128 MiB.
+const MIN_HOSTCALL_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much a plugin may pass the engine in one call: enough for everything a step may keep
+/// (its outputs and summary or message, a log line), and no more, so a plugin cannot make the
+/// host copy hundreds of megabytes only to refuse them.
+fn hostcall_bytes(limits: &Limits) -> usize {
+    let keepable = limits
+        .output_bytes
+        .saturating_mul(2)
+        .saturating_add(limits.log_bytes);
+    MIN_HOSTCALL_BYTES.max(keepable)
+}
+
+/// What wasmtime says when a call passes more than [`hostcall_bytes`].
+const HOSTCALL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
 /// Names the limit or crash behind a trap.
 fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Limits) -> Fault {
     let state = store.data();
@@ -586,6 +606,12 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
     }
     if let Some(fault) = too_many(error) {
         return fault;
+    }
+    if format!("{error:#}").contains(HOSTCALL_EXHAUSTED) {
+        return Fault::BadOutput(format!(
+            "the plugin passed more than {} to the engine in one call, more than a step can keep",
+            fmt_bytes(hostcall_bytes(limits) as u64)
+        ));
     }
     let table_full = matches!(
         error.downcast_ref::<wasmtime::component::ResourceTableError>(),
