@@ -604,21 +604,9 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
     if state.limiter.hit {
         return Fault::Memory(limits.memory);
     }
-    if let Some(fault) = too_many(error) {
+    let text = format!("{error:#}");
+    if let Some(fault) = engine_cap(&text, limits) {
         return fault;
-    }
-    if format!("{error:#}").contains(HOSTCALL_EXHAUSTED) {
-        return Fault::BadOutput(format!(
-            "the plugin passed more than {} to the engine in one call, more than a step can keep",
-            fmt_bytes(hostcall_bytes(limits) as u64)
-        ));
-    }
-    let table_full = matches!(
-        error.downcast_ref::<wasmtime::component::ResourceTableError>(),
-        Some(wasmtime::component::ResourceTableError::Full)
-    );
-    if table_full || format!("{error:#}").contains("resource table has no free keys") {
-        return Fault::Resources(sandbox::MAX_RESOURCES);
     }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => return Fault::Timeout(limits.timeout),
@@ -628,25 +616,36 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
     if let Some(message) = state.panic_message() {
         return Fault::Panic(message);
     }
-    let text = format!("{error:#}");
     // Rust's allocator aborts when memory.grow fails; the limiter above saw it, but a
     // plugin can also hit wasm's own 4 GiB ceiling.
     Fault::Trap(state.redactor.redact(text.lines().next().unwrap_or("trap")))
 }
 
-/// Recognises wasmtime's refusal to instantiate past the store's object counts, which it
-/// reports as `resource limit exceeded: {what} count too high at {n}`.
-fn too_many(error: &wasmtime::Error) -> Option<Fault> {
-    let text = format!("{error:#}");
-    let caps = [
+/// Recognises, in wasmtime's words, a step cap the plugin ran into: the object counts
+/// (`resource limit exceeded: {what} count too high at {n}`), the resource table (`resource
+/// table has no free keys`) and the hostcall fuel.
+fn engine_cap(text: &str, limits: &Limits) -> Option<Fault> {
+    let counts = [
         ("instance", "instances", sandbox::MAX_INSTANCES),
         ("memory", "memories", sandbox::MAX_MEMORIES),
         ("table", "tables", sandbox::MAX_TABLES),
     ];
-    caps.into_iter().find_map(|(name, what, limit)| {
+    let count = counts.into_iter().find_map(|(name, what, limit)| {
         text.contains(&format!("resource limit exceeded: {name} count too high"))
             .then_some(Fault::TooMany { what, limit })
-    })
+    });
+    if count.is_some() {
+        count
+    } else if text.contains("resource table has no free keys") {
+        Some(Fault::Resources(sandbox::MAX_RESOURCES))
+    } else if text.contains(HOSTCALL_EXHAUSTED) {
+        Some(Fault::BadOutput(format!(
+            "the plugin passed more than {} to the engine in one call, more than a step can keep",
+            fmt_bytes(hostcall_bytes(limits) as u64)
+        )))
+    } else {
+        None
+    }
 }
 
 /// Turns what `run` returned into an [`Outcome`], checking every string against the step's

@@ -36,12 +36,12 @@ pub(crate) const MAX_TABLES: usize = 64;
 
 /// Bounds what a step takes from the host: the bytes of all its memories and tables and what
 /// its instances cost outside them, together (the step's `memory` limit), and how many
-/// instances, memories and tables it creates. Records which limit was hit, so the trap that follows (Rust aborts when an
-/// allocation fails) is reported as the limit it is.
+/// instances, memories and tables it creates. Records that the limit was hit, so the trap
+/// that follows (Rust aborts when an allocation fails) is reported as the limit it is.
 pub(crate) struct Limiter {
-    /// The step's `memory` limit, for every memory and table of the step together.
+    /// The step's `memory` limit, for all of the step's memories, tables and instances.
     budget: usize,
-    /// What the step's memories and tables hold now, in bytes.
+    /// What they take now, in bytes.
     used: usize,
     pub(crate) hit: bool,
 }
