@@ -129,9 +129,17 @@ impl Capture {
         inner.take(bytes);
     }
 
-    /// Emits what is left of a last, unterminated line, and how much was dropped.
-    pub(crate) fn finish(&self) {
+    /// Emits what is left of a last, unterminated line, and how much was dropped. `cut` says
+    /// the plugin was stopped (a trap, a timeout) rather than done: the line may end in the
+    /// middle of a secret, whose start is then masked.
+    pub(crate) fn finish(&self, cut: bool) {
         let mut inner = self.inner.lock().unwrap();
+        if cut {
+            let CaptureInner {
+                pending, redactor, ..
+            } = &mut *inner;
+            redactor.mask_partial_tail(pending);
+        }
         inner.flush_pending();
         if inner.dropped > 0 {
             let message = format!(
@@ -279,7 +287,7 @@ mod tests {
         capture.write(b"hel");
         capture.write(b"lo\nwor");
         capture.write(b"ld\n\npartial");
-        capture.finish();
+        capture.finish(false);
         let messages: Vec<_> = lines
             .lock()
             .unwrap()
@@ -294,7 +302,7 @@ mod tests {
         let (capture, lines) = collect(10);
         capture.write(b"0123456789abc\n");
         capture.write(&[b'x'; 1000]);
-        capture.finish();
+        capture.finish(false);
         let lines = lines.lock().unwrap();
         let messages: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
         assert_eq!(
@@ -341,7 +349,7 @@ mod tests {
             let (first, second) = text.as_bytes().split_at(MAX_LINE);
             capture.write(first);
             capture.write(second);
-            capture.finish();
+            capture.finish(false);
             let out = joined(&lines);
             assert!(!out.contains("s3cr3t"), "offset {offset}");
             assert!(!out.contains("0123456789"), "offset {offset}");
@@ -350,12 +358,21 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_cut_by_a_stopped_plugin_is_masked() {
+        // A plugin killed mid-line leaves the start of a secret that never ends.
+        let (capture, lines) = collect_redacted(1 << 20, "s3cr3t-value-0123456789");
+        capture.write(b"token=s3cr3t-val");
+        capture.finish(true);
+        assert_eq!(joined(&lines), "token=***");
+    }
+
+    #[test]
     fn a_secret_cut_by_the_log_limit_is_masked() {
         // Bug: the log budget cut a secret in two and printed its first half.
         let secret = "s3cr3t-value-0123456789";
         let (capture, lines) = collect_redacted(20, secret);
         capture.write(format!("token={secret}\n").as_bytes());
-        capture.finish();
+        capture.finish(false);
         let out = joined(&lines);
         assert!(!out.contains("s3cr3t"), "{out}");
         assert!(out.starts_with("token=***"), "{out}");

@@ -549,7 +549,7 @@ impl Host {
             };
             tokio::time::timeout(limits.timeout + WALL_CLOCK_GRACE, run).await
         };
-        store.data_mut().finish_logs();
+        store.data_mut().finish_logs(!matches!(result, Ok(Ok(_))));
         let outcome = match result {
             Err(_) => Outcome::Fault(Fault::Timeout(limits.timeout)),
             Ok(Err(e)) => Outcome::Fault(classify_trap(&e, &store, &limits)),

@@ -82,7 +82,9 @@ impl Redactor {
     }
 
     /// Replaces the end of `bytes` when it is the beginning of a secret: text cut there for
-    /// good (a spent log budget) would otherwise show part of the secret in clear.
+    /// good (a spent log budget, a plugin stopped mid-line) would otherwise show part of the
+    /// secret in clear. A beginning shorter than [`MIN_REDACTED_LEN`] is left, as a whole
+    /// secret that short would be.
     pub(crate) fn mask_partial_tail(&self, bytes: &mut Vec<u8>) {
         let longest_start = self
             .secrets
@@ -90,7 +92,8 @@ impl Redactor {
             .filter_map(|secret| {
                 let secret = secret.as_bytes();
                 let from = bytes.len().saturating_sub(secret.len() - 1);
-                (from..bytes.len()).find(|&start| secret.starts_with(&bytes[start..]))
+                let to = bytes.len().saturating_sub(MIN_REDACTED_LEN - 1);
+                (from..to).find(|&start| secret.starts_with(&bytes[start..]))
             })
             .min();
         if let Some(start) = longest_start {

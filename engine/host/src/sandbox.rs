@@ -251,10 +251,11 @@ impl StepState {
         });
     }
 
-    /// Emits partial lines and truncation counts once the call is over.
-    pub(crate) fn finish_logs(&mut self) {
-        self.stdout.finish();
-        self.stderr.finish();
+    /// Emits partial lines and truncation counts once the call is over; `cut` says it did not
+    /// return (see [`Capture::finish`]).
+    pub(crate) fn finish_logs(&mut self, cut: bool) {
+        self.stdout.finish(cut);
+        self.stderr.finish(cut);
     }
 
     /// The message of a Rust panic, when the plugin printed one to stderr before trapping.
