@@ -68,7 +68,7 @@ fn opened_fd(grant: &Grant, fd: std::os::fd::OwnedFd) -> Opened {
 fn describe(grant: &Grant, e: &io::Error) -> String {
     if e.raw_os_error() == Some(EXDEV) {
         format!(
-            "`{}` leads out of `{}` through a symlink or `..`; a grant never follows a symlink out of its root",
+            "`{}` leads out of `{}` through a symlink or `..`; a grant never follows a symlink out of its root: grant the directory the symlink points to instead, or remove the symlink",
             grant.host_path.display(),
             grant.root.display()
         )
