@@ -321,24 +321,24 @@ fn memories_of_many_core_instances_together_hit_the_step_memory_limit() {
 }
 
 #[test]
-fn too_many_core_instances_memories_or_tables_are_refused_by_name() {
-    // Bug: a component could create 10,000 instances, memories or tables (wasmtime's default),
-    // each costing host memory or gigabytes of address space outside the `memory` limit.
+fn too_many_core_instances_memories_or_tables_fail_the_step_by_name() {
+    // Bug: a step could create 10,000 instances, memories or tables (wasmtime's default), each
+    // costing host memory or gigabytes of address space outside the `memory` limit.
     let dir = TestDir::new();
     let mut instances = String::from("(core module $empty)\n");
-    instances.push_str(&"(core instance (instantiate $empty))\n".repeat(300));
+    instances.push_str(&"(core instance (instantiate $empty))\n".repeat(600));
     let cases = [
         (
             "instances",
             support::wat::hoarder(0, 0, 0, 0),
             instances,
-            "256 instances",
+            "500 instances",
         ),
         (
             "memories",
-            support::wat::hoarder(20, 0, 0, 0),
+            support::wat::hoarder(80, 0, 0, 0),
             String::new(),
-            "16 memories",
+            "64 memories",
         ),
         (
             "tables",
@@ -350,13 +350,15 @@ fn too_many_core_instances_memories_or_tables_are_refused_by_name() {
     for (name, core, extra, limit) in cases {
         let file = support::wat::component(dir.path(), name, &core, &extra);
         let run = run_component(&dir, &file, "64MiB");
-        assert_ne!(run.code, 0, "{name}: {}", run.stderr);
-        let said = format!("{}{}", run.stderr, run.stdout);
-        assert!(
-            said.contains(&format!(
-                "memory limit: the plugin tried to create more than {limit}"
-            )),
-            "{name}: {said}"
+        assert_eq!(run.code, 1, "{name}: {}", run.stderr);
+        let (kind, message) = run.error("hoard");
+        assert_eq!(kind, "memory", "{name}: {message}");
+        assert_eq!(
+            message,
+            format!(
+                "memory limit: the plugin tried to create more than {limit}, the most a step may have"
+            ),
+            "{name}"
         );
     }
 }

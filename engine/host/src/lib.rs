@@ -484,6 +484,7 @@ impl Host {
             &Grants::default(),
             &limits,
             plugin.instances_cost,
+            sandbox::Caps::DESCRIBE,
             Redactor::default(),
             sink,
         )
@@ -525,6 +526,7 @@ impl Host {
             &call.grants,
             &limits,
             plugin.instances_cost,
+            sandbox::Caps::STEP,
             redactor.clone(),
             call.logs,
         ) {
@@ -605,7 +607,7 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
         return Fault::Memory(limits.memory);
     }
     let text = format!("{error:#}");
-    if let Some(fault) = engine_cap(&text, limits) {
+    if let Some(fault) = engine_cap(&text, limits, state.limiter.caps) {
         return fault;
     }
     match error.downcast_ref::<wasmtime::Trap>() {
@@ -624,11 +626,11 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
 /// Recognises, in wasmtime's words, a step cap the plugin ran into: the object counts
 /// (`resource limit exceeded: {what} count too high at {n}`), the resource table (`resource
 /// table has no free keys`) and the hostcall fuel.
-fn engine_cap(text: &str, limits: &Limits) -> Option<Fault> {
+fn engine_cap(text: &str, limits: &Limits, caps: sandbox::Caps) -> Option<Fault> {
     let counts = [
-        ("instance", "instances", sandbox::MAX_INSTANCES),
-        ("memory", "memories", sandbox::MAX_MEMORIES),
-        ("table", "tables", sandbox::MAX_TABLES),
+        ("instance", "instances", caps.instances),
+        ("memory", "memories", caps.memories),
+        ("table", "tables", caps.tables),
     ];
     let count = counts.into_iter().find_map(|(name, what, limit)| {
         text.contains(&format!("resource limit exceeded: {name} count too high"))

@@ -20,19 +20,37 @@ use crate::{Grants, Level, Limits, fmt_bytes};
 /// charged to the step's `memory` limit at this rate, so many tables cannot add up to more.
 const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 
-/// The most core instances one step may create. A Rust plugin has about five (its module,
-/// the WASI adapter and the shims `wit-component` adds); componentize-py links a dozen
-/// libraries. Each instance costs host memory outside linear memory, so the count is capped
-/// far above what any real plugin needs and far below wasmtime's default of 10,000.
-pub(crate) const MAX_INSTANCES: usize = 256;
+/// How many core instances, linear memories and tables a store may create.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caps {
+    pub(crate) instances: usize,
+    pub(crate) memories: usize,
+    pub(crate) tables: usize,
+}
 
-/// The most linear memories one step may have. Each one reserves gigabytes of address space
-/// with its guard pages, whatever its size; real plugins have one or two.
-pub(crate) const MAX_MEMORIES: usize = 16;
+impl Caps {
+    /// A step's caps. A Rust plugin has about five core instances (its module, the WASI
+    /// adapter and the shims `wit-component` adds), one memory and a few tables; componentize-py
+    /// links a dozen libraries. Each memory reserves gigabytes of address space with its guard
+    /// pages whatever its size, and each instance and table costs the host bookkeeping, so the
+    /// caps sit far above any real plugin and far below wasmtime's default of 10,000 (one
+    /// component may declare 1,000 core instances and a module 100 memories and 100 tables;
+    /// nested components and instances multiply them).
+    pub(crate) const STEP: Caps = Caps {
+        instances: 500,
+        memories: 64,
+        tables: 64,
+    };
 
-/// The most tables one step may have. Real plugins have a handful (one per module that
-/// calls indirectly).
-pub(crate) const MAX_TABLES: usize = 64;
+    /// `describe()` runs once per plugin, when a workflow is prepared, and a plugin over the
+    /// step's caps must still be described for its step to fail with the fault that names
+    /// them; it keeps wasmtime's defaults, the engine's bound before step caps existed.
+    pub(crate) const DESCRIBE: Caps = Caps {
+        instances: 10_000,
+        memories: 10_000,
+        tables: 10_000,
+    };
+}
 
 /// Bounds what a step takes from the host: the bytes of all its memories and tables and what
 /// its instances cost outside them, together (the step's `memory` limit), and how many
@@ -41,6 +59,8 @@ pub(crate) const MAX_TABLES: usize = 64;
 pub(crate) struct Limiter {
     /// The step's `memory` limit, for all of the step's memories, tables and instances.
     budget: usize,
+    /// How many instances, memories and tables the store may create.
+    pub(crate) caps: Caps,
     /// What they take now, in bytes.
     used: usize,
     pub(crate) hit: bool,
@@ -49,9 +69,10 @@ pub(crate) struct Limiter {
 impl Limiter {
     /// A limiter for a step with `budget` bytes, `charged` of them taken before the plugin
     /// starts (what its instances cost outside memories and tables).
-    pub(crate) fn new(budget: usize, charged: usize) -> Self {
+    pub(crate) fn new(budget: usize, charged: usize, caps: Caps) -> Self {
         Limiter {
             budget,
+            caps,
             used: charged,
             hit: false,
         }
@@ -101,15 +122,15 @@ impl wasmtime::ResourceLimiter for Limiter {
     }
 
     fn instances(&self) -> usize {
-        MAX_INSTANCES
+        self.caps.instances
     }
 
     fn memories(&self) -> usize {
-        MAX_MEMORIES
+        self.caps.memories
     }
 
     fn tables(&self) -> usize {
-        MAX_TABLES
+        self.caps.tables
     }
 }
 
@@ -164,6 +185,7 @@ impl StepState {
         grants: &Grants,
         limits: &Limits,
         instances_cost: u64,
+        caps: Caps,
         redactor: Redactor,
         sink: LogSink,
     ) -> Result<Self, String> {
@@ -227,6 +249,7 @@ impl StepState {
             limiter: Limiter::new(
                 usize::try_from(limits.memory).unwrap_or(usize::MAX),
                 usize::try_from(instances_cost).unwrap_or(usize::MAX),
+                caps,
             ),
             deadline: Instant::now() + limits.timeout,
             redactor,
