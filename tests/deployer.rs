@@ -736,3 +736,98 @@ fn a_dry_run_fails_where_the_real_run_would_for_a_missing_grant() {
         assert!(!dir.path().join("site/releases").exists());
     }
 }
+
+/// A build whose tree holds `link -> target`, as a directory and as a `.tar.gz` of it.
+fn build_with_link(dir: &TestDir, link: &str, target: &str) {
+    build(dir, "1");
+    std::os::unix::fs::symlink(target, dir.path().join("build").join(link)).unwrap();
+    std::fs::create_dir_all(dir.path().join("dist")).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "dist/app.tar.gz", "-C", "build", "."])
+        .current_dir(dir.path())
+        .status()
+        .expect("the system `tar`");
+    assert!(tar.success());
+}
+
+#[test]
+fn a_symlink_out_of_the_release_is_refused_from_a_tarball_and_a_directory() {
+    // Bug: a relative symlink that climbs out (`esc -> ../../../../outside`) was unpacked or
+    // copied into the release, and a later step granted a path through it left every grant.
+    for (link, target) in [
+        ("esc", "../../../../outside"),
+        ("assets/up", "../../x"),
+        ("sneaky", "assets/../../x"),
+        ("abs", "/etc"),
+    ] {
+        for source in ["dist/app.tar.gz", "build"] {
+            let dir = TestDir::new();
+            build_with_link(&dir, link, target);
+            let run = dir.run(&deploy_yaml(source, "1", ""), &[]);
+            let (kind, message) = run.error("deploy");
+            assert_eq!(kind, "failed", "{source} {link}: {message}");
+            // WASI cannot even read a symlink to an absolute path in a source directory: that
+            // one is named without its target.
+            let named = if source == "build" && target.starts_with('/') {
+                format!("`{link}`")
+            } else {
+                format!("`{link}` -> `{target}`")
+            };
+            assert!(message.contains(&named), "{source} {link}: {message}");
+            assert!(!dir.path().join("site/current").exists());
+            assert!(releases(&dir).is_empty(), "the partial release is removed");
+        }
+    }
+}
+
+#[test]
+fn a_symlink_inside_the_release_is_deployed() {
+    // The check refuses only what leaves the release: links within it are a release's own.
+    let dir = TestDir::new();
+    build_with_link(&dir, "assets/index", "../index.html");
+    let run = dir.run(&deploy_yaml("dist/app.tar.gz", "1", ""), &[]);
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    let link = dir.path().join("site/releases/1/assets/index");
+    assert_eq!(
+        std::fs::read_link(link).unwrap(),
+        Path::new("../index.html")
+    );
+}
+
+#[test]
+fn a_tar_gz_hardlink_or_absolute_entry_is_refused() {
+    // Each other way a tar entry can point outside the release: a hardlink, an absolute name.
+    let dir = TestDir::new();
+    build(&dir, "1");
+    std::fs::hard_link(
+        dir.path().join("build/index.html"),
+        dir.path().join("build/again.html"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("dist")).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "dist/app.tar.gz", "-C", "build", "."])
+        .current_dir(dir.path())
+        .status()
+        .expect("the system `tar`");
+    assert!(tar.success());
+    let run = dir.run(&deploy_yaml("dist/app.tar.gz", "1", ""), &[]);
+    let (kind, message) = run.error("deploy");
+    assert_eq!(kind, "failed");
+    assert!(message.contains("html"), "{message}");
+    assert!(message.contains("Link"), "{message}");
+
+    let abs = dir.path().join("build/index.html");
+    let tar = std::process::Command::new("tar")
+        .args(["-czPf", "dist/app.tar.gz"])
+        .arg(&abs)
+        .current_dir(dir.path())
+        .status()
+        .expect("the system `tar`");
+    assert!(tar.success());
+    let run = dir.run(&deploy_yaml("dist/app.tar.gz", "2", ""), &[]);
+    let (kind, message) = run.error("deploy");
+    assert_eq!(kind, "failed");
+    assert!(message.contains("outside the release"), "{message}");
+    assert!(releases(&dir).is_empty());
+}

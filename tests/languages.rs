@@ -46,30 +46,10 @@ fn echo_wat() -> &'static Path {
     static FILE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &FILE
         .get_or_init(|| {
-            let root = root();
-            let mut module = wat::parse_file(root.join("plugins/examples/echo-wat/echo.wat"))
-                .expect("echo.wat parses");
-            let mut resolve = wit_parser::Resolve::default();
-            let (package, _) = resolve.push_dir(root.join("wit")).expect("the WIT parses");
-            let world = resolve
-                .select_world(&[package], Some("step"))
-                .expect("the `step` world");
-            wit_component::embed_component_metadata(
-                &mut module,
-                &resolve,
-                world,
-                wit_component::StringEncoding::UTF8,
-            )
-            .expect("the world embeds");
-            let component = wit_component::ComponentEncoder::default()
-                .validate(true)
-                .module(&module)
-                .expect("the module fits the world")
-                .encode()
-                .expect("the component encodes");
+            let core = std::fs::read_to_string(root().join("plugins/examples/echo-wat/echo.wat"))
+                .expect("echo.wat is readable");
             let dir = tempfile::tempdir().unwrap();
-            let file = dir.path().join("echo-wat.wasm");
-            std::fs::write(&file, component).unwrap();
+            let file = support::wat::component(dir.path(), "echo-wat", &core, "");
             (dir, file)
         })
         .1

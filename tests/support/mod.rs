@@ -7,6 +7,7 @@
 )]
 
 pub mod http;
+pub mod wat;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

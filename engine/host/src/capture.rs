@@ -48,8 +48,8 @@ pub struct LogLine {
 /// Receives a step's log lines as they are produced.
 pub type LogSink = Arc<dyn Fn(LogLine) + Send + Sync>;
 
-/// A partial line longer than this is emitted as it is, so one endless line cannot hold
-/// unbounded memory while it waits for its newline.
+/// A partial line longer than this is emitted as it is (less what may be the start of a
+/// secret), so one endless line is not held back whole while it waits for its newline.
 const MAX_LINE: usize = 16 * 1024;
 
 /// How much of stderr is kept aside to find a panic message in, after the budget is spent.
@@ -110,6 +110,12 @@ impl Capture {
             bytes = &bytes[..room];
             inner.take(bytes);
             if first_drop {
+                // Nothing more of this line will come: the start of a secret cut off here
+                // would never be completed, and so never redacted.
+                let CaptureInner {
+                    pending, redactor, ..
+                } = &mut *inner;
+                redactor.mask_partial_tail(pending);
                 inner.flush_pending();
                 let marker = format!(
                     "[{} truncated: the step's log_limit of {} is reached; further output is dropped]",
@@ -123,9 +129,17 @@ impl Capture {
         inner.take(bytes);
     }
 
-    /// Emits what is left of a last, unterminated line, and how much was dropped.
-    pub(crate) fn finish(&self) {
+    /// Emits what is left of a last, unterminated line, and how much was dropped. `cut` says
+    /// the plugin was stopped (a trap, a timeout) rather than done: the line may end in the
+    /// middle of a secret, whose start is then masked.
+    pub(crate) fn finish(&self, cut: bool) {
         let mut inner = self.inner.lock().unwrap();
+        if cut {
+            let CaptureInner {
+                pending, redactor, ..
+            } = &mut *inner;
+            redactor.mask_partial_tail(pending);
+        }
         inner.flush_pending();
         if inner.dropped > 0 {
             let message = format!(
@@ -156,7 +170,11 @@ impl CaptureInner {
         }
         self.pending.extend_from_slice(rest);
         if self.pending.len() >= MAX_LINE {
+            // Cut where no secret straddles the cut, keeping back what may be a secret's start.
+            let cut = self.redactor.safe_cut(&self.pending);
+            let rest = self.pending.split_off(cut);
             self.flush_pending();
+            self.pending = rest;
         }
     }
 
@@ -269,7 +287,7 @@ mod tests {
         capture.write(b"hel");
         capture.write(b"lo\nwor");
         capture.write(b"ld\n\npartial");
-        capture.finish();
+        capture.finish(false);
         let messages: Vec<_> = lines
             .lock()
             .unwrap()
@@ -284,7 +302,7 @@ mod tests {
         let (capture, lines) = collect(10);
         capture.write(b"0123456789abc\n");
         capture.write(&[b'x'; 1000]);
-        capture.finish();
+        capture.finish(false);
         let lines = lines.lock().unwrap();
         let messages: Vec<_> = lines.iter().map(|l| l.message.as_str()).collect();
         assert_eq!(
@@ -296,5 +314,67 @@ mod tests {
             ]
         );
         assert!(capture.tail().ends_with("xxxx"));
+    }
+
+    fn collect_redacted(budget: usize, secret: &str) -> (Arc<Capture>, Arc<Mutex<Vec<LogLine>>>) {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink_lines = lines.clone();
+        let sink: LogSink = Arc::new(move |line| sink_lines.lock().unwrap().push(line));
+        let redactor = Redactor::new([secret]);
+        (
+            Capture::new(LogSource::Stdout, budget, sink, redactor),
+            lines,
+        )
+    }
+
+    fn joined(lines: &Mutex<Vec<LogLine>>) -> String {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|l| l.message.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_secret_across_the_long_line_cut_is_redacted() {
+        // Bug: a line force-flushed at 16 KiB was redacted piece by piece.
+        let secret = "s3cr3t-value-0123456789";
+        for offset in [1, 5, 10, 22] {
+            let (capture, lines) = collect_redacted(1 << 20, secret);
+            let mut text = "x".repeat(MAX_LINE - offset);
+            text.push_str(secret);
+            text.push_str(&"y".repeat(100));
+            // Two writes, the first ending at the flush size, in the middle of the secret.
+            let (first, second) = text.as_bytes().split_at(MAX_LINE);
+            capture.write(first);
+            capture.write(second);
+            capture.finish(false);
+            let out = joined(&lines);
+            assert!(!out.contains("s3cr3t"), "offset {offset}");
+            assert!(!out.contains("0123456789"), "offset {offset}");
+            assert!(out.contains("***"), "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn a_secret_cut_by_a_stopped_plugin_is_masked() {
+        // A plugin killed mid-line leaves the start of a secret that never ends.
+        let (capture, lines) = collect_redacted(1 << 20, "s3cr3t-value-0123456789");
+        capture.write(b"token=s3cr3t-val");
+        capture.finish(true);
+        assert_eq!(joined(&lines), "token=***");
+    }
+
+    #[test]
+    fn a_secret_cut_by_the_log_limit_is_masked() {
+        // Bug: the log budget cut a secret in two and printed its first half.
+        let secret = "s3cr3t-value-0123456789";
+        let (capture, lines) = collect_redacted(20, secret);
+        capture.write(format!("token={secret}\n").as_bytes());
+        capture.finish(false);
+        let out = joined(&lines);
+        assert!(!out.contains("s3cr3t"), "{out}");
+        assert!(out.starts_with("token=***"), "{out}");
     }
 }

@@ -17,10 +17,16 @@ type ResponseFuture = Box<
         > + Send,
 >;
 
+/// How many refused requests are logged, one line each, per step. A plugin that retries a
+/// refused host in a loop must not write one engine line per attempt without end.
+pub(crate) const MAX_REFUSALS_LOGGED: usize = 100;
+
 pub(crate) struct AllowList {
     pub(crate) patterns: Vec<HostPattern>,
     pub(crate) logs: LogSink,
     pub(crate) redactor: Redactor,
+    /// Refused requests so far.
+    pub(crate) refused: usize,
 }
 
 impl AllowList {
@@ -49,14 +55,23 @@ impl WasiHttpHooks for AllowList {
         let allowed = match Self::destination(request.uri()) {
             Some((host, port)) if self.allows(&host, port) => true,
             Some((host, port)) => {
-                let message = format!(
-                    "http request to `{host}:{port}` refused: the step's allow.http does not grant it (add `{host}` or `{host}:{port}`)"
-                );
-                (self.logs)(LogLine {
-                    level: Level::Warn,
-                    source: LogSource::Engine,
-                    message: self.redactor.redact(&message),
-                });
+                self.refused += 1;
+                let message = match self.refused {
+                    n if n < MAX_REFUSALS_LOGGED => Some(format!(
+                        "http request to `{host}:{port}` refused: the step's allow.http does not grant it (add `{host}` or `{host}:{port}`)"
+                    )),
+                    MAX_REFUSALS_LOGGED => Some(format!(
+                        "http request to `{host}:{port}` refused; {MAX_REFUSALS_LOGGED} requests were refused, further refusals are not logged"
+                    )),
+                    _ => None,
+                };
+                if let Some(message) = message {
+                    (self.logs)(LogLine {
+                        level: Level::Warn,
+                        source: LogSource::Engine,
+                        message: self.redactor.redact(&message),
+                    });
+                }
                 false
             }
             None => false,

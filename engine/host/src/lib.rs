@@ -10,10 +10,12 @@
 //! It deliberately knows nothing about workflows beyond the plain data it is given (grants
 //! and limits): ordering, retries and expressions belong to the runner.
 
+mod beneath;
 mod bindings;
 mod cache;
 mod capture;
 mod http;
+mod objects;
 mod redact;
 mod sandbox;
 
@@ -30,7 +32,7 @@ use crate::bindings::StepPre;
 pub use crate::capture::{LogLine, LogSink, LogSource};
 pub use crate::redact::Redactor;
 use crate::sandbox::StepState;
-pub use shiphat_workflow::{HostPattern, Limits};
+pub use shiphat_workflow::{Grant, HostPattern, Limits};
 
 /// A plugin log level, as in the WIT `host.level` enum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -136,6 +138,9 @@ pub struct Plugin {
     component: Component,
     pre: StepPre<StepState>,
     stack: usize,
+    /// What its core instances cost the host outside memories and tables, charged to every
+    /// step's `memory` limit (see `objects.rs`).
+    instances_cost: u64,
     /// What `describe()` said; it must not depend on anything, so it is asked once.
     info: tokio::sync::OnceCell<PluginInfo>,
     /// How this plugin was obtained, for diagnostics and benchmarks.
@@ -190,10 +195,10 @@ pub struct Context {
 /// What a step may reach, resolved to concrete values.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
-    /// Directories opened read-only: host path, and the name the plugin sees.
-    pub read: Vec<(PathBuf, String)>,
-    /// Directories opened read-write.
-    pub write: Vec<(PathBuf, String)>,
+    /// Directories opened read-only, each beneath its root.
+    pub read: Vec<Grant>,
+    /// Directories opened read-write, created (beneath their root) when missing.
+    pub write: Vec<Grant>,
     /// Hosts the plugin may send HTTP requests to.
     pub http: Vec<HostPattern>,
     /// Environment variables, with their values.
@@ -211,6 +216,9 @@ pub struct Call {
     pub limits: Limits,
     /// Receives the plugin's log lines (already redacted) as they are written.
     pub logs: LogSink,
+    /// Redacts every secret the run grants to any of its steps, this step's included: a
+    /// secret handed on through a file or an output must not show in another step.
+    pub redactor: Redactor,
 }
 
 /// How a call of `run` ended.
@@ -239,8 +247,15 @@ pub enum Outcome {
 pub enum Fault {
     /// The step ran past its `timeout`.
     Timeout(Duration),
-    /// The plugin tried to grow its memory past the step's `memory` limit.
+    /// The plugin tried to grow its memories and tables, all together, past the step's
+    /// `memory` limit.
     Memory(u64),
+    /// The plugin tried to create more instances, memories or tables than a step may have
+    /// (`what` says which, `limit` is the cap).
+    TooMany { what: &'static str, limit: usize },
+    /// The plugin tried to hold more host objects (open files, streams, requests) at once than
+    /// a step may; the cap.
+    Resources(usize),
     /// The plugin overflowed its wasm stack (the step's `stack` limit).
     StackOverflow(usize),
     /// The plugin panicked; the panic message, as it printed it.
@@ -267,6 +282,14 @@ impl std::fmt::Display for Fault {
                 f,
                 "memory limit: the plugin tried to use more than {} of memory",
                 fmt_bytes(*limit)
+            ),
+            Fault::TooMany { what, limit } => write!(
+                f,
+                "memory limit: the plugin tried to create more than {limit} {what}, the most a step may have"
+            ),
+            Fault::Resources(limit) => write!(
+                f,
+                "resource limit: the plugin tried to hold more than {limit} host objects at once (open files, directories, streams, HTTP requests), the most a step may have; close what you no longer need"
             ),
             Fault::StackOverflow(limit) => write!(
                 f,
@@ -354,6 +377,7 @@ impl std::fmt::Debug for Host {
 
 impl Host {
     pub fn new(config: HostConfig) -> Result<Self> {
+        raise_descriptor_limit();
         let host = Host {
             inner: Arc::new(HostInner {
                 config,
@@ -442,6 +466,7 @@ impl Host {
             component,
             pre,
             stack,
+            instances_cost: objects::instances_cost(&bytes),
             info: tokio::sync::OnceCell::new(),
             load,
         });
@@ -474,20 +499,35 @@ impl Host {
             path: plugin.path.clone(),
             message,
         };
-        let state = StepState::new(&Grants::default(), &limits, Redactor::default(), sink)
-            .map_err(describe_error)?;
+        if plugin.instances_cost > limits.memory {
+            return Err(describe_error(Fault::Memory(limits.memory).to_string()));
+        }
+        let state = StepState::new(
+            &Grants::default(),
+            &limits,
+            plugin.instances_cost,
+            sandbox::Caps::DESCRIBE,
+            Redactor::default(),
+            sink,
+        )
+        .map_err(describe_error)?;
         let mut store = new_store(&set.engine, state, &limits);
         let call = async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             instance.call_describe(&mut store).await
         };
         match tokio::time::timeout(limits.timeout + WALL_CLOCK_GRACE, call).await {
-            Ok(Ok(info)) => Ok(PluginInfo {
-                name: info.name,
-                version: info.version,
-                description: info.description,
-                config_schema: info.config_schema,
-            }),
+            Ok(Ok(info)) => {
+                let limit = limits.output_bytes;
+                let check =
+                    |text: String, what| check_text(text, limit, what).map_err(describe_error);
+                Ok(PluginInfo {
+                    name: check(info.name, "name")?,
+                    version: check(info.version, "version")?,
+                    description: check(info.description, "description")?,
+                    config_schema: check(info.config_schema, "config-schema")?,
+                })
+            }
             Ok(Err(e)) => Err(describe_error(
                 classify_trap(&e, &store, &limits).to_string(),
             )),
@@ -499,9 +539,19 @@ impl Host {
     /// answer is an [`Outcome`].
     pub async fn run(&self, plugin: &Plugin, call: Call) -> Outcome {
         let set = self.engine_for(plugin.stack);
-        let redactor = Redactor::new(call.grants.secrets.iter().map(|(_, v)| v.as_str()));
+        let redactor = call.redactor;
         let limits = call.limits;
-        let state = match StepState::new(&call.grants, &limits, redactor.clone(), call.logs) {
+        if plugin.instances_cost > limits.memory {
+            return Outcome::Fault(Fault::Memory(limits.memory));
+        }
+        let state = match StepState::new(
+            &call.grants,
+            &limits,
+            plugin.instances_cost,
+            sandbox::Caps::STEP,
+            redactor.clone(),
+            call.logs,
+        ) {
             Ok(state) => state,
             Err(message) => return Outcome::Fault(Fault::Setup(redactor.redact(&message))),
         };
@@ -523,30 +573,12 @@ impl Host {
             };
             tokio::time::timeout(limits.timeout + WALL_CLOCK_GRACE, run).await
         };
-        store.data_mut().finish_logs();
+        store.data_mut().finish_logs(!matches!(result, Ok(Ok(_))));
         let outcome = match result {
             Err(_) => Outcome::Fault(Fault::Timeout(limits.timeout)),
             Ok(Err(e)) => Outcome::Fault(classify_trap(&e, &store, &limits)),
-            Ok(Ok(Ok(out))) => match parse_outputs(&out.outputs, limits.output_bytes, "outputs") {
-                Ok(outputs) => Outcome::Succeeded {
-                    outputs,
-                    summary: out.summary,
-                },
-                Err(message) => Outcome::Fault(Fault::BadOutput(message)),
-            },
-            Ok(Ok(Err(bindings::StepError::Failed(failure)))) => {
-                match parse_outputs(&failure.outputs, limits.output_bytes, "failure outputs") {
-                    Ok(outputs) => Outcome::Failed {
-                        message: failure.message,
-                        outputs,
-                    },
-                    Err(message) => Outcome::Fault(Fault::BadOutput(message)),
-                }
-            }
-            Ok(Ok(Err(bindings::StepError::InvalidConfig(message)))) => {
-                Outcome::InvalidConfig(message)
-            }
-            Ok(Ok(Err(bindings::StepError::Transient(message)))) => Outcome::Transient(message),
+            Ok(Ok(answer)) => check_answer(answer, limits.output_bytes)
+                .unwrap_or_else(|message| Outcome::Fault(Fault::BadOutput(message))),
         };
         redactor.redact_outcome(outcome)
     }
@@ -555,6 +587,7 @@ impl Host {
 fn new_store(engine: &Engine, state: StepState, limits: &Limits) -> Store<StepState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
+    store.set_hostcall_fuel(hostcall_bytes(limits));
     let deadline = Instant::now() + limits.timeout;
     store.data_mut().deadline = deadline;
     store.set_epoch_deadline(1);
@@ -570,11 +603,34 @@ fn new_store(engine: &Engine, state: StepState, limits: &Limits) -> Store<StepSt
     store
 }
 
+/// The least the engine lets a plugin pass it in one call (a string, a list), whatever the
+/// step's limits: far more than a real plugin logs or writes at once (WASI streams take at most
+/// a few KiB per write), and an eighth of wasmtime's default of 128 MiB.
+const MIN_HOSTCALL_BYTES: usize = 16 * 1024 * 1024;
+
+/// How much a plugin may pass the engine in one call: enough for everything a step may keep
+/// (its outputs and summary or message, a log line), and no more, so a plugin cannot make the
+/// host copy hundreds of megabytes only to refuse them.
+fn hostcall_bytes(limits: &Limits) -> usize {
+    let keepable = limits
+        .output_bytes
+        .saturating_mul(2)
+        .saturating_add(limits.log_bytes);
+    MIN_HOSTCALL_BYTES.max(keepable)
+}
+
+/// What wasmtime says when a call passes more than [`hostcall_bytes`].
+const HOSTCALL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
 /// Names the limit or crash behind a trap.
 fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Limits) -> Fault {
     let state = store.data();
     if state.limiter.hit {
         return Fault::Memory(limits.memory);
+    }
+    let text = format!("{error:#}");
+    if let Some(fault) = engine_cap(&text, limits, state.limiter.caps) {
+        return fault;
     }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => return Fault::Timeout(limits.timeout),
@@ -584,10 +640,73 @@ fn classify_trap(error: &wasmtime::Error, store: &Store<StepState>, limits: &Lim
     if let Some(message) = state.panic_message() {
         return Fault::Panic(message);
     }
-    let text = format!("{error:#}");
     // Rust's allocator aborts when memory.grow fails; the limiter above saw it, but a
     // plugin can also hit wasm's own 4 GiB ceiling.
     Fault::Trap(state.redactor.redact(text.lines().next().unwrap_or("trap")))
+}
+
+/// Recognises, in wasmtime's words, a step cap the plugin ran into: the object counts
+/// (`resource limit exceeded: {what} count too high at {n}`), the resource table (`resource
+/// table has no free keys`) and the hostcall fuel.
+fn engine_cap(text: &str, limits: &Limits, caps: sandbox::Caps) -> Option<Fault> {
+    let counts = [
+        ("instance", "instances", caps.instances),
+        ("memory", "memories", caps.memories),
+        ("table", "tables", caps.tables),
+    ];
+    let count = counts.into_iter().find_map(|(name, what, limit)| {
+        text.contains(&format!("resource limit exceeded: {name} count too high"))
+            .then_some(Fault::TooMany { what, limit })
+    });
+    if count.is_some() {
+        count
+    } else if text.contains("resource table has no free keys") {
+        Some(Fault::Resources(sandbox::MAX_RESOURCES))
+    } else if text.contains(HOSTCALL_EXHAUSTED) {
+        Some(Fault::BadOutput(format!(
+            "the plugin passed more than {} to the engine in one call, more than a step can keep",
+            fmt_bytes(hostcall_bytes(limits) as u64)
+        )))
+    } else {
+        None
+    }
+}
+
+/// Turns what `run` returned into an [`Outcome`], checking every string against the step's
+/// output limit: outputs must be a JSON object, and no text, however it is returned, may be
+/// longer than the limit.
+fn check_answer(
+    answer: std::result::Result<bindings::StepOutput, bindings::StepError>,
+    limit: usize,
+) -> std::result::Result<Outcome, String> {
+    Ok(match answer {
+        Ok(out) => Outcome::Succeeded {
+            outputs: parse_outputs(&out.outputs, limit, "outputs")?,
+            summary: check_text(out.summary, limit, "summary")?,
+        },
+        Err(bindings::StepError::Failed(failure)) => Outcome::Failed {
+            outputs: parse_outputs(&failure.outputs, limit, "failure outputs")?,
+            message: check_text(failure.message, limit, "failure message")?,
+        },
+        Err(bindings::StepError::InvalidConfig(message)) => {
+            Outcome::InvalidConfig(check_text(message, limit, "invalid-config message")?)
+        }
+        Err(bindings::StepError::Transient(message)) => {
+            Outcome::Transient(check_text(message, limit, "transient message")?)
+        }
+    })
+}
+
+/// Checks a text a plugin returned against the step's output limit.
+fn check_text(text: String, limit: usize, what: &str) -> std::result::Result<String, String> {
+    if text.len() > limit {
+        return Err(format!(
+            "the plugin's {what} is {} long, over the step's output_limit of {}",
+            fmt_bytes(text.len() as u64),
+            fmt_bytes(limit as u64)
+        ));
+    }
+    Ok(text)
 }
 
 /// Checks an `outputs` text from a plugin: a JSON object within the output limit. An empty
@@ -625,6 +744,30 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "an array",
         serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Raises the process's soft limit on open descriptors to its hard limit, once. Each step
+/// holds up to [`sandbox::MAX_RESOURCES`] descriptors, and the daemon must still accept
+/// connections and read its workflow directories while steps run; the soft limit (often
+/// 1024) is a default for programs that never expect many, not a policy.
+fn raise_descriptor_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let limit = getrlimit(Resource::Nofile);
+            if limit.current != limit.maximum {
+                let raised = Rlimit {
+                    current: limit.maximum,
+                    maximum: limit.maximum,
+                };
+                if let Err(e) = setrlimit(Resource::Nofile, raised) {
+                    tracing::warn!("cannot raise the open-file limit to its hard limit: {e}");
+                }
+            }
+        });
     }
 }
 

@@ -9,46 +9,151 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::beneath;
 use crate::bindings::{self, HostImports};
 use crate::capture::{Capture, CaptureStream, LogLine, LogSink, LogSource};
-use crate::http::AllowList;
+use crate::http::{AllowList, MAX_REFUSALS_LOGGED};
 use crate::redact::Redactor;
 use crate::{Grants, Level, Limits, fmt_bytes};
 
-/// Tables hold function references; real plugins use a few thousand entries at most. The
-/// cap only stops a plugin from growing one without end.
-const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+/// What one table element costs the host: wasmtime keeps each as one pointer. Tables are
+/// charged to the step's `memory` limit at this rate, so many tables cannot add up to more.
+const TABLE_ELEMENT_BYTES: usize = std::mem::size_of::<usize>();
 
-/// Records whether the plugin hit its memory limit, so the trap that follows (Rust aborts
-/// when an allocation fails) can be reported as the limit it is.
+/// How many core instances, linear memories and tables a store may create.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Caps {
+    pub(crate) instances: usize,
+    pub(crate) memories: usize,
+    pub(crate) tables: usize,
+}
+
+impl Caps {
+    /// A step's caps. A Rust plugin has about five core instances (its module, the WASI
+    /// adapter and the shims `wit-component` adds), one memory and a few tables; componentize-py
+    /// links a dozen libraries. Each memory reserves gigabytes of address space with its guard
+    /// pages whatever its size, and each instance and table costs the host bookkeeping, so the
+    /// caps sit far above any real plugin and far below wasmtime's default of 10,000 (one
+    /// component may declare 1,000 core instances and a module 100 memories and 100 tables;
+    /// nested components and instances multiply them).
+    pub(crate) const STEP: Caps = Caps {
+        instances: 500,
+        memories: 64,
+        tables: 64,
+    };
+
+    /// `describe()` runs once per plugin, when a workflow is prepared, and a plugin over the
+    /// step's caps must still be described for its step to fail with the fault that names
+    /// them; it keeps wasmtime's defaults, the engine's bound before step caps existed.
+    pub(crate) const DESCRIBE: Caps = Caps {
+        instances: 10_000,
+        memories: 10_000,
+        tables: 10_000,
+    };
+}
+
+/// Bounds what a step takes from the host: the bytes of all its memories and tables and what
+/// its instances cost outside them, together (the step's `memory` limit), and how many
+/// instances, memories and tables it creates. Records that the limit was hit, so the trap
+/// that follows (Rust aborts when an allocation fails) is reported as the limit it is.
 pub(crate) struct Limiter {
-    memory: usize,
+    /// The step's `memory` limit, for all of the step's memories, tables and instances.
+    budget: usize,
+    /// How many instances, memories and tables the store may create.
+    pub(crate) caps: Caps,
+    /// What they take now, in bytes.
+    used: usize,
     pub(crate) hit: bool,
+}
+
+impl Limiter {
+    /// A limiter for a step with `budget` bytes, `charged` of them taken before the plugin
+    /// starts (what its instances cost outside memories and tables).
+    pub(crate) fn new(budget: usize, charged: usize, caps: Caps) -> Self {
+        Limiter {
+            budget,
+            caps,
+            used: charged,
+            hit: false,
+        }
+    }
+
+    /// Charges growth from `current` to `desired` bytes against the step's budget. Growth
+    /// past the object's own maximum is refused without charge: wasmtime would fail it anyway
+    /// and the charge would never be returned.
+    fn grow(&mut self, current: usize, desired: usize, max: Option<usize>) -> bool {
+        if max.is_some_and(|max| desired > max) {
+            return false;
+        }
+        let used = self
+            .used
+            .saturating_sub(current)
+            .saturating_add(desired.max(current));
+        if used > self.budget {
+            self.hit = true;
+            return false;
+        }
+        self.used = used;
+        true
+    }
 }
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
+        Ok(self.grow(current, desired, max))
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        Ok(self.grow(
+            current.saturating_mul(TABLE_ELEMENT_BYTES),
+            desired.saturating_mul(TABLE_ELEMENT_BYTES),
+            max.map(|max| max.saturating_mul(TABLE_ELEMENT_BYTES)),
+        ))
+    }
+
+    fn instances(&self) -> usize {
+        self.caps.instances
+    }
+
+    fn memories(&self) -> usize {
+        self.caps.memories
+    }
+
+    fn tables(&self) -> usize {
+        self.caps.tables
     }
 }
+
+/// The most entries a step's resource table may hold at once. Every host object a plugin
+/// holds is one entry: an open file or directory, a stream, a pollable, an HTTP request, a
+/// set of headers. Every open descriptor is among them, so this also bounds the step's file
+/// descriptors, far below the process's limit. Real plugins hold a few dozen; a plugin that
+/// opens files without end must not exhaust the engine's descriptors and stop the daemon
+/// from accepting connections.
+pub(crate) const MAX_RESOURCES: usize = 1024;
+
+/// The most bytes one set of HTTP headers may take in host memory (wasi-http's default is
+/// 128 KiB). Servers refuse headers past 8 to 16 KiB; with [`MAX_RESOURCES`] sets at most,
+/// headers cannot hold more than 64 MiB of host memory outside the step's `memory` limit.
+const MAX_HTTP_FIELDS_BYTES: usize = 64 * 1024;
+
+/// The most random bytes one `get-random-bytes` call may ask for (WASI's default is 64 MiB,
+/// allocated on the host). Seeds and keys are a few dozen bytes.
+const MAX_RANDOM_BYTES: u64 = 1024 * 1024;
+
+/// How much of a name the plugin asked for is shown in an engine log line. Real secret names
+/// are a few dozen characters; a plugin must not write megabytes of log through a name.
+const MAX_SHOWN_NAME: usize = 128;
 
 /// `host.log` lines, within the step's log budget.
 struct PluginLog {
@@ -68,6 +173,8 @@ pub(crate) struct StepState {
     secrets: Vec<(String, String)>,
     sink: LogSink,
     plugin_log: PluginLog,
+    /// Secrets asked for and refused so far; only the first are logged.
+    refused_secrets: usize,
     stdout: Arc<Capture>,
     stderr: Arc<Capture>,
 }
@@ -77,6 +184,8 @@ impl StepState {
     pub(crate) fn new(
         grants: &Grants,
         limits: &Limits,
+        instances_cost: u64,
+        caps: Caps,
         redactor: Redactor,
         sink: LogSink,
     ) -> Result<Self, String> {
@@ -94,49 +203,59 @@ impl StepState {
         );
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdout(CaptureStream(stdout.clone()))
-            .stderr(CaptureStream(stderr.clone()));
+            .stderr(CaptureStream(stderr.clone()))
+            .max_random_size(MAX_RANDOM_BYTES);
         for (name, value) in &grants.env {
             wasi.env(name, value);
         }
-        for (host_path, guest_path) in &grants.read {
-            wasi.preopened_dir(host_path, guest_path, FsPerms::ReadOnly)
-                .map_err(|e| {
-                    format!(
-                        "cannot open `{}` granted by allow.read: {e}",
-                        host_path.display()
-                    )
-                })?;
+        for grant in &grants.read {
+            let dir = beneath::open(grant, false)
+                .map_err(|e| format!("cannot open the directory allow.read grants: {e}"))?;
+            // A grant written as `../x` is seen under that name too (`Grant::guest_paths`).
+            for guest in grant.guest_paths() {
+                wasi.preopened_dir(&dir.path, guest, FsPerms::ReadOnly)
+                    .map_err(|e| {
+                        format!(
+                            "cannot open `{}` granted by allow.read: {e}",
+                            grant.host_path.display()
+                        )
+                    })?;
+            }
         }
-        for (host_path, guest_path) in &grants.write {
+        for grant in &grants.write {
             // A write grant names a place to put things; creating it is what the user expects
             // of a first deploy to a new target.
-            std::fs::create_dir_all(host_path).map_err(|e| {
-                format!(
-                    "cannot create `{}` granted by allow.write: {e}",
-                    host_path.display()
-                )
-            })?;
-            wasi.preopened_dir(host_path, guest_path, FsPerms::ReadWrite)
-                .map_err(|e| {
-                    format!(
-                        "cannot open `{}` granted by allow.write: {e}",
-                        host_path.display()
-                    )
-                })?;
+            let dir = beneath::open(grant, true)
+                .map_err(|e| format!("cannot open the directory allow.write grants: {e}"))?;
+            for guest in grant.guest_paths() {
+                wasi.preopened_dir(&dir.path, guest, FsPerms::ReadWrite)
+                    .map_err(|e| {
+                        format!(
+                            "cannot open `{}` granted by allow.write: {e}",
+                            grant.host_path.display()
+                        )
+                    })?;
+            }
         }
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_HTTP_FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Ok(StepState {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             allow_list: AllowList {
                 patterns: grants.http.clone(),
                 logs: sink.clone(),
                 redactor: redactor.clone(),
+                refused: 0,
             },
-            limiter: Limiter {
-                memory: usize::try_from(limits.memory).unwrap_or(usize::MAX),
-                hit: false,
-            },
+            limiter: Limiter::new(
+                usize::try_from(limits.memory).unwrap_or(usize::MAX),
+                usize::try_from(instances_cost).unwrap_or(usize::MAX),
+                caps,
+            ),
             deadline: Instant::now() + limits.timeout,
             redactor,
             secrets: grants.secrets.clone(),
@@ -146,6 +265,7 @@ impl StepState {
                 used: 0,
                 truncated: false,
             },
+            refused_secrets: 0,
             stdout,
             stderr,
         })
@@ -159,10 +279,11 @@ impl StepState {
         });
     }
 
-    /// Emits partial lines and truncation counts once the call is over.
-    pub(crate) fn finish_logs(&mut self) {
-        self.stdout.finish();
-        self.stderr.finish();
+    /// Emits partial lines and truncation counts once the call is over; `cut` says it did not
+    /// return (see [`Capture::finish`]).
+    pub(crate) fn finish_logs(&mut self, cut: bool) {
+        self.stdout.finish(cut);
+        self.stderr.finish(cut);
     }
 
     /// The message of a Rust panic, when the plugin printed one to stderr before trapping.
@@ -265,10 +386,22 @@ impl HostImports for StepState {
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.clone());
         if found.is_none() {
-            self.engine_line(
-                Level::Warn,
-                format!("secret `{name}` refused: the step's allow.secrets does not grant it"),
-            );
+            // The name comes from the plugin: log no more of it than a real name could be.
+            let shown = match name.char_indices().nth(MAX_SHOWN_NAME) {
+                Some((end, _)) => format!("{}…", &name[..end]),
+                None => name,
+            };
+            self.refused_secrets += 1;
+            let message = match self.refused_secrets {
+                n if n < MAX_REFUSALS_LOGGED => {
+                    format!("secret `{shown}` refused: the step's allow.secrets does not grant it")
+                }
+                MAX_REFUSALS_LOGGED => format!(
+                    "secret `{shown}` refused; {MAX_REFUSALS_LOGGED} secrets were refused, further refusals are not logged"
+                ),
+                _ => return None,
+            };
+            self.engine_line(Level::Warn, message);
         }
         found
     }

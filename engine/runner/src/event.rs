@@ -67,13 +67,14 @@ pub enum ErrorKind {
     Transient,
     /// The step ran past its `timeout`.
     Timeout,
-    /// The plugin hit its `memory` limit.
+    /// The plugin hit its `memory` limit (all its memories and tables together), or a step's
+    /// cap on instances, memories or tables.
     Memory,
     /// The plugin overflowed its wasm `stack`.
     StackOverflow,
     /// The plugin panicked.
     Panic,
-    /// The plugin trapped for another reason.
+    /// The plugin trapped for another reason, or held more host objects than a step may.
     Trap,
     /// The plugin's outputs broke the contract.
     BadOutput,

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use shiphat_host::{Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo};
+use shiphat_host::{
+    Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo, Redactor,
+};
 use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Step, Workflow};
 use tokio_util::sync::CancellationToken;
 
@@ -313,6 +315,18 @@ impl Runner {
         let stop = stop.into();
         let started = Instant::now();
         let workflow = prepared.workflow.clone();
+        // Every secret any step is granted, looked up once: each step's logs, outputs and
+        // errors are redacted of all of them, since a step can hand a secret on to another
+        // through a file or an output.
+        let mut secrets = BTreeMap::new();
+        for name in workflow.all_steps().flat_map(|step| &step.allow.secrets) {
+            if !secrets.contains_key(name)
+                && let Some(value) = self.secrets.get(name)
+            {
+                secrets.insert(name.clone(), value);
+            }
+        }
+        let redactor = Redactor::new(secrets.values().map(String::as_str));
         let run = Arc::new(RunState {
             run_id: options.run_id.clone(),
             workflow: workflow.clone(),
@@ -324,6 +338,8 @@ impl Runner {
             steps: Mutex::new(BTreeMap::new()),
             reports: Mutex::new(Vec::new()),
             prior,
+            secrets,
+            redactor,
         });
         let headers = sections(&workflow)
             .flat_map(|(section, steps)| {
@@ -562,6 +578,10 @@ struct RunState {
     reports: Mutex<Vec<StepReport>>,
     /// Steps settled before a restart; see [`Runner::run_from`].
     prior: Vec<PriorStep>,
+    /// The values of the secrets granted to any step of the run, by name.
+    secrets: BTreeMap<String, String>,
+    /// Redacts all of `secrets`, in every step.
+    redactor: Redactor,
 }
 
 impl RunState {
@@ -844,8 +864,8 @@ impl StepJob {
         }
         let mut secrets = Vec::new();
         for name in &step.allow.secrets {
-            match self.runner.secrets.get(name) {
-                Some(value) => secrets.push((name.clone(), value)),
+            match self.run.secrets.get(name) {
+                Some(value) => secrets.push((name.clone(), value.clone())),
                 None => self.run.log(
                     &step.id,
                     "warn",
@@ -853,18 +873,9 @@ impl StepJob {
                 ),
             }
         }
-        let preopens = |grants: &[shiphat_workflow::Grant]| {
-            grants
-                .iter()
-                .flat_map(|g| {
-                    g.guest_paths()
-                        .map(|guest| (g.host_path.clone(), guest.to_owned()))
-                })
-                .collect()
-        };
         let grants = Grants {
-            read: preopens(&step.allow.read),
-            write: preopens(&step.allow.write),
+            read: step.allow.read.clone(),
+            write: step.allow.write.clone(),
             http: step.allow.http.clone(),
             env,
             secrets,
@@ -893,6 +904,7 @@ impl StepJob {
             grants,
             limits: step.limits,
             logs,
+            redactor: self.run.redactor.clone(),
         };
         match self.runner.host.run(&self.plugin, call).await {
             Outcome::Succeeded { outputs, summary } => AttemptEnd::Succeeded { outputs, summary },
@@ -914,10 +926,10 @@ impl StepJob {
             Outcome::Fault(fault) => {
                 let kind = match &fault {
                     Fault::Timeout(_) => ErrorKind::Timeout,
-                    Fault::Memory(_) => ErrorKind::Memory,
+                    Fault::Memory(_) | Fault::TooMany { .. } => ErrorKind::Memory,
                     Fault::StackOverflow(_) => ErrorKind::StackOverflow,
                     Fault::Panic(_) => ErrorKind::Panic,
-                    Fault::Trap(_) => ErrorKind::Trap,
+                    Fault::Trap(_) | Fault::Resources(_) => ErrorKind::Trap,
                     Fault::BadOutput(_) => ErrorKind::BadOutput,
                     Fault::Setup(_) => ErrorKind::Setup,
                 };

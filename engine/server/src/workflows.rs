@@ -39,7 +39,7 @@ impl Workflows {
     /// in service. Returns how many files were (re)loaded.
     pub async fn reload(&self, runner: &Runner, dirs: &[PathBuf]) -> usize {
         let mut seen = self.seen.lock().await;
-        let files = workflow_files(dirs);
+        let (files, unreadable) = workflow_files(dirs);
         let mut loaded = 0;
         for (file, modified) in &files {
             if seen
@@ -81,9 +81,16 @@ impl Workflows {
                 },
             );
         }
+        // A directory that cannot be read now (out of descriptors, a mount gone away) says
+        // nothing about its files: its workflows stay in service as last loaded.
         let gone: Vec<PathBuf> = seen
             .keys()
             .filter(|f| !files.iter().any(|(g, _)| g == *f))
+            .filter(|f| {
+                !unreadable
+                    .iter()
+                    .any(|dir| f.parent() == Some(dir.as_path()))
+            })
             .cloned()
             .collect();
         for file in gone {
@@ -104,14 +111,31 @@ async fn load(runner: &Runner, file: &Path) -> Result<Prepared, String> {
     runner.prepare(workflow).await.map_err(|e| e.to_string())
 }
 
-/// The `.yaml` and `.yml` files directly in `dirs`, with their modification times.
-fn workflow_files(dirs: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
+/// A workflow file found, with its modification time.
+type Found = (PathBuf, Option<SystemTime>);
+
+/// The `.yaml` and `.yml` files directly in `dirs`, with their modification times, and the
+/// directories that could not be read in full.
+fn workflow_files(dirs: &[PathBuf]) -> (Vec<Found>, Vec<PathBuf>) {
     let mut files = Vec::new();
+    let mut unreadable = Vec::new();
     for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
+        let entries = match std::fs::read_dir(dir)
+            .and_then(|entries| entries.collect::<Result<Vec<_>, _>>())
+        {
+            Ok(entries) => entries,
+            // A directory that is not there holds no workflows.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot read the workflow directory `{}`: {e}; its workflows stay as last loaded",
+                    dir.display()
+                );
+                unreadable.push(dir.clone());
+                continue;
+            }
         };
-        for entry in entries.flatten() {
+        for entry in entries {
             let path = entry.path();
             if matches!(
                 path.extension().and_then(|e| e.to_str()),
@@ -123,5 +147,29 @@ fn workflow_files(dirs: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>)> {
         }
     }
     files.sort();
-    files
+    (files, unreadable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_that_cannot_be_read_is_reported_not_taken_as_empty() {
+        // Bug: a directory that could not be read (no descriptors left) listed as empty, and
+        // every workflow in it was taken out of service.
+        let root = std::env::temp_dir().join(format!("shiphat-workflows-{}", std::process::id()));
+        let good = root.join("good");
+        std::fs::create_dir_all(&good).unwrap();
+        std::fs::write(good.join("a.yaml"), "name: a\n").unwrap();
+        // A file where a directory should be: reading it fails, as with no descriptors left.
+        let bad = root.join("bad");
+        std::fs::write(&bad, "").unwrap();
+        let missing = root.join("missing");
+        let (files, unreadable) = workflow_files(&[good.clone(), bad.clone(), missing]);
+        std::fs::remove_dir_all(&root).unwrap();
+        let names: Vec<_> = files.iter().map(|(path, _)| path.clone()).collect();
+        assert_eq!(names, [good.join("a.yaml")]);
+        assert_eq!(unreadable, [bad]);
+    }
 }

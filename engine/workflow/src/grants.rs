@@ -14,6 +14,10 @@ pub struct Grant {
     /// that path, normalised, under which the plugin sees the directory too, so a `with:`
     /// value written the same way as the grant finds it.
     pub alias: Option<String>,
+    /// The directory `host_path` must stay beneath when it is opened: no symlink on the way
+    /// may lead out of it. The workflow's directory for a grant inside it; for a grant the
+    /// workflow names outside its directory, the directory that holds it.
+    pub root: PathBuf,
 }
 
 impl Grant {
@@ -63,10 +67,16 @@ pub(crate) fn grant(written: &str, base_dir: &Path) -> Result<Grant, String> {
         lexical.display().to_string()
     };
     let alias = (climbs && !written_path.is_absolute()).then(|| lexical.display().to_string());
+    let root = if host_path.starts_with(base_dir) {
+        base_dir.to_owned()
+    } else {
+        host_path.parent().unwrap_or(&host_path).to_owned()
+    };
     Ok(Grant {
         host_path,
         guest_path,
         alias,
+        root,
     })
 }
 
@@ -262,8 +272,12 @@ mod tests {
         let g = grant("./reports/", base).unwrap();
         assert_eq!(g.host_path, PathBuf::from("/work/app/reports"));
         assert_eq!(g.guest_path, "reports");
+        assert_eq!(g.root, base);
         let g = grant("/srv/www", base).unwrap();
         assert_eq!(g.guest_path, "/srv/www");
+        assert_eq!(g.root, PathBuf::from("/srv"));
+        let g = grant("/work/app/releases/r1", base).unwrap();
+        assert_eq!(g.root, base);
         let g = grant("../build", base).unwrap();
         assert_eq!(g.host_path, PathBuf::from("/work/build"));
         assert_eq!(g.guest_path, "/work/build");

@@ -165,7 +165,10 @@ fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
         } else if kind.is_symlink() {
             n += 1;
             match entry.link_name().map_err(fail)? {
-                Some(target) => create_parent(&dst).and_then(|()| make_symlink(&target, &dst)),
+                Some(target) => {
+                    check_link(&rel, &target).map_err(|e| format!("`{}` {e}", file.display()))?;
+                    create_parent(&dst).and_then(|()| make_symlink(&target, &dst))
+                }
                 None => Err(io::Error::other("a symlink entry without a target")),
             }
         } else if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
@@ -203,6 +206,57 @@ fn guest_name(path: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
+}
+
+/// Refuses a symlink at `rel` (relative to the release) whose `target` leads out of the
+/// release: an absolute target, or more leading `..` than the link has directories above
+/// it. A `..` after a name is refused too: the name may itself be a symlink to a shallower
+/// directory, so the `..` cannot be checked by looking at the text. A later step granted a
+/// path through such a link would otherwise reach outside every grant.
+fn check_link(rel: &Path, target: &Path) -> Result<(), String> {
+    let escapes = |why: &str| {
+        format!(
+            "holds the symlink `{}` -> `{}`, which {why}; refusing to deploy it",
+            slash_path(rel),
+            target.display()
+        )
+    };
+    let mut depth = rel.components().count().saturating_sub(1);
+    let mut named = false;
+    for part in target.components() {
+        match part {
+            Component::CurDir => {}
+            Component::Normal(_) => named = true,
+            Component::ParentDir if named => {
+                return Err(escapes("has `..` after a name"));
+            }
+            Component::ParentDir => match depth.checked_sub(1) {
+                Some(up) => depth = up,
+                None => return Err(escapes("points outside the release")),
+            },
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(escapes("points at an absolute path outside the release"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks every symlink already under `root` with the rule of [`check_link`].
+pub fn check_links(root: &Path) -> Result<(), String> {
+    let mut bad = None;
+    walk(root, Path::new(""), &mut |rel, kind| {
+        if kind == Kind::Symlink && bad.is_none() {
+            let target = fs::read_link(root.join(rel))?;
+            bad = check_link(rel, &target).err();
+        }
+        Ok(())
+    })
+    .map_err(|e| format!("cannot read `{}`: {e}", root.display()))?;
+    match bad {
+        Some(e) => Err(format!("`{}` {e}", root.display())),
+        None => Ok(()),
+    }
 }
 
 /// `path` without `.` components, if it stays inside the directory it is relative to.
@@ -339,8 +393,16 @@ fn tree(root: &Path, copy_to: Option<&Path>) -> io::Result<(u64, String)> {
         hash.update([0]);
         let path = root.join(rel);
         if *kind == Kind::Symlink {
-            let target = fs::read_link(&path)?;
+            let target = fs::read_link(&path).map_err(|e| {
+                // WASI will not read a symlink to an absolute path.
+                io::Error::other(format!(
+                    "the source holds the symlink `{}`, which cannot be read ({e}); a symlink to an absolute path cannot be deployed",
+                    slash_path(rel)
+                ))
+            })?;
             if let Some(to) = copy_to {
+                check_link(rel, &target)
+                    .map_err(|e| io::Error::other(format!("the source {e}")))?;
                 make_symlink(&target, &to.join(rel))?;
             }
             let target = slash_path(&target);

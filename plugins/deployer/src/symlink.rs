@@ -435,6 +435,9 @@ fn rollback(
         )
         .into());
     }
+    // A release unpacked by an older deployer may hold a symlink out of the release; going
+    // back to it would put that symlink behind `current` again.
+    files::check_links(&layout.release(&to)).map_err(sdk::failed)?;
     if ctx.dry_run {
         return Ok(
             output(format!("would roll back from {current} to {to}"), false)

@@ -3,7 +3,7 @@
 ;; outputs (the engine has already checked that the block is a JSON object).
 ;;
 ;; This is a core module laid out by the canonical ABI of `wit/shiphat.wit`'s `step` world;
-;; `tests/languages.rs` (`build_echo_wat`) embeds the world with the `wit-component` crate and
+;; `tests/support/wat.rs` (`component`) embeds the world with the `wit-component` crate and
 ;; encodes the component, as `wasm-tools component embed` + `component new` would:
 ;;
 ;;   wasm-tools component embed ../../../wit --world step echo.wat -o echo.core.wasm

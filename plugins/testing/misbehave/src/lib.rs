@@ -26,6 +26,9 @@ const DEFAULT_BIG_OUTPUT: usize = 2 * 1024 * 1024;
 /// that a limit is crossed by at most this much.
 const FLOOD_CHUNK: usize = 64 * 1024;
 
+/// How much `print_secret` writes per call.
+const PRINT_PIECE: usize = 4096;
+
 /// What `alloc` adds per round. One MiB grows memory fast without a single request already
 /// exceeding a small limit.
 const ALLOC_STEP: usize = 1024 * 1024;
@@ -50,6 +53,12 @@ enum Mode {
     BigOutput,
     Stderr,
     Sleep,
+    PrintSecret,
+    BigSummary,
+    BigFailure,
+    BigTransient,
+    BigInvalidConfig,
+    OpenFiles,
 }
 
 #[derive(Deserialize)]
@@ -59,6 +68,8 @@ struct Config {
     bytes: Option<u64>,
     size: Option<usize>,
     ms: Option<u64>,
+    secret: Option<String>,
+    path: Option<String>,
 }
 
 impl Guest for Misbehave {
@@ -85,7 +96,13 @@ impl Guest for Misbehave {
                             { "const": "not_object", "description": "Succeed with outputs that are JSON but not an object (`[1,2]`)." },
                             { "const": "big_output", "description": "Succeed with an output string of `size` bytes (2 MiB by default)." },
                             { "const": "stderr", "description": "Write a line to stderr, then succeed." },
-                            { "const": "sleep", "description": "Sleep `ms` milliseconds in one blocking host call, then succeed." }
+                            { "const": "sleep", "description": "Sleep `ms` milliseconds in one blocking host call, then succeed." },
+                            { "const": "print_secret", "description": "Write `size` bytes of `x`, then the value of the secret `secret`, then a newline, to stdout in writes of 4 KiB; then succeed." },
+                            { "const": "big_summary", "description": "Succeed with a summary of `size` bytes (2 MiB by default)." },
+                            { "const": "big_failure", "description": "Fail with a message of `size` bytes (2 MiB by default)." },
+                            { "const": "big_transient", "description": "Fail transiently with a message of `size` bytes (2 MiB by default)." },
+                            { "const": "big_invalid_config", "description": "Reject the config with a message of `size` bytes (2 MiB by default)." },
+                            { "const": "open_files", "description": "Open the file `path` again and again, keeping every handle, until an open fails; then succeed with outputs `{\"opened\": n, \"error\": \"...\"}`." }
                         ]
                     },
                     "bytes": {
@@ -96,7 +113,15 @@ impl Guest for Misbehave {
                     "size": {
                         "type": "integer",
                         "minimum": 0,
-                        "description": "For `big_output`: the length of the output string in bytes. 2 MiB by default."
+                        "description": "For `big_output` and the other `big_` modes: the length of the string in bytes, 2 MiB by default; for `print_secret`: how much comes before the secret."
+                    },
+                    "secret": {
+                        "type": "string",
+                        "description": "For `print_secret`: the name of the secret to print."
+                    },
+                    "path": {
+                        "type": "string",
+                        "description": "For `open_files`: the file to open."
                     },
                     "ms": {
                         "type": "integer",
@@ -137,6 +162,40 @@ impl Guest for Misbehave {
                 eprintln!("misbehave: a line on stderr");
                 Ok(Output::new("wrote to stderr").into())
             }
+            Mode::PrintSecret => {
+                let name = config.secret.unwrap_or_default();
+                let value = sdk::secret(&name).unwrap_or_default();
+                let line = format!("{}{value}\n", "x".repeat(config.size.unwrap_or(0)));
+                // Separate writes of 4 KiB, as a buffered runtime would make them: the engine
+                // sees the line arrive in pieces, cut wherever the pieces end.
+                let mut out = std::io::stdout().lock();
+                for piece in line.as_bytes().chunks(PRINT_PIECE) {
+                    let _ = out.write_all(piece);
+                    let _ = out.flush();
+                }
+                Ok(Output::new("printed the secret").into())
+            }
+            Mode::BigSummary => Ok(Output::new(big(config.size)).into()),
+            Mode::BigFailure => Err(StepError::Failed(sdk::Failure {
+                message: big(config.size),
+                outputs: "{}".into(),
+            })),
+            Mode::BigTransient => Err(StepError::Transient(big(config.size))),
+            Mode::BigInvalidConfig => Err(StepError::InvalidConfig(big(config.size))),
+            Mode::OpenFiles => {
+                let path = config.path.unwrap_or_default();
+                let mut held = Vec::new();
+                let error = loop {
+                    match std::fs::File::open(&path) {
+                        Ok(file) => held.push(file),
+                        Err(e) => break e.to_string(),
+                    }
+                };
+                Ok(Output::new(format!("opened `{path}` {} times", held.len()))
+                    .set("opened", held.len())
+                    .set("error", error)
+                    .into())
+            }
             Mode::Sleep => {
                 let ms = config.ms.unwrap_or(0);
                 // One blocking `wasi:clocks` call, not a busy loop: the engine must be able to
@@ -148,6 +207,11 @@ impl Guest for Misbehave {
             }
         }
     }
+}
+
+/// A text of `size` bytes, [`DEFAULT_BIG_OUTPUT`] by default.
+fn big(size: Option<usize>) -> String {
+    "x".repeat(size.unwrap_or(DEFAULT_BIG_OUTPUT))
 }
 
 /// A step result whose outputs are `text` verbatim, for the modes that break the contract.
