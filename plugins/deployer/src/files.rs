@@ -445,22 +445,9 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use proptest::prelude::*;
-    use proptest::test_runner::Config;
+    use shiphat_proptest::config;
 
     use super::*;
-
-    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
-    fn config(cases: u32) -> Config {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases);
-        Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        }
-    }
 
     /// Pieces of entry names, with every way a name can try to climb out.
     fn piece() -> impl Strategy<Value = String> {

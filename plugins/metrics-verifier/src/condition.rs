@@ -70,37 +70,10 @@ fn one_line(e: impl std::fmt::Display) -> String {
 // The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
 #[cfg(all(test, not(target_family = "wasm")))]
 mod tests {
-    use std::time::{Duration, Instant};
-
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestCaseError};
+    use shiphat_proptest::{config, timed};
 
     use super::*;
-
-    /// The most compiling and evaluating one condition may take: microseconds in practice; a
-    /// second leaves room for a loaded machine and still catches a blow-up.
-    const CASE_TIME: Duration = Duration::from_secs(1);
-
-    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
-    fn config(cases: u32) -> Config {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases);
-        Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        }
-    }
-
-    fn timed<T>(f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
-        let start = Instant::now();
-        let out = f();
-        let took = start.elapsed();
-        prop_assert!(took < CASE_TIME, "took {took:?}");
-        Ok(out)
-    }
 
     /// Pieces of expr-lang, for condition soup.
     fn token() -> impl Strategy<Value = String> {

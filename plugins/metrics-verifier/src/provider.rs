@@ -190,37 +190,10 @@ mod tests {
     //! Native property tests of what a scraped page or a Prometheus server sends back: both
     //! come from outside the engine, and a page can be written by the very release under test.
 
-    use std::time::{Duration, Instant};
-
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestCaseError};
+    use shiphat_proptest::{config, timed};
 
     use super::*;
-
-    /// The most one case may take: a page of a few kilobytes parses in microseconds; a second
-    /// leaves room for a loaded machine and still catches a blow-up.
-    const CASE_TIME: Duration = Duration::from_secs(1);
-
-    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
-    fn config(cases: u32) -> Config {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases);
-        Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        }
-    }
-
-    fn timed<T>(f: impl FnOnce() -> T) -> Result<T, TestCaseError> {
-        let start = Instant::now();
-        let out = f();
-        let took = start.elapsed();
-        prop_assert!(took < CASE_TIME, "took {took:?}");
-        Ok(out)
-    }
 
     /// Lines of the text exposition format, valid and not.
     fn line() -> impl Strategy<Value = String> {

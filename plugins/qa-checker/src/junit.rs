@@ -456,16 +456,13 @@ mod tests {
     //! Native property tests of the report reader: reports are whatever the tests (or whoever
     //! can write to the reports' directory) left there.
 
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestCaseError};
+    use proptest::test_runner::TestCaseError;
+    use shiphat_proptest::{CASE_TIME, config};
 
     use super::*;
-
-    /// The most one case may take: a report of a few kilobytes is read in microseconds; a
-    /// second leaves room for a loaded machine and still catches a blow-up.
-    const CASE_TIME: Duration = Duration::from_secs(1);
 
     /// The real reports in tests/fixtures/junit, as tools write them.
     const FIXTURES: &[&str] = &[
@@ -479,19 +476,6 @@ mod tests {
             "../../../tests/fixtures/junit/surefire-reports/TEST-com.example.shop.cart.CartServiceTest.xml"
         ),
     ];
-
-    /// `cases` cases, unless `PROPTEST_CASES` asks for another number.
-    fn config(cases: u32) -> Config {
-        let cases = std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases);
-        Config {
-            cases,
-            failure_persistence: None,
-            ..Config::default()
-        }
-    }
 
     /// Reads `text` as `read` does after the file is loaded, checks the totals' invariants
     /// and returns them (`None` when the text is not a JUnit report).
