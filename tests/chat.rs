@@ -610,16 +610,7 @@ fn ref_input_maps_the_ref_and_a_mapping_that_cannot_work_is_warned_about() {
         .expect("a run of `site`");
     assert_eq!(run["inputs"]["release"], "v2", "{run}");
 
-    let mut warnings = String::new();
-    let stderr = daemon.stderr.lock().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !warnings.contains("requires the input `release`") {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match stderr.recv_timeout(left) {
-            Ok(line) => warnings.push_str(&(line + "\n")),
-            Err(_) => break,
-        }
-    }
+    let warnings = daemon.wait_for_stderr("requires the input `release`", DEADLINE);
     assert!(
         warnings.contains(
             "slack app `site` in `prod`: the workflow `site` requires the input `release`"

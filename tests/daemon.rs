@@ -976,22 +976,7 @@ fn an_invalid_workflow_is_skipped_and_the_last_good_one_stays() {
         wait_run(&daemon, &admin, &id, terminal)["status"],
         "succeeded"
     );
-    let started = Instant::now();
-    let mut warned = String::new();
-    while !warned.contains("skipping") {
-        assert!(
-            started.elapsed() < DEADLINE,
-            "the invalid file was not reported"
-        );
-        if let Ok(line) = daemon
-            .stderr
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_millis(100))
-        {
-            warned.push_str(&line);
-        }
-    }
+    let warned = daemon.wait_for_stderr("skipping", DEADLINE);
     assert!(
         warned.contains("bogus") && warned.contains("stays in service"),
         "{warned}"

@@ -625,19 +625,7 @@ fn a_workflow_directory_that_cannot_be_read_keeps_its_workflows_in_service() {
     // A file where the directory was: reading it fails, as it does with no descriptors left.
     std::fs::rename(dir.path().join("workflows"), dir.path().join("moved")).unwrap();
     dir.write("workflows", "");
-    let started = std::time::Instant::now();
-    let mut said = String::new();
-    while !said.contains("cannot read the workflow directory") {
-        assert!(started.elapsed() < deadline, "never reported: {said}");
-        if let Ok(line) = daemon
-            .stderr
-            .lock()
-            .unwrap()
-            .recv_timeout(Duration::from_millis(100))
-        {
-            said.push_str(&line);
-        }
-    }
+    let said = daemon.wait_for_stderr("cannot read the workflow directory", deadline);
     assert!(said.contains("stay as last loaded"), "{said}");
     assert_eq!(names(), ["keep"]);
 }

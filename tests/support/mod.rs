@@ -368,6 +368,23 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Reads the daemon's stderr until a line contains `needle`; returns every line read, one
+    /// per line. Fails the test after `deadline`, showing what was read.
+    pub fn wait_for_stderr(&self, needle: &str, deadline: Duration) -> String {
+        let started = Instant::now();
+        let stderr = self.stderr.lock().unwrap();
+        let mut said = String::new();
+        while !said.contains(needle) {
+            let left = deadline.saturating_sub(started.elapsed());
+            assert!(!left.is_zero(), "the daemon never said `{needle}`:\n{said}");
+            if let Ok(line) = stderr.recv_timeout(left.min(Duration::from_millis(100))) {
+                said.push_str(&line);
+                said.push('\n');
+            }
+        }
+        said
+    }
+
     /// One request with these headers and body; returns the status, the response headers and
     /// the JSON body (or the text as a JSON string).
     pub fn call(

@@ -208,33 +208,25 @@ impl StepState {
         for (name, value) in &grants.env {
             wasi.env(name, value);
         }
-        for grant in &grants.read {
-            let dir = beneath::open(grant, false)
-                .map_err(|e| format!("cannot open the directory allow.read grants: {e}"))?;
-            // A grant written as `../x` is seen under that name too (`Grant::guest_paths`).
-            for guest in grant.guest_paths() {
-                wasi.preopened_dir(&dir.path, guest, FsPerms::ReadOnly)
-                    .map_err(|e| {
+        // A write grant names a place to put things: creating it is what the user expects of
+        // a first deploy to a new target. A grant written as `../x` is seen under that name too
+        // (`Grant::guest_paths`).
+        let granted = [
+            (&grants.read, false, FsPerms::ReadOnly, "allow.read"),
+            (&grants.write, true, FsPerms::ReadWrite, "allow.write"),
+        ];
+        for (list, create, perms, key) in granted {
+            for grant in list {
+                let dir = beneath::open(grant, create)
+                    .map_err(|e| format!("cannot open the directory {key} grants: {e}"))?;
+                for guest in grant.guest_paths() {
+                    wasi.preopened_dir(&dir.path, guest, perms).map_err(|e| {
                         format!(
-                            "cannot open `{}` granted by allow.read: {e}",
+                            "cannot open `{}` granted by {key}: {e}",
                             grant.host_path.display()
                         )
                     })?;
-            }
-        }
-        for grant in &grants.write {
-            // A write grant names a place to put things; creating it is what the user expects
-            // of a first deploy to a new target.
-            let dir = beneath::open(grant, true)
-                .map_err(|e| format!("cannot open the directory allow.write grants: {e}"))?;
-            for guest in grant.guest_paths() {
-                wasi.preopened_dir(&dir.path, guest, FsPerms::ReadWrite)
-                    .map_err(|e| {
-                        format!(
-                            "cannot open `{}` granted by allow.write: {e}",
-                            grant.host_path.display()
-                        )
-                    })?;
+                }
             }
         }
         let mut http = WasiHttpCtx::new();
