@@ -797,8 +797,10 @@ fn validate_refuses_a_status_no_step_ever_has() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("expressions have no functions"),
-        "a function call gets an answer, not a parse error: {}",
+        run.stderr
+            .contains("`steps.deploy.status` is never 'Failure'")
+            && run.stderr.contains("did you mean 'failed'?"),
+        "statuses compare without regard to case, but 'failure' is still not one: {}",
         run.stderr
     );
 }
@@ -901,4 +903,159 @@ fn run_dry_run_is_available_to_expressions() {
     );
     let run = dir.run(yaml, &[]);
     assert_eq!(run.status("smoke"), "succeeded");
+}
+
+/// Regression: `if:` without a status function ran the step whatever its `needs` ended with,
+/// so a deploy with `needs: test` and `if: inputs.environment == 'production'` ran after the
+/// tests failed. GitHub Actions implies `success() &&`; so does shiphat now.
+#[test]
+fn an_if_implies_success_and_status_functions_react_to_a_failure() {
+    let dir = TestDir::new();
+    let yaml = r#"name: gated
+inputs:
+  environment: { type: string, default: Production }
+  replicas: { type: number, default: 2 }
+steps:
+  - id: test
+    uses: echo
+    with: { fail: "2 tests failed" }
+  - id: deploy
+    uses: echo
+    needs: test
+    if: inputs.environment == 'production'
+  - id: report
+    uses: echo
+    needs: test
+    if: failure() && steps.test.status == 'failed'
+  - id: always
+    uses: echo
+    needs: test
+    if: ${{ always() && inputs.replicas == '2' }}
+  - id: only_on_success
+    uses: echo
+    needs: test
+    if: success()
+on_failure:
+  - id: rollback
+    uses: echo
+    if: steps.deploy.status == 'succeeded'
+  - id: page
+    uses: echo
+    if: failure()
+"#;
+    let run = dir.run(yaml, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert_eq!(run.status("deploy"), "skipped");
+    assert!(
+        run.logs("deploy")
+            .contains(&"skipped: a step it needs did not succeed"),
+        "{:?}",
+        run.logs("deploy")
+    );
+    assert_eq!(run.status("report"), "succeeded");
+    assert_eq!(
+        run.status("always"),
+        "succeeded",
+        "'2' == 2 and 'Production' == 'production'"
+    );
+    assert_eq!(run.status("only_on_success"), "skipped");
+    assert_eq!(run.status("rollback"), "skipped", "nothing was deployed");
+    assert_eq!(run.status("page"), "succeeded");
+
+    // With the tests green, the case-insensitive comparison lets the deploy run.
+    let yaml = yaml.replace("    with: { fail: \"2 tests failed\" }\n", "");
+    let run = dir.run(&yaml, &[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.status("deploy"), "succeeded");
+    assert_eq!(run.status("report"), "skipped");
+    assert_eq!(run.status("only_on_success"), "succeeded");
+}
+
+/// `if: always()` and `if: cancelled()` steps of `steps` still run after a Ctrl-C, as in
+/// GitHub Actions; the rest of `steps` is cancelled.
+#[test]
+fn always_and_cancelled_steps_run_after_a_cancel() {
+    let dir = release_1_live();
+    let yaml = r#"name: cancelled
+steps:
+  - id: slow
+    uses: misbehave
+    with: { mode: sleep, ms: 60000 }
+  - id: next
+    uses: echo
+    needs: slow
+  - id: cleanup
+    uses: echo
+    needs: slow
+    if: always()
+  - id: tell
+    uses: echo
+    needs: slow
+    if: cancelled()
+"#;
+    let mut run = LiveRun::start(&dir, yaml);
+    run.wait_started("slow");
+    run.signal(libc::SIGINT);
+    let (code, events, stderr) = run.finish();
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(finished(&events, "slow")["status"], "cancelled");
+    assert_eq!(finished(&events, "next")["status"], "cancelled");
+    assert_eq!(finished(&events, "cleanup")["status"], "succeeded");
+    assert_eq!(finished(&events, "tell")["status"], "succeeded");
+}
+
+/// `validate` says, once and with the line, where a workflow written before shiphat took
+/// GitHub's rules now means something else.
+#[test]
+fn validate_notes_where_github_rules_change_a_meaning() {
+    let dir = TestDir::new();
+    let file = dir.write(
+        "old.yaml",
+        r#"name: old
+inputs:
+  replicas: { type: number, default: 2 }
+  version: { type: string }
+steps:
+  - id: qa
+    uses: echo
+  - id: deploy
+    uses: echo
+    needs: qa
+    if: steps.qa.status == 'failed' || inputs.replicas == '2'
+    with:
+      message: "${{ inputs.version || 'latest' }}"
+  - id: tag
+    uses: echo
+    needs: qa
+    if: success() && steps.qa.outputs.tag != ''
+"#,
+    );
+    let mut command = dir.shiphat();
+    command.arg("validate").arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "notes are not errors: {}", run.stderr);
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("warning:"))
+        .collect();
+    let at = |line: &str, what: &str| {
+        warnings
+            .iter()
+            .filter(|w| w.contains(&format!("old.yaml:{line}:")) && w.contains(what))
+            .count()
+    };
+    assert_eq!(at("11", "now means `success() &&"), 1, "{warnings:#?}");
+    assert_eq!(
+        at("11", "compares a number with a string"),
+        1,
+        "{warnings:#?}"
+    );
+    assert_eq!(at("13", "gives one of its operands"), 1, "{warnings:#?}");
+    assert_eq!(
+        at("17", "is now false when the value is missing"),
+        1,
+        "{warnings:#?}"
+    );
+    assert_eq!(warnings.len(), 4, "{warnings:#?}");
 }

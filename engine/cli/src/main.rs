@@ -511,6 +511,9 @@ async fn validate(files: &[PathBuf], engine: &EngineArgs) -> anyhow::Result<u8> 
     for file in files {
         match prepare(&runner, file).await {
             Ok(prepared) => {
+                for warning in &prepared.workflow.warnings {
+                    output::warn(&warning.to_string());
+                }
                 let steps = prepared.workflow.all_steps().count();
                 output::note(&format!("{}: ok ({} steps)", file.display(), steps));
             }

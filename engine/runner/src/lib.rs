@@ -15,6 +15,7 @@ mod plugins;
 mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,7 @@ use serde_json::{Map, Value};
 use shiphat_host::{
     Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo, Redactor,
 };
-use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Step, Workflow};
+use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Status, Step, Workflow};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::event::{ErrorKind, Event, RunStatus, Section, StepError, StepHeader, StepStatus};
@@ -336,6 +337,7 @@ impl Runner {
             events,
             stop,
             steps: Mutex::new(BTreeMap::new()),
+            failed: AtomicBool::new(false),
             reports: Mutex::new(Vec::new()),
             prior,
             secrets,
@@ -442,7 +444,10 @@ impl Runner {
                 StepStatus::Failed => Verdict::Failed,
                 StepStatus::Skipped | StepStatus::Cancelled => Verdict::Skipped,
             };
-            failed |= verdict == Verdict::Failed;
+            if verdict == Verdict::Failed {
+                failed = true;
+                run.failed.store(true, Ordering::Relaxed);
+            }
             status[index] = Some(verdict);
             run.steps.lock().unwrap().insert(
                 step.id.clone(),
@@ -468,11 +473,27 @@ impl Runner {
                 }
                 let needs_ok = step.needs.iter().all(|&n| status[n] == Some(Verdict::Ok));
                 let stopped = run.stop.token(section).is_cancelled();
-                let decision = if stopped {
-                    Err("the run was cancelled".to_owned())
+                let facts = Status {
+                    success: needs_ok && !failed && !stopped,
+                    failure: run.failed.load(Ordering::Relaxed),
+                    cancelled: run.stop.is_cancelled(),
+                };
+                // Why `success()` is false, for the log of a step skipped by it.
+                let unsuccessful = if stopped {
+                    "the run was cancelled"
+                } else if !needs_ok {
+                    "a step it needs did not succeed"
+                } else {
+                    "an earlier step failed"
+                };
+                let decision = if run.stop.is_aborted() {
+                    Err("the run was aborted".to_owned())
                 } else if let Some(condition) = &step.condition {
-                    match run.with_scope(|scope| condition.eval_bool(scope)) {
+                    match run.with_scope(|scope| condition.eval_if(scope, facts)) {
                         Ok(true) => Ok(()),
+                        Ok(false) if !facts.success && !condition.calls_status() => {
+                            Err(unsuccessful.to_owned())
+                        }
                         Ok(false) => Err(format!(
                             "its `if` condition `{}` is false",
                             condition.source()
@@ -498,19 +519,25 @@ impl Runner {
                             continue;
                         }
                     }
-                } else if !needs_ok {
-                    Err("a step it needs did not succeed".to_owned())
-                } else if failed {
-                    Err("an earlier step failed".to_owned())
-                } else {
+                } else if facts.success {
                     Ok(())
+                } else {
+                    Err(unsuccessful.to_owned())
                 };
                 match decision {
                     Ok(()) => {
                         status[index] = Some(Verdict::Running);
+                        // A step that runs although its section was stopped (`if: always()`
+                        // or `cancelled()` after a cancel) ends only on an abort.
+                        let stop = if stopped {
+                            run.stop.abort.clone()
+                        } else {
+                            run.stop.token(section).clone()
+                        };
                         let job = StepJob {
                             runner: self.clone(),
                             run: run.clone(),
+                            stop,
                             section,
                             step: step.clone(),
                             plugin: prepared[index].plugin.clone(),
@@ -575,6 +602,8 @@ struct RunState {
     stop: Stop,
     /// What expressions see of finished steps.
     steps: Mutex<BTreeMap<String, shiphat_workflow::StepState>>,
+    /// Whether a step has failed (not counting `continue_on_error`): what `failure()` answers.
+    failed: AtomicBool,
     reports: Mutex<Vec<StepReport>>,
     /// Steps settled before a restart; see [`Runner::run_from`].
     prior: Vec<PriorStep>,
@@ -628,6 +657,9 @@ impl RunState {
         error: Option<StepError>,
         continued: bool,
     ) {
+        if status == StepStatus::Failed && !continued {
+            self.failed.store(true, Ordering::Relaxed);
+        }
         self.steps.lock().unwrap().insert(
             step.id.clone(),
             shiphat_workflow::StepState {
@@ -706,6 +738,9 @@ fn sections(workflow: &Workflow) -> impl Iterator<Item = (Section, &[Step])> {
 struct StepJob {
     runner: Runner,
     run: Arc<RunState>,
+    /// What ends the step: its section's token, or the abort token when it was started after
+    /// its section was stopped.
+    stop: CancellationToken,
     section: Section,
     step: Step,
     plugin: Arc<Plugin>,
@@ -742,7 +777,7 @@ impl StepJob {
             });
             let end = tokio::select! {
                 end = self.attempt(attempt) => end,
-                () = self.run.stop.token(self.section).cancelled() => {
+                () = self.stop.cancelled() => {
                     self.run.report_step(step, self.section, StepStatus::Cancelled, attempt, started.elapsed(), String::new(), Map::new(), Some(StepError { kind: ErrorKind::Cancelled, message: "cancelled while running".into() }), false);
                     return Verdict::Failed;
                 }
@@ -761,7 +796,7 @@ impl StepJob {
                     );
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = self.run.stop.token(self.section).cancelled() => {}
+                        () = self.stop.cancelled() => {}
                     }
                 }
                 end => break end,

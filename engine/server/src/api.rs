@@ -136,7 +136,8 @@ pub struct ApiError {
     status: StatusCode,
     message: String,
     field: Option<String>,
-    extra: Option<Value>,
+    /// More fields of the body; boxed to keep `Result<_, ApiError>` small.
+    extra: Option<Box<Value>>,
 }
 
 impl ApiError {
@@ -178,7 +179,7 @@ impl From<shiphat_store::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = json!({ "error": self.message, "field": self.field });
-        if let Some(Value::Object(extra)) = self.extra {
+        if let Some(Value::Object(extra)) = self.extra.map(|b| *b) {
             body.as_object_mut().unwrap().extend(extra);
         }
         let mut response = (self.status, Json(body)).into_response();
@@ -736,7 +737,7 @@ async fn create_run(
             run.workflow == new_workflow && run.inputs == new_inputs && run.dry_run == dry_run;
         if !same {
             return Err(ApiError {
-                extra: Some(json!({ "run": run.id })),
+                extra: Some(Box::new(json!({ "run": run.id }))),
                 ..ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     format!(
@@ -1068,7 +1069,7 @@ fn pass_lock(caller: &Principal, lock: &Lock, force: bool, hint: &str) -> ApiRes
             .map_err(|e| ApiError::forbidden(format!("forcing past a lock: {e}")));
     }
     Err(ApiError {
-        extra: Some(json!({ "lock": lock_json(lock) })),
+        extra: Some(Box::new(json!({ "lock": lock_json(lock) }))),
         ..ApiError::new(
             StatusCode::CONFLICT,
             format!(

@@ -153,6 +153,10 @@ pub struct StepRecord {
 
 /// What an event changes in a run's step records.
 #[derive(Clone, Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value per event, made and written at once; boxing `Finished` would allocate for nothing"
+)]
 pub enum StepChange {
     Started {
         step: String,

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use crate::config::ConfigValue;
-use crate::expr::{Expr, RefRules, Template, check_refs};
+use crate::expr::{Changes, Expr, Kind, RefRules, Template, TypeOf, check_refs, meaning_changes};
 use crate::grants::{self, Grant, HostPattern};
 use crate::inputs::parse_value;
 use crate::prepass::{self, Positions, Refusal};
@@ -20,6 +20,11 @@ struct Cx<'a> {
     file: &'a Path,
     positions: Positions,
     diags: Vec<Diagnostic>,
+    /// Not errors: notes on what a workflow written for shiphat's rules before GitHub's now
+    /// means, each once, for `validate` to show.
+    warnings: Vec<Diagnostic>,
+    /// What is known of each input's value, for those notes.
+    input_types: Vec<(String, TypeOf)>,
 }
 
 impl Cx<'_> {
@@ -35,6 +40,38 @@ impl Cx<'_> {
     fn err(&mut self, path: &str, message: String) {
         let location = self.positions.find(path);
         self.at(location, message);
+    }
+
+    /// Notes `message` at `path`, once.
+    fn warn(&mut self, path: &str, message: String) {
+        let location = self.positions.find(path);
+        let warning = Diagnostic {
+            file: self.file.to_path_buf(),
+            location,
+            message,
+        };
+        if !self.warnings.contains(&warning) {
+            self.warnings.push(warning);
+        }
+    }
+
+    /// Notes where `expr`'s meaning changed with GitHub's rules.
+    fn note_changes(&mut self, path: &str, what: &str, expr: &Expr, is_value: bool) {
+        let inputs: Vec<(&str, TypeOf)> = self
+            .input_types
+            .iter()
+            .map(|(n, t)| (n.as_str(), *t))
+            .collect();
+        let changes = meaning_changes(
+            expr,
+            &Changes {
+                inputs: &inputs,
+                is_value,
+            },
+        );
+        for note in changes {
+            self.warn(path, format!("{what}{note}"));
+        }
     }
 
     fn finish(mut self) -> Error {
@@ -69,6 +106,8 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Workflow> {
         file,
         positions: Positions::new(root.as_ref()),
         diags: Vec::new(),
+        warnings: Vec::new(),
+        input_types: Vec::new(),
     };
     if let Some(root) = &root {
         for (at, message) in crate::keys::unknown_keys(root) {
@@ -93,8 +132,10 @@ pub(crate) fn parse(text: &str, file: &Path) -> Result<Workflow> {
             return Err(invalid(file, location, message));
         }
     };
-    let workflow = check(&mut cx, raw);
+    let mut workflow = check(&mut cx, raw);
     if cx.diags.is_empty() {
+        cx.warnings.sort_by_key(|d| d.location);
+        workflow.warnings = cx.warnings;
         Ok(workflow)
     } else {
         Err(cx.finish())
@@ -134,6 +175,24 @@ fn check(cx: &mut Cx, raw: RawWorkflow) -> Workflow {
     let base_dir = crate::base_dir(cx.file);
 
     let inputs = check_inputs(cx, raw.inputs);
+    cx.input_types = inputs
+        .iter()
+        .map(|i| {
+            let kind = match i.kind {
+                InputKind::String | InputKind::Choice(_) => Kind::String,
+                InputKind::Number => Kind::Number,
+                InputKind::Bool => Kind::Bool,
+            };
+            let maybe_null = !i.required && i.default.is_none();
+            (
+                i.name.clone(),
+                TypeOf {
+                    kind: Some(kind),
+                    maybe_null,
+                },
+            )
+        })
+        .collect();
     let input_names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
 
     let mut env = Vec::new();
@@ -247,6 +306,7 @@ fn check(cx: &mut Cx, raw: RawWorkflow) -> Workflow {
         steps,
         on_failure,
         finally,
+        warnings: Vec::new(),
     }
 }
 
@@ -353,6 +413,15 @@ fn template(cx: &mut Cx, path: &str, what: &str, text: &str, rules: &RefRules) -
                 for problem in check_refs(e, rules) {
                     cx.err(path, format!("{what}{problem}"));
                 }
+                if e.calls_status() {
+                    cx.err(
+                        path,
+                        format!(
+                            "{what}`{e}`: the status functions `success()`, `failure()`, `always()` and `cancelled()` can only be used in a step's `if:`"
+                        ),
+                    );
+                }
+                cx.note_changes(path, what, e, true);
             }
             Some(t)
         }
@@ -553,6 +622,21 @@ fn check_step(
         Ok(e) => {
             for problem in check_refs(&e, rules) {
                 cx.err(&at("if"), format!("{what}`if`: {problem}"));
+            }
+            cx.note_changes(&at("if"), &format!("{what}`if`: "), &e, false);
+            if !e.calls_status() && !needs.is_empty() {
+                let reads_status = e.source().contains(".status");
+                let hint = if reads_status {
+                    " (so a test of a needed step's `.status` against 'failed' can never be true here)"
+                } else {
+                    ""
+                };
+                cx.warn(
+                    &at("if"),
+                    format!(
+                        "{what}`if: {e}` calls no status function, so it now means `success() && ({e})`, as in GitHub Actions: the step is skipped when a step it needs did not succeed{hint}; before, it ran whatever they ended with. Write `always() && ({e})` to run it whatever they end with, or `failure() && …` to run it only after a failure"
+                    ),
+                );
             }
             Some(e)
         }

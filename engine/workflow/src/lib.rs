@@ -25,7 +25,10 @@ pub use config::{
     ConfigSchema, ConfigValue, GRANT_ANNOTATION, check_config, check_config_with, validate_config,
 };
 pub use error::{Diagnostic, Diagnostics, Error, Location, Result};
-pub use expr::{EvalError, Expr, MAX_EXPR_DEPTH, Scope, StepState, Template};
+pub use expr::{
+    EvalError, Expr, MAX_EXPR_DEPTH, MAX_EXPR_LENGTH, MAX_EXPR_MEMORY, Scope, Status, StepState,
+    Template,
+};
 pub use grants::{Grant, HostPattern};
 pub use plan::{
     Allow, Concurrency, DEFAULT_LOG_BYTES, DEFAULT_MEMORY, DEFAULT_OUTPUT_BYTES, DEFAULT_RETRIES,

@@ -50,6 +50,9 @@ pub struct Workflow {
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
     pub finally: Vec<Step>,
+    /// Not errors: where the file's expressions mean something else under GitHub Actions'
+    /// rules than under shiphat's rules before them, for `validate` to show.
+    pub warnings: Vec<crate::Diagnostic>,
 }
 
 impl Workflow {
