@@ -28,28 +28,6 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value};
 use support::expressions::{self, Case, Expect, Shiphat};
 
-/// Every topic file, by name; `every_fixture_file_has_a_test` keeps this list and the folder
-/// in step.
-const TOPICS: [&str; 17] = [
-    "literals",
-    "equality_and_coercion",
-    "ordering",
-    "case_insensitivity",
-    "truthiness",
-    "logical",
-    "property_access",
-    "contains",
-    "starts_with",
-    "ends_with",
-    "format",
-    "join",
-    "to_json",
-    "from_json",
-    "case",
-    "depth_limit",
-    "syntax_errors",
-];
-
 fn fixtures() -> std::path::PathBuf {
     support::root().join("tests/fixtures/expressions")
 }
@@ -233,106 +211,56 @@ fn a_wrong_expectation_is_reported_as_a_disagreement() {
     );
 }
 
-// Issue 14: `0xff`, `1e2`, `.5`, `NaN` and `Infinity` were refused, and `'it''s'` and
-// `'C:\temp'` were read with backslash escapes instead of GitHub's doubled quote.
-#[test]
-fn literals_are_read_as_github_reads_them() {
-    check("literals");
+/// One test per topic file, named after what issue 14 found wrong with it, and `TOPICS`, the
+/// list `every_fixture_file_has_a_test` holds against the folder: one list, so neither can
+/// drift from the other.
+macro_rules! topics {
+    ($($test:ident => $topic:literal,)*) => {
+        const TOPICS: &[&str] = &[$($topic),*];
+        $(
+            #[test]
+            fn $test() {
+                check($topic);
+            }
+        )*
+    };
 }
 
-// Issue 14: `==` refused to compare a string with a number instead of coercing both to numbers.
-#[test]
-fn equality_coerces_as_github_does() {
-    check("equality_and_coercion");
-}
-
-// Issue 14: `<` and `>` failed across types instead of comparing as numbers, and compared
-// strings case-sensitively.
-#[test]
-fn ordering_coerces_and_ignores_case_as_github_does() {
-    check("ordering");
-}
-
-// Issue 14: `'Production' == 'production'` was false and `inputs.ENVIRONMENT` was null.
-#[test]
-fn strings_and_property_names_ignore_case() {
-    check("case_insensitivity");
-}
-
-// Issue 14: empty objects and arrays were false; GitHub holds every object true.
-#[test]
-fn truthiness_matches_github() {
-    check("truthiness");
-}
-
-// Issue 14: `&&` and `||` returned booleans, so `inputs.version || 'latest'` was `true`.
-#[test]
-fn and_and_or_return_an_operand() {
-    check("logical");
-}
-
-// Issue 14: index coercion, out-of-range indexes and the `.*` filter did not exist.
-#[test]
-fn property_access_and_filters_match_github() {
-    check("property_access");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn contains_matches_github() {
-    check("contains");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn starts_with_matches_github() {
-    check("starts_with");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn ends_with_matches_github() {
-    check("ends_with");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn format_matches_github() {
-    check("format");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn join_matches_github() {
-    check("join");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn to_json_matches_github() {
-    check("to_json");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn from_json_matches_github() {
-    check("from_json");
-}
-
-// Issue 14: expressions had no functions at all.
-#[test]
-fn case_matches_github() {
-    check("case");
-}
-
-// Issue 14: the depth limit was shiphat's own 100 levels, not GitHub's 50.
-#[test]
-fn depth_limit_is_githubs() {
-    check("depth_limit");
-}
-
-// Issue 14: double-quoted strings were accepted, though GitHub has only single quotes.
-#[test]
-fn syntax_errors_are_refused_as_github_refuses_them() {
-    check("syntax_errors");
+topics! {
+    // Issue 14: `0xff`, `1e2`, `.5`, `NaN` and `Infinity` were refused, and `'it''s'` and
+    // `'C:\temp'` were read with backslash escapes instead of GitHub's doubled quote.
+    literals_are_read_as_github_reads_them => "literals",
+    // Issue 14: `==` refused a string against a number instead of comparing both as numbers.
+    equality_coerces_as_github_does => "equality_and_coercion",
+    // Issue 14: `<` and `>` failed across types instead of comparing as numbers, and compared
+    // strings case-sensitively.
+    ordering_coerces_and_ignores_case_as_github_does => "ordering",
+    // Issue 14: `'Production' == 'production'` was false and `inputs.ENVIRONMENT` was null.
+    strings_and_property_names_ignore_case => "case_insensitivity",
+    // Issue 14: empty objects and arrays were false; GitHub holds every object true.
+    truthiness_matches_github => "truthiness",
+    // Issue 14: `&&` and `||` returned booleans, so `inputs.version || 'latest'` was `true`.
+    and_and_or_return_an_operand => "logical",
+    // Issue 14: index coercion, out-of-range indexes and the `.*` filter did not exist.
+    property_access_and_filters_match_github => "property_access",
+    // Issue 14: no functions: `contains(inputs.tags, 'canary')` was refused.
+    contains_matches_github => "contains",
+    // Issue 14: no functions: `startsWith(inputs.ref, 'refs/tags/')` was refused.
+    starts_with_matches_github => "starts_with",
+    // Issue 14: no functions: `endsWith(inputs.artifact, '.tar.gz')` was refused.
+    ends_with_matches_github => "ends_with",
+    // Issue 14: no functions: `format('web-{0}', inputs.release)` was refused.
+    format_matches_github => "format",
+    // Issue 14: no functions: `join(inputs.hosts, ', ')` was refused.
+    join_matches_github => "join",
+    // Issue 14: no functions: `toJSON(inputs.target)` was refused.
+    to_json_matches_github => "to_json",
+    // Issue 14: no functions: `fromJSON(inputs.matrix)` was refused.
+    from_json_matches_github => "from_json",
+    // Issue 14: no functions: `case(inputs.environment == 'production', 3, 1)` was refused.
+    case_matches_github => "case",
+    // Issue 14: the depth limit was shiphat's own 100 levels, not GitHub's 50.
+    depth_limit_is_githubs => "depth_limit",
+    // Issue 14: double-quoted strings were accepted, though GitHub has only single quotes.
+    syntax_errors_are_refused_as_github_refuses_them => "syntax_errors",
 }
