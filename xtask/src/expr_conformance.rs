@@ -1,7 +1,8 @@
-//! `cargo xtask expr-conformance DIR`: runs GitHub's own expression test data (the JSON files
-//! of actions/languageservices `expressions/testdata`) through the real `shiphat` binary, with
-//! the harness `tests/expressions.rs` uses, and prints how many cases agree, file by file, and
-//! every case that does not. Fails when any case disagrees.
+//! `cargo xtask expr-conformance DIR [NAME...]`: runs GitHub's own expression test data (the
+//! JSON files of actions/languageservices `expressions/testdata`, or those whose names contain
+//! a NAME) through the real `shiphat` binary, with the harness `tests/expressions.rs` uses,
+//! and prints how many cases agree, file by file, and every case that does not. Fails when any
+//! case disagrees.
 //!
 //! GitHub's data is not in this repository (we may read it, not copy it), so this is a run on
 //! demand rather than a test: point it at a checkout of that folder.
@@ -23,12 +24,18 @@ mod expressions;
 use expressions::{Case, Expect, Shiphat};
 
 pub fn run(args: &[String]) -> Result<()> {
-    let [dir] = args else {
+    let Some((dir, only)) = args.split_first() else {
         bail!(
-            "usage: cargo xtask expr-conformance DIR, where DIR holds GitHub's expression test data (expressions/testdata of actions/languageservices)"
+            "usage: cargo xtask expr-conformance DIR [NAME...], where DIR holds GitHub's expression test data (expressions/testdata of actions/languageservices) and NAMEs pick the files whose names contain them"
         );
     };
-    let files = cases_by_file(Path::new(dir))?;
+    let mut files = cases_by_file(Path::new(dir))?;
+    if !only.is_empty() {
+        files.retain(|(name, _)| only.iter().any(|o| name.contains(o.as_str())));
+        if files.is_empty() {
+            bail!("no file of `{dir}` has a name containing any of {only:?}");
+        }
+    }
     crate::plugins()?;
     crate::run(
         crate::cargo()

@@ -28,11 +28,11 @@ tasks:
             screenshots of the web page land in artifacts/screenshots
   plugins   build the plugins into plugins/target/wasm32-wasip2/release
   lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins
-  expr-conformance DIR
+  expr-conformance DIR [NAME...]
             run GitHub's expression test data (the JSON files of actions/languageservices
-            expressions/testdata, in DIR) through the shiphat binary, each case as a step's
-            output and as its `if:`; print the agreement per file and every disagreement,
-            and fail if any case disagrees";
+            expressions/testdata, in DIR; only those whose names contain a NAME, if given)
+            through the shiphat binary, each case as a step's output and as its `if:`;
+            print the agreement per file and every disagreement, and fail if any disagrees";
 
 /// The target plugins are built for: WASI preview 2, which rustc emits as a component.
 const WASM_TARGET: &str = "wasm32-wasip2";
