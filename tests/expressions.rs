@@ -19,7 +19,10 @@
 //! anything runs. `error: fails` is GitHub's evaluation error: the step reading the expression
 //! must fail. Each case has exactly one of `value` and `error`.
 //!
-//! The same harness runs GitHub's own test data: `cargo xtask expr-conformance DIR`.
+//! Each case was checked against GitHub's reference evaluator (the TypeScript one of
+//! actions/languageservices) when it was written, so a failure here is shiphat's, not the
+//! case's. Run with `cargo xtask test --test expressions`. The same harness runs GitHub's own
+//! test data: `cargo xtask expr-conformance DIR`.
 
 mod support;
 
