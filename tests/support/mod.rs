@@ -6,6 +6,7 @@
     reason = "each test binary uses a different subset of the helpers"
 )]
 
+pub mod expressions;
 pub mod http;
 pub mod wat;
 
@@ -54,7 +55,7 @@ pub fn plugin(name: &str) -> PathBuf {
 }
 
 /// A compile cache shared by the tests of one binary, so each plugin compiles once.
-fn shared_cache() -> &'static Path {
+pub fn shared_cache() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| tempfile::tempdir().expect("a temporary directory"))
         .path()

@@ -2,7 +2,8 @@
 //!
 //! `cargo xtask demo` builds everything a fresh clone needs and runs the demo workflow;
 //! `cargo xtask test` builds the plugins and runs the whole test suite. Both add the
-//! `wasm32-wasip2` target first when it is missing.
+//! `wasm32-wasip2` target first when it is missing. `cargo xtask expr-conformance DIR` measures
+//! shiphat's expressions against GitHub's own test data.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod demo;
+mod expr_conformance;
 mod tools;
 
 const USAGE: &str = "\
@@ -25,7 +27,12 @@ tasks:
             (cargo test --workspace, then the plugins' own tests natively, on the host);
             screenshots of the web page land in artifacts/screenshots
   plugins   build the plugins into plugins/target/wasm32-wasip2/release
-  lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins";
+  lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins
+  expr-conformance DIR [NAME...]
+            run GitHub's expression test data (the JSON files of actions/languageservices
+            expressions/testdata, in DIR; only those whose names contain a NAME, if given)
+            through the shiphat binary, each case as a step's output and as its `if:`;
+            print the agreement per file and every disagreement, and fail if any disagrees";
 
 /// The target plugins are built for: WASI preview 2, which rustc emits as a component.
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -37,6 +44,7 @@ fn main() -> Result<()> {
         Some("test") => test(&args[1..]),
         Some("plugins") => plugins(),
         Some("lint") => lint(),
+        Some("expr-conformance") => expr_conformance::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())
