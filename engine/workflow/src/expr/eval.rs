@@ -159,23 +159,6 @@ impl<'e, 's> Ev<'e, 's> {
     }
 
     fn call(&self, func: Func, args: &[Node]) -> Result<Val<'s>, EvalError> {
-        if func == Func::Case {
-            // Lazily, so that only the value chosen is evaluated.
-            for pair in args[..args.len() - 1].chunks(2) {
-                let condition = self.eval(&pair[0])?;
-                if condition.kind() != Kind::Bool {
-                    return fail(format!(
-                        "`case()` needs `true` or `false` as each condition, and `{}` is {}",
-                        source_of(&pair[0]),
-                        describe(&condition)
-                    ));
-                }
-                if condition.truthy() {
-                    return self.eval(&pair[1]);
-                }
-            }
-            return self.eval(&args[args.len() - 1]);
-        }
         if func.is_status() {
             let Some(status) = self.status else {
                 return fail(format!(
@@ -225,6 +208,23 @@ impl<'e, 's> Ev<'e, 's> {
                 }))
             }
             Func::Format => self.format(&values),
+            Func::Case => {
+                // Every argument is evaluated first, as GitHub does, so an error in a branch
+                // not taken still fails.
+                for (i, pair) in values[..values.len() - 1].chunks(2).enumerate() {
+                    if pair[0].kind() != Kind::Bool {
+                        return fail(format!(
+                            "`case()` needs `true` or `false` as each condition, and `{}` is {}",
+                            source_of(&args[2 * i]),
+                            describe(&pair[0])
+                        ));
+                    }
+                    if pair[0].truthy() {
+                        return Ok(pair[1].clone());
+                    }
+                }
+                Ok(values[values.len() - 1].clone())
+            }
             Func::Join => {
                 let list = &values[0];
                 if list.is_primitive() {
