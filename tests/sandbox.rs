@@ -567,7 +567,7 @@ fn a_plugin_that_opens_files_without_end_hits_the_step_resource_limit() {
     // descriptors, and then the daemon could accept nothing and read no workflow directory.
     let dir = TestDir::new();
     dir.write("data/file.txt", "x");
-    let yaml = "name: fds\nsteps:\n  - id: hoard\n    uses: misbehave\n    with: { mode: open_files, path: data/file.txt }\n    allow:\n      read: [data]\n  - id: after\n    uses: probe\n    needs: hoard\n    if: ${{ steps.hoard.status == 'failed' }}\n    with: { read: [data/file.txt] }\n    allow:\n      read: [data]\n";
+    let yaml = "name: fds\nsteps:\n  - id: hoard\n    uses: misbehave\n    with: { mode: open_files, path: data/file.txt }\n    allow:\n      read: [data]\n  - id: after\n    uses: probe\n    needs: hoard\n    if: ${{ failure() && steps.hoard.status == 'failed' }}\n    with: { read: [data/file.txt] }\n    allow:\n      read: [data]\n";
     let run = dir.run(yaml, &[]);
     let (kind, message) = run.error("hoard");
     assert_eq!(kind, "trap", "{message}");

@@ -269,7 +269,7 @@ impl<'e, 's> Ev<'e, 's> {
                     )),
                 }
             }
-            Func::Case | Func::Success | Func::Failure | Func::Always | Func::Cancelled => {
+            Func::Success | Func::Failure | Func::Always | Func::Cancelled => {
                 unreachable!("handled above")
             }
         }
