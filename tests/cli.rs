@@ -1058,4 +1058,16 @@ steps:
         "{warnings:#?}"
     );
     assert_eq!(warnings.len(), 4, "{warnings:#?}");
+
+    let mut command = dir.shiphat();
+    command.arg("validate").arg("--explain-if").arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for line in [
+        "old.yaml:6: steps `qa` runs when `success()`",
+        "old.yaml:8: steps `deploy` after qa runs when `success() && (steps.qa.status == 'failed' || inputs.replicas == '2')`",
+        "old.yaml:14: steps `tag` after qa runs when `success() && steps.qa.outputs.tag != ''`",
+    ] {
+        assert!(run.stderr.contains(line), "no `{line}` in {}", run.stderr);
+    }
 }

@@ -153,6 +153,10 @@ enum Command {
         /// Workflow files (YAML).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Also say, for every step, when it runs: its `if` as GitHub Actions' rules read it
+        /// (`success() && (…)` unless it calls a status function).
+        #[arg(long)]
+        explain_if: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -399,7 +403,11 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         } => client::lock(&server, &key, &reason, expires_in.as_deref()),
         Command::Unlock { key, server } => client::unlock(&server, &key),
         Command::Locks { json, server } => client::locks(&server, json),
-        Command::Validate { files, engine } => validate(&files, &engine).await,
+        Command::Validate {
+            files,
+            explain_if,
+            engine,
+        } => validate(&files, explain_if, &engine).await,
         Command::Plugin {
             command: PluginCommand::Inspect { file, json, engine },
         } => inspect(&file, json, &engine).await,
@@ -505,7 +513,7 @@ fn stop_on_signals(stop: Stop) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     }))
 }
 
-async fn validate(files: &[PathBuf], engine: &EngineArgs) -> anyhow::Result<u8> {
+async fn validate(files: &[PathBuf], explain_if: bool, engine: &EngineArgs) -> anyhow::Result<u8> {
     let runner = engine.runner()?;
     let mut code = exit::OK;
     for file in files {
@@ -513,6 +521,9 @@ async fn validate(files: &[PathBuf], engine: &EngineArgs) -> anyhow::Result<u8> 
             Ok(prepared) => {
                 for warning in &prepared.workflow.warnings {
                     output::warn(&warning.to_string());
+                }
+                if explain_if {
+                    output::explain_if(&prepared.workflow);
                 }
                 let steps = prepared.workflow.all_steps().count();
                 output::note(&format!("{}: ok ({} steps)", file.display(), steps));

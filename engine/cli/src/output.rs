@@ -59,6 +59,36 @@ pub fn warn(text: &str) {
     errln!("{} {text}", style("warning:").for_stderr().yellow().bold());
 }
 
+/// For `validate --explain-if`: when each step runs, as GitHub Actions' rules read its `if`.
+pub fn explain_if(workflow: &Workflow) {
+    let sections = [
+        ("steps", &workflow.steps),
+        ("on_failure", &workflow.on_failure),
+        ("finally", &workflow.finally),
+    ];
+    for (section, steps) in sections {
+        for step in steps.iter() {
+            let needs: Vec<&str> = step.needs.iter().map(|&n| steps[n].id.as_str()).collect();
+            let after = if needs.is_empty() {
+                String::new()
+            } else {
+                format!(" after {}", needs.join(", "))
+            };
+            let when = match &step.condition {
+                None => "success()".to_owned(),
+                Some(c) if c.calls_status() => c.source().to_owned(),
+                Some(c) => format!("success() && ({})", c.source()),
+            };
+            errln!(
+                "{}:{}: {section} `{}`{after} runs when `{when}`",
+                workflow.file.display(),
+                step.location.line,
+                step.id
+            );
+        }
+    }
+}
+
 /// A line of information on stderr.
 pub fn note(text: &str) {
     errln!("{text}");
