@@ -51,6 +51,11 @@ impl Workflows {
             let previous = seen.get(file).and_then(|s| s.name.clone());
             let name = match load(runner, file).await {
                 Ok(prepared) => {
+                    // Where GitHub's expression rules changed what the file means; said once
+                    // per load, as `validate` says it.
+                    for warning in &prepared.workflow.warnings {
+                        tracing::warn!("{warning}");
+                    }
                     let name = prepared.workflow.name.clone();
                     let mut by_name = self.by_name.write().unwrap();
                     if let Some(old) = previous.filter(|old| *old != name) {
