@@ -266,4 +266,7 @@ topics! {
     depth_limit_is_githubs => "depth_limit",
     // Issue 14: double-quoted strings were accepted, though GitHub has only single quotes.
     syntax_errors_are_refused_as_github_refuses_them => "syntax_errors",
+    // Issue 14: each of the cases the issue names flipped an `if:`, failed a run or was
+    // refused.
+    the_cases_issue_14_names_mean_what_they_mean_in_github => "deploy_habits",
 }
