@@ -82,6 +82,7 @@ fn main() -> Result<()> {
         .build()?;
     rows.extend(runtime.block_on(in_process(&plugins, work.path(), sizes))?);
     rows.extend(workflow_load(work.path(), sizes.big_workflow)?);
+    rows.extend(expressions()?);
     rows.extend(compile_cache(&plugins, work.path())?);
     rows.extend(one_shot(&plugins, work.path(), sizes.cli_runs)?);
 
@@ -217,6 +218,67 @@ fn workflow_load(work: &Path, steps: usize) -> Result<Vec<Row>> {
         ms(best),
         "",
     )])
+}
+
+/// Deciding a typical `if:` and resolving a typical `with:` value, over a run with a step of 50
+/// outputs: what expressions add to each step.
+fn expressions() -> Result<Vec<Row>> {
+    use shiphat_workflow::{Expr, Scope, Status, StepState, Template};
+    let mut inputs = serde_json::Map::new();
+    inputs.insert("environment".into(), "Production".into());
+    inputs.insert("release".into(), "1.4.2".into());
+    let mut outputs = serde_json::Map::new();
+    for i in 0..50 {
+        outputs.insert(format!("key{i}"), i.into());
+    }
+    outputs.insert("score".into(), "95".into());
+    let steps = std::collections::BTreeMap::from([(
+        "qa".to_string(),
+        StepState {
+            status: "succeeded".into(),
+            outputs,
+        },
+    )]);
+    let env = serde_json::Map::new();
+    let scope = Scope {
+        inputs: &inputs,
+        env: &env,
+        steps: &steps,
+        run_id: "01run",
+        dry_run: false,
+    };
+    let status = Status {
+        success: true,
+        failure: false,
+        cancelled: false,
+    };
+    let condition = Expr::parse_condition(
+        "inputs.environment == 'production' && steps.qa.outputs.score >= 90 && !contains(inputs.release, '-rc')",
+    )
+    .map_err(anyhow::Error::msg)?;
+    let template = Template::parse("web-${{ inputs.release }}-${{ format('{0}', run.id) }}")
+        .map_err(anyhow::Error::msg)?;
+    let time = |f: &dyn Fn() -> bool| {
+        let mut times: Vec<Duration> = (0..2_000)
+            .map(|_| {
+                let started = Instant::now();
+                assert!(f());
+                started.elapsed()
+            })
+            .collect();
+        times.sort();
+        percentile(&times, 0.5)
+    };
+    let decide = time(&|| condition.eval_if(&scope, status).unwrap_or(false));
+    let resolve = time(&|| template.eval(&scope).is_ok());
+    Ok(vec![
+        row("decide a three-clause `if:` (p50)", us(decide), ""),
+        row(
+            "resolve a `with:` value with two expressions (p50)",
+            us(resolve),
+            "",
+        ),
+    ])
 }
 
 /// Loading each bundled plugin: compiled (cache miss) and read back (cache hit).
