@@ -361,6 +361,18 @@ fn malformed_xml_fails_naming_the_file_and_position() {
     );
     assert!(message.contains("line 5, column 1"), "{message}");
 
+    // Regression: a report cut off between whole elements was said to fail "at line 1,
+    // column 1" (roxmltree's `UnclosedRootNode` carries no position), not where it ends.
+    dir.write(
+        "reports/truncated.xml",
+        "<?xml version=\"1.0\"?>\n<testsuites>\n  <testsuite name=\"a\">\n    <testcase name=\"b\"/>",
+    );
+    let run = dir.run(&junit_workflow("reports: ['reports/*.xml']"), &[]);
+    assert_eq!(
+        assert_red(&run, "failed"),
+        "QA red: `reports/truncated.xml` is not well-formed XML: the file ends inside an element (was it cut off?) at line 4, column 25"
+    );
+
     dir.write(
         "reports/truncated.xml",
         "<html><body>502 Bad Gateway</body></html>",

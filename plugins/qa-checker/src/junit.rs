@@ -367,8 +367,10 @@ fn read(file: &Path, totals: &mut Totals) -> Result<Option<SystemTime>, StepErro
 
 /// What went wrong in a parse, and where, as a person counts lines and columns (from 1).
 fn syntax_error(e: &roxmltree::Error, text: &str) -> (String, u32, u32) {
-    if let roxmltree::Error::UnexpectedEndOfStream = e {
-        // roxmltree gives no position for this one; the end of the file is where it is.
+    if let roxmltree::Error::UnexpectedEndOfStream | roxmltree::Error::UnclosedRootNode = e {
+        // A file cut off inside a tag is `UnexpectedEndOfStream`; one cut off between whole
+        // elements is `UnclosedRootNode`. roxmltree gives either the position 1:1, which
+        // points at the wrong place; the end of the file is where the trouble is.
         let row = text.lines().count().max(1);
         let col = text.lines().last().map_or(0, |l| l.chars().count()) + 1;
         let (row, col) = if text.ends_with('\n') {
@@ -658,6 +660,36 @@ mod tests {
             text.push_str("</testsuites>");
             let t = totals_of(&text)?.expect("a generated report is a report");
             prop_assert_eq!((t.tests, t.failures, t.errors, t.skipped), want);
+        }
+    }
+
+    // A report cut off between whole elements (roxmltree's `UnclosedRootNode`) was said to
+    // fail "at line 1, column 1", the position roxmltree gives, not where the file ends.
+    #[test]
+    fn a_report_cut_off_between_elements_names_where_it_ends() {
+        let whole_lines = concat!(
+            "<?xml version=\"1.0\"?>\n",
+            "<testsuites>\n",
+            "  <testsuite name=\"a\">\n",
+            "    <testcase name=\"b\"/>\n",
+        );
+        let mid_line = whole_lines.trim_end();
+        let inside_a_tag = "<testsuites>\n  <testsuite name=\"a\">\n    <testcase name=\"b";
+        for (text, row, col) in [
+            (whole_lines, 5, 1),
+            (mid_line, 4, 25),
+            (inside_a_tag, 3, 22),
+        ] {
+            let e = roxmltree::Document::parse(text).unwrap_err();
+            assert_eq!(
+                syntax_error(&e, text),
+                (
+                    "the file ends inside an element (was it cut off?)".to_string(),
+                    row,
+                    col
+                ),
+                "{e:?} for {text:?}"
+            );
         }
     }
 
