@@ -303,6 +303,47 @@ fn a_suite_that_failed_before_any_test_is_an_error() {
     );
 }
 
+// Regression: a test case with an empty name (Surefire's for a failed JUnit 5 `@BeforeAll`,
+// googletest's for a failure outside any test) showed as `Class::` or as an empty string.
+#[test]
+fn a_test_with_an_empty_name_is_named_after_its_class_or_suite() {
+    let dir = TestDir::new();
+    dir.write(
+        "reports/TEST-com.example.shop.db.RepositoryTest.xml",
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="com.example.shop.db.RepositoryTest" time="0.412" tests="1" errors="1" skipped="0" failures="0">
+  <testcase name="" classname="com.example.shop.db.RepositoryTest" time="0.412">
+    <error message="the database did not start" type="java.lang.IllegalStateException">java.lang.IllegalStateException: the database did not start</error>
+  </testcase>
+</testsuite>
+"#,
+    );
+    dir.write(
+        "reports/gtest.xml",
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="0" failures="0" disabled="0" errors="0" time="0.007" timestamp="2026-12-01T09:00:00.000" name="AllTests">
+  <testsuite name="NonTestSuiteFailure" tests="1" failures="1" disabled="0" skipped="0" errors="0" time="0" timestamp="2026-12-01T09:00:00.000">
+    <testcase name="" status="run" result="completed" time="0" timestamp="2026-12-01T09:00:00.000" classname="">
+      <failure message="main.cc:12&#x0A;Expected equality of these values:&#x0A;  1&#x0A;  2" type=""><![CDATA[main.cc:12
+Expected equality of these values:
+  1
+  2]]></failure>
+    </testcase>
+  </testsuite>
+</testsuites>
+"#,
+    );
+    let run = dir.run(&junit_workflow("reports: ['reports/*.xml']"), &[]);
+    assert_eq!(
+        assert_red(&run, "failed"),
+        "QA red: 1 failed, 1 error (com.example.shop.db.RepositoryTest, NonTestSuiteFailure)"
+    );
+    assert_eq!(
+        run.step("qa")["outputs"]["failing"],
+        json!(["com.example.shop.db.RepositoryTest", "NonTestSuiteFailure"])
+    );
+}
+
 #[test]
 fn no_matching_report_fails_naming_the_patterns() {
     let dir = TestDir::new();

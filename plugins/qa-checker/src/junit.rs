@@ -414,7 +414,7 @@ fn add(root: roxmltree::Node, totals: &mut Totals) {
                     totals.tests = totals.tests.saturating_add(red);
                     totals.errors = totals.errors.saturating_add(red);
                     totals.fail(
-                        node.attribute("name")
+                        given(node.attribute("name"))
                             .unwrap_or("(unnamed suite)")
                             .to_string(),
                     );
@@ -444,12 +444,33 @@ fn add_case(case: roxmltree::Node, totals: &mut Totals) {
 
 /// `classname::name`, or the name alone where the class adds nothing (jest-junit writes the
 /// same text in both by default).
+///
+/// A test case without a name stands for a failure outside any test: Surefire writes one for
+/// a JUnit 5 `@BeforeAll` that failed, googletest one for a failure outside any test (in a
+/// suite it calls `NonTestSuiteFailure`). It is named after what there is, its class, its
+/// suite or its file, so that `failing` shows neither `Class::` nor an empty string.
 fn case_name(case: roxmltree::Node) -> String {
-    let name = case.attribute("name").unwrap_or("(unnamed test)");
-    match case.attribute("classname") {
-        Some(class) if !class.is_empty() && class != name => format!("{class}::{name}"),
+    let class = given(case.attribute("classname"));
+    let Some(name) = given(case.attribute("name")) else {
+        let suite = case
+            .ancestors()
+            .find(|n| n.has_tag_name("testsuite"))
+            .and_then(|suite| given(suite.attribute("name")));
+        return class
+            .or(suite)
+            .or_else(|| given(case.attribute("file")))
+            .unwrap_or("(unnamed test)")
+            .to_string();
+    };
+    match class {
+        Some(class) if class != name => format!("{class}::{name}"),
         _ => name.to_string(),
     }
+}
+
+/// An attribute's value, unless it is missing or blank.
+fn given(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| !v.trim().is_empty())
 }
 
 // The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
@@ -691,6 +712,44 @@ mod tests {
                 "{e:?} for {text:?}"
             );
         }
+    }
+
+    // A test case with an empty name (Surefire's for a failed JUnit 5 `@BeforeAll`,
+    // googletest's for a failure outside any test) showed in `failing` as `Class::` or as an
+    // empty string.
+    #[test]
+    fn a_test_with_an_empty_name_is_named_after_what_there_is() {
+        let text = concat!(
+            "<testsuites>",
+            // Surefire, a JUnit 5 class whose `@BeforeAll` threw.
+            "<testsuite name=\"com.example.RepoTest\" tests=\"1\" errors=\"1\">",
+            "<testcase name=\"\" classname=\"com.example.RepoTest\" time=\"0.1\">",
+            "<error message=\"db down\" type=\"java.lang.IllegalStateException\"/></testcase>",
+            "</testsuite>",
+            // googletest, a failure outside any test.
+            "<testsuite name=\"NonTestSuiteFailure\" tests=\"1\" failures=\"1\">",
+            "<testcase name=\"\" status=\"run\" result=\"completed\" classname=\"\">",
+            "<failure message=\"x\" type=\"\"/></testcase>",
+            "</testsuite>",
+            // Only a file to go by, then nothing at all.
+            "<testsuite name=\" \">",
+            "<testcase name=\" \" file=\"tests/boot.test.ts\"><failure/></testcase>",
+            "<testcase><failure/></testcase>",
+            "</testsuite>",
+            "<testsuite name=\"\" errors=\"1\"/>",
+            "</testsuites>"
+        );
+        let t = totals_of(text).unwrap().unwrap();
+        assert_eq!(
+            t.failing,
+            [
+                "com.example.RepoTest",
+                "NonTestSuiteFailure",
+                "tests/boot.test.ts",
+                "(unnamed test)",
+                "(unnamed suite)",
+            ]
+        );
     }
 
     // A suite without test cases whose `failures` and `errors` add up past `u64::MAX` made
