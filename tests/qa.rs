@@ -244,6 +244,28 @@ fn surefire_reports_are_globbed_and_judged_by_min_pass_rate() {
     );
 }
 
+// Regression: googletest's disabled tests (`status="notrun"`, no `<skipped>`) counted as
+// passed, so `pass_rate` cleared a `min_pass_rate` the tests that ran did not reach.
+#[test]
+fn googletest_tests_that_did_not_run_are_skipped_not_passed() {
+    let dir = TestDir::new();
+    fixtures(&dir, &["googletest.xml"]);
+    // 7 tests: 1 failed, 1 skipped and 2 disabled: 3 of the 4 that ran passed.
+    let run = dir.run(
+        &junit_workflow("reports: [reports/googletest.xml], max_failures: 1, min_pass_rate: 0.8"),
+        &[],
+    );
+    assert_eq!(
+        assert_red(&run, "failed"),
+        "QA red: pass rate 75% is below `min_pass_rate` 80% (3 passed, 1 failed, 3 skipped)"
+    );
+    let outputs = &run.step("qa")["outputs"];
+    assert_eq!(outputs["tests"], 7, "{outputs}");
+    assert_eq!(outputs["skipped"], 3);
+    assert_eq!(outputs["pass_rate"], 0.75);
+    assert_eq!(outputs["failing"], json!(["CartTest::RemovesItem"]));
+}
+
 #[test]
 fn jest_junit_green_and_red() {
     let dir = TestDir::new();

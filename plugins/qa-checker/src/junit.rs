@@ -437,9 +437,21 @@ fn add_case(case: roxmltree::Node, totals: &mut Totals) {
     } else if has("error") {
         totals.errors += 1;
         totals.fail(case_name(case));
-    } else if has("skipped") {
+    } else if has("skipped") || not_run(case) {
         totals.skipped += 1;
     }
+}
+
+/// Whether a case says it did not run. googletest writes a disabled test as
+/// `status="notrun"` with no `<skipped>`, and CTest writes `notrun` or `disabled`; such a test
+/// is not a pass, and counting it as one would raise `pass_rate`. googletest's own totals and
+/// publish-unit-test-result-action count it as skipped; Jenkins, which looks only for
+/// `<skipped>`, as passed.
+fn not_run(case: roxmltree::Node) -> bool {
+    case.attribute("status").is_some_and(|status| {
+        let status = status.trim();
+        status.eq_ignore_ascii_case("notrun") || status.eq_ignore_ascii_case("disabled")
+    })
 }
 
 /// `classname::name`, or the name alone where the class adds nothing (jest-junit writes the
@@ -489,6 +501,7 @@ mod tests {
 
     /// The real reports in tests/fixtures/junit, as tools write them.
     const FIXTURES: &[&str] = &[
+        include_str!("../../../tests/fixtures/junit/googletest.xml"),
         include_str!("../../../tests/fixtures/junit/jest-junit.xml"),
         include_str!("../../../tests/fixtures/junit/jest-junit-red.xml"),
         include_str!("../../../tests/fixtures/junit/pytest.xml"),
@@ -573,6 +586,8 @@ mod tests {
         FailAndError,
         Skip,
         Flaky,
+        /// googletest's disabled test: `status="notrun"`, no `<skipped>`.
+        NotRun,
     }
 
     fn case_xml(name: &str, outcome: Outcome) -> String {
@@ -583,6 +598,9 @@ mod tests {
             Outcome::FailAndError => "<failure/><error/>",
             Outcome::Skip => "<skipped/>",
             Outcome::Flaky => "<flakyFailure/><system-out>x</system-out>",
+            Outcome::NotRun => {
+                return format!("<testcase classname=\"k\" name=\"{name}\" status=\"notrun\"/>");
+            }
         };
         format!("<testcase classname=\"k\" name=\"{name}\">{body}</testcase>")
     }
@@ -646,7 +664,7 @@ mod tests {
                 prop::collection::vec(
                     prop::sample::select(vec![
                         Outcome::Pass, Outcome::Fail, Outcome::Error, Outcome::FailAndError,
-                        Outcome::Skip, Outcome::Flaky,
+                        Outcome::Skip, Outcome::Flaky, Outcome::NotRun,
                     ]),
                     0..8,
                 ),
@@ -667,7 +685,7 @@ mod tests {
                     match outcome {
                         Outcome::Fail | Outcome::FailAndError => want.1 += 1,
                         Outcome::Error => want.2 += 1,
-                        Outcome::Skip => want.3 += 1,
+                        Outcome::Skip | Outcome::NotRun => want.3 += 1,
                         Outcome::Pass | Outcome::Flaky => {}
                     }
                 }
@@ -750,6 +768,21 @@ mod tests {
                 "(unnamed suite)",
             ]
         );
+    }
+
+    // googletest's disabled tests (`status="notrun"`, no `<skipped>`) counted as passed,
+    // which raised `pass_rate` past a `min_pass_rate` the tests that ran did not reach.
+    #[test]
+    fn tests_that_did_not_run_are_skipped_not_passed() {
+        let googletest = FIXTURES[0];
+        assert!(
+            googletest.contains("name=\"AllTests\""),
+            "FIXTURES[0] is googletest.xml"
+        );
+        let t = totals_of(googletest).unwrap().unwrap();
+        let counts = (t.tests, t.failures, t.errors, t.skipped, t.passed());
+        assert_eq!(counts, (7, 1, 0, 3, 3));
+        assert_eq!(t.pass_rate(), 0.75);
     }
 
     // A suite without test cases whose `failures` and `errors` add up past `u64::MAX` made
