@@ -427,8 +427,9 @@ fn add(root: roxmltree::Node, totals: &mut Totals) {
 
 fn add_case(case: roxmltree::Node, totals: &mut Totals) {
     // Retries leave `<flakyFailure>`/`<rerunFailure>` beside a passing case (nextest,
-    // Surefire); only `<failure>` and `<error>` make a case red. A case with both (pytest:
-    // a failing test whose teardown also failed) is one failure.
+    // Surefire); only `<failure>` and `<error>` make a case red. A case with both is one
+    // failure. (pytest writes a failing call plus a failing teardown as two cases, one with
+    // each, which count as one failure and one error.)
     let has = |name: &str| case.children().any(|c| c.has_tag_name(name));
     totals.tests += 1;
     if has("failure") {
@@ -783,6 +784,24 @@ mod tests {
         let counts = (t.tests, t.failures, t.errors, t.skipped, t.passed());
         assert_eq!(counts, (7, 1, 0, 3, 3));
         assert_eq!(t.pass_rate(), 0.75);
+    }
+
+    // The README said pytest writes a failing call plus a failing teardown as one case with
+    // both `<failure>` and `<error>`; it writes two cases, as here, and each counts.
+    #[test]
+    fn a_pytest_call_and_teardown_failure_are_two_cases() {
+        let text = concat!(
+            "<testsuites name=\"pytest tests\">",
+            "<testsuite name=\"pytest\" errors=\"1\" failures=\"1\" skipped=\"0\" tests=\"1\">",
+            "<testcase classname=\"tests.test_db\" name=\"test_write\" time=\"0.003\">",
+            "<failure message=\"assert 1 == 2\">def test_write(): ...</failure></testcase>",
+            "<testcase classname=\"tests.test_db\" name=\"test_write\" time=\"0.001\">",
+            "<error message=\"failed on teardown with &quot;RuntimeError&quot;\">...</error>",
+            "</testcase></testsuite></testsuites>"
+        );
+        let t = totals_of(text).unwrap().unwrap();
+        assert_eq!((t.tests, t.failures, t.errors), (2, 1, 1));
+        assert_eq!(t.failing, ["tests.test_db::test_write"; 2]);
     }
 
     // A suite without test cases whose `failures` and `errors` add up past `u64::MAX` made
