@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use support::http::{Reply, Server};
+use support::http::{Reply, Request, Server};
 use support::{Run, TestDir};
 
 /// A workflow with one `qa` step reading JUnit reports under `reports/`.
@@ -477,19 +477,65 @@ const SHA: &str = "abc1234def5678abc1234def5678abc1234def56";
 /// requests for that path came before, and gives a status and a JSON body. Every request must
 /// carry `Authorization: Bearer TOKEN`, or it gets GitHub's 401.
 fn fake_github(answer: impl Fn(&str, usize) -> (u16, Value) + Send + 'static) -> Server {
-    Server::start(move |request, before| {
-        let (status, body) = if request.header("authorization") != Some(&format!("Bearer {TOKEN}"))
-        {
-            (
-                401,
-                json!({ "message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401" }),
-            )
-        } else {
-            let path = request.path();
-            answer(path, before.iter().filter(|r| r.path() == path).count())
-        };
+    fake_github_replies(move |request, before| {
+        let path = request.path();
+        let (status, body) = answer(path, before.iter().filter(|r| r.path() == path).count());
         Reply::json(status, &body)
     })
+}
+
+/// [`fake_github`] for answers that need the whole request (its query, its `host`) or headers
+/// of their own.
+fn fake_github_replies(answer: impl Fn(&Request, &[Request]) -> Reply + Send + 'static) -> Server {
+    Server::start(move |request, before| {
+        if request.header("authorization") != Some(&format!("Bearer {TOKEN}")) {
+            Reply::json(
+                401,
+                &json!({ "message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401" }),
+            )
+        } else {
+            answer(request, before)
+        }
+    })
+}
+
+/// One page of `items` as GitHub pages a list: `page=N` in the query (1 when absent), 100 a
+/// page, wrapped by `body`, and on every page but the last a `Link` header whose `rel="next"`
+/// and `rel="last"` point at `next_path` on the same host, as GitHub's links point at
+/// `/repositories/ID/...` rather than the path asked for.
+fn github_page(
+    request: &Request,
+    next_path: &str,
+    items: &[Value],
+    body: impl Fn(Vec<Value>) -> Value,
+) -> Reply {
+    const PER_PAGE: usize = 100;
+    let page: usize = request
+        .target
+        .split_once('?')
+        .and_then(|(_, query)| query.split('&').find_map(|p| p.strip_prefix("page=")))
+        .map_or(1, |n| n.parse().unwrap());
+    let pages = items.len().div_ceil(PER_PAGE).max(1);
+    let chunk = items
+        .iter()
+        .skip((page - 1) * PER_PAGE)
+        .take(PER_PAGE)
+        .cloned()
+        .collect();
+    let reply = Reply::json(200, &body(chunk));
+    if page == pages {
+        return reply;
+    }
+    let host = request.header("host").expect("a Host header");
+    let link = |n: usize| format!("<http://{host}{next_path}?per_page={PER_PAGE}&page={n}>");
+    reply.header(
+        "link",
+        format!(
+            "{}; rel=\"next\", {}; rel=\"last\"",
+            link(page + 1),
+            link(pages)
+        ),
+    )
 }
 
 fn combined(state: &str, statuses: &[(&str, &str)]) -> Value {
@@ -664,6 +710,121 @@ fn commit_status_pending_is_transient_and_retried_until_green() {
         "the pending attempt is not in the events:\n{}",
         run.stdout
     );
+}
+
+// Regression: only the first 100 statuses and check runs were read, so a red check run on a
+// later page of a commit with more than 100 let the deploy through.
+#[test]
+fn statuses_and_check_runs_past_the_first_page_are_judged() {
+    const PAGED_STATUS_PATH: &str = "/repositories/42/commits/main/status";
+    const PAGED_CHECKS_PATH: &str = "/repositories/42/commits/main/check-runs";
+    // 101 statuses (two pages) and 203 check runs (three pages), all green but the last.
+    let statuses: Vec<Value> = (0..101)
+        .map(|i| json!({ "context": format!("ci/shard-{i}"), "state": "success" }))
+        .collect();
+    let serve = move |last_conclusion: &'static str| {
+        let statuses = statuses.clone();
+        let mut runs: Vec<Value> = (0..202)
+            .map(|i| json!({ "name": format!("test-{i}"), "status": "completed", "conclusion": "success" }))
+            .collect();
+        runs.push(json!({ "name": "deploy-preview", "status": "completed", "conclusion": last_conclusion }));
+        fake_github_replies(move |request, _| match request.path() {
+            STATUS_PATH | PAGED_STATUS_PATH => github_page(
+                request,
+                PAGED_STATUS_PATH,
+                &statuses,
+                |page| json!({ "state": "success", "sha": SHA, "total_count": 101, "statuses": page }),
+            ),
+            CHECKS_PATH | PAGED_CHECKS_PATH => github_page(
+                request,
+                PAGED_CHECKS_PATH,
+                &runs,
+                |page| json!({ "total_count": 203, "check_runs": page }),
+            ),
+            _ => Reply::json(404, &json!({ "message": "Not Found" })),
+        })
+    };
+    let api = serve("failure");
+    let run = run_commit_status(&api, TOKEN, "");
+    assert_eq!(assert_red(&run, "failed"), "QA red: deploy-preview failed");
+    let targets: Vec<String> = api.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        [
+            format!("{STATUS_PATH}?per_page=100"),
+            format!("{PAGED_STATUS_PATH}?per_page=100&page=2"),
+            format!("{CHECKS_PATH}?per_page=100"),
+            format!("{PAGED_CHECKS_PATH}?per_page=100&page=2"),
+            format!("{PAGED_CHECKS_PATH}?per_page=100&page=3"),
+        ]
+    );
+
+    let api = serve("success");
+    let run = run_commit_status(&api, TOKEN, "");
+    assert_green(&run);
+    assert_eq!(
+        run.step("qa")["summary"],
+        "QA green: 304 checks passed on abc1234"
+    );
+    assert_eq!(
+        run.step("qa")["outputs"]["contexts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        304
+    );
+    // Every page carried the token and GitHub's headers, not only the first.
+    for request in api.requests() {
+        assert_eq!(
+            request.header("authorization"),
+            Some(&*format!("Bearer {TOKEN}"))
+        );
+        assert_eq!(request.header("x-github-api-version"), Some("2022-11-28"));
+    }
+}
+
+// A server's `Link` decides where the next request goes, with the token in it: one that
+// points at another host is not followed, and one that never ends stops after ten pages.
+#[test]
+fn next_pages_stay_on_the_api_host_and_are_bounded() {
+    let elsewhere = Server::start(|_, _| Reply::json(200, &check_runs(&[])));
+    let elsewhere_url = elsewhere.url("/repositories/42/commits/main/check-runs?page=2");
+    let api = fake_github_replies(move |request, _| match request.path() {
+        STATUS_PATH => Reply::json(200, &combined("success", &[("ci/build", "success")])),
+        CHECKS_PATH => Reply::json(200, &check_runs(&[("lint", "completed", Some("success"))]))
+            .header("link", format!("<{elsewhere_url}>; rel=\"next\"")),
+        _ => Reply::json(404, &json!({ "message": "Not Found" })),
+    });
+    let run = run_commit_status(&api, TOKEN, "");
+    let message = assert_red(&run, "failed");
+    assert!(
+        message.contains("which is not read: it is on another host than `api`"),
+        "{message}"
+    );
+    assert!(elsewhere.requests().is_empty(), "the other host was asked");
+    assert!(!run.stdout.contains(TOKEN));
+
+    // A `next` that never ends: each page links to one more.
+    let api = fake_github_replies(move |request, before| match request.path() {
+        STATUS_PATH => {
+            let host = request.header("host").unwrap();
+            Reply::json(200, &combined("success", &[("ci/build", "success")])).header(
+                "link",
+                format!(
+                    "<http://{host}{STATUS_PATH}?per_page=100&page={}>; rel=\"next\"",
+                    before.len() + 2
+                ),
+            )
+        }
+        _ => Reply::json(404, &json!({ "message": "Not Found" })),
+    });
+    let run = run_commit_status(&api, TOKEN, "");
+    let message = assert_red(&run, "failed");
+    assert!(
+        message.contains("has more than 10 pages of statuses (1000 at 100 a page)"),
+        "{message}"
+    );
+    assert_eq!(api.requests().len(), 10);
 }
 
 #[test]
