@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
@@ -501,10 +502,11 @@ fn fake_github_replies(answer: impl Fn(&Request, &[Request]) -> Reply + Send + '
 
 /// One page of `items` as GitHub pages a list: `page=N` in the query (1 when absent), 100 a
 /// page, wrapped by `body`, and on every page but the last a `Link` header whose `rel="next"`
-/// and `rel="last"` point at `next_path` on the same host, as GitHub's links point at
+/// and `rel="last"` point at `next_path` on `host`, as GitHub's links point at
 /// `/repositories/ID/...` rather than the path asked for.
 fn github_page(
     request: &Request,
+    host: &str,
     next_path: &str,
     items: &[Value],
     body: impl Fn(Vec<Value>) -> Value,
@@ -526,7 +528,6 @@ fn github_page(
     if page == pages {
         return reply;
     }
-    let host = request.header("host").expect("a Host header");
     let link = |n: usize| format!("<http://{host}{next_path}?per_page={PER_PAGE}&page={n}>");
     reply.header(
         "link",
@@ -728,21 +729,31 @@ fn statuses_and_check_runs_past_the_first_page_are_judged() {
             .map(|i| json!({ "name": format!("test-{i}"), "status": "completed", "conclusion": "success" }))
             .collect();
         runs.push(json!({ "name": "deploy-preview", "status": "completed", "conclusion": last_conclusion }));
-        fake_github_replies(move |request, _| match request.path() {
-            STATUS_PATH | PAGED_STATUS_PATH => github_page(
-                request,
-                PAGED_STATUS_PATH,
-                &statuses,
-                |page| json!({ "state": "success", "sha": SHA, "total_count": 101, "statuses": page }),
-            ),
-            CHECKS_PATH | PAGED_CHECKS_PATH => github_page(
-                request,
-                PAGED_CHECKS_PATH,
-                &runs,
-                |page| json!({ "total_count": 203, "check_runs": page }),
-            ),
-            _ => Reply::json(404, &json!({ "message": "Not Found" })),
-        })
+        // The links name the server's own address, known once it listens.
+        let host = Arc::new(OnceLock::<String>::new());
+        let own = host.clone();
+        let api = fake_github_replies(move |request, _| {
+            let host = own.get().expect("set before any request");
+            match request.path() {
+                STATUS_PATH | PAGED_STATUS_PATH => github_page(
+                    request,
+                    host,
+                    PAGED_STATUS_PATH,
+                    &statuses,
+                    |page| json!({ "state": "success", "sha": SHA, "total_count": 101, "statuses": page }),
+                ),
+                CHECKS_PATH | PAGED_CHECKS_PATH => github_page(
+                    request,
+                    host,
+                    PAGED_CHECKS_PATH,
+                    &runs,
+                    |page| json!({ "total_count": 203, "check_runs": page }),
+                ),
+                _ => Reply::json(404, &json!({ "message": "Not Found" })),
+            }
+        });
+        host.set(api.host()).unwrap();
+        api
     };
     let api = serve("failure");
     let run = run_commit_status(&api, TOKEN, "");
@@ -804,18 +815,16 @@ fn next_pages_stay_on_the_api_host_and_are_bounded() {
     assert!(elsewhere.requests().is_empty(), "the other host was asked");
     assert!(!run.stdout.contains(TOKEN));
 
-    // A `next` that never ends: each page links to one more.
+    // A `next` that never ends: each page links to one more, by path alone, as RFC 8288
+    // allows.
     let api = fake_github_replies(move |request, before| match request.path() {
-        STATUS_PATH => {
-            let host = request.header("host").unwrap();
-            Reply::json(200, &combined("success", &[("ci/build", "success")])).header(
-                "link",
-                format!(
-                    "<http://{host}{STATUS_PATH}?per_page=100&page={}>; rel=\"next\"",
-                    before.len() + 2
-                ),
-            )
-        }
+        STATUS_PATH => Reply::json(200, &combined("success", &[("ci/build", "success")])).header(
+            "link",
+            format!(
+                "<{STATUS_PATH}?per_page=100&page={}>; rel=\"next\"",
+                before.len() + 2
+            ),
+        ),
         _ => Reply::json(404, &json!({ "message": "Not Found" })),
     });
     let run = run_commit_status(&api, TOKEN, "");
