@@ -5,10 +5,11 @@
 mod support;
 
 use std::process::{Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use support::http::{Reply, Server};
+use support::http::{Reply, Request, Server};
 use support::{Run, TestDir};
 
 /// A workflow with one `qa` step reading JUnit reports under `reports/`.
@@ -244,6 +245,28 @@ fn surefire_reports_are_globbed_and_judged_by_min_pass_rate() {
     );
 }
 
+// Regression: googletest's disabled tests (`status="notrun"`, no `<skipped>`) counted as
+// passed, so `pass_rate` cleared a `min_pass_rate` the tests that ran did not reach.
+#[test]
+fn googletest_tests_that_did_not_run_are_skipped_not_passed() {
+    let dir = TestDir::new();
+    fixtures(&dir, &["googletest.xml"]);
+    // 7 tests: 1 failed, 1 skipped and 2 disabled: 3 of the 4 that ran passed.
+    let run = dir.run(
+        &junit_workflow("reports: [reports/googletest.xml], max_failures: 1, min_pass_rate: 0.8"),
+        &[],
+    );
+    assert_eq!(
+        assert_red(&run, "failed"),
+        "QA red: pass rate 75% is below `min_pass_rate` 80% (3 passed, 1 failed, 3 skipped)"
+    );
+    let outputs = &run.step("qa")["outputs"];
+    assert_eq!(outputs["tests"], 7, "{outputs}");
+    assert_eq!(outputs["skipped"], 3);
+    assert_eq!(outputs["pass_rate"], 0.75);
+    assert_eq!(outputs["failing"], json!(["CartTest::RemovesItem"]));
+}
+
 #[test]
 fn jest_junit_green_and_red() {
     let dir = TestDir::new();
@@ -300,6 +323,47 @@ fn a_suite_that_failed_before_any_test_is_an_error() {
     assert_eq!(
         assert_red(&run, "failed"),
         "QA red: 1 error (com.example.BootTest)"
+    );
+}
+
+// Regression: a test case with an empty name (Surefire's for a failed JUnit 5 `@BeforeAll`,
+// googletest's for a failure outside any test) showed as `Class::` or as an empty string.
+#[test]
+fn a_test_with_an_empty_name_is_named_after_its_class_or_suite() {
+    let dir = TestDir::new();
+    dir.write(
+        "reports/TEST-com.example.shop.db.RepositoryTest.xml",
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuite name="com.example.shop.db.RepositoryTest" time="0.412" tests="1" errors="1" skipped="0" failures="0">
+  <testcase name="" classname="com.example.shop.db.RepositoryTest" time="0.412">
+    <error message="the database did not start" type="java.lang.IllegalStateException">java.lang.IllegalStateException: the database did not start</error>
+  </testcase>
+</testsuite>
+"#,
+    );
+    dir.write(
+        "reports/gtest.xml",
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="0" failures="0" disabled="0" errors="0" time="0.007" timestamp="2026-12-01T09:00:00.000" name="AllTests">
+  <testsuite name="NonTestSuiteFailure" tests="1" failures="1" disabled="0" skipped="0" errors="0" time="0" timestamp="2026-12-01T09:00:00.000">
+    <testcase name="" status="run" result="completed" time="0" timestamp="2026-12-01T09:00:00.000" classname="">
+      <failure message="main.cc:12&#x0A;Expected equality of these values:&#x0A;  1&#x0A;  2" type=""><![CDATA[main.cc:12
+Expected equality of these values:
+  1
+  2]]></failure>
+    </testcase>
+  </testsuite>
+</testsuites>
+"#,
+    );
+    let run = dir.run(&junit_workflow("reports: ['reports/*.xml']"), &[]);
+    assert_eq!(
+        assert_red(&run, "failed"),
+        "QA red: 1 failed, 1 error (com.example.shop.db.RepositoryTest, NonTestSuiteFailure)"
+    );
+    assert_eq!(
+        run.step("qa")["outputs"]["failing"],
+        json!(["com.example.shop.db.RepositoryTest", "NonTestSuiteFailure"])
     );
 }
 
@@ -361,6 +425,18 @@ fn malformed_xml_fails_naming_the_file_and_position() {
     );
     assert!(message.contains("line 5, column 1"), "{message}");
 
+    // Regression: a report cut off between whole elements was said to fail "at line 1,
+    // column 1" (roxmltree's `UnclosedRootNode` carries no position), not where it ends.
+    dir.write(
+        "reports/truncated.xml",
+        "<?xml version=\"1.0\"?>\n<testsuites>\n  <testsuite name=\"a\">\n    <testcase name=\"b\"/>",
+    );
+    let run = dir.run(&junit_workflow("reports: ['reports/*.xml']"), &[]);
+    assert_eq!(
+        assert_red(&run, "failed"),
+        "QA red: `reports/truncated.xml` is not well-formed XML: the file ends inside an element (was it cut off?) at line 4, column 25"
+    );
+
     dir.write(
         "reports/truncated.xml",
         "<html><body>502 Bad Gateway</body></html>",
@@ -402,19 +478,65 @@ const SHA: &str = "abc1234def5678abc1234def5678abc1234def56";
 /// requests for that path came before, and gives a status and a JSON body. Every request must
 /// carry `Authorization: Bearer TOKEN`, or it gets GitHub's 401.
 fn fake_github(answer: impl Fn(&str, usize) -> (u16, Value) + Send + 'static) -> Server {
-    Server::start(move |request, before| {
-        let (status, body) = if request.header("authorization") != Some(&format!("Bearer {TOKEN}"))
-        {
-            (
-                401,
-                json!({ "message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401" }),
-            )
-        } else {
-            let path = request.path();
-            answer(path, before.iter().filter(|r| r.path() == path).count())
-        };
+    fake_github_replies(move |request, before| {
+        let path = request.path();
+        let (status, body) = answer(path, before.iter().filter(|r| r.path() == path).count());
         Reply::json(status, &body)
     })
+}
+
+/// [`fake_github`] for answers that need the whole request (its query, its `host`) or headers
+/// of their own.
+fn fake_github_replies(answer: impl Fn(&Request, &[Request]) -> Reply + Send + 'static) -> Server {
+    Server::start(move |request, before| {
+        if request.header("authorization") != Some(&format!("Bearer {TOKEN}")) {
+            Reply::json(
+                401,
+                &json!({ "message": "Bad credentials", "documentation_url": "https://docs.github.com/rest", "status": "401" }),
+            )
+        } else {
+            answer(request, before)
+        }
+    })
+}
+
+/// One page of `items` as GitHub pages a list: `page=N` in the query (1 when absent), 100 a
+/// page, wrapped by `body`, and on every page but the last a `Link` header whose `rel="next"`
+/// and `rel="last"` point at `next_path` on `host`, as GitHub's links point at
+/// `/repositories/ID/...` rather than the path asked for.
+fn github_page(
+    request: &Request,
+    host: &str,
+    next_path: &str,
+    items: &[Value],
+    body: impl Fn(Vec<Value>) -> Value,
+) -> Reply {
+    const PER_PAGE: usize = 100;
+    let page: usize = request
+        .target
+        .split_once('?')
+        .and_then(|(_, query)| query.split('&').find_map(|p| p.strip_prefix("page=")))
+        .map_or(1, |n| n.parse().unwrap());
+    let pages = items.len().div_ceil(PER_PAGE).max(1);
+    let chunk = items
+        .iter()
+        .skip((page - 1) * PER_PAGE)
+        .take(PER_PAGE)
+        .cloned()
+        .collect();
+    let reply = Reply::json(200, &body(chunk));
+    if page == pages {
+        return reply;
+    }
+    let link = |n: usize| format!("<http://{host}{next_path}?per_page={PER_PAGE}&page={n}>");
+    reply.header(
+        "link",
+        format!(
+            "{}; rel=\"next\", {}; rel=\"last\"",
+            link(page + 1),
+            link(pages)
+        ),
+    )
 }
 
 fn combined(state: &str, statuses: &[(&str, &str)]) -> Value {
@@ -589,6 +711,129 @@ fn commit_status_pending_is_transient_and_retried_until_green() {
         "the pending attempt is not in the events:\n{}",
         run.stdout
     );
+}
+
+// Regression: only the first 100 statuses and check runs were read, so a red check run on a
+// later page of a commit with more than 100 let the deploy through.
+#[test]
+fn statuses_and_check_runs_past_the_first_page_are_judged() {
+    const PAGED_STATUS_PATH: &str = "/repositories/42/commits/main/status";
+    const PAGED_CHECKS_PATH: &str = "/repositories/42/commits/main/check-runs";
+    // 101 statuses (two pages) and 203 check runs (three pages), all green but the last.
+    let statuses: Vec<Value> = (0..101)
+        .map(|i| json!({ "context": format!("ci/shard-{i}"), "state": "success" }))
+        .collect();
+    let serve = move |last_conclusion: &'static str| {
+        let statuses = statuses.clone();
+        let mut runs: Vec<Value> = (0..202)
+            .map(|i| json!({ "name": format!("test-{i}"), "status": "completed", "conclusion": "success" }))
+            .collect();
+        runs.push(json!({ "name": "deploy-preview", "status": "completed", "conclusion": last_conclusion }));
+        // The links name the server's own address, known once it listens.
+        let host = Arc::new(OnceLock::<String>::new());
+        let own = host.clone();
+        let api = fake_github_replies(move |request, _| {
+            let host = own.get().expect("set before any request");
+            match request.path() {
+                STATUS_PATH | PAGED_STATUS_PATH => github_page(
+                    request,
+                    host,
+                    PAGED_STATUS_PATH,
+                    &statuses,
+                    |page| json!({ "state": "success", "sha": SHA, "total_count": 101, "statuses": page }),
+                ),
+                CHECKS_PATH | PAGED_CHECKS_PATH => github_page(
+                    request,
+                    host,
+                    PAGED_CHECKS_PATH,
+                    &runs,
+                    |page| json!({ "total_count": 203, "check_runs": page }),
+                ),
+                _ => Reply::json(404, &json!({ "message": "Not Found" })),
+            }
+        });
+        host.set(api.host()).unwrap();
+        api
+    };
+    let api = serve("failure");
+    let run = run_commit_status(&api, TOKEN, "");
+    assert_eq!(assert_red(&run, "failed"), "QA red: deploy-preview failed");
+    let targets: Vec<String> = api.requests().into_iter().map(|r| r.target).collect();
+    assert_eq!(
+        targets,
+        [
+            format!("{STATUS_PATH}?per_page=100"),
+            format!("{PAGED_STATUS_PATH}?per_page=100&page=2"),
+            format!("{CHECKS_PATH}?per_page=100"),
+            format!("{PAGED_CHECKS_PATH}?per_page=100&page=2"),
+            format!("{PAGED_CHECKS_PATH}?per_page=100&page=3"),
+        ]
+    );
+
+    let api = serve("success");
+    let run = run_commit_status(&api, TOKEN, "");
+    assert_green(&run);
+    assert_eq!(
+        run.step("qa")["summary"],
+        "QA green: 304 checks passed on abc1234"
+    );
+    assert_eq!(
+        run.step("qa")["outputs"]["contexts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        304
+    );
+    // Every page carried the token and GitHub's headers, not only the first.
+    for request in api.requests() {
+        assert_eq!(
+            request.header("authorization"),
+            Some(&*format!("Bearer {TOKEN}"))
+        );
+        assert_eq!(request.header("x-github-api-version"), Some("2022-11-28"));
+    }
+}
+
+// A server's `Link` decides where the next request goes, with the token in it: one that
+// points at another host is not followed, and one that never ends stops after ten pages.
+#[test]
+fn next_pages_stay_on_the_api_host_and_are_bounded() {
+    let elsewhere = Server::start(|_, _| Reply::json(200, &check_runs(&[])));
+    let elsewhere_url = elsewhere.url("/repositories/42/commits/main/check-runs?page=2");
+    let api = fake_github_replies(move |request, _| match request.path() {
+        STATUS_PATH => Reply::json(200, &combined("success", &[("ci/build", "success")])),
+        CHECKS_PATH => Reply::json(200, &check_runs(&[("lint", "completed", Some("success"))]))
+            .header("link", format!("<{elsewhere_url}>; rel=\"next\"")),
+        _ => Reply::json(404, &json!({ "message": "Not Found" })),
+    });
+    let run = run_commit_status(&api, TOKEN, "");
+    let message = assert_red(&run, "failed");
+    assert!(
+        message.contains("which is not read: it is on another host than `api`"),
+        "{message}"
+    );
+    assert!(elsewhere.requests().is_empty(), "the other host was asked");
+    assert!(!run.stdout.contains(TOKEN));
+
+    // A `next` that never ends: each page links to one more, by path alone, as RFC 8288
+    // allows.
+    let api = fake_github_replies(move |request, before| match request.path() {
+        STATUS_PATH => Reply::json(200, &combined("success", &[("ci/build", "success")])).header(
+            "link",
+            format!(
+                "<{STATUS_PATH}?per_page=100&page={}>; rel=\"next\"",
+                before.len() + 2
+            ),
+        ),
+        _ => Reply::json(404, &json!({ "message": "Not Found" })),
+    });
+    let run = run_commit_status(&api, TOKEN, "");
+    let message = assert_red(&run, "failed");
+    assert!(
+        message.contains("has more than 10 pages of statuses (1000 at 100 a page)"),
+        "{message}"
+    );
+    assert_eq!(api.requests().len(), 10);
 }
 
 #[test]

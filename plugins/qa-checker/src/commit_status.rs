@@ -18,9 +18,19 @@ use crate::list;
 /// answer is an outage, which the step's retries handle better than a long wait.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The most statuses and check runs asked for per request: GitHub's largest page. A commit
-/// with more checks than this is rare enough that paging is left for when someone needs it.
-const PER_PAGE: u32 = 100;
+/// The most statuses and check runs asked for per request: GitHub's largest page, so that a
+/// commit takes as few requests as it can.
+const PER_PAGE: usize = 100;
+
+/// The most pages of statuses, and of check runs, read for one commit: 1,000 of each at
+/// [`PER_PAGE`]. That is more than a commit carries in practice (GitHub itself lists the check
+/// runs of at most the 1,000 most recent check suites of a ref), and it stops a server whose
+/// `next` link never ends after ten requests instead of at the step's time limit.
+const MAX_PAGES: usize = 10;
+
+/// How much of a refused `Link` target a failure message shows: enough to recognise a URL,
+/// little enough that a hostile server cannot fill the run's events with it.
+const SHOWN_LINK_CHARS: usize = 200;
 
 const DEFAULT_API: &str = "https://api.github.com";
 
@@ -96,21 +106,35 @@ pub fn run(config: &Config) -> Result<StepOutput, StepError> {
         encode(&config.reference)
     );
     let url = |what: &str| format!("{base}/{what}?per_page={PER_PAGE}");
-    let combined: CombinedStatus = fetch(&url("status"), &token, config)?;
-    let checks: CheckRuns = fetch(&url("check-runs"), &token, config)?;
+    let mut reported_sha = None;
+    let mut statuses = Vec::new();
+    fetch_all(
+        &url("status"),
+        "statuses",
+        &token,
+        config,
+        |page: CombinedStatus| {
+            reported_sha = reported_sha.take().or(page.sha);
+            statuses.extend(page.statuses);
+        },
+    )?;
+    let mut runs = Vec::new();
+    fetch_all(
+        &url("check-runs"),
+        "check runs",
+        &token,
+        config,
+        |page: CheckRuns| runs.extend(page.check_runs),
+    )?;
 
-    let sha = combined
-        .sha
-        .clone()
-        .unwrap_or_else(|| config.reference.clone());
+    let sha = reported_sha.unwrap_or_else(|| config.reference.clone());
     let short: String = if is_sha(&sha) {
         sha.chars().take(7).collect()
     } else {
         sha.clone()
     };
 
-    let mut seen: Vec<Context> = combined
-        .statuses
+    let mut seen: Vec<Context> = statuses
         .into_iter()
         .map(|s| Context {
             verdict: match s.state.as_str() {
@@ -122,7 +146,7 @@ pub fn run(config: &Config) -> Result<StepOutput, StepError> {
             state: s.state,
         })
         .collect();
-    seen.extend(checks.check_runs.into_iter().map(check_run));
+    seen.extend(runs.into_iter().map(check_run));
 
     let (contexts, missing): (Vec<Context>, Vec<String>) = match &config.required_contexts {
         Some(required) => {
@@ -222,12 +246,118 @@ fn check_run(run: CheckRun) -> Context {
     }
 }
 
-/// GETs `url` and parses its JSON, sorting what can go wrong into transient and failed.
+/// GETs every page of a list, starting at `first`, and hands each to `add`. The pages are
+/// followed as GitHub links them, through the `Link` header's `rel="next"`, for at most
+/// [`MAX_PAGES`]; a list longer than that fails the step, since judging on part of it could
+/// miss a red context.
+///
+/// A next page must be on the same origin (scheme, host and port) as `first`: the request
+/// carries the token, which goes to no other host, however the server links. Every request,
+/// the first or a next one, also needs the step's `allow.http` grant, which the host checks.
+fn fetch_all<T: serde::de::DeserializeOwned>(
+    first: &str,
+    what: &str,
+    token: &Option<String>,
+    config: &Config,
+    mut add: impl FnMut(T),
+) -> Result<(), StepError> {
+    let mut url = first.to_string();
+    for _ in 0..MAX_PAGES {
+        let (page, next) = fetch(&url, token, config)?;
+        add(page);
+        let Some(next) = next else {
+            return Ok(());
+        };
+        url = next_url(&url, &next).map_err(|why| {
+            // The link is the server's text; a page of it would not help anyone.
+            let next: String = next.chars().take(SHOWN_LINK_CHARS).collect();
+            sdk::failed(format!(
+                "`{url}` links its next page of {what} to `{next}`, which is not read: {why}"
+            ))
+        })?;
+    }
+    Err(sdk::failed(format!(
+        "`{first}` has more than {MAX_PAGES} pages of {what} ({} at {PER_PAGE} a page); the step reads no further, and judging on part of them could miss a red one",
+        MAX_PAGES * PER_PAGE
+    )))
+}
+
+/// The `rel="next"` target of a `Link` header (RFC 8288), as GitHub pages its lists:
+/// `<https://api.github.com/...&page=2>; rel="next", <...&page=5>; rel="last"`.
+fn next_link(header: &str) -> Option<&str> {
+    let mut rest = header;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let close = after.find('>')?;
+        let target = &after[..close];
+        let params = &after[close + 1..];
+        let params = &params[..params.find('<').unwrap_or(params.len())];
+        let is_next = params.split([';', ',']).any(|param| {
+            param.split_once('=').is_some_and(|(key, value)| {
+                key.trim().eq_ignore_ascii_case("rel")
+                    && value
+                        .trim()
+                        .trim_matches('"')
+                        .split_ascii_whitespace()
+                        .any(|rel| rel.eq_ignore_ascii_case("next"))
+            })
+        });
+        if is_next {
+            return Some(target.trim());
+        }
+        rest = &after[close + 1..];
+    }
+    None
+}
+
+/// The URL of the next page, `link` read against `current`: an absolute URL on the same
+/// origin, or a path on it. Anything else is refused with the reason.
+fn next_url(current: &str, link: &str) -> Result<String, &'static str> {
+    let here = origin(current).ok_or("the current URL has no origin")?;
+    if link.starts_with('/') && !link.starts_with("//") {
+        return Ok(format!("{}://{}{link}", here.0, here.1));
+    }
+    match origin(link) {
+        Some(there) if there == here => Ok(link.to_string()),
+        Some(_) => Err("it is on another host than `api`, and the token is sent to no other host"),
+        None => Err("it is neither an absolute `http(s)` URL nor a path"),
+    }
+}
+
+/// The scheme and `host:port` of an `http` or `https` URL, in lowercase, with the scheme's
+/// default port written out, so that equal origins compare equal.
+fn origin(url: &str) -> Option<(String, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return None,
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let authority = authority.to_ascii_lowercase();
+    // A port follows the last `:`, unless that `:` is inside an IPv6 literal (`[::1]`).
+    let has_port = authority
+        .rfind(':')
+        .is_some_and(|colon| !authority[colon..].contains(']'));
+    let authority = if has_port {
+        authority
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    Some((scheme, authority))
+}
+
+/// GETs `url` and parses its JSON, sorting what can go wrong into transient and failed;
+/// returns the body and the `Link` header's next page, if any.
 fn fetch<T: serde::de::DeserializeOwned>(
     url: &str,
     token: &Option<String>,
     config: &Config,
-) -> Result<T, StepError> {
+) -> Result<(T, Option<String>), StepError> {
     let bearer = token.as_ref().map(|t| format!("Bearer {t}"));
     let mut headers = vec![
         ("Accept", "application/vnd.github+json"),
@@ -255,12 +385,20 @@ fn fetch<T: serde::de::DeserializeOwned>(
     if !response.is_success() {
         return Err(status_error(url, &response, config));
     }
-    serde_json::from_slice(&response.body).map_err(|e| {
+    let body = serde_json::from_slice(&response.body).map_err(|e| {
         sdk::failed(format!(
             "`{url}` answered {} with a body that is not the expected JSON: {e}",
             response.status
         ))
-    })
+    })?;
+    // A server may send the links in more than one `Link` header.
+    let next = response
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("link"))
+        .find_map(|(_, value)| next_link(value))
+        .map(str::to_string);
+    Ok((body, next))
 }
 
 fn status_error(url: &str, response: &Response, config: &Config) -> StepError {
@@ -310,4 +448,100 @@ fn encode(reference: &str) -> String {
         }
     }
     out
+}
+
+// The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    //! The `Link` header and the next page's URL come from the server, so they are read as
+    //! untrusted text.
+
+    use std::time::Instant;
+
+    use proptest::prelude::*;
+    use shiphat_proptest::{CASE_TIME, config};
+
+    use super::*;
+
+    #[test]
+    fn the_next_link_is_found_as_github_writes_it() {
+        let github = concat!(
+            "<https://api.github.com/repositories/1300192/commits/abc/check-runs?per_page=100&page=2>; rel=\"next\", ",
+            "<https://api.github.com/repositories/1300192/commits/abc/check-runs?per_page=100&page=3>; rel=\"last\""
+        );
+        assert_eq!(
+            next_link(github),
+            Some(
+                "https://api.github.com/repositories/1300192/commits/abc/check-runs?per_page=100&page=2"
+            )
+        );
+        let last_page = concat!(
+            "<https://api.github.com/x?page=1>; rel=\"first\", ",
+            "<https://api.github.com/x?page=2>; rel=\"prev\""
+        );
+        assert_eq!(next_link(last_page), None);
+        // `rel` may hold several relations, in any case, and come after other parameters.
+        assert_eq!(
+            next_link("</x?page=2>; title=\"a, b\"; REL=\"last Next\""),
+            Some("/x?page=2")
+        );
+        assert_eq!(next_link("<https://a/x?page=2>; rel=\"nextish\""), None);
+    }
+
+    #[test]
+    fn a_next_page_stays_on_the_origin_of_the_first() {
+        let here = "https://ghe.example.com/api/v3/repos/a/b/commits/main/status?per_page=100";
+        assert_eq!(
+            next_url(
+                here,
+                "https://GHE.example.com:443/api/v3/repositories/7/x?page=2"
+            ),
+            Ok("https://GHE.example.com:443/api/v3/repositories/7/x?page=2".to_string())
+        );
+        assert_eq!(
+            next_url(here, "/api/v3/repositories/7/x?page=2"),
+            Ok("https://ghe.example.com:443/api/v3/repositories/7/x?page=2".to_string())
+        );
+        for elsewhere in [
+            "http://ghe.example.com/api/v3/x?page=2",
+            "https://ghe.example.com:8443/api/v3/x?page=2",
+            "https://ghe.example.com.evil.test/x?page=2",
+            "https://ghe.example.com@evil.test/x?page=2",
+            "//evil.test/x?page=2",
+            "?page=2",
+            "file:///etc/passwd",
+        ] {
+            assert!(
+                next_url(here, elsewhere).is_err(),
+                "{elsewhere} was followed"
+            );
+        }
+        assert_eq!(
+            origin("http://[::1]:8080/x"),
+            Some(("http".into(), "[::1]:8080".into()))
+        );
+        assert_eq!(
+            origin("http://[::1]/x"),
+            Some(("http".into(), "[::1]:80".into()))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(config(512))]
+
+        /// Any header text: no panic, quick, and a next page only ever on the same origin.
+        #[test]
+        fn any_link_header_is_read_quickly(
+            header in "(?s)[<>;,= \"a-zA-Z:/.?&0-9@\\[\\]-]{0,200}",
+        ) {
+            let start = Instant::now();
+            let here = "https://api.github.com/repos/a/b/commits/c/status?per_page=100";
+            if let Some(link) = next_link(&header)
+                && let Ok(next) = next_url(here, link)
+            {
+                prop_assert_eq!(origin(&next), origin(here));
+            }
+            prop_assert!(start.elapsed() < CASE_TIME);
+        }
+    }
 }

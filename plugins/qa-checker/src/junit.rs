@@ -367,8 +367,10 @@ fn read(file: &Path, totals: &mut Totals) -> Result<Option<SystemTime>, StepErro
 
 /// What went wrong in a parse, and where, as a person counts lines and columns (from 1).
 fn syntax_error(e: &roxmltree::Error, text: &str) -> (String, u32, u32) {
-    if let roxmltree::Error::UnexpectedEndOfStream = e {
-        // roxmltree gives no position for this one; the end of the file is where it is.
+    if let roxmltree::Error::UnexpectedEndOfStream | roxmltree::Error::UnclosedRootNode = e {
+        // A file cut off inside a tag is `UnexpectedEndOfStream`; one cut off between whole
+        // elements is `UnclosedRootNode`. roxmltree gives either the position 1:1, which
+        // points at the wrong place; the end of the file is where the trouble is.
         let row = text.lines().count().max(1);
         let col = text.lines().last().map_or(0, |l| l.chars().count()) + 1;
         let (row, col) = if text.ends_with('\n') {
@@ -412,7 +414,7 @@ fn add(root: roxmltree::Node, totals: &mut Totals) {
                     totals.tests = totals.tests.saturating_add(red);
                     totals.errors = totals.errors.saturating_add(red);
                     totals.fail(
-                        node.attribute("name")
+                        given(node.attribute("name"))
                             .unwrap_or("(unnamed suite)")
                             .to_string(),
                     );
@@ -425,8 +427,9 @@ fn add(root: roxmltree::Node, totals: &mut Totals) {
 
 fn add_case(case: roxmltree::Node, totals: &mut Totals) {
     // Retries leave `<flakyFailure>`/`<rerunFailure>` beside a passing case (nextest,
-    // Surefire); only `<failure>` and `<error>` make a case red. A case with both (pytest:
-    // a failing test whose teardown also failed) is one failure.
+    // Surefire); only `<failure>` and `<error>` make a case red. A case with both is one
+    // failure. (pytest writes a failing call plus a failing teardown as two cases, one with
+    // each, which count as one failure and one error.)
     let has = |name: &str| case.children().any(|c| c.has_tag_name(name));
     totals.tests += 1;
     if has("failure") {
@@ -435,19 +438,52 @@ fn add_case(case: roxmltree::Node, totals: &mut Totals) {
     } else if has("error") {
         totals.errors += 1;
         totals.fail(case_name(case));
-    } else if has("skipped") {
+    } else if has("skipped") || not_run(case) {
         totals.skipped += 1;
     }
 }
 
+/// Whether a case says it did not run. googletest writes a disabled test as
+/// `status="notrun"` with no `<skipped>`, and CTest writes `notrun` or `disabled`; such a test
+/// is not a pass, and counting it as one would raise `pass_rate`. googletest's own totals and
+/// publish-unit-test-result-action count it as skipped; Jenkins, which looks only for
+/// `<skipped>`, as passed.
+fn not_run(case: roxmltree::Node) -> bool {
+    case.attribute("status").is_some_and(|status| {
+        let status = status.trim();
+        status.eq_ignore_ascii_case("notrun") || status.eq_ignore_ascii_case("disabled")
+    })
+}
+
 /// `classname::name`, or the name alone where the class adds nothing (jest-junit writes the
 /// same text in both by default).
+///
+/// A test case without a name stands for a failure outside any test: Surefire writes one for
+/// a JUnit 5 `@BeforeAll` that failed, googletest one for a failure outside any test (in a
+/// suite it calls `NonTestSuiteFailure`). It is named after what there is, its class, its
+/// suite or its file, so that `failing` shows neither `Class::` nor an empty string.
 fn case_name(case: roxmltree::Node) -> String {
-    let name = case.attribute("name").unwrap_or("(unnamed test)");
-    match case.attribute("classname") {
-        Some(class) if !class.is_empty() && class != name => format!("{class}::{name}"),
+    let class = given(case.attribute("classname"));
+    let Some(name) = given(case.attribute("name")) else {
+        let suite = case
+            .ancestors()
+            .find(|n| n.has_tag_name("testsuite"))
+            .and_then(|suite| given(suite.attribute("name")));
+        return class
+            .or(suite)
+            .or_else(|| given(case.attribute("file")))
+            .unwrap_or("(unnamed test)")
+            .to_string();
+    };
+    match class {
+        Some(class) if class != name => format!("{class}::{name}"),
         _ => name.to_string(),
     }
+}
+
+/// An attribute's value, unless it is missing or blank.
+fn given(value: Option<&str>) -> Option<&str> {
+    value.filter(|v| !v.trim().is_empty())
 }
 
 // The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
@@ -466,6 +502,7 @@ mod tests {
 
     /// The real reports in tests/fixtures/junit, as tools write them.
     const FIXTURES: &[&str] = &[
+        include_str!("../../../tests/fixtures/junit/googletest.xml"),
         include_str!("../../../tests/fixtures/junit/jest-junit.xml"),
         include_str!("../../../tests/fixtures/junit/jest-junit-red.xml"),
         include_str!("../../../tests/fixtures/junit/pytest.xml"),
@@ -550,6 +587,8 @@ mod tests {
         FailAndError,
         Skip,
         Flaky,
+        /// googletest's disabled test: `status="notrun"`, no `<skipped>`.
+        NotRun,
     }
 
     fn case_xml(name: &str, outcome: Outcome) -> String {
@@ -560,6 +599,9 @@ mod tests {
             Outcome::FailAndError => "<failure/><error/>",
             Outcome::Skip => "<skipped/>",
             Outcome::Flaky => "<flakyFailure/><system-out>x</system-out>",
+            Outcome::NotRun => {
+                return format!("<testcase classname=\"k\" name=\"{name}\" status=\"notrun\"/>");
+            }
         };
         format!("<testcase classname=\"k\" name=\"{name}\">{body}</testcase>")
     }
@@ -623,7 +665,7 @@ mod tests {
                 prop::collection::vec(
                     prop::sample::select(vec![
                         Outcome::Pass, Outcome::Fail, Outcome::Error, Outcome::FailAndError,
-                        Outcome::Skip, Outcome::Flaky,
+                        Outcome::Skip, Outcome::Flaky, Outcome::NotRun,
                     ]),
                     0..8,
                 ),
@@ -644,7 +686,7 @@ mod tests {
                     match outcome {
                         Outcome::Fail | Outcome::FailAndError => want.1 += 1,
                         Outcome::Error => want.2 += 1,
-                        Outcome::Skip => want.3 += 1,
+                        Outcome::Skip | Outcome::NotRun => want.3 += 1,
                         Outcome::Pass | Outcome::Flaky => {}
                     }
                 }
@@ -659,6 +701,107 @@ mod tests {
             let t = totals_of(&text)?.expect("a generated report is a report");
             prop_assert_eq!((t.tests, t.failures, t.errors, t.skipped), want);
         }
+    }
+
+    // A report cut off between whole elements (roxmltree's `UnclosedRootNode`) was said to
+    // fail "at line 1, column 1", the position roxmltree gives, not where the file ends.
+    #[test]
+    fn a_report_cut_off_between_elements_names_where_it_ends() {
+        let whole_lines = concat!(
+            "<?xml version=\"1.0\"?>\n",
+            "<testsuites>\n",
+            "  <testsuite name=\"a\">\n",
+            "    <testcase name=\"b\"/>\n",
+        );
+        let mid_line = whole_lines.trim_end();
+        let inside_a_tag = "<testsuites>\n  <testsuite name=\"a\">\n    <testcase name=\"b";
+        for (text, row, col) in [
+            (whole_lines, 5, 1),
+            (mid_line, 4, 25),
+            (inside_a_tag, 3, 22),
+        ] {
+            let e = roxmltree::Document::parse(text).unwrap_err();
+            assert_eq!(
+                syntax_error(&e, text),
+                (
+                    "the file ends inside an element (was it cut off?)".to_string(),
+                    row,
+                    col
+                ),
+                "{e:?} for {text:?}"
+            );
+        }
+    }
+
+    // A test case with an empty name (Surefire's for a failed JUnit 5 `@BeforeAll`,
+    // googletest's for a failure outside any test) showed in `failing` as `Class::` or as an
+    // empty string.
+    #[test]
+    fn a_test_with_an_empty_name_is_named_after_what_there_is() {
+        let text = concat!(
+            "<testsuites>",
+            // Surefire, a JUnit 5 class whose `@BeforeAll` threw.
+            "<testsuite name=\"com.example.RepoTest\" tests=\"1\" errors=\"1\">",
+            "<testcase name=\"\" classname=\"com.example.RepoTest\" time=\"0.1\">",
+            "<error message=\"db down\" type=\"java.lang.IllegalStateException\"/></testcase>",
+            "</testsuite>",
+            // googletest, a failure outside any test.
+            "<testsuite name=\"NonTestSuiteFailure\" tests=\"1\" failures=\"1\">",
+            "<testcase name=\"\" status=\"run\" result=\"completed\" classname=\"\">",
+            "<failure message=\"x\" type=\"\"/></testcase>",
+            "</testsuite>",
+            // Only a file to go by, then nothing at all.
+            "<testsuite name=\" \">",
+            "<testcase name=\" \" file=\"tests/boot.test.ts\"><failure/></testcase>",
+            "<testcase><failure/></testcase>",
+            "</testsuite>",
+            "<testsuite name=\"\" errors=\"1\"/>",
+            "</testsuites>"
+        );
+        let t = totals_of(text).unwrap().unwrap();
+        assert_eq!(
+            t.failing,
+            [
+                "com.example.RepoTest",
+                "NonTestSuiteFailure",
+                "tests/boot.test.ts",
+                "(unnamed test)",
+                "(unnamed suite)",
+            ]
+        );
+    }
+
+    // googletest's disabled tests (`status="notrun"`, no `<skipped>`) counted as passed,
+    // which raised `pass_rate` past a `min_pass_rate` the tests that ran did not reach.
+    #[test]
+    fn tests_that_did_not_run_are_skipped_not_passed() {
+        let googletest = FIXTURES[0];
+        assert!(
+            googletest.contains("name=\"AllTests\""),
+            "FIXTURES[0] is googletest.xml"
+        );
+        let t = totals_of(googletest).unwrap().unwrap();
+        let counts = (t.tests, t.failures, t.errors, t.skipped, t.passed());
+        assert_eq!(counts, (7, 1, 0, 3, 3));
+        assert_eq!(t.pass_rate(), 0.75);
+    }
+
+    // The README said pytest writes a failing call plus a failing teardown as one case with
+    // both `<failure>` and `<error>`; it writes two cases, as here, and each counts.
+    #[test]
+    fn a_pytest_call_and_teardown_failure_are_two_cases() {
+        let text = concat!(
+            "<testsuites name=\"pytest tests\">",
+            "<testsuite name=\"pytest\" errors=\"1\" failures=\"1\" skipped=\"0\" tests=\"1\">",
+            "<testcase classname=\"tests.test_db\" name=\"test_write\" time=\"0.003\">",
+            "<failure message=\"assert 1 == 2\">def test_write(): ...</failure></testcase>",
+            "<testcase classname=\"tests.test_db\" name=\"test_write\" time=\"0.001\">",
+            "<error message=\"failed on teardown with &quot;RuntimeError&quot;\">...</error>",
+            "</testcase></testsuite></testsuites>"
+        );
+        let t = totals_of(text).unwrap().unwrap();
+        assert_eq!((t.tests, t.failures, t.errors), (2, 1, 1));
+        assert_eq!(t.failing, ["tests.test_db::test_write"; 2]);
     }
 
     // A suite without test cases whose `failures` and `errors` add up past `u64::MAX` made

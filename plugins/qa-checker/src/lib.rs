@@ -1,8 +1,8 @@
 //! A deploy gate on QA: the step succeeds when the tests are green, fails when they are red.
 //!
 //! Two sources of truth, picked by `source:`. `junit` reads JUnit XML reports from a granted
-//! directory, in the dialects that cargo-nextest, pytest, Maven Surefire and jest-junit write,
-//! and counts from the `<testcase>` elements rather than trusting the tools' attributes.
+//! directory, in the dialects that cargo-nextest, pytest, Maven Surefire, jest-junit and
+//! googletest write, and counts from the `<testcase>` elements rather than trusting the tools' attributes.
 //! `commit-status` asks a GitHub-shaped REST API for a commit's combined status and check runs;
 //! anything still running is `transient`, so the step's `retries:` wait for it.
 //!
