@@ -485,6 +485,33 @@ fn error_rate_scrape(app: &App) -> String {
     )
 }
 
+// `count: 2, failure_limit: 3` was accepted, and a release whose every measurement failed
+// ended "metrics green": two failures never exceed a limit of three.
+#[test]
+fn count_below_failure_limit_is_refused_before_measuring() {
+    let app = App::start(&requests(1000, 100));
+    let dir = TestDir::new();
+    let with = error_rate_scrape(&app).replace(
+        "    success_condition:",
+        "    interval: 50ms\n    count: 2\n    failure_limit: 3\n    success_condition:",
+    );
+    let run = dir.run(&workflow(&with, &[app.host()]), &[]);
+
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.error("verify"),
+        (
+            "invalid_config",
+            "metric `error_rate`: `count` is 2 but `failure_limit` is 3: 2 measurements can never exceed the limit, so the metric could never fail; raise `count` to at least 3 or lower `failure_limit`"
+        )
+    );
+    assert!(
+        app.server.requests().is_empty(),
+        "the app was measured before the settings were checked"
+    );
+    assert_eq!(run.status("rollback"), "succeeded");
+}
+
 #[test]
 fn a_dry_run_still_measures() {
     let app = App::start(&requests(1000, 100));

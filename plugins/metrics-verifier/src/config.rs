@@ -59,12 +59,13 @@ struct RawMetric {
     labels: BTreeMap<String, String>,
     initial_delay: Option<String>,
     interval: Option<String>,
-    count: Option<u32>,
+    // Signed, so that a negative number gets this plugin's message rather than serde's.
+    count: Option<i64>,
     success_condition: Option<String>,
     failure_condition: Option<String>,
-    failure_limit: Option<u32>,
-    inconclusive_limit: Option<u32>,
-    consecutive_error_limit: Option<u32>,
+    failure_limit: Option<i64>,
+    inconclusive_limit: Option<i64>,
+    consecutive_error_limit: Option<i64>,
 }
 
 /// Where a metric's value comes from.
@@ -182,11 +183,41 @@ fn check_metric(m: RawMetric, step: &RawConfig, timeout: Duration) -> Result<Met
             "no condition; set `success_condition` (e.g. `result < 0.01`), `failure_condition`, or both".into(),
         ));
     }
-    let count = m.count.unwrap_or(DEFAULT_COUNT);
-    if count == 0 || count > MAX_COUNT {
+    let count = m.count.unwrap_or(DEFAULT_COUNT.into());
+    if !(1..=i64::from(MAX_COUNT)).contains(&count) {
         return Err(bad(format!(
             "`count` is {count}; it must be between 1 and {MAX_COUNT}"
         )));
+    }
+    let limit = |value: Option<i64>, key: &str, default: u32| -> Result<u32, StepError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        u32::try_from(value).map_err(|_| {
+            bad(format!(
+                "`{key}` is {value}; a limit is how many measurements are tolerated, 0 or more"
+            ))
+        })
+    };
+    let failure_limit = limit(m.failure_limit, "failure_limit", 0)?;
+    let inconclusive_limit = limit(m.inconclusive_limit, "inconclusive_limit", 0)?;
+    let consecutive_error_limit = limit(
+        m.consecutive_error_limit,
+        "consecutive_error_limit",
+        DEFAULT_CONSECUTIVE_ERROR_LIMIT,
+    )?;
+    // Argo Rollouts refuses these too: with fewer measurements than the limit tolerates, the
+    // limit can never be exceeded, and a metric whose every measurement is bad passes.
+    let count = u32::try_from(count).expect("checked to be between 1 and MAX_COUNT");
+    for (key, limit, what) in [
+        ("failure_limit", failure_limit, "fail"),
+        ("inconclusive_limit", inconclusive_limit, "be inconclusive"),
+    ] {
+        if count < limit {
+            return Err(bad(format!(
+                "`count` is {count} but `{key}` is {limit}: {count} measurements can never exceed the limit, so the metric could never {what}; raise `count` to at least {limit} or lower `{key}`"
+            )));
+        }
     }
     let in_metric = |key: &str| format!("metric `{name}`: `{key}`");
     Ok(Metric {
@@ -204,11 +235,9 @@ fn check_metric(m: RawMetric, step: &RawConfig, timeout: Duration) -> Result<Met
         count,
         success,
         failure,
-        failure_limit: m.failure_limit.unwrap_or(0),
-        inconclusive_limit: m.inconclusive_limit.unwrap_or(0),
-        consecutive_error_limit: m
-            .consecutive_error_limit
-            .unwrap_or(DEFAULT_CONSECUTIVE_ERROR_LIMIT),
+        failure_limit,
+        inconclusive_limit,
+        consecutive_error_limit,
         name,
     })
 }
@@ -298,4 +327,62 @@ pub fn schema() -> Value {
         "required": ["metrics"],
         "additionalProperties": false
     })
+}
+
+// The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    use super::*;
+
+    /// The `with:` block of one scraped metric with `extra` keys added to it.
+    fn one_metric(extra: &str) -> String {
+        format!(
+            r#"{{"provider": "scrape", "address": "http://127.0.0.1:9/metrics",
+                "metrics": [{{"name": "m", "series": "x", "success_condition": "result < 1"{extra}}}]}}"#
+        )
+    }
+
+    fn refusal(extra: &str) -> String {
+        match parse(&one_metric(extra)) {
+            Ok(_) => panic!("`{extra}` was accepted"),
+            Err(StepError::InvalidConfig(message)) => message,
+            Err(other) => panic!("`{extra}`: not invalid-config: {other:?}"),
+        }
+    }
+
+    // `count: 2, failure_limit: 3` was accepted, and a metric whose every measurement failed
+    // passed: two failures never exceed a limit of three.
+    #[test]
+    fn count_below_a_limit_is_refused() {
+        assert_eq!(
+            refusal(r#", "count": 2, "failure_limit": 3"#),
+            "metric `m`: `count` is 2 but `failure_limit` is 3: 2 measurements can never exceed the limit, so the metric could never fail; raise `count` to at least 3 or lower `failure_limit`"
+        );
+        assert!(
+            refusal(r#", "count": 1, "inconclusive_limit": 2"#)
+                .contains("`count` is 1 but `inconclusive_limit` is 2"),
+        );
+        // As in Argo, a limit equal to `count` is allowed.
+        assert!(parse(&one_metric(r#", "count": 3, "failure_limit": 3"#)).is_ok());
+        assert!(parse(&one_metric(r#", "count": 3, "inconclusive_limit": 3"#)).is_ok());
+    }
+
+    // A negative limit reached the plugin as serde's "invalid value: integer `-1`, expected
+    // u32" (from an expression or, later, a template the engine's schema never saw).
+    #[test]
+    fn a_negative_limit_is_refused_by_name() {
+        for key in [
+            "failure_limit",
+            "inconclusive_limit",
+            "consecutive_error_limit",
+        ] {
+            assert_eq!(
+                refusal(&format!(r#", "{key}": -1"#)),
+                format!(
+                    "metric `m`: `{key}` is -1; a limit is how many measurements are tolerated, 0 or more"
+                )
+            );
+        }
+        assert!(refusal(r#", "count": -2"#).contains("`count` is -2; it must be between 1"));
+    }
 }
