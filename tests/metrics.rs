@@ -42,6 +42,20 @@ impl App {
         App { server, metrics }
     }
 
+    /// An app that serves `pages` in turn, one per request, and then the last one again: a
+    /// release whose metrics change from one measurement to the next, without timing.
+    fn sequence(pages: &[String]) -> App {
+        let pages = pages.to_vec();
+        let server = Server::start(move |_, earlier| {
+            let page = &pages[earlier.len().min(pages.len() - 1)];
+            Reply::new(200, "text/plain; version=0.0.4", page.clone())
+        });
+        App {
+            server,
+            metrics: Arc::default(),
+        }
+    }
+
     /// The metrics the app serves from now on.
     fn set(&self, metrics: &str) {
         *self.metrics.lock().unwrap() = metrics.to_string();
@@ -239,7 +253,7 @@ fn a_good_release_passes() {
     let step = run.step("verify");
     assert_eq!(
         step["summary"],
-        "metrics green: error_rate 0.004 < 0.01 (3/3)"
+        "metrics green: error_rate 3 of 3 passed, last 0.004"
     );
     let outputs = &step["outputs"];
     assert_eq!(outputs["verdict"], "Successful");
@@ -437,7 +451,7 @@ fn the_scrape_provider_reads_the_app_directly() {
     let step = run.step("verify");
     assert_eq!(
         step["summary"],
-        "metrics green: server_errors 4 <= 10 (2/2), error_rate 0.004 did not meet `result > 0.05` (2/2)"
+        "metrics green: server_errors 2 of 2 passed, last 4; error_rate 2 of 2 passed, last 0.004"
     );
     // Interleaved by time: both metrics are due at once, then every 50 ms.
     let metrics: Vec<&str> = step["outputs"]["measurements"]
@@ -510,6 +524,29 @@ fn count_below_failure_limit_is_refused_before_measuring() {
         "the app was measured before the settings were checked"
     );
     assert_eq!(run.status("rollback"), "succeeded");
+}
+
+// A run that passed within its `failure_limit` said `metrics green: error_rate 0.2 < 0.01
+// (3/3)`: the last value, which failed, beside the condition it failed.
+#[test]
+fn the_summary_of_a_pass_within_the_failure_limit_counts_the_failure() {
+    let app = App::sequence(&[requests(1000, 4), requests(1000, 4), requests(1000, 200)]);
+    let dir = TestDir::new();
+    let with = error_rate_scrape(&app).replace(
+        "    success_condition:",
+        "    interval: 50ms\n    count: 3\n    failure_limit: 1\n    success_condition:",
+    );
+    let run = dir.run(&workflow(&with, &[app.host()]), &[]);
+
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.step("verify")["summary"],
+        "metrics green: error_rate 2 of 3 passed, 1 failed (limit 1), last 0.2"
+    );
+    assert_eq!(
+        outcomes(&run.step("verify")["outputs"]),
+        ["Successful", "Successful", "Failed"]
+    );
 }
 
 #[test]

@@ -135,7 +135,7 @@ impl<'a> Analysis<'a> {
             (0..self.metrics.len())
                 .map(|i| self.passed(i))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join("; ")
         );
         let outputs = self.outputs();
         let Value::Object(outputs) = outputs else {
@@ -244,20 +244,16 @@ impl<'a> Analysis<'a> {
         outputs
     }
 
-    /// How metric `i` passed, e.g. `error_rate 0.004 < 0.01 (3/3)`.
+    /// How metric `i` passed: what counted, not only its last value, which may be one of the
+    /// failures its limits tolerated. E.g. `error_rate 2 of 3 passed, 1 failed (limit 1),
+    /// last 0.2`.
     fn passed(&self, i: usize) -> String {
         let (metric, tally) = (&self.metrics[i], &self.tallies[i]);
-        let value = last_value(tally);
-        let how = match (&metric.success, &metric.failure) {
-            (Some(success), _) => with_value(&success.text, &value),
-            (None, Some(failure)) => format!("{value} did not meet `{}`", failure.text),
-            (None, None) => value,
-        };
         format!(
-            "{} {how} ({}/{})",
+            "{} {}, last {}",
             metric.name,
-            tally.counted(),
-            metric.count
+            counts(metric, tally),
+            last_value(tally)
         )
     }
 
@@ -315,13 +311,32 @@ fn last_value(tally: &Tally) -> String {
         .map_or_else(|| "(no value)".into(), |(v, _)| v.to_string())
 }
 
-/// `result < 0.01` with `0.004` reads `0.004 < 0.01`: a condition that starts with `result`
-/// and names it once reads best with the value in its place. Others are quoted whole.
-fn with_value(condition: &str, value: &str) -> String {
-    match condition.strip_prefix("result") {
-        Some(rest) if rest.starts_with(' ') && !rest.contains("result") => format!("{value}{rest}"),
-        _ => format!("{value} met `{condition}`"),
+/// What a metric's measurements were: `3 of 3 passed`, or `2 of 3 passed, 1 failed (limit
+/// 1), 1 error`. Outcomes that did not happen are left out.
+fn counts(metric: &Metric, tally: &Tally) -> String {
+    let mut parts = vec![format!(
+        "{} of {} passed",
+        tally.successful,
+        tally.counted()
+    )];
+    if tally.failed > 0 {
+        parts.push(format!(
+            "{} failed (limit {})",
+            tally.failed, metric.failure_limit
+        ));
     }
+    if tally.inconclusive > 0 {
+        parts.push(format!(
+            "{} inconclusive (limit {})",
+            tally.inconclusive, metric.inconclusive_limit
+        ));
+    }
+    match tally.error {
+        0 => {}
+        1 => parts.push("1 error".into()),
+        n => parts.push(format!("{n} errors")),
+    }
+    parts.join(", ")
 }
 
 shiphat_plugin_sdk::export!(MetricsVerifier);
