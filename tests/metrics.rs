@@ -416,6 +416,62 @@ fn neither_condition_met_is_inconclusive() {
     assert_eq!(run.status("rollback"), "succeeded");
 }
 
+/// A workflow that routes on `verify`'s verdict, as docs/workflows.md shows: an Inconclusive
+/// canary is held for a person (`hold`), a Failed one is rolled back (`rollback`).
+fn routed_on_the_verdict(app: &App) -> String {
+    let with: String = error_rate_scrape(app)
+        .replace(
+            "    success_condition: result < 0.01\n",
+            "    success_condition: result < 0.01\n    failure_condition: result > 0.05\n",
+        )
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    format!(
+        "name: verify-release\n\
+         steps:\n\
+         \x20 - id: verify\n\
+         \x20   uses: metrics-verifier\n\
+         \x20   allow: {{ http: [\"{}\"] }}\n\
+         \x20   with:\n{with}\
+         \x20 - id: hold\n\
+         \x20   uses: echo\n\
+         \x20   needs: verify\n\
+         \x20   if: failure() && steps.verify.outputs.verdict == 'Inconclusive'\n\
+         \x20   with: {{ message: holding the release for a person to look at }}\n\
+         on_failure:\n\
+         \x20 - id: rollback\n\
+         \x20   uses: echo\n\
+         \x20   if: steps.verify.outputs.verdict != 'Inconclusive'\n\
+         \x20   with: {{ message: rolling back }}\n",
+        app.host()
+    )
+}
+
+// Too many Inconclusive measurements fail the step, as in Argo, but a workflow must still be
+// able to tell them from a breach: hold an inconclusive canary, roll back a bad one.
+#[test]
+fn a_workflow_routes_an_inconclusive_verdict_apart_from_a_failed_one() {
+    let dir = TestDir::new();
+
+    // 3% of requests fail: neither below 1% nor above 5%.
+    let app = App::start(&requests(1000, 30));
+    let run = dir.run(&routed_on_the_verdict(&app), &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.status("verify"), "failed");
+    assert_eq!(run.step("verify")["outputs"]["verdict"], "Inconclusive");
+    assert_eq!(run.status("hold"), "succeeded");
+    assert_eq!(run.status("rollback"), "skipped");
+
+    // 10% fail: a breach.
+    app.set(&requests(1000, 100));
+    let run = dir.run(&routed_on_the_verdict(&app), &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.step("verify")["outputs"]["verdict"], "Failed");
+    assert_eq!(run.status("hold"), "skipped");
+    assert_eq!(run.status("rollback"), "succeeded");
+}
+
 #[test]
 fn the_scrape_provider_reads_the_app_directly() {
     let app = App::start(&requests(1000, 4));
