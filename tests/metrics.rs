@@ -382,6 +382,86 @@ fn a_query_error_counts_as_error_not_failed_until_the_consecutive_error_limit() 
     assert_eq!(outcomes(&run.step("verify")["outputs"]), ["Error"]);
 }
 
+// Conditions copied from an AnalysisTemplate were refused: `isNaN(result) || ...` did not
+// parse ("Unknown function"), and `result[0]` could not index a number.
+#[test]
+fn conditions_written_for_argo_work_unchanged() {
+    let app = App::start(&requests(1000, 4));
+    let prometheus = Prometheus::start(&app);
+    prometheus.wait_for(ERROR_RATIO, "0.004");
+    let dir = TestDir::new();
+    let metric = |name: &str, query: &str, condition: &str| {
+        format!(
+            "\x20 - name: {name}\n\
+             \x20   query: '{query}'\n\
+             \x20   interval: 50ms\n\
+             \x20   count: 2\n\
+             \x20   success_condition: {condition}\n"
+        )
+    };
+    let scalar = format!("scalar({ERROR_RATIO})");
+    let with = format!(
+        "provider: prometheus\n\
+         address: {}\n\
+         metrics:\n{}{}{}{}",
+        prometheus.url(),
+        // A one-series vector, as Argo's documentation writes every condition.
+        metric("vector", ERROR_RATIO, "result[0] < 0.01"),
+        metric(
+            "guarded",
+            ERROR_RATIO,
+            "'isNaN(result[0]) || result[0] < 0.01'"
+        ),
+        metric("defaulted", ERROR_RATIO, "'default(result[0], 0) < 0.01'"),
+        // A scalar answer.
+        metric(
+            "scalar",
+            &scalar,
+            "'!isInf(result) && asFloat(result) < 0.01'"
+        ),
+    );
+    let run = dir.run(&workflow(&with, &[prometheus.addr.to_string()]), &[]);
+
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let outputs = &run.step("verify")["outputs"];
+    assert_eq!(outcomes(outputs), ["Successful"; 8]);
+    // The chart's line is found through `result[0]` too.
+    assert_eq!(
+        outputs["metrics"]["vector"]["threshold"],
+        serde_json::json!({ "op": "<", "value": 0.01 })
+    );
+}
+
+// Argo hands a `+Inf` to the conditions, where `isInf(result) || result < 0.01` calls it
+// Successful; a division by zero says nothing about the release, so here it is an Error.
+#[test]
+fn an_infinite_result_is_an_error_whatever_the_condition() {
+    let app = App::start(&requests(1000, 4));
+    let prometheus = Prometheus::start(&app);
+    let dir = TestDir::new();
+    let with = format!(
+        "provider: prometheus\n\
+         address: {}\n\
+         metrics:\n\
+         \x20 - name: error_rate\n\
+         \x20   query: 'sum(http_requests_total) / 0'\n\
+         \x20   consecutive_error_limit: 0\n\
+         \x20   success_condition: 'isInf(result) || result < 0.01'\n",
+        prometheus.url()
+    );
+    let run = dir.run(&workflow(&with, &[prometheus.addr.to_string()]), &[]);
+
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.error("verify"),
+        (
+            "failed",
+            "metrics errored: error_rate errored 1 times in a row (limit 0): the result is `+Inf` (a division by zero gives it); it is neither good nor bad"
+        )
+    );
+    assert_eq!(outcomes(&run.step("verify")["outputs"]), ["Error"]);
+}
+
 #[test]
 fn neither_condition_met_is_inconclusive() {
     let app = App::start(&requests(1000, 30));

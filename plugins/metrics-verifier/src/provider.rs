@@ -44,8 +44,19 @@ pub fn measure(metric: &Metric) -> Result<f64, Problem> {
             scrape_value(&response.text(), series, labels).map_err(Problem::Error)?
         }
     };
+    // Stricter than Argo, which hands NaN and ±Inf to the conditions: both mostly mean a
+    // ratio over no traffic (0/0, x/0), which says nothing about the release either way.
     if value.is_nan() {
-        return Err(Problem::Error("the result is NaN".into()));
+        return Err(Problem::Error(
+            "the result is NaN (a ratio over no traffic gives it); it is neither good nor bad"
+                .into(),
+        ));
+    }
+    if value.is_infinite() {
+        let sign = if value > 0.0 { '+' } else { '-' };
+        return Err(Problem::Error(format!(
+            "the result is `{sign}Inf` (a division by zero gives it); it is neither good nor bad"
+        )));
     }
     Ok(value)
 }
