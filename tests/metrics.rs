@@ -772,3 +772,147 @@ fn the_schema_refuses_unknown_keys_before_anything_runs() {
     assert_eq!(run.code, 2, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("sucess_condition"), "{}", run.stderr);
 }
+
+/// Copies the AnalysisTemplate fixture `name` (tests/fixtures/argo) into `dir` at `dest`.
+fn argo_template(dir: &TestDir, name: &str, dest: &str) {
+    let text = std::fs::read_to_string(support::root().join("tests/fixtures/argo").join(name))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+    dir.write(dest, text);
+}
+
+/// A workflow whose one step `verify` measures the template at `template` with `args` (a
+/// flow mapping), granted `allow` (a flow mapping's inside).
+fn template_workflow(template: &str, args: &str, allow: &str) -> String {
+    format!(
+        "name: canary\n\
+         steps:\n\
+         \x20 - id: verify\n\
+         \x20   uses: metrics-verifier\n\
+         \x20   allow: {{ {allow} }}\n\
+         \x20   with:\n\
+         \x20     template: {template}\n\
+         \x20     args: {args}\n"
+    )
+}
+
+// An AnalysisTemplate could not be used at all: its metrics had to be rewritten by hand into
+// `with:`, key by key, and its `{{args.NAME}}` filled in.
+#[test]
+fn an_argo_analysis_template_runs_as_written() {
+    let app = App::start(&requests(1000, 4));
+    let prometheus = Prometheus::start(&app);
+    prometheus.wait_for(ERROR_RATIO, "0.004");
+    let dir = TestDir::new();
+    argo_template(&dir, "success-rate.yaml", "analysis.yaml");
+    let yaml = template_workflow(
+        "./analysis.yaml",
+        &format!(
+            "{{ service-name: app, prometheus-port: \"{}\" }}",
+            prometheus.addr.port()
+        ),
+        &format!("read: [\".\"], http: [\"{}\"]", prometheus.addr),
+    );
+    let run = dir.run(&yaml, &[]);
+
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let step = run.step("verify");
+    assert_eq!(
+        step["summary"],
+        "metrics green: success-rate 3 of 3 passed, last 0.996"
+    );
+    assert_eq!(outcomes(&step["outputs"]), ["Successful"; 3]);
+    assert_eq!(
+        step["outputs"]["metrics"]["success-rate"]["success_condition"],
+        "result[0] >= 0.95"
+    );
+
+    // The release breaks: its `failureLimit: 1` tolerates one failure, not two.
+    app.set(&requests(1000, 100));
+    prometheus.wait_for(ERROR_RATIO, "0.1");
+    let run = dir.run(&yaml, &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.error("verify"),
+        (
+            "failed",
+            "metrics red: success-rate 0.9 breached result[0] >= 0.95 (2 failed, limit 1)"
+        )
+    );
+}
+
+// The web provider of an AnalysisTemplate, as Argo's docs write it: the token Argo reads from
+// a Kubernetes secret comes from a granted secret, and the condition reads an object.
+#[test]
+fn an_argo_web_metric_runs_as_written() {
+    let api = Server::start(|_, _| {
+        Reply::json(
+            200,
+            &serde_json::json!({ "data": { "ok": true, "successPercent": 0.95 } }),
+        )
+    });
+    let dir = TestDir::new();
+    argo_template(&dir, "web-success.yaml", "analysis/web.yaml");
+    let yaml = template_workflow(
+        "analysis/web.yaml",
+        &format!(
+            "{{ api-url: \"{}\", api-token: {{ secret: API_TOKEN }} }}",
+            api.url("/measure")
+        ),
+        &format!(
+            "read: [analysis], http: [\"{}\"], secrets: [API_TOKEN]",
+            api.host()
+        ),
+    );
+    dir.write("workflow.yaml", &yaml);
+    let mut command = dir.shiphat();
+    command
+        .args(["run", "workflow.yaml", "--json"])
+        .env("API_TOKEN", "t0ken");
+    let run = support::Run::of(command);
+
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let outputs = &run.step("verify")["outputs"];
+    assert_eq!(outcomes(outputs), ["Successful"]);
+    assert_eq!(
+        outputs["measurements"][0]["value"],
+        serde_json::json!({ "ok": true, "successPercent": 0.95 })
+    );
+    let requests = api.requests();
+    let [request] = requests.as_slice() else {
+        panic!("{requests:?}")
+    };
+    assert_eq!(request.target, "/measure?service=guestbook");
+    assert_eq!(request.header("authorization"), Some("Bearer t0ken"));
+}
+
+// What a step cannot honour is refused by name before anything is measured, not ignored.
+#[test]
+fn an_argo_template_with_a_job_metric_is_refused_by_name() {
+    let dir = TestDir::new();
+    argo_template(&dir, "job.yaml", "analysis/job.yaml");
+    let run = dir.run(
+        &template_workflow("analysis/job.yaml", "{}", "read: [analysis]"),
+        &[],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(
+        run.error("verify"),
+        (
+            "invalid_config",
+            "`template` `analysis/job.yaml`: metric `test`: the `job` provider is not supported; this plugin measures with `prometheus` and `web` (or, outside templates, `scrape`)"
+        )
+    );
+
+    // The template is read through `allow.read`, and `validate` says so before anything runs.
+    let run = dir.run(
+        &template_workflow("analysis/job.yaml", "{}", "http: [\"127.0.0.1:9\"]"),
+        &[],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the step reads `analysis/job.yaml` but `allow.read` does not grant it"),
+        "{}",
+        run.stderr
+    );
+}

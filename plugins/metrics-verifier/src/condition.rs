@@ -4,6 +4,8 @@ use std::sync::LazyLock;
 
 use expr::Value;
 
+use crate::analysis::Reading;
+
 /// A compiled condition and the text it came from.
 pub struct Condition {
     pub text: String,
@@ -26,11 +28,12 @@ impl Condition {
             program,
             list: false,
         };
-        let Err(as_number) = condition.eval(0.0) else {
+        let sample = Reading::Number(0.0);
+        let Err(as_number) = condition.eval(&sample) else {
             return Ok(condition);
         };
         condition.list = true;
-        match condition.eval(0.0) {
+        match condition.eval(&sample) {
             Ok(_) => Ok(condition),
             // Name the error of the form the condition was written for.
             Err(as_list) if text.contains("result[") => Err(as_list),
@@ -65,13 +68,23 @@ impl Condition {
         }
     }
 
+    /// Compiles `text` without trying it on a sample: for a `web` metric, whose `result` may
+    /// be anything its answer holds (`result.ok && result.successPercent >= 0.9`).
+    pub fn compile_for_any_value(text: &str) -> Result<Condition, String> {
+        Ok(Condition {
+            text: text.to_string(),
+            program: expr::compile(text).map_err(one_line)?,
+            list: false,
+        })
+    }
+
     /// Whether the condition holds for `result`.
-    pub fn eval(&self, result: f64) -> Result<bool, String> {
+    pub fn eval(&self, result: &Reading) -> Result<bool, String> {
         let mut context = expr::Context::default();
-        let result = if self.list {
-            Value::Array(vec![Value::Float(result)])
-        } else {
-            Value::Float(result)
+        let result = match result {
+            Reading::Number(n) if self.list => Value::Array(vec![Value::Float(*n)]),
+            Reading::Number(n) => Value::Float(*n),
+            Reading::Json(json) => from_json(json),
         };
         context.insert("result".to_string(), result);
         match ENVIRONMENT.run(&self.program, &context) {
@@ -132,6 +145,26 @@ static ENVIRONMENT: LazyLock<expr::Environment<'static>> =
         });
         env
     });
+
+/// A JSON value as expr-lang's, for a condition on a `web` answer.
+fn from_json(json: &serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Array(items) => Value::Array(items.iter().map(from_json).collect()),
+        serde_json::Value::Object(entries) => Value::Map(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), from_json(v)))
+                .collect(),
+        ),
+    }
+}
 
 /// The `N` arguments of a call to `name`, or an error saying how many it takes.
 fn args<const N: usize>(name: &str, args: Vec<Value>) -> expr::Result<[Value; N]> {
@@ -219,7 +252,7 @@ mod tests {
             for src in [soup.join(" "), text] {
                 timed(|| {
                     if let Ok(condition) = Condition::compile(&src) {
-                        let _ = condition.eval(result);
+                        let _ = condition.eval(&Reading::Number(result));
                         let _ = condition.threshold();
                     }
                 })?;
@@ -251,7 +284,7 @@ mod tests {
             let Some((line_op, line)) = condition.threshold() else {
                 return Err(TestCaseError::fail(format!("`{text}` has no threshold")));
             };
-            let Ok(holds) = condition.eval(result) else {
+            let Ok(holds) = condition.eval(&Reading::Number(result)) else {
                 return Ok(());
             };
             let drawn = match line_op {
@@ -270,7 +303,7 @@ mod tests {
     fn holds(text: &str, result: f64) -> bool {
         Condition::compile(text)
             .unwrap_or_else(|e| panic!("`{text}` does not compile: {e}"))
-            .eval(result)
+            .eval(&Reading::Number(result))
             .unwrap_or_else(|e| panic!("`{text}` at {result}: {e}"))
     }
 

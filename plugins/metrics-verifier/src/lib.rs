@@ -9,6 +9,9 @@
 //! otherwise succeeds once every metric has its `count`. The metrics' measurements are
 //! interleaved by time, as Argo does.
 //!
+//! The metrics are listed in `with:`, or read from an Argo `AnalysisTemplate` file
+//! (`template.rs`), whose `web` metrics ask a URL and judge the JSON value it answers.
+//!
 //! It only reads, so a dry run measures too. It does not roll anything back: a workflow does
 //! that in `on_failure`.
 
@@ -16,6 +19,7 @@ mod analysis;
 mod condition;
 mod config;
 mod provider;
+mod template;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +28,7 @@ use shiphat_plugin_sdk::{
     self as sdk, Guest, Output, PluginInfo, StepError, StepInput, StepOutput,
 };
 
-use analysis::{Outcome, Tally, Verdict};
+use analysis::{Outcome, Reading, Tally, Verdict};
 use config::Metric;
 use provider::Problem;
 
@@ -63,6 +67,14 @@ impl Guest for MetricsVerifier {
                 match &metric.source {
                     config::Source::Prometheus { query, .. } => format!("`{query}`"),
                     config::Source::Scrape { url, series, .. } => format!("`{series}` at {url}"),
+                    config::Source::Web {
+                        url,
+                        method,
+                        json_path,
+                        ..
+                    } => {
+                        format!("`{}` of {method} {url}", json_path.text)
+                    }
                 },
                 metric.count,
                 humantime::format_duration(metric.interval),
@@ -153,7 +165,7 @@ impl<'a> Analysis<'a> {
         let metric = &self.metrics[i];
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let (outcome, value, error) = match provider::measure(metric) {
-            Ok(value) => match analysis::evaluate(metric, value) {
+            Ok(value) => match analysis::evaluate(metric, &value) {
                 Ok(outcome) => (outcome, Some(value), None),
                 Err(e) => (Outcome::Error, Some(value), Some(e)),
             },
@@ -165,13 +177,15 @@ impl<'a> Analysis<'a> {
                 )));
             }
         };
+        let recorded = value.as_ref().map(Reading::to_json);
+        let shown = value.as_ref().map_or("none".into(), Reading::to_string);
         let tally = &mut self.tallies[i];
         tally.record(outcome, value);
         match &error {
             None => sdk::info(&format!(
                 "{} = {} → {} ({}/{})",
                 metric.name,
-                value.map_or("none".into(), |v| v.to_string()),
+                shown,
                 outcome.as_str(),
                 tally.counted(),
                 metric.count
@@ -187,7 +201,7 @@ impl<'a> Analysis<'a> {
         if self.measurements.len() < MAX_RECORDED {
             let mut record = json!({
                 "metric": metric.name,
-                "value": value,
+                "value": recorded,
                 "time": time,
                 "outcome": outcome.as_str(),
             });
@@ -266,7 +280,10 @@ impl<'a> Analysis<'a> {
             Verdict::Failed => {
                 // The measurement that went over the limit is the last one, and it was Failed.
                 let met = |c: &condition::Condition| {
-                    tally.last.is_some_and(|(v, _)| c.eval(v).unwrap_or(false))
+                    tally
+                        .last
+                        .as_ref()
+                        .is_some_and(|(v, _)| c.eval(v).unwrap_or(false))
                 };
                 let how = match (&metric.success, &metric.failure) {
                     (_, Some(failure)) if met(failure) => {
@@ -308,6 +325,7 @@ impl<'a> Analysis<'a> {
 fn last_value(tally: &Tally) -> String {
     tally
         .last
+        .as_ref()
         .map_or_else(|| "(no value)".into(), |(v, _)| v.to_string())
 }
 
