@@ -3,6 +3,34 @@
 
 use crate::config::Metric;
 
+/// What one measurement read.
+#[derive(Clone, PartialEq, Debug)]
+pub enum Reading {
+    /// A number: from Prometheus, a scraped page, or a number in a `web` answer.
+    Number(f64),
+    /// Anything else a `web` answer holds at its `jsonPath` (`true`, `"ok"`, `{"ok": true}`),
+    /// handed to the conditions as Argo hands it.
+    Json(serde_json::Value),
+}
+
+impl Reading {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Reading::Number(n) => (*n).into(),
+            Reading::Json(value) => value.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for Reading {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reading::Number(n) => write!(f, "{n}"),
+            Reading::Json(value) => write!(f, "{value}"),
+        }
+    }
+}
+
 /// What one measurement is.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Outcome {
@@ -58,7 +86,7 @@ pub struct Tally {
     pub error: u32,
     pub consecutive_errors: u32,
     /// The last value measured, and the outcome it had.
-    pub last: Option<(f64, Outcome)>,
+    pub last: Option<(Reading, Outcome)>,
     pub last_error: Option<String>,
 }
 
@@ -68,7 +96,7 @@ impl Tally {
         self.successful + self.failed + self.inconclusive
     }
 
-    pub fn record(&mut self, outcome: Outcome, value: Option<f64>) {
+    pub fn record(&mut self, outcome: Outcome, value: Option<Reading>) {
         match outcome {
             Outcome::Successful => self.successful += 1,
             Outcome::Failed => self.failed += 1,
@@ -89,7 +117,7 @@ impl Tally {
 /// The outcome of a measured value, as Argo decides it: with only a success condition, false
 /// is Failed; with only a failure condition, false is Successful; with both, a true failure
 /// condition wins and neither true is Inconclusive.
-pub fn evaluate(metric: &Metric, result: f64) -> Result<Outcome, String> {
+pub fn evaluate(metric: &Metric, result: &Reading) -> Result<Outcome, String> {
     let check = |condition: &crate::condition::Condition| {
         condition
             .eval(result)

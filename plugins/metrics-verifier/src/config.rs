@@ -34,6 +34,9 @@ pub const MAX_COUNT: u32 = 1000;
 pub enum Provider {
     Prometheus,
     Scrape,
+    /// Argo's `web` provider; only an AnalysisTemplate names it.
+    #[serde(skip)]
+    Web,
 }
 
 #[derive(Deserialize)]
@@ -43,34 +46,64 @@ struct RawConfig {
     address: Option<String>,
     token_secret: Option<String>,
     query_timeout: Option<String>,
+    #[serde(default)]
     metrics: Vec<RawMetric>,
+    template: Option<String>,
+    args: Option<BTreeMap<String, Value>>,
 }
 
-#[derive(Deserialize)]
+/// One metric as written: in `with:`, or converted from an AnalysisTemplate by
+/// [`crate::template`], which also fills the keys `with:` has no way to write.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawMetric {
-    name: String,
-    provider: Option<Provider>,
-    address: Option<String>,
-    token_secret: Option<String>,
-    query: Option<String>,
-    series: Option<String>,
+pub struct RawMetric {
+    pub name: String,
+    pub provider: Option<Provider>,
+    pub address: Option<String>,
+    pub token_secret: Option<String>,
+    pub query: Option<String>,
+    pub series: Option<String>,
     #[serde(default)]
-    labels: BTreeMap<String, String>,
-    initial_delay: Option<String>,
-    interval: Option<String>,
-    count: Option<u32>,
-    success_condition: Option<String>,
-    failure_condition: Option<String>,
-    failure_limit: Option<u32>,
-    inconclusive_limit: Option<u32>,
-    consecutive_error_limit: Option<u32>,
+    pub labels: BTreeMap<String, String>,
+    pub initial_delay: Option<String>,
+    pub interval: Option<String>,
+    // Signed, so that a negative number gets this plugin's message rather than serde's.
+    pub count: Option<i64>,
+    pub success_condition: Option<String>,
+    pub failure_condition: Option<String>,
+    pub failure_limit: Option<i64>,
+    pub inconclusive_limit: Option<i64>,
+    pub consecutive_error_limit: Option<i64>,
+    /// A template's `timeout` (prometheus) or `timeoutSeconds` (web).
+    #[serde(skip)]
+    pub timeout_seconds: Option<i64>,
+    /// A template's request headers.
+    #[serde(skip)]
+    pub headers: Vec<(String, String)>,
+    /// A template's `web` provider settings.
+    #[serde(skip)]
+    pub web: Option<Web>,
+}
+
+/// Argo's `web` provider, beyond its URL.
+#[derive(Default)]
+pub struct Web {
+    pub method: String,
+    pub body: Option<String>,
+    pub json_path: Option<String>,
 }
 
 /// Where a metric's value comes from.
 pub enum Source {
     /// An instant query: `GET {address}/api/v1/query?query=...`.
     Prometheus { address: String, query: String },
+    /// A JSON (or plain text) answer of `url`, and the value at `json_path` in it.
+    Web {
+        url: String,
+        method: String,
+        body: Option<String>,
+        json_path: JsonPath,
+    },
     /// One series of the text exposition format at `url`.
     Scrape {
         url: String,
@@ -85,6 +118,8 @@ pub struct Metric {
     pub source: Source,
     /// The value of `Authorization: Bearer ...`, from `token_secret`.
     pub token: Option<String>,
+    /// More request headers, from a template.
+    pub headers: Vec<(String, String)>,
     pub timeout: Duration,
     pub initial_delay: Duration,
     pub interval: Duration,
@@ -100,12 +135,39 @@ pub struct Metric {
 pub fn parse(text: &str) -> Result<Vec<Metric>, StepError> {
     let mut raw: RawConfig =
         serde_json::from_str(text).map_err(|e| sdk::invalid_config(e.to_string()))?;
-    let raw_metrics = std::mem::take(&mut raw.metrics);
-    if raw_metrics.is_empty() {
-        return Err(sdk::invalid_config(
-            "`metrics` is empty; list at least one metric to measure",
-        ));
-    }
+    let raw_metrics = match (&raw.template, std::mem::take(&mut raw.metrics)) {
+        (Some(_), _) if raw.provider.is_some() || raw.address.is_some() => {
+            return Err(sdk::invalid_config(
+                "`provider` and `address` are set with `template`; the template's metrics name their own",
+            ));
+        }
+        (Some(path), metrics) if metrics.is_empty() => {
+            let args = raw
+                .args
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, value)| Ok((name.clone(), argument(&name, value)?)))
+                .collect::<Result<_, StepError>>()?;
+            crate::template::load(path, &args).map_err(sdk::invalid_config)?
+        }
+        (Some(_), _) => {
+            return Err(sdk::invalid_config(
+                "both `template` and `metrics` are set; measure the template's metrics or list your own, not both",
+            ));
+        }
+        (None, _) if raw.args.is_some() => {
+            return Err(sdk::invalid_config(
+                "`args` is set without `template`; arguments fill a template's `{{args.NAME}}`",
+            ));
+        }
+        (None, metrics) if metrics.is_empty() => {
+            return Err(sdk::invalid_config(
+                "`metrics` is empty; list at least one metric to measure, or name an AnalysisTemplate in `template`",
+            ));
+        }
+        (None, metrics) => metrics,
+    };
     let timeout = match &raw.query_timeout {
         Some(text) => duration(text, "query_timeout")?,
         None => DEFAULT_QUERY_TIMEOUT,
@@ -124,8 +186,32 @@ pub fn parse(text: &str) -> Result<Vec<Metric>, StepError> {
     Ok(metrics)
 }
 
+/// The text of the template argument `name` as the step gives it.
+fn argument(name: &str, value: Value) -> Result<String, StepError> {
+    match value {
+        Value::String(text) => Ok(text),
+        Value::Number(_) | Value::Bool(_) => Ok(value.to_string()),
+        // What Argo reads with `valueFrom.secretKeyRef`: here, a granted secret.
+        Value::Object(o) if o.len() == 1 && o.get("secret").is_some_and(Value::is_string) => {
+            let secret = o.get("secret").and_then(Value::as_str).unwrap_or_default();
+            sdk::secret(secret).ok_or_else(|| {
+                sdk::invalid_config(format!(
+                    "`args.{name}`: the secret `{secret}` has no value: grant it in the step's `allow.secrets` and set it in the engine's environment"
+                ))
+            })
+        }
+        other => Err(sdk::invalid_config(format!(
+            "`args.{name}` is `{other}`; an argument is a string, a number, true/false or `{{secret: NAME}}`"
+        ))),
+    }
+}
+
 fn check_metric(m: RawMetric, step: &RawConfig, timeout: Duration) -> Result<Metric, StepError> {
     let name = m.name;
+    let timeout = match m.timeout_seconds {
+        Some(seconds) if seconds > 0 => Duration::from_secs(seconds.unsigned_abs()),
+        _ => timeout,
+    };
     let bad = |message: String| sdk::invalid_config(format!("metric `{name}`: {message}"));
     let provider = m.provider.or(step.provider).ok_or_else(|| {
         bad("no `provider`; set `provider: prometheus` or `provider: scrape` on the step or the metric".into())
@@ -166,6 +252,17 @@ fn check_metric(m: RawMetric, step: &RawConfig, timeout: Duration) -> Result<Met
                 labels: m.labels,
             }
         }
+        Provider::Web => {
+            let web = m.web.unwrap_or_default();
+            let json_path = JsonPath::parse(web.json_path.as_deref().unwrap_or("{$}"))
+                .map_err(|e| bad(format!("`jsonPath` {e}")))?;
+            Source::Web {
+                url: address,
+                method: web.method,
+                body: web.body,
+                json_path,
+            }
+        }
     };
     let token = match m.token_secret.or_else(|| step.token_secret.clone()) {
         Some(secret) => Some(sdk::secret(&secret).ok_or_else(|| {
@@ -175,23 +272,57 @@ fn check_metric(m: RawMetric, step: &RawConfig, timeout: Duration) -> Result<Met
         })?),
         None => None,
     };
-    let success = compile(m.success_condition, "success_condition", &name)?;
-    let failure = compile(m.failure_condition, "failure_condition", &name)?;
+    // A `web` answer may be anything JSON holds, so its conditions cannot be tried on a
+    // sample number.
+    let any_value = provider == Provider::Web;
+    let success = compile(m.success_condition, "success_condition", &name, any_value)?;
+    let failure = compile(m.failure_condition, "failure_condition", &name, any_value)?;
     if success.is_none() && failure.is_none() {
         return Err(bad(
             "no condition; set `success_condition` (e.g. `result < 0.01`), `failure_condition`, or both".into(),
         ));
     }
-    let count = m.count.unwrap_or(DEFAULT_COUNT);
-    if count == 0 || count > MAX_COUNT {
+    let count = m.count.unwrap_or(DEFAULT_COUNT.into());
+    if !(1..=i64::from(MAX_COUNT)).contains(&count) {
         return Err(bad(format!(
             "`count` is {count}; it must be between 1 and {MAX_COUNT}"
         )));
+    }
+    let limit = |value: Option<i64>, key: &str, default: u32| -> Result<u32, StepError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        u32::try_from(value).map_err(|_| {
+            bad(format!(
+                "`{key}` is {value}; a limit is how many measurements are tolerated, 0 or more"
+            ))
+        })
+    };
+    let failure_limit = limit(m.failure_limit, "failure_limit", 0)?;
+    let inconclusive_limit = limit(m.inconclusive_limit, "inconclusive_limit", 0)?;
+    let consecutive_error_limit = limit(
+        m.consecutive_error_limit,
+        "consecutive_error_limit",
+        DEFAULT_CONSECUTIVE_ERROR_LIMIT,
+    )?;
+    // Argo Rollouts refuses these too: with fewer measurements than the limit tolerates, the
+    // limit can never be exceeded, and a metric whose every measurement is bad passes.
+    let count = u32::try_from(count).expect("checked to be between 1 and MAX_COUNT");
+    for (key, limit, what) in [
+        ("failure_limit", failure_limit, "fail"),
+        ("inconclusive_limit", inconclusive_limit, "be inconclusive"),
+    ] {
+        if count < limit {
+            return Err(bad(format!(
+                "`count` is {count} but `{key}` is {limit}: {count} measurements can never exceed the limit, so the metric could never {what}; raise `count` to at least {limit} or lower `{key}`"
+            )));
+        }
     }
     let in_metric = |key: &str| format!("metric `{name}`: `{key}`");
     Ok(Metric {
         source,
         token,
+        headers: m.headers,
         timeout,
         initial_delay: match &m.initial_delay {
             Some(text) => duration(text, &in_metric("initial_delay"))?,
@@ -204,18 +335,110 @@ fn check_metric(m: RawMetric, step: &RawConfig, timeout: Duration) -> Result<Met
         count,
         success,
         failure,
-        failure_limit: m.failure_limit.unwrap_or(0),
-        inconclusive_limit: m.inconclusive_limit.unwrap_or(0),
-        consecutive_error_limit: m
-            .consecutive_error_limit
-            .unwrap_or(DEFAULT_CONSECUTIVE_ERROR_LIMIT),
+        failure_limit,
+        inconclusive_limit,
+        consecutive_error_limit,
         name,
     })
 }
 
-fn compile(text: Option<String>, key: &str, metric: &str) -> Result<Option<Condition>, StepError> {
+/// A `jsonPath` of Argo's `web` provider: the plain paths of Kubernetes' JSONPath,
+/// `{$.data.ok}`, `{.items[0].value}`, `{$['a-b']}`. Filters, wildcards, slices and recursive
+/// descent pick several values or none, where a measurement is one number; they are refused.
+pub struct JsonPath {
+    pub text: String,
+    steps: Vec<PathStep>,
+}
+
+enum PathStep {
+    Key(String),
+    Index(usize),
+}
+
+impl JsonPath {
+    pub fn parse(text: &str) -> Result<JsonPath, String> {
+        let refuse = |what: &str| {
+            format!(
+                "`{text}` uses {what}, which picks several values or none; give a plain path to one value, such as `{{$.data.value}}`"
+            )
+        };
+        let inner = text.trim();
+        let inner = match inner.strip_prefix('{') {
+            Some(rest) => rest
+                .strip_suffix('}')
+                .ok_or_else(|| format!("`{text}` opens `{{` and never closes it"))?,
+            None => inner,
+        };
+        let mut rest = inner.trim();
+        rest = rest.strip_prefix('$').unwrap_or(rest);
+        let mut steps = Vec::new();
+        while !rest.is_empty() {
+            if rest.starts_with("..") {
+                return Err(refuse("`..` (recursive descent)"));
+            } else if let Some(after) = rest.strip_prefix('.') {
+                let end = after.find(['.', '[']).unwrap_or(after.len());
+                let key = &after[..end];
+                match key {
+                    "" => return Err(format!("`{text}` has an empty key")),
+                    "*" => return Err(refuse("`*` (a wildcard)")),
+                    _ => steps.push(PathStep::Key(key.to_string())),
+                }
+                rest = &after[end..];
+            } else if let Some(after) = rest.strip_prefix('[') {
+                let end = after
+                    .find(']')
+                    .ok_or_else(|| format!("`{text}` opens `[` and never closes it"))?;
+                let inside = after[..end].trim();
+                if let Ok(index) = inside.parse() {
+                    steps.push(PathStep::Index(index));
+                } else if let Some(key) = inside
+                    .strip_prefix('\'')
+                    .and_then(|k| k.strip_suffix('\''))
+                    .or_else(|| inside.strip_prefix('"').and_then(|k| k.strip_suffix('"')))
+                {
+                    steps.push(PathStep::Key(key.to_string()));
+                } else if inside.starts_with('?') {
+                    return Err(refuse("a filter"));
+                } else if inside.contains(':') || inside.contains(',') {
+                    return Err(refuse("a slice or a union"));
+                } else {
+                    return Err(refuse(&format!("`[{inside}]`")));
+                }
+                rest = &after[end + 1..];
+            } else {
+                return Err(format!(
+                    "`{text}` is not a path; write it as `{{$.data.value}}`"
+                ));
+            }
+        }
+        Ok(JsonPath {
+            text: text.to_string(),
+            steps,
+        })
+    }
+
+    /// The value the path leads to in `json`, if any.
+    pub fn find<'a>(&self, json: &'a Value) -> Option<&'a Value> {
+        self.steps.iter().try_fold(json, |value, step| match step {
+            PathStep::Key(key) => value.get(key),
+            PathStep::Index(index) => value.get(index),
+        })
+    }
+}
+
+fn compile(
+    text: Option<String>,
+    key: &str,
+    metric: &str,
+    any_value: bool,
+) -> Result<Option<Condition>, StepError> {
     text.map(|text| {
-        Condition::compile(&text).map_err(|e| {
+        let compiled = if any_value {
+            Condition::compile_for_any_value(&text)
+        } else {
+            Condition::compile(&text)
+        };
+        compiled.map_err(|e| {
             sdk::invalid_config(format!(
                 "metric `{metric}`: `{key}` `{text}` does not parse: {e}"
             ))
@@ -259,6 +482,27 @@ pub fn schema() -> Value {
             "address": address,
             "token_secret": token_secret,
             "query_timeout": duration("How long one query or scrape may take before that measurement is an Error, e.g. `10s` (the default)."),
+            "template": {
+                "type": "string",
+                "minLength": 1,
+                "x-shiphat-grant": "read",
+                "description": "Instead of `metrics`: the path of an Argo Rollouts AnalysisTemplate or ClusterAnalysisTemplate YAML file, inside a directory granted in `allow.read`. Its `prometheus` and `web` metrics are measured as written; anything it cannot honour is refused by name."
+            },
+            "args": {
+                "type": "object",
+                "additionalProperties": {
+                    "anyOf": [
+                        { "type": ["string", "number", "boolean"] },
+                        {
+                            "type": "object",
+                            "properties": { "secret": { "type": "string", "minLength": 1 } },
+                            "required": ["secret"],
+                            "additionalProperties": false
+                        }
+                    ]
+                },
+                "description": "With `template`: the values of the template's arguments, its `{{args.NAME}}`, e.g. `{service-name: web}`; `{secret: NAME}` takes one from a secret granted in `allow.secrets`, where Argo reads `valueFrom.secretKeyRef`. They override the template's own `value`s."
+            },
             "metrics": {
                 "type": "array",
                 "minItems": 1,
@@ -295,7 +539,92 @@ pub fn schema() -> Value {
                 }
             }
         },
-        "required": ["metrics"],
+        "oneOf": [
+            { "required": ["metrics"] },
+            { "required": ["template"] }
+        ],
         "additionalProperties": false
     })
+}
+
+// The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    use super::*;
+
+    /// The `with:` block of one scraped metric with `extra` keys added to it.
+    fn one_metric(extra: &str) -> String {
+        format!(
+            r#"{{"provider": "scrape", "address": "http://127.0.0.1:9/metrics",
+                "metrics": [{{"name": "m", "series": "x", "success_condition": "result < 1"{extra}}}]}}"#
+        )
+    }
+
+    fn refusal(extra: &str) -> String {
+        match parse(&one_metric(extra)) {
+            Ok(_) => panic!("`{extra}` was accepted"),
+            Err(StepError::InvalidConfig(message)) => message,
+            Err(other) => panic!("`{extra}`: not invalid-config: {other:?}"),
+        }
+    }
+
+    // `count: 2, failure_limit: 3` was accepted, and a metric whose every measurement failed
+    // passed: two failures never exceed a limit of three.
+    #[test]
+    fn count_below_a_limit_is_refused() {
+        assert_eq!(
+            refusal(r#", "count": 2, "failure_limit": 3"#),
+            "metric `m`: `count` is 2 but `failure_limit` is 3: 2 measurements can never exceed the limit, so the metric could never fail; raise `count` to at least 3 or lower `failure_limit`"
+        );
+        assert!(
+            refusal(r#", "count": 1, "inconclusive_limit": 2"#)
+                .contains("`count` is 1 but `inconclusive_limit` is 2"),
+        );
+        // As in Argo, a limit equal to `count` is allowed.
+        assert!(parse(&one_metric(r#", "count": 3, "failure_limit": 3"#)).is_ok());
+        assert!(parse(&one_metric(r#", "count": 3, "inconclusive_limit": 3"#)).is_ok());
+    }
+
+    // A negative limit reached the plugin as serde's "invalid value: integer `-1`, expected
+    // u32" (from an expression or, later, a template the engine's schema never saw).
+    #[test]
+    fn a_negative_limit_is_refused_by_name() {
+        for key in [
+            "failure_limit",
+            "inconclusive_limit",
+            "consecutive_error_limit",
+        ] {
+            assert_eq!(
+                refusal(&format!(r#", "{key}": -1"#)),
+                format!(
+                    "metric `m`: `{key}` is -1; a limit is how many measurements are tolerated, 0 or more"
+                )
+            );
+        }
+        assert!(refusal(r#", "count": -2"#).contains("`count` is -2; it must be between 1"));
+    }
+
+    #[test]
+    fn json_paths_lead_to_one_value_or_are_refused() {
+        let json: Value = serde_json::from_str(
+            r#"{"data": {"ok": true, "successPercent": 0.95, "items": [{"v": 3}], "a-b": 1}}"#,
+        )
+        .unwrap();
+        let find = |path: &str| JsonPath::parse(path).unwrap().find(&json).cloned();
+        assert_eq!(find("{$.data.ok}"), Some(Value::Bool(true)));
+        assert_eq!(find("{.data.successPercent}"), Some(json!(0.95)));
+        assert_eq!(find("{$.data.items[0].v}"), Some(json!(3)));
+        assert_eq!(find("{$.data['a-b']}"), Some(json!(1)));
+        assert_eq!(find("{$}"), Some(json.clone()));
+        assert_eq!(find("{$.data.missing}"), None);
+        for (path, why) in [
+            ("{$..ok}", "recursive descent"),
+            ("{$.data.*}", "a wildcard"),
+            ("{$.data.items[?(@.v > 1)]}", "a filter"),
+            ("{$.data.items[0:2]}", "a slice"),
+        ] {
+            let e = JsonPath::parse(path).err().unwrap();
+            assert!(e.contains(why), "{path}: {e}");
+        }
+    }
 }

@@ -9,6 +9,9 @@
 //! otherwise succeeds once every metric has its `count`. The metrics' measurements are
 //! interleaved by time, as Argo does.
 //!
+//! The metrics are listed in `with:`, or read from an Argo `AnalysisTemplate` file
+//! (`template.rs`), whose `web` metrics ask a URL and judge the JSON value it answers.
+//!
 //! It only reads, so a dry run measures too. It does not roll anything back: a workflow does
 //! that in `on_failure`.
 
@@ -16,6 +19,7 @@ mod analysis;
 mod condition;
 mod config;
 mod provider;
+mod template;
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +28,7 @@ use shiphat_plugin_sdk::{
     self as sdk, Guest, Output, PluginInfo, StepError, StepInput, StepOutput,
 };
 
-use analysis::{Outcome, Tally, Verdict};
+use analysis::{Outcome, Reading, Tally, Verdict};
 use config::Metric;
 use provider::Problem;
 
@@ -63,6 +67,14 @@ impl Guest for MetricsVerifier {
                 match &metric.source {
                     config::Source::Prometheus { query, .. } => format!("`{query}`"),
                     config::Source::Scrape { url, series, .. } => format!("`{series}` at {url}"),
+                    config::Source::Web {
+                        url,
+                        method,
+                        json_path,
+                        ..
+                    } => {
+                        format!("`{}` of {method} {url}", json_path.text)
+                    }
                 },
                 metric.count,
                 humantime::format_duration(metric.interval),
@@ -135,7 +147,7 @@ impl<'a> Analysis<'a> {
             (0..self.metrics.len())
                 .map(|i| self.passed(i))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join("; ")
         );
         let outputs = self.outputs();
         let Value::Object(outputs) = outputs else {
@@ -153,7 +165,7 @@ impl<'a> Analysis<'a> {
         let metric = &self.metrics[i];
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let (outcome, value, error) = match provider::measure(metric) {
-            Ok(value) => match analysis::evaluate(metric, value) {
+            Ok(value) => match analysis::evaluate(metric, &value) {
                 Ok(outcome) => (outcome, Some(value), None),
                 Err(e) => (Outcome::Error, Some(value), Some(e)),
             },
@@ -165,13 +177,15 @@ impl<'a> Analysis<'a> {
                 )));
             }
         };
+        let recorded = value.as_ref().map(Reading::to_json);
+        let shown = value.as_ref().map_or("none".into(), Reading::to_string);
         let tally = &mut self.tallies[i];
         tally.record(outcome, value);
         match &error {
             None => sdk::info(&format!(
                 "{} = {} → {} ({}/{})",
                 metric.name,
-                value.map_or("none".into(), |v| v.to_string()),
+                shown,
                 outcome.as_str(),
                 tally.counted(),
                 metric.count
@@ -187,7 +201,7 @@ impl<'a> Analysis<'a> {
         if self.measurements.len() < MAX_RECORDED {
             let mut record = json!({
                 "metric": metric.name,
-                "value": value,
+                "value": recorded,
                 "time": time,
                 "outcome": outcome.as_str(),
             });
@@ -244,20 +258,16 @@ impl<'a> Analysis<'a> {
         outputs
     }
 
-    /// How metric `i` passed, e.g. `error_rate 0.004 < 0.01 (3/3)`.
+    /// How metric `i` passed: what counted, not only its last value, which may be one of the
+    /// failures its limits tolerated. E.g. `error_rate 2 of 3 passed, 1 failed (limit 1),
+    /// last 0.2`.
     fn passed(&self, i: usize) -> String {
         let (metric, tally) = (&self.metrics[i], &self.tallies[i]);
-        let value = last_value(tally);
-        let how = match (&metric.success, &metric.failure) {
-            (Some(success), _) => with_value(&success.text, &value),
-            (None, Some(failure)) => format!("{value} did not meet `{}`", failure.text),
-            (None, None) => value,
-        };
         format!(
-            "{} {how} ({}/{})",
+            "{} {}, last {}",
             metric.name,
-            tally.counted(),
-            metric.count
+            counts(metric, tally),
+            last_value(tally)
         )
     }
 
@@ -270,7 +280,10 @@ impl<'a> Analysis<'a> {
             Verdict::Failed => {
                 // The measurement that went over the limit is the last one, and it was Failed.
                 let met = |c: &condition::Condition| {
-                    tally.last.is_some_and(|(v, _)| c.eval(v).unwrap_or(false))
+                    tally
+                        .last
+                        .as_ref()
+                        .is_some_and(|(v, _)| c.eval(v).unwrap_or(false))
                 };
                 let how = match (&metric.success, &metric.failure) {
                     (_, Some(failure)) if met(failure) => {
@@ -312,16 +325,36 @@ impl<'a> Analysis<'a> {
 fn last_value(tally: &Tally) -> String {
     tally
         .last
+        .as_ref()
         .map_or_else(|| "(no value)".into(), |(v, _)| v.to_string())
 }
 
-/// `result < 0.01` with `0.004` reads `0.004 < 0.01`: a condition that starts with `result`
-/// and names it once reads best with the value in its place. Others are quoted whole.
-fn with_value(condition: &str, value: &str) -> String {
-    match condition.strip_prefix("result") {
-        Some(rest) if rest.starts_with(' ') && !rest.contains("result") => format!("{value}{rest}"),
-        _ => format!("{value} met `{condition}`"),
+/// What a metric's measurements were: `3 of 3 passed`, or `2 of 3 passed, 1 failed (limit
+/// 1), 1 error`. Outcomes that did not happen are left out.
+fn counts(metric: &Metric, tally: &Tally) -> String {
+    let mut parts = vec![format!(
+        "{} of {} passed",
+        tally.successful,
+        tally.counted()
+    )];
+    if tally.failed > 0 {
+        parts.push(format!(
+            "{} failed (limit {})",
+            tally.failed, metric.failure_limit
+        ));
     }
+    if tally.inconclusive > 0 {
+        parts.push(format!(
+            "{} inconclusive (limit {})",
+            tally.inconclusive, metric.inconclusive_limit
+        ));
+    }
+    match tally.error {
+        0 => {}
+        1 => parts.push("1 error".into()),
+        n => parts.push(format!("{n} errors")),
+    }
+    parts.join(", ")
 }
 
 shiphat_plugin_sdk::export!(MetricsVerifier);

@@ -1,12 +1,12 @@
 //! Taking one value: an instant query to Prometheus, or one series of a scraped page.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde_json::Value;
 use shiphat_plugin_sdk::http::{self, ErrorCode, HttpError};
 
-use crate::config::{Metric, Source};
+use crate::analysis::Reading;
+use crate::config::{JsonPath, Metric, Source};
 
 /// Why a measurement has no value.
 pub enum Problem {
@@ -18,7 +18,7 @@ pub enum Problem {
 }
 
 /// Takes one measurement of `metric`.
-pub fn measure(metric: &Metric) -> Result<f64, Problem> {
+pub fn measure(metric: &Metric) -> Result<Reading, Problem> {
     let value = match &metric.source {
         Source::Prometheus { address, query } => {
             let url = format!(
@@ -26,15 +26,33 @@ pub fn measure(metric: &Metric) -> Result<f64, Problem> {
                 address.trim_end_matches('/'),
                 encode(query)
             );
-            let response = get(&url, metric.token.as_deref(), metric.timeout)?;
+            let response = send(metric, "GET", &url, None)?;
             prometheus_value(response.status, &response.body).map_err(Problem::Error)?
+        }
+        Source::Web {
+            url,
+            method,
+            body,
+            json_path,
+        } => {
+            let response = send(metric, method, url, body.as_deref())?;
+            if !response.is_success() {
+                return Err(Problem::Error(format!(
+                    "`{url}` answered HTTP {}",
+                    response.status
+                )));
+            }
+            match web_value(&response.body, json_path).map_err(Problem::Error)? {
+                Reading::Number(n) => n,
+                other => return Ok(other),
+            }
         }
         Source::Scrape {
             url,
             series,
             labels,
         } => {
-            let response = get(url, metric.token.as_deref(), metric.timeout)?;
+            let response = send(metric, "GET", url, None)?;
             if !response.is_success() {
                 return Err(Problem::Error(format!(
                     "`{url}` answered HTTP {}",
@@ -44,24 +62,68 @@ pub fn measure(metric: &Metric) -> Result<f64, Problem> {
             scrape_value(&response.text(), series, labels).map_err(Problem::Error)?
         }
     };
+    // Stricter than Argo, which hands NaN and ±Inf to the conditions: both mostly mean a
+    // ratio over no traffic (0/0, x/0), which says nothing about the release either way.
     if value.is_nan() {
-        return Err(Problem::Error("the result is NaN".into()));
+        return Err(Problem::Error(
+            "the result is NaN (a ratio over no traffic gives it); it is neither good nor bad"
+                .into(),
+        ));
     }
-    Ok(value)
+    if value.is_infinite() {
+        let sign = if value > 0.0 { '+' } else { '-' };
+        return Err(Problem::Error(format!(
+            "the result is `{sign}Inf` (a division by zero gives it); it is neither good nor bad"
+        )));
+    }
+    Ok(Reading::Number(value))
 }
 
-fn get(url: &str, token: Option<&str>, timeout: Duration) -> Result<http::Response, Problem> {
-    let bearer = token.map(|t| format!("Bearer {t}"));
+/// One request for `metric`, with its token and headers, within its timeout.
+fn send(
+    metric: &Metric,
+    method: &str,
+    url: &str,
+    body: Option<&str>,
+) -> Result<http::Response, Problem> {
+    let bearer = metric.token.as_ref().map(|t| format!("Bearer {t}"));
     let mut headers = vec![("accept", "application/json, text/plain")];
     if let Some(bearer) = &bearer {
         headers.push(("authorization", bearer));
     }
-    http::request("GET", url, &headers, None, Some(timeout)).map_err(|e| match e {
+    headers.extend(metric.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    http::request(
+        method,
+        url,
+        &headers,
+        body.map(str::as_bytes),
+        Some(metric.timeout),
+    )
+    .map_err(|e| match e {
         HttpError::Wasi(ErrorCode::HttpRequestDenied) => Problem::Denied(format!(
             "the host of `{url}` is not granted; add it to the step's `allow.http`"
         )),
-        e => Problem::Error(format!("GET `{url}` failed: {e}")),
+        e => Problem::Error(format!("{method} `{url}` failed: {e}")),
     })
+}
+
+/// What a `web` answer says: the value at `path` in a JSON body, or the whole body when it
+/// is not JSON, as Argo reads it. A number is a [`Reading::Number`], so that it is held to
+/// the same rules as Prometheus's; anything else goes to the conditions as it is. An empty
+/// body and a `null` are Errors, as an empty Prometheus result is.
+fn web_value(body: &[u8], path: &JsonPath) -> Result<Reading, String> {
+    let Ok(json) = serde_json::from_slice::<Value>(body) else {
+        let text = String::from_utf8_lossy(body);
+        if text.trim().is_empty() {
+            return Err("the answer is empty".into());
+        }
+        return Ok(Reading::Json(Value::String(text.into_owned())));
+    };
+    match path.find(&json) {
+        None | Some(Value::Null) => Err(format!("the answer has no value at `{}`", path.text)),
+        Some(Value::Number(n)) => Ok(Reading::Number(n.as_f64().unwrap_or(f64::NAN))),
+        Some(value) => Ok(Reading::Json(value.clone())),
+    }
 }
 
 /// The number in an answer of `/api/v1/query`: a scalar, or a vector of exactly one sample.
