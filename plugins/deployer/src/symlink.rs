@@ -23,8 +23,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use shiphat_plugin_sdk::{self as sdk, Output, StepContext, StepError, StepOutput};
 
-use crate::config::{Symlink, check_release_name};
+use crate::config::{Symlink, SymlinkAction, check_release_name};
 use crate::files::{self, Source};
+use crate::lock::Lock;
 
 /// The manifest each release directory holds.
 const MANIFEST: &str = ".shiphat-release.json";
@@ -56,14 +57,21 @@ struct Manifest {
 }
 
 pub fn run(ctx: &StepContext, config: Symlink) -> Result<StepOutput, StepError> {
-    match config {
-        Symlink::Deploy {
+    let layout = Layout::new(&config.target);
+    let lock = |layout: &Layout| -> Result<Option<Lock>, StepError> {
+        // A dry run writes nothing, not even a lock.
+        if ctx.dry_run {
+            return Ok(None);
+        }
+        Lock::take(ctx, &layout.target, config.wait_for_lock).map(Some)
+    };
+    match config.action {
+        SymlinkAction::Deploy {
             release,
             source,
-            target,
             keep,
-        } => deploy(ctx, &release, &source, Layout::new(&target), keep),
-        Symlink::Rollback { release, target } => rollback(ctx, release, Layout::new(&target)),
+        } => deploy(ctx, &release, &source, layout, keep, lock),
+        SymlinkAction::Rollback { release } => rollback(ctx, release, layout, lock),
     }
 }
 
@@ -277,10 +285,17 @@ fn deploy(
     source: &str,
     layout: Layout,
     keep: u32,
+    lock: impl FnOnce(&Layout) -> Result<Option<Lock>, StepError>,
 ) -> Result<StepOutput, StepError> {
     let source = Source::open(source).map_err(sdk::invalid_config)?;
     // Before anything is copied, and in a dry run too: a missing grant fails here.
     files::check_writable(&layout.target).map_err(sdk::failed)?;
+    if !ctx.dry_run {
+        fs::create_dir_all(&layout.target).map_err(|e| io_failed(&layout.target, e))?;
+    }
+    // Held until this function returns, however it returns: everything from reading `current`
+    // to pruning is one deploy that no other may interleave with.
+    let _lock = lock(&layout)?;
     let previous = layout.current()?;
     let path = layout.release(release);
     let output = |summary: String, previous: Option<String>, changed: bool| {
@@ -396,8 +411,15 @@ fn rollback(
     ctx: &StepContext,
     release: Option<String>,
     layout: Layout,
+    lock: impl FnOnce(&Layout) -> Result<Option<Lock>, StepError>,
 ) -> Result<StepOutput, StepError> {
     files::check_writable(&layout.target).map_err(sdk::failed)?;
+    // A target that does not exist has nothing to roll back, which `current` says below.
+    let _lock = if layout.target.is_dir() {
+        lock(&layout)?
+    } else {
+        None
+    };
     let Some(current) = layout.current()? else {
         return Err(sdk::failed(format!(
             "nothing to roll back: `{}` does not exist",
