@@ -444,6 +444,99 @@ fn a_deploy_killed_mid_copy_leaves_current_on_the_previous_release() {
     assert_eq!(manifest["files"], FILES + 2);
 }
 
+/// Runs `yaml` like [`TestDir::run`], under `strace`, and returns the run and the trace's
+/// lines: each `fsync` and rename, with the path of every file descriptor (`-y`).
+fn traced_run(dir: &TestDir, yaml: &str) -> (Run, Vec<String>) {
+    let file = dir.write("workflow.yaml", yaml);
+    let trace = dir.path().join("strace.txt");
+    let shiphat = dir.shiphat();
+    let mut command = std::process::Command::new("strace");
+    command
+        .args([
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(shiphat.get_program())
+        .args(["run", "--json"])
+        .arg(&file)
+        .current_dir(dir.path());
+    for (key, value) in shiphat.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let run = Run::of(command);
+    let trace = std::fs::read_to_string(&trace)
+        .unwrap_or_else(|e| panic!("no trace ({e}); this test needs `strace`: {}", run.stderr));
+    (run, trace.lines().map(str::to_owned).collect())
+}
+
+/// The index of the first `fsync` in `trace` of a path ending in `end`.
+fn synced(trace: &[String], end: &str) -> Option<usize> {
+    let end = format!("{end}>)");
+    trace
+        .iter()
+        .position(|line| line.contains("fsync(") && line.contains(&end))
+}
+
+// Without `fsync`, a deploy survived a kill but not a power cut: the rename of `current` could
+// reach the disk before the release's files and names did, leaving `current` on empty files.
+#[test]
+fn a_durable_deploy_syncs_the_release_before_switching_current_and_the_target_after() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    deploy(&dir, "1", "");
+    build(&dir, "2");
+    let (run, trace) = traced_run(&dir, &deploy_yaml("build", "2", ""));
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    let switch = trace
+        .iter()
+        .position(|line| line.contains("rename") && line.contains("\"current\""))
+        .unwrap_or_else(|| panic!("no rename to `current` in:\n{}", trace.join("\n")));
+    let partial = format!(".2.partial-{}", run.finished()["run_id"].as_str().unwrap());
+    for path in [
+        format!("/site/releases/{partial}/index.html"),
+        format!("/site/releases/{partial}/assets/app.js"),
+        format!("/site/releases/{partial}/.shiphat-release.json"),
+        format!("/site/releases/{partial}/assets"),
+        format!("/site/releases/{partial}"),
+        "/site/releases".to_string(),
+    ] {
+        let at = synced(&trace, &path)
+            .unwrap_or_else(|| panic!("`{path}` never synced:\n{}", trace.join("\n")));
+        assert!(
+            at < switch,
+            "`{path}` synced after the switch:\n{}",
+            trace.join("\n")
+        );
+    }
+    let target_after = trace[switch..]
+        .iter()
+        .any(|line| line.contains("fsync(") && line.contains("/site>)"));
+    assert!(
+        target_after,
+        "the target not synced after the switch:\n{}",
+        trace.join("\n")
+    );
+
+    // `durable: false` syncs nothing of the target.
+    build(&dir, "3");
+    let (run, trace) = traced_run(&dir, &deploy_yaml("build", "3", ", durable: false"));
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    let synced_site: Vec<_> = trace
+        .iter()
+        .filter(|line| line.contains("fsync(") && line.contains("/site"))
+        .collect();
+    assert!(synced_site.is_empty(), "{synced_site:?}");
+    assert_eq!(current(&dir), Path::new("releases/3"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The lock on a target: two `shiphat run` processes, no daemon.
 

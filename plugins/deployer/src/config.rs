@@ -38,6 +38,7 @@ pub struct Config {
     target: Option<String>,
     keep: Option<u32>,
     wait_for_lock: Option<String>,
+    durable: Option<bool>,
     url: Option<String>,
     secret: Option<String>,
     environment: Option<String>,
@@ -65,6 +66,8 @@ pub struct Symlink {
     pub target: String,
     /// How long to wait for another deploy's lock on `target` before failing.
     pub wait_for_lock: Duration,
+    /// Whether to `fsync` what is written before and after each switch of `current`.
+    pub durable: bool,
     pub action: SymlinkAction,
 }
 
@@ -126,6 +129,7 @@ impl Config {
         Ok(Symlink {
             target,
             wait_for_lock: duration(self.wait_for_lock, "wait_for_lock", DEFAULT_WAIT_FOR_LOCK)?,
+            durable: self.durable.unwrap_or(true),
             action,
         })
     }
@@ -138,6 +142,7 @@ impl Config {
                 ("target", self.target.is_some()),
                 ("keep", self.keep.is_some()),
                 ("wait_for_lock", self.wait_for_lock.is_some()),
+                ("durable", self.durable.is_some()),
             ],
         )?;
         let release = match &self.release {
