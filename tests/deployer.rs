@@ -720,6 +720,29 @@ fn a_deploy_of_a_target_another_deploy_holds_fails_naming_the_holder() {
     assert_eq!(current(&dir), Path::new("releases/2"));
 }
 
+// A lock left by a killed deploy blocked every later deploy, however old, until someone
+// deleted it by hand.
+#[test]
+fn a_lock_older_than_the_stale_bound_is_taken_over() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    let owner = json!({
+        "run_id": "01killedlongago", "workflow": "web", "step_id": "deploy", "attempt": 1,
+        "since": "2000-01-01T00:00:00.000Z",
+    });
+    dir.write("site/.shiphat-lock/owner.json", owner.to_string());
+    let run = deploy(&dir, "1", "");
+    assert!(
+        run.logs("deploy")
+            .iter()
+            .any(|l| l.contains("taking over") && l.contains("01killedlongago")),
+        "{:?}",
+        run.logs("deploy")
+    );
+    assert_eq!(current(&dir), Path::new("releases/1"));
+    assert!(!dir.path().join("site/.shiphat-lock").exists());
+}
+
 // With nothing to wait on, a second deploy could only fail or interleave; `wait_for_lock` lets
 // it run once the first one ends.
 #[test]

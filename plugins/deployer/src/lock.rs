@@ -205,7 +205,11 @@ fn read_owner(dir: &Path) -> Result<Option<Owner>, String> {
 fn take_over(dir: &Path, holder: Option<&Owner>, run_id: &str) -> io::Result<()> {
     let away = dir.with_file_name(format!("{LOCK}.stale-{run_id}"));
     let _ = fs::remove_dir_all(&away);
-    fs::rename(dir, &away)?;
+    match fs::rename(dir, &away) {
+        // Another taker removed it first: the next attempt finds its lock, or none.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        renamed => renamed?,
+    }
     if read_owner(&away).ok().flatten().as_ref() != holder {
         // Put back fails only when yet another taker holds it now, which is as good.
         let _ = fs::rename(&away, dir);
