@@ -493,28 +493,54 @@ fn a_durable_deploy_syncs_the_release_before_switching_current_and_the_target_af
     build(&dir, "1");
     deploy(&dir, "1", "");
     build(&dir, "2");
-    let (run, trace) = traced_run(&dir, &deploy_yaml("build", "2", ""));
+    assert_synced_in_order(&dir, &deploy_yaml("build", "2", ""), "2");
+
+    // The same from a `.tar.gz`, whose files are written by another path.
+    build(&dir, "3");
+    std::fs::create_dir(dir.path().join("dist")).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "dist/app.tar.gz", "-C", "build", "."])
+        .current_dir(dir.path())
+        .status()
+        .expect("the system `tar`");
+    assert!(tar.success());
+    assert_synced_in_order(&dir, &deploy_yaml("dist/app.tar.gz", "3", ""), "3");
+
+    // `durable: false` syncs nothing of the target.
+    build(&dir, "4");
+    let (run, trace) = traced_run(&dir, &deploy_yaml("build", "4", ", durable: false"));
     assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    let synced_site: Vec<_> = trace
+        .iter()
+        .filter(|line| line.contains("fsync(") && line.contains("/site"))
+        .collect();
+    assert!(synced_site.is_empty(), "{synced_site:?}");
+    assert_eq!(current(&dir), Path::new("releases/4"));
+}
+
+/// Deploys `release` by `yaml` under `strace` and checks the order: each file and directory
+/// of the release and `releases/` synced before the rename onto `current`, the target after.
+fn assert_synced_in_order(dir: &TestDir, yaml: &str, release: &str) {
+    let (run, trace) = traced_run(dir, yaml);
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    let all = || trace.join("\n");
     let switch = trace
         .iter()
         .position(|line| line.contains("rename") && line.contains("\"current\""))
-        .unwrap_or_else(|| panic!("no rename to `current` in:\n{}", trace.join("\n")));
-    let partial = format!(".2.partial-{}", run.finished()["run_id"].as_str().unwrap());
+        .unwrap_or_else(|| panic!("no rename to `current` in:\n{}", all()));
+    let run_id = run.finished()["run_id"].as_str().unwrap();
+    let partial = format!("/site/releases/.{release}.partial-{run_id}");
     for path in [
-        format!("/site/releases/{partial}/index.html"),
-        format!("/site/releases/{partial}/assets/app.js"),
-        format!("/site/releases/{partial}/.shiphat-release.json"),
-        format!("/site/releases/{partial}/assets"),
-        format!("/site/releases/{partial}"),
+        format!("{partial}/index.html"),
+        format!("{partial}/assets/app.js"),
+        format!("{partial}/.shiphat-release.json"),
+        format!("{partial}/assets"),
+        partial.clone(),
         "/site/releases".to_string(),
     ] {
-        let at = synced(&trace, &path)
-            .unwrap_or_else(|| panic!("`{path}` never synced:\n{}", trace.join("\n")));
-        assert!(
-            at < switch,
-            "`{path}` synced after the switch:\n{}",
-            trace.join("\n")
-        );
+        let at =
+            synced(&trace, &path).unwrap_or_else(|| panic!("`{path}` never synced:\n{}", all()));
+        assert!(at < switch, "`{path}` synced after the switch:\n{}", all());
     }
     let target_after = trace[switch..]
         .iter()
@@ -522,19 +548,9 @@ fn a_durable_deploy_syncs_the_release_before_switching_current_and_the_target_af
     assert!(
         target_after,
         "the target not synced after the switch:\n{}",
-        trace.join("\n")
+        all()
     );
-
-    // `durable: false` syncs nothing of the target.
-    build(&dir, "3");
-    let (run, trace) = traced_run(&dir, &deploy_yaml("build", "3", ", durable: false"));
-    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
-    let synced_site: Vec<_> = trace
-        .iter()
-        .filter(|line| line.contains("fsync(") && line.contains("/site"))
-        .collect();
-    assert!(synced_site.is_empty(), "{synced_site:?}");
-    assert_eq!(current(&dir), Path::new("releases/3"));
+    assert_eq!(current(dir), Path::new("releases").join(release));
 }
 
 // ---------------------------------------------------------------------------------------------
