@@ -364,7 +364,8 @@ fn keys_a_strategy_needs_are_required_by_name() {
 }
 
 /// Regression guard for the crash-safety promise: a deploy killed while copying must leave
-/// `current` on the previous, intact release, and the next deploy must clean up after it.
+/// `current` on the previous, intact release, and the next deploy must clean up after it once
+/// the killed one's lock is recovered.
 #[test]
 fn a_deploy_killed_mid_copy_leaves_current_on_the_previous_release() {
     const FILES: usize = 3000;
@@ -420,6 +421,14 @@ fn a_deploy_killed_mid_copy_leaves_current_on_the_previous_release() {
         "<h1>1</h1>"
     );
 
+    // A killed step cannot release the target's lock: the next deploy names it and how to
+    // recover, and goes on once the lock is deleted that way.
+    let blocked = dir.run(&deploy_yaml("build", "2", ""), &[]);
+    assert_eq!(blocked.status("deploy"), "failed", "{}", blocked.stdout);
+    let (_, message) = blocked.error("deploy");
+    assert!(message.contains("delete `site/.shiphat-lock`"), "{message}");
+    std::fs::remove_dir_all(dir.path().join("site/.shiphat-lock")).unwrap();
+
     let run = deploy(&dir, "2", "");
     assert!(
         run.logs("deploy").iter().any(|l| l.contains(&partial)),
@@ -433,6 +442,353 @@ fn a_deploy_killed_mid_copy_leaves_current_on_the_previous_release() {
     )
     .unwrap();
     assert_eq!(manifest["files"], FILES + 2);
+}
+
+/// Runs `yaml` like [`TestDir::run`], under `strace`, and returns the run and the trace's
+/// lines: each `fsync` and rename, with the path of every file descriptor (`-y`).
+fn traced_run(dir: &TestDir, yaml: &str) -> (Run, Vec<String>) {
+    let file = dir.write("workflow.yaml", yaml);
+    let trace = dir.path().join("strace.txt");
+    let shiphat = dir.shiphat();
+    let mut command = std::process::Command::new("strace");
+    command
+        .args([
+            "-f",
+            "-y",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(shiphat.get_program())
+        .args(["run", "--json"])
+        .arg(&file)
+        .current_dir(dir.path());
+    for (key, value) in shiphat.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let run = Run::of(command);
+    let trace = std::fs::read_to_string(&trace)
+        .unwrap_or_else(|e| panic!("no trace ({e}); this test needs `strace`: {}", run.stderr));
+    (run, trace.lines().map(str::to_owned).collect())
+}
+
+/// The index of the first `fsync` in `trace` of a path ending in `end`.
+fn synced(trace: &[String], end: &str) -> Option<usize> {
+    let end = format!("{end}>)");
+    trace
+        .iter()
+        .position(|line| line.contains("fsync(") && line.contains(&end))
+}
+
+// Without `fsync`, a deploy survived a kill but not a power cut: the rename of `current` could
+// reach the disk before the release's files and names did, leaving `current` on empty files.
+#[test]
+fn a_durable_deploy_syncs_the_release_before_switching_current_and_the_target_after() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    deploy(&dir, "1", "");
+    build(&dir, "2");
+    assert_synced_in_order(&dir, &deploy_yaml("build", "2", ""), "2");
+
+    // The same from a `.tar.gz`, whose files are written by another path.
+    build(&dir, "3");
+    std::fs::create_dir(dir.path().join("dist")).unwrap();
+    let tar = std::process::Command::new("tar")
+        .args(["-czf", "dist/app.tar.gz", "-C", "build", "."])
+        .current_dir(dir.path())
+        .status()
+        .expect("the system `tar`");
+    assert!(tar.success());
+    assert_synced_in_order(&dir, &deploy_yaml("dist/app.tar.gz", "3", ""), "3");
+
+    // `durable: false` syncs nothing of the target.
+    build(&dir, "4");
+    let (run, trace) = traced_run(&dir, &deploy_yaml("build", "4", ", durable: false"));
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    let synced_site: Vec<_> = trace
+        .iter()
+        .filter(|line| line.contains("fsync(") && line.contains("/site"))
+        .collect();
+    assert!(synced_site.is_empty(), "{synced_site:?}");
+    assert_eq!(current(&dir), Path::new("releases/4"));
+}
+
+/// Deploys `release` by `yaml` under `strace` and checks the order: each file and directory
+/// of the release and `releases/` synced before the rename onto `current`, the target after.
+fn assert_synced_in_order(dir: &TestDir, yaml: &str, release: &str) {
+    let (run, trace) = traced_run(dir, yaml);
+    assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
+    let all = || trace.join("\n");
+    let switch = trace
+        .iter()
+        .position(|line| line.contains("rename") && line.contains("\"current\""))
+        .unwrap_or_else(|| panic!("no rename to `current` in:\n{}", all()));
+    let run_id = run.finished()["run_id"].as_str().unwrap();
+    let partial = format!("/site/releases/.{release}.partial-{run_id}");
+    for path in [
+        format!("{partial}/index.html"),
+        format!("{partial}/assets/app.js"),
+        format!("{partial}/.shiphat-release.json"),
+        format!("{partial}/assets"),
+        partial.clone(),
+        "/site/releases".to_string(),
+    ] {
+        let at =
+            synced(&trace, &path).unwrap_or_else(|| panic!("`{path}` never synced:\n{}", all()));
+        assert!(at < switch, "`{path}` synced after the switch:\n{}", all());
+    }
+    let target_after = trace[switch..]
+        .iter()
+        .any(|line| line.contains("fsync(") && line.contains("/site>)"));
+    assert!(
+        target_after,
+        "the target not synced after the switch:\n{}",
+        all()
+    );
+    assert_eq!(current(dir), Path::new("releases").join(release));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lock on a target: two `shiphat run` processes, no daemon.
+
+/// How long a test waits for another process to reach the point it waits for.
+const PROCESS_WAIT: Duration = Duration::from_secs(60);
+
+/// A `shiphat run --json` in the background, its events read as they come; killed if the test
+/// ends first.
+struct Background {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Background {
+    fn start(dir: &TestDir, file: &str, yaml: &str) -> Background {
+        use std::io::BufRead;
+        let file = dir.write(file, yaml);
+        let mut child = dir
+            .shiphat()
+            .arg("run")
+            .arg(&file)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(event) = serde_json::from_str(&line)
+                    && tx.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Background {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the first event `matches` accepts, and returns it.
+    fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PROCESS_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what}; events: {:?}", self.seen));
+            self.seen.push(event.clone());
+            if matches(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// Waits for the step `id` to finish, and returns its `step_finished` event.
+    fn finished(&mut self, id: &str) -> Value {
+        self.wait_for(&format!("step_finished for `{id}`"), |e| {
+            e["event"] == "step_finished" && e["step"] == id
+        })
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A deploy that holds the lock on `site` until [`Holder::release`]: its source is a FIFO
+/// named like a `.tar.gz`, and opening it blocks until the test opens the other end, which is
+/// after the lock is taken and before anything is copied.
+struct Holder {
+    run: Background,
+    fifo: PathBuf,
+    /// The lock's `owner.json` while this deploy holds it.
+    owner: Value,
+}
+
+impl Holder {
+    fn start(dir: &TestDir) -> Holder {
+        std::fs::create_dir_all(dir.path().join("dist")).unwrap();
+        let fifo = dir.path().join("dist/held.tar.gz");
+        let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `name` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo");
+        let mut run = Background::start(
+            dir,
+            "holder.yaml",
+            &deploy_yaml("dist/held.tar.gz", "held", "").replace("id: deploy", "id: hold"),
+        );
+        let owner_file = dir.path().join("site/.shiphat-lock/owner.json");
+        let deadline = Instant::now() + PROCESS_WAIT;
+        let owner = loop {
+            if let Ok(owner) = std::fs::read_to_string(&owner_file)
+                .map_err(|e| e.to_string())
+                .and_then(|text| serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()))
+            {
+                break owner;
+            }
+            assert!(
+                run.child.try_wait().unwrap().is_none(),
+                "the holding deploy ended before its lock was seen: {:?}",
+                run.events.try_iter().collect::<Vec<_>>()
+            );
+            assert!(Instant::now() < deadline, "no lock appeared in `site`");
+            std::thread::yield_now();
+        };
+        Holder { run, fifo, owner }
+    }
+
+    /// Lets the holding deploy go on (its source reads as empty, so its step fails), and waits
+    /// for its step to end.
+    fn release(mut self) -> Value {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Non-blocking, so a holder that never opens its end cannot hang the test.
+        let deadline = Instant::now() + PROCESS_WAIT;
+        let writer = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&self.fifo)
+            {
+                Ok(writer) => break writer,
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "the holder never opened its source"
+                    );
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("opening the FIFO: {e}"),
+            }
+        };
+        drop(writer);
+        self.run.finished("hold")
+    }
+}
+
+// Two one-shot `shiphat run` processes on one target interleaved: the second one's cleanup
+// deleted the first one's partial release, and `current` went to whichever switched last.
+#[test]
+fn a_deploy_of_a_target_another_deploy_holds_fails_naming_the_holder() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    deploy(&dir, "1", "");
+    let holder = Holder::start(&dir);
+
+    build(&dir, "2");
+    let run = dir.run(&deploy_yaml("build", "2", ""), &[]);
+    assert_eq!(run.status("deploy"), "failed", "{}", run.stdout);
+    let (_, message) = run.error("deploy");
+    for part in [
+        holder.owner["run_id"].as_str().unwrap(),
+        holder.owner["since"].as_str().unwrap(),
+        "step `hold`",
+        "wait_for_lock",
+        ".shiphat-lock",
+    ] {
+        assert!(message.contains(part), "`{part}` not in: {message}");
+    }
+    assert_eq!(current(&dir), Path::new("releases/1"));
+    assert!(!dir.path().join("site/releases/2").exists());
+
+    // The holder's step fails (its source is empty) and still releases the lock.
+    let held = holder.release();
+    assert_eq!(held["status"], "failed", "{held}");
+    assert!(!dir.path().join("site/.shiphat-lock").exists());
+    deploy(&dir, "2", "");
+    assert_eq!(current(&dir), Path::new("releases/2"));
+}
+
+// A lock left by a killed deploy blocked every later deploy, however old, until someone
+// deleted it by hand.
+#[test]
+fn a_lock_older_than_the_stale_bound_is_taken_over() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    let owner = json!({
+        "run_id": "01killedlongago", "workflow": "web", "step_id": "deploy", "attempt": 1,
+        "since": "2000-01-01T00:00:00.000Z",
+    });
+    dir.write("site/.shiphat-lock/owner.json", owner.to_string());
+    let run = deploy(&dir, "1", "");
+    assert!(
+        run.logs("deploy")
+            .iter()
+            .any(|l| l.contains("taking over") && l.contains("01killedlongago")),
+        "{:?}",
+        run.logs("deploy")
+    );
+    assert_eq!(current(&dir), Path::new("releases/1"));
+    assert!(!dir.path().join("site/.shiphat-lock").exists());
+}
+
+// With nothing to wait on, a second deploy could only fail or interleave; `wait_for_lock` lets
+// it run once the first one ends.
+#[test]
+fn with_wait_for_lock_a_deploy_runs_once_the_holder_ends() {
+    let dir = TestDir::new();
+    build(&dir, "1");
+    deploy(&dir, "1", "");
+    let holder = Holder::start(&dir);
+    let holder_run = holder.owner["run_id"].as_str().unwrap().to_string();
+
+    build(&dir, "2");
+    let mut waiting = Background::start(
+        &dir,
+        "waiting.yaml",
+        &deploy_yaml("build", "2", ", wait_for_lock: 2m"),
+    );
+    waiting.wait_for("a log saying the deploy waits for the holder", |e| {
+        e["event"] == "log"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("waiting") && m.contains(&holder_run))
+    });
+    assert_eq!(current(&dir), Path::new("releases/1"));
+
+    holder.release();
+    let step = waiting.finished("deploy");
+    assert_eq!(step["status"], "succeeded", "{step}");
+    assert_eq!(step["outputs"]["previous_release"], "1");
+    assert_eq!(current(&dir), Path::new("releases/2"));
+    assert!(!dir.path().join("site/.shiphat-lock").exists());
 }
 
 // ---------------------------------------------------------------------------------------------

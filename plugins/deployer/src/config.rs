@@ -22,6 +22,10 @@ const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// that a stuck one does not hold the workflow for an hour.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
+/// How long a symlink step waits for another deploy's lock on its target by default: not at
+/// all, so two deploys started by mistake fail loudly instead of running one after the other.
+const DEFAULT_WAIT_FOR_LOCK: Duration = Duration::ZERO;
+
 /// The `with:` block as written.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +37,8 @@ pub struct Config {
     source: Option<String>,
     target: Option<String>,
     keep: Option<u32>,
+    wait_for_lock: Option<String>,
+    durable: Option<bool>,
     url: Option<String>,
     secret: Option<String>,
     environment: Option<String>,
@@ -56,17 +62,25 @@ pub enum Action {
 }
 
 /// A checked `strategy: symlink` block.
-pub enum Symlink {
+pub struct Symlink {
+    pub target: String,
+    /// How long to wait for another deploy's lock on `target` before failing.
+    pub wait_for_lock: Duration,
+    /// Whether to `fsync` what is written before and after each switch of `current`.
+    pub durable: bool,
+    pub action: SymlinkAction,
+}
+
+/// What a symlink step does to its target.
+pub enum SymlinkAction {
     Deploy {
         release: String,
         source: String,
-        target: String,
         keep: u32,
     },
     Rollback {
         /// The release to go back to; `None` for the one before the current one.
         release: Option<String>,
-        target: String,
     },
 }
 
@@ -104,14 +118,19 @@ impl Config {
         }
         let target = required(self.target, "target", "symlink")?;
         let release = self.release.as_ref().map(release_name).transpose()?;
-        Ok(match self.action {
-            Action::Deploy => Symlink::Deploy {
+        let action = match self.action {
+            Action::Deploy => SymlinkAction::Deploy {
                 release: release.ok_or_else(|| missing("release", "symlink deploy"))?,
                 source: required(self.source, "source", "symlink deploy")?,
-                target,
                 keep: self.keep.unwrap_or(DEFAULT_KEEP).max(1),
             },
-            Action::Rollback => Symlink::Rollback { release, target },
+            Action::Rollback => SymlinkAction::Rollback { release },
+        };
+        Ok(Symlink {
+            target,
+            wait_for_lock: duration(self.wait_for_lock, "wait_for_lock", DEFAULT_WAIT_FOR_LOCK)?,
+            durable: self.durable.unwrap_or(true),
+            action,
         })
     }
 
@@ -122,6 +141,8 @@ impl Config {
                 ("source", self.source.is_some()),
                 ("target", self.target.is_some()),
                 ("keep", self.keep.is_some()),
+                ("wait_for_lock", self.wait_for_lock.is_some()),
+                ("durable", self.durable.is_some()),
             ],
         )?;
         let release = match &self.release {

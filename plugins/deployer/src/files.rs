@@ -10,7 +10,9 @@ use std::path::{Component, Path, PathBuf};
 use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 use shiphat_plugin_sdk::bindings::wasi::filesystem::preopens;
-use shiphat_plugin_sdk::bindings::wasi::filesystem::types::{Descriptor, DescriptorFlags};
+use shiphat_plugin_sdk::bindings::wasi::filesystem::types::{
+    Descriptor, DescriptorFlags, OpenFlags, PathFlags,
+};
 use shiphat_plugin_sdk::{self as sdk};
 
 /// How many bytes are read at a time while digesting.
@@ -66,15 +68,16 @@ impl Source {
     }
 
     /// Writes the release's files under `dest`, which must not exist yet; returns how many
-    /// files (and symlinks) it wrote and their digest (see [`digest`]).
-    pub fn put(&self, dest: &Path) -> Result<(u64, String), String> {
+    /// files (and symlinks) it wrote and their digest (see [`digest`]). With `durable`, each
+    /// file is `fsync`ed once written (the directories are [`sync_tree`]'s job).
+    pub fn put(&self, dest: &Path, durable: bool) -> Result<(u64, String), String> {
         fs::create_dir(dest)
             .map_err(|e| format!("cannot create `{}`: {}", dest.display(), sdk::io_error(&e)))?;
         match self {
-            Source::Dir(dir) => tree(dir, Some(dest))
+            Source::Dir(dir) => tree(dir, Some((dest, durable)))
                 .map_err(|e| format!("copying `{}` failed: {}", dir.display(), sdk::io_error(&e))),
             Source::Tarball(file) => {
-                let count = unpack(file, dest)?;
+                let count = unpack(file, dest, durable)?;
                 // Archive order is not path order: digest what was written.
                 let digest = digest(dest).map_err(|e| {
                     format!(
@@ -120,7 +123,7 @@ fn walk(
     Ok(())
 }
 
-fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
+fn unpack(file: &Path, dest: &Path, durable: bool) -> Result<u64, String> {
     let fail = |e: io::Error| {
         format!(
             "unpacking `{}` failed: {}",
@@ -160,7 +163,8 @@ fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
                     .write(true)
                     .create_new(true)
                     .open(&dst)?;
-                io::copy(&mut entry, &mut out).map(drop)
+                io::copy(&mut entry, &mut out)?;
+                if durable { out.sync_all() } else { Ok(()) }
             })
         } else if kind.is_symlink() {
             n += 1;
@@ -372,12 +376,13 @@ pub fn digest(root: &Path) -> io::Result<String> {
 }
 
 /// Digests the tree under `root` and, with `copy_to`, copies it there on the same pass, so a
-/// directory source is read once. Returns how many files and symlinks there are.
-fn tree(root: &Path, copy_to: Option<&Path>) -> io::Result<(u64, String)> {
+/// directory source is read once (and `fsync`s each copied file when its flag says so).
+/// Returns how many files and symlinks there are.
+fn tree(root: &Path, copy_to: Option<(&Path, bool)>) -> io::Result<(u64, String)> {
     let mut items = Vec::new();
     walk(root, Path::new(""), &mut |rel, kind| {
         if kind == Kind::Dir {
-            if let Some(to) = copy_to {
+            if let Some((to, _)) = copy_to {
                 fs::create_dir(to.join(rel))?;
             }
         } else {
@@ -400,7 +405,7 @@ fn tree(root: &Path, copy_to: Option<&Path>) -> io::Result<(u64, String)> {
                     slash_path(rel)
                 ))
             })?;
-            if let Some(to) = copy_to {
+            if let Some((to, _)) = copy_to {
                 check_link(rel, &target)
                     .map_err(|e| io::Error::other(format!("the source {e}")))?;
                 make_symlink(&target, &to.join(rel))?;
@@ -411,7 +416,9 @@ fn tree(root: &Path, copy_to: Option<&Path>) -> io::Result<(u64, String)> {
             hash.update(target.as_bytes());
         } else {
             let mut file = File::open(&path)?;
-            let mut out = copy_to.map(|to| File::create(to.join(rel))).transpose()?;
+            let mut out = copy_to
+                .map(|(to, _)| File::create(to.join(rel)))
+                .transpose()?;
             hash.update(b"f");
             hash.update(file.metadata()?.len().to_be_bytes());
             loop {
@@ -424,9 +431,48 @@ fn tree(root: &Path, copy_to: Option<&Path>) -> io::Result<(u64, String)> {
                     out.write_all(&buf[..got])?;
                 }
             }
+            if let (Some(out), Some((_, true))) = (&out, copy_to) {
+                out.sync_all()?;
+            }
         }
     }
     Ok((items.len() as u64, hex::encode(hash.finalize())))
+}
+
+/// `fsync`s `root` and every directory under it, so the names of what was written there
+/// survive a power cut; symlinks are not followed.
+pub fn sync_tree(root: &Path) -> io::Result<()> {
+    let mut dirs = vec![root.to_path_buf()];
+    walk(root, Path::new(""), &mut |rel, kind| {
+        if kind == Kind::Dir {
+            dirs.push(root.join(rel));
+        }
+        Ok(())
+    })?;
+    dirs.iter().try_for_each(|dir| sync_dir(dir))
+}
+
+/// `fsync`s the directory `path`, so the entries renamed or created in it survive a power
+/// cut. `std` has no call to sync a directory, so this opens it with `wasi:filesystem`'s
+/// `open-at` and calls `sync`, which wasmtime-wasi turns into `fsync` on the directory.
+pub fn sync_dir(path: &Path) -> io::Result<()> {
+    let (preopen, rest) = preopen_for(path)?;
+    let rest = slash_path(&rest);
+    let failed =
+        |what: &str, code| io::Error::other(format!("{what} `{}`: {code:?}", path.display()));
+    let dir = if rest.is_empty() {
+        preopen
+    } else {
+        preopen
+            .open_at(
+                PathFlags::empty(),
+                &rest,
+                OpenFlags::DIRECTORY,
+                DescriptorFlags::READ,
+            )
+            .map_err(|code| failed("open-at", code))?
+    };
+    dir.sync().map_err(|code| failed("sync", code))
 }
 
 fn slash_path(path: &Path) -> String {
@@ -588,7 +634,7 @@ mod tests {
                 names.iter().map(|n| (n.as_str(), Some(&b"x"[..]))).collect();
             let archive = tarball(&work.path().join("site"), &entries);
             let before: Vec<PathBuf> = list(work.path());
-            let result = unpack(&archive, &dest);
+            let result = unpack(&archive, &dest, false);
             let climbs = names.iter().any(|n| {
                 Path::new(n).components().any(|c| matches!(c, Component::ParentDir | Component::RootDir))
             });
@@ -626,7 +672,7 @@ mod tests {
         // As the symlink entry would leave it (make_symlink needs WASI, so it is planted here).
         symlink("../../shared.yml", dest.join("index.html")).unwrap();
         let archive = tarball(work.path(), &[("index.html", Some(&b"pwned"[..]))]);
-        let err = unpack(&archive, &dest).unwrap_err();
+        let err = unpack(&archive, &dest, false).unwrap_err();
         assert!(err.contains("index.html"), "{err}");
         let shared = fs::read_to_string(work.path().join("site/shared.yml")).unwrap();
         assert_eq!(shared, "precious");

@@ -9,12 +9,18 @@
 //! - `strategy: webhook` POSTs a signed JSON payload to a deploy API and, when the API answers
 //!   with a status URL, polls it until the deploy is done.
 //!
-//! It deliberately does not lock the target against concurrent deploys (the engine's daemon
-//! owns locks), does not `fsync` (it survives the process dying at any moment, not a power
-//! cut), and does not keep file modes (WASI has none).
+//! A symlink step holds a lock in the target (`<target>/.shiphat-lock/`, see `lock.rs`) from
+//! reading `current` to pruning, so two deploys of one target never interleave, even from two
+//! `shiphat run` processes with no daemon between them.
+//!
+//! With `durable: true` (the default) it `fsync`s every file and directory of a release before
+//! `current` is switched, and the directories holding `releases/<release>` and `current`
+//! after each rename, so a deploy that finished survives a power cut, not only a kill. It does
+//! not keep file modes (WASI has none).
 
 mod config;
 mod files;
+mod lock;
 mod symlink;
 mod webhook;
 
@@ -49,7 +55,7 @@ impl Guest for Deployer {
 /// The keys only `strategy: webhook` takes.
 const WEBHOOK_ONLY: [&str; 5] = ["url", "secret", "environment", "poll_interval", "timeout"];
 /// The keys only `strategy: symlink` takes.
-const SYMLINK_ONLY: [&str; 3] = ["source", "target", "keep"];
+const SYMLINK_ONLY: [&str; 5] = ["source", "target", "keep", "wait_for_lock", "durable"];
 
 /// The JSON Schema of the `with:` block. The plugin checks the same rules again after the
 /// engine resolved `${{ ... }}` expressions, which the schema cannot see through.
@@ -91,6 +97,12 @@ fn schema() -> serde_json::Value {
                 "minimum": 1,
                 "default": 5,
                 "description": "symlink deploy: how many releases to keep, newest first; the current and the previous release are never deleted."
+            },
+            "wait_for_lock": duration("symlink: how long to wait when another deploy or rollback holds the target's lock (`<target>/.shiphat-lock`), e.g. `2m`. Default: do not wait; fail at once, naming the holder and its start time."),
+            "durable": {
+                "type": "boolean",
+                "default": true,
+                "description": "symlink: `fsync` the release's files and directories before `current` is switched, and the target after, so a finished deploy survives a power cut. `false` survives the process dying but not a power cut, and is faster on many small files."
             },
             "url": {
                 "type": "string",

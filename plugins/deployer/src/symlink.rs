@@ -15,16 +15,17 @@
 //! Every change that a reader of `current` could see is a rename, which is atomic: a release
 //! directory appears whole, and `current` flips from one whole release to another.
 
-use std::fs;
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use shiphat_plugin_sdk::{self as sdk, Output, StepContext, StepError, StepOutput};
 
-use crate::config::{Symlink, check_release_name};
+use crate::config::{Symlink, SymlinkAction, check_release_name};
 use crate::files::{self, Source};
+use crate::lock::Lock;
 
 /// The manifest each release directory holds.
 const MANIFEST: &str = ".shiphat-release.json";
@@ -56,14 +57,21 @@ struct Manifest {
 }
 
 pub fn run(ctx: &StepContext, config: Symlink) -> Result<StepOutput, StepError> {
-    match config {
-        Symlink::Deploy {
+    let layout = Layout::new(&config.target, config.durable);
+    let lock = |layout: &Layout| -> Result<Option<Lock>, StepError> {
+        // A dry run writes nothing, not even a lock.
+        if ctx.dry_run {
+            return Ok(None);
+        }
+        Lock::take(ctx, &layout.target, config.wait_for_lock).map(Some)
+    };
+    match config.action {
+        SymlinkAction::Deploy {
             release,
             source,
-            target,
             keep,
-        } => deploy(ctx, &release, &source, Layout::new(&target), keep),
-        Symlink::Rollback { release, target } => rollback(ctx, release, Layout::new(&target)),
+        } => deploy(ctx, &release, &source, layout, keep, lock),
+        SymlinkAction::Rollback { release } => rollback(ctx, release, layout, lock),
     }
 }
 
@@ -73,17 +81,38 @@ struct Layout {
     releases: PathBuf,
     current: PathBuf,
     history: PathBuf,
+    /// Whether to `fsync` what is written, so that it survives a power cut.
+    durable: bool,
 }
 
 impl Layout {
-    fn new(target: &str) -> Layout {
+    fn new(target: &str, durable: bool) -> Layout {
         let target = PathBuf::from(target);
         Layout {
             releases: target.join("releases"),
             current: target.join("current"),
             history: target.join(HISTORY),
             target,
+            durable,
         }
+    }
+
+    /// Writes `text` to the new file `path`, `fsync`ed when durable.
+    fn write(&self, path: &Path, text: &str) -> io::Result<()> {
+        let mut file = File::create(path)?;
+        file.write_all(text.as_bytes())?;
+        if self.durable {
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// `fsync`s the directory `dir` when durable, so a rename or creation in it is on disk.
+    fn sync_dir(&self, dir: &Path) -> Result<(), StepError> {
+        if !self.durable {
+            return Ok(());
+        }
+        files::sync_dir(dir).map_err(|e| io_failed(dir, e))
     }
 
     fn release(&self, name: &str) -> PathBuf {
@@ -123,7 +152,8 @@ impl Layout {
     }
 
     /// Points `current` at release `name`: a new link under a temporary name, renamed over
-    /// `current`, so that `current` is never missing nor half-written.
+    /// `current`, so that `current` is never missing nor half-written. When durable, the
+    /// target is synced after the rename, so the switch survives a power cut.
     fn switch(&self, ctx: &StepContext, name: &str) -> Result<(), StepError> {
         let tmp = self.target.join(format!("{CURRENT_TMP}{}", ctx.run_id));
         // A link left by an earlier attempt of this run.
@@ -137,7 +167,8 @@ impl Layout {
                     self.current.display(),
                     sdk::io_error(&e)
                 ))
-            })
+            })?;
+        self.sync_dir(&self.target)
     }
 
     /// The history's lines, oldest first, ending with `current` when there is one. A
@@ -191,12 +222,13 @@ impl Layout {
         let skip = lines.len().saturating_sub(HISTORY_LIMIT);
         let text: String = lines[skip..].iter().map(|l| format!("{l}\n")).collect();
         let tmp = self.target.join(format!("{HISTORY}.tmp-{}", ctx.run_id));
-        fs::write(&tmp, text)
+        self.write(&tmp, &text)
             .and_then(|()| fs::rename(&tmp, &self.history))
             .map_err(|e| {
                 let _ = fs::remove_file(&tmp);
                 io_failed(&self.history, e)
-            })
+            })?;
+        self.sync_dir(&self.target)
     }
 
     /// The complete releases with a readable manifest, oldest first.
@@ -277,10 +309,17 @@ fn deploy(
     source: &str,
     layout: Layout,
     keep: u32,
+    lock: impl FnOnce(&Layout) -> Result<Option<Lock>, StepError>,
 ) -> Result<StepOutput, StepError> {
     let source = Source::open(source).map_err(sdk::invalid_config)?;
     // Before anything is copied, and in a dry run too: a missing grant fails here.
     files::check_writable(&layout.target).map_err(sdk::failed)?;
+    if !ctx.dry_run {
+        fs::create_dir_all(&layout.target).map_err(|e| io_failed(&layout.target, e))?;
+    }
+    // Held until this function returns, however it returns: everything from reading `current`
+    // to pruning is one deploy that no other may interleave with.
+    let _lock = lock(&layout)?;
     let previous = layout.current()?;
     let path = layout.release(release);
     let output = |summary: String, previous: Option<String>, changed: bool| {
@@ -323,7 +362,7 @@ fn deploy(
     let partial = layout
         .releases
         .join(format!(".{release}{PARTIAL}{}", ctx.run_id));
-    let (count, digest) = source.put(&partial).map_err(|e| {
+    let (count, digest) = source.put(&partial, layout.durable).map_err(|e| {
         let _ = fs::remove_dir_all(&partial);
         sdk::failed(e)
     })?;
@@ -355,8 +394,19 @@ fn deploy(
         };
         let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
         let manifest_path = partial.join(MANIFEST);
-        fs::write(&manifest_path, text + "\n").map_err(|e| io_failed(&manifest_path, e))?;
+        layout
+            .write(&manifest_path, &(text + "\n"))
+            .map_err(|e| io_failed(&manifest_path, e))?;
+        // Every file is synced already; the directories' entries must be too before the
+        // release gets its name, or a power cut could leave `releases/<release>` half empty.
+        if layout.durable {
+            files::sync_tree(&partial).map_err(|e| io_failed(&partial, e))?;
+        }
         fs::rename(&partial, &path).map_err(|e| io_failed(&path, e))?;
+        // The release's name, and `releases/` itself on a first deploy, before `current`
+        // may point at it.
+        layout.sync_dir(&layout.releases)?;
+        layout.sync_dir(&layout.target)?;
         layout.switch(ctx, release)?;
         format!(
             "deployed {release}{over} ({count} files, sha256 {})",
@@ -396,8 +446,15 @@ fn rollback(
     ctx: &StepContext,
     release: Option<String>,
     layout: Layout,
+    lock: impl FnOnce(&Layout) -> Result<Option<Lock>, StepError>,
 ) -> Result<StepOutput, StepError> {
     files::check_writable(&layout.target).map_err(sdk::failed)?;
+    // A target that does not exist has nothing to roll back, which `current` says below.
+    let _lock = if layout.target.is_dir() {
+        lock(&layout)?
+    } else {
+        None
+    };
     let Some(current) = layout.current()? else {
         return Err(sdk::failed(format!(
             "nothing to roll back: `{}` does not exist",
