@@ -11,14 +11,18 @@ if grep -Eq '<(failure|error)[ >/]' "$report"; then
   echo "QA red" >&2; exit 1
 fi
 
-# 2. Deploy: copy the build into releases/RELEASE, then switch `current` atomically.
+# 2. Deploy: copy the build into releases/RELEASE, then switch `current` atomically. The
+# deployer makes the release durable before the switch and the switch after it (`durable:
+# true`, its default); `sync` does the same durable work here, so the comparison is fair.
 releases=$work/www/releases
 mkdir -p "$releases"
 rm -rf "$releases/.$release.partial"
 cp -R "$work/build" "$releases/.$release.partial"
 mv "$releases/.$release.partial" "$releases/$release"
+sync
 ln -sfn "releases/$release" "$work/www/current.tmp"
 mv -T "$work/www/current.tmp" "$work/www/current"
+sync
 
 # 3. Verify: the error ratio must be below 1%.
 ratio=$(curl -fsS "$metrics_url" | awk '$1 == "demo_error_ratio" { print $2 }')

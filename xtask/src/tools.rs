@@ -1,7 +1,8 @@
 //! What the test suite needs beyond the Rust toolchain, installed on demand and pinned:
 //!
-//! - `prometheus` (tests/metrics.rs runs a real server) and `curl` (the benchmarks' shell
-//!   baseline), from Debian's packages;
+//! - `prometheus` (tests/metrics.rs runs a real server), `curl` (the benchmarks' shell
+//!   baseline) and `strace` (tests/deployer.rs watches the deployer's fsyncs), from Debian's
+//!   packages;
 //! - `componentize-py` (tests/languages.rs builds the Python example) and `ansible-core` (the
 //!   benchmarks' smoke test), each in a virtual environment;
 //! - `componentize-js` (the JavaScript example), from the npm registry;
@@ -23,7 +24,7 @@ use crate::run;
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 const ANSIBLE_CORE: &str = "ansible-core==2.17.7";
 /// The programs the tests run, each from the Debian package of the same name.
-const DEBIAN: [&str; 3] = ["prometheus", "curl", "chromium"];
+const DEBIAN: [&str; 4] = ["prometheus", "curl", "chromium", "strace"];
 
 /// Where the tools are, to hand to the test run.
 pub struct Tools {
@@ -69,7 +70,7 @@ pub fn ensure() -> Result<Tools> {
         }
         eprintln!("xtask: installing {} with apt-get", missing.join(", "));
         run(Command::new("apt-get").arg("update").arg("-qq")).context(
-            "apt-get update failed (the tests need the Debian packages prometheus, curl and chromium)",
+            "apt-get update failed (the tests need the Debian packages prometheus, curl, chromium and strace)",
         )?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq"])
