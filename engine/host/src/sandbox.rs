@@ -202,6 +202,11 @@ impl StepState {
             redactor.clone(),
         );
         let mut wasi = WasiCtxBuilder::new();
+        // A file call is blocking for the plugin anyway; done on the step's own thread it
+        // skips a hop to tokio's blocking pool and back per call, which is most of what a
+        // deploy of many small files spent (issue 15). The thread is the step's task's, which
+        // the plugin's own computation occupies the same way.
+        wasi.allow_blocking_current_thread(true);
         wasi.stdout(CaptureStream(stdout.clone()))
             .stderr(CaptureStream(stderr.clone()))
             .max_random_size(MAX_RANDOM_BYTES);
