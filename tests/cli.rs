@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Run, TestDir};
+use support::{LiveRun, Run, TestDir};
 
 #[test]
 fn outputs_flow_between_steps_and_the_run_succeeds() {
@@ -620,88 +620,6 @@ fn every_command_survives_a_closed_stdout() {
     }
 }
 
-/// A `shiphat run --json` whose events are read as they come.
-struct LiveRun {
-    child: std::process::Child,
-    events: std::sync::mpsc::Receiver<serde_json::Value>,
-    seen: Vec<serde_json::Value>,
-}
-
-impl LiveRun {
-    fn start(dir: &TestDir, yaml: &str) -> LiveRun {
-        use std::io::BufRead;
-        let file = dir.write("deploy.yaml", yaml);
-        let mut child = dir
-            .shiphat()
-            .arg("run")
-            .arg(&file)
-            .arg("--json")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, events) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(event) = serde_json::from_str(&line)
-                    && tx.send(event).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        LiveRun {
-            child,
-            events,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the `step_started` event of `step`.
-    fn wait_started(&mut self, step: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let event = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("`{step}` never started; events: {:?}", self.seen));
-            self.seen.push(event.clone());
-            if event["event"] == "step_started" && event["step"] == step {
-                return;
-            }
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: the child is running (not reaped), so its pid is ours.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
-    }
-
-    /// Waits for the end; returns the exit code, every event and stderr.
-    fn finish(mut self) -> (i32, Vec<serde_json::Value>, String) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while let Ok(event) = self
-            .events
-            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
-        {
-            self.seen.push(event);
-        }
-        let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
-        (status.code().unwrap_or(-1), self.seen, stderr)
-    }
-}
-
 fn finished<'a>(events: &'a [serde_json::Value], step: &str) -> &'a serde_json::Value {
     events
         .iter()
@@ -717,7 +635,7 @@ const SLOW_VERIFY: &str = "  - id: verify\n    uses: misbehave\n    needs: deplo
 fn ctrl_c_cancels_the_step_and_runs_the_safety_net() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let dir = release_1_live();
-        let mut run = LiveRun::start(&dir, &guarded_deploy(SLOW_VERIFY, ""));
+        let mut run = LiveRun::start(&dir, "deploy.yaml", &guarded_deploy(SLOW_VERIFY, ""));
         run.wait_started("verify");
         let sent = std::time::Instant::now();
         run.signal(signal);
@@ -756,7 +674,11 @@ fn a_second_ctrl_c_aborts_and_says_what_was_left() {
     let dir = release_1_live();
     let slow_rollback =
         "  - id: slow-rollback\n    uses: misbehave\n    with: { mode: sleep, ms: 60000 }\n";
-    let mut run = LiveRun::start(&dir, &guarded_deploy(SLOW_VERIFY, slow_rollback));
+    let mut run = LiveRun::start(
+        &dir,
+        "deploy.yaml",
+        &guarded_deploy(SLOW_VERIFY, slow_rollback),
+    );
     run.wait_started("verify");
     run.signal(libc::SIGINT);
     run.wait_started("slow-rollback");
@@ -993,7 +915,7 @@ steps:
     needs: slow
     if: cancelled()
 "#;
-    let mut run = LiveRun::start(&dir, yaml);
+    let mut run = LiveRun::start(&dir, "deploy.yaml", yaml);
     run.wait_started("slow");
     run.signal(libc::SIGINT);
     let (code, events, stderr) = run.finish();

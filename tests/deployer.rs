@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::http::{Reply, Request, Server};
-use support::{Run, TestDir};
+use support::{LIVE_WAIT, LiveRun, Run, TestDir};
 
 /// A symlink deploy of `source` into `site`, with the release and extra `with:` keys.
 fn deploy_yaml(source: &str, release: &str, extra: &str) -> String {
@@ -556,88 +556,11 @@ fn assert_synced_in_order(dir: &TestDir, yaml: &str, release: &str) {
 // ---------------------------------------------------------------------------------------------
 // The lock on a target: two `shiphat run` processes, no daemon.
 
-/// How long a test waits for another process to reach the point it waits for.
-const PROCESS_WAIT: Duration = Duration::from_secs(60);
-
-/// A `shiphat run --json` in the background, its events read as they come; killed if the test
-/// ends first.
-struct Background {
-    child: std::process::Child,
-    events: std::sync::mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Background {
-    fn start(dir: &TestDir, file: &str, yaml: &str) -> Background {
-        use std::io::BufRead;
-        let file = dir.write(file, yaml);
-        let mut child = dir
-            .shiphat()
-            .arg("run")
-            .arg(&file)
-            .arg("--json")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, events) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(event) = serde_json::from_str(&line)
-                    && tx.send(event).is_err()
-                {
-                    return;
-                }
-            }
-        });
-        Background {
-            child,
-            events,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for the first event `matches` accepts, and returns it.
-    fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + PROCESS_WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {what}; events: {:?}", self.seen));
-            self.seen.push(event.clone());
-            if matches(&event) {
-                return event;
-            }
-        }
-    }
-
-    /// Waits for the step `id` to finish, and returns its `step_finished` event.
-    fn finished(&mut self, id: &str) -> Value {
-        self.wait_for(&format!("step_finished for `{id}`"), |e| {
-            e["event"] == "step_finished" && e["step"] == id
-        })
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A deploy that holds the lock on `site` until [`Holder::release`]: its source is a FIFO
 /// named like a `.tar.gz`, and opening it blocks until the test opens the other end, which is
 /// after the lock is taken and before anything is copied.
 struct Holder {
-    run: Background,
+    run: LiveRun,
     fifo: PathBuf,
     /// The lock's `owner.json` while this deploy holds it.
     owner: Value,
@@ -650,13 +573,13 @@ impl Holder {
         let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: `name` is a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo");
-        let mut run = Background::start(
+        let mut run = LiveRun::start(
             dir,
             "holder.yaml",
             &deploy_yaml("dist/held.tar.gz", "held", "").replace("id: deploy", "id: hold"),
         );
         let owner_file = dir.path().join("site/.shiphat-lock/owner.json");
-        let deadline = Instant::now() + PROCESS_WAIT;
+        let deadline = Instant::now() + LIVE_WAIT;
         let owner = loop {
             if let Ok(owner) = std::fs::read_to_string(&owner_file)
                 .map_err(|e| e.to_string())
@@ -664,11 +587,12 @@ impl Holder {
             {
                 break owner;
             }
-            assert!(
-                run.child.try_wait().unwrap().is_none(),
-                "the holding deploy ended before its lock was seen: {:?}",
-                run.events.try_iter().collect::<Vec<_>>()
-            );
+            if !run.is_running() {
+                panic!(
+                    "the holding deploy ended before its lock was seen: {:?}",
+                    run.events_so_far()
+                );
+            }
             assert!(Instant::now() < deadline, "no lock appeared in `site`");
             std::thread::yield_now();
         };
@@ -680,7 +604,7 @@ impl Holder {
     fn release(mut self) -> Value {
         use std::os::unix::fs::OpenOptionsExt;
         // Non-blocking, so a holder that never opens its end cannot hang the test.
-        let deadline = Instant::now() + PROCESS_WAIT;
+        let deadline = Instant::now() + LIVE_WAIT;
         let writer = loop {
             match std::fs::OpenOptions::new()
                 .write(true)
@@ -770,7 +694,7 @@ fn with_wait_for_lock_a_deploy_runs_once_the_holder_ends() {
     let holder_run = holder.owner["run_id"].as_str().unwrap().to_string();
 
     build(&dir, "2");
-    let mut waiting = Background::start(
+    let mut waiting = LiveRun::start(
         &dir,
         "waiting.yaml",
         &deploy_yaml("build", "2", ", wait_for_lock: 2m"),

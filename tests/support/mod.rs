@@ -508,3 +508,140 @@ pub fn run_with_closed_output(
     let stderr = stderr.map(|t| t.join().unwrap()).unwrap_or_default();
     (status.code().unwrap_or(-1), stderr)
 }
+
+/// How long a test waits for a background run to reach the point it waits for.
+pub const LIVE_WAIT: Duration = Duration::from_secs(60);
+
+/// A `shiphat run FILE --json` in the background, its events read as they come and its stderr
+/// kept; killed if the test ends first.
+pub struct LiveRun {
+    child: std::process::Child,
+    events: std::sync::mpsc::Receiver<Value>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    /// Every event read so far.
+    pub seen: Vec<Value>,
+}
+
+impl LiveRun {
+    /// Writes `yaml` to `file` in `dir` and runs it.
+    pub fn start(dir: &TestDir, file: &str, yaml: &str) -> LiveRun {
+        use std::io::{BufRead, Read};
+        let file = dir.write(file, yaml);
+        let mut child = dir
+            .shiphat()
+            .arg("run")
+            .arg(&file)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Ok(event) = serde_json::from_str(&line)
+                    && tx.send(event).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        // Read as it comes, so that a chatty run never blocks on a full pipe.
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
+        LiveRun {
+            child,
+            events,
+            stderr: Some(stderr),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the first event `matches` accepts, and returns it.
+    pub fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + LIVE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what}; events: {:?}", self.seen));
+            self.seen.push(event.clone());
+            if matches(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// Waits for the `step_started` event of `step`.
+    pub fn wait_started(&mut self, step: &str) -> Value {
+        self.wait_for(&format!("step_started for `{step}`"), |e| {
+            e["event"] == "step_started" && e["step"] == step
+        })
+    }
+
+    /// Waits for the `step_finished` event of `step`, and returns it.
+    pub fn finished(&mut self, step: &str) -> Value {
+        self.wait_for(&format!("step_finished for `{step}`"), |e| {
+            e["event"] == "step_finished" && e["step"] == step
+        })
+    }
+
+    /// Whether the run is still going.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Every event read so far, after reading those that have come.
+    pub fn events_so_far(&mut self) -> &[Value] {
+        self.seen.extend(self.events.try_iter());
+        &self.seen
+    }
+
+    /// Sends `signal` to the run.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: the child is running (not reaped), so its pid is ours.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
+    }
+
+    /// Waits for the end; returns the exit code, every event and stderr.
+    pub fn finish(mut self) -> (i32, Vec<Value>, String) {
+        let deadline = Instant::now() + LIVE_WAIT;
+        while let Ok(event) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(event);
+        }
+        let status = self.child.wait().unwrap();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        (
+            status.code().unwrap_or(-1),
+            std::mem::take(&mut self.seen),
+            stderr,
+        )
+    }
+}
+
+impl Drop for LiveRun {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
