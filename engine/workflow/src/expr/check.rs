@@ -227,6 +227,12 @@ fn check_path(p: &Path, rules: &RefRules) -> Result<(), String> {
                 (None | Some(Seg::Star | Seg::Dynamic), _) => {}
                 (Some(Seg::Key(k)), _) if same_name(k, "outputs") => {}
                 (Some(Seg::Key(k)), 2) if same_name(k, "status") => {}
+                (Some(Seg::Key(k)), _) if same_name(k, "outcome") || same_name(k, "conclusion") => {
+                    return Err(format!(
+                        "`{}`: GitHub's `{k}` is `steps.{id}.status` here, and says 'succeeded', 'failed', 'skipped' or 'cancelled'",
+                        p.text()
+                    ));
+                }
                 _ => return wrong(),
             }
         }
