@@ -675,3 +675,41 @@ fn a_plugin_cannot_make_the_engine_copy_more_than_a_step_can_keep() {
         run.max_rss_kib / 1024
     );
 }
+
+#[test]
+fn a_step_stuck_in_a_file_call_still_times_out() {
+    // Bug: a step's file calls block the thread it runs on, and that was a runtime worker: a
+    // read of a FIFO that no one writes stalled the worker, and the step's timeout never fired.
+    let dir = TestDir::new();
+    dir.write("data/file.txt", "x");
+    dir.mkfifo("data/fifo");
+    let yaml = "name: stuck\nsteps:\n  - id: stuck\n    uses: probe\n    timeout: 1s\n    with: { read: [data/fifo] }\n    allow:\n      read: [data]\n  - id: after\n    uses: probe\n    needs: stuck\n    if: ${{ failure() }}\n    with: { read: [data/file.txt] }\n    allow:\n      read: [data]\n";
+    let run = dir.run(yaml, &[]);
+    let (kind, message) = run.error("stuck");
+    assert_eq!(kind, "timeout", "{message}");
+    assert_eq!(
+        run.step("after")["outputs"]["read"]["data/file.txt"]["content"],
+        "x",
+        "{}",
+        run.stdout
+    );
+    assert!(run.wall < Duration::from_secs(30), "took {:?}", run.wall);
+}
+
+#[test]
+fn a_lock_held_by_a_step_its_timeout_stopped_is_released() {
+    // Bug: a step the engine stopped (its timeout, a cancel) could not release a lock it had
+    // taken, so a deploy's lock outlived the deploy until someone deleted it.
+    let dir = TestDir::new();
+    dir.write("data/.keep", "");
+    let yaml = "name: locks\nsteps:\n  - id: hold\n    uses: misbehave\n    timeout: 1s\n    with: { mode: lock_and_loop, path: data/lock }\n    allow:\n      write: [data]\n  - id: after\n    uses: misbehave\n    needs: hold\n    if: ${{ failure() }}\n    with: { mode: lock, path: data/lock }\n    allow:\n      write: [data]\n";
+    let run = dir.run(yaml, &[]);
+    let (kind, message) = run.error("hold");
+    assert_eq!(kind, "timeout", "{message}");
+    assert_eq!(
+        run.step("after")["outputs"]["taken"],
+        true,
+        "{}",
+        run.stdout
+    );
+}

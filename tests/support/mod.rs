@@ -85,6 +85,17 @@ impl TestDir {
         path
     }
 
+    /// Makes a FIFO (creating its directories) and returns its path. Opening it for reading
+    /// blocks until someone opens it for writing: a file call that never returns by itself.
+    pub fn mkfifo(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: `c_path` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+        path
+    }
+
     /// The `shiphat` binary, set up to find the test plugins and use the shared cache.
     pub fn shiphat(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_shiphat"));

@@ -566,21 +566,69 @@ impl Host {
             },
             config: call.config,
         };
-        let result = {
-            let run = async {
-                let instance = plugin.pre.instantiate_async(&mut store).await?;
+        let pre = plugin.pre.clone();
+        // `abort` ends when the engine gives up on the attempt: the caller stopped waiting (a
+        // cancel) or the wall-clock guard passed. Dropping the call then drops the instance.
+        let attempt = move |abort: tokio::sync::oneshot::Receiver<()>| async move {
+            let call = async {
+                let instance = pre.instantiate_async(&mut store).await?;
                 instance.call_run(&mut store, &input).await
             };
-            tokio::time::timeout(limits.timeout + WALL_CLOCK_GRACE, run).await
+            let result = tokio::select! {
+                biased;
+                _ = abort => None,
+                result = call => Some(result),
+            };
+            store.data_mut().finish_logs(!matches!(result, Some(Ok(_))));
+            match result {
+                None => Outcome::Fault(Fault::Timeout(limits.timeout)),
+                Some(Err(e)) => Outcome::Fault(classify_trap(&e, &store, &limits)),
+                Some(Ok(answer)) => check_answer(answer, limits.output_bytes)
+                    .unwrap_or_else(|message| Outcome::Fault(Fault::BadOutput(message))),
+            }
         };
-        store.data_mut().finish_logs(!matches!(result, Ok(Ok(_))));
-        let outcome = match result {
-            Err(_) => Outcome::Fault(Fault::Timeout(limits.timeout)),
-            Ok(Err(e)) => Outcome::Fault(classify_trap(&e, &store, &limits)),
-            Ok(Ok(answer)) => check_answer(answer, limits.output_bytes)
-                .unwrap_or_else(|message| Outcome::Fault(Fault::BadOutput(message))),
-        };
+        let outcome = on_own_thread(attempt, limits.timeout + WALL_CLOCK_GRACE)
+            .await
+            .unwrap_or(Outcome::Fault(Fault::Timeout(limits.timeout)));
         redactor.redact_outcome(outcome)
+    }
+}
+
+/// How long an attempt that passed its wall-clock guard gets to stop once told to, so that its
+/// last log lines come before its end. One that does not stop by then is stuck in a system
+/// call, and is left to end on its own thread.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs `attempt` on a thread of its own (tokio's blocking pool, so threads are reused) and
+/// waits for it at most `guard`; `None` when it did not end in time.
+///
+/// A step's file calls block the thread they run on (`allow_blocking_current_thread`, which
+/// makes small-file work several times faster than a hop to the blocking pool per call). On a
+/// runtime worker, a call that never returns (a FIFO with no writer, a hung network mount)
+/// would stall that worker and the step's own timeout with it. Here it stalls only its own
+/// thread: the guard still fires, the step still fails, and the engine goes on. `attempt` is
+/// handed a receiver that ends when the engine stops waiting, here or because the caller
+/// dropped this future (a cancel), so the attempt is dropped at once unless it is stuck.
+async fn on_own_thread<F, Fut>(attempt: F, guard: Duration) -> Option<Fut::Output>
+where
+    F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+    Fut: std::future::Future,
+    Fut::Output: Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Handle::current();
+    let mut task = tokio::task::spawn_blocking(move || runtime.block_on(attempt(stopped)));
+    let joined = match tokio::time::timeout(guard, &mut task).await {
+        Ok(joined) => joined,
+        Err(_) => {
+            drop(stop);
+            tokio::time::timeout(ABORT_GRACE, task).await.ok()?
+        }
+    };
+    match joined {
+        Ok(output) => Some(output),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
     }
 }
 

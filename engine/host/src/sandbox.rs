@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
+use wasmtime_wasi::filesystem::Descriptor;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -202,10 +203,11 @@ impl StepState {
             redactor.clone(),
         );
         let mut wasi = WasiCtxBuilder::new();
-        // A file call is blocking for the plugin anyway; done on the step's own thread it
-        // skips a hop to tokio's blocking pool and back per call, which is most of what a
-        // deploy of many small files spent (issue 15). The thread is the step's task's, which
-        // the plugin's own computation occupies the same way.
+        // A file call is blocking for the plugin anyway; done on the thread the attempt runs
+        // on, it skips a hop to tokio's blocking pool and back per call, which is most of what
+        // a deploy of many small files spent. Attempts run on threads of their own
+        // (`on_own_thread` in lib.rs), never on a runtime worker, so a call that blocks for
+        // good stalls only its step, whose wall-clock guard still fires.
         wasi.allow_blocking_current_thread(true);
         wasi.stdout(CaptureStream(stdout.clone()))
             .stderr(CaptureStream(stderr.clone()))
@@ -401,6 +403,25 @@ impl HostImports for StepState {
             self.engine_line(Level::Warn, message);
         }
         found
+    }
+
+    /// `flock(LOCK_EX | LOCK_NB)` on the plugin's open file. The lock belongs to the open
+    /// file, which lives in the step's resource table: dropping the descriptor, or the store
+    /// when the step ends however it ends, closes it and so releases the lock, and the kernel
+    /// releases it when the process dies. It never blocks.
+    async fn try_lock(&mut self, file: Resource<Descriptor>) -> Result<bool, String> {
+        let file = match self.table.get(&file) {
+            Ok(Descriptor::File(file)) => Arc::clone(&file.file),
+            Ok(Descriptor::Dir(_)) => {
+                return Err("a directory cannot be locked; lock a file in it".into());
+            }
+            Err(e) => return Err(format!("not an open file: {e}")),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock: {e}")),
+        }
     }
 }
 

@@ -4,7 +4,8 @@
 //! world of `wit/shiphat.wit`. This crate is the one place that runs `wit_bindgen::generate!`
 //! on that contract: it re-exports the generated types, the [`Guest`] trait and the
 //! [`export!`] macro, and adds the few helpers every plugin wants: logging with a level
-//! ([`info`], [`warn`], ...), [`secret`], a blocking HTTP client ([`http::request`]), parsing
+//! ([`info`], [`warn`], ...), [`secret`], a blocking HTTP client ([`http::request`]), a file
+//! lock that nothing leaves behind ([`fs::LockFile`]), parsing
 //! the `with:` block ([`config`]) and building results ([`Output`], [`outputs`], [`failed`],
 //! [`transient`]).
 //!
@@ -59,6 +60,7 @@
 //! Build it with `cargo build --release --target wasm32-wasip2`; the `.wasm` file in
 //! `target/wasm32-wasip2/release/` is the component the engine loads.
 
+pub mod fs;
 pub mod http;
 
 /// Everything `wit-bindgen` generated from `wit/shiphat.wit` and the WASI packages it uses.

@@ -59,6 +59,8 @@ enum Mode {
     BigTransient,
     BigInvalidConfig,
     OpenFiles,
+    Lock,
+    LockAndLoop,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +104,9 @@ impl Guest for Misbehave {
                             { "const": "big_failure", "description": "Fail with a message of `size` bytes (2 MiB by default)." },
                             { "const": "big_transient", "description": "Fail transiently with a message of `size` bytes (2 MiB by default)." },
                             { "const": "big_invalid_config", "description": "Reject the config with a message of `size` bytes (2 MiB by default)." },
-                            { "const": "open_files", "description": "Open the file `path` again and again, keeping every handle, until an open fails; then succeed with outputs `{\"opened\": n, \"error\": \"...\"}`." }
+                            { "const": "open_files", "description": "Open the file `path` again and again, keeping every handle, until an open fails; then succeed with outputs `{\"opened\": n, \"error\": \"...\"}`." },
+                            { "const": "lock", "description": "Try to lock the file `path` (`host.try-lock`), then succeed with outputs `{\"taken\": bool}`; the lock is released as the step ends." },
+                            { "const": "lock_and_loop", "description": "Lock the file `path`, failing when another holder has it, then spin forever." }
                         ]
                     },
                     "bytes": {
@@ -121,7 +125,7 @@ impl Guest for Misbehave {
                     },
                     "path": {
                         "type": "string",
-                        "description": "For `open_files`: the file to open."
+                        "description": "For `open_files`, `lock` and `lock_and_loop`: the file to open."
                     },
                     "ms": {
                         "type": "integer",
@@ -196,6 +200,18 @@ impl Guest for Misbehave {
                     .set("error", error)
                     .into())
             }
+            Mode::Lock => {
+                let taken = lock(config.path)?;
+                Ok(Output::new(format!("taken: {taken}"))
+                    .set("taken", taken)
+                    .into())
+            }
+            Mode::LockAndLoop => {
+                if !lock(config.path)? {
+                    return Err(sdk::failed("the lock is held by another holder"));
+                }
+                spin()
+            }
             Mode::Sleep => {
                 let ms = config.ms.unwrap_or(0);
                 // One blocking `wasi:clocks` call, not a busy loop: the engine must be able to
@@ -230,6 +246,19 @@ fn unreachable_instruction() -> ! {
     // Plugins run only as wasm; this keeps `cargo check` for the host target working.
     #[cfg(not(target_arch = "wasm32"))]
     std::process::abort();
+}
+
+/// Opens the file `path` and tries to lock it, keeping the file open (and so the lock held)
+/// until the step ends.
+fn lock(path: Option<String>) -> Result<bool, StepError> {
+    let path = path.unwrap_or_default();
+    let file = sdk::fs::LockFile::open(std::path::Path::new(&path))
+        .map_err(|e| sdk::failed(format!("`{path}`: {e}")))?;
+    let taken = file
+        .try_lock()
+        .map_err(|e| sdk::failed(format!("`{path}`: {e}")))?;
+    std::mem::forget(file);
+    Ok(taken)
 }
 
 fn spin() -> ! {
