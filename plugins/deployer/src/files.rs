@@ -9,10 +9,10 @@ use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
-use shiphat_plugin_sdk::bindings::wasi::filesystem::preopens;
 use shiphat_plugin_sdk::bindings::wasi::filesystem::types::{
-    Descriptor, DescriptorFlags, OpenFlags, PathFlags,
+    DescriptorFlags, OpenFlags, PathFlags,
 };
+use shiphat_plugin_sdk::fs::{preopen_for, slash_path};
 use shiphat_plugin_sdk::{self as sdk};
 
 /// How many bytes are read at a time while digesting.
@@ -195,23 +195,6 @@ fn unpack(file: &Path, dest: &Path, durable: bool) -> Result<u64, String> {
     Ok(n)
 }
 
-/// `path` as WASI's libc matches it against the names of preopened directories: without `.`
-/// components and without a leading `/` (`/srv/www` and `srv/www` name the same preopen), and
-/// with `..` only at the start (`../x`, a grant outside the workflow's directory). `None` for
-/// a `..` after a name, which only the filesystem could resolve.
-fn guest_name(path: &Path) -> Option<PathBuf> {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::Normal(part) => out.push(part),
-            Component::ParentDir if out.iter().all(|c| c == "..") => out.push(".."),
-            Component::CurDir | Component::RootDir => {}
-            Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
 /// Refuses a symlink at `rel` (relative to the release) whose `target` leads out of the
 /// release: an absolute target, or more leading `..` than the link has directories above
 /// it. A `..` after a name is refused too: the name may itself be a symlink to a shallower
@@ -319,31 +302,6 @@ pub fn make_symlink(target: &Path, link: &Path) -> io::Result<()> {
     let (dir, rest) = preopen_for(link)?;
     dir.symlink_at(&slash_path(target), &slash_path(&rest))
         .map_err(|code| io::Error::other(format!("symlink-at: {code:?}")))
-}
-
-/// The preopened directory that holds `path`, found by its guest name as `std` itself
-/// resolves paths, and the rest of `path` inside it.
-fn preopen_for(path: &Path) -> io::Result<(Descriptor, PathBuf)> {
-    let name = guest_name(path).ok_or_else(|| {
-        io::Error::other(format!(
-            "`{}` climbs out of a directory it names; write the path without `..` after a name",
-            path.display()
-        ))
-    })?;
-    preopens::get_directories()
-        .into_iter()
-        .filter_map(|(dir, guest)| {
-            let rest = name.strip_prefix(guest_name(Path::new(&guest))?).ok()?;
-            Some((dir, guest.len(), rest.to_path_buf()))
-        })
-        .max_by_key(|(_, len, _)| *len)
-        .map(|(dir, _, rest)| (dir, rest))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("`{}` is in no granted directory", path.display()),
-            )
-        })
 }
 
 /// Checks, without writing anything, that `path` is inside a directory the step may write:
@@ -473,13 +431,6 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
             .map_err(|code| failed("open-at", code))?
     };
     dir.sync().map_err(|code| failed("sync", code))
-}
-
-fn slash_path(path: &Path) -> String {
-    path.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
 }
 
 // The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.
