@@ -778,8 +778,7 @@ impl StepJob {
             let end = tokio::select! {
                 end = self.attempt(attempt) => end,
                 () = self.stop.cancelled() => {
-                    self.run.report_step(step, self.section, StepStatus::Cancelled, attempt, started.elapsed(), String::new(), Map::new(), Some(StepError { kind: ErrorKind::Cancelled, message: "cancelled while running".into() }), false);
-                    return Verdict::Failed;
+                    return self.cancelled(attempt, started, "cancelled while running");
                 }
             };
             match end {
@@ -794,9 +793,13 @@ impl StepJob {
                             shiphat_host::fmt_duration(delay)
                         ),
                     );
+                    // A cancel during the wait ends the step here: going round the loop would
+                    // call the plugin once more after the run was stopped.
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = self.stop.cancelled() => {}
+                        () = self.stop.cancelled() => {
+                            return self.cancelled(attempt, started, "cancelled while waiting to retry");
+                        }
                     }
                 }
                 end => break end,
@@ -849,6 +852,27 @@ impl StepJob {
             _ if continued => Verdict::Ok,
             _ => Verdict::Failed,
         }
+    }
+
+    /// Reports the step cancelled after `attempts` attempts.
+    fn cancelled(&self, attempts: u32, started: Instant, message: &str) -> Verdict {
+        let error = StepError {
+            kind: ErrorKind::Cancelled,
+            message: message.to_owned(),
+        };
+        let duration = started.elapsed();
+        self.run.report_step(
+            &self.step,
+            self.section,
+            StepStatus::Cancelled,
+            attempts,
+            duration,
+            String::new(),
+            Map::new(),
+            Some(error),
+            false,
+        );
+        Verdict::Failed
     }
 
     /// Resolves the step's expressions and grants, then calls the plugin once.
