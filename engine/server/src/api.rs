@@ -429,12 +429,9 @@ async fn list_environments(
     Caller(caller): Caller,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    Ok(Json(crate::environments::list(
-        &app,
-        |r| run_json(&app, r),
-        lock_json,
-    )
-    .await?))
+    Ok(Json(
+        crate::environments::list(&app, |r| run_json(&app, r), lock_json).await?,
+    ))
 }
 
 /// How long `GET /api/v1/events` gathers changes before it sends them: a run's burst of log
@@ -789,13 +786,15 @@ async fn list_runs(
         })?),
     };
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    let runs = app.store.list_runs(&RunFilter {
-        workflow: query.workflow,
-        status,
-        before: query.before,
-        limit,
-    })
-    .await?;
+    let runs = app
+        .store
+        .list_runs(&RunFilter {
+            workflow: query.workflow,
+            status,
+            before: query.before,
+            limit,
+        })
+        .await?;
     let next = (runs.len() == limit as usize)
         .then(|| runs.last().map(|r| r.id.clone()))
         .flatten();

@@ -27,13 +27,15 @@ pub async fn list(
     run_json: impl Fn(&Run) -> Value,
     lock_json: impl Fn(&shiphat_store::Lock) -> Value,
 ) -> Result<Value, shiphat_store::Error> {
-    let runs = app.store.list_runs(&RunFilter {
-        workflow: None,
-        status: None,
-        before: None,
-        limit: RECENT_RUNS,
-    })
-    .await?;
+    let runs = app
+        .store
+        .list_runs(&RunFilter {
+            workflow: None,
+            status: None,
+            before: None,
+            limit: RECENT_RUNS,
+        })
+        .await?;
     // Newest first, as the store lists them.
     // Each key's workflow (a lock can name a key no workflow takes) and runs.
     let mut by_key: BTreeMap<String, (Option<String>, Vec<&Run>)> = BTreeMap::new();

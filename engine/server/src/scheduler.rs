@@ -484,7 +484,8 @@ impl App {
         }
         // Both read at once: the run's steps settled in an earlier life, and whether it has
         // events already.
-        let (steps, events) = tokio::join!(self.store.steps(&run.id), self.store.events(&run.id, 0, 1));
+        let (steps, events) =
+            tokio::join!(self.store.steps(&run.id), self.store.events(&run.id, 0, 1));
         let prior = match steps {
             Ok(steps) => steps
                 .into_iter()
@@ -688,19 +689,24 @@ impl App {
             let written = app
                 .store
                 .append_event(&target.run, &body, change.as_ref(), commit);
-            let target = target.clone();
+            let written_to = target.clone();
             let settled = async move {
                 match written.await {
                     // Written, so the run was running: it has ended now.
                     Ok(Some(_)) => {
                         if let Some(end) = ended {
-                            target.app.metrics.run_status(&target.workflow, end.as_str());
+                            written_to
+                                .app
+                                .metrics
+                                .run_status(&written_to.workflow, end.as_str());
                         }
                     }
                     Ok(None) => {}
-                    Err(e) => tracing::error!("cannot record an event of run `{}`: {e}", target.run),
+                    Err(e) => {
+                        tracing::error!("cannot record an event of run `{}`: {e}", written_to.run)
+                    }
                 }
-                let _ = target.app.live.send(target.run.clone());
+                let _ = written_to.app.live.send(written_to.run.clone());
             };
             match commit {
                 Commit::Now => Some(Box::pin(settled)),

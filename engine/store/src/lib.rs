@@ -103,8 +103,11 @@ impl RunStatus {
     ];
 
     /// The statuses a run ends in.
-    pub const TERMINAL: [RunStatus; 3] =
-        [RunStatus::Succeeded, RunStatus::Failed, RunStatus::Cancelled];
+    pub const TERMINAL: [RunStatus; 3] = [
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

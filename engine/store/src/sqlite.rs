@@ -11,8 +11,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use crate::{
-    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result,
-    Run, RunFilter, RunStatus, SOON, StepRecord, StepState, TokenRecord, now_ms,
+    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
+    RunFilter, RunStatus, SOON, StepRecord, StepState, TokenRecord, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -763,8 +763,12 @@ fn interrupt_running(tx: &Connection) -> Result<Vec<Interrupted>> {
     let mut out = Vec::new();
     for run in running {
         let in_flight = tx
-            .prepare_cached("SELECT step FROM steps WHERE run_id = ?1 AND status = ?2 ORDER BY seq")?
-            .query_map(params![run.id, StepState::Running], |row| row.get::<_, String>(0))?
+            .prepare_cached(
+                "SELECT step FROM steps WHERE run_id = ?1 AND status = ?2 ORDER BY seq",
+            )?
+            .query_map(params![run.id, StepState::Running], |row| {
+                row.get::<_, String>(0)
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.prepare_cached("UPDATE steps SET status = ?3 WHERE run_id = ?1 AND status = ?2")?
             .execute(params![run.id, StepState::Running, StepState::Interrupted])?;
@@ -802,7 +806,9 @@ fn token_from_row(row: &Row) -> rusqlite::Result<(TokenRecord, String, String)> 
     ))
 }
 
-fn finish_token((mut token, roles, patterns): (TokenRecord, String, String)) -> Result<TokenRecord> {
+fn finish_token(
+    (mut token, roles, patterns): (TokenRecord, String, String),
+) -> Result<TokenRecord> {
     token.roles = string_list(&roles)?;
     token.patterns = string_list(&patterns)?;
     Ok(token)
@@ -1111,8 +1117,9 @@ impl AsyncStore for SqliteStore {
 }
 
 fn locks(conn: &Connection) -> Result<Vec<Lock>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT key, owner, reason, created_ms, expires_ms FROM locks ORDER BY key")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, owner, reason, created_ms, expires_ms FROM locks ORDER BY key",
+    )?;
     let rows = stmt
         .query_map([], |row| {
             Ok(Lock {
@@ -1202,7 +1209,10 @@ mod tests {
     fn events_are_refused_unless_running_and_steps_finish_once() {
         let (_dir, store) = store();
         store.create_run(&new_run("01a", None), ANY).unwrap();
-        assert_eq!(store.append_event("01a", "{}", None, Commit::Now).unwrap(), None);
+        assert_eq!(
+            store.append_event("01a", "{}", None, Commit::Now).unwrap(),
+            None
+        );
         assert!(
             store
                 .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
@@ -1245,7 +1255,9 @@ mod tests {
             section: "steps".into(),
             attempt: 1,
         };
-        store.append_event("01a", "{}", Some(&start), Commit::Now).unwrap();
+        store
+            .append_event("01a", "{}", Some(&start), Commit::Now)
+            .unwrap();
         let interrupted = store.interrupt_running().unwrap();
         assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
         let run = store.run("01a").unwrap().unwrap();
@@ -1279,7 +1291,9 @@ mod tests {
                             section: "steps".into(),
                             attempt: 1,
                         };
-                        store.append_event(&id, "{}", Some(&start), Commit::Now).unwrap();
+                        store
+                            .append_event(&id, "{}", Some(&start), Commit::Now)
+                            .unwrap();
                         // Queued without waiting; the end below commits it.
                         drop(crate::AsyncStore::append_event(
                             &*store,
@@ -1294,7 +1308,12 @@ mod tests {
                             .unwrap();
                         // Refused, and undone alone: the writes grouped with it stay.
                         assert!(matches!(
-                            store.append_event(&id, "{\"again\":1}", Some(&finished(&step)), Commit::Now),
+                            store.append_event(
+                                &id,
+                                "{\"again\":1}",
+                                Some(&finished(&step)),
+                                Commit::Now
+                            ),
                             Err(Error::StepAlreadyFinished { .. })
                         ));
                     }
@@ -1338,7 +1357,9 @@ mod tests {
             section: "steps".into(),
             attempt: 1,
         };
-        store.append_event("01a", "{}", Some(&start), Commit::Now).unwrap();
+        store
+            .append_event("01a", "{}", Some(&start), Commit::Now)
+            .unwrap();
         // Another connection (as after a crash) sees both.
         let other = Connection::open(dir.path().join("db/shiphat.sqlite")).unwrap();
         let count: i64 = other
@@ -1558,7 +1579,9 @@ INSERT INTO tokens VALUES ('bb', 'ro', 'viewer', '', 1);
             .unwrap()
             .pragma_update(None, "user_version", super::VERSION + 1)
             .unwrap();
-        let refused = SqliteStore::open(&path).err().expect("a newer schema is refused");
+        let refused = SqliteStore::open(&path)
+            .err()
+            .expect("a newer schema is refused");
         assert!(matches!(refused, Error::TooNew { .. }), "{refused:?}");
         let message = refused.to_string();
         assert!(
@@ -1628,9 +1651,7 @@ INSERT INTO tokens VALUES ('bb', 'ro', 'viewer', '', 1);
             .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
             .unwrap();
         let started = std::time::Instant::now();
-        let seq = store
-            .append_event("01a", "{}", None, Commit::Soon)
-            .unwrap();
+        let seq = store.append_event("01a", "{}", None, Commit::Soon).unwrap();
         assert!(seq.is_some());
         // Within about `SOON`: far below this bound even on a loaded machine.
         assert!(started.elapsed() < std::time::Duration::from_secs(5));

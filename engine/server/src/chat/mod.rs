@@ -207,9 +207,7 @@ async fn run_command(
             target: String::new(),
             outcome: "help".into(),
         },
-        Command::Status { app: name } => {
-            status(app, slack, caller, request, name.as_deref()).await
-        }
+        Command::Status { app: name } => status(app, slack, caller, request, name.as_deref()).await,
         Command::Deploy {
             app: name,
             git_ref,
@@ -649,13 +647,15 @@ async fn status(
             continue;
         }
         for (environment, target) in envs {
-            let runs = match app.store.list_runs(&RunFilter {
-                workflow: Some(target.workflow.clone()),
-                status: None,
-                before: None,
-                limit: STATUS_RUNS,
-            })
-            .await
+            let runs = match app
+                .store
+                .list_runs(&RunFilter {
+                    workflow: Some(target.workflow.clone()),
+                    status: None,
+                    before: None,
+                    limit: STATUS_RUNS,
+                })
+                .await
             {
                 Ok(runs) => runs,
                 Err(e) => return Answer::refused(name.clone(), format!("cannot read runs: {e}")),
