@@ -365,23 +365,58 @@ pub struct AuditEntry {
 /// the store does its IO on threads of its own.
 pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
 
-/// The one interface the daemon sees of its durable state. Every method is atomic and returns
-/// a [`Pending`] at once; writes apply in the order of the calls. A write is durable when its
-/// future resolves (for [`AsyncStore::append_event`], see [`Commit`]).
-///
-/// Runs change state only by compare-and-set ([`AsyncStore::transition`] moves a run only
-/// from the states it names, [`AsyncStore::append_event`] writes only to a `running` run), so
-/// a store shared by several daemons can fence a run to its owner by adding the owner's lease
-/// to what is compared, without changing a caller.
-pub trait AsyncStore: Send + Sync + 'static {
+/// Declares [`AsyncStore`] and its blocking twin [`Store`] from one list of methods, each
+/// written once with what it resolves to: the two cannot drift apart.
+macro_rules! interface {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $out:ty;
+    )*) => {
+        /// The one interface the daemon sees of its durable state. Every method is atomic
+        /// and returns a [`Pending`] at once; writes apply in the order of the calls. A write
+        /// is durable when its future resolves (for [`AsyncStore::append_event`], see
+        /// [`Commit`]).
+        ///
+        /// Runs change state only by compare-and-set ([`AsyncStore::transition`] moves a run
+        /// only from the states it names, [`AsyncStore::append_event`] writes only to a
+        /// `running` run), so a store shared by several daemons can fence a run to its owner
+        /// by adding the owner's lease to what is compared, without changing a caller.
+        pub trait AsyncStore: Send + Sync + 'static {
+            $(
+                $(#[$doc])*
+                fn $name(&self $(, $arg: $ty)*) -> Pending<$out>;
+            )*
+        }
+
+        /// [`AsyncStore`], blocking: each call waits for its result on the calling thread. For
+        /// tools and tests outside an async runtime; on a runtime's worker it would stall every
+        /// task there.
+        pub trait Store {
+            $(
+                $(#[$doc])*
+                fn $name(&self $(, $arg: $ty)*) -> Result<$out>;
+            )*
+        }
+
+        impl<S: AsyncStore + ?Sized> Store for S {
+            $(
+                fn $name(&self $(, $arg: $ty)*) -> Result<$out> {
+                    wait(AsyncStore::$name(self $(, $arg)*))
+                }
+            )*
+        }
+    };
+}
+
+interface! {
     /// Records a new run as `queued`. When the principal already created a run with the same
     /// idempotency key, returns that run instead and `false`. Refuses
     /// ([`Error::TooManyQueued`]) a new run of a principal that has `max_queued` queued
     /// already, counted in the same transaction, so concurrent requests cannot all slip under.
-    fn create_run(&self, run: &NewRun, max_queued: u64) -> Pending<(Run, bool)>;
-    fn run(&self, id: &str) -> Pending<Option<Run>>;
-    fn steps(&self, run: &str) -> Pending<Vec<StepRecord>>;
-    fn list_runs(&self, filter: &RunFilter) -> Pending<Vec<Run>>;
+    fn create_run(&self, run: &NewRun, max_queued: u64) -> (Run, bool);
+    fn run(&self, id: &str) -> Option<Run>;
+    fn steps(&self, run: &str) -> Vec<StepRecord>;
+    fn list_runs(&self, filter: &RunFilter) -> Vec<Run>;
     /// Moves a run to `to` if it is in one of `from`; resolves to whether it moved. Entering
     /// `running` sets its start time, entering a terminal status its end time. `detail` is
     /// added to what the run's detail says (after `; `); nothing a detail says is ever removed.
@@ -391,7 +426,7 @@ pub trait AsyncStore: Send + Sync + 'static {
         from: &[RunStatus],
         to: RunStatus,
         detail: Option<&str>,
-    ) -> Pending<bool>;
+    ) -> bool;
     /// Appends an event to a running run, with what it changes, and resolves to the event's
     /// sequence number; `None` (and nothing written) when the run is not `running` (e.g. it
     /// was marked interrupted by a shutdown). Logs are not part of the durability contract: a
@@ -402,169 +437,45 @@ pub trait AsyncStore: Send + Sync + 'static {
         event: &str,
         change: Option<&Change>,
         commit: Commit,
-    ) -> Pending<Option<i64>>;
+    ) -> Option<i64>;
     /// The events of a run after sequence number `after`, in order, at most `limit`.
-    fn events(&self, run: &str, after: i64, limit: u32) -> Pending<Vec<(i64, String)>>;
+    fn events(&self, run: &str, after: i64, limit: u32) -> Vec<(i64, String)>;
     /// Marks every `running` run `interrupted`, and its steps in flight too: what a daemon
     /// does with the runs it finds when it starts, and with its own when it stops.
-    fn interrupt_running(&self) -> Pending<Vec<Interrupted>>;
+    fn interrupt_running(&self) -> Vec<Interrupted>;
     /// Runs in a status, oldest first.
-    fn runs_with_status(&self, status: RunStatus) -> Pending<Vec<Run>>;
+    fn runs_with_status(&self, status: RunStatus) -> Vec<Run>;
     /// How many runs of `principal` are `queued`.
-    fn queued_of(&self, principal: &str) -> Pending<u64>;
+    fn queued_of(&self, principal: &str) -> u64;
 
-    fn lock(&self, key: &str) -> Pending<Option<Lock>>;
-    fn locks(&self) -> Pending<Vec<Lock>>;
+    fn lock(&self, key: &str) -> Option<Lock>;
+    fn locks(&self) -> Vec<Lock>;
     /// Creates or replaces a lock.
-    fn put_lock(&self, lock: &Lock) -> Pending<()>;
+    fn put_lock(&self, lock: &Lock) -> ();
     /// Resolves to whether there was a lock to delete.
-    fn delete_lock(&self, key: &str) -> Pending<bool>;
+    fn delete_lock(&self, key: &str) -> bool;
 
     /// Stores a token by the SHA-256 of its secret (hex); the secret itself is never stored.
     /// Refuses ([`Error::NameTaken`]) a name another token has: a principal is its name.
-    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Pending<()>;
-    fn token(&self, sha256_hex: &str) -> Pending<Option<TokenRecord>>;
+    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> ();
+    fn token(&self, sha256_hex: &str) -> Option<TokenRecord>;
     /// Every stored token (never their secrets), by name.
-    fn tokens(&self) -> Pending<Vec<TokenRecord>>;
+    fn tokens(&self) -> Vec<TokenRecord>;
     /// Deletes the tokens named `name`; resolves to whether there was one.
-    fn delete_token(&self, name: &str) -> Pending<bool>;
+    fn delete_token(&self, name: &str) -> bool;
 
     /// Appends an entry, each text field cut to [`MAX_AUDIT_FIELD`] bytes.
-    fn audit(&self, entry: &AuditEntry) -> Pending<()>;
+    fn audit(&self, entry: &AuditEntry) -> ();
     /// The newest entries first.
-    fn audit_log(&self, limit: u32) -> Pending<Vec<AuditEntry>>;
+    fn audit_log(&self, limit: u32) -> Vec<AuditEntry>;
     /// Deletes the audit entries written before `before_ms`; resolves to how many went.
-    fn prune_audit(&self, before_ms: i64) -> Pending<usize>;
+    fn prune_audit(&self, before_ms: i64) -> usize;
 
     /// Deletes terminal runs that finished before `before_ms`, with their steps and events.
     /// Resolves to how many runs went.
-    fn prune(&self, before_ms: i64) -> Pending<usize>;
+    fn prune(&self, before_ms: i64) -> usize;
     /// The store's own consistency check; `ok` when all is well.
-    fn integrity_check(&self) -> Pending<String>;
-}
-
-/// [`AsyncStore`], blocking: each call waits for its result on the calling thread. For tools
-/// and tests outside an async runtime; on a runtime's worker it would stall every task there.
-pub trait Store {
-    fn create_run(&self, run: &NewRun, max_queued: u64) -> Result<(Run, bool)>;
-    fn run(&self, id: &str) -> Result<Option<Run>>;
-    fn steps(&self, run: &str) -> Result<Vec<StepRecord>>;
-    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
-    fn transition(
-        &self,
-        run: &str,
-        from: &[RunStatus],
-        to: RunStatus,
-        detail: Option<&str>,
-    ) -> Result<bool>;
-    fn append_event(
-        &self,
-        run: &str,
-        event: &str,
-        change: Option<&Change>,
-        commit: Commit,
-    ) -> Result<Option<i64>>;
-    fn events(&self, run: &str, after: i64, limit: u32) -> Result<Vec<(i64, String)>>;
-    fn interrupt_running(&self) -> Result<Vec<Interrupted>>;
-    fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>>;
-    fn queued_of(&self, principal: &str) -> Result<u64>;
-    fn lock(&self, key: &str) -> Result<Option<Lock>>;
-    fn locks(&self) -> Result<Vec<Lock>>;
-    fn put_lock(&self, lock: &Lock) -> Result<()>;
-    fn delete_lock(&self, key: &str) -> Result<bool>;
-    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()>;
-    fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>>;
-    fn tokens(&self) -> Result<Vec<TokenRecord>>;
-    fn delete_token(&self, name: &str) -> Result<bool>;
-    fn audit(&self, entry: &AuditEntry) -> Result<()>;
-    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>>;
-    fn prune_audit(&self, before_ms: i64) -> Result<usize>;
-    fn prune(&self, before_ms: i64) -> Result<usize>;
-    fn integrity_check(&self) -> Result<String>;
-}
-
-impl<S: AsyncStore + ?Sized> Store for S {
-    fn create_run(&self, run: &NewRun, max_queued: u64) -> Result<(Run, bool)> {
-        wait(AsyncStore::create_run(self, run, max_queued))
-    }
-    fn run(&self, id: &str) -> Result<Option<Run>> {
-        wait(AsyncStore::run(self, id))
-    }
-    fn steps(&self, run: &str) -> Result<Vec<StepRecord>> {
-        wait(AsyncStore::steps(self, run))
-    }
-    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
-        wait(AsyncStore::list_runs(self, filter))
-    }
-    fn transition(
-        &self,
-        run: &str,
-        from: &[RunStatus],
-        to: RunStatus,
-        detail: Option<&str>,
-    ) -> Result<bool> {
-        wait(AsyncStore::transition(self, run, from, to, detail))
-    }
-    fn append_event(
-        &self,
-        run: &str,
-        event: &str,
-        change: Option<&Change>,
-        commit: Commit,
-    ) -> Result<Option<i64>> {
-        wait(AsyncStore::append_event(self, run, event, change, commit))
-    }
-    fn events(&self, run: &str, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
-        wait(AsyncStore::events(self, run, after, limit))
-    }
-    fn interrupt_running(&self) -> Result<Vec<Interrupted>> {
-        wait(AsyncStore::interrupt_running(self))
-    }
-    fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>> {
-        wait(AsyncStore::runs_with_status(self, status))
-    }
-    fn queued_of(&self, principal: &str) -> Result<u64> {
-        wait(AsyncStore::queued_of(self, principal))
-    }
-    fn lock(&self, key: &str) -> Result<Option<Lock>> {
-        wait(AsyncStore::lock(self, key))
-    }
-    fn locks(&self) -> Result<Vec<Lock>> {
-        wait(AsyncStore::locks(self))
-    }
-    fn put_lock(&self, lock: &Lock) -> Result<()> {
-        wait(AsyncStore::put_lock(self, lock))
-    }
-    fn delete_lock(&self, key: &str) -> Result<bool> {
-        wait(AsyncStore::delete_lock(self, key))
-    }
-    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()> {
-        wait(AsyncStore::add_token(self, sha256_hex, token))
-    }
-    fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>> {
-        wait(AsyncStore::token(self, sha256_hex))
-    }
-    fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        wait(AsyncStore::tokens(self))
-    }
-    fn delete_token(&self, name: &str) -> Result<bool> {
-        wait(AsyncStore::delete_token(self, name))
-    }
-    fn audit(&self, entry: &AuditEntry) -> Result<()> {
-        wait(AsyncStore::audit(self, entry))
-    }
-    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
-        wait(AsyncStore::audit_log(self, limit))
-    }
-    fn prune_audit(&self, before_ms: i64) -> Result<usize> {
-        wait(AsyncStore::prune_audit(self, before_ms))
-    }
-    fn prune(&self, before_ms: i64) -> Result<usize> {
-        wait(AsyncStore::prune(self, before_ms))
-    }
-    fn integrity_check(&self) -> Result<String> {
-        wait(AsyncStore::integrity_check(self))
-    }
+    fn integrity_check(&self) -> String;
 }
 
 /// Runs a store's future to its end on this thread, parking it until the store's thread wakes
