@@ -52,7 +52,9 @@ pub async fn serve(
     if !workflows.is_empty() {
         config.workflow_dirs = workflows.to_vec();
     }
-    let store: Arc<dyn Store> = Arc::new(open_store(&config)?);
+    // The daemon's interface, never blocking its runtime; the token commands below use the
+    // blocking one (`Store`).
+    let store: Arc<dyn shiphat_store::AsyncStore> = Arc::new(open_store(&config)?);
     let runner = engine.runner()?;
     output::note(&format!(
         "data in {}; workflows from {}",

@@ -15,6 +15,8 @@ mod plugins;
 mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +44,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Receives the events of a run, in order, from the task that runs it.
 pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
+
+/// Resolves once an event is durable, with every event the sink received before it.
+pub type Durable = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Receives the events of a run, in order, like an [`EventSink`], and may answer with a
+/// [`Durable`] for the runner to wait on: see [`Runner::run_durable`].
+pub type DurableSink = Arc<dyn Fn(Event) -> Option<Durable> + Send + Sync>;
 
 /// Runs workflows. Holds the plugin host and where plugins and secrets come from.
 #[derive(Clone)]
@@ -313,6 +322,29 @@ impl Runner {
         events: EventSink,
         stop: impl Into<Stop>,
     ) -> RunReport {
+        let events: DurableSink = Arc::new(move |event: Event| -> Option<Durable> {
+            events(event);
+            None
+        });
+        self.run_durable(prepared, options, prior, events, stop)
+            .await
+    }
+
+    /// [`Runner::run_from`] with a sink that writes events somewhere durable without blocking:
+    /// it queues each event, in order, and may answer with a [`Durable`] that resolves once
+    /// the event (and all before it) is written. The runner waits on the answer to
+    /// `step_started` before it calls the plugin, and on the answer to `run_finished` before it
+    /// returns; it drops the others. A step's end is followed by the next step's start or the
+    /// run's end, so each step's start is durable before its plugin runs and its end before
+    /// any later step runs, and a step's end shares the next step's start's commit.
+    pub async fn run_durable(
+        &self,
+        prepared: &Prepared,
+        options: RunOptions,
+        prior: Vec<PriorStep>,
+        events: DurableSink,
+        stop: impl Into<Stop>,
+    ) -> RunReport {
         let stop = stop.into();
         let started = Instant::now();
         let workflow = prepared.workflow.clone();
@@ -378,7 +410,7 @@ impl Runner {
                     message: error.message.clone(),
                     time: event::now(),
                 });
-                return run.finish(started, RunStatus::Failed);
+                return run.finish(started, RunStatus::Failed).await;
             }
         };
 
@@ -419,7 +451,7 @@ impl Runner {
         } else {
             RunStatus::Failed
         };
-        run.finish(started, status)
+        run.finish(started, status).await
     }
 
     /// Runs one section's steps as a DAG. Returns whether every step succeeded (or failed
@@ -598,7 +630,7 @@ struct RunState {
     inputs: Map<String, Value>,
     env: Map<String, Value>,
     dry_run: bool,
-    events: EventSink,
+    events: DurableSink,
     stop: Stop,
     /// What expressions see of finished steps.
     steps: Mutex<BTreeMap<String, shiphat_workflow::StepState>>,
@@ -614,8 +646,16 @@ struct RunState {
 }
 
 impl RunState {
+    /// Hands an event to the sink; what it answers is not waited for.
     fn emit(&self, event: Event) {
-        (self.events)(event);
+        drop((self.events)(event));
+    }
+
+    /// Hands an event to the sink and waits until it is durable, if the sink says when.
+    async fn emit_durable(&self, event: Event) {
+        if let Some(durable) = (self.events)(event) {
+            durable.await;
+        }
     }
 
     fn log(&self, step: &str, level: &'static str, message: String) {
@@ -696,7 +736,7 @@ impl RunState {
         self.reports.lock().unwrap().push(report);
     }
 
-    fn finish(&self, started: Instant, status: RunStatus) -> RunReport {
+    async fn finish(&self, started: Instant, status: RunStatus) -> RunReport {
         let steps = std::mem::take(&mut *self.reports.lock().unwrap());
         let duration = started.elapsed();
         let failed_steps = steps
@@ -704,14 +744,15 @@ impl RunState {
             .filter(|s| s.status == StepStatus::Failed && !s.continued)
             .map(|s| s.id.clone())
             .collect();
-        self.emit(Event::RunFinished {
+        self.emit_durable(Event::RunFinished {
             run_id: self.run_id.clone(),
             workflow: self.workflow.name.clone(),
             status,
             duration_ms: millis(duration),
             failed_steps,
             time: event::now(),
-        });
+        })
+        .await;
         RunReport {
             run_id: self.run_id.clone(),
             status,
@@ -767,14 +808,16 @@ impl StepJob {
         let mut attempt = 0;
         let end = loop {
             attempt += 1;
-            self.run.emit(Event::StepStarted {
-                run_id: self.run.run_id.clone(),
-                step: step.id.clone(),
-                name: step.name.clone(),
-                section: self.section,
-                attempt,
-                time: event::now(),
-            });
+            self.run
+                .emit_durable(Event::StepStarted {
+                    run_id: self.run.run_id.clone(),
+                    step: step.id.clone(),
+                    name: step.name.clone(),
+                    section: self.section,
+                    attempt,
+                    time: event::now(),
+                })
+                .await;
             let end = tokio::select! {
                 end = self.attempt(attempt) => end,
                 () = self.stop.cancelled() => {

@@ -223,7 +223,7 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
     let hash = bearer.or_else(|| session.as_ref().map(|s| s.token_hash.clone()));
     let principal = match hash {
         None => None,
-        Some(hash) => match principal_for(&app, &hash) {
+        Some(hash) => match principal_for(&app, &hash).await {
             Ok(p) => p,
             Err(e) => return ApiError::internal(e).into_response(),
         },
@@ -289,18 +289,18 @@ async fn authenticate(State(app): State<Arc<App>>, mut request: Request, next: N
             status: response.status().as_u16(),
             outcome,
         };
-        app.audit(entry);
+        app.audit(entry).await;
     }
     response
 }
 
 /// Who a token's SHA-256 speaks for: a principal of the config file, or a token made by
 /// `shiphat token create`.
-fn principal_for(app: &App, hash: &str) -> Result<Option<Principal>, shiphat_store::Error> {
+async fn principal_for(app: &App, hash: &str) -> Result<Option<Principal>, shiphat_store::Error> {
     if let Some((_, p)) = app.config.principals.iter().find(|(h, _)| h == hash) {
         return Ok(Some(p.clone()));
     }
-    let Some(t) = app.store.token(hash)? else {
+    let Some(t) = app.store.token(hash).await? else {
         return Ok(None);
     };
     // A token created beside a running daemon without its config file may carry the name of a
@@ -359,7 +359,7 @@ async fn sign_in(
     let body = Body::parse(&body_bytes(body)?, &["token"])?;
     let token = body.required("token")?;
     let hash = token_hash(token.trim());
-    let Some(principal) = principal_for(&app, &hash)? else {
+    let Some(principal) = principal_for(&app, &hash).await? else {
         app.sign_ins.allow(&address);
         return Err(ApiError {
             field: Some("token".into()),
@@ -429,11 +429,9 @@ async fn list_environments(
     Caller(caller): Caller,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    Ok(Json(crate::environments::list(
-        &app,
-        |r| run_json(&app, r),
-        lock_json,
-    )?))
+    Ok(Json(
+        crate::environments::list(&app, |r| run_json(&app, r), lock_json).await?,
+    ))
 }
 
 /// How long `GET /api/v1/events` gathers changes before it sends them: a run's burst of log
@@ -667,7 +665,7 @@ async fn create_run(
         .concurrency_key(&inputs, &id)
         .map_err(|e| ApiError::field("inputs", format!("cannot evaluate `concurrency`: {e}")))?;
     let mut outcome = "accepted".to_owned();
-    let forced = match app.lock_on(key.as_deref(), &name)? {
+    let forced = match app.lock_on(key.as_deref(), &name).await? {
         None => false,
         Some(lock) => {
             pass_lock(&caller, &lock, force, "")?;
@@ -704,7 +702,7 @@ async fn create_run(
         idempotency_key,
     };
     let queue = workflow.concurrency.as_ref().is_none_or(|c| c.queue);
-    let (run, created) = match app.submit(new, queue, forced) {
+    let (run, created) = match app.submit(new, queue, forced).await {
         Ok(r) => r,
         Err(Refused::Busy { key, holder }) => {
             return Err(ApiError::new(
@@ -788,12 +786,15 @@ async fn list_runs(
         })?),
     };
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    let runs = app.store.list_runs(&RunFilter {
-        workflow: query.workflow,
-        status,
-        before: query.before,
-        limit,
-    })?;
+    let runs = app
+        .store
+        .list_runs(&RunFilter {
+            workflow: query.workflow,
+            status,
+            before: query.before,
+            limit,
+        })
+        .await?;
     let next = (runs.len() == limit as usize)
         .then(|| runs.last().map(|r| r.id.clone()))
         .flatten();
@@ -803,9 +804,10 @@ async fn list_runs(
     })))
 }
 
-fn find_run(app: &App, id: &str) -> ApiResult<Run> {
+async fn find_run(app: &App, id: &str) -> ApiResult<Run> {
     app.store
-        .run(id)?
+        .run(id)
+        .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no run `{id}`")))
 }
 
@@ -815,11 +817,11 @@ async fn show_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    let run = find_run(&app, &id)?;
+    let run = find_run(&app, &id).await?;
     let mut logs: Map<String, Value> = Map::new();
     let mut after = 0;
     loop {
-        let batch = app.store.events(&id, after, EVENT_BATCH)?;
+        let batch = app.store.events(&id, after, EVENT_BATCH).await?;
         let Some(&(last, _)) = batch.last() else {
             break;
         };
@@ -843,13 +845,14 @@ async fn show_run(
     }
     let steps = app
         .store
-        .steps(&id)?
+        .steps(&id)
+        .await?
         .into_iter()
         .map(|s| {
             json!({
                 "id": s.step,
                 "section": s.section,
-                "status": s.status,
+                "status": s.status.as_str(),
                 "attempts": s.attempts,
                 "started_at": s.started_ms.map(rfc3339),
                 "finished_at": s.finished_ms.map(rfc3339),
@@ -911,7 +914,7 @@ async fn run_events(
     headers: HeaderMap,
 ) -> ApiResult<Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    find_run(&app, &id)?;
+    find_run(&app, &id).await?;
     let mut after: i64 = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -933,7 +936,7 @@ async fn run_events(
         loop {
             // Read what is stored first: the store is the source of truth, the live channel
             // only says when to look again.
-            let batch = match app.store.events(&id, after, EVENT_BATCH) {
+            let batch = match app.store.events(&id, after, EVENT_BATCH).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!("event stream of `{id}`: {e}");
@@ -951,13 +954,13 @@ async fn run_events(
             if full {
                 continue;
             }
-            let ended = match app.store.run(&id) {
+            let ended = match app.store.run(&id).await {
                 Ok(Some(run)) => run.status.is_terminal(),
                 _ => true,
             };
             if ended {
                 // One last look: the final events are committed before the status changes.
-                match app.store.events(&id, after, EVENT_BATCH) {
+                match app.store.events(&id, after, EVENT_BATCH).await {
                     Ok(rest) if !rest.is_empty() => continue,
                     _ => return,
                 }
@@ -989,8 +992,8 @@ async fn cancel_run(
     Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> ApiResult {
-    let run = may_touch(&app, &caller, &id)?;
-    if !app.cancel(&run, &caller)? {
+    let run = may_touch(&app, &caller, &id).await?;
+    if !app.cancel(&run, &caller).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("run `{id}` has already ended ({})", run.status.as_str()),
@@ -1023,9 +1026,12 @@ async fn resume_run(
     } else {
         Body::parse(&body, &["force"])?.bool("force")?
     };
-    let run = may_touch(&app, &caller, &id)?;
+    let run = may_touch(&app, &caller, &id).await?;
     let lock = match run.status {
-        RunStatus::Interrupted => app.lock_on(run.concurrency_key.as_deref(), &run.workflow)?,
+        RunStatus::Interrupted => {
+            app.lock_on(run.concurrency_key.as_deref(), &run.workflow)
+                .await?
+        }
         _ => None,
     };
     if let Some(lock) = &lock {
@@ -1036,7 +1042,7 @@ async fn resume_run(
             "; an admin may resume it past the lock with `{\"force\": true}`",
         )?;
     }
-    if !app.resume(&run, &caller, lock.as_ref())? {
+    if !app.resume(&run, &caller, lock.as_ref()).await? {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -1081,11 +1087,11 @@ fn pass_lock(caller: &Principal, lock: &Lock, force: bool, hint: &str) -> ApiRes
 }
 
 /// A deployer may cancel or resume its own runs; anyone else's needs an admin.
-fn may_touch(app: &App, caller: &Principal, id: &str) -> ApiResult<Run> {
+async fn may_touch(app: &App, caller: &Principal, id: &str) -> ApiResult<Run> {
     caller
         .require(Role::Deployer)
         .map_err(ApiError::forbidden)?;
-    let run = find_run(app, id)?;
+    let run = find_run(app, id).await?;
     if run.principal != caller.name {
         caller.require(Role::Admin).map_err(|e| {
             ApiError::forbidden(format!("run `{id}` belongs to `{}`: {e}", run.principal))
@@ -1142,7 +1148,7 @@ fn lock_json(lock: &Lock) -> Value {
 
 async fn list_locks(State(app): State<Arc<App>>, Caller(caller): Caller) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    let locks = app.store.locks()?;
+    let locks = app.store.locks().await?;
     Ok(Json(
         json!({ "locks": locks.iter().map(lock_json).collect::<Vec<_>>() }),
     ))
@@ -1154,7 +1160,7 @@ async fn get_lock(
     Path(key): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    match app.store.lock(&key)? {
+    match app.store.lock(&key).await? {
         Some(lock) => Ok(Json(lock_json(&lock))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -1194,7 +1200,7 @@ async fn put_lock(
         created_ms: now,
         expires_ms,
     };
-    app.store.put_lock(&lock)?;
+    app.store.put_lock(&lock).await?;
     let response = (StatusCode::OK, Json(lock_json(&lock))).into_response();
     Ok(with_target(
         response,
@@ -1209,7 +1215,7 @@ async fn delete_lock(
     Path(key): Path<String>,
 ) -> ApiResult {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
-    if !app.unlock(&key)? {
+    if !app.unlock(&key).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("`{key}` is not locked"),
@@ -1221,7 +1227,7 @@ async fn delete_lock(
 
 async fn audit_log(State(app): State<Arc<App>>, Caller(caller): Caller) -> ApiResult<Json<Value>> {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
-    let entries = app.store.audit_log(MAX_PAGE)?;
+    let entries = app.store.audit_log(MAX_PAGE).await?;
     Ok(Json(json!({
         "entries": entries.iter().map(|e| json!({
             "at": rfc3339(e.at_ms),
@@ -1254,7 +1260,8 @@ async fn list_tokens(
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
     let mut tokens = app
         .store
-        .tokens()?
+        .tokens()
+        .await?
         .iter()
         .map(|t| token_json(t, "database"))
         .collect::<Vec<_>>();
@@ -1338,7 +1345,7 @@ async fn create_token(
         created_ms: shiphat_store::now_ms(),
     };
     // The store refuses a name taken in the database in the same transaction as the insert.
-    match app.store.add_token(&token_hash(&secret), &record) {
+    match app.store.add_token(&token_hash(&secret), &record).await {
         Err(e @ shiphat_store::Error::NameTaken { .. }) => return Err(taken(e.to_string())),
         other => other?,
     }
@@ -1360,7 +1367,7 @@ async fn delete_token(
     Path(name): Path<String>,
 ) -> ApiResult {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
-    if !app.store.delete_token(&name)? {
+    if !app.store.delete_token(&name).await? {
         let message = if app.config.principals.iter().any(|(_, p)| p.name == name) {
             (
                 StatusCode::CONFLICT,

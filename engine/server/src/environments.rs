@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use shiphat_store::{Run, RunFilter, RunStatus};
+use shiphat_store::{Run, RunFilter, RunStatus, StepState};
 
 use crate::scheduler::App;
 
@@ -22,17 +22,20 @@ const RELEASE_INPUTS: [&str; 4] = ["release", "version", "ref", "tag"];
 /// Each environment, by key: its latest deploy that succeeded (what runs there now), the run
 /// in progress, how many wait, its lock, and its last deploys with rollbacks marked. Dry runs
 /// change nothing and are left out.
-pub fn list(
+pub async fn list(
     app: &App,
     run_json: impl Fn(&Run) -> Value,
     lock_json: impl Fn(&shiphat_store::Lock) -> Value,
 ) -> Result<Value, shiphat_store::Error> {
-    let runs = app.store.list_runs(&RunFilter {
-        workflow: None,
-        status: None,
-        before: None,
-        limit: RECENT_RUNS,
-    })?;
+    let runs = app
+        .store
+        .list_runs(&RunFilter {
+            workflow: None,
+            status: None,
+            before: None,
+            limit: RECENT_RUNS,
+        })
+        .await?;
     // Newest first, as the store lists them.
     // Each key's workflow (a lock can name a key no workflow takes) and runs.
     let mut by_key: BTreeMap<String, (Option<String>, Vec<&Run>)> = BTreeMap::new();
@@ -62,7 +65,7 @@ pub fn list(
                 .get_or_insert_with(|| w.name.clone());
         }
     }
-    let locks = app.store.locks()?;
+    let locks = app.store.locks().await?;
     for lock in &locks {
         by_key.entry(lock.key.clone()).or_default();
     }
@@ -79,7 +82,7 @@ pub fn list(
         let mut deploys = Vec::new();
         for run in runs.iter().take(DEPLOYS_SHOWN) {
             let mut body = with_release(run_json(run), run);
-            body["rolled_back"] = rolled_back(app, run)?.into();
+            body["rolled_back"] = rolled_back(app, run).await?.into();
             deploys.push(body);
         }
         environments.push(json!({
@@ -110,13 +113,14 @@ fn with_release(mut body: Value, run: &Run) -> Value {
 }
 
 /// Whether a step of the run's `on_failure` section ran and succeeded: its failure was undone.
-fn rolled_back(app: &App, run: &Run) -> Result<bool, shiphat_store::Error> {
+async fn rolled_back(app: &App, run: &Run) -> Result<bool, shiphat_store::Error> {
     if run.status != RunStatus::Failed {
         return Ok(false);
     }
     Ok(app
         .store
-        .steps(&run.id)?
+        .steps(&run.id)
+        .await?
         .iter()
-        .any(|s| s.section == "on_failure" && s.status == "succeeded"))
+        .any(|s| s.section == "on_failure" && s.status == StepState::Succeeded))
 }

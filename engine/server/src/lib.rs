@@ -3,7 +3,7 @@
 //! concurrency key, live event streams (SSE), Prometheus metrics, crash recovery, and the web
 //! page (`web`: assets built in, token sign-in for a session cookie, CSRF tokens).
 //!
-//! It takes a [`Runner`] and a [`Store`] and knows neither wasmtime nor SQLite. It never
+//! It takes a [`Runner`] and an [`AsyncStore`] and knows neither wasmtime nor SQLite. It never
 //! prints: what a person should see goes to `tracing`, and [`Daemon::local_addr`] tells the
 //! binary where it listens.
 
@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shiphat_runner::Runner;
-use shiphat_store::Store;
+use shiphat_store::AsyncStore;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::auth::{Principal, Role, glob, new_token, token_hash};
@@ -75,13 +75,17 @@ impl Daemon {
     /// Recovers what a previous life left (runs found `running` become `interrupted`; those
     /// that may resume by themselves are queued again, as are runs that were queued), loads
     /// the workflows and binds the address.
-    pub async fn start(config: Config, runner: Runner, store: Arc<dyn Store>) -> Result<Daemon> {
-        check_principal_names(&config, store.as_ref())?;
+    pub async fn start(
+        config: Config,
+        runner: Runner,
+        store: Arc<dyn AsyncStore>,
+    ) -> Result<Daemon> {
+        check_principal_names(&config, store.as_ref()).await?;
         let app = scheduler::App::new(config, runner, store);
         app.workflows
             .reload(&app.runner, &app.config.workflow_dirs)
             .await;
-        app.recover()?;
+        app.recover().await?;
         let listener = tokio::net::TcpListener::bind(app.config.listen)
             .await
             .map_err(|source| Error::Listen {
@@ -130,19 +134,19 @@ impl Daemon {
         background.cancel();
         // Whatever did not finish within the grace period is recorded as interrupted, so the
         // next start finds it waiting rather than `running`.
-        app.store.interrupt_running()?;
+        app.store.interrupt_running().await?;
         result
     }
 }
 
 /// Refuses to start when two principals share a name: a database older than the rule that
 /// names are unique, or a token created without the config file that names the same principal.
-fn check_principal_names(config: &Config, store: &dyn Store) -> Result<()> {
+async fn check_principal_names(config: &Config, store: &dyn AsyncStore) -> Result<()> {
     let mut seen: std::collections::HashMap<String, &str> = config
         .principal_names()
         .map(|n| (n.to_owned(), "the config file"))
         .collect();
-    for token in store.tokens()? {
+    for token in store.tokens().await? {
         if let Some(first) = seen.insert(token.name.clone(), "the database") {
             return Err(Error::DuplicatePrincipal {
                 name: token.name,
@@ -209,7 +213,7 @@ fn spawn_lock_expiry(app: Arc<scheduler::App>, stop: CancellationToken) {
                 () = stop.cancelled() => return,
             }
             if app.holds_runs() {
-                app.release_held();
+                app.release_held().await;
             }
         }
     });
@@ -222,13 +226,13 @@ fn spawn_pruning(app: Arc<scheduler::App>, stop: CancellationToken) {
         loop {
             let ago = |d: Duration| shiphat_store::now_ms() - d.as_millis() as i64;
             if let Some(keep) = app.config.retention {
-                match app.store.prune(ago(keep)) {
+                match app.store.prune(ago(keep)).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!("pruned {n} runs past the retention"),
                     Err(e) => tracing::warn!("cannot prune old runs: {e}"),
                 }
             }
-            match app.store.prune_audit(ago(app.config.audit_retention)) {
+            match app.store.prune_audit(ago(app.config.audit_retention)).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("pruned {n} audit entries past their retention"),
                 Err(e) => tracing::warn!("cannot prune the audit log: {e}"),

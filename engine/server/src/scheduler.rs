@@ -1,16 +1,23 @@
 //! Accepting, queueing, starting, cancelling and resuming runs. One run per concurrency key
 //! runs at a time; the others wait in FIFO order. Every change of a run's state is written to
-//! the store before it takes effect, and every step start or end is committed before the
-//! runner goes on (the event sink writes synchronously, from the step's own task; log events
-//! are queued without waiting, see `App::sink`).
+//! the store before it takes effect, and every step start is committed before its plugin runs
+//! and every step end before a later step runs (see `App::sink`).
+//!
+//! The scheduler's state (`Sched`) is in memory behind a `std::sync::Mutex` that is only ever
+//! held for a few map operations: never across a store call or an `.await`. What must be
+//! decided with the store and the memory agreeing is decided in memory first (a key is taken
+//! for a run before its row is written, a started run is registered before its status moves),
+//! or by the store in one transaction (the cap on queued runs).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value};
-use shiphat_runner::{Event, EventSink, PriorStep, RunOptions, Runner, StepStatus, Stop};
-use shiphat_store::{Lock, NewRun, Run, RunStatus, StepChange, Store};
+use shiphat_runner::{
+    Durable, DurableSink, Event, PriorStep, RunOptions, Runner, StepStatus, Stop,
+};
+use shiphat_store::{AsyncStore, Change, Commit, Lock, NewRun, Run, RunStatus, StepState};
 use shiphat_workflow::Resume;
 use tokio::sync::broadcast;
 
@@ -26,7 +33,7 @@ const LIVE_CAPACITY: usize = 1024;
 pub struct App {
     pub config: Config,
     pub runner: Runner,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn AsyncStore>,
     pub workflows: Workflows,
     pub metrics: Metrics,
     /// Run ids that just changed (recorded, or events committed): wakes the event streams.
@@ -51,7 +58,7 @@ pub struct App {
 struct Sched {
     /// Per concurrency key: the run holding it and the runs waiting, oldest first.
     keys: HashMap<String, Key>,
-    /// Runs in progress, with the token that cancels each.
+    /// Runs given the go (starting or in progress), with the token that cancels each.
     running: HashMap<String, Stop>,
     /// Who cancelled a run in progress, for the run's `detail` when it ends cancelled.
     cancelled_by: HashMap<String, String>,
@@ -64,8 +71,14 @@ struct Sched {
     forced: HashSet<String>,
 }
 
+/// Resolves (with an error: its sender is dropped) once a run given the go is running, held
+/// by a lock, or not started after all.
+type Admission = tokio::sync::oneshot::Receiver<()>;
+
 #[derive(Default)]
 struct Key {
+    /// The run holding the key: starting, running, or (for a run that does not queue) being
+    /// recorded.
     holder: Option<String>,
     waiting: VecDeque<String>,
 }
@@ -88,12 +101,17 @@ pub enum Refused {
 
 impl From<shiphat_store::Error> for Refused {
     fn from(e: shiphat_store::Error) -> Self {
-        Refused::Store(e)
+        match e {
+            shiphat_store::Error::TooManyQueued { principal, max } => {
+                Refused::TooManyQueued { principal, max }
+            }
+            e => Refused::Store(e),
+        }
     }
 }
 
 impl App {
-    pub fn new(config: Config, runner: Runner, store: Arc<dyn Store>) -> Arc<App> {
+    pub fn new(config: Config, runner: Runner, store: Arc<dyn AsyncStore>) -> Arc<App> {
         Arc::new(App {
             config,
             runner,
@@ -118,12 +136,19 @@ impl App {
         })
     }
 
+    /// The scheduler's state, for a few map operations at most: the guard must not live across
+    /// a store call or an `.await` (clippy's `await_holding_lock` checks the second).
+    fn sched(&self) -> MutexGuard<'_, Sched> {
+        // A panic under the lock leaves maps that are still consistent one by one.
+        self.sched.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// What a previous life of the daemon left: runs still `running` are marked `interrupted`
     /// (with their step in flight); of those, the ones whose workflow says `resume: auto` and
     /// whose steps in flight are all `idempotent` are queued again. Queued runs are queued
     /// again in their order.
-    pub fn recover(self: &Arc<App>) -> Result<(), shiphat_store::Error> {
-        for interrupted in self.store.interrupt_running()? {
+    pub async fn recover(self: &Arc<App>) -> Result<(), shiphat_store::Error> {
+        for interrupted in self.store.interrupt_running().await? {
             let resumable = self.workflows.get(&interrupted.workflow).is_some_and(|p| {
                 p.workflow.resume == Resume::Auto
                     && interrupted
@@ -147,29 +172,37 @@ impl App {
                 }
             );
             if resumable {
-                self.store.transition(
-                    &interrupted.run,
-                    &[RunStatus::Interrupted],
-                    RunStatus::Queued,
-                    Some("resumed automatically after a restart"),
-                )?;
+                self.store
+                    .transition(
+                        &interrupted.run,
+                        &[RunStatus::Interrupted],
+                        RunStatus::Queued,
+                        Some("resumed automatically after a restart"),
+                    )
+                    .await?;
             }
         }
-        for run in self.store.runs_with_status(RunStatus::Queued)? {
-            self.enqueue(run);
+        // Each started or held before the daemon listens, so that what a client reads first
+        // is where each run stands.
+        let mut admissions = Vec::new();
+        for run in self.store.runs_with_status(RunStatus::Queued).await? {
+            admissions.extend(self.enqueue(run));
+        }
+        for admission in admissions {
+            let _ = admission.await;
         }
         Ok(())
     }
 
     /// The lock that holds runs of `workflow` with concurrency key `key`: one on the key, or
     /// one on the workflow's name.
-    pub fn lock_on(
+    pub async fn lock_on(
         &self,
         key: Option<&str>,
         workflow: &str,
     ) -> Result<Option<Lock>, shiphat_store::Error> {
         for k in key.into_iter().chain([workflow]) {
-            if let Some(lock) = self.store.lock(k)? {
+            if let Some(lock) = self.store.lock(k).await? {
                 return Ok(Some(lock));
             }
         }
@@ -177,24 +210,28 @@ impl App {
     }
 
     /// Removes a lock and queues again the runs it held. Returns whether there was one.
-    pub fn unlock(self: &Arc<App>, key: &str) -> Result<bool, shiphat_store::Error> {
-        let removed = self.store.delete_lock(key)?;
-        self.release_held();
+    pub async fn unlock(self: &Arc<App>, key: &str) -> Result<bool, shiphat_store::Error> {
+        let removed = self.store.delete_lock(key).await?;
+        self.release_held().await;
         Ok(removed)
     }
 
     /// Queues again every run a lock held, in their order; those a lock still holds are held
     /// again. Called when a lock is removed, and periodically for locks that expire.
-    pub fn release_held(self: &Arc<App>) {
-        let held = std::mem::take(&mut self.sched.lock().unwrap().held);
+    pub async fn release_held(self: &Arc<App>) {
+        let held = std::mem::take(&mut self.sched().held);
         for run in held {
             // Cancelled while held: nothing to start.
-            match self.store.run(&run.id) {
-                Ok(Some(now)) if now.status == RunStatus::Queued => self.enqueue(now),
+            match self.store.run(&run.id).await {
+                Ok(Some(now)) if now.status == RunStatus::Queued => {
+                    if let Some(admission) = self.enqueue(now) {
+                        let _ = admission.await;
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::error!("cannot read held run `{}`: {e}", run.id);
-                    self.sched.lock().unwrap().held.push(run);
+                    self.sched().held.push(run);
                 }
             }
         }
@@ -202,21 +239,24 @@ impl App {
 
     /// Whether runs are held by a lock (so that the lock's expiry must be watched).
     pub fn holds_runs(&self) -> bool {
-        !self.sched.lock().unwrap().held.is_empty()
+        !self.sched().held.is_empty()
     }
 
     /// Writes an entry to the audit log. A refusal (status 400 and up) from an address that
     /// has had its [`crate::limits::REFUSAL_BURST`] is counted instead, and the next one
     /// written says how many were not: a flood of bad requests costs a few rows, not one each.
     /// The store caps the length of every field.
-    pub fn audit(&self, mut entry: shiphat_store::AuditEntry) {
+    pub async fn audit(&self, mut entry: shiphat_store::AuditEntry) {
         if entry.status >= 400 {
             let address = entry
                 .remote
                 .parse::<std::net::SocketAddr>()
                 .map(|a| a.ip().to_string())
                 .unwrap_or_else(|_| entry.remote.clone());
-            let mut unlogged = self.unlogged_refusals.lock().unwrap();
+            let mut unlogged = self
+                .unlogged_refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             if !self.refusals.allow(&address) {
                 // Bounded like the rate's own map: under a flood from that many addresses
                 // the counts are lost, never the memory.
@@ -233,7 +273,7 @@ impl App {
                 );
             }
         }
-        if let Err(e) = self.store.audit(&entry) {
+        if let Err(e) = self.store.audit(&entry).await {
             // A mutation we cannot audit is still done; say so loudly.
             tracing::error!("cannot write the audit log: {e}");
         }
@@ -241,7 +281,7 @@ impl App {
 
     /// Records and queues a new run (or returns the one its idempotency key already made).
     /// A `forced` run (an admin passed `force`) is not held by a lock.
-    pub fn submit(
+    pub async fn submit(
         self: &Arc<App>,
         run: NewRun,
         queue: bool,
@@ -250,62 +290,109 @@ impl App {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(Refused::ShuttingDown);
         }
-        // The key's state is checked and the run recorded under one lock, so two requests
-        // cannot both find a `queue: false` key free.
-        let mut sched = self.sched.lock().unwrap();
-        if let Some(key) = &run.concurrency_key
-            && !queue
-            && let Some(k) = sched.keys.get(key)
-            && let Some(holder) = k.holder.clone().or_else(|| k.waiting.front().cloned())
+        // A run that does not queue takes its key before it is recorded, so that two requests
+        // cannot both find the key free; it gives it back if it is not recorded after all.
+        let reserved = match &run.concurrency_key {
+            Some(key) if !queue => {
+                let mut sched = self.sched();
+                let k = sched.keys.entry(key.clone()).or_default();
+                if let Some(holder) = k.holder.clone().or_else(|| k.waiting.front().cloned()) {
+                    return Err(Refused::Busy {
+                        key: key.clone(),
+                        holder,
+                    });
+                }
+                k.holder = Some(run.id.clone());
+                Some(key.clone())
+            }
+            _ => None,
+        };
+        let recorded = self
+            .store
+            .create_run(&run, self.config.max_queued_per_principal)
+            .await;
+        let created = matches!(recorded, Ok((_, true)));
+        if let Some(key) = reserved
+            && !created
         {
-            return Err(Refused::Busy {
-                key: key.clone(),
-                holder,
-            });
+            self.release(&mut self.sched(), &key, &run.id);
         }
-        // Counted under the scheduler's lock, so concurrent requests cannot all slip under.
-        let max = self.config.max_queued_per_principal;
-        if self.store.queued_of(&run.principal)? >= max {
-            return Err(Refused::TooManyQueued {
-                principal: run.principal.clone(),
-                max,
-            });
-        }
-        let (recorded, created) = self.store.create_run(&run)?;
-        if created && forced {
-            sched.forced.insert(recorded.id.clone());
-        }
-        drop(sched);
+        let (recorded, created) = recorded?;
         if created {
+            if forced {
+                self.sched().forced.insert(recorded.id.clone());
+            }
             self.metrics.run_status(&recorded.workflow, "queued");
-            self.enqueue(recorded.clone());
+            let admission = self.enqueue(recorded.clone());
             let _ = self.live.send(Arc::from(recorded.id.as_str()));
+            // Answered once the run has started or is held, as a client reading it next expects.
+            if let Some(admission) = admission {
+                let _ = admission.await;
+            }
         }
         Ok((recorded, created))
     }
 
-    /// Starts `run` now if its key is free, or puts it at the back of its key's queue.
-    fn enqueue(self: &Arc<App>, run: Run) {
-        let mut sched = self.sched.lock().unwrap();
+    /// Starts `run` now if its key is free (or was taken for it), or puts it at the back of
+    /// its key's queue. When it starts, the answer resolves once it is running or held.
+    fn enqueue(self: &Arc<App>, run: Run) -> Option<Admission> {
+        let mut sched = self.sched();
         if let Some(key) = &run.concurrency_key {
             let k = sched.keys.entry(key.clone()).or_default();
-            if k.holder.is_some() || !k.waiting.is_empty() {
-                k.waiting.push_back(run.id.clone());
-                self.metrics.queue_depth.inc();
-                return;
+            let mine = k.holder.as_deref() == Some(run.id.as_str());
+            if !mine {
+                if k.holder.is_some() || !k.waiting.is_empty() {
+                    k.waiting.push_back(run.id.clone());
+                    self.metrics.queue_depth.inc();
+                    return None;
+                }
+                k.holder = Some(run.id.clone());
             }
-            k.holder = Some(run.id.clone());
         }
-        self.start(&mut sched, run);
+        Some(self.go(&mut sched, run.id.clone(), Some(run)))
     }
 
-    /// Marks the run running and spawns it, unless a lock holds it: then it stays queued,
-    /// with the lock named in its `detail`, and gives up its key until the lock goes. Called
-    /// with the scheduler locked.
-    fn start(self: &Arc<App>, sched: &mut Sched, run: Run) {
-        if !sched.forced.contains(&run.id) {
-            match self.lock_on(run.concurrency_key.as_deref(), &run.workflow) {
-                Ok(None) => {}
+    /// Registers the run as started (so that a cancel reaches it from now on) and starts it on
+    /// a task of its own. `run` is `None` for a run known only by its id (the next one of a
+    /// key's queue): the task reads it.
+    fn go(self: &Arc<App>, sched: &mut Sched, id: String, run: Option<Run>) -> Admission {
+        let stop = Stop::new();
+        sched.running.insert(id.clone(), stop.clone());
+        let (admitted, admission) = tokio::sync::oneshot::channel();
+        let app = self.clone();
+        tokio::spawn(async move { app.launch(id, run, stop, admitted).await });
+        admission
+    }
+
+    /// Starts a run given the go: unless it was cancelled meanwhile, a lock holds it (then it
+    /// stays queued, with the lock named in its `detail`, and gives up its key until the lock
+    /// goes) or its workflow is gone, marks it running and runs it to its end.
+    async fn launch(
+        self: Arc<App>,
+        id: String,
+        run: Option<Run>,
+        stop: Stop,
+        admitted: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let run = match run {
+            Some(run) => run,
+            None => match self.store.run(&id).await {
+                Ok(Some(run)) if run.status == RunStatus::Queued => run,
+                // Cancelled while waiting, or unreadable: the key goes to the next one.
+                found => {
+                    if let Err(e) = found {
+                        tracing::error!("cannot read queued run `{id}`: {e}");
+                    }
+                    let key = self.key_held_by(&id);
+                    return self.settle(&id, key.as_deref(), false);
+                }
+            },
+        };
+        let key = run.concurrency_key.as_deref();
+        let forced = self.sched().forced.contains(&run.id);
+        if !forced {
+            let why = match self.lock_on(key, &run.workflow).await {
+                Ok(None) => None,
                 Ok(Some(lock)) => {
                     let detail = format!(
                         "held by the lock on `{}` of `{}`: {}",
@@ -313,66 +400,102 @@ impl App {
                     );
                     // Held again by the same lock (the expiry check): nothing new to say.
                     if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
-                        if let Err(e) = self.store.transition(
-                            &run.id,
-                            &[RunStatus::Queued],
-                            RunStatus::Queued,
-                            Some(&detail),
-                        ) {
+                        if let Err(e) = self
+                            .store
+                            .transition(
+                                &run.id,
+                                &[RunStatus::Queued],
+                                RunStatus::Queued,
+                                Some(&detail),
+                            )
+                            .await
+                        {
                             tracing::error!("cannot record why run `{}` waits: {e}", run.id);
                         }
                         let _ = self.live.send(Arc::from(run.id.as_str()));
                     }
-                    self.release(sched, &run);
-                    sched.held.push(run);
-                    return;
+                    Some(())
                 }
                 Err(e) => {
                     // A lock that cannot be read may be there: the run waits, and is tried
                     // again with the next look at the held runs.
                     tracing::error!("cannot read the locks for run `{}`: {e}", run.id);
-                    self.release(sched, &run);
+                    Some(())
+                }
+            };
+            if why.is_some() {
+                let mut sched = self.sched();
+                // Cancelled meanwhile: it ends below, as cancelled, instead of waiting.
+                if !stop.is_cancelled() {
+                    sched.running.remove(&run.id);
+                    if let Some(key) = key {
+                        self.release(&mut sched, key, &run.id);
+                    }
                     sched.held.push(run);
                     return;
                 }
             }
         }
+        if stop.is_cancelled() {
+            let detail = self.sched().cancelled_by.get(&run.id).cloned();
+            match self
+                .store
+                .transition(
+                    &run.id,
+                    &[RunStatus::Queued],
+                    RunStatus::Cancelled,
+                    detail.as_deref(),
+                )
+                .await
+            {
+                Ok(true) => {
+                    self.metrics.run_status(&run.workflow, "cancelled");
+                    let _ = self.live.send(Arc::from(run.id.as_str()));
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!("cannot record that run `{}` was cancelled: {e}", run.id),
+            }
+            return self.settle(&run.id, key, false);
+        }
         let Some(prepared) = self.workflows.get(&run.workflow) else {
-            let _ = self.store.transition(
-                &run.id,
-                &[RunStatus::Queued],
-                RunStatus::Failed,
-                Some(&format!("workflow `{}` is no longer loaded", run.workflow)),
-            );
-            self.release(sched, &run);
-            return;
+            let _ = self
+                .store
+                .transition(
+                    &run.id,
+                    &[RunStatus::Queued],
+                    RunStatus::Failed,
+                    Some(&format!("workflow `{}` is no longer loaded", run.workflow)),
+                )
+                .await;
+            return self.settle(&run.id, key, false);
         };
         match self
             .store
             .transition(&run.id, &[RunStatus::Queued], RunStatus::Running, None)
+            .await
         {
             Ok(true) => {}
-            Ok(false) => {
-                // Cancelled while it waited.
-                self.release(sched, &run);
-                return;
-            }
+            // Cancelled while it waited.
+            Ok(false) => return self.settle(&run.id, key, false),
             Err(e) => {
                 tracing::error!("cannot start run `{}`: {e}", run.id);
-                self.release(sched, &run);
-                return;
+                return self.settle(&run.id, key, false);
             }
         }
-        let prior = match self.store.steps(&run.id) {
+        // Both read at once: the run's steps settled in an earlier life, and whether it has
+        // events already.
+        let (steps, events) =
+            tokio::join!(self.store.steps(&run.id), self.store.events(&run.id, 0, 1));
+        let prior = match steps {
             Ok(steps) => steps
                 .into_iter()
                 .filter_map(|s| {
-                    let status = match s.status.as_str() {
-                        "succeeded" => StepStatus::Succeeded,
-                        "failed" => StepStatus::Failed,
-                        "skipped" => StepStatus::Skipped,
-                        "cancelled" => StepStatus::Cancelled,
-                        _ => return None,
+                    let status = match s.status {
+                        StepState::Succeeded => StepStatus::Succeeded,
+                        StepState::Failed => StepStatus::Failed,
+                        StepState::Skipped => StepStatus::Skipped,
+                        StepState::Cancelled => StepStatus::Cancelled,
+                        StepState::Running | StepState::Interrupted => return None,
                     };
                     Some(PriorStep {
                         id: s.step,
@@ -389,113 +512,123 @@ impl App {
         };
         // A run that has events already is being resumed: the runner starts it again, but its
         // `run_started` is in the history once (see `sink`).
-        let resumed = match self.store.events(&run.id, 0, 1) {
+        let resumed = match events {
             Ok(events) => !events.is_empty(),
             Err(e) => {
                 tracing::error!("cannot read the events of run `{}`: {e}", run.id);
                 false
             }
         };
-        let stop = Stop::new();
-        sched.running.insert(run.id.clone(), stop.clone());
+        drop(admitted);
         self.metrics.running.inc();
         self.metrics.run_status(&run.workflow, "running");
-        let app = self.clone();
-        tokio::spawn(async move {
-            let options = RunOptions {
-                run_id: run.id.clone(),
-                inputs: run.inputs.as_object().cloned().unwrap_or_default(),
-                dry_run: run.dry_run,
-            };
-            let sink = app.sink(&run, resumed);
-            app.runner
-                .run_from(&prepared, options, prior, sink, stop)
-                .await;
-            let mut sched = app.sched.lock().unwrap();
-            sched.running.remove(&run.id);
-            sched.cancelled_by.remove(&run.id);
-            sched.forced.remove(&run.id);
-            app.metrics.running.dec();
-            app.release(&mut sched, &run);
-            drop(sched);
-            app.ended.notify_waiters();
-        });
+        let options = RunOptions {
+            run_id: run.id.clone(),
+            inputs: run.inputs.as_object().cloned().unwrap_or_default(),
+            dry_run: run.dry_run,
+        };
+        let sink = self.sink(&run, resumed);
+        self.runner
+            .run_durable(&prepared, options, prior, sink, stop)
+            .await;
+        self.settle(&run.id, key, true);
     }
 
-    /// Frees the run's concurrency key and starts the next run waiting for it.
-    fn release(self: &Arc<App>, sched: &mut Sched, run: &Run) {
-        let Some(key) = &run.concurrency_key else {
+    /// The key a run holds, if it holds one.
+    fn key_held_by(&self, id: &str) -> Option<String> {
+        self.sched()
+            .keys
+            .iter()
+            .find(|(_, k)| k.holder.as_deref() == Some(id))
+            .map(|(key, _)| key.clone())
+    }
+
+    /// A run given the go is over (ended, or not started after all): forgets it, frees its key
+    /// for the next run waiting, and wakes a shutdown waiting for it.
+    fn settle(self: &Arc<App>, id: &str, key: Option<&str>, ran: bool) {
+        let mut sched = self.sched();
+        sched.running.remove(id);
+        sched.cancelled_by.remove(id);
+        sched.forced.remove(id);
+        if let Some(key) = key {
+            self.release(&mut sched, key, id);
+        }
+        drop(sched);
+        if ran {
+            self.metrics.running.dec();
+        }
+        self.ended.notify_waiters();
+    }
+
+    /// Frees `key` if `id` holds it and gives it to the next run waiting for it.
+    fn release(self: &Arc<App>, sched: &mut Sched, key: &str, id: &str) {
+        let Some(k) = sched.keys.get_mut(key) else {
             return;
         };
-        loop {
-            let Some(k) = sched.keys.get_mut(key) else {
-                return;
-            };
-            if k.holder.as_deref() == Some(run.id.as_str()) {
-                k.holder = None;
-            }
-            if k.holder.is_some() {
-                return;
-            }
-            let Some(next) = k.waiting.pop_front() else {
-                sched.keys.remove(key);
-                return;
-            };
-            self.metrics.queue_depth.dec();
-            match self.store.run(&next) {
-                Ok(Some(next)) if next.status == RunStatus::Queued => {
-                    sched.keys.get_mut(key).expect("present").holder = Some(next.id.clone());
-                    self.start(sched, next);
-                    return;
-                }
-                // Cancelled while waiting, or unreadable: try the one after it.
-                Ok(_) => {}
-                Err(e) => tracing::error!("cannot read queued run `{next}`: {e}"),
-            }
+        if k.holder.as_deref() == Some(id) {
+            k.holder = None;
         }
+        if k.holder.is_some() {
+            return;
+        }
+        let Some(next) = k.waiting.pop_front() else {
+            sched.keys.remove(key);
+            return;
+        };
+        self.metrics.queue_depth.dec();
+        k.holder = Some(next.clone());
+        // Nobody waits for it: the run it follows has ended.
+        drop(self.go(sched, next, None));
     }
 
-    /// Commits each event (and the step change it carries) before the runner goes on, then
-    /// wakes the streams. The last event also records the run's end, before the key is
-    /// released, so runs sharing a key never overlap in the recorded timings either.
+    /// Hands each event to the store, in order, and wakes the streams once it is committed.
+    /// A step's start and the run's end are committed before the runner goes on (it waits for
+    /// what this answers); a step's end, a log line and the run's start are queued without
+    /// waiting ([`Commit::Soon`]): the next step's start or the run's end commits them with it,
+    /// or they commit by themselves a moment later. So a step's end is on disk before any
+    /// later step starts, and shares that step's start's fsync. A crash can lose at most the
+    /// logs of the step in flight, and never reorders anything.
     ///
-    /// Only the events that carry the durability contract wait for the disk: a step's start
-    /// and end, and the run's start and end. Log events are queued without waiting
-    /// ([`Store::append_log`]); they commit in order with the next waited-for write, so a crash
-    /// can lose at most the logs of the step in flight, never reorder anything.
+    /// The last event also records the run's end, in the same transaction, before the key is
+    /// released, so runs sharing a key never overlap in the recorded timings either.
     ///
     /// A resumed run (`resumed`: it has events already) gets no second `run_started`: the
     /// runner emits one when it starts again, but the history and the event stream keep the
     /// first; the run's `detail` says who resumed it.
-    fn sink(self: &Arc<App>, run: &Run, resumed: bool) -> EventSink {
-        let app = self.clone();
-        let run_id = run.id.clone();
-        let workflow = run.workflow.clone();
-        let notify: Arc<str> = Arc::from(run.id.as_str());
-        Arc::new(move |event: Event| {
+    fn sink(self: &Arc<App>, run: &Run, resumed: bool) -> DurableSink {
+        struct Target {
+            app: Arc<App>,
+            run: Arc<str>,
+            workflow: String,
+            runtime: tokio::runtime::Handle,
+        }
+        let target = Arc::new(Target {
+            app: self.clone(),
+            run: Arc::from(run.id.as_str()),
+            workflow: run.workflow.clone(),
+            // Log lines come from the plugin's own thread, outside the runtime.
+            runtime: tokio::runtime::Handle::current(),
+        });
+        Arc::new(move |event: Event| -> Option<Durable> {
             if resumed && matches!(event, Event::RunStarted { .. }) {
-                return;
+                return None;
             }
+            let app = &target.app;
             let body = serde_json::to_string(&event).expect("events always serialise");
-            if matches!(event, Event::Log { .. }) {
-                if let Err(e) = app.store.append_log(&run_id, &body) {
-                    tracing::error!("cannot record a log of run `{run_id}`: {e}");
-                }
-                let _ = app.live.send(notify.clone());
-                return;
-            }
-            let mut end = None;
-            let change = match event {
+            let (change, commit) = match event {
                 Event::StepStarted {
                     step,
                     section,
                     attempt,
                     ..
-                } => Some(StepChange::Started {
-                    step,
-                    section: json_str(&section),
-                    attempt,
-                }),
+                } => (
+                    Some(Change::StepStarted {
+                        step,
+                        section: json_str(&section),
+                        attempt,
+                    }),
+                    Commit::Now,
+                ),
                 Event::StepFinished {
                     step,
                     section,
@@ -510,97 +643,130 @@ impl App {
                 } => {
                     let error = serde_json::to_value(&error).unwrap_or(Value::Null);
                     app.metrics.step_finished(
-                        &workflow,
+                        &target.workflow,
                         duration_ms / 1000.0,
                         error["kind"].as_str(),
                     );
-                    Some(StepChange::Finished {
-                        step,
-                        section: json_str(&section),
-                        status: status.as_str().to_owned(),
-                        attempts,
-                        duration_ms,
-                        summary,
-                        outputs: Value::Object(outputs),
-                        error,
-                        continued,
-                    })
+                    let status = match status {
+                        StepStatus::Succeeded => StepState::Succeeded,
+                        StepStatus::Failed => StepState::Failed,
+                        StepStatus::Skipped => StepState::Skipped,
+                        StepStatus::Cancelled => StepState::Cancelled,
+                    };
+                    (
+                        Some(Change::StepFinished {
+                            step,
+                            section: json_str(&section),
+                            status,
+                            attempts,
+                            duration_ms,
+                            summary,
+                            outputs: Value::Object(outputs),
+                            error,
+                            continued,
+                        }),
+                        Commit::Soon,
+                    )
                 }
                 Event::RunFinished { status, .. } => {
-                    end = Some(match status {
+                    let status = match status {
                         shiphat_runner::RunStatus::Succeeded => RunStatus::Succeeded,
                         shiphat_runner::RunStatus::Failed => RunStatus::Failed,
                         shiphat_runner::RunStatus::Cancelled => RunStatus::Cancelled,
-                    });
-                    None
+                    };
+                    let detail = match status {
+                        RunStatus::Cancelled => app.sched().cancelled_by.get(&*target.run).cloned(),
+                        _ => None,
+                    };
+                    (Some(Change::RunEnded { status, detail }), Commit::Now)
                 }
+                _ => (None, Commit::Soon),
+            };
+            let ended = match &change {
+                Some(Change::RunEnded { status, .. }) => Some(*status),
                 _ => None,
             };
-            let write = || -> Result<(), shiphat_store::Error> {
-                let committed = app.store.append_event(&run_id, &body, change.as_ref())?;
-                let detail = match end {
-                    Some(RunStatus::Cancelled) => {
-                        app.sched.lock().unwrap().cancelled_by.get(&run_id).cloned()
+            let written = app
+                .store
+                .append_event(&target.run, &body, change.as_ref(), commit);
+            let written_to = target.clone();
+            let settled = async move {
+                match written.await {
+                    // Written, so the run was running: it has ended now.
+                    Ok(Some(_)) => {
+                        if let Some(end) = ended {
+                            written_to
+                                .app
+                                .metrics
+                                .run_status(&written_to.workflow, end.as_str());
+                        }
                     }
-                    _ => None,
-                };
-                if committed.is_some()
-                    && let Some(end) = end
-                    && app.store.transition(
-                        &run_id,
-                        &[RunStatus::Running],
-                        end,
-                        detail.as_deref(),
-                    )?
-                {
-                    app.metrics.run_status(&workflow, end.as_str());
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!("cannot record an event of run `{}`: {e}", written_to.run)
+                    }
                 }
-                Ok(())
+                let _ = written_to.app.live.send(written_to.run.clone());
             };
-            // The write must be durable before the step goes on; on the multi-threaded
-            // runtime this moves the other tasks of this worker elsewhere meanwhile.
-            if let Err(e) = tokio::task::block_in_place(write) {
-                tracing::error!("cannot record an event of run `{run_id}`: {e}");
+            match commit {
+                Commit::Now => Some(Box::pin(settled)),
+                Commit::Soon => {
+                    target.runtime.spawn(settled);
+                    None
+                }
             }
-            let _ = app.live.send(notify.clone());
         })
     }
 
     /// Cancels a run that is queued, interrupted or running. A running run's steps end and its
     /// `on_failure` and `finally` still run; cancelling it again aborts those too. Returns
     /// whether the run was still going.
-    pub fn cancel(
+    pub async fn cancel(
         self: &Arc<App>,
         run: &Run,
         by: &Principal,
     ) -> Result<bool, shiphat_store::Error> {
         let detail = format!("cancelled by `{}`", by.name);
-        let mut sched = self.sched.lock().unwrap();
-        if let Some(stop) = sched.running.get(&run.id).cloned() {
+        let stop_running = |app: &App| {
+            let mut sched = app.sched();
+            let stop = sched.running.get(&run.id).cloned()?;
             // The first to cancel is who the run's detail names.
-            sched.cancelled_by.entry(run.id.clone()).or_insert(detail);
+            sched
+                .cancelled_by
+                .entry(run.id.clone())
+                .or_insert(detail.clone());
             stop.escalate();
+            Some(())
+        };
+        if stop_running(self).is_some() {
             return Ok(true);
         }
-        sched.forced.remove(&run.id);
-        sched.held.retain(|r| r.id != run.id);
-        drop(sched);
-        let moved = self.store.transition(
-            &run.id,
-            &[RunStatus::Queued, RunStatus::Interrupted],
-            RunStatus::Cancelled,
-            Some(&detail),
-        )?;
+        {
+            let mut sched = self.sched();
+            sched.forced.remove(&run.id);
+            sched.held.retain(|r| r.id != run.id);
+        }
+        let moved = self
+            .store
+            .transition(
+                &run.id,
+                &[RunStatus::Queued, RunStatus::Interrupted],
+                RunStatus::Cancelled,
+                Some(&detail),
+            )
+            .await?;
         if moved {
             self.metrics.run_status(&run.workflow, "cancelled");
             let _ = self.live.send(Arc::from(run.id.as_str()));
+            return Ok(true);
         }
-        Ok(moved)
+        // It started between the look above and the write: cancel it as a running run.
+        Ok(stop_running(self).is_some())
     }
 
     /// Queues an interrupted run again; it goes on from its step in flight. `forced` (an
     /// admin passed a lock, which the caller has checked) lets it start under a lock.
-    pub fn resume(
+    pub async fn resume(
         self: &Arc<App>,
         run: &Run,
         by: &Principal,
@@ -613,17 +779,22 @@ impl App {
                 by.name, lock.key, lock.owner
             ),
         };
-        let moved = self.store.transition(
-            &run.id,
-            &[RunStatus::Interrupted],
-            RunStatus::Queued,
-            Some(&detail),
-        )?;
-        if moved && let Some(run) = self.store.run(&run.id)? {
+        let moved = self
+            .store
+            .transition(
+                &run.id,
+                &[RunStatus::Interrupted],
+                RunStatus::Queued,
+                Some(&detail),
+            )
+            .await?;
+        if moved && let Some(run) = self.store.run(&run.id).await? {
             if forced.is_some() {
-                self.sched.lock().unwrap().forced.insert(run.id.clone());
+                self.sched().forced.insert(run.id.clone());
             }
-            self.enqueue(run);
+            if let Some(admission) = self.enqueue(run) {
+                let _ = admission.await;
+            }
         }
         Ok(moved)
     }
@@ -631,7 +802,7 @@ impl App {
     /// For a queued run: the run holding its concurrency key (if one does) and its place in
     /// the key's queue (1 = next).
     pub fn waiting_on(&self, run: &str) -> Option<(Option<String>, usize)> {
-        let sched = self.sched.lock().unwrap();
+        let sched = self.sched();
         sched.keys.values().find_map(|k| {
             let at = k.waiting.iter().position(|r| r == run)?;
             Some((k.holder.clone(), at + 1))
@@ -644,7 +815,7 @@ impl App {
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
         loop {
             let ended = self.ended.notified();
-            if self.sched.lock().unwrap().running.is_empty() {
+            if self.sched().running.is_empty() {
                 return;
             }
             if tokio::time::timeout_at(deadline, ended).await.is_err() {

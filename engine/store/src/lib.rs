@@ -1,17 +1,29 @@
 //! shiphat's durable state: run history (runs, their steps and their events), deploy locks,
-//! API tokens and the audit log, behind one narrow interface, [`Store`].
+//! API tokens and the audit log, behind one narrow interface, [`AsyncStore`].
+//!
+//! Every method of [`AsyncStore`] returns at once with a [`Pending`] future: the work is queued
+//! when the method is called (so writes apply in the order of the calls) and done on threads of
+//! the store's own, never on the caller's. A caller on an async runtime therefore never blocks
+//! on the disk, and holds no lock while it waits. [`Store`] is the same interface, blocking, for
+//! tools and tests that run outside a runtime (`shiphat token create`, a test reading the
+//! database after a crash).
 //!
 //! [`SqliteStore`] keeps it in one embedded SQLite file in WAL mode with `synchronous=FULL`:
-//! every write is on disk when the call returns, so a caller that writes a step's start before
-//! starting it and its end before starting the next gets that order across a crash or power
-//! loss. Concurrent writes share a transaction and its fsync (group commit, see
-//! `sqlite.rs`), which is what lets many runs go at once without queueing for the disk. A PostgreSQL store for several daemons sharing work is
-//! meant to implement the same trait; nothing above this crate names SQLite.
+//! a write's future resolves once the write is on disk, so a caller that awaits a step's start
+//! before starting it gets that order across a crash or power loss. Concurrent writes share a
+//! transaction and its fsync (group commit, see `sqlite.rs`), and a write that need not be on
+//! disk yet ([`Commit::Soon`]: a log line, a step's end that the next step's start will carry)
+//! waits a moment for company. The schema has a version: an older database is migrated when it
+//! is opened, a newer one refused. A PostgreSQL store for several daemons sharing work is meant
+//! to implement the same trait; nothing above this crate names SQLite.
 //!
 //! The store knows nothing of workflows, plugins or HTTP: events are opaque JSON text, inputs
 //! and outputs are JSON values, and times are milliseconds since the Unix epoch.
 
 mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
 
 use serde_json::Value;
 
@@ -43,6 +55,18 @@ pub enum Error {
         "a token named `{name}` exists; delete it first (`shiphat token delete {name}`) or pick another name"
     )]
     NameTaken { name: String },
+    /// The database was written by a newer shiphat, whose schema this one does not know.
+    #[error(
+        "the database `{path}` has schema version {found}, newer than this shiphat knows ({supported}); run the shiphat that wrote it, or point `--data-dir` at another directory"
+    )]
+    TooNew {
+        path: std::path::PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    /// A principal asked for another run while it has `max` runs queued already.
+    #[error("`{principal}` has {max} runs queued already")]
+    TooManyQueued { principal: String, max: u64 },
     /// A stored value is not what this version of shiphat writes.
     #[error("corrupt record in `{table}`: {message}")]
     Corrupt {
@@ -78,6 +102,13 @@ impl RunStatus {
         RunStatus::Interrupted,
     ];
 
+    /// The statuses a run ends in.
+    pub const TERMINAL: [RunStatus; 3] = [
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunStatus::Queued => "queued",
@@ -94,10 +125,64 @@ impl RunStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Cancelled
-        )
+        RunStatus::TERMINAL.contains(&self)
+    }
+}
+
+/// Where a step is: `Running` while an attempt runs, `Interrupted` when the daemon stopped
+/// during it, or how it ended (the step statuses of the events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepState {
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+    Interrupted,
+}
+
+impl StepState {
+    pub const ALL: [StepState; 6] = [
+        StepState::Running,
+        StepState::Succeeded,
+        StepState::Failed,
+        StepState::Skipped,
+        StepState::Cancelled,
+        StepState::Interrupted,
+    ];
+
+    /// The name the events and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+            StepState::Cancelled => "cancelled",
+            StepState::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<StepState> {
+        StepState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether the step has ended (not running, not interrupted).
+    pub fn is_settled(self) -> bool {
+        !matches!(self, StepState::Running | StepState::Interrupted)
+    }
+}
+
+/// A state compares equal to its name, as the events and the API spell it.
+impl PartialEq<&str> for StepState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for StepState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -134,13 +219,12 @@ pub struct Run {
     pub finished_ms: Option<i64>,
 }
 
-/// A step as recorded. `status` is a step status of the events (`succeeded`, `failed`,
-/// `skipped`, `cancelled`), or `running` while it runs, or `interrupted`.
+/// A step as recorded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepRecord {
     pub step: String,
     pub section: String,
-    pub status: String,
+    pub status: StepState,
     pub attempts: u32,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
@@ -151,22 +235,23 @@ pub struct StepRecord {
     pub continued: bool,
 }
 
-/// What an event changes in a run's step records.
+/// What an event changes besides the event log: a step's record, or the run's status.
 #[derive(Clone, Debug)]
 #[allow(
     clippy::large_enum_variant,
-    reason = "one value per event, made and written at once; boxing `Finished` would allocate for nothing"
+    reason = "one value per event, made and written at once; boxing `StepFinished` would allocate for nothing"
 )]
-pub enum StepChange {
-    Started {
+pub enum Change {
+    StepStarted {
         step: String,
         section: String,
         attempt: u32,
     },
-    Finished {
+    /// Refused ([`Error::StepAlreadyFinished`]) when the step is already recorded as ended.
+    StepFinished {
         step: String,
         section: String,
-        status: String,
+        status: StepState,
         attempts: u32,
         duration_ms: f64,
         summary: String,
@@ -174,9 +259,34 @@ pub enum StepChange {
         error: Value,
         continued: bool,
     },
+    /// The run's last event: the run moves from `running` to `status` (a terminal one) in the
+    /// same transaction, `detail` added to what its detail says.
+    RunEnded {
+        status: RunStatus,
+        detail: Option<String>,
+    },
 }
 
-/// A run found running by [`Store::interrupt_running`], now `interrupted`.
+/// When a write must be on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// As soon as possible: its future resolves once it is durable, with every write queued
+    /// before it.
+    Now,
+    /// Soon: it waits up to [`SOON`] for other writes to share its commit, and commits with
+    /// the first [`Commit::Now`] write queued after it. For what must be on disk before
+    /// something that follows it, not before the caller goes on: a log line, a step's end
+    /// (the next step's start carries it).
+    Soon,
+}
+
+/// How long a [`Commit::Soon`] write may wait for company. Writes that are waited for cut it
+/// short, so what it costs is only the delay before readers see a lone log line or the end of
+/// a step that nothing follows at once: a hundredth of a second is below what a person or a
+/// stream notices, and spans the fsync of most disks, whose commits it saves.
+pub const SOON: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A run found running by [`AsyncStore::interrupt_running`], now `interrupted`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Interrupted {
     pub run: String,
@@ -249,16 +359,65 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
-/// The one interface the daemon sees of its durable state. Every method is atomic; a write is
-/// durable when it returns (except [`Store::append_log`], which says when it is).
-pub trait Store: Send + Sync + 'static {
+/// Work queued in the store: resolves with its result once done (for a write, once durable).
+/// The work is queued when the method returns it, whether or not the future is ever polled;
+/// dropping the future only drops the result. A store's futures need no particular runtime:
+/// the store does its IO on threads of its own.
+pub type Pending<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
+
+/// Declares [`AsyncStore`] and its blocking twin [`Store`] from one list of methods, each
+/// written once with what it resolves to: the two cannot drift apart.
+macro_rules! interface {
+    ($(
+        $(#[$doc:meta])*
+        fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $out:ty;
+    )*) => {
+        /// The one interface the daemon sees of its durable state. Every method is atomic
+        /// and returns a [`Pending`] at once; writes apply in the order of the calls. A write
+        /// is durable when its future resolves (for [`AsyncStore::append_event`], see
+        /// [`Commit`]).
+        ///
+        /// Runs change state only by compare-and-set ([`AsyncStore::transition`] moves a run
+        /// only from the states it names, [`AsyncStore::append_event`] writes only to a
+        /// `running` run), so a store shared by several daemons can fence a run to its owner
+        /// by adding the owner's lease to what is compared, without changing a caller.
+        pub trait AsyncStore: Send + Sync + 'static {
+            $(
+                $(#[$doc])*
+                fn $name(&self $(, $arg: $ty)*) -> Pending<$out>;
+            )*
+        }
+
+        /// [`AsyncStore`], blocking: each call waits for its result on the calling thread. For
+        /// tools and tests outside an async runtime; on a runtime's worker it would stall every
+        /// task there.
+        pub trait Store {
+            $(
+                $(#[$doc])*
+                fn $name(&self $(, $arg: $ty)*) -> Result<$out>;
+            )*
+        }
+
+        impl<S: AsyncStore + ?Sized> Store for S {
+            $(
+                fn $name(&self $(, $arg: $ty)*) -> Result<$out> {
+                    wait(AsyncStore::$name(self $(, $arg)*))
+                }
+            )*
+        }
+    };
+}
+
+interface! {
     /// Records a new run as `queued`. When the principal already created a run with the same
-    /// idempotency key, returns that run instead and `false`.
-    fn create_run(&self, run: &NewRun) -> Result<(Run, bool)>;
-    fn run(&self, id: &str) -> Result<Option<Run>>;
-    fn steps(&self, run: &str) -> Result<Vec<StepRecord>>;
-    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>>;
-    /// Moves a run to `to` if it is in one of `from`; returns whether it moved. Entering
+    /// idempotency key, returns that run instead and `false`. Refuses
+    /// ([`Error::TooManyQueued`]) a new run of a principal that has `max_queued` queued
+    /// already, counted in the same transaction, so concurrent requests cannot all slip under.
+    fn create_run(&self, run: &NewRun, max_queued: u64) -> (Run, bool);
+    fn run(&self, id: &str) -> Option<Run>;
+    fn steps(&self, run: &str) -> Vec<StepRecord>;
+    fn list_runs(&self, filter: &RunFilter) -> Vec<Run>;
+    /// Moves a run to `to` if it is in one of `from`; resolves to whether it moved. Entering
     /// `running` sets its start time, entering a terminal status its end time. `detail` is
     /// added to what the run's detail says (after `; `); nothing a detail says is ever removed.
     fn transition(
@@ -267,60 +426,75 @@ pub trait Store: Send + Sync + 'static {
         from: &[RunStatus],
         to: RunStatus,
         detail: Option<&str>,
-    ) -> Result<bool>;
-    /// Appends an event to a running run, with what it changes in its steps, and returns the
-    /// event's sequence number. Returns `None` and writes nothing when the run is not
-    /// `running` (e.g. it was marked interrupted by a shutdown).
+    ) -> bool;
+    /// Appends an event to a running run, with what it changes, and resolves to the event's
+    /// sequence number; `None` (and nothing written) when the run is not `running` (e.g. it
+    /// was marked interrupted by a shutdown). Logs are not part of the durability contract: a
+    /// crash may lose those written since the last write that was waited for.
     fn append_event(
         &self,
         run: &str,
         event: &str,
-        change: Option<&StepChange>,
-    ) -> Result<Option<i64>>;
-    /// Appends a log event to a running run without waiting for it to be on disk. It is
-    /// committed in order with the run's other writes: no later than the next write that is
-    /// waited for. Logs are not part of the durability contract (a crash may lose the logs
-    /// written since the last step start or end), so they need not cost an fsync of their own.
-    fn append_log(&self, run: &str, event: &str) -> Result<()> {
-        self.append_event(run, event, None).map(drop)
-    }
+        change: Option<&Change>,
+        commit: Commit,
+    ) -> Option<i64>;
     /// The events of a run after sequence number `after`, in order, at most `limit`.
-    fn events(&self, run: &str, after: i64, limit: u32) -> Result<Vec<(i64, String)>>;
-    /// Marks every `running` run `interrupted`, and its steps in flight too.
-    fn interrupt_running(&self) -> Result<Vec<Interrupted>>;
+    fn events(&self, run: &str, after: i64, limit: u32) -> Vec<(i64, String)>;
+    /// Marks every `running` run `interrupted`, and its steps in flight too: what a daemon
+    /// does with the runs it finds when it starts, and with its own when it stops.
+    fn interrupt_running(&self) -> Vec<Interrupted>;
     /// Runs in a status, oldest first.
-    fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>>;
+    fn runs_with_status(&self, status: RunStatus) -> Vec<Run>;
     /// How many runs of `principal` are `queued`.
-    fn queued_of(&self, principal: &str) -> Result<u64>;
+    fn queued_of(&self, principal: &str) -> u64;
 
-    fn lock(&self, key: &str) -> Result<Option<Lock>>;
-    fn locks(&self) -> Result<Vec<Lock>>;
+    fn lock(&self, key: &str) -> Option<Lock>;
+    fn locks(&self) -> Vec<Lock>;
     /// Creates or replaces a lock.
-    fn put_lock(&self, lock: &Lock) -> Result<()>;
-    /// Returns whether there was a lock to delete.
-    fn delete_lock(&self, key: &str) -> Result<bool>;
+    fn put_lock(&self, lock: &Lock) -> ();
+    /// Resolves to whether there was a lock to delete.
+    fn delete_lock(&self, key: &str) -> bool;
 
     /// Stores a token by the SHA-256 of its secret (hex); the secret itself is never stored.
     /// Refuses ([`Error::NameTaken`]) a name another token has: a principal is its name.
-    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()>;
-    fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>>;
+    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> ();
+    fn token(&self, sha256_hex: &str) -> Option<TokenRecord>;
     /// Every stored token (never their secrets), by name.
-    fn tokens(&self) -> Result<Vec<TokenRecord>>;
-    /// Deletes the tokens named `name`; returns whether there was one.
-    fn delete_token(&self, name: &str) -> Result<bool>;
+    fn tokens(&self) -> Vec<TokenRecord>;
+    /// Deletes the tokens named `name`; resolves to whether there was one.
+    fn delete_token(&self, name: &str) -> bool;
 
     /// Appends an entry, each text field cut to [`MAX_AUDIT_FIELD`] bytes.
-    fn audit(&self, entry: &AuditEntry) -> Result<()>;
+    fn audit(&self, entry: &AuditEntry) -> ();
     /// The newest entries first.
-    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>>;
-    /// Deletes the audit entries written before `before_ms`; returns how many went.
-    fn prune_audit(&self, before_ms: i64) -> Result<usize>;
+    fn audit_log(&self, limit: u32) -> Vec<AuditEntry>;
+    /// Deletes the audit entries written before `before_ms`; resolves to how many went.
+    fn prune_audit(&self, before_ms: i64) -> usize;
 
     /// Deletes terminal runs that finished before `before_ms`, with their steps and events.
-    /// Returns how many runs went.
-    fn prune(&self, before_ms: i64) -> Result<usize>;
+    /// Resolves to how many runs went.
+    fn prune(&self, before_ms: i64) -> usize;
     /// The store's own consistency check; `ok` when all is well.
-    fn integrity_check(&self) -> Result<String>;
+    fn integrity_check(&self) -> String;
+}
+
+/// Runs a store's future to its end on this thread, parking it until the store's thread wakes
+/// it. Enough for [`Pending`], which only waits for another thread.
+fn wait<T>(mut pending: Pending<T>) -> Result<T> {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+    let mut context = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(result) = pending.as_mut().poll(&mut context) {
+            return result;
+        }
+        std::thread::park();
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch.

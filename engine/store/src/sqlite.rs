@@ -1,14 +1,18 @@
-//! [`Store`] on an embedded SQLite database.
+//! [`AsyncStore`] on an embedded SQLite database: one thread writes, with group commit; a
+//! few threads read, each on its own connection. Callers only queue work and await it.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
 use crate::{
-    AuditEntry, Error, Interrupted, Lock, NewRun, Result, Run, RunFilter, RunStatus, StepChange,
-    StepRecord, Store, TokenRecord, now_ms,
+    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
+    RunFilter, RunStatus, SOON, StepRecord, StepState, TokenRecord, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -16,7 +20,25 @@ use crate::{
 /// seconds are plenty; an error after that points at a stuck process.
 const BUSY_TIMEOUT_MS: u32 = 10_000;
 
-const SCHEMA: &str = "
+/// How many threads read, each with its own connection. Reads never wait for a write (WAL),
+/// only for each other: two let a long read (a run's whole history) leave another thread for
+/// the short ones, and more would only compete for the two cores a small daemon has.
+const READERS: usize = 2;
+
+/// The schema this build writes: the number of [`MIGRATIONS`]. A database's `user_version`
+/// says which it has; 0 is a new file or one written before versions were kept, whose schema
+/// is the first migration's.
+const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
+/// sets the new version. Never edit one that has shipped: add the next.
+const MIGRATIONS: [fn(&Connection) -> Result<()>; 2] = [create_v1, json_token_lists];
+
+/// Version 1: the schema as it was before it had a version. Idempotent, since a version-0
+/// database may already have it.
+fn create_v1(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     workflow TEXT NOT NULL,
@@ -81,34 +103,156 @@ CREATE TABLE IF NOT EXISTS audit (
     status INTEGER NOT NULL,
     outcome TEXT NOT NULL
 );
-";
+",
+    )?;
+    Ok(())
+}
 
-/// The store in one SQLite file. Reads go through their own connection, so a reader (an event
-/// stream catching up) never waits for a write's fsync. Writes go through a [`Committer`].
+/// Version 2: a token's roles and patterns as JSON arrays of strings. They were joined with
+/// commas, which split a pattern that has one (`web/{a,b}`) into two.
+fn json_token_lists(conn: &Connection) -> Result<()> {
+    let rows = {
+        let mut stmt = conn.prepare("SELECT sha256, roles, patterns FROM tokens")?;
+        stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    for (sha256, roles, patterns) in rows {
+        let split = |text: &str| {
+            Value::from(
+                text.split(',')
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>(),
+            )
+            .to_string()
+        };
+        conn.execute(
+            "UPDATE tokens SET roles = ?2, patterns = ?3 WHERE sha256 = ?1",
+            params![sha256, split(&roles), split(&patterns)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Brings the database to [`VERSION`], or refuses one from a newer shiphat.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    // Immediate: two processes opening one old file at once migrate it once.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if found > VERSION {
+        return Err(Error::TooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: VERSION,
+        });
+    }
+    for migration in &MIGRATIONS[found.max(0) as usize..] {
+        migration(&tx)?;
+    }
+    if found != VERSION {
+        tx.pragma_update(None, "user_version", VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Statuses are stored as the names the API uses, mapped here and nowhere else.
+impl ToSql for RunStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(
+            self.as_str().as_bytes(),
+        )))
+    }
+}
+
+impl FromSql for RunStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        RunStatus::parse(text).ok_or_else(|| unknown_status(text))
+    }
+}
+
+impl ToSql for StepState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(ValueRef::Text(
+            self.as_str().as_bytes(),
+        )))
+    }
+}
+
+impl FromSql for StepState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        StepState::parse(text).ok_or_else(|| unknown_status(text))
+    }
+}
+
+fn unknown_status(text: &str) -> FromSqlError {
+    FromSqlError::Other(format!("unknown status `{text}`").into())
+}
+
+/// A set of statuses as one parameter, for `status IN (SELECT value FROM json_each(?))`.
+fn status_set(statuses: &[RunStatus]) -> String {
+    Value::from(statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string()
+}
+
+/// The store in one SQLite file. Writes go through a [`Committer`], reads through
+/// [`Readers`]; neither runs on the caller's thread.
 pub struct SqliteStore {
     committer: Committer,
-    reader: Mutex<Connection>,
+    readers: Readers,
 }
 
 /// One write, run by the committer thread inside its transaction (given `None` when the
 /// transaction could not begin: then it does nothing). It returns what to do once that
 /// transaction has committed (or failed to): wake the writer with its result.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Wake + Send>;
+type Work = Box<dyn FnOnce(Option<&Connection>) -> Wake + Send>;
 type Wake = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct Job {
+    work: Work,
+    commit: Commit,
+}
 
 /// The most writes one transaction takes. Bounds the latency of the writers at the back of a
 /// very long queue; far above what concurrent runs produce between two fsyncs.
 const MAX_GROUP: usize = 4096;
 
-/// Group commit. Writers enqueue their write and wait; one thread takes everything queued,
-/// runs it in ONE transaction (each write in its own savepoint, so a write that fails is
-/// undone alone), commits with one fsync (`synchronous=FULL`), then wakes every writer of the
-/// group. A write is still durable when its call returns, and writes commit in the order they
-/// were queued; what changes is that concurrent writers share an fsync instead of queueing
-/// for one each.
+/// Group commit. Writers queue their write; one thread takes everything queued, runs it in ONE
+/// transaction (each write in its own savepoint, so a write that fails is undone alone),
+/// commits with one fsync (`synchronous=FULL`), then wakes every writer of the group. Writes
+/// commit in the order they were queued; concurrent writers share an fsync instead of queueing
+/// for one each. A group holding only [`Commit::Soon`] writes waits up to [`SOON`] for more,
+/// and commits at once when a [`Commit::Now`] write joins it.
 struct Committer {
-    queue: Option<std::sync::mpsc::Sender<Job>>,
+    queue: Option<Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn stopped() -> Error {
+    Error::Commit {
+        message: "the store's thread has stopped".into(),
+    }
+}
+
+/// The future of work sent to a store thread, which answers on `rx`.
+fn pending<R: Send + 'static>(rx: tokio::sync::oneshot::Receiver<Result<R>>) -> Pending<R> {
+    Box::pin(async move { rx.await.unwrap_or_else(|_| Err(stopped())) })
+}
+
+/// Runs `work`, turning a panic into an error: a bug in one write or read must not take the
+/// store's thread (and every later caller) down with it.
+fn guarded<R>(work: impl FnOnce() -> Result<R>) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| {
+        Err(Error::Commit {
+            message: "a store operation panicked".into(),
+        })
+    })
 }
 
 impl Committer {
@@ -127,16 +271,14 @@ impl Committer {
         })
     }
 
-    /// Queues `work` for the next group and, when `wait`, returns its result once the group
-    /// is on disk. Without `wait` the write commits with the next group, in queue order,
-    /// before any write queued after it.
+    /// Queues `work` for a group; its future resolves once the group is on disk.
     fn submit<R: Send + 'static>(
         &self,
-        wait: bool,
+        commit: Commit,
         work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
-    ) -> Result<Option<R>> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<R>>(1);
-        let job: Job = Box::new(move |conn| {
+    ) -> Pending<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
+        let work: Work = Box::new(move |conn| {
             let result = conn.map(|conn| run_in_savepoint(conn, work));
             Box::new(move |commit: Result<(), String>| {
                 let result = match (commit, result) {
@@ -155,29 +297,9 @@ impl Committer {
             .queue
             .as_ref()
             .expect("the queue lives as long as the store");
-        if queue.send(job).is_err() {
-            return Err(Error::Commit {
-                message: "the committer thread has stopped".into(),
-            });
-        }
-        if !wait {
-            return Ok(None);
-        }
-        match rx.recv() {
-            Ok(result) => result.map(Some),
-            Err(_) => Err(Error::Commit {
-                message: "the committer thread has stopped".into(),
-            }),
-        }
-    }
-
-    fn write<R: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        Ok(self
-            .submit(true, work)?
-            .expect("a waited-for write has a result"))
+        // When the thread is gone the job is dropped, and with it `tx`: the future says so.
+        let _ = queue.send(Job { work, commit });
+        pending(rx)
     }
 }
 
@@ -192,48 +314,67 @@ impl Drop for Committer {
     }
 }
 
+/// Runs `sql` through the connection's statement cache: the savepoints are run for every
+/// write, and parsing them each time shows in a profile.
+fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 fn run_in_savepoint<R>(
     conn: &Connection,
     work: impl FnOnce(&Connection) -> Result<R>,
 ) -> Result<R> {
-    conn.execute_batch("SAVEPOINT write")?;
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
-        .unwrap_or_else(|_| {
-            Err(Error::Commit {
-                message: "a write panicked".into(),
-            })
-        });
+    exec(conn, "SAVEPOINT write")?;
+    let result = guarded(|| work(conn));
     if result.is_err() {
-        conn.execute_batch("ROLLBACK TO write")?;
+        exec(conn, "ROLLBACK TO write")?;
     }
-    conn.execute_batch("RELEASE write")?;
+    exec(conn, "RELEASE write")?;
     result
 }
 
-fn commit_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+/// Takes the next group: everything queued, and, while it holds only [`Commit::Soon`] writes,
+/// what arrives until [`SOON`] after its first write. `None` once the queue is closed and
+/// empty.
+fn next_group(rx: &Receiver<Job>) -> Option<Vec<Job>> {
+    let first = rx.recv().ok()?;
+    let deadline = Instant::now() + SOON;
+    let mut now = first.commit == Commit::Now;
+    let mut group = vec![first];
+    while group.len() < MAX_GROUP {
+        let next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) if now => None,
+            Err(_) => match deadline.checked_duration_since(Instant::now()) {
+                None => None,
+                // Timed out, or the queue closed: the group is what it is.
+                Some(left) => rx.recv_timeout(left).ok(),
+            },
+        };
+        let Some(job) = next else { break };
+        now |= job.commit == Commit::Now;
+        group.push(job);
+    }
+    Some(group)
+}
+
+fn commit_loop(conn: Connection, rx: Receiver<Job>) {
+    while let Some(group) = next_group(&rx) {
+        let begun = exec(&conn, "BEGIN IMMEDIATE");
         let mut wakes = Vec::with_capacity(group.len());
         let commit = match begun {
             Err(e) => {
                 // Nothing runs; every writer of the group gets the error.
                 for job in group {
-                    wakes.push(job(None));
+                    wakes.push((job.work)(None));
                 }
                 Err(e.to_string())
             }
             Ok(()) => {
                 for job in group {
-                    wakes.push(job(Some(&conn)));
+                    wakes.push((job.work)(Some(&conn)));
                 }
-                conn.execute_batch("COMMIT").map_err(|e| {
+                exec(&conn, "COMMIT").map_err(|e| {
                     let _ = conn.execute_batch("ROLLBACK");
                     e.to_string()
                 })
@@ -245,8 +386,78 @@ fn commit_loop(conn: Connection, rx: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
+type Read = Box<dyn FnOnce(&Connection) + Send>;
+
+/// [`READERS`] threads, each with its own connection, taking reads from one queue. In WAL
+/// mode a reader sees the last commit and never waits for the one under way.
+struct Readers {
+    queue: Option<Sender<Read>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Readers {
+    fn start(path: &Path) -> Result<Readers> {
+        let (tx, rx) = std::sync::mpsc::channel::<Read>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(READERS);
+        for i in 0..READERS {
+            let conn = Connection::open(path)?;
+            configure(&conn)?;
+            let rx = rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("shiphat-store-read-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held while this thread waits for the next read: the
+                        // others wait their turn at the queue, not on a read in progress.
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            Ok(read) => read(&conn),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|source| Error::Open {
+                    path: "reader thread".into(),
+                    source,
+                })?;
+            threads.push(thread);
+        }
+        Ok(Readers {
+            queue: Some(tx),
+            threads,
+        })
+    }
+
+    fn submit<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Pending<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
+        let read: Read = Box::new(move |conn| {
+            let _ = tx.send(guarded(|| work(conn)));
+        });
+        let queue = self
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the store");
+        let _ = queue.send(read);
+        pending(rx)
+    }
+}
+
+impl Drop for Readers {
+    fn drop(&mut self) {
+        self.queue.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path`, migrating an older schema; refuses
+    /// ([`Error::TooNew`]) a database written by a newer shiphat.
     /// The data directory it creates is `0700` and the database file `0600` (SQLite gives its
     /// `-wal` and `-shm` files the database's mode): runs' inputs, outputs, logs and the token
     /// hashes are nobody else's to read.
@@ -267,28 +478,27 @@ impl SqliteStore {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
         file.open(path).map_err(open_error(path))?;
-        let writer = Connection::open(path)?;
+        let mut writer = Connection::open(path)?;
         configure(&writer)?;
-        writer.execute_batch(SCHEMA)?;
-        let reader = Connection::open(path)?;
-        configure(&reader)?;
+        migrate(&mut writer, path)?;
         Ok(SqliteStore {
+            readers: Readers::start(path)?,
             committer: Committer::start(writer)?,
-            reader: Mutex::new(reader),
         })
     }
 
-    fn read(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves SQLite consistent, so a poisoned lock is
-        // still safe to use.
-        self.reader.lock().unwrap_or_else(|e| e.into_inner())
+    fn read<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Pending<R> {
+        self.readers.submit(work)
     }
 
     fn write<R: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
-    ) -> Result<R> {
-        self.committer.write(work)
+    ) -> Pending<R> {
+        self.committer.submit(Commit::Now, work)
     }
 }
 
@@ -314,9 +524,7 @@ const APPEND_DETAIL: &str = "CASE WHEN ?3 IS NULL THEN detail \
 const RUN_COLUMNS: &str = "id, workflow, inputs, principal, dry_run, concurrency_key, \
     idempotency_key, status, detail, created_ms, started_ms, finished_ms";
 
-fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String, String)> {
-    let status: String = row.get(7)?;
-    let inputs: String = row.get(2)?;
+fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String)> {
     Ok((
         Run {
             id: row.get(0)?,
@@ -326,24 +534,14 @@ fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String, String)> {
             dry_run: row.get(4)?,
             concurrency_key: row.get(5)?,
             idempotency_key: row.get(6)?,
-            status: RunStatus::Queued,
+            status: row.get(7)?,
             detail: row.get(8)?,
             created_ms: row.get(9)?,
             started_ms: row.get(10)?,
             finished_ms: row.get(11)?,
         },
-        status,
-        inputs,
+        row.get(2)?,
     ))
-}
-
-fn finish_run((mut run, status, inputs): (Run, String, String)) -> Result<Run> {
-    run.status = RunStatus::parse(&status).ok_or_else(|| Error::Corrupt {
-        table: "runs",
-        message: format!("unknown status `{status}` of run `{}`", run.id),
-    })?;
-    run.inputs = json(&inputs, "runs")?;
-    Ok(run)
 }
 
 fn json(text: &str, table: &'static str) -> Result<Value> {
@@ -358,17 +556,23 @@ fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
     let rows = stmt
         .query_map(params, run_from_row)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    rows.into_iter().map(finish_run).collect()
-}
-
-fn split(text: &str) -> Vec<String> {
-    text.split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
+    rows.into_iter()
+        .map(|(mut run, inputs)| {
+            run.inputs = json(&inputs, "runs")?;
+            Ok(run)
+        })
         .collect()
 }
 
-fn create_run(tx: &Connection, run: &NewRun) -> Result<(Run, bool)> {
+/// A JSON array of strings, as roles and patterns are stored.
+fn string_list(text: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt {
+        table: "tokens",
+        message: format!("`{text}` is not a list of strings: {e}"),
+    })
+}
+
+fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bool)> {
     if let Some(key) = &run.idempotency_key {
         let existing = query_runs(
             tx,
@@ -381,21 +585,28 @@ fn create_run(tx: &Connection, run: &NewRun) -> Result<(Run, bool)> {
             return Ok((existing, false));
         }
     }
+    if queued_of(tx, &run.principal)? >= max_queued {
+        return Err(Error::TooManyQueued {
+            principal: run.principal.clone(),
+            max: max_queued,
+        });
+    }
     let created_ms = now_ms();
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-         idempotency_key, status, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8)",
-        params![
-            run.id,
-            run.workflow,
-            run.inputs.to_string(),
-            run.principal,
-            run.dry_run,
-            run.concurrency_key,
-            run.idempotency_key,
-            created_ms
-        ],
-    )?;
+         idempotency_key, status, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        run.id,
+        run.workflow,
+        run.inputs.to_string(),
+        run.principal,
+        run.dry_run,
+        run.concurrency_key,
+        run.idempotency_key,
+        RunStatus::Queued,
+        created_ms
+    ])?;
     Ok((
         Run {
             id: run.id.clone(),
@@ -415,46 +626,82 @@ fn create_run(tx: &Connection, run: &NewRun) -> Result<(Run, bool)> {
     ))
 }
 
+fn queued_of(conn: &Connection, principal: &str) -> Result<u64> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM runs WHERE status = ?1 AND principal = ?2")?
+        .query_row(params![RunStatus::Queued, principal], |row| row.get(0))?)
+}
+
+fn transition(
+    conn: &Connection,
+    run: &str,
+    from: &[RunStatus],
+    to: RunStatus,
+    detail: Option<&str>,
+) -> Result<bool> {
+    let changed = conn
+        .prepare_cached(&format!(
+            "UPDATE runs SET status = ?2, detail = {APPEND_DETAIL}, \
+               started_ms = CASE WHEN ?5 THEN ?4 ELSE started_ms END, \
+               finished_ms = CASE WHEN ?6 THEN ?4 ELSE finished_ms END \
+             WHERE id = ?1 AND status IN (SELECT value FROM json_each(?7))"
+        ))?
+        .execute(params![
+            run,
+            to,
+            detail,
+            now_ms(),
+            to == RunStatus::Running,
+            to.is_terminal(),
+            status_set(from)
+        ])?;
+    Ok(changed == 1)
+}
+
 fn append_event(
     tx: &Connection,
     run: &str,
     event: &str,
-    change: Option<&StepChange>,
+    change: Option<&Change>,
 ) -> Result<Option<i64>> {
-    let status: Option<String> = tx
-        .query_row(
-            "SELECT status FROM runs WHERE id = ?1",
-            params![run],
-            |row| row.get(0),
-        )
+    let status: Option<RunStatus> = tx
+        .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
+        .query_row(params![run], |row| row.get(0))
         .optional()?;
-    if status.as_deref() != Some("running") {
+    if status != Some(RunStatus::Running) {
         return Ok(None);
     }
-    tx.execute(
-        "INSERT INTO events (run_id, body) VALUES (?1, ?2)",
-        params![run, event],
-    )?;
+    tx.prepare_cached("INSERT INTO events (run_id, body) VALUES (?1, ?2)")?
+        .execute(params![run, event])?;
     let seq = tx.last_insert_rowid();
     let now = now_ms();
     match change {
         None => {}
-        Some(StepChange::Started {
+        Some(Change::StepStarted {
             step,
             section,
             attempt,
         }) => {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO steps (run_id, step, section, status, attempts, started_ms, seq) \
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6) \
-                 ON CONFLICT (run_id, step) DO UPDATE SET status = 'running', \
+                 VALUES (?1, ?2, ?3, ?7, ?4, ?5, ?6) \
+                 ON CONFLICT (run_id, step) DO UPDATE SET status = ?7, \
                    attempts = excluded.attempts, \
-                   started_ms = CASE WHEN steps.status = 'interrupted' \
+                   started_ms = CASE WHEN steps.status = ?8 \
                      THEN excluded.started_ms ELSE steps.started_ms END",
-                params![run, step, section, attempt, now, seq],
-            )?;
+            )?
+            .execute(params![
+                run,
+                step,
+                section,
+                attempt,
+                now,
+                seq,
+                StepState::Running,
+                StepState::Interrupted
+            ])?;
         }
-        Some(StepChange::Finished {
+        Some(Change::StepFinished {
             step,
             section,
             status,
@@ -465,8 +712,9 @@ fn append_event(
             error,
             continued,
         }) => {
-            let changed = tx.execute(
-                "INSERT INTO steps (run_id, step, section, status, attempts, finished_ms, \
+            let changed = tx
+                .prepare_cached(
+                    "INSERT INTO steps (run_id, step, section, status, attempts, finished_ms, \
                    duration_ms, summary, outputs, error, continued, seq) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
                  ON CONFLICT (run_id, step) DO UPDATE SET status = excluded.status, \
@@ -475,7 +723,8 @@ fn append_event(
                    outputs = excluded.outputs, error = excluded.error, \
                    continued = excluded.continued \
                  WHERE steps.finished_ms IS NULL",
-                params![
+                )?
+                .execute(params![
                     run,
                     step,
                     section,
@@ -488,8 +737,7 @@ fn append_event(
                     error.to_string(),
                     continued,
                     seq
-                ],
-            )?;
+                ])?;
             if changed != 1 {
                 return Err(Error::StepAlreadyFinished {
                     run: run.to_owned(),
@@ -497,79 +745,143 @@ fn append_event(
                 });
             }
         }
+        Some(Change::RunEnded { status, detail }) => {
+            transition(tx, run, &[RunStatus::Running], *status, detail.as_deref())?;
+        }
     }
     Ok(Some(seq))
 }
 
-impl Store for SqliteStore {
-    fn create_run(&self, run: &NewRun) -> Result<(Run, bool)> {
-        let run = run.clone();
-        self.write(move |tx| create_run(tx, &run))
-    }
-
-    fn run(&self, id: &str) -> Result<Option<Run>> {
-        let conn = self.read();
-        Ok(query_runs(
-            &conn,
-            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
-            params![id],
-        )?
-        .into_iter()
-        .next())
-    }
-
-    fn steps(&self, run: &str) -> Result<Vec<StepRecord>> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(
-            "SELECT step, section, status, attempts, started_ms, finished_ms, duration_ms, \
-             summary, outputs, error, continued FROM steps WHERE run_id = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt
-            .query_map(params![run], |row| {
-                Ok((
-                    StepRecord {
-                        step: row.get(0)?,
-                        section: row.get(1)?,
-                        status: row.get(2)?,
-                        attempts: row.get(3)?,
-                        started_ms: row.get(4)?,
-                        finished_ms: row.get(5)?,
-                        duration_ms: row.get(6)?,
-                        summary: row.get(7)?,
-                        outputs: Value::Null,
-                        error: Value::Null,
-                        continued: row.get(10)?,
-                    },
-                    row.get::<_, String>(8)?,
-                    row.get::<_, String>(9)?,
-                ))
+fn interrupt_running(tx: &Connection) -> Result<Vec<Interrupted>> {
+    let running = query_runs(
+        tx,
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY id"),
+        params![RunStatus::Running],
+    )?;
+    let mut out = Vec::new();
+    for run in running {
+        let in_flight = tx
+            .prepare_cached(
+                "SELECT step FROM steps WHERE run_id = ?1 AND status = ?2 ORDER BY seq",
+            )?
+            .query_map(params![run.id, StepState::Running], |row| {
+                row.get::<_, String>(0)
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(mut step, outputs, error)| {
-                step.outputs = json(&outputs, "steps")?;
-                step.error = json(&error, "steps")?;
-                Ok(step)
-            })
-            .collect()
+        tx.prepare_cached("UPDATE steps SET status = ?3 WHERE run_id = ?1 AND status = ?2")?
+            .execute(params![run.id, StepState::Running, StepState::Interrupted])?;
+        let detail = if in_flight.is_empty() {
+            "interrupted between steps".to_owned()
+        } else {
+            format!("interrupted during step `{}`", in_flight.join("`, `"))
+        };
+        transition(
+            tx,
+            &run.id,
+            &[RunStatus::Running],
+            RunStatus::Interrupted,
+            Some(&detail),
+        )?;
+        out.push(Interrupted {
+            run: run.id,
+            workflow: run.workflow,
+            in_flight,
+        });
+    }
+    Ok(out)
+}
+
+fn token_from_row(row: &Row) -> rusqlite::Result<(TokenRecord, String, String)> {
+    Ok((
+        TokenRecord {
+            name: row.get(0)?,
+            roles: Vec::new(),
+            patterns: Vec::new(),
+            created_ms: row.get(3)?,
+        },
+        row.get(1)?,
+        row.get(2)?,
+    ))
+}
+
+fn finish_token(
+    (mut token, roles, patterns): (TokenRecord, String, String),
+) -> Result<TokenRecord> {
+    token.roles = string_list(&roles)?;
+    token.patterns = string_list(&patterns)?;
+    Ok(token)
+}
+
+impl AsyncStore for SqliteStore {
+    fn create_run(&self, run: &NewRun, max_queued: u64) -> Pending<(Run, bool)> {
+        let run = run.clone();
+        self.write(move |tx| create_run(tx, &run, max_queued))
     }
 
-    fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>> {
-        let conn = self.read();
-        query_runs(
-            &conn,
-            &format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR workflow = ?1) \
-                 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3) \
-                 ORDER BY id DESC LIMIT ?4"
-            ),
-            params![
-                filter.workflow,
-                filter.status.map(RunStatus::as_str),
-                filter.before,
-                filter.limit
-            ],
-        )
+    fn run(&self, id: &str) -> Pending<Option<Run>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            Ok(query_runs(
+                conn,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+                params![id],
+            )?
+            .into_iter()
+            .next())
+        })
+    }
+
+    fn steps(&self, run: &str) -> Pending<Vec<StepRecord>> {
+        let run = run.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT step, section, status, attempts, started_ms, finished_ms, duration_ms, \
+                 summary, outputs, error, continued FROM steps WHERE run_id = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map(params![run], |row| {
+                    Ok((
+                        StepRecord {
+                            step: row.get(0)?,
+                            section: row.get(1)?,
+                            status: row.get(2)?,
+                            attempts: row.get(3)?,
+                            started_ms: row.get(4)?,
+                            finished_ms: row.get(5)?,
+                            duration_ms: row.get(6)?,
+                            summary: row.get(7)?,
+                            outputs: Value::Null,
+                            error: Value::Null,
+                            continued: row.get(10)?,
+                        },
+                        row.get::<_, String>(8)?,
+                        row.get::<_, String>(9)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows.into_iter()
+                .map(|(mut step, outputs, error)| {
+                    step.outputs = json(&outputs, "steps")?;
+                    step.error = json(&error, "steps")?;
+                    Ok(step)
+                })
+                .collect()
+        })
+    }
+
+    fn list_runs(&self, filter: &RunFilter) -> Pending<Vec<Run>> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            query_runs(
+                conn,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR workflow = ?1) \
+                     AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3) \
+                     ORDER BY id DESC LIMIT ?4"
+                ),
+                params![filter.workflow, filter.status, filter.before, filter.limit],
+            )
+        })
     }
 
     fn transition(
@@ -578,145 +890,72 @@ impl Store for SqliteStore {
         from: &[RunStatus],
         to: RunStatus,
         detail: Option<&str>,
-    ) -> Result<bool> {
-        let from = from
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+    ) -> Pending<bool> {
         let run = run.to_owned();
+        let from = from.to_vec();
         let detail = detail.map(str::to_owned);
-        self.write(move |conn| {
-        let now = now_ms();
-        let changed = conn.execute(
-            &format!("UPDATE runs SET status = ?2, detail = {APPEND_DETAIL}, \
-               started_ms = CASE WHEN ?2 = 'running' THEN ?4 ELSE started_ms END, \
-               finished_ms = CASE WHEN ?2 IN ('succeeded', 'failed', 'cancelled') THEN ?4 ELSE finished_ms END \
-             WHERE id = ?1 AND instr(',' || ?5 || ',', ',' || status || ',') > 0"),
-            params![run, to.as_str(), detail, now, from],
-        )?;
-        Ok(changed == 1)
-        })
+        self.write(move |conn| transition(conn, &run, &from, to, detail.as_deref()))
     }
 
     fn append_event(
         &self,
         run: &str,
         event: &str,
-        change: Option<&StepChange>,
-    ) -> Result<Option<i64>> {
+        change: Option<&Change>,
+        commit: Commit,
+    ) -> Pending<Option<i64>> {
         let run = run.to_owned();
         let event = event.to_owned();
         let change = change.cloned();
-        self.write(move |tx| append_event(tx, &run, &event, change.as_ref()))
-    }
-
-    fn append_log(&self, run: &str, event: &str) -> Result<()> {
-        let run = run.to_owned();
-        let event = event.to_owned();
-        self.committer
-            .submit(false, move |tx| append_event(tx, &run, &event, None))?;
-        Ok(())
-    }
-
-    fn events(&self, run: &str, after: i64, limit: u32) -> Result<Vec<(i64, String)>> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, body FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt
-            .query_map(params![run, after, limit], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    }
-
-    fn interrupt_running(&self) -> Result<Vec<Interrupted>> {
-        self.write(|tx| {
-            let running = query_runs(
-                tx,
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' ORDER BY id"),
-                [],
-            )?;
-            let mut out = Vec::new();
-            for run in running {
-                let in_flight = {
-                    let mut stmt = tx.prepare_cached(
-                    "SELECT step FROM steps WHERE run_id = ?1 AND status = 'running' ORDER BY seq",
-                )?;
-                    stmt.query_map(params![run.id], |row| row.get::<_, String>(0))?
-                        .collect::<rusqlite::Result<Vec<_>>>()?
-                };
-                tx.execute(
-                "UPDATE steps SET status = 'interrupted' WHERE run_id = ?1 AND status = 'running'",
-                params![run.id],
-            )?;
-                let detail = if in_flight.is_empty() {
-                    "interrupted between steps".to_owned()
-                } else {
-                    format!("interrupted during step `{}`", in_flight.join("`, `"))
-                };
-                tx.execute(
-                    &format!("UPDATE runs SET status = ?2, detail = {APPEND_DETAIL} WHERE id = ?1"),
-                    params![run.id, RunStatus::Interrupted.as_str(), detail],
-                )?;
-                out.push(Interrupted {
-                    run: run.id,
-                    workflow: run.workflow,
-                    in_flight,
-                });
-            }
-            Ok(out)
+        self.committer.submit(commit, move |tx| {
+            append_event(tx, &run, &event, change.as_ref())
         })
     }
 
-    fn runs_with_status(&self, status: RunStatus) -> Result<Vec<Run>> {
-        let conn = self.read();
-        query_runs(
-            &conn,
-            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY id"),
-            params![status.as_str()],
-        )
+    fn events(&self, run: &str, after: i64, limit: u32) -> Pending<Vec<(i64, String)>> {
+        let run = run.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, body FROM events WHERE run_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![run, after, limit], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
-    fn queued_of(&self, principal: &str) -> Result<u64> {
-        let conn = self.read();
-        Ok(conn.query_row(
-            "SELECT count(*) FROM runs WHERE status = 'queued' AND principal = ?1",
-            params![principal],
-            |row| row.get(0),
-        )?)
+    fn interrupt_running(&self) -> Pending<Vec<Interrupted>> {
+        self.write(interrupt_running)
     }
 
-    fn lock(&self, key: &str) -> Result<Option<Lock>> {
-        Ok(self.locks()?.into_iter().find(|l| l.key == key))
+    fn runs_with_status(&self, status: RunStatus) -> Pending<Vec<Run>> {
+        self.read(move |conn| {
+            query_runs(
+                conn,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY id"),
+                params![status],
+            )
+        })
     }
 
-    fn locks(&self) -> Result<Vec<Lock>> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(
-            "SELECT key, owner, reason, created_ms, expires_ms FROM locks ORDER BY key",
-        )?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(Lock {
-                    key: row.get(0)?,
-                    owner: row.get(1)?,
-                    reason: row.get(2)?,
-                    created_ms: row.get(3)?,
-                    expires_ms: row.get(4)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        let now = now_ms();
-        Ok(rows
-            .into_iter()
-            .filter(|l| l.expires_ms.is_none_or(|e| e > now))
-            .collect())
+    fn queued_of(&self, principal: &str) -> Pending<u64> {
+        let principal = principal.to_owned();
+        self.read(move |conn| queued_of(conn, &principal))
     }
 
-    fn put_lock(&self, lock: &Lock) -> Result<()> {
+    fn lock(&self, key: &str) -> Pending<Option<Lock>> {
+        let key = key.to_owned();
+        self.read(move |conn| Ok(locks(conn)?.into_iter().find(|l| l.key == key)))
+    }
+
+    fn locks(&self) -> Pending<Vec<Lock>> {
+        self.read(locks)
+    }
+
+    fn put_lock(&self, lock: &Lock) -> Pending<()> {
         let lock = lock.clone();
         self.write(move |conn| {
             conn.execute(
@@ -734,85 +973,76 @@ impl Store for SqliteStore {
         })
     }
 
-    fn delete_lock(&self, key: &str) -> Result<bool> {
+    fn delete_lock(&self, key: &str) -> Pending<bool> {
         let key = key.to_owned();
         self.write(move |conn| {
             Ok(conn.execute("DELETE FROM locks WHERE key = ?1", params![key])? == 1)
         })
     }
 
-    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Result<()> {
+    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Pending<()> {
         let sha256_hex = sha256_hex.to_owned();
         let token = token.clone();
         self.write(move |conn| {
-        // Checked in the same transaction as the insert, so two concurrent creations (the
-        // API and `shiphat token create` beside it) cannot both find the name free.
-        let taken: bool = conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM tokens WHERE name = ?1)",
-            params![token.name],
-            |row| row.get(0),
-        )?;
-        if taken {
-            return Err(Error::NameTaken { name: token.name });
-        }
-        conn.execute(
-            "INSERT INTO tokens (sha256, name, roles, patterns, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                sha256_hex,
-                token.name,
-                token.roles.join(","),
-                token.patterns.join(","),
-                token.created_ms
-            ],
-        )?;
-        Ok(())
+            // Checked in the same transaction as the insert, so two concurrent creations (the
+            // API and `shiphat token create` beside it) cannot both find the name free.
+            let taken: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM tokens WHERE name = ?1)",
+                params![token.name],
+                |row| row.get(0),
+            )?;
+            if taken {
+                return Err(Error::NameTaken { name: token.name });
+            }
+            conn.execute(
+                "INSERT INTO tokens (sha256, name, roles, patterns, created_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    sha256_hex,
+                    token.name,
+                    Value::from(token.roles.clone()).to_string(),
+                    Value::from(token.patterns.clone()).to_string(),
+                    token.created_ms
+                ],
+            )?;
+            Ok(())
         })
     }
 
-    fn token(&self, sha256_hex: &str) -> Result<Option<TokenRecord>> {
-        let conn = self.read();
-        Ok(conn
-            .query_row(
+    fn token(&self, sha256_hex: &str) -> Pending<Option<TokenRecord>> {
+        let sha256_hex = sha256_hex.to_owned();
+        self.read(move |conn| {
+            conn.prepare_cached(
                 "SELECT name, roles, patterns, created_ms FROM tokens WHERE sha256 = ?1",
-                params![sha256_hex],
-                |row| {
-                    Ok(TokenRecord {
-                        name: row.get(0)?,
-                        roles: split(&row.get::<_, String>(1)?),
-                        patterns: split(&row.get::<_, String>(2)?),
-                        created_ms: row.get(3)?,
-                    })
-                },
-            )
-            .optional()?)
+            )?
+            .query_row(params![sha256_hex], token_from_row)
+            .optional()?
+            .map(finish_token)
+            .transpose()
+        })
     }
 
-    fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(
-            "SELECT name, roles, patterns, created_ms FROM tokens ORDER BY name, created_ms",
-        )?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(TokenRecord {
-                    name: row.get(0)?,
-                    roles: split(&row.get::<_, String>(1)?),
-                    patterns: split(&row.get::<_, String>(2)?),
-                    created_ms: row.get(3)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+    fn tokens(&self) -> Pending<Vec<TokenRecord>> {
+        self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT name, roles, patterns, created_ms FROM tokens ORDER BY name, created_ms",
+            )?
+            .query_map([], token_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .map(finish_token)
+            .collect()
+        })
     }
 
-    fn delete_token(&self, name: &str) -> Result<bool> {
+    fn delete_token(&self, name: &str) -> Pending<bool> {
         let name = name.to_owned();
         self.write(move |conn| {
             Ok(conn.execute("DELETE FROM tokens WHERE name = ?1", params![name])? > 0)
         })
     }
 
-    fn audit(&self, entry: &AuditEntry) -> Result<()> {
+    fn audit(&self, entry: &AuditEntry) -> Pending<()> {
         let capped = |text: &str| crate::cap(text, crate::MAX_AUDIT_FIELD).into_owned();
         let entry = AuditEntry {
             principal: entry.principal.as_deref().map(capped),
@@ -840,53 +1070,86 @@ impl Store for SqliteStore {
         })
     }
 
-    fn audit_log(&self, limit: u32) -> Result<Vec<AuditEntry>> {
-        let conn = self.read();
-        let mut stmt = conn.prepare_cached(
-            "SELECT at_ms, principal, action, target, remote, status, outcome FROM audit \
-             ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = stmt
-            .query_map(params![limit], |row| {
-                Ok(AuditEntry {
-                    at_ms: row.get(0)?,
-                    principal: row.get(1)?,
-                    action: row.get(2)?,
-                    target: row.get(3)?,
-                    remote: row.get(4)?,
-                    status: row.get(5)?,
-                    outcome: row.get(6)?,
-                })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+    fn audit_log(&self, limit: u32) -> Pending<Vec<AuditEntry>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at_ms, principal, action, target, remote, status, outcome FROM audit \
+                 ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map(params![limit], |row| {
+                    Ok(AuditEntry {
+                        at_ms: row.get(0)?,
+                        principal: row.get(1)?,
+                        action: row.get(2)?,
+                        target: row.get(3)?,
+                        remote: row.get(4)?,
+                        status: row.get(5)?,
+                        outcome: row.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
-    fn prune_audit(&self, before_ms: i64) -> Result<usize> {
+    fn prune_audit(&self, before_ms: i64) -> Pending<usize> {
         self.write(move |conn| {
             Ok(conn.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])?)
         })
     }
 
-    fn prune(&self, before_ms: i64) -> Result<usize> {
+    fn prune(&self, before_ms: i64) -> Pending<usize> {
         self.write(move |conn| {
             Ok(conn.execute(
-                "DELETE FROM runs WHERE status IN ('succeeded', 'failed', 'cancelled') \
+                "DELETE FROM runs WHERE status IN (SELECT value FROM json_each(?2)) \
                  AND finished_ms < ?1",
-                params![before_ms],
+                params![before_ms, status_set(&RunStatus::TERMINAL)],
             )?)
         })
     }
 
-    fn integrity_check(&self) -> Result<String> {
-        let conn = self.read();
-        Ok(conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))?)
+    fn integrity_check(&self) -> Pending<String> {
+        self.read(|conn| Ok(conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))?))
     }
+}
+
+fn locks(conn: &Connection) -> Result<Vec<Lock>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, owner, reason, created_ms, expires_ms FROM locks ORDER BY key",
+    )?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok(Lock {
+                key: row.get(0)?,
+                owner: row.get(1)?,
+                reason: row.get(2)?,
+                created_ms: row.get(3)?,
+                expires_ms: row.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let now = now_ms();
+    Ok(rows
+        .into_iter()
+        .filter(|l| l.expires_ms.is_none_or(|e| e > now))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    // Only the blocking interface: with both traits in scope every call would be ambiguous.
+    use super::SqliteStore;
+    use crate::{
+        AuditEntry, Change, Commit, Error, Lock, NewRun, RunFilter, RunStatus, StepState, Store,
+        TokenRecord, now_ms,
+    };
+    use rusqlite::Connection;
+    use serde_json::Value;
+    use std::path::Path;
+
+    /// No cap on queued runs.
+    const ANY: u64 = u64::MAX;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -906,11 +1169,11 @@ mod tests {
         }
     }
 
-    fn finished(step: &str) -> StepChange {
-        StepChange::Finished {
+    fn finished(step: &str) -> Change {
+        Change::StepFinished {
             step: step.into(),
             section: "steps".into(),
-            status: "succeeded".into(),
+            status: StepState::Succeeded,
             attempts: 1,
             duration_ms: 1.5,
             summary: "done".into(),
@@ -923,9 +1186,9 @@ mod tests {
     #[test]
     fn idempotency_key_returns_the_first_run() {
         let (_dir, store) = store();
-        let (first, created) = store.create_run(&new_run("01a", Some("k"))).unwrap();
+        let (first, created) = store.create_run(&new_run("01a", Some("k")), ANY).unwrap();
         assert!(created);
-        let (again, created) = store.create_run(&new_run("01b", Some("k"))).unwrap();
+        let (again, created) = store.create_run(&new_run("01b", Some("k")), ANY).unwrap();
         assert!(!created);
         assert_eq!(again.id, first.id);
         assert_eq!(
@@ -943,27 +1206,30 @@ mod tests {
     #[test]
     fn events_are_refused_unless_running_and_steps_finish_once() {
         let (_dir, store) = store();
-        store.create_run(&new_run("01a", None)).unwrap();
-        assert_eq!(store.append_event("01a", "{}", None).unwrap(), None);
+        store.create_run(&new_run("01a", None), ANY).unwrap();
+        assert_eq!(
+            store.append_event("01a", "{}", None, Commit::Now).unwrap(),
+            None
+        );
         assert!(
             store
                 .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
                 .unwrap()
         );
-        let start = StepChange::Started {
+        let start = Change::StepStarted {
             step: "s".into(),
             section: "steps".into(),
             attempt: 1,
         };
         store
-            .append_event("01a", "{\"e\":1}", Some(&start))
+            .append_event("01a", "{\"e\":1}", Some(&start), Commit::Now)
             .unwrap()
             .unwrap();
         store
-            .append_event("01a", "{\"e\":2}", Some(&finished("s")))
+            .append_event("01a", "{\"e\":2}", Some(&finished("s")), Commit::Now)
             .unwrap()
             .unwrap();
-        let again = store.append_event("01a", "{\"e\":3}", Some(&finished("s")));
+        let again = store.append_event("01a", "{\"e\":3}", Some(&finished("s")), Commit::Now);
         assert!(
             matches!(again, Err(Error::StepAlreadyFinished { .. })),
             "{again:?}"
@@ -978,16 +1244,18 @@ mod tests {
     #[test]
     fn interrupt_running_names_the_step_in_flight() {
         let (_dir, store) = store();
-        store.create_run(&new_run("01a", None)).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
         store
             .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
             .unwrap();
-        let start = StepChange::Started {
+        let start = Change::StepStarted {
             step: "deploy".into(),
             section: "steps".into(),
             attempt: 1,
         };
-        store.append_event("01a", "{}", Some(&start)).unwrap();
+        store
+            .append_event("01a", "{}", Some(&start), Commit::Now)
+            .unwrap();
         let interrupted = store.interrupt_running().unwrap();
         assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
         let run = store.run("01a").unwrap().unwrap();
@@ -1004,7 +1272,7 @@ mod tests {
         let runs = 16;
         for r in 0..runs {
             let id = format!("01{r:02}");
-            store.create_run(&new_run(&id, None)).unwrap();
+            store.create_run(&new_run(&id, None), ANY).unwrap();
             store
                 .transition(&id, &[RunStatus::Queued], RunStatus::Running, None)
                 .unwrap();
@@ -1016,20 +1284,34 @@ mod tests {
                     let id = format!("01{r:02}");
                     for s in 0..50 {
                         let step = format!("s{s}");
-                        let start = StepChange::Started {
+                        let start = Change::StepStarted {
                             step: step.clone(),
                             section: "steps".into(),
                             attempt: 1,
                         };
-                        store.append_event(&id, "{}", Some(&start)).unwrap();
-                        store.append_log(&id, "{\"event\":\"log\"}").unwrap();
                         store
-                            .append_event(&id, "{}", Some(&finished(&step)))
+                            .append_event(&id, "{}", Some(&start), Commit::Now)
+                            .unwrap();
+                        // Queued without waiting; the end below commits it.
+                        drop(crate::AsyncStore::append_event(
+                            &*store,
+                            &id,
+                            "{\"event\":\"log\"}",
+                            None,
+                            Commit::Soon,
+                        ));
+                        store
+                            .append_event(&id, "{}", Some(&finished(&step)), Commit::Now)
                             .unwrap()
                             .unwrap();
                         // Refused, and undone alone: the writes grouped with it stay.
                         assert!(matches!(
-                            store.append_event(&id, "{\"again\":1}", Some(&finished(&step))),
+                            store.append_event(
+                                &id,
+                                "{\"again\":1}",
+                                Some(&finished(&step)),
+                                Commit::Now
+                            ),
                             Err(Error::StepAlreadyFinished { .. })
                         ));
                     }
@@ -1043,7 +1325,7 @@ mod tests {
             let id = format!("01{r:02}");
             let steps = store.steps(&id).unwrap();
             assert_eq!(steps.len(), 50);
-            assert!(steps.iter().all(|s| s.status == "succeeded"));
+            assert!(steps.iter().all(|s| s.status == StepState::Succeeded));
             let events = store.events(&id, 0, 1000).unwrap();
             // Start, log and end per step, in the order written; no refused write left a trace.
             assert_eq!(events.len(), 150);
@@ -1057,17 +1339,25 @@ mod tests {
     #[test]
     fn a_write_is_on_disk_when_it_returns_and_logs_before_the_next_write() {
         let (dir, store) = store();
-        store.create_run(&new_run("01a", None)).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
         store
             .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
             .unwrap();
-        store.append_log("01a", "{\"log\":1}").unwrap();
-        let start = StepChange::Started {
+        drop(crate::AsyncStore::append_event(
+            &store,
+            "01a",
+            "{\"log\":1}",
+            None,
+            Commit::Soon,
+        ));
+        let start = Change::StepStarted {
             step: "s".into(),
             section: "steps".into(),
             attempt: 1,
         };
-        store.append_event("01a", "{}", Some(&start)).unwrap();
+        store
+            .append_event("01a", "{}", Some(&start), Commit::Now)
+            .unwrap();
         // Another connection (as after a crash) sees both.
         let other = Connection::open(dir.path().join("db/shiphat.sqlite")).unwrap();
         let count: i64 = other
@@ -1111,7 +1401,7 @@ mod tests {
     fn a_change_of_state_keeps_the_detail() {
         // Moving a resumed run to `running` wiped its `resumed by` detail.
         let (_dir, store) = store();
-        store.create_run(&new_run("01a", None)).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
         let move_to = |from, to, detail| store.transition("01a", &[from], to, detail).unwrap();
         assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
         store.interrupt_running().unwrap();
@@ -1146,8 +1436,8 @@ mod tests {
     #[test]
     fn prune_keeps_unfinished_runs() {
         let (_dir, store) = store();
-        store.create_run(&new_run("01a", None)).unwrap();
-        store.create_run(&new_run("01b", None)).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
+        store.create_run(&new_run("01b", None), ANY).unwrap();
         store
             .transition("01a", &[RunStatus::Queued], RunStatus::Succeeded, None)
             .unwrap();
@@ -1217,5 +1507,152 @@ mod tests {
         assert_eq!(store.lock("web").unwrap().unwrap().owner, "ops");
         assert!(store.delete_lock("web").unwrap());
         assert!(!store.delete_lock("web").unwrap());
+    }
+
+    /// The schema as shiphat wrote it before it had a version (`user_version` 0), with a
+    /// token's roles and patterns joined with commas.
+    const UNVERSIONED: &str = "
+CREATE TABLE runs (id TEXT PRIMARY KEY, workflow TEXT NOT NULL, inputs TEXT NOT NULL,
+    principal TEXT NOT NULL, dry_run INTEGER NOT NULL, concurrency_key TEXT,
+    idempotency_key TEXT, status TEXT NOT NULL, detail TEXT, created_ms INTEGER NOT NULL,
+    started_ms INTEGER, finished_ms INTEGER);
+CREATE UNIQUE INDEX runs_idempotency ON runs (principal, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX runs_status ON runs (status);
+CREATE INDEX runs_workflow ON runs (workflow);
+CREATE TABLE steps (run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    step TEXT NOT NULL, section TEXT NOT NULL, status TEXT NOT NULL, attempts INTEGER NOT NULL,
+    started_ms INTEGER, finished_ms INTEGER, duration_ms REAL, summary TEXT NOT NULL DEFAULT '',
+    outputs TEXT NOT NULL DEFAULT '{}', error TEXT NOT NULL DEFAULT 'null',
+    continued INTEGER NOT NULL DEFAULT 0, seq INTEGER NOT NULL, PRIMARY KEY (run_id, step));
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE, body TEXT NOT NULL);
+CREATE INDEX events_run ON events (run_id, seq);
+CREATE TABLE locks (key TEXT PRIMARY KEY, owner TEXT NOT NULL, reason TEXT NOT NULL,
+    created_ms INTEGER NOT NULL, expires_ms INTEGER);
+CREATE TABLE tokens (sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, roles TEXT NOT NULL,
+    patterns TEXT NOT NULL, created_ms INTEGER NOT NULL);
+CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at_ms INTEGER NOT NULL,
+    principal TEXT, action TEXT NOT NULL, target TEXT NOT NULL, remote TEXT NOT NULL,
+    status INTEGER NOT NULL, outcome TEXT NOT NULL);
+INSERT INTO runs (id, workflow, inputs, principal, dry_run, status, created_ms, finished_ms)
+    VALUES ('01a', 'wf', '{}', 'ci', 0, 'succeeded', 1, 2);
+INSERT INTO steps (run_id, step, section, status, attempts, seq)
+    VALUES ('01a', 's', 'steps', 'succeeded', 1, 1);
+INSERT INTO tokens VALUES ('aa', 'ci', 'deployer,viewer', 'web/*,api/*', 1);
+INSERT INTO tokens VALUES ('bb', 'ro', 'viewer', '', 1);
+";
+
+    fn user_version(path: &Path) -> i64 {
+        Connection::open(path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn an_older_database_is_migrated_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shiphat.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(UNVERSIONED)
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        let ci = store.token("aa").unwrap().unwrap();
+        assert_eq!(ci.roles, ["deployer", "viewer"]);
+        assert_eq!(ci.patterns, ["web/*", "api/*"]);
+        assert!(store.token("bb").unwrap().unwrap().patterns.is_empty());
+        let run = store.run("01a").unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Succeeded);
+        assert_eq!(store.steps("01a").unwrap()[0].status, StepState::Succeeded);
+        drop(store);
+        assert_eq!(user_version(&path), super::VERSION);
+        // Opening it again migrates nothing twice.
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.tokens().unwrap().len(), 2);
+        drop(store);
+
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", super::VERSION + 1)
+            .unwrap();
+        let refused = SqliteStore::open(&path)
+            .err()
+            .expect("a newer schema is refused");
+        assert!(matches!(refused, Error::TooNew { .. }), "{refused:?}");
+        let message = refused.to_string();
+        assert!(
+            message.contains("newer than this shiphat knows")
+                && message.contains("run the shiphat that wrote it"),
+            "{message}"
+        );
+        // Refused without a change: the newer shiphat still finds its database as it was.
+        assert_eq!(user_version(&path), super::VERSION + 1);
+    }
+
+    #[test]
+    fn a_pattern_with_a_comma_stays_one_pattern() {
+        // Patterns were joined with commas: `web/{a,b}` came back as `web/{a` and `b}`.
+        let (_dir, store) = store();
+        let token = TokenRecord {
+            name: "ci".into(),
+            roles: vec!["deployer".into()],
+            patterns: vec!["web/{a,b}".into()],
+            created_ms: now_ms(),
+        };
+        store.add_token("aa", &token).unwrap();
+        assert_eq!(store.token("aa").unwrap().unwrap(), token);
+    }
+
+    #[test]
+    fn a_run_ends_with_its_last_event_and_a_queue_cap_is_kept() {
+        let (_dir, store) = store();
+        store.create_run(&new_run("01a", None), 1).unwrap();
+        assert!(matches!(
+            store.create_run(&new_run("01b", None), 1),
+            Err(Error::TooManyQueued { max: 1, .. })
+        ));
+        // The same request again is its first run, whatever the cap.
+        store.create_run(&new_run("01c", Some("k")), 2).unwrap();
+        let (again, created) = store.create_run(&new_run("01d", Some("k")), 0).unwrap();
+        assert_eq!((again.id.as_str(), created), ("01c", false));
+        store
+            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+            .unwrap();
+        let end = Change::RunEnded {
+            status: RunStatus::Cancelled,
+            detail: Some("cancelled by `ci`".into()),
+        };
+        assert!(
+            store
+                .append_event("01a", "{}", Some(&end), Commit::Now)
+                .unwrap()
+                .is_some()
+        );
+        let run = store.run("01a").unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Cancelled);
+        assert!(run.finished_ms.is_some());
+        assert_eq!(run.detail.as_deref(), Some("cancelled by `ci`"));
+        // Nothing more is written to an ended run.
+        assert_eq!(
+            store.append_event("01a", "{}", None, Commit::Now).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_soon_write_alone_still_commits() {
+        let (_dir, store) = store();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
+        store
+            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+            .unwrap();
+        let started = std::time::Instant::now();
+        let seq = store.append_event("01a", "{}", None, Commit::Soon).unwrap();
+        assert!(seq.is_some());
+        // Within about `SOON`: far below this bound even on a loaded machine.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(store.events("01a", 0, 10).unwrap().len(), 1);
     }
 }

@@ -119,12 +119,12 @@ pub async fn slack_commands(
             status: status.as_u16(),
             outcome,
         };
-        app.audit(entry);
+        app.audit(entry)
     };
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            audit(None, e.status(), String::new(), e.body_text());
+            audit(None, e.status(), String::new(), e.body_text()).await;
             return (e.status(), e.body_text()).into_response();
         }
     };
@@ -143,7 +143,8 @@ pub async fn slack_commands(
             StatusCode::UNAUTHORIZED,
             String::new(),
             message.clone(),
-        );
+        )
+        .await;
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({ "error": message, "field": null })),
@@ -185,7 +186,8 @@ pub async fn slack_commands(
         StatusCode::OK,
         answer.target,
         outcome,
-    );
+    )
+    .await;
     // Slack shows a non-200 answer as a failure of the app; refusals are answers too.
     Json(reply::ephemeral(&answer.text)).into_response()
 }
@@ -205,7 +207,7 @@ async fn run_command(
             target: String::new(),
             outcome: "help".into(),
         },
-        Command::Status { app: name } => status(app, slack, caller, request, name.as_deref()),
+        Command::Status { app: name } => status(app, slack, caller, request, name.as_deref()).await,
         Command::Deploy {
             app: name,
             git_ref,
@@ -233,6 +235,7 @@ async fn run_command(
                 label,
                 false,
             )
+            .await
         }
         Command::Rollback {
             app: name,
@@ -271,6 +274,7 @@ async fn run_command(
                 label,
                 true,
             )
+            .await
         }
         Command::Lock {
             app: name,
@@ -288,7 +292,7 @@ async fn run_command(
                 created_ms: shiphat_store::now_ms(),
                 expires_ms: None,
             };
-            if let Err(e) = app.store.put_lock(&lock) {
+            if let Err(e) = app.store.put_lock(&lock).await {
                 return Answer::refused(key, format!("cannot write the lock: {e}"));
             }
             Answer {
@@ -311,7 +315,7 @@ async fn run_command(
                 Ok(key) => key,
                 Err(why) => return Answer::refused(format!("{name}/{environment}"), why),
             };
-            match app.unlock(&key) {
+            match app.unlock(&key).await {
                 Ok(true) => Answer {
                     text: format!("🔓 unlocked `{}`", escape(&key)),
                     outcome: "unlocked".into(),
@@ -473,7 +477,7 @@ fn lock_key(
     clippy::too_many_arguments,
     reason = "one call site per command, each naming every part"
 )]
-fn start(
+async fn start(
     app: &Arc<App>,
     slack: &SlackConfig,
     caller: &Principal,
@@ -500,7 +504,7 @@ fn start(
         Err(why) => return Answer::refused(target, why),
     };
     for lock_key in planned.key.iter().map(String::as_str).chain([workflow]) {
-        match app.store.lock(lock_key) {
+        match app.store.lock(lock_key).await {
             Ok(None) => {}
             Ok(Some(lock)) => {
                 return Answer::refused(
@@ -539,7 +543,7 @@ fn start(
         .concurrency
         .as_ref()
         .is_none_or(|c| c.queue);
-    let (run, created) = match app.submit(new, queue, false) {
+    let (run, created) = match app.submit(new, queue, false).await {
         Ok(r) => r,
         Err(Refused::Busy { key, holder }) => {
             return Answer::refused(
@@ -621,7 +625,7 @@ fn start(
 
 /// `/deploy status [APP]`: per app and environment, what runs, what waits, what was last
 /// deployed, and any lock.
-fn status(
+async fn status(
     app: &App,
     slack: &SlackConfig,
     caller: &Principal,
@@ -643,12 +647,16 @@ fn status(
             continue;
         }
         for (environment, target) in envs {
-            let runs = match app.store.list_runs(&RunFilter {
-                workflow: Some(target.workflow.clone()),
-                status: None,
-                before: None,
-                limit: STATUS_RUNS,
-            }) {
+            let runs = match app
+                .store
+                .list_runs(&RunFilter {
+                    workflow: Some(target.workflow.clone()),
+                    status: None,
+                    before: None,
+                    limit: STATUS_RUNS,
+                })
+                .await
+            {
                 Ok(runs) => runs,
                 Err(e) => return Answer::refused(name.clone(), format!("cannot read runs: {e}")),
             };
@@ -704,7 +712,7 @@ fn status(
             .ok()
             .and_then(|(_, planned)| planned.key)
             .unwrap_or_else(|| target.workflow.clone());
-            if let Ok(Some(lock)) = app.store.lock(&key) {
+            if let Ok(Some(lock)) = app.store.lock(&key).await {
                 parts.push(format!(
                     "🔒 locked by `{}`: {}",
                     escape(&lock.owner),

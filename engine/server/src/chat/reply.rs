@@ -163,7 +163,7 @@ pub async fn follow(app: Arc<App>, f: Follow) {
         }
     };
     loop {
-        let batch = match app.store.events(&f.run_id, after, EVENT_BATCH) {
+        let batch = match app.store.events(&f.run_id, after, EVENT_BATCH).await {
             Ok(batch) => batch,
             Err(e) => {
                 tracing::error!("following run `{}` for Slack: {e}", f.run_id);
@@ -242,9 +242,9 @@ pub async fn follow(app: Arc<App>, f: Follow) {
         }
         // A run that ended without a `run_finished` (cancelled while queued, or its workflow
         // gone) ends the follow too.
-        match app.store.run(&f.run_id) {
+        match app.store.run(&f.run_id).await {
             Ok(Some(run)) if run.status.is_terminal() => {
-                match app.store.events(&f.run_id, after, 1) {
+                match app.store.events(&f.run_id, after, 1).await {
                     Ok(rest) if !rest.is_empty() => continue,
                     _ => {}
                 }
