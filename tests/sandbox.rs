@@ -713,3 +713,42 @@ fn a_lock_held_by_a_step_its_timeout_stopped_is_released() {
         run.stdout
     );
 }
+
+#[test]
+fn a_read_grant_cannot_take_a_lock() {
+    // Bug: `host.try-lock` took a file opened for reading only, so a step granted only `read`
+    // on a deploy target could hold off every deploy of it until its own timeout.
+    let dir = TestDir::new();
+    dir.write("data/lock", "");
+    let yaml = "name: locks\nsteps:\n  - id: reader\n    uses: misbehave\n    with: { mode: lock_read_only, path: data/lock }\n    allow:\n      read: [data]\n  - id: writer\n    uses: misbehave\n    needs: reader\n    if: ${{ always() }}\n    with: { mode: lock, path: data/lock }\n    allow:\n      write: [data]\n";
+    let run = dir.run(yaml, &[]);
+    let (kind, message) = run.error("reader");
+    assert_eq!(kind, "failed", "{message}");
+    assert!(message.contains("open for reading only"), "{message}");
+    assert_eq!(
+        run.step("writer")["outputs"]["taken"],
+        true,
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn only_a_write_grant_can_sync_a_filesystem() {
+    // `host.sync-filesystem` makes the disk flush everything written to a filesystem: a step
+    // may ask for it only where it may write.
+    let dir = TestDir::new();
+    dir.write("data/.keep", "");
+    dir.write("docs/.keep", "");
+    let yaml = "name: sync\nsteps:\n  - id: writer\n    uses: misbehave\n    with: { mode: sync_filesystem, path: data }\n    allow:\n      write: [data]\n  - id: reader\n    uses: misbehave\n    with: { mode: sync_filesystem, path: docs }\n    allow:\n      read: [docs]\n";
+    let run = dir.run(yaml, &[]);
+    assert_eq!(
+        run.step("writer")["outputs"]["synced"],
+        true,
+        "{}",
+        run.stdout
+    );
+    let (kind, message) = run.error("reader");
+    assert_eq!(kind, "failed", "{message}");
+    assert!(message.contains("open for reading only"), "{message}");
+}

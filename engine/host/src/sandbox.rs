@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::Descriptor;
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, OpenMode, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::beneath;
@@ -411,6 +411,15 @@ impl HostImports for StepState {
     /// releases it when the process dies. It never blocks.
     async fn try_lock(&mut self, file: Resource<Descriptor>) -> Result<bool, String> {
         let file = match self.table.get(&file) {
+            // A lock excludes writers, so only a step that may write the file may take it:
+            // a step granted only `read` on a deploy target must not be able to hold off
+            // every deploy of it for as long as its own timeout allows.
+            Ok(Descriptor::File(file)) if !file.open_mode.contains(OpenMode::WRITE) => {
+                return Err(
+                    "the file is open for reading only; open it for writing (which needs an `allow.write` grant) to lock it"
+                        .into(),
+                );
+            }
             Ok(Descriptor::File(file)) => Arc::clone(&file.file),
             Ok(Descriptor::Dir(_)) => {
                 return Err("a directory cannot be locked; lock a file in it".into());
@@ -423,6 +432,58 @@ impl HostImports for StepState {
             Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock: {e}")),
         }
     }
+
+    async fn sync_filesystem(&mut self, dir: Resource<Descriptor>) -> Result<bool, String> {
+        // Only a step that may write there may make the disk flush. A directory's open mode
+        // says nothing (wasmtime-wasi opens directories for reading); its grant's does.
+        let file = match self.table.get(&dir) {
+            Ok(Descriptor::Dir(dir)) if !dir.perms.write_not_permitted() => Arc::clone(&dir.dir),
+            Ok(Descriptor::File(file)) if file.open_mode.contains(OpenMode::WRITE) => {
+                Arc::clone(&file.file)
+            }
+            Ok(_) => {
+                return Err(
+                    "the descriptor is open for reading only; sync through one opened for writing (which needs an `allow.write` grant)"
+                        .into(),
+                );
+            }
+            Err(e) => return Err(format!("not an open descriptor: {e}")),
+        };
+        // This blocks the attempt's own thread (see `on_own_thread`), never a runtime
+        // worker, and the step's timeout still ends a step stuck in it.
+        sync_filesystem_of(&file)
+    }
+}
+
+/// `syncfs(2)` on the filesystem that holds `file`: everything written there, data and
+/// directory entries, reaches the disk. Since Linux 5.8 it also reports write-back errors
+/// that happened since `file` was opened.
+#[cfg(target_os = "linux")]
+fn sync_filesystem_of(file: &std::fs::File) -> Result<bool, String> {
+    use rustix::fs::{Mode, OFlags};
+    let failed = |e: rustix::io::Errno| format!("syncing the filesystem failed: {e}");
+    // A grant's root is held as an `O_PATH` descriptor, which `syncfs` refuses (EBADF); a
+    // descriptor of the same directory opened for reading is accepted.
+    let dir = rustix::fs::openat(
+        file,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    match dir {
+        Ok(dir) => rustix::fs::syncfs(&dir),
+        // Not a directory: a file, which `syncfs` takes as it is.
+        Err(rustix::io::Errno::NOTDIR) => rustix::fs::syncfs(file),
+        Err(e) => Err(e),
+    }
+    .map(|()| true)
+    .map_err(failed)
+}
+
+/// Elsewhere there is no call that syncs one filesystem; the plugin syncs file by file.
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystem_of(_: &std::fs::File) -> Result<bool, String> {
+    Ok(false)
 }
 
 /// The linker every plugin is instantiated with: WASI (with nothing granted unless the

@@ -13,7 +13,11 @@ use std::io::Write;
 
 use serde::Deserialize;
 use serde_json::json;
+use shiphat_plugin_sdk::bindings::shiphat::plugin::host;
 use shiphat_plugin_sdk::bindings::wasi::clocks::monotonic_clock;
+use shiphat_plugin_sdk::bindings::wasi::filesystem::types::{
+    DescriptorFlags, OpenFlags, PathFlags,
+};
 use shiphat_plugin_sdk::{
     self as sdk, Guest, Output, PluginInfo, StepError, StepInput, StepOutput,
 };
@@ -61,6 +65,8 @@ enum Mode {
     OpenFiles,
     Lock,
     LockAndLoop,
+    LockReadOnly,
+    SyncFilesystem,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +112,9 @@ impl Guest for Misbehave {
                             { "const": "big_invalid_config", "description": "Reject the config with a message of `size` bytes (2 MiB by default)." },
                             { "const": "open_files", "description": "Open the file `path` again and again, keeping every handle, until an open fails; then succeed with outputs `{\"opened\": n, \"error\": \"...\"}`." },
                             { "const": "lock", "description": "Try to lock the file `path` (`host.try-lock`), then succeed with outputs `{\"taken\": bool}`; the lock is released as the step ends." },
-                            { "const": "lock_and_loop", "description": "Lock the file `path`, failing when another holder has it, then spin forever." }
+                            { "const": "lock_and_loop", "description": "Lock the file `path`, failing when another holder has it, then spin forever." },
+                            { "const": "lock_read_only", "description": "Open the existing file `path` for reading only and try to lock it, as a step with only a read grant could; succeed with outputs `{\"taken\": bool}`." },
+                            { "const": "sync_filesystem", "description": "Sync the filesystem that holds the directory `path` (`host.sync-filesystem`); succeed with outputs `{\"synced\": bool}`." }
                         ]
                     },
                     "bytes": {
@@ -125,7 +133,7 @@ impl Guest for Misbehave {
                     },
                     "path": {
                         "type": "string",
-                        "description": "For `open_files`, `lock` and `lock_and_loop`: the file to open."
+                        "description": "For `open_files` and the `lock` modes: the file to open; for `sync_filesystem`, a directory."
                     },
                     "ms": {
                         "type": "integer",
@@ -204,6 +212,33 @@ impl Guest for Misbehave {
                 let taken = lock(config.path)?;
                 Ok(Output::new(format!("taken: {taken}"))
                     .set("taken", taken)
+                    .into())
+            }
+            Mode::LockReadOnly => {
+                let path = config.path.unwrap_or_default();
+                let fail = |e: std::io::Error| sdk::failed(format!("`{path}`: {e}"));
+                let (dir, rest) =
+                    sdk::fs::preopen_for(std::path::Path::new(&path)).map_err(fail)?;
+                let file = dir
+                    .open_at(
+                        PathFlags::empty(),
+                        &sdk::fs::slash_path(&rest),
+                        OpenFlags::empty(),
+                        DescriptorFlags::READ,
+                    )
+                    .map_err(|code| fail(sdk::fs::error("open-at", code)))?;
+                let taken =
+                    host::try_lock(&file).map_err(|e| sdk::failed(format!("`{path}`: {e}")))?;
+                Ok(Output::new(format!("taken: {taken}"))
+                    .set("taken", taken)
+                    .into())
+            }
+            Mode::SyncFilesystem => {
+                let path = config.path.unwrap_or_default();
+                let synced = sdk::fs::sync_filesystem(std::path::Path::new(&path))
+                    .map_err(|e| sdk::failed(format!("`{path}`: {e}")))?;
+                Ok(Output::new(format!("synced: {synced}"))
+                    .set("synced", synced)
                     .into())
             }
             Mode::LockAndLoop => {
