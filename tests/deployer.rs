@@ -450,7 +450,7 @@ fn traced_run(dir: &TestDir, yaml: &str) -> (Run, Vec<String>) {
             "-y",
             "-qq",
             "-e",
-            "trace=fsync,fdatasync,rename,renameat,renameat2",
+            "trace=fsync,fdatasync,syncfs,rename,renameat,renameat2",
             "-o",
         ])
         .arg(&trace)
@@ -478,7 +478,7 @@ fn synced(trace: &[String], end: &str) -> Option<usize> {
         .position(|line| line.contains("fsync(") && line.contains(&end))
 }
 
-// Without `fsync`, a deploy survived a kill but not a power cut: the rename of `current` could
+// Without syncing, a deploy survived a kill but not a power cut: the rename of `current` could
 // reach the disk before the release's files and names did, leaving `current` on empty files.
 #[test]
 fn a_durable_deploy_syncs_the_release_before_switching_current_and_the_target_after() {
@@ -505,14 +505,17 @@ fn a_durable_deploy_syncs_the_release_before_switching_current_and_the_target_af
     assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
     let synced_site: Vec<_> = trace
         .iter()
-        .filter(|line| line.contains("fsync(") && line.contains("/site"))
+        .filter(|line| {
+            (line.contains("fsync(") || line.contains("syncfs(")) && line.contains("/site")
+        })
         .collect();
     assert!(synced_site.is_empty(), "{synced_site:?}");
     assert_eq!(current(&dir), Path::new("releases/4"));
 }
 
-/// Deploys `release` by `yaml` under `strace` and checks the order: each file and directory
-/// of the release and `releases/` synced before the rename onto `current`, the target after.
+/// Deploys `release` by `yaml` under `strace` and checks the order: the release's files and
+/// directories made durable (one `syncfs` of the release's filesystem) and `releases/` synced
+/// before the rename onto `current`, the target after.
 fn assert_synced_in_order(dir: &TestDir, yaml: &str, release: &str) {
     let (run, trace) = traced_run(dir, yaml);
     assert_eq!(run.status("deploy"), "succeeded", "{}", run.stdout);
@@ -523,18 +526,26 @@ fn assert_synced_in_order(dir: &TestDir, yaml: &str, release: &str) {
         .unwrap_or_else(|| panic!("no rename to `current` in:\n{}", all()));
     let run_id = run.finished()["run_id"].as_str().unwrap();
     let partial = format!("/site/releases/.{release}.partial-{run_id}");
-    for path in [
-        format!("{partial}/index.html"),
-        format!("{partial}/assets/app.js"),
-        format!("{partial}/.shiphat-release.json"),
-        format!("{partial}/assets"),
-        partial.clone(),
-        "/site/releases".to_string(),
-    ] {
-        let at =
-            synced(&trace, &path).unwrap_or_else(|| panic!("`{path}` never synced:\n{}", all()));
-        assert!(at < switch, "`{path}` synced after the switch:\n{}", all());
-    }
+    let release_synced = trace
+        .iter()
+        .position(|line| line.contains("syncfs(") && line.contains(&format!("{partial}>)")))
+        .unwrap_or_else(|| panic!("the release's filesystem never synced:\n{}", all()));
+    let named = trace
+        .iter()
+        .position(|line| line.contains("rename") && line.contains(&format!("\"{release}\")")))
+        .unwrap_or_else(|| panic!("the release never renamed into place:\n{}", all()));
+    assert!(
+        release_synced < named,
+        "the release renamed into place before it was synced:\n{}",
+        all()
+    );
+    let at = synced(&trace, "/site/releases")
+        .unwrap_or_else(|| panic!("`/site/releases` never synced:\n{}", all()));
+    assert!(
+        at < switch,
+        "`/site/releases` synced after the switch:\n{}",
+        all()
+    );
     let target_after = trace[switch..]
         .iter()
         .any(|line| line.contains("fsync(") && line.contains("/site>)"));

@@ -4,13 +4,13 @@
 //! against the step's preopened directories, so nothing here can reach past a grant.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use sha2::{Digest, Sha256};
 use shiphat_plugin_sdk::bindings::wasi::filesystem::types::{
-    DescriptorFlags, OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, OpenFlags, PathFlags,
 };
 use shiphat_plugin_sdk::fs::{preopen_for, slash_path};
 use shiphat_plugin_sdk::{self as sdk};
@@ -68,16 +68,16 @@ impl Source {
     }
 
     /// Writes the release's files under `dest`, which must not exist yet; returns how many
-    /// files (and symlinks) it wrote and their digest (see [`digest`]). With `durable`, each
-    /// file is `fsync`ed once written (the directories are [`sync_tree`]'s job).
-    pub fn put(&self, dest: &Path, durable: bool) -> Result<(u64, String), String> {
+    /// files (and symlinks) it wrote and their digest (see [`digest`]). Nothing is synced:
+    /// that is [`sync_tree`]'s job, once for the whole release.
+    pub fn put(&self, dest: &Path) -> Result<(u64, String), String> {
         fs::create_dir(dest)
             .map_err(|e| format!("cannot create `{}`: {}", dest.display(), sdk::io_error(&e)))?;
         match self {
-            Source::Dir(dir) => tree(dir, Some((dest, durable)))
+            Source::Dir(dir) => tree(dir, Some(dest))
                 .map_err(|e| format!("copying `{}` failed: {}", dir.display(), sdk::io_error(&e))),
             Source::Tarball(file) => {
-                let count = unpack(file, dest, durable)?;
+                let count = unpack(file, dest)?;
                 // Archive order is not path order: digest what was written.
                 let digest = digest(dest).map_err(|e| {
                     format!(
@@ -123,7 +123,7 @@ fn walk(
     Ok(())
 }
 
-fn unpack(file: &Path, dest: &Path, durable: bool) -> Result<u64, String> {
+fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
     let fail = |e: io::Error| {
         format!(
             "unpacking `{}` failed: {}",
@@ -163,8 +163,7 @@ fn unpack(file: &Path, dest: &Path, durable: bool) -> Result<u64, String> {
                     .write(true)
                     .create_new(true)
                     .open(&dst)?;
-                io::copy(&mut entry, &mut out)?;
-                if durable { out.sync_all() } else { Ok(()) }
+                io::copy(&mut entry, &mut out).map(drop)
             })
         } else if kind.is_symlink() {
             n += 1;
@@ -334,14 +333,14 @@ pub fn digest(root: &Path) -> io::Result<String> {
 }
 
 /// Digests the tree under `root` and, with `copy_to`, copies it there on the same pass, so a
-/// directory source is read once (and `fsync`s each copied file when its flag says so).
-/// Returns how many files and symlinks there are.
-fn tree(root: &Path, copy_to: Option<(&Path, bool)>) -> io::Result<(u64, String)> {
+/// directory source is read once. Returns how many files and symlinks there are.
+fn tree(root: &Path, copy_to: Option<&Path>) -> io::Result<(u64, String)> {
+    let dest = copy_to.map(Dest::open).transpose()?;
     let mut items = Vec::new();
     walk(root, Path::new(""), &mut |rel, kind| {
         if kind == Kind::Dir {
-            if let Some((to, _)) = copy_to {
-                fs::create_dir(to.join(rel))?;
+            if let Some(dest) = &dest {
+                dest.create_dir(rel)?;
             }
         } else {
             items.push((slash_path(rel), rel.to_path_buf(), kind));
@@ -363,7 +362,7 @@ fn tree(root: &Path, copy_to: Option<(&Path, bool)>) -> io::Result<(u64, String)
                     slash_path(rel)
                 ))
             })?;
-            if let Some((to, _)) = copy_to {
+            if let Some(to) = copy_to {
                 check_link(rel, &target)
                     .map_err(|e| io::Error::other(format!("the source {e}")))?;
                 make_symlink(&target, &to.join(rel))?;
@@ -374,36 +373,74 @@ fn tree(root: &Path, copy_to: Option<(&Path, bool)>) -> io::Result<(u64, String)
             hash.update(target.as_bytes());
         } else {
             let mut file = File::open(&path)?;
-            let mut out = copy_to
-                .map(|(to, _)| File::create(to.join(rel)))
-                .transpose()?;
+            let out = dest.as_ref().map(|dest| dest.create(rel)).transpose()?;
             hash.update(b"f");
             hash.update(file.metadata()?.len().to_be_bytes());
+            let mut at = 0;
             loop {
                 let got = file.read(&mut buf)?;
                 if got == 0 {
                     break;
                 }
                 hash.update(&buf[..got]);
-                if let Some(out) = &mut out {
-                    out.write_all(&buf[..got])?;
+                if let Some(out) = &out {
+                    sdk::fs::write_all_at(out, &buf[..got], at)?;
                 }
-            }
-            if let (Some(out), Some((_, true))) = (&out, copy_to) {
-                out.sync_all()?;
+                at += got as u64;
             }
         }
     }
     Ok((items.len() as u64, hex::encode(hash.finalize())))
 }
 
-/// `fsync`s `root` and every directory under it, so the names of what was written there
-/// survive a power cut; symlinks are not followed.
+/// The directory a copy goes to, opened once: each file is created relative to it rather
+/// than by a path walked from the grant's root, and written with [`sdk::fs::write_all_at`].
+struct Dest {
+    dir: Descriptor,
+}
+
+impl Dest {
+    fn open(path: &Path) -> io::Result<Dest> {
+        Ok(Dest {
+            dir: sdk::fs::open_dir(path)?,
+        })
+    }
+
+    fn create_dir(&self, rel: &Path) -> io::Result<()> {
+        self.dir
+            .create_directory_at(&slash_path(rel))
+            .map_err(|code| sdk::fs::error(&format!("creating `{}`", slash_path(rel)), code))
+    }
+
+    /// A new file at `rel`. `EXCLUSIVE` never follows a symlink at the name; the directory
+    /// is new, so nothing should be there.
+    fn create(&self, rel: &Path) -> io::Result<Descriptor> {
+        self.dir
+            .open_at(
+                PathFlags::empty(),
+                &slash_path(rel),
+                OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                DescriptorFlags::WRITE,
+            )
+            .map_err(|code| sdk::fs::error(&format!("creating `{}`", slash_path(rel)), code))
+    }
+}
+
+/// Makes every file and directory under `root` survive a power cut: one
+/// `host.sync-filesystem` where the engine can sync the whole filesystem (what the shell's
+/// `sync` does), else an `fsync` of each file and directory. Symlinks are not followed; a
+/// link's target text is part of its directory's entries.
 pub fn sync_tree(root: &Path) -> io::Result<()> {
+    if sdk::fs::sync_filesystem(root)? {
+        return Ok(());
+    }
     let mut dirs = vec![root.to_path_buf()];
     walk(root, Path::new(""), &mut |rel, kind| {
-        if kind == Kind::Dir {
-            dirs.push(root.join(rel));
+        match kind {
+            Kind::Dir => dirs.push(root.join(rel)),
+            // `fsync` writes back the file's data through any descriptor of it.
+            Kind::File => File::open(root.join(rel))?.sync_all()?,
+            Kind::Symlink => {}
         }
         Ok(())
     })?;
@@ -414,23 +451,9 @@ pub fn sync_tree(root: &Path) -> io::Result<()> {
 /// cut. `std` has no call to sync a directory, so this opens it with `wasi:filesystem`'s
 /// `open-at` and calls `sync`, which wasmtime-wasi turns into `fsync` on the directory.
 pub fn sync_dir(path: &Path) -> io::Result<()> {
-    let (preopen, rest) = preopen_for(path)?;
-    let rest = slash_path(&rest);
-    let failed =
-        |what: &str, code| io::Error::other(format!("{what} `{}`: {code:?}", path.display()));
-    let dir = if rest.is_empty() {
-        preopen
-    } else {
-        preopen
-            .open_at(
-                PathFlags::empty(),
-                &rest,
-                OpenFlags::DIRECTORY,
-                DescriptorFlags::READ,
-            )
-            .map_err(|code| failed("open-at", code))?
-    };
-    dir.sync().map_err(|code| failed("sync", code))
+    sdk::fs::open_dir(path)?
+        .sync()
+        .map_err(|code| sdk::fs::error(&format!("sync `{}`", path.display()), code))
 }
 
 // The tests run natively (`cargo xtask test`): nothing runs tests inside wasm32.

@@ -9,13 +9,13 @@
 //! - `strategy: webhook` POSTs a signed JSON payload to a deploy API and, when the API answers
 //!   with a status URL, polls it until the deploy is done.
 //!
-//! A symlink step holds a lock in the target (`<target>/.shiphat-lock/`, see `lock.rs`) from
+//! A symlink step holds a lock in the target (`<target>/.shiphat-lock`, see `lock.rs`) from
 //! reading `current` to pruning, so two deploys of one target never interleave, even from two
 //! `shiphat run` processes with no daemon between them.
 //!
-//! With `durable: true` (the default) it `fsync`s every file and directory of a release before
-//! `current` is switched, and the directories holding `releases/<release>` and `current`
-//! after each rename, so a deploy that finished survives a power cut, not only a kill. It does
+//! With `durable: true` (the default) it makes a release's files and directories durable
+//! before `current` is switched (one `host.sync-filesystem`, else an `fsync` of each), and
+//! `fsync`s the directories holding `releases/<release>` and `current` after each rename, so a deploy that finished survives a power cut, not only a kill. It does
 //! not keep file modes (WASI has none).
 
 mod config;

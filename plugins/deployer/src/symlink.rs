@@ -256,6 +256,22 @@ impl Layout {
         Ok(out)
     }
 
+    /// How many directories `releases/` holds, partial ones aside: at least as many as
+    /// [`Layout::releases`] lists, without reading a manifest.
+    fn release_dirs(&self) -> Result<usize, StepError> {
+        match fs::read_dir(&self.releases) {
+            Ok(entries) => Ok(entries
+                .flatten()
+                .filter(|e| {
+                    !e.file_name().to_string_lossy().starts_with('.')
+                        && e.file_type().is_ok_and(|t| t.is_dir())
+                })
+                .count()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(io_failed(&self.releases, e)),
+        }
+    }
+
     /// The release deployed just before `name`, by manifest time.
     fn before(&self, name: &str) -> Result<Option<String>, StepError> {
         let releases = self.releases()?;
@@ -362,7 +378,7 @@ fn deploy(
     let partial = layout
         .releases
         .join(format!(".{release}{PARTIAL}{}", ctx.run_id));
-    let (count, digest) = source.put(&partial, layout.durable).map_err(|e| {
+    let (count, digest) = source.put(&partial).map_err(|e| {
         let _ = fs::remove_dir_all(&partial);
         sdk::failed(e)
     })?;
@@ -394,11 +410,10 @@ fn deploy(
         };
         let text = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
         let manifest_path = partial.join(MANIFEST);
-        layout
-            .write(&manifest_path, &(text + "\n"))
-            .map_err(|e| io_failed(&manifest_path, e))?;
-        // Every file is synced already; the directories' entries must be too before the
-        // release gets its name, or a power cut could leave `releases/<release>` half empty.
+        // Synced with the rest of the release just below.
+        fs::write(&manifest_path, text + "\n").map_err(|e| io_failed(&manifest_path, e))?;
+        // The files and the directories' entries must be on disk before the release gets
+        // its name, or a power cut could leave `releases/<release>` half empty.
         if layout.durable {
             files::sync_tree(&partial).map_err(|e| io_failed(&partial, e))?;
         }
@@ -429,6 +444,11 @@ fn prune(
     current: &str,
     previous: Option<&str>,
 ) -> Result<(), StepError> {
+    // Reading every release's manifest costs a file read each; a target holding no more
+    // release directories than `keep` has nothing to prune, whatever the manifests say.
+    if layout.release_dirs()? <= keep as usize {
+        return Ok(());
+    }
     let releases = layout.releases()?;
     let excess = releases.len().saturating_sub(keep as usize);
     for (name, _) in releases.iter().take(excess) {
