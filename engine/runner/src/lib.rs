@@ -16,6 +16,7 @@ mod secrets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -225,14 +226,53 @@ impl Runner {
     }
 
     /// Finds, loads and describes every step's plugin, then checks each `with:` block against
-    /// its plugin's schema. All problems are reported together.
+    /// its plugin's schema. All problems are reported together, in step order.
+    ///
+    /// Each distinct plugin is loaded (read, digested, compiled or read back from the compile
+    /// cache) and described on a task of its own, so a one-shot run of three plugins waits
+    /// for the slowest of them rather than for their sum. Steps that share a plugin share
+    /// its load, and its compiled schema.
     pub async fn prepare(&self, workflow: Workflow) -> Result<Prepared> {
+        type Key = (PathBuf, Option<[u8; 32]>, usize);
+        let mut loads: HashMap<Key, tokio::task::JoinHandle<_>> = HashMap::new();
+        let mut keys = Vec::new();
+        for step in workflow.all_steps() {
+            let key = self
+                .plugin_path
+                .resolve(&step.uses)
+                .map(|(path, pinned)| (path, pinned, step.limits.stack));
+            if let Ok(key) = &key {
+                loads.entry(key.clone()).or_insert_with(|| {
+                    let host = self.host.clone();
+                    let (path, pinned, stack) = key.clone();
+                    tokio::spawn(async move {
+                        let loader = host.clone();
+                        let plugin =
+                            tokio::task::spawn_blocking(move || loader.load(&path, pinned, stack))
+                                .await
+                                .map_err(|e| format!("loading the plugin failed: {e}"))?
+                                .map_err(|e| e.to_string())?;
+                        let info = host.describe(&plugin).await.map_err(|e| e.to_string())?;
+                        Ok::<_, String>((plugin, info))
+                    })
+                });
+            }
+            keys.push(key);
+        }
+        let mut loaded = HashMap::new();
+        for (key, load) in loads {
+            let result = load
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the plugin failed: {e}")));
+            loaded.insert(key, result);
+        }
+
         let mut steps = Vec::new();
         let mut problems = Vec::new();
-        // Steps that share a plugin share its compiled schema.
         let mut schemas = HashMap::new();
-        for step in workflow.all_steps() {
-            match self.prepare_step(&workflow, step, &mut schemas).await {
+        for (step, key) in workflow.all_steps().zip(keys) {
+            let loaded = key.and_then(|key| loaded[&key].clone());
+            match Self::check_step(&workflow, step, loaded, &mut schemas) {
                 Ok(prepared) => steps.push(prepared),
                 Err(mut diagnostics) => problems.append(&mut diagnostics),
             }
@@ -246,10 +286,12 @@ impl Runner {
         })
     }
 
-    async fn prepare_step(
-        &self,
+    /// Checks a step's `with:` against the schema of the plugin it loaded (or reports why
+    /// the plugin could not be loaded).
+    fn check_step(
         workflow: &Workflow,
         step: &Step,
+        loaded: std::result::Result<(Arc<Plugin>, PluginInfo), String>,
         schemas: &mut HashMap<String, Arc<ConfigSchema>>,
     ) -> std::result::Result<PreparedStep, Vec<Diagnostic>> {
         let at_step = |message: String| {
@@ -259,16 +301,7 @@ impl Runner {
                 message: format!("step `{}`: {message}", step.id),
             }]
         };
-        let (path, pinned) = self.plugin_path.resolve(&step.uses).map_err(at_step)?;
-        let plugin = self
-            .host
-            .load(&path, pinned, step.limits.stack)
-            .map_err(|e| at_step(e.to_string()))?;
-        let info = self
-            .host
-            .describe(&plugin)
-            .await
-            .map_err(|e| at_step(e.to_string()))?;
+        let (plugin, info) = loaded.map_err(at_step)?;
         let schema = match schemas.get(&plugin.digest()) {
             Some(schema) => Arc::clone(schema),
             None => {
