@@ -102,7 +102,7 @@ fn schema() -> serde_json::Value {
             "durable": {
                 "type": "boolean",
                 "default": true,
-                "description": "symlink: `fsync` the release's files and directories before `current` is switched, and the target after, so a finished deploy survives a power cut. `false` survives the process dying but not a power cut, and is faster on many small files."
+                "description": "symlink: sync the release's files and directories to disk before `current` is switched (one filesystem sync), and the target after, so a finished deploy survives a power cut. `false` survives the process dying but not a power cut, and is faster on many small files."
             },
             "url": {
                 "type": "string",
