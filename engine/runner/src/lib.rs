@@ -65,6 +65,9 @@ struct PreparedStep {
     plugin: Arc<Plugin>,
     info: PluginInfo,
     schema: Arc<ConfigSchema>,
+    /// The `with:` block as the plugin receives it (JSON text), when it holds no expression:
+    /// checked against the schema once, here, instead of on every attempt.
+    literal_config: Option<Arc<str>>,
 }
 
 /// A workflow whose plugins are loaded and whose steps are checked against them.
@@ -287,10 +290,18 @@ impl Runner {
         if !diagnostics.is_empty() {
             return Err(diagnostics);
         }
+        // The check above passed every literal value, so a block without expressions passes
+        // here too; checking it with the run-time check keeps that true by construction.
+        let literal_config = step
+            .with
+            .literal()
+            .filter(|config| schema.validate(config).is_ok())
+            .map(|config| Arc::from(config.to_string()));
         Ok(PreparedStep {
             plugin,
             info,
             schema,
+            literal_config,
         })
     }
 
@@ -574,6 +585,7 @@ impl Runner {
                             step: step.clone(),
                             plugin: prepared[index].plugin.clone(),
                             schema: prepared[index].schema.clone(),
+                            literal_config: prepared[index].literal_config.clone(),
                         };
                         running.spawn(async move { (index, job.run().await) });
                     }
@@ -786,6 +798,16 @@ struct StepJob {
     step: Step,
     plugin: Arc<Plugin>,
     schema: Arc<ConfigSchema>,
+    /// See [`PreparedStep::literal_config`].
+    literal_config: Option<Arc<str>>,
+}
+
+/// A step's `with:` block for one attempt.
+enum WithBlock {
+    /// Without expressions: checked against the schema when the workflow was prepared.
+    Checked(Arc<str>),
+    /// Resolved for this attempt; it still has to pass the schema.
+    Resolved(Value),
 }
 
 /// The end of one attempt, before retries are decided.
@@ -931,10 +953,14 @@ impl StepJob {
         let resolved = self
             .run
             .with_scope(|scope| -> std::result::Result<_, String> {
-                let config = step
-                    .with
-                    .resolve(scope)
-                    .map_err(|e| format!("cannot resolve `with`: {e}"))?;
+                let config = match &self.literal_config {
+                    Some(literal) => WithBlock::Checked(Arc::clone(literal)),
+                    None => WithBlock::Resolved(
+                        step.with
+                            .resolve(scope)
+                            .map_err(|e| format!("cannot resolve `with`: {e}"))?,
+                    ),
+                };
                 let env = step
                     .allow
                     .env
@@ -952,18 +978,24 @@ impl StepJob {
             Ok(resolved) => resolved,
             Err(message) => return setup(message),
         };
-        if let Err(problems) = self.schema.validate(&config) {
-            return AttemptEnd::Failed {
-                error: StepError {
-                    kind: ErrorKind::InvalidConfig,
-                    message: format!(
-                        "`with` after resolving expressions: {}",
-                        problems.join("; ")
-                    ),
-                },
-                outputs: Map::new(),
-            };
-        }
+        let config = match config {
+            WithBlock::Checked(literal) => literal.to_string(),
+            WithBlock::Resolved(config) => {
+                if let Err(problems) = self.schema.validate(&config) {
+                    return AttemptEnd::Failed {
+                        error: StepError {
+                            kind: ErrorKind::InvalidConfig,
+                            message: format!(
+                                "`with` after resolving expressions: {}",
+                                problems.join("; ")
+                            ),
+                        },
+                        outputs: Map::new(),
+                    };
+                }
+                config.to_string()
+            }
+        };
         let mut secrets = Vec::new();
         for name in &step.allow.secrets {
             match self.run.secrets.get(name) {
@@ -1002,7 +1034,7 @@ impl StepJob {
                 attempt,
                 dry_run: self.run.dry_run,
             },
-            config: config.to_string(),
+            config,
             grants,
             limits: step.limits,
             logs,
