@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde_json::{Map, Value};
 use shiphat_host::{
     Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo, Redactor,
@@ -322,9 +324,11 @@ impl Runner {
     /// settled: they are not run again, later steps see their outputs, and no events are
     /// emitted for them. The daemon uses this to resume a run interrupted by a restart.
     ///
-    /// The sink is called synchronously from the task that runs a step: `step_started` before
-    /// the plugin is called and `step_finished` before any step that needs it starts, so a
-    /// sink that commits each event durably gives that ordering on disk too.
+    /// The sink is called synchronously from the run's task, which runs its steps side by side
+    /// as futures of its own (each attempt's plugin on a thread of its own), so a sink that
+    /// blocks holds up every step of the run: `step_started` before the plugin is called and
+    /// `step_finished` before any step that needs it starts, so a sink that commits each event
+    /// durably gives that ordering on disk too.
     pub async fn run_from(
         &self,
         prepared: &Prepared,
@@ -475,7 +479,11 @@ impl Runner {
         prepared: &[PreparedStep],
     ) -> bool {
         let mut status: Vec<Option<Verdict>> = vec![None; steps.len()];
-        let mut running = tokio::task::JoinSet::new();
+        // The section's running steps are futures of this task, not tasks of their own: a step
+        // spends its time waiting for its plugin, whose attempt runs on a thread of its own
+        // (`Host::run`), and a task per step only added a hand-over to another worker and back
+        // per step, two thread wake-ups where the plugin's thread already needs two.
+        let mut running = FuturesUnordered::new();
         let mut failed = false;
         for (index, step) in steps.iter().enumerate() {
             let Some(prior) = run.prior.iter().find(|p| p.id == step.id) else {
@@ -587,7 +595,7 @@ impl Runner {
                             schema: prepared[index].schema.clone(),
                             literal_config: prepared[index].literal_config.clone(),
                         };
-                        running.spawn(async move { (index, job.run().await) });
+                        running.push(async move { (index, job.run().await) });
                     }
                     Err(reason) => {
                         run.log(&step.id, "info", format!("skipped: {reason}"));
@@ -611,11 +619,9 @@ impl Runner {
                     }
                 }
             }
-            let Some(joined) = running.join_next().await else {
+            let Some((index, verdict)) = running.next().await else {
                 break;
             };
-            let (index, verdict) =
-                joined.expect("a step task panicked; this is a bug in the runner");
             if verdict == Verdict::Failed {
                 failed = true;
             }
