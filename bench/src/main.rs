@@ -3,6 +3,8 @@
 //! `cargo run --release -p shiphat-bench` (or `bench/run.sh`) prints a Markdown table.
 //! `--quick` runs every measurement once with tiny sizes: the smoke test uses it so the
 //! benchmarks cannot rot.
+//! `--per-step` runs only the in-process per-step overhead, the figure to profile (see
+//! `--help`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,8 +46,26 @@ const QUICK: Sizes = Sizes {
     rounds: 1,
 };
 
+const USAGE: &str = "\
+usage: shiphat-bench [--quick] [--per-step] [--runs N] [--rounds N] [--ansible PATH]
+
+  --quick         every measurement once, with tiny sizes (what the smoke test runs)
+  --per-step      only the per-step overhead, warm and in process: a one-step no-op run
+                  through the whole runner, N times after 10 warm-up runs (p50 and p99);
+                  the figure to profile, e.g. under `valgrind --tool=callgrind`
+  --runs N        how many runs the per-step overhead is measured over (default 2000)
+  --rounds N      rounds of the side-by-side deploy (default 15)
+  --ansible PATH  the ansible-playbook to compare with (the deploy skips Ansible without it)
+";
+
 fn main() -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return Ok(());
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let per_step_only = args.iter().any(|a| a == "--per-step");
     let sizes = if quick { &QUICK } else { &FULL };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -56,7 +76,6 @@ fn main() -> Result<()> {
         bail!("the plugins are not built: run `cargo xtask plugins` (bench/run.sh does it)");
     }
     let work = tempfile::tempdir()?;
-    let args: Vec<String> = std::env::args().collect();
     let value_of = |flag: &str| {
         args.iter()
             .position(|a| a == flag)
@@ -67,6 +86,21 @@ fn main() -> Result<()> {
         Some(n) => n.parse().context("--rounds takes a whole number")?,
         None => sizes.rounds,
     };
+    let single_runs = match value_of("--runs") {
+        Some(n) => n.parse().context("--runs takes a whole number")?,
+        None => sizes.single_runs,
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    if per_step_only {
+        let runner = runner(&plugins, work.path())?;
+        let rows = runtime()?.block_on(per_step(&runner, work.path(), single_runs))?;
+        print_table(&rows);
+        return Ok(());
+    }
     let mut rows = Vec::new();
     // First, while this process is still small: a child's peak memory as the kernel reports
     // it includes the memory of the process it was forked from.
@@ -77,21 +111,24 @@ fn main() -> Result<()> {
         ansible.as_deref(),
         rounds,
     )?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rows.extend(runtime.block_on(in_process(&plugins, work.path(), sizes))?);
+    let runtime = runtime()?;
+    let runner = runner(&plugins, work.path())?;
+    rows.extend(runtime.block_on(per_step(&runner, work.path(), single_runs))?);
+    rows.extend(runtime.block_on(chains(&runner, work.path(), sizes.chains))?);
     rows.extend(workflow_load(work.path(), sizes.big_workflow)?);
     rows.extend(expressions()?);
     rows.extend(compile_cache(&plugins, work.path())?);
     rows.extend(one_shot(&plugins, work.path(), sizes.cli_runs)?);
+    print_table(&rows);
+    Ok(())
+}
 
+fn print_table(rows: &[Row]) {
     println!("| measurement | value | target |");
     println!("|---|---|---|");
     for (what, value, target) in rows {
         println!("| {what} | {value} | {target} |");
     }
-    Ok(())
 }
 
 type Row = (String, String, String);
@@ -124,43 +161,53 @@ fn chain_yaml(steps: usize) -> String {
     yaml
 }
 
-/// Per-step engine overhead, warm and in process: a no-op plugin run through the whole runner.
-async fn in_process(plugins: &Path, work: &Path, sizes: &Sizes) -> Result<Vec<Row>> {
+/// A runner over the bundled plugins, with its compile cache in `work`.
+fn runner(plugins: &Path, work: &Path) -> Result<Runner> {
     let host = Host::new(HostConfig {
         cache_dir: Some(work.join("cache")),
         ..Default::default()
     })?;
-    let runner = Runner::new(
+    Ok(Runner::new(
         host,
         PluginPath::new(vec![plugins.to_owned()]),
         Secrets::none(),
-    );
-    let mut rows = Vec::new();
+    ))
+}
 
-    let prepared = prepare_chain(&runner, work, 1).await?;
-    let mut times = Vec::with_capacity(sizes.single_runs);
-    for _ in 0..sizes.single_runs + 10 {
-        times.push(timed_run(&runner, &prepared).await);
+/// Per-step engine overhead, warm and in process: a one-step no-op workflow run `runs` times
+/// through the whole runner.
+async fn per_step(runner: &Runner, work: &Path, runs: usize) -> Result<Vec<Row>> {
+    let prepared = prepare_chain(runner, work, 1).await?;
+    let mut times = Vec::with_capacity(runs + 10);
+    for _ in 0..runs.max(1) + 10 {
+        times.push(timed_run(runner, &prepared).await);
     }
     // The first runs warm caches and the allocator; they are not what a warm engine costs.
     let mut times = times.split_off(10);
     times.sort();
-    rows.push(row(
-        "per-step overhead, warm, in process (p50)",
-        us(percentile(&times, 0.5)),
-        "≤ 100 µs",
-    ));
-    rows.push(row(
-        "per-step overhead, warm, in process (p99)",
-        us(percentile(&times, 0.99)),
-        "",
-    ));
+    Ok(vec![
+        row(
+            "per-step overhead, warm, in process (p50)",
+            us(percentile(&times, 0.5)),
+            "≤ 50 µs",
+        ),
+        row(
+            "per-step overhead, warm, in process (p99)",
+            us(percentile(&times, 0.99)),
+            "",
+        ),
+    ])
+}
 
-    for &steps in sizes.chains {
-        let prepared = prepare_chain(&runner, work, steps).await?;
+/// Time per step of chains of no-op steps, the best of three runs each: it should stay flat
+/// as the chain grows.
+async fn chains(runner: &Runner, work: &Path, lengths: &[usize]) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for &steps in lengths {
+        let prepared = prepare_chain(runner, work, steps).await?;
         let mut best = Duration::MAX;
         for _ in 0..3 {
-            best = best.min(timed_run(&runner, &prepared).await);
+            best = best.min(timed_run(runner, &prepared).await);
         }
         rows.push(row(
             format!("time per step, chain of {steps} no-op steps"),

@@ -51,6 +51,34 @@ fn every_benchmark_runs_once() {
 }
 
 #[test]
+fn the_per_step_mode_measures_only_the_per_step_overhead() {
+    let output = Command::new(env!("CARGO_BIN_EXE_shiphat-bench"))
+        .args(["--per-step", "--runs", "3"])
+        .output()
+        .expect("cannot run shiphat-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "shiphat-bench --per-step failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let measurements: Vec<&str> = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("| "))
+        .filter_map(|line| line.split(" | ").next())
+        .filter(|what| *what != "measurement" && !what.starts_with("---"))
+        .collect();
+    assert_eq!(
+        measurements,
+        [
+            "per-step overhead, warm, in process (p50)",
+            "per-step overhead, warm, in process (p99)"
+        ],
+        "{stdout}"
+    );
+}
+
+#[test]
 fn the_daemon_benchmark_runs_once() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use serde_json::{Map, Value};
 use shiphat_host::{
     Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo, Redactor,
@@ -66,6 +68,9 @@ struct PreparedStep {
     plugin: Arc<Plugin>,
     info: PluginInfo,
     schema: Arc<ConfigSchema>,
+    /// The `with:` block as the plugin receives it (JSON text), when it holds no expression:
+    /// checked against the schema once, here, instead of on every attempt.
+    literal_config: Option<Arc<str>>,
 }
 
 /// A workflow whose plugins are loaded and whose steps are checked against them.
@@ -320,10 +325,18 @@ impl Runner {
         if !diagnostics.is_empty() {
             return Err(diagnostics);
         }
+        // The check above passed every literal value, so a block without expressions passes
+        // here too; checking it with the run-time check keeps that true by construction.
+        let literal_config = step
+            .with
+            .literal()
+            .filter(|config| schema.validate(config).is_ok())
+            .map(|config| Arc::from(config.to_string()));
         Ok(PreparedStep {
             plugin,
             info,
             schema,
+            literal_config,
         })
     }
 
@@ -344,9 +357,11 @@ impl Runner {
     /// settled: they are not run again, later steps see their outputs, and no events are
     /// emitted for them. The daemon uses this to resume a run interrupted by a restart.
     ///
-    /// The sink is called synchronously from the task that runs a step: `step_started` before
-    /// the plugin is called and `step_finished` before any step that needs it starts, so a
-    /// sink that commits each event durably gives that ordering on disk too.
+    /// The sink is called synchronously from the run's task, which runs its steps side by side
+    /// as futures of its own (each attempt's plugin on a thread of its own), so a sink that
+    /// blocks holds up every step of the run: `step_started` before the plugin is called and
+    /// `step_finished` before any step that needs it starts, so a sink that commits each event
+    /// durably gives that ordering on disk too.
     pub async fn run_from(
         &self,
         prepared: &Prepared,
@@ -497,7 +512,11 @@ impl Runner {
         prepared: &[PreparedStep],
     ) -> bool {
         let mut status: Vec<Option<Verdict>> = vec![None; steps.len()];
-        let mut running = tokio::task::JoinSet::new();
+        // The section's running steps are futures of this task, not tasks of their own: a step
+        // spends its time waiting for its plugin, whose attempt runs on a thread of its own
+        // (`Host::run`), and a task per step only added a hand-over to another worker and back
+        // per step, two thread wake-ups where the plugin's thread already needs two.
+        let mut running = FuturesUnordered::new();
         let mut failed = false;
         for (index, step) in steps.iter().enumerate() {
             let Some(prior) = run.prior.iter().find(|p| p.id == step.id) else {
@@ -607,8 +626,9 @@ impl Runner {
                             step: step.clone(),
                             plugin: prepared[index].plugin.clone(),
                             schema: prepared[index].schema.clone(),
+                            literal_config: prepared[index].literal_config.clone(),
                         };
-                        running.spawn(async move { (index, job.run().await) });
+                        running.push(async move { (index, job.run().await) });
                     }
                     Err(reason) => {
                         run.log(&step.id, "info", format!("skipped: {reason}"));
@@ -632,11 +652,9 @@ impl Runner {
                     }
                 }
             }
-            let Some(joined) = running.join_next().await else {
+            let Some((index, verdict)) = running.next().await else {
                 break;
             };
-            let (index, verdict) =
-                joined.expect("a step task panicked; this is a bug in the runner");
             if verdict == Verdict::Failed {
                 failed = true;
             }
@@ -819,6 +837,16 @@ struct StepJob {
     step: Step,
     plugin: Arc<Plugin>,
     schema: Arc<ConfigSchema>,
+    /// See [`PreparedStep::literal_config`].
+    literal_config: Option<Arc<str>>,
+}
+
+/// A step's `with:` block for one attempt.
+enum WithBlock {
+    /// Without expressions: checked against the schema when the workflow was prepared.
+    Checked(Arc<str>),
+    /// Resolved for this attempt; it still has to pass the schema.
+    Resolved(Value),
 }
 
 /// The end of one attempt, before retries are decided.
@@ -964,10 +992,14 @@ impl StepJob {
         let resolved = self
             .run
             .with_scope(|scope| -> std::result::Result<_, String> {
-                let config = step
-                    .with
-                    .resolve(scope)
-                    .map_err(|e| format!("cannot resolve `with`: {e}"))?;
+                let config = match &self.literal_config {
+                    Some(literal) => WithBlock::Checked(Arc::clone(literal)),
+                    None => WithBlock::Resolved(
+                        step.with
+                            .resolve(scope)
+                            .map_err(|e| format!("cannot resolve `with`: {e}"))?,
+                    ),
+                };
                 let env = step
                     .allow
                     .env
@@ -985,18 +1017,24 @@ impl StepJob {
             Ok(resolved) => resolved,
             Err(message) => return setup(message),
         };
-        if let Err(problems) = self.schema.validate(&config) {
-            return AttemptEnd::Failed {
-                error: StepError {
-                    kind: ErrorKind::InvalidConfig,
-                    message: format!(
-                        "`with` after resolving expressions: {}",
-                        problems.join("; ")
-                    ),
-                },
-                outputs: Map::new(),
-            };
-        }
+        let config = match config {
+            WithBlock::Checked(literal) => literal.to_string(),
+            WithBlock::Resolved(config) => {
+                if let Err(problems) = self.schema.validate(&config) {
+                    return AttemptEnd::Failed {
+                        error: StepError {
+                            kind: ErrorKind::InvalidConfig,
+                            message: format!(
+                                "`with` after resolving expressions: {}",
+                                problems.join("; ")
+                            ),
+                        },
+                        outputs: Map::new(),
+                    };
+                }
+                config.to_string()
+            }
+        };
         let mut secrets = Vec::new();
         for name in &step.allow.secrets {
             match self.run.secrets.get(name) {
@@ -1035,7 +1073,7 @@ impl StepJob {
                 attempt,
                 dry_run: self.run.dry_run,
             },
-            config: config.to_string(),
+            config,
             grants,
             limits: step.limits,
             logs,

@@ -14,9 +14,11 @@
 //! - `# cancel at: LINE`, `# abort at: LINE`, `# escalate at: LINE`: stop the run with
 //!   `Stop::cancel`, `abort` or `escalate`, from the event sink, when the first event whose line
 //!   starts with `LINE` is emitted, before the runner goes on.
-//! - `# hold: LINE until OTHER`: the first event whose line starts with `LINE` is held in the
-//!   sink (the task that emits it waits, as a slow step would) until an event starting with
-//!   `OTHER` has been emitted. This orders steps that run side by side where it matters.
+//! - `# hold: LINE until OTHER`: the first event whose line starts with `LINE`, a step's start
+//!   or the run's end, is not durable (`Runner::run_durable`) until an event starting with
+//!   `OTHER` has been emitted: a held start keeps its step from calling its plugin, as a slow
+//!   step would, while the steps beside it go on. This orders steps that run side by side
+//!   where it matters.
 //!
 //! The expected text has one line per event. Steps that run side by side interleave their
 //! events by chance, so each step's events are shown together, in the order the workflow
@@ -42,7 +44,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use shiphat_host::{Host, HostConfig};
 use shiphat_runner::{
-    Event, PluginPath, PriorStep, RunOptions, RunReport, Runner, Secrets, Section, StepStatus, Stop,
+    Durable, Event, PluginPath, PriorStep, RunOptions, RunReport, Runner, Secrets, Section,
+    StepStatus, Stop,
 };
 use shiphat_workflow::{Step, Workflow};
 
@@ -187,15 +190,28 @@ struct Seen {
 }
 
 impl Recorder {
-    fn record(&self, event: Event) {
+    /// Records an event; answers, for an event held by the case, when it is durable.
+    fn record(self: &Arc<Self>, event: Event) -> Option<Durable> {
         let line = line(&event);
-        for hold in &self.holds {
-            if line.starts_with(&hold.line) && !hold.fired.swap(true, Ordering::SeqCst) {
-                // Off the async worker, so that the runtime's other tasks, the one that emits
-                // `until` among them, go on meanwhile.
-                tokio::task::block_in_place(|| self.wait_for(&hold.until, &line));
-            }
-        }
+        let waited_for = matches!(event, Event::StepStarted { .. } | Event::RunFinished { .. });
+        let held = self
+            .holds
+            .iter()
+            .find(|hold| line.starts_with(&hold.line) && !hold.fired.swap(true, Ordering::SeqCst))
+            .map(|hold| {
+                if !waited_for {
+                    self.seen.lock().unwrap().problems.push(format!(
+                        "`{line}` is held, but the runner waits only for a step's start and the run's end"
+                    ));
+                }
+                let (recorder, until, line) = (self.clone(), hold.until.clone(), line.clone());
+                Box::pin(async move {
+                    // On a thread of its own: the runtime goes on meanwhile, and emits `until`.
+                    tokio::task::spawn_blocking(move || recorder.wait_for(&until, &line))
+                        .await
+                        .unwrap();
+                }) as Durable
+            });
         {
             let mut seen = self.seen.lock().unwrap();
             seen.events.push(event);
@@ -213,6 +229,7 @@ impl Recorder {
                 }
             }
         }
+        held
     }
 
     /// Waits, up to [`HOLD_DEADLINE`], until an event starting with `until` was recorded.
@@ -594,7 +611,7 @@ async fn run_case(host: &Host, places: &Places, path: &Path) -> (String, Vec<Str
         inputs,
         dry_run: case.dry_run,
     };
-    let run = runner.run_from(
+    let run = runner.run_durable(
         &prepared,
         options,
         case.prior.clone(),
@@ -639,7 +656,7 @@ fn runs() {
         on_compile: None,
     })
     .unwrap();
-    // Several workers: a `hold` keeps one busy, and steps side by side need others.
+    // Several workers, as the daemon has.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

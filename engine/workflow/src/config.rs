@@ -41,6 +41,14 @@ impl ConfigValue {
         })
     }
 
+    /// The value itself when no string in it holds an expression: it is then the same in every
+    /// run, so it can be checked and serialised once, when the workflow is prepared.
+    pub fn literal(&self) -> Option<Value> {
+        let mut templated = Vec::new();
+        let value = self.shape(&mut Vec::new(), &mut templated);
+        templated.is_empty().then_some(value)
+    }
+
     /// The value with templates left as their source text, plus the JSON pointer segments of
     /// every templated leaf: those are unknown until run time.
     fn shape(&self, at: &mut Vec<String>, templated: &mut Vec<Vec<String>>) -> Value {

@@ -84,6 +84,35 @@ fn runtime_validation_reuses_a_compiled_schema() {
 }
 
 #[test]
+fn a_with_block_without_expressions_is_known_before_the_run() {
+    let text = "\
+name: config
+steps:
+  - id: literal
+    uses: deployer
+    with:
+      url: https://x
+      keep: 5
+      targets: [a, '$ {{ not an expression }}']
+  - id: templated
+    uses: deployer
+    with:
+      url: https://x
+      targets: [a, 'v${{ run.id }}']
+  - id: bare
+    uses: deployer
+";
+    let w = parse(text, Path::new("config.yaml")).unwrap();
+    assert_eq!(
+        w.steps[0].with.literal(),
+        Some(json!({"url": "https://x", "keep": 5, "targets": ["a", "$ {{ not an expression }}"]}))
+    );
+    // One expression anywhere, however deep, makes the whole block a run-time value.
+    assert_eq!(w.steps[1].with.literal(), None);
+    assert_eq!(w.steps[2].with.literal(), Some(json!({})));
+}
+
+#[test]
 fn json_schema_describes_the_file() {
     let schema = shiphat_workflow::json_schema();
     let text = schema.to_string();
