@@ -5,7 +5,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use serde_json::{Map, Value, json};
-use shiphat_runner::{ErrorKind, Event, RunStatus, Section, StepError, StepHeader, StepStatus};
+use shiphat_protocol::{Event, RunStatus};
 
 use crate::{Invalid, Sink, exit, output};
 
@@ -106,7 +106,7 @@ impl Client {
     /// Follows a run's event stream, handing each event to `sink`, until `run_finished` (or
     /// the run ends otherwise). Reconnects with `Last-Event-ID` when the connection drops.
     /// Returns the run's final status.
-    fn follow(&self, id: &str, sink: &Sink) -> anyhow::Result<String> {
+    fn follow(&self, id: &str, sink: &Sink) -> anyhow::Result<RunStatus> {
         let url = format!("{}/api/v1/runs/{id}/events", self.base);
         let mut last: Option<String> = None;
         let mut retries = 0;
@@ -131,25 +131,30 @@ impl Client {
                 } else if let Some(d) = line.strip_prefix("data:") {
                     data.push_str(d.strip_prefix(' ').unwrap_or(d));
                 } else if line.is_empty() && !data.is_empty() {
-                    let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    // An event this build cannot read (a newer daemon's) is passed over, as
+                    // docs/events.md allows.
+                    let event = serde_json::from_str::<Event>(&data);
                     data.clear();
-                    if let Some(event) = event_from_json(&value) {
-                        sink(event);
-                    }
-                    if value["event"] == "run_finished" {
-                        return Ok(value["status"].as_str().unwrap_or("failed").to_owned());
+                    let Ok(event) = event else { continue };
+                    let finished = match &event {
+                        Event::RunFinished { status, .. } => Some(RunStatus::from(*status)),
+                        _ => None,
+                    };
+                    sink(event);
+                    if let Some(status) = finished {
+                        return Ok(status);
                     }
                 }
             }
             // The stream ended without `run_finished`: the run ended another way (cancelled
             // while queued or interrupted), or the connection dropped.
             let run = self.call("GET", &format!("/api/v1/runs/{id}"), None)?;
-            let status = run["status"].as_str().unwrap_or("").to_owned();
-            if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
-                return Ok(status);
-            }
+            let status = run["status"]
+                .as_str()
+                .and_then(RunStatus::parse)
+                .unwrap_or(RunStatus::Failed);
             retries += 1;
-            if retries > STREAM_RETRIES {
+            if status.is_terminal() || retries > STREAM_RETRIES {
                 return Ok(status);
             }
         }
@@ -199,7 +204,7 @@ pub fn run(
     let sink = sink_for(&client, &name, json)?;
     let status = client.follow(&id, &sink)?;
     drop(sink);
-    Ok(if status == "succeeded" {
+    Ok(if status == RunStatus::Succeeded {
         exit::OK
     } else {
         exit::FAILED
@@ -339,7 +344,7 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
             let sink = sink_for(&client, &name, json)?;
             let status = client.follow(&id, &sink)?;
             drop(sink);
-            return Ok(if status == "succeeded" {
+            return Ok(if status == RunStatus::Succeeded {
                 exit::OK
             } else {
                 exit::FAILED
@@ -493,122 +498,4 @@ fn encode(text: &str) -> String {
         }
     }
     out
-}
-
-/// The runner's event from its JSON (docs/events.md), so remote events go through the same
-/// printing code as local ones.
-fn event_from_json(v: &Value) -> Option<Event> {
-    let s = |key: &str| v[key].as_str().unwrap_or("").to_owned();
-    let run_id = s("run_id");
-    let time = s("time");
-    let section = |v: &Value| match v.as_str() {
-        Some("on_failure") => Section::OnFailure,
-        Some("finally") => Section::Finally,
-        _ => Section::Steps,
-    };
-    Some(match v["event"].as_str()? {
-        "run_started" => Event::RunStarted {
-            run_id,
-            workflow: s("workflow"),
-            dry_run: v["dry_run"].as_bool().unwrap_or(false),
-            steps: v["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|h| StepHeader {
-                    id: h["id"].as_str().unwrap_or("").to_owned(),
-                    name: h["name"].as_str().unwrap_or("").to_owned(),
-                    section: section(&h["section"]),
-                })
-                .collect(),
-            time,
-        },
-        "step_started" => Event::StepStarted {
-            run_id,
-            step: s("step"),
-            name: s("name"),
-            section: section(&v["section"]),
-            attempt: v["attempt"].as_u64().unwrap_or(1) as u32,
-            time,
-        },
-        "log" => Event::Log {
-            run_id,
-            step: s("step"),
-            level: match v["level"].as_str() {
-                Some("trace") => "trace",
-                Some("debug") => "debug",
-                Some("warn") => "warn",
-                Some("error") => "error",
-                _ => "info",
-            },
-            source: match v["source"].as_str() {
-                Some("plugin") => "plugin",
-                Some("stdout") => "stdout",
-                Some("stderr") => "stderr",
-                _ => "engine",
-            },
-            message: s("message"),
-            time,
-        },
-        "step_finished" => Event::StepFinished {
-            run_id,
-            step: s("step"),
-            name: s("name"),
-            section: section(&v["section"]),
-            status: match v["status"].as_str() {
-                Some("succeeded") => StepStatus::Succeeded,
-                Some("skipped") => StepStatus::Skipped,
-                Some("cancelled") => StepStatus::Cancelled,
-                _ => StepStatus::Failed,
-            },
-            attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
-            duration_ms: v["duration_ms"].as_f64().unwrap_or(0.0),
-            summary: s("summary"),
-            outputs: v["outputs"].as_object().cloned().unwrap_or_default(),
-            error: v["error"].as_object().map(|e| StepError {
-                kind: error_kind(e.get("kind").and_then(Value::as_str).unwrap_or("")),
-                message: e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-            }),
-            continued: v["continued"].as_bool().unwrap_or(false),
-            time,
-        },
-        "run_finished" => Event::RunFinished {
-            run_id,
-            workflow: s("workflow"),
-            status: match v["status"].as_str() {
-                Some("succeeded") => RunStatus::Succeeded,
-                Some("cancelled") => RunStatus::Cancelled,
-                _ => RunStatus::Failed,
-            },
-            duration_ms: v["duration_ms"].as_f64().unwrap_or(0.0),
-            failed_steps: v["failed_steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect(),
-            time,
-        },
-        _ => return None,
-    })
-}
-
-fn error_kind(kind: &str) -> ErrorKind {
-    match kind {
-        "invalid_config" => ErrorKind::InvalidConfig,
-        "transient" => ErrorKind::Transient,
-        "timeout" => ErrorKind::Timeout,
-        "memory" => ErrorKind::Memory,
-        "stack_overflow" => ErrorKind::StackOverflow,
-        "panic" => ErrorKind::Panic,
-        "trap" => ErrorKind::Trap,
-        "bad_output" => ErrorKind::BadOutput,
-        "setup" => ErrorKind::Setup,
-        "cancelled" => ErrorKind::Cancelled,
-        _ => ErrorKind::Failed,
-    }
 }

@@ -122,5 +122,5 @@ async fn rolled_back(app: &App, run: &Run) -> Result<bool, shiphat_store::Error>
         .steps(&run.id)
         .await?
         .iter()
-        .any(|s| s.section == "on_failure" && s.status == StepState::Succeeded))
+        .any(|s| s.section == shiphat_store::Section::OnFailure && s.status == StepState::Succeeded))
 }

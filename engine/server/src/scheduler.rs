@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value};
-use shiphat_runner::{
-    Durable, DurableSink, Event, PriorStep, RunOptions, Runner, StepStatus, Stop,
-};
-use shiphat_store::{AsyncStore, Change, Commit, Lock, NewRun, Run, RunStatus, StepState};
+use shiphat_runner::{Durable, DurableSink, Event, PriorStep, RunOptions, Runner, Stop};
+use shiphat_store::{AsyncStore, Change, Commit, Lock, NewRun, Run, RunStatus};
 use shiphat_workflow::Resume;
 use tokio::sync::broadcast;
 
@@ -490,16 +488,9 @@ impl App {
             Ok(steps) => steps
                 .into_iter()
                 .filter_map(|s| {
-                    let status = match s.status {
-                        StepState::Succeeded => StepStatus::Succeeded,
-                        StepState::Failed => StepStatus::Failed,
-                        StepState::Skipped => StepStatus::Skipped,
-                        StepState::Cancelled => StepStatus::Cancelled,
-                        StepState::Running | StepState::Interrupted => return None,
-                    };
                     Some(PriorStep {
                         id: s.step,
-                        status,
+                        status: s.status.ended()?,
                         outputs: s.outputs.as_object().cloned().unwrap_or_default(),
                         continued: s.continued,
                     })
@@ -624,7 +615,7 @@ impl App {
                 } => (
                     Some(Change::StepStarted {
                         step,
-                        section: json_str(&section),
+                        section,
                         attempt,
                     }),
                     Commit::Now,
@@ -641,23 +632,16 @@ impl App {
                     continued,
                     ..
                 } => {
-                    let error = serde_json::to_value(&error).unwrap_or(Value::Null);
                     app.metrics.step_finished(
                         &target.workflow,
                         duration_ms / 1000.0,
-                        error["kind"].as_str(),
+                        error.as_ref().map(|e| e.kind.as_str()),
                     );
-                    let status = match status {
-                        StepStatus::Succeeded => StepState::Succeeded,
-                        StepStatus::Failed => StepState::Failed,
-                        StepStatus::Skipped => StepState::Skipped,
-                        StepStatus::Cancelled => StepState::Cancelled,
-                    };
                     (
                         Some(Change::StepFinished {
                             step,
-                            section: json_str(&section),
-                            status,
+                            section,
+                            status: status.into(),
                             attempts,
                             duration_ms,
                             summary,
@@ -669,11 +653,7 @@ impl App {
                     )
                 }
                 Event::RunFinished { status, .. } => {
-                    let status = match status {
-                        shiphat_runner::RunStatus::Succeeded => RunStatus::Succeeded,
-                        shiphat_runner::RunStatus::Failed => RunStatus::Failed,
-                        shiphat_runner::RunStatus::Cancelled => RunStatus::Cancelled,
-                    };
+                    let status = RunStatus::from(status);
                     let detail = match status {
                         RunStatus::Cancelled => app.sched().cancelled_by.get(&*target.run).cloned(),
                         _ => None,
@@ -823,14 +803,6 @@ impl App {
             }
         }
     }
-}
-
-/// The JSON string of a unit enum, e.g. `Section::OnFailure` → `on_failure`.
-fn json_str<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 /// The inputs of a request, as JSON, to the text `resolve_inputs` parses by kind.
