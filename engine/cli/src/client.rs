@@ -4,8 +4,12 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use serde_json::{Map, Value, json};
-use shiphat_protocol::{Event, RunStatus};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use shiphat_protocol::{
+    Accepted, CreateRun, ErrorBody, Event, LockList, LockView, PutLock, ResumeRun, RunDetail,
+    RunList, RunStatus, WorkflowList,
+};
 
 use crate::{Invalid, Sink, exit, output};
 
@@ -72,8 +76,9 @@ impl Client {
         self.token.as_ref().map(|t| format!("Bearer {t}"))
     }
 
-    /// Sends a request and returns its JSON answer, or an error carrying the daemon's message.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    /// Sends a request and returns its answer's text, or an error carrying the daemon's
+    /// message.
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let auth = self.auth();
         let response = match (method, body) {
@@ -81,26 +86,41 @@ impl Client {
             ("DELETE", _) => with_auth(self.agent.delete(&url), &auth).call(),
             ("POST", Some(body)) => with_auth(self.agent.post(&url), &auth).send_json(&body),
             ("POST", None) => with_auth(self.agent.post(&url), &auth).send_empty(),
-            ("PUT", body) => {
-                with_auth(self.agent.put(&url), &auth).send_json(body.unwrap_or(json!({})))
-            }
+            ("PUT", body) => with_auth(self.agent.put(&url), &auth)
+                .send_json(body.unwrap_or_else(|| Value::Object(Map::new()))),
             _ => unreachable!("no other method is used"),
         };
         let mut response = response
             .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
-            return Ok(value);
+            return Ok(text);
         }
-        let message = value["error"].as_str().map(str::to_owned).unwrap_or(text);
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
         let failure = ApiFailure { status, message };
         if (400..500).contains(&status) {
             Err(Invalid(failure.to_string()).into())
         } else {
             Err(failure.into())
         }
+    }
+
+    /// Sends a request and reads its answer as `T`, one of the wire contract's answers.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let text = self.send(method, path, body)?;
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "the daemon's answer to {method} {path} is not what this shiphat reads ({e}); is it another version?"
+            )
+        })
     }
 
     /// Follows a run's event stream, handing each event to `sink`, until `run_finished` (or
@@ -148,11 +168,8 @@ impl Client {
             }
             // The stream ended without `run_finished`: the run ended another way (cancelled
             // while queued or interrupted), or the connection dropped.
-            let run = self.call("GET", &format!("/api/v1/runs/{id}"), None)?;
-            let status = run["status"]
-                .as_str()
-                .and_then(RunStatus::parse)
-                .unwrap_or(RunStatus::Failed);
+            let run: RunDetail = self.call("GET", &format!("/api/v1/runs/{id}"), None)?;
+            let status = run.run.status;
             retries += 1;
             if status.is_terminal() || retries > STREAM_RETRIES {
                 return Ok(status);
@@ -195,12 +212,15 @@ pub fn run(
             .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))?;
         given.insert(k.trim().to_owned(), Value::String(v.to_owned()));
     }
-    let accepted = client.call(
-        "POST",
-        "/api/v1/runs",
-        Some(json!({ "workflow": name, "inputs": given, "dry_run": dry_run })),
-    )?;
-    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
+    let request = CreateRun {
+        workflow: name.clone(),
+        inputs: given,
+        dry_run,
+        force: false,
+    };
+    let accepted: Accepted =
+        client.call("POST", "/api/v1/runs", Some(serde_json::to_value(request)?))?;
+    let id = accepted.id;
     let sink = sink_for(&client, &name, json)?;
     let status = client.follow(&id, &sink)?;
     drop(sink);
@@ -217,14 +237,13 @@ fn sink_for(client: &Client, name: &str, json: bool) -> anyhow::Result<Sink> {
     if json {
         return Ok(output::json_sink());
     }
-    let workflows = client.call("GET", "/api/v1/workflows", None)?;
-    let longest = workflows["workflows"]
-        .as_array()
+    let workflows: WorkflowList = client.call("GET", "/api/v1/workflows", None)?;
+    let longest = workflows
+        .workflows
         .into_iter()
-        .flatten()
-        .filter(|w| w["name"] == name)
-        .flat_map(|w| w["steps"].as_array().cloned().unwrap_or_default())
-        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .filter(|w| w.name == name)
+        .flat_map(|w| w.steps)
+        .map(|s| s.name)
         .max_by_key(|n| n.chars().count())
         .unwrap_or_default();
     let yaml = format!(
@@ -244,9 +263,10 @@ pub enum RunsCommand {
         #[arg(long)]
         workflow: Option<String>,
         /// queued, running, succeeded, failed, cancelled or interrupted.
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, value_parser = run_status)]
+        status: Option<RunStatus>,
+        /// 1 to 500.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: u32,
         /// Print the daemon's JSON.
         #[arg(long)]
@@ -290,58 +310,59 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
                 query.push_str(&format!("&workflow={}", encode(&w)));
             }
             if let Some(s) = status {
-                query.push_str(&format!("&status={}", encode(&s)));
+                query.push_str(&format!("&status={s}"));
             }
-            let answer = client.call("GET", &format!("/api/v1/runs{query}"), None)?;
+            let answer: RunList = client.call("GET", &format!("/api/v1/runs{query}"), None)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&answer)?);
-            } else if answer["runs"].as_array().is_none_or(|runs| runs.is_empty()) {
+            } else if answer.runs.is_empty() {
                 output::note("no runs");
             } else {
-                for run in answer["runs"].as_array().into_iter().flatten() {
+                for run in &answer.runs {
                     outln!(
                         "{}  {:<11}  {:<24}  {}",
-                        run["id"].as_str().unwrap_or(""),
-                        run["status"].as_str().unwrap_or(""),
-                        run["workflow"].as_str().unwrap_or(""),
-                        run["created_at"].as_str().unwrap_or("")
+                        run.id,
+                        run.status,
+                        run.workflow,
+                        run.created_at
                     );
                 }
             }
         }
         RunsCommand::Show { id, json } => {
-            let run = client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
+            let run: RunDetail =
+                client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&run)?);
             } else {
                 outln!(
                     "{} {} {}{}",
-                    run["id"].as_str().unwrap_or(""),
-                    run["workflow"].as_str().unwrap_or(""),
-                    run["status"].as_str().unwrap_or(""),
-                    run["detail"]
-                        .as_str()
+                    run.run.id,
+                    run.run.workflow,
+                    run.run.status,
+                    run.run
+                        .detail
+                        .as_deref()
                         .map(|d| format!(" ({d})"))
                         .unwrap_or_default()
                 );
-                for step in run["steps"].as_array().into_iter().flatten() {
+                for step in &run.steps {
                     outln!(
                         "  {:<24} {:<11} {:>10}  {}",
-                        step["id"].as_str().unwrap_or(""),
-                        step["status"].as_str().unwrap_or(""),
-                        step["duration_ms"]
-                            .as_f64()
+                        step.id,
+                        step.status,
+                        step.duration_ms
                             .map(|ms| format!("{ms:.1}ms"))
                             .unwrap_or_default(),
-                        step["summary"].as_str().unwrap_or("")
+                        step.summary
                     );
                 }
             }
         }
         RunsCommand::Logs { id, json } => {
-            let run = client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
-            let name = run["workflow"].as_str().unwrap_or("").to_owned();
-            let sink = sink_for(&client, &name, json)?;
+            let run: RunDetail =
+                client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
+            let sink = sink_for(&client, &run.run.workflow, json)?;
             let status = client.follow(&id, &sink)?;
             drop(sink);
             return Ok(if status == RunStatus::Succeeded {
@@ -351,7 +372,7 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
             });
         }
         RunsCommand::Cancel { id } => {
-            client.call(
+            client.send(
                 "POST",
                 &format!("/api/v1/runs/{}/cancel", encode(&id)),
                 None,
@@ -359,10 +380,13 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
             output::note(&format!("cancelling {id}"));
         }
         RunsCommand::Resume { id, force } => {
-            client.call(
+            let request = force
+                .then(|| serde_json::to_value(ResumeRun { force }))
+                .transpose()?;
+            client.send(
                 "POST",
                 &format!("/api/v1/runs/{}/resume", encode(&id)),
-                force.then(|| serde_json::json!({ "force": true })),
+                request,
             )?;
             output::note(&format!("resumed {id}"));
         }
@@ -377,29 +401,32 @@ pub fn lock(
     expires_in: Option<&str>,
 ) -> anyhow::Result<u8> {
     let client = Client::new(args);
-    let mut body = json!({ "reason": reason });
-    if let Some(e) = expires_in {
-        body["expires_in"] = json!(e);
-    }
-    let lock = client.call("PUT", &format!("/api/v1/locks/{}", encode(key)), Some(body))?;
+    let request = PutLock {
+        reason: reason.to_owned(),
+        owner: None,
+        expires_in: expires_in.map(str::to_owned),
+    };
+    let lock: LockView = client.call(
+        "PUT",
+        &format!("/api/v1/locks/{}", encode(key)),
+        Some(serde_json::to_value(request)?),
+    )?;
     output::note(&format!(
         "locked `{}` ({}){}",
         key,
-        lock["reason"].as_str().unwrap_or(""),
-        lock["expires_at"]
-            .as_str()
+        lock.reason,
+        lock.expires_at
             .map(|e| format!(" until {e}"))
             .unwrap_or_default()
     ));
     // A typo in the key locks nothing that matters; say so while the lock can still be fixed.
-    if let Ok(answer) = client.call("GET", "/api/v1/workflows", None) {
-        let workflows = answer["workflows"].as_array().cloned().unwrap_or_default();
-        let keys: Vec<(String, String)> = workflows
-            .iter()
+    if let Ok(answer) = client.call::<WorkflowList>("GET", "/api/v1/workflows", None) {
+        let keys: Vec<(String, String)> = answer
+            .workflows
+            .into_iter()
             .map(|w| {
-                let name = w["name"].as_str().unwrap_or("").to_owned();
-                let key = w["concurrency"]["key"].as_str().unwrap_or(&name).to_owned();
-                (name, key)
+                let key = w.concurrency.map(|c| c.key).unwrap_or_else(|| w.name.clone());
+                (w.name, key)
             })
             .collect();
         let used = keys
@@ -456,23 +483,22 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 
 pub fn locks(args: &ServerArgs, json: bool) -> anyhow::Result<u8> {
     let client = Client::new(args);
-    let answer = client.call("GET", "/api/v1/locks", None)?;
+    let answer: LockList = client.call("GET", "/api/v1/locks", None)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(exit::OK);
     }
-    let locks = answer["locks"].as_array().cloned().unwrap_or_default();
-    if locks.is_empty() {
+    if answer.locks.is_empty() {
         output::note("no locks");
     }
-    for lock in &locks {
+    for lock in &answer.locks {
         outln!(
             "{:<24}  {:<12}  {}{}",
-            lock["key"].as_str().unwrap_or(""),
-            lock["owner"].as_str().unwrap_or(""),
-            lock["reason"].as_str().unwrap_or(""),
-            lock["expires_at"]
-                .as_str()
+            lock.key,
+            lock.owner,
+            lock.reason,
+            lock.expires_at
+                .as_deref()
                 .map(|e| format!(" (until {e})"))
                 .unwrap_or_default()
         );
@@ -482,9 +508,17 @@ pub fn locks(args: &ServerArgs, json: bool) -> anyhow::Result<u8> {
 
 pub fn unlock(args: &ServerArgs, key: &str) -> anyhow::Result<u8> {
     let client = Client::new(args);
-    client.call("DELETE", &format!("/api/v1/locks/{}", encode(key)), None)?;
+    client.send("DELETE", &format!("/api/v1/locks/{}", encode(key)), None)?;
     output::note(&format!("unlocked `{key}`"));
     Ok(exit::OK)
+}
+
+/// A `--status` value, as the API names statuses.
+fn run_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(text).ok_or_else(|| {
+        let all = RunStatus::ALL.map(|s| s.as_str()).join(", ");
+        format!("unknown status `{text}`; one of {all}")
+    })
 }
 
 /// Percent-encodes a path segment or query value.

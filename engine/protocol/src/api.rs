@@ -415,6 +415,19 @@ pub struct CreateToken {
     pub patterns: Vec<String>,
 }
 
+/// Why `name` cannot name a principal (a token), if it cannot. A principal's name is printed
+/// in the audit log, in run records and on terminals, so it is printable text, not blank, and
+/// without `/`, which patterns use. `shiphat token create` and `POST /api/v1/tokens` both ask.
+pub fn principal_name_problem(name: &str) -> Option<String> {
+    let bad = name.trim().is_empty() || name.contains('/') || name.chars().any(char::is_control);
+    bad.then(|| {
+        format!(
+            "a principal's name must be non-empty, printable and without `/`, not {}",
+            Value::from(name)
+        )
+    })
+}
+
 /// `POST /api/v1/session`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

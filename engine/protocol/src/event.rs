@@ -181,12 +181,12 @@ impl LogSource {
     }
 }
 
-/// Each enum prints as its name on the wire.
+/// Each enum prints as its name on the wire (padded to a width when one is asked for).
 macro_rules! display_as_str {
     ($($ty:ty),*) => {$(
         impl std::fmt::Display for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
+                f.pad(self.as_str())
             }
         }
     )*};

@@ -12,8 +12,12 @@
 //! The JSON shapes are a public, documented interface (docs/events.md, docs/daemon.md):
 //! fields may be added, never renamed or removed.
 
+mod api;
 mod event;
+mod openapi;
 mod status;
 
+pub use crate::api::*;
 pub use crate::event::*;
+pub use crate::openapi::openapi_schemas;
 pub use crate::status::*;

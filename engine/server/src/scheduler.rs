@@ -805,16 +805,87 @@ impl App {
     }
 }
 
-/// The inputs of a request, as JSON, to the text `resolve_inputs` parses by kind.
-pub fn input_texts(inputs: &Map<String, Value>) -> Vec<(String, String)> {
-    inputs
-        .iter()
-        .map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), text)
-        })
-        .collect()
+/// The inputs of a request, as JSON, to the text `resolve_inputs` parses by kind. A value
+/// must have its input's JSON type, or be a string: a `string` or `choice` input takes only a
+/// string, a `number` a number too, a `bool` a boolean too. `null`, arrays and objects are
+/// refused rather than read as the text `null` or `[1]`. Names the workflow does not declare
+/// pass through, for `resolve_inputs` to refuse with a suggestion.
+pub fn input_texts(
+    workflow: &shiphat_workflow::Workflow,
+    inputs: &Map<String, Value>,
+) -> Result<Vec<(String, String)>, Vec<String>> {
+    use shiphat_workflow::InputKind;
+    let mut texts = Vec::new();
+    let mut problems = Vec::new();
+    for (name, value) in inputs {
+        let kind = workflow
+            .inputs
+            .iter()
+            .find(|i| &i.name == name)
+            .map(|i| &i.kind);
+        let text = match (kind, value) {
+            (_, Value::String(s)) => s.clone(),
+            (Some(InputKind::Number), Value::Number(n)) => n.to_string(),
+            (Some(InputKind::Bool), Value::Bool(b)) => b.to_string(),
+            (None, other) => other.to_string(),
+            (Some(kind), other) => {
+                let expected = match kind {
+                    InputKind::Number => "a number",
+                    InputKind::Bool => "`true` or `false`",
+                    InputKind::String | InputKind::Choice(_) => "a string",
+                };
+                problems.push(format!("input `{name}` must be {expected}, not `{other}`"));
+                continue;
+            }
+        };
+        texts.push((name.clone(), text));
+    }
+    if problems.is_empty() {
+        Ok(texts)
+    } else {
+        Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_input_takes_only_a_string() {
+        // `null` satisfied a required string input, and `[1]` or `true` became the text
+        // "null", "[1]" or "true".
+        let workflow = shiphat_workflow::parse(
+            "name: w\ninputs:\n  env: {type: string, required: true}\n  n: {type: number}\n  \
+             b: {type: bool}\n  pick: {type: choice, choices: [a, b]}\n\
+             steps:\n  - id: s\n    uses: noop\n",
+            std::path::Path::new("w.yaml"),
+        )
+        .unwrap();
+        let given = |value: Value| -> Map<String, Value> {
+            serde_json::from_value(value).unwrap()
+        };
+        for bad in [
+            serde_json::json!({"env": null}),
+            serde_json::json!({"env": [1]}),
+            serde_json::json!({"env": true}),
+            serde_json::json!({"env": 3}),
+            serde_json::json!({"pick": 1}),
+            serde_json::json!({"n": [1]}),
+            serde_json::json!({"b": null}),
+        ] {
+            let problems = input_texts(&workflow, &given(bad.clone())).unwrap_err();
+            assert!(problems[0].contains("must be"), "{bad}: {problems:?}");
+        }
+        let texts = input_texts(
+            &workflow,
+            &given(serde_json::json!({"env": "prod", "n": 3, "b": true, "pick": "a"})),
+        )
+        .unwrap();
+        assert_eq!(
+            texts,
+            [("env", "prod"), ("n", "3"), ("b", "true"), ("pick", "a")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
 }

@@ -1167,7 +1167,6 @@ mod tests {
         TokenRecord, now_ms,
     };
     use rusqlite::Connection;
-    use serde_json::Value;
     use std::path::Path;
 
     /// No cap on queued runs.
@@ -1258,7 +1257,7 @@ mod tests {
         );
         let steps = store.steps("01a").unwrap();
         assert_eq!(steps.len(), 1);
-        assert_eq!(steps[0].status, "succeeded");
+        assert_eq!(steps[0].status, StepState::Succeeded);
         assert_eq!(steps[0].outputs, serde_json::json!({"x": 1}));
         assert_eq!(store.events("01a", 0, 100).unwrap().len(), 2);
     }
@@ -1282,7 +1281,7 @@ mod tests {
         assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
         let run = store.run("01a").unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Interrupted);
-        assert_eq!(store.steps("01a").unwrap()[0].status, "interrupted");
+        assert_eq!(store.steps("01a").unwrap()[0].status, StepState::Interrupted);
         assert!(store.interrupt_running().unwrap().is_empty());
         assert_eq!(store.integrity_check().unwrap(), "ok");
     }
