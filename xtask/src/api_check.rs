@@ -50,7 +50,14 @@ pub fn run_check(args: &[String]) -> Result<()> {
 
     let data = tempfile::tempdir()?;
     let created = Command::new(&shiphat)
-        .args(["token", "create", "api-check", "--role", "admin", "--data-dir"])
+        .args([
+            "token",
+            "create",
+            "api-check",
+            "--role",
+            "admin",
+            "--data-dir",
+        ])
         .arg(data.path())
         .output()
         .context("cannot run `shiphat token create`")?;

@@ -425,7 +425,10 @@ pub fn lock(
             .workflows
             .into_iter()
             .map(|w| {
-                let key = w.concurrency.map(|c| c.key).unwrap_or_else(|| w.name.clone());
+                let key = w
+                    .concurrency
+                    .map(|c| c.key)
+                    .unwrap_or_else(|| w.name.clone());
                 (w.name, key)
             })
             .collect();

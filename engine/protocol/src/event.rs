@@ -193,7 +193,9 @@ macro_rules! display_as_str {
 }
 pub(crate) use display_as_str;
 
-display_as_str!(Section, StepStatus, RunOutcome, ErrorKind, LogLevel, LogSource);
+display_as_str!(
+    Section, StepStatus, RunOutcome, ErrorKind, LogLevel, LogSource
+);
 
 /// One event of a run. Serialised with an `event` tag, e.g. `{"event":"step_started",...}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

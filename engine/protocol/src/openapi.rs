@@ -82,7 +82,11 @@ mod tests {
         let schemas = openapi_schemas();
         let create = &schemas["CreateRun"];
         assert_eq!(create["additionalProperties"], false, "{create}");
-        assert_eq!(create["required"], serde_json::json!(["workflow"]), "{create}");
+        assert_eq!(
+            create["required"],
+            serde_json::json!(["workflow"]),
+            "{create}"
+        );
         let lock = &schemas["LockView"];
         assert_eq!(
             lock["required"],

@@ -158,7 +158,9 @@ impl Rollback {
     pub fn of(steps: impl IntoIterator<Item = (Section, StepState)>) -> Option<Rollback> {
         let mut ran = steps
             .into_iter()
-            .filter(|&(section, state)| section == Section::OnFailure && state != StepState::Skipped)
+            .filter(|&(section, state)| {
+                section == Section::OnFailure && state != StepState::Skipped
+            })
             .map(|(_, state)| state)
             .peekable();
         ran.peek()?;

@@ -28,11 +28,11 @@ use shiphat_host::{
 use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Status, Step, Workflow};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::plugins::PluginPath;
+pub use crate::secrets::Secrets;
 pub use shiphat_protocol::{
     ErrorKind, Event, LogLevel, LogSource, RunOutcome, Section, StepError, StepHeader, StepStatus,
 };
-pub use crate::plugins::PluginPath;
-pub use crate::secrets::Secrets;
 
 /// Why a workflow cannot run.
 #[derive(Debug, thiserror::Error)]

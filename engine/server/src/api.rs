@@ -445,9 +445,7 @@ async fn list_environments(
     Caller(caller): Caller,
 ) -> ApiResult<Json<shiphat_protocol::EnvironmentList>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    Ok(Json(
-        crate::environments::list(&app).await?,
-    ))
+    Ok(Json(crate::environments::list(&app).await?))
 }
 
 /// How long `GET /api/v1/events` gathers changes before it sends them: a run's burst of log
@@ -1472,7 +1470,9 @@ mod tests {
             for (name, value) in headers {
                 request = request.header(*name, *value);
             }
-            let request = request.body(axum::body::Body::from(body.to_owned())).unwrap();
+            let request = request
+                .body(axum::body::Body::from(body.to_owned()))
+                .unwrap();
             let response = self.router.clone().oneshot(request).await.unwrap();
             let status = response.status();
             let headers = response.headers().clone();
@@ -1518,7 +1518,12 @@ mod tests {
                     r#"{"workflow": "web"}"#,
                 )
                 .await;
-            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{key:?}: {}", answer.body);
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{key:?}: {}",
+                answer.body
+            );
             assert!(
                 answer.body["error"]
                     .as_str()
@@ -1537,7 +1542,12 @@ mod tests {
         for limit in ["0", "501", "-1", "many"] {
             let path = format!("/api/v1/runs?limit={limit}");
             let answer = daemon.call("GET", &path, Some(Role::Viewer), &[], "").await;
-            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}: {}", answer.body);
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{path}: {}",
+                answer.body
+            );
             assert_eq!(answer.body["field"], "limit", "{path}: {}", answer.body);
         }
         let answer = daemon
@@ -1546,7 +1556,13 @@ mod tests {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
         assert_eq!(answer.body, serde_json::json!({"runs": [], "next": null}));
         let answer = daemon
-            .call("GET", "/api/v1/runs?status=odd", Some(Role::Viewer), &[], "")
+            .call(
+                "GET",
+                "/api/v1/runs?status=odd",
+                Some(Role::Viewer),
+                &[],
+                "",
+            )
             .await;
         assert_eq!(
             (answer.status, answer.body["field"].as_str()),
@@ -1566,9 +1582,20 @@ mod tests {
             ("POST", "/healthz"),
         ] {
             let answer = daemon.call(method, path, Some(Role::Admin), &[], "").await;
-            assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
-            assert!(answer.body["error"].is_string(), "{method} {path}: {}", answer.body);
-            assert!(answer.headers.contains_key(header::ALLOW), "{method} {path}");
+            assert_eq!(
+                answer.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert!(
+                answer.body["error"].is_string(),
+                "{method} {path}: {}",
+                answer.body
+            );
+            assert!(
+                answer.headers.contains_key(header::ALLOW),
+                "{method} {path}"
+            );
         }
     }
 
@@ -1606,11 +1633,27 @@ mod tests {
             let answer = daemon
                 .call("POST", "/api/v1/runs", Some(Role::Deployer), &[], body)
                 .await;
-            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}: {}", answer.body);
-            assert_eq!(answer.body["field"].as_str(), field, "{body}: {}", answer.body);
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{body}: {}",
+                answer.body
+            );
+            assert_eq!(
+                answer.body["field"].as_str(),
+                field,
+                "{body}: {}",
+                answer.body
+            );
         }
         let answer = daemon
-            .call("POST", "/api/v1/runs", Some(Role::Deployer), &[], r#"{"workflow": "web"}"#)
+            .call(
+                "POST",
+                "/api/v1/runs",
+                Some(Role::Deployer),
+                &[],
+                r#"{"workflow": "web"}"#,
+            )
             .await;
         assert_eq!(
             (answer.status, answer.body["field"].as_str()),
@@ -1655,7 +1698,10 @@ mod tests {
         refs(&doc, &mut found);
         for r in found {
             let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
-            assert!(generated.get(name).is_some(), "openapi.json's `{r}` names no schema");
+            assert!(
+                generated.get(name).is_some(),
+                "openapi.json's `{r}` names no schema"
+            );
         }
     }
 

@@ -862,9 +862,7 @@ mod tests {
             std::path::Path::new("w.yaml"),
         )
         .unwrap();
-        let given = |value: Value| -> Map<String, Value> {
-            serde_json::from_value(value).unwrap()
-        };
+        let given = |value: Value| -> Map<String, Value> { serde_json::from_value(value).unwrap() };
         for bad in [
             serde_json::json!({"env": null}),
             serde_json::json!({"env": [1]}),

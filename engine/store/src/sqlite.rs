@@ -638,7 +638,9 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
 fn queued_of(conn: &Connection, principal: &str) -> Result<u64> {
     Ok(conn
         .prepare_cached("SELECT count(*) FROM runs WHERE status = ?1 AND principal = ?2")?
-        .query_row(params![Text(RunStatus::Queued), principal], |row| row.get(0))?)
+        .query_row(params![Text(RunStatus::Queued), principal], |row| {
+            row.get(0)
+        })?)
 }
 
 fn transition(
@@ -1163,8 +1165,8 @@ mod tests {
     // Only the blocking interface: with both traits in scope every call would be ambiguous.
     use super::SqliteStore;
     use crate::{
-        AuditEntry, Change, Commit, Error, Lock, NewRun, RunFilter, RunStatus, Section, StepState, Store,
-        TokenRecord, now_ms,
+        AuditEntry, Change, Commit, Error, Lock, NewRun, RunFilter, RunStatus, Section, StepState,
+        Store, TokenRecord, now_ms,
     };
     use rusqlite::Connection;
     use std::path::Path;
@@ -1281,7 +1283,10 @@ mod tests {
         assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
         let run = store.run("01a").unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Interrupted);
-        assert_eq!(store.steps("01a").unwrap()[0].status, StepState::Interrupted);
+        assert_eq!(
+            store.steps("01a").unwrap()[0].status,
+            StepState::Interrupted
+        );
         assert!(store.interrupt_running().unwrap().is_empty());
         assert_eq!(store.integrity_check().unwrap(), "ok");
     }
