@@ -138,6 +138,13 @@ impl From<StepStatus> for StepState {
 
 display_as_str!(RunStatus, StepState);
 
+/// A state compares equal to its name, as the events and the API spell it.
+impl PartialEq<&str> for StepState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Whether a run's failure was undone: what its `on_failure` steps did. Slack, the web page
 /// and the environments all say this, and it is decided here alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
