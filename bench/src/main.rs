@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 mod side;
 use shiphat_host::{Host, HostConfig, LoadKind};
-use shiphat_runner::{PluginPath, Prepared, RunOptions, RunStatus, Runner, Secrets};
+use shiphat_runner::{PluginPath, Prepared, RunOptions, RunOutcome, Runner, Secrets};
 use tokio_util::sync::CancellationToken;
 
 struct Sizes {
@@ -237,7 +237,7 @@ async fn timed_run(runner: &Runner, prepared: &Prepared) -> Duration {
         )
         .await;
     let took = started.elapsed();
-    assert_eq!(report.status, RunStatus::Succeeded);
+    assert_eq!(report.status, RunOutcome::Succeeded);
     took
 }
 

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod api_check;
 mod demo;
 mod expr_conformance;
 mod tools;
@@ -28,6 +29,9 @@ tasks:
             screenshots of the web page land in artifacts/screenshots
   plugins   build the plugins into plugins/target/wasm32-wasip2/release
   lint      cargo fmt --check and cargo clippy -D warnings, for host and plugins
+  api-check [ARG...]
+            run Schemathesis (pinned, into target/api-check) with all its checks against a
+            live `shiphat serve` on a loopback port; ARGs go to `schemathesis run`
   expr-conformance DIR [NAME...]
             run GitHub's expression test data (the JSON files of actions/languageservices
             expressions/testdata, in DIR; only those whose names contain a NAME, if given)
@@ -45,6 +49,7 @@ fn main() -> Result<()> {
         Some("plugins") => plugins(),
         Some("lint") => lint(),
         Some("expr-conformance") => expr_conformance::run(&args[1..]),
+        Some("api-check") => api_check::run_check(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())

@@ -4,8 +4,12 @@
 use std::io::BufRead;
 use std::path::Path;
 
-use serde_json::{Map, Value, json};
-use shiphat_runner::{ErrorKind, Event, RunStatus, Section, StepError, StepHeader, StepStatus};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use shiphat_protocol::{
+    Accepted, CreateRun, ErrorBody, Event, LockList, LockView, PutLock, ResumeRun, RunDetail,
+    RunList, RunStatus, WorkflowList,
+};
 
 use crate::{Invalid, Sink, exit, output};
 
@@ -72,8 +76,9 @@ impl Client {
         self.token.as_ref().map(|t| format!("Bearer {t}"))
     }
 
-    /// Sends a request and returns its JSON answer, or an error carrying the daemon's message.
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    /// Sends a request and returns its answer's text, or an error carrying the daemon's
+    /// message.
+    fn send(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let auth = self.auth();
         let response = match (method, body) {
@@ -81,20 +86,20 @@ impl Client {
             ("DELETE", _) => with_auth(self.agent.delete(&url), &auth).call(),
             ("POST", Some(body)) => with_auth(self.agent.post(&url), &auth).send_json(&body),
             ("POST", None) => with_auth(self.agent.post(&url), &auth).send_empty(),
-            ("PUT", body) => {
-                with_auth(self.agent.put(&url), &auth).send_json(body.unwrap_or(json!({})))
-            }
+            ("PUT", body) => with_auth(self.agent.put(&url), &auth)
+                .send_json(body.unwrap_or_else(|| Value::Object(Map::new()))),
             _ => unreachable!("no other method is used"),
         };
         let mut response = response
             .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {}: {e}", self.base))?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap_or_default();
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if (200..300).contains(&status) {
-            return Ok(value);
+            return Ok(text);
         }
-        let message = value["error"].as_str().map(str::to_owned).unwrap_or(text);
+        let message = serde_json::from_str::<ErrorBody>(&text)
+            .map(|e| e.error)
+            .unwrap_or(text);
         let failure = ApiFailure { status, message };
         if (400..500).contains(&status) {
             Err(Invalid(failure.to_string()).into())
@@ -103,10 +108,25 @@ impl Client {
         }
     }
 
+    /// Sends a request and reads its answer as `T`, one of the wire contract's answers.
+    fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<T> {
+        let text = self.send(method, path, body)?;
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "the daemon's answer to {method} {path} is not what this shiphat reads ({e}); is it another version?"
+            )
+        })
+    }
+
     /// Follows a run's event stream, handing each event to `sink`, until `run_finished` (or
     /// the run ends otherwise). Reconnects with `Last-Event-ID` when the connection drops.
     /// Returns the run's final status.
-    fn follow(&self, id: &str, sink: &Sink) -> anyhow::Result<String> {
+    fn follow(&self, id: &str, sink: &Sink) -> anyhow::Result<RunStatus> {
         let url = format!("{}/api/v1/runs/{id}/events", self.base);
         let mut last: Option<String> = None;
         let mut retries = 0;
@@ -131,25 +151,27 @@ impl Client {
                 } else if let Some(d) = line.strip_prefix("data:") {
                     data.push_str(d.strip_prefix(' ').unwrap_or(d));
                 } else if line.is_empty() && !data.is_empty() {
-                    let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    // An event this build cannot read (a newer daemon's) is passed over, as
+                    // docs/events.md allows.
+                    let event = serde_json::from_str::<Event>(&data);
                     data.clear();
-                    if let Some(event) = event_from_json(&value) {
-                        sink(event);
-                    }
-                    if value["event"] == "run_finished" {
-                        return Ok(value["status"].as_str().unwrap_or("failed").to_owned());
+                    let Ok(event) = event else { continue };
+                    let finished = match &event {
+                        Event::RunFinished { status, .. } => Some(RunStatus::from(*status)),
+                        _ => None,
+                    };
+                    sink(event);
+                    if let Some(status) = finished {
+                        return Ok(status);
                     }
                 }
             }
             // The stream ended without `run_finished`: the run ended another way (cancelled
             // while queued or interrupted), or the connection dropped.
-            let run = self.call("GET", &format!("/api/v1/runs/{id}"), None)?;
-            let status = run["status"].as_str().unwrap_or("").to_owned();
-            if matches!(status.as_str(), "succeeded" | "failed" | "cancelled") {
-                return Ok(status);
-            }
+            let run: RunDetail = self.call("GET", &format!("/api/v1/runs/{id}"), None)?;
+            let status = run.run.status;
             retries += 1;
-            if retries > STREAM_RETRIES {
+            if status.is_terminal() || retries > STREAM_RETRIES {
                 return Ok(status);
             }
         }
@@ -190,16 +212,19 @@ pub fn run(
             .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))?;
         given.insert(k.trim().to_owned(), Value::String(v.to_owned()));
     }
-    let accepted = client.call(
-        "POST",
-        "/api/v1/runs",
-        Some(json!({ "workflow": name, "inputs": given, "dry_run": dry_run })),
-    )?;
-    let id = accepted["id"].as_str().unwrap_or_default().to_owned();
+    let request = CreateRun {
+        workflow: name.clone(),
+        inputs: given,
+        dry_run,
+        force: false,
+    };
+    let accepted: Accepted =
+        client.call("POST", "/api/v1/runs", Some(serde_json::to_value(request)?))?;
+    let id = accepted.id;
     let sink = sink_for(&client, &name, json)?;
     let status = client.follow(&id, &sink)?;
     drop(sink);
-    Ok(if status == "succeeded" {
+    Ok(if status == RunStatus::Succeeded {
         exit::OK
     } else {
         exit::FAILED
@@ -212,14 +237,13 @@ fn sink_for(client: &Client, name: &str, json: bool) -> anyhow::Result<Sink> {
     if json {
         return Ok(output::json_sink());
     }
-    let workflows = client.call("GET", "/api/v1/workflows", None)?;
-    let longest = workflows["workflows"]
-        .as_array()
+    let workflows: WorkflowList = client.call("GET", "/api/v1/workflows", None)?;
+    let longest = workflows
+        .workflows
         .into_iter()
-        .flatten()
-        .filter(|w| w["name"] == name)
-        .flat_map(|w| w["steps"].as_array().cloned().unwrap_or_default())
-        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .filter(|w| w.name == name)
+        .flat_map(|w| w.steps)
+        .map(|s| s.name)
         .max_by_key(|n| n.chars().count())
         .unwrap_or_default();
     let yaml = format!(
@@ -239,9 +263,10 @@ pub enum RunsCommand {
         #[arg(long)]
         workflow: Option<String>,
         /// queued, running, succeeded, failed, cancelled or interrupted.
-        #[arg(long)]
-        status: Option<String>,
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, value_parser = run_status)]
+        status: Option<RunStatus>,
+        /// 1 to 500.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: u32,
         /// Print the daemon's JSON.
         #[arg(long)]
@@ -285,68 +310,69 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
                 query.push_str(&format!("&workflow={}", encode(&w)));
             }
             if let Some(s) = status {
-                query.push_str(&format!("&status={}", encode(&s)));
+                query.push_str(&format!("&status={s}"));
             }
-            let answer = client.call("GET", &format!("/api/v1/runs{query}"), None)?;
+            let answer: RunList = client.call("GET", &format!("/api/v1/runs{query}"), None)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&answer)?);
-            } else if answer["runs"].as_array().is_none_or(|runs| runs.is_empty()) {
+            } else if answer.runs.is_empty() {
                 output::note("no runs");
             } else {
-                for run in answer["runs"].as_array().into_iter().flatten() {
+                for run in &answer.runs {
                     outln!(
                         "{}  {:<11}  {:<24}  {}",
-                        run["id"].as_str().unwrap_or(""),
-                        run["status"].as_str().unwrap_or(""),
-                        run["workflow"].as_str().unwrap_or(""),
-                        run["created_at"].as_str().unwrap_or("")
+                        run.id,
+                        run.status,
+                        run.workflow,
+                        run.created_at
                     );
                 }
             }
         }
         RunsCommand::Show { id, json } => {
-            let run = client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
+            let run: RunDetail =
+                client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&run)?);
             } else {
                 outln!(
                     "{} {} {}{}",
-                    run["id"].as_str().unwrap_or(""),
-                    run["workflow"].as_str().unwrap_or(""),
-                    run["status"].as_str().unwrap_or(""),
-                    run["detail"]
-                        .as_str()
+                    run.run.id,
+                    run.run.workflow,
+                    run.run.status,
+                    run.run
+                        .detail
+                        .as_deref()
                         .map(|d| format!(" ({d})"))
                         .unwrap_or_default()
                 );
-                for step in run["steps"].as_array().into_iter().flatten() {
+                for step in &run.steps {
                     outln!(
                         "  {:<24} {:<11} {:>10}  {}",
-                        step["id"].as_str().unwrap_or(""),
-                        step["status"].as_str().unwrap_or(""),
-                        step["duration_ms"]
-                            .as_f64()
+                        step.id,
+                        step.status,
+                        step.duration_ms
                             .map(|ms| format!("{ms:.1}ms"))
                             .unwrap_or_default(),
-                        step["summary"].as_str().unwrap_or("")
+                        step.summary
                     );
                 }
             }
         }
         RunsCommand::Logs { id, json } => {
-            let run = client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
-            let name = run["workflow"].as_str().unwrap_or("").to_owned();
-            let sink = sink_for(&client, &name, json)?;
+            let run: RunDetail =
+                client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
+            let sink = sink_for(&client, &run.run.workflow, json)?;
             let status = client.follow(&id, &sink)?;
             drop(sink);
-            return Ok(if status == "succeeded" {
+            return Ok(if status == RunStatus::Succeeded {
                 exit::OK
             } else {
                 exit::FAILED
             });
         }
         RunsCommand::Cancel { id } => {
-            client.call(
+            client.send(
                 "POST",
                 &format!("/api/v1/runs/{}/cancel", encode(&id)),
                 None,
@@ -354,10 +380,13 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
             output::note(&format!("cancelling {id}"));
         }
         RunsCommand::Resume { id, force } => {
-            client.call(
+            let request = force
+                .then(|| serde_json::to_value(ResumeRun { force }))
+                .transpose()?;
+            client.send(
                 "POST",
                 &format!("/api/v1/runs/{}/resume", encode(&id)),
-                force.then(|| serde_json::json!({ "force": true })),
+                request,
             )?;
             output::note(&format!("resumed {id}"));
         }
@@ -372,29 +401,35 @@ pub fn lock(
     expires_in: Option<&str>,
 ) -> anyhow::Result<u8> {
     let client = Client::new(args);
-    let mut body = json!({ "reason": reason });
-    if let Some(e) = expires_in {
-        body["expires_in"] = json!(e);
-    }
-    let lock = client.call("PUT", &format!("/api/v1/locks/{}", encode(key)), Some(body))?;
+    let request = PutLock {
+        reason: reason.to_owned(),
+        owner: None,
+        expires_in: expires_in.map(str::to_owned),
+    };
+    let lock: LockView = client.call(
+        "PUT",
+        &format!("/api/v1/locks/{}", encode(key)),
+        Some(serde_json::to_value(request)?),
+    )?;
     output::note(&format!(
         "locked `{}` ({}){}",
         key,
-        lock["reason"].as_str().unwrap_or(""),
-        lock["expires_at"]
-            .as_str()
+        lock.reason,
+        lock.expires_at
             .map(|e| format!(" until {e}"))
             .unwrap_or_default()
     ));
     // A typo in the key locks nothing that matters; say so while the lock can still be fixed.
-    if let Ok(answer) = client.call("GET", "/api/v1/workflows", None) {
-        let workflows = answer["workflows"].as_array().cloned().unwrap_or_default();
-        let keys: Vec<(String, String)> = workflows
-            .iter()
+    if let Ok(answer) = client.call::<WorkflowList>("GET", "/api/v1/workflows", None) {
+        let keys: Vec<(String, String)> = answer
+            .workflows
+            .into_iter()
             .map(|w| {
-                let name = w["name"].as_str().unwrap_or("").to_owned();
-                let key = w["concurrency"]["key"].as_str().unwrap_or(&name).to_owned();
-                (name, key)
+                let key = w
+                    .concurrency
+                    .map(|c| c.key)
+                    .unwrap_or_else(|| w.name.clone());
+                (w.name, key)
             })
             .collect();
         let used = keys
@@ -451,23 +486,22 @@ fn key_matches(pattern: &str, key: &str) -> bool {
 
 pub fn locks(args: &ServerArgs, json: bool) -> anyhow::Result<u8> {
     let client = Client::new(args);
-    let answer = client.call("GET", "/api/v1/locks", None)?;
+    let answer: LockList = client.call("GET", "/api/v1/locks", None)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(exit::OK);
     }
-    let locks = answer["locks"].as_array().cloned().unwrap_or_default();
-    if locks.is_empty() {
+    if answer.locks.is_empty() {
         output::note("no locks");
     }
-    for lock in &locks {
+    for lock in &answer.locks {
         outln!(
             "{:<24}  {:<12}  {}{}",
-            lock["key"].as_str().unwrap_or(""),
-            lock["owner"].as_str().unwrap_or(""),
-            lock["reason"].as_str().unwrap_or(""),
-            lock["expires_at"]
-                .as_str()
+            lock.key,
+            lock.owner,
+            lock.reason,
+            lock.expires_at
+                .as_deref()
                 .map(|e| format!(" (until {e})"))
                 .unwrap_or_default()
         );
@@ -477,9 +511,17 @@ pub fn locks(args: &ServerArgs, json: bool) -> anyhow::Result<u8> {
 
 pub fn unlock(args: &ServerArgs, key: &str) -> anyhow::Result<u8> {
     let client = Client::new(args);
-    client.call("DELETE", &format!("/api/v1/locks/{}", encode(key)), None)?;
+    client.send("DELETE", &format!("/api/v1/locks/{}", encode(key)), None)?;
     output::note(&format!("unlocked `{key}`"));
     Ok(exit::OK)
+}
+
+/// A `--status` value, as the API names statuses.
+fn run_status(text: &str) -> Result<RunStatus, String> {
+    RunStatus::parse(text).ok_or_else(|| {
+        let all = RunStatus::ALL.map(|s| s.as_str()).join(", ");
+        format!("unknown status `{text}`; one of {all}")
+    })
 }
 
 /// Percent-encodes a path segment or query value.
@@ -493,122 +535,4 @@ fn encode(text: &str) -> String {
         }
     }
     out
-}
-
-/// The runner's event from its JSON (docs/events.md), so remote events go through the same
-/// printing code as local ones.
-fn event_from_json(v: &Value) -> Option<Event> {
-    let s = |key: &str| v[key].as_str().unwrap_or("").to_owned();
-    let run_id = s("run_id");
-    let time = s("time");
-    let section = |v: &Value| match v.as_str() {
-        Some("on_failure") => Section::OnFailure,
-        Some("finally") => Section::Finally,
-        _ => Section::Steps,
-    };
-    Some(match v["event"].as_str()? {
-        "run_started" => Event::RunStarted {
-            run_id,
-            workflow: s("workflow"),
-            dry_run: v["dry_run"].as_bool().unwrap_or(false),
-            steps: v["steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|h| StepHeader {
-                    id: h["id"].as_str().unwrap_or("").to_owned(),
-                    name: h["name"].as_str().unwrap_or("").to_owned(),
-                    section: section(&h["section"]),
-                })
-                .collect(),
-            time,
-        },
-        "step_started" => Event::StepStarted {
-            run_id,
-            step: s("step"),
-            name: s("name"),
-            section: section(&v["section"]),
-            attempt: v["attempt"].as_u64().unwrap_or(1) as u32,
-            time,
-        },
-        "log" => Event::Log {
-            run_id,
-            step: s("step"),
-            level: match v["level"].as_str() {
-                Some("trace") => "trace",
-                Some("debug") => "debug",
-                Some("warn") => "warn",
-                Some("error") => "error",
-                _ => "info",
-            },
-            source: match v["source"].as_str() {
-                Some("plugin") => "plugin",
-                Some("stdout") => "stdout",
-                Some("stderr") => "stderr",
-                _ => "engine",
-            },
-            message: s("message"),
-            time,
-        },
-        "step_finished" => Event::StepFinished {
-            run_id,
-            step: s("step"),
-            name: s("name"),
-            section: section(&v["section"]),
-            status: match v["status"].as_str() {
-                Some("succeeded") => StepStatus::Succeeded,
-                Some("skipped") => StepStatus::Skipped,
-                Some("cancelled") => StepStatus::Cancelled,
-                _ => StepStatus::Failed,
-            },
-            attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
-            duration_ms: v["duration_ms"].as_f64().unwrap_or(0.0),
-            summary: s("summary"),
-            outputs: v["outputs"].as_object().cloned().unwrap_or_default(),
-            error: v["error"].as_object().map(|e| StepError {
-                kind: error_kind(e.get("kind").and_then(Value::as_str).unwrap_or("")),
-                message: e
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned(),
-            }),
-            continued: v["continued"].as_bool().unwrap_or(false),
-            time,
-        },
-        "run_finished" => Event::RunFinished {
-            run_id,
-            workflow: s("workflow"),
-            status: match v["status"].as_str() {
-                Some("succeeded") => RunStatus::Succeeded,
-                Some("cancelled") => RunStatus::Cancelled,
-                _ => RunStatus::Failed,
-            },
-            duration_ms: v["duration_ms"].as_f64().unwrap_or(0.0),
-            failed_steps: v["failed_steps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect(),
-            time,
-        },
-        _ => return None,
-    })
-}
-
-fn error_kind(kind: &str) -> ErrorKind {
-    match kind {
-        "invalid_config" => ErrorKind::InvalidConfig,
-        "transient" => ErrorKind::Transient,
-        "timeout" => ErrorKind::Timeout,
-        "memory" => ErrorKind::Memory,
-        "stack_overflow" => ErrorKind::StackOverflow,
-        "panic" => ErrorKind::Panic,
-        "trap" => ErrorKind::Trap,
-        "bad_output" => ErrorKind::BadOutput,
-        "setup" => ErrorKind::Setup,
-        "cancelled" => ErrorKind::Cancelled,
-        _ => ErrorKind::Failed,
-    }
 }

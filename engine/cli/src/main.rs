@@ -29,7 +29,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shiphat_host::{Host, HostConfig};
-use shiphat_runner::{PluginPath, Prepared, RunOptions, RunStatus, Runner, Secrets, Stop};
+use shiphat_runner::{PluginPath, Prepared, RunOptions, RunOutcome, Runner, Secrets, Stop};
 
 /// Exit codes, documented in `shiphat --help` and the README.
 mod exit {
@@ -483,8 +483,8 @@ async fn run(
         output::aborted(&report);
     }
     Ok(match report.status {
-        RunStatus::Succeeded => exit::OK,
-        RunStatus::Failed | RunStatus::Cancelled => exit::FAILED,
+        RunOutcome::Succeeded => exit::OK,
+        RunOutcome::Failed | RunOutcome::Cancelled => exit::FAILED,
     })
 }
 

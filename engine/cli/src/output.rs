@@ -8,7 +8,7 @@ use std::time::Duration;
 use console::style;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shiphat_host::PluginInfo;
-use shiphat_runner::{Event, RunReport, RunStatus, Section, StepStatus};
+use shiphat_runner::{Event, LogLevel, RunOutcome, RunReport, Section, StepStatus};
 use shiphat_workflow::Workflow;
 
 use crate::Sink;
@@ -207,8 +207,8 @@ impl Human {
             } => {
                 let text = format!("    {} {message}", style(format!("{step} │")).dim());
                 let text = match level {
-                    "error" => style(text).red().to_string(),
-                    "warn" => style(text).yellow().to_string(),
+                    LogLevel::Error => style(text).red().to_string(),
+                    LogLevel::Warn => style(text).yellow().to_string(),
                     _ => text,
                 };
                 self.print(text);
@@ -265,17 +265,17 @@ impl Human {
             } => {
                 let took = fmt_ms(duration_ms);
                 let line = match status {
-                    RunStatus::Succeeded => {
+                    RunOutcome::Succeeded => {
                         format!(
                             "{} succeeded in {took}{}",
                             style("✓").green().bold(),
                             self.skipped_note()
                         )
                     }
-                    RunStatus::Cancelled => {
+                    RunOutcome::Cancelled => {
                         format!("{} cancelled after {took}", style("✗").red().bold())
                     }
-                    RunStatus::Failed => {
+                    RunOutcome::Failed => {
                         let mut line = format!("{} failed in {took}", style("✗").red().bold());
                         if !failed_steps.is_empty() {
                             line.push_str(&format!(": {} failed", failed_steps.join(", ")));

@@ -94,6 +94,9 @@ pub fn token_create(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(problem) = shiphat_protocol::principal_name_problem(name) {
+        return Err(Invalid(problem).into());
+    }
     // Runs belong to a principal by name: a second principal of the same name could cancel
     // the first one's runs.
     if config.principal_names().any(|n| n == name) {

@@ -31,9 +31,11 @@ use shiphat_host::{
 use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Status, Step, Workflow};
 use tokio_util::sync::CancellationToken;
 
-pub use crate::event::{ErrorKind, Event, RunStatus, Section, StepError, StepHeader, StepStatus};
 pub use crate::plugins::PluginPath;
 pub use crate::secrets::Secrets;
+pub use shiphat_protocol::{
+    ErrorKind, Event, LogLevel, LogSource, RunOutcome, Section, StepError, StepHeader, StepStatus,
+};
 
 /// Why a workflow cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +208,7 @@ pub struct StepReport {
 #[derive(Clone, Debug)]
 pub struct RunReport {
     pub run_id: String,
-    pub status: RunStatus,
+    pub status: RunOutcome,
     pub duration: Duration,
     /// Every step that ran or was skipped, in the order they finished.
     pub steps: Vec<StepReport>,
@@ -453,12 +455,12 @@ impl Runner {
                 run.emit(Event::Log {
                     run_id: run.run_id.clone(),
                     step: String::new(),
-                    level: "error",
-                    source: "engine",
+                    level: LogLevel::Error,
+                    source: LogSource::Engine,
                     message: error.message.clone(),
                     time: event::now(),
                 });
-                return run.finish(started, RunStatus::Failed).await;
+                return run.finish(started, RunOutcome::Failed).await;
             }
         };
 
@@ -478,7 +480,7 @@ impl Runner {
             if section != Section::Steps && run.stop.is_cancelled() && !run.stop.is_aborted() {
                 run.log(
                     "",
-                    "warn",
+                    LogLevel::Warn,
                     format!(
                         "the run was cancelled; running {} before it ends",
                         section.as_str()
@@ -493,11 +495,11 @@ impl Runner {
             }
         }
         let status = if run.stop.is_cancelled() {
-            RunStatus::Cancelled
+            RunOutcome::Cancelled
         } else if main_ok {
-            RunStatus::Succeeded
+            RunOutcome::Succeeded
         } else {
-            RunStatus::Failed
+            RunOutcome::Failed
         };
         run.finish(started, status).await
     }
@@ -631,7 +633,7 @@ impl Runner {
                         running.push(async move { (index, job.run().await) });
                     }
                     Err(reason) => {
-                        run.log(&step.id, "info", format!("skipped: {reason}"));
+                        run.log(&step.id, LogLevel::Info, format!("skipped: {reason}"));
                         let status_of = if stopped {
                             StepStatus::Cancelled
                         } else {
@@ -709,12 +711,12 @@ impl RunState {
         }
     }
 
-    fn log(&self, step: &str, level: &'static str, message: String) {
+    fn log(&self, step: &str, level: LogLevel, message: String) {
         self.emit(Event::Log {
             run_id: self.run_id.clone(),
             step: step.to_owned(),
             level,
-            source: "engine",
+            source: LogSource::Engine,
             message,
             time: event::now(),
         });
@@ -787,7 +789,7 @@ impl RunState {
         self.reports.lock().unwrap().push(report);
     }
 
-    async fn finish(&self, started: Instant, status: RunStatus) -> RunReport {
+    async fn finish(&self, started: Instant, status: RunOutcome) -> RunReport {
         let steps = std::mem::take(&mut *self.reports.lock().unwrap());
         let duration = started.elapsed();
         let failed_steps = steps
@@ -890,7 +892,7 @@ impl StepJob {
                     let delay = step.retries.delay(attempt);
                     self.run.log(
                         &step.id,
-                        "warn",
+                        LogLevel::Warn,
                         format!(
                             "attempt {attempt} of {} failed transiently: {message}; retrying in {}",
                             step.retries.count + 1,
@@ -1041,7 +1043,7 @@ impl StepJob {
                 Some(value) => secrets.push((name.clone(), value.clone())),
                 None => self.run.log(
                     &step.id,
-                    "warn",
+                    LogLevel::Warn,
                     format!("secret `{name}` is granted but has no value: set the environment variable `{name}` or add it to the secrets file"),
                 ),
             }
@@ -1059,8 +1061,8 @@ impl StepJob {
             run.emit(Event::Log {
                 run_id: run.run_id.clone(),
                 step: step_id.clone(),
-                level: line.level.as_str(),
-                source: line.source.as_str(),
+                level: event::level(line.level),
+                source: event::source(line.source),
                 message: line.message,
                 time: event::now(),
             });

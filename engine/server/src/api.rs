@@ -6,16 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
-use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, RunStatus, TokenRecord, rfc3339};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use shiphat_protocol::{
+    Accepted, AuditLog, AuditView, Cancelling, ConcurrencyView, CreateRun, CreateToken, ErrorBody,
+    Event, InputType, InputView, ListRuns, LockList, LockView, LogLine, NewToken, PlanStep,
+    PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice, RunStatus,
+    RunView, Section, SessionView, SignIn, StepName, StepView, TokenList, TokenSource, TokenView,
+    WorkflowList, WorkflowView,
+};
+use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +113,7 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
         .route("/session", post(sign_in).get(show_session).delete(sign_out))
         .route("/events", get(all_events))
         .route("/environments", get(list_environments))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     Router::new()
         .route("/", get(|| async { crate::web::asset("index.html") }))
@@ -121,40 +129,55 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
         )
         .route(crate::chat::PATH, post(crate::chat::slack_commands))
         .nest("/api/v1", api)
+        .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .layer(axum::Extension(Stop(stop)))
         .with_state(app)
 }
 
+/// A route called with a method it does not take: the same JSON error as any other, beside
+/// the `Allow` header axum adds.
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route does not take `{method}`; the `Allow` header lists what it takes"),
+    )
+}
+
 #[derive(Clone)]
 struct Stop(CancellationToken);
 
-/// A JSON error: `{"error": "...", "field": "..."}`.
+/// A JSON error: `{"error": "...", "field": "..."}` ([`ErrorBody`]).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
-    field: Option<String>,
-    /// More fields of the body; boxed to keep `Result<_, ApiError>` small.
-    extra: Option<Box<Value>>,
+    /// Boxed to keep `Result<_, ApiError>` small.
+    body: Box<ErrorBody>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            message: message.into(),
-            field: None,
-            extra: None,
+            body: Box::new(ErrorBody {
+                error: message.into(),
+                field: None,
+                lock: None,
+                run: None,
+            }),
         }
     }
 
+    /// A 400 about one field of the request.
     fn field(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            field: Some(field.to_owned()),
-            ..ApiError::new(StatusCode::BAD_REQUEST, message)
-        }
+        ApiError::new(StatusCode::BAD_REQUEST, message).on(field)
+    }
+
+    /// The same error, about `field`.
+    fn on(mut self, field: &str) -> ApiError {
+        self.body.field = Some(field.to_owned());
+        self
     }
 
     fn forbidden(message: String) -> ApiError {
@@ -178,12 +201,8 @@ impl From<shiphat_store::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message, "field": self.field });
-        if let Some(Value::Object(extra)) = self.extra.map(|b| *b) {
-            body.as_object_mut().unwrap().extend(extra);
-        }
-        let mut response = (self.status, Json(body)).into_response();
-        response.extensions_mut().insert(Outcome(self.message));
+        let mut response = (self.status, Json(&*self.body)).into_response();
+        response.extensions_mut().insert(Outcome(self.body.error));
         response
     }
 }
@@ -356,18 +375,15 @@ async fn sign_in(
             "send the token as JSON: `Content-Type: application/json`, `{\"token\": \"...\"}`",
         ));
     }
-    let body = Body::parse(&body_bytes(body)?, &["token"])?;
-    let token = body.required("token")?;
+    let SignIn { token } = parse_body(&body_bytes(body)?)?;
     let hash = token_hash(token.trim());
     let Some(principal) = principal_for(&app, &hash).await? else {
         app.sign_ins.allow(&address);
-        return Err(ApiError {
-            field: Some("token".into()),
-            ..ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unknown token: paste a token from `shiphat token create` or your admin",
-            )
-        });
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown token: paste a token from `shiphat token create` or your admin",
+        )
+        .on("token"));
     };
     // A browser signing in again (another token, say) leaves no older session behind.
     app.sessions.close(&headers);
@@ -389,13 +405,13 @@ async fn sign_in(
     ))
 }
 
-fn session_json(principal: &Principal, csrf: &str) -> Value {
-    json!({
-        "principal": principal.name,
-        "roles": principal.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
-        "patterns": principal.patterns,
-        "csrf": csrf,
-    })
+fn session_json(principal: &Principal, csrf: &str) -> SessionView {
+    SessionView {
+        principal: principal.name.clone(),
+        roles: principal.roles.clone(),
+        patterns: principal.patterns.clone(),
+        csrf: csrf.to_owned(),
+    }
 }
 
 /// `GET /api/v1/session`: who the browser is signed in as, with its CSRF token.
@@ -403,7 +419,7 @@ async fn show_session(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SessionView>> {
     let session = app.sessions.find(&headers).ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -427,11 +443,9 @@ async fn sign_out(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
 async fn list_environments(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<shiphat_protocol::EnvironmentList>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    Ok(Json(
-        crate::environments::list(&app, |r| run_json(&app, r), lock_json).await?,
-    ))
+    Ok(Json(crate::environments::list(&app).await?))
 }
 
 /// How long `GET /api/v1/events` gathers changes before it sends them: a run's burst of log
@@ -489,9 +503,13 @@ async fn all_events(
                 changed = vec![None];
             }
             for id in changed {
+                let notice = RunNotice {
+                    run: id.as_deref().map(str::to_owned),
+                };
                 let event = SseEvent::default()
                     .event("run")
-                    .data(json!({ "run": id.as_deref() }).to_string());
+                    .json_data(notice)
+                    .expect("a notice always serialises");
                 if tx.send(Ok(event)).await.is_err() {
                     return;
                 }
@@ -520,75 +538,55 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
     }
 }
 
-/// A JSON object body, checked field by field so that errors name the field.
-struct Body(Map<String, Value>);
-
-impl Body {
-    fn parse(bytes: &[u8], allowed: &[&'static str]) -> ApiResult<Body> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not JSON: {e}"),
-            )
-        })?;
-        let Value::Object(map) = value else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "the body must be a JSON object",
-            ));
-        };
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(ApiError::field(
-                unknown,
-                format!(
-                    "unknown field `{unknown}`; expected one of {}",
-                    allowed
-                        .iter()
-                        .map(|a| format!("`{a}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        Ok(Body(map))
+/// A JSON object body as the request type `T` (one of `shiphat_protocol`'s), or a 400 that
+/// names the field at fault. Only an object is taken: serde would read a struct from an
+/// array too.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object",
+        ));
     }
+    serde_path_to_error::deserialize(value).map_err(refused)
+}
 
-    fn string(&self, field: &'static str) -> ApiResult<Option<String>> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError::field(
-                field,
-                format!("`{field}` must be a string"),
-            )),
+/// A query string as the request type `T`, or a 400 that names the parameter at fault.
+fn parse_query<T: DeserializeOwned>(query: Option<&str>) -> ApiResult<T> {
+    let pairs = form_urlencoded::parse(query.unwrap_or_default().as_bytes());
+    serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs)).map_err(refused)
+}
+
+/// A request that does not deserialise, as a 400 naming the field: the first key of the
+/// error's path, or the one serde names in "missing field `x`" and "unknown field `x`".
+fn refused<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> ApiError {
+    let message = e.inner().to_string();
+    let named = |prefix: &str| {
+        let rest = message.strip_prefix(prefix)?.strip_prefix(" `")?;
+        rest.split('`').next().map(str::to_owned)
+    };
+    let field = e
+        .path()
+        .iter()
+        .find_map(|segment| match segment {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            _ => None,
+        })
+        .or_else(|| named("missing field"))
+        .or_else(|| named("unknown field"));
+    match field {
+        Some(field) if message.starts_with("missing field") => {
+            ApiError::field(&field, format!("`{field}` is required"))
         }
-    }
-
-    fn required(&self, field: &'static str) -> ApiResult<String> {
-        self.string(field)?
-            .ok_or_else(|| ApiError::field(field, format!("`{field}` is required")))
-    }
-
-    fn bool(&self, field: &'static str) -> ApiResult<bool> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(ApiError::field(
-                field,
-                format!("`{field}` must be true or false"),
-            )),
-        }
-    }
-
-    fn object(&self, field: &'static str) -> ApiResult<Map<String, Value>> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(Map::new()),
-            Some(Value::Object(m)) => Ok(m.clone()),
-            Some(_) => Err(ApiError::field(
-                field,
-                format!("`{field}` must be an object"),
-            )),
-        }
+        Some(field) if message.starts_with("unknown field") => ApiError::field(&field, message),
+        Some(field) => ApiError::field(&field, format!("`{field}`: {message}")),
+        None => ApiError::new(StatusCode::BAD_REQUEST, message),
     }
 }
 
@@ -605,31 +603,38 @@ fn with_target(mut response: Response, target: &str, outcome: Option<String>) ->
     response
 }
 
-pub(crate) fn run_json(app: &App, run: &Run) -> Value {
+pub(crate) fn run_view(app: &App, run: &Run) -> RunView {
     let (waiting_on, queue_position) = match app.waiting_on(&run.id) {
-        Some((holder, position)) => (holder, Some(position)),
+        Some((holder, position)) => (holder, Some(position as u64)),
         None => (None, None),
     };
-    json!({
-        "id": run.id,
-        "workflow": run.workflow,
-        "status": run.status.as_str(),
-        "detail": run.detail,
-        "inputs": run.inputs,
-        "principal": run.principal,
-        "dry_run": run.dry_run,
-        "concurrency_key": run.concurrency_key,
-        "queue_position": queue_position,
-        "waiting_on": waiting_on,
-        "environment": run.inputs.get("environment").and_then(Value::as_str),
-        "created_at": rfc3339(run.created_ms),
-        "started_at": run.started_ms.map(rfc3339),
-        "finished_at": run.finished_ms.map(rfc3339),
-        "created_ms": run.created_ms,
-        "started_ms": run.started_ms,
-        "finished_ms": run.finished_ms,
-        "duration_ms": run.started_ms.zip(run.finished_ms).map(|(s, f)| (f - s).max(0)),
-    })
+    RunView {
+        id: run.id.clone(),
+        workflow: run.workflow.clone(),
+        status: run.status,
+        detail: run.detail.clone(),
+        inputs: run.inputs.as_object().cloned().unwrap_or_default(),
+        principal: run.principal.clone(),
+        dry_run: run.dry_run,
+        concurrency_key: run.concurrency_key.clone(),
+        queue_position,
+        waiting_on,
+        environment: run
+            .inputs
+            .get("environment")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        created_at: rfc3339(run.created_ms),
+        started_at: run.started_ms.map(rfc3339),
+        finished_at: run.finished_ms.map(rfc3339),
+        created_ms: run.created_ms,
+        started_ms: run.started_ms,
+        finished_ms: run.finished_ms,
+        duration_ms: run
+            .started_ms
+            .zip(run.finished_ms)
+            .map(|(s, f)| (f - s).max(0)),
+    }
 }
 
 async fn create_run(
@@ -638,23 +643,40 @@ async fn create_run(
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
-    let body = Body::parse(
-        &body_bytes(body)?,
-        &["workflow", "inputs", "dry_run", "force"],
-    )?;
-    let name = body.required("workflow")?;
-    let given = body.object("inputs")?;
-    let dry_run = body.bool("dry_run")?;
-    let force = body.bool("force")?;
+    // Who may not run anything hears so before anything about their body.
+    caller
+        .require(Role::Deployer)
+        .map_err(ApiError::forbidden)?;
+    let CreateRun {
+        workflow: name,
+        inputs: given,
+        dry_run,
+        force,
+    } = parse_body(&body_bytes(body)?)?;
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().map(str::trim) {
+            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_owned()),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters, e.g. a UUID"
+                    ),
+                ));
+            }
+        },
+    };
     let Some(prepared) = app.workflows.get(&name) else {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            ..ApiError::field("workflow", format!("no workflow named `{name}` is loaded"))
-        });
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no workflow named `{name}` is loaded"),
+        )
+        .on("workflow"));
     };
     let workflow = &prepared.workflow;
-    let inputs = workflow
-        .resolve_inputs(&input_texts(&given))
+    let inputs = input_texts(workflow, &given)
+        .and_then(|texts| workflow.resolve_inputs(&texts))
         .map_err(|problems| ApiError::field("inputs", problems.join("; ")))?;
     let environment = inputs.get("environment").and_then(Value::as_str);
     caller
@@ -675,20 +697,6 @@ async fn create_run(
             );
             true
         }
-    };
-    let idempotency_key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => match v.to_str() {
-            Ok(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => Some(key.to_owned()),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "`Idempotency-Key` must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters, e.g. a UUID"
-                    ),
-                ));
-            }
-        },
     };
     let new_workflow = name.clone();
     let new_inputs = Value::Object(inputs);
@@ -734,63 +742,46 @@ async fn create_run(
         let same =
             run.workflow == new_workflow && run.inputs == new_inputs && run.dry_run == dry_run;
         if !same {
-            return Err(ApiError {
-                extra: Some(Box::new(json!({ "run": run.id }))),
-                ..ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "this `Idempotency-Key` was used for run `{}` with another request (workflow, inputs or dry_run differ); use a new key for a new request",
-                        run.id
-                    ),
-                )
-            });
+            let mut refused = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "this `Idempotency-Key` was used for run `{}` with another request (workflow, inputs or dry_run differ); use a new key for a new request",
+                    run.id
+                ),
+            );
+            refused.body.run = Some(run.id);
+            return Err(refused);
         }
         outcome = "replayed by idempotency key".to_owned();
     }
-    let response = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": run.id, "status": run.status.as_str(), "created": created })),
-    )
-        .into_response();
+    let accepted = Accepted {
+        id: run.id.clone(),
+        status: run.status,
+        created,
+    };
+    let response = (StatusCode::ACCEPTED, Json(accepted)).into_response();
     Ok(with_target(response, &run.id, Some(outcome)))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListQuery {
-    workflow: Option<String>,
-    status: Option<String>,
-    before: Option<String>,
-    limit: Option<u32>,
 }
 
 async fn list_runs(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<RunList>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
-    let Query(query) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let status = match &query.status {
-        None => None,
-        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
-            ApiError::field(
-                "status",
-                format!(
-                    "unknown status `{s}`; one of {}",
-                    RunStatus::ALL
-                        .map(|s| format!("`{}`", s.as_str()))
-                        .join(", ")
-                ),
-            )
-        })?),
-    };
-    let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
+    let query: ListRuns = parse_query(query.as_deref())?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("`limit` must be 1 to {MAX_PAGE}, not {limit}"),
+        ));
+    }
     let runs = app
         .store
         .list_runs(&RunFilter {
             workflow: query.workflow,
-            status,
+            status: query.status,
             before: query.before,
             limit,
         })
@@ -798,10 +789,10 @@ async fn list_runs(
     let next = (runs.len() == limit as usize)
         .then(|| runs.last().map(|r| r.id.clone()))
         .flatten();
-    Ok(Json(json!({
-        "runs": runs.iter().map(|r| run_json(&app, r)).collect::<Vec<_>>(),
-        "next": next,
-    })))
+    Ok(Json(RunList {
+        runs: runs.iter().map(|r| run_view(&app, r)).collect(),
+        next,
+    }))
 }
 
 async fn find_run(app: &App, id: &str) -> ApiResult<Run> {
@@ -815,10 +806,11 @@ async fn show_run(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<RunDetail>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
     let run = find_run(&app, &id).await?;
-    let mut logs: Map<String, Value> = Map::new();
+    // Each step's log lines, by step id; the run's own under "".
+    let mut logs: std::collections::HashMap<String, Vec<LogLine>> = Default::default();
     let mut after = 0;
     loop {
         let batch = app.store.events(&id, after, EVENT_BATCH).await?;
@@ -827,65 +819,67 @@ async fn show_run(
         };
         after = last;
         for (_, body) in batch {
-            let Ok(event) = serde_json::from_str::<Value>(&body) else {
-                continue;
-            };
-            if event["event"] == "log" {
-                let step = event["step"].as_str().unwrap_or("").to_owned();
-                if let Value::Array(lines) = logs.entry(step).or_insert_with(|| json!([])) {
-                    lines.push(json!({
-                        "level": event["level"],
-                        "source": event["source"],
-                        "message": event["message"],
-                        "time": event["time"],
-                    }));
-                }
+            if let Ok(Event::Log {
+                step,
+                level,
+                source,
+                message,
+                time,
+                ..
+            }) = serde_json::from_str(&body)
+            {
+                logs.entry(step).or_default().push(LogLine {
+                    level,
+                    source,
+                    message,
+                    time,
+                });
             }
         }
     }
-    let steps = app
+    let steps: Vec<StepView> = app
         .store
         .steps(&id)
         .await?
         .into_iter()
-        .map(|s| {
-            json!({
-                "id": s.step,
-                "section": s.section,
-                "status": s.status.as_str(),
-                "attempts": s.attempts,
-                "started_at": s.started_ms.map(rfc3339),
-                "finished_at": s.finished_ms.map(rfc3339),
-                "started_ms": s.started_ms,
-                "finished_ms": s.finished_ms,
-                "duration_ms": s.duration_ms,
-                "summary": s.summary,
-                "outputs": s.outputs,
-                "error": s.error,
-                "continued": s.continued,
-                "logs": logs.get(&s.step).cloned().unwrap_or(json!([])),
-            })
+        .map(|s| StepView {
+            logs: logs.remove(&s.step).unwrap_or_default(),
+            id: s.step,
+            section: s.section,
+            status: s.status,
+            attempts: s.attempts,
+            started_at: s.started_ms.map(rfc3339),
+            finished_at: s.finished_ms.map(rfc3339),
+            started_ms: s.started_ms,
+            finished_ms: s.finished_ms,
+            duration_ms: s.duration_ms,
+            summary: s.summary,
+            outputs: s.outputs,
+            error: s.error,
+            continued: s.continued,
         })
-        .collect::<Vec<_>>();
-    let mut body = run_json(&app, &run);
-    body["plan"] = match app.workflows.get(&run.workflow) {
-        Some(prepared) => plan_json(&prepared.workflow),
-        None => json!([]),
-    };
-    body["steps"] = Value::Array(steps);
-    body["logs"] = logs.get("").cloned().unwrap_or(json!([]));
-    Ok(Json(body))
+        .collect();
+    Ok(Json(RunDetail {
+        run: run_view(&app, &run),
+        plan: match app.workflows.get(&run.workflow) {
+            Some(prepared) => plan(&prepared.workflow),
+            None => Vec::new(),
+        },
+        rollback: Rollback::of(steps.iter().map(|s| (s.section, s.status))),
+        steps,
+        logs: logs.remove("").unwrap_or_default(),
+    }))
 }
 
 /// Every step of `workflow` in order, with its section and plugin: what a run page shows
 /// before the steps start.
-fn plan_json(workflow: &shiphat_workflow::Workflow) -> Value {
+fn plan(workflow: &shiphat_workflow::Workflow) -> Vec<PlanStep> {
     let sections = [
-        ("steps", &workflow.steps),
-        ("on_failure", &workflow.on_failure),
-        ("finally", &workflow.finally),
+        (Section::Steps, &workflow.steps),
+        (Section::OnFailure, &workflow.on_failure),
+        (Section::Finally, &workflow.finally),
     ];
-    let steps = sections
+    sections
         .into_iter()
         .flat_map(|(section, steps)| steps.iter().map(move |s| (section, s)))
         .map(|(section, s)| {
@@ -896,10 +890,14 @@ fn plan_json(workflow: &shiphat_workflow::Workflow) -> Value {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             };
-            json!({ "id": s.id, "name": s.name, "section": section, "uses": uses })
+            PlanStep {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                section,
+                uses,
+            }
         })
-        .collect();
-    Value::Array(steps)
+        .collect()
 }
 
 /// The run's events as Server-Sent Events: first those stored (after `Last-Event-ID`), then
@@ -999,11 +997,11 @@ async fn cancel_run(
             format!("run `{id}` has already ended ({})", run.status.as_str()),
         ));
     }
-    let response = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "cancelling": true })),
-    )
-        .into_response();
+    let cancelling = Cancelling {
+        id: id.clone(),
+        cancelling: true,
+    };
+    let response = (StatusCode::ACCEPTED, Json(cancelling)).into_response();
     let outcome = if run.principal == caller.name {
         "cancelled".to_owned()
     } else {
@@ -1020,11 +1018,15 @@ async fn resume_run(
     Path(id): Path<String>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
+    // Who may not resume anything hears so before anything about their body.
+    caller
+        .require(Role::Deployer)
+        .map_err(ApiError::forbidden)?;
     let body = body_bytes(body)?;
-    let force = if body.iter().all(u8::is_ascii_whitespace) {
-        false
+    let ResumeRun { force } = if body.iter().all(u8::is_ascii_whitespace) {
+        ResumeRun::default()
     } else {
-        Body::parse(&body, &["force"])?.bool("force")?
+        parse_body(&body)?
     };
     let run = may_touch(&app, &caller, &id).await?;
     let lock = match run.status {
@@ -1051,11 +1053,11 @@ async fn resume_run(
             ),
         ));
     }
-    let response = (
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "status": "queued" })),
-    )
-        .into_response();
+    let resumed = Resumed {
+        id: id.clone(),
+        status: RunStatus::Queued,
+    };
+    let response = (StatusCode::ACCEPTED, Json(resumed)).into_response();
     let outcome = match &lock {
         None => "resumed".to_owned(),
         Some(lock) => format!(
@@ -1074,16 +1076,15 @@ fn pass_lock(caller: &Principal, lock: &Lock, force: bool, hint: &str) -> ApiRes
             .require(Role::Admin)
             .map_err(|e| ApiError::forbidden(format!("forcing past a lock: {e}")));
     }
-    Err(ApiError {
-        extra: Some(Box::new(json!({ "lock": lock_json(lock) }))),
-        ..ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
-                "`{}` is locked by `{}`: {}{hint}",
-                lock.key, lock.owner, lock.reason
-            ),
-        )
-    })
+    let mut refused = ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "`{}` is locked by `{}`: {}{hint}",
+            lock.key, lock.owner, lock.reason
+        ),
+    );
+    refused.body.lock = Some(lock_view(lock));
+    Err(refused)
 }
 
 /// A deployer may cancel or resume its own runs; anyone else's needs an admin.
@@ -1103,7 +1104,7 @@ async fn may_touch(app: &App, caller: &Principal, id: &str) -> ApiResult<Run> {
 async fn list_workflows(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<WorkflowList>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
     let workflows = app
         .workflows
@@ -1111,57 +1112,76 @@ async fn list_workflows(
         .iter()
         .map(|p| {
             let w = &p.workflow;
-            json!({
-                "name": w.name,
-                "description": w.description,
-                "file": w.file.display().to_string(),
-                "concurrency": w.concurrency.as_ref().map(|c| json!({"key": c.key.source(), "queue": c.queue})),
-                "resume": match w.resume { shiphat_workflow::Resume::Auto => "auto", shiphat_workflow::Resume::Manual => "manual" },
-                "inputs": w.inputs.iter().map(|i| json!({
-                    "name": i.name,
-                    "description": i.description,
-                    "type": match &i.kind {
-                        shiphat_workflow::InputKind::String => json!("string"),
-                        shiphat_workflow::InputKind::Number => json!("number"),
-                        shiphat_workflow::InputKind::Bool => json!("bool"),
-                        shiphat_workflow::InputKind::Choice(c) => json!({"choice": c}),
-                    },
-                    "required": i.required,
-                    "default": i.default,
-                })).collect::<Vec<_>>(),
-                "steps": w.all_steps().map(|s| json!({"id": s.id, "name": s.name})).collect::<Vec<_>>(),
-            })
+            WorkflowView {
+                name: w.name.clone(),
+                description: w.description.clone(),
+                file: w.file.display().to_string(),
+                concurrency: w.concurrency.as_ref().map(|c| ConcurrencyView {
+                    key: c.key.source().to_owned(),
+                    queue: c.queue,
+                }),
+                resume: match w.resume {
+                    shiphat_workflow::Resume::Auto => ResumeMode::Auto,
+                    shiphat_workflow::Resume::Manual => ResumeMode::Manual,
+                },
+                inputs: w
+                    .inputs
+                    .iter()
+                    .map(|i| InputView {
+                        name: i.name.clone(),
+                        description: i.description.clone(),
+                        kind: match &i.kind {
+                            shiphat_workflow::InputKind::String => InputType::String,
+                            shiphat_workflow::InputKind::Number => InputType::Number,
+                            shiphat_workflow::InputKind::Bool => InputType::Bool,
+                            shiphat_workflow::InputKind::Choice(c) => InputType::Choice(c.clone()),
+                        },
+                        required: i.required,
+                        default: i.default.clone(),
+                    })
+                    .collect(),
+                steps: w
+                    .all_steps()
+                    .map(|s| StepName {
+                        id: s.id.clone(),
+                        name: s.name.clone(),
+                    })
+                    .collect(),
+            }
         })
-        .collect::<Vec<_>>();
-    Ok(Json(json!({ "workflows": workflows })))
+        .collect();
+    Ok(Json(WorkflowList { workflows }))
 }
 
-fn lock_json(lock: &Lock) -> Value {
-    json!({
-        "key": lock.key,
-        "owner": lock.owner,
-        "reason": lock.reason,
-        "created_at": rfc3339(lock.created_ms),
-        "expires_at": lock.expires_ms.map(rfc3339),
-    })
+pub(crate) fn lock_view(lock: &Lock) -> LockView {
+    LockView {
+        key: lock.key.clone(),
+        owner: lock.owner.clone(),
+        reason: lock.reason.clone(),
+        created_at: rfc3339(lock.created_ms),
+        expires_at: lock.expires_ms.map(rfc3339),
+    }
 }
 
-async fn list_locks(State(app): State<Arc<App>>, Caller(caller): Caller) -> ApiResult<Json<Value>> {
+async fn list_locks(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<LockList>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
     let locks = app.store.locks().await?;
-    Ok(Json(
-        json!({ "locks": locks.iter().map(lock_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(LockList {
+        locks: locks.iter().map(lock_view).collect(),
+    }))
 }
 
 async fn get_lock(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
     Path(key): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<LockView>> {
     caller.require(Role::Viewer).map_err(ApiError::forbidden)?;
     match app.store.lock(&key).await? {
-        Some(lock) => Ok(Json(lock_json(&lock))),
+        Some(lock) => Ok(Json(lock_view(&lock))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("`{key}` is not locked"),
@@ -1176,11 +1196,14 @@ async fn put_lock(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
-    let body = Body::parse(&body_bytes(body)?, &["reason", "owner", "expires_in"])?;
-    let reason = body.required("reason")?;
-    let owner = body.string("owner")?.unwrap_or_else(|| caller.name.clone());
+    let PutLock {
+        reason,
+        owner,
+        expires_in,
+    } = parse_body(&body_bytes(body)?)?;
+    let owner = owner.unwrap_or_else(|| caller.name.clone());
     let now = shiphat_store::now_ms();
-    let expires_ms = match body.string("expires_in")? {
+    let expires_ms = match expires_in {
         None => None,
         Some(text) => Some(
             now + humantime::parse_duration(&text)
@@ -1201,7 +1224,7 @@ async fn put_lock(
         expires_ms,
     };
     app.store.put_lock(&lock).await?;
-    let response = (StatusCode::OK, Json(lock_json(&lock))).into_response();
+    let response = (StatusCode::OK, Json(lock_view(&lock))).into_response();
     Ok(with_target(
         response,
         &key,
@@ -1225,30 +1248,37 @@ async fn delete_lock(
     Ok(with_target(response, &key, Some("unlocked".into())))
 }
 
-async fn audit_log(State(app): State<Arc<App>>, Caller(caller): Caller) -> ApiResult<Json<Value>> {
+async fn audit_log(
+    State(app): State<Arc<App>>,
+    Caller(caller): Caller,
+) -> ApiResult<Json<AuditLog>> {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
     let entries = app.store.audit_log(MAX_PAGE).await?;
-    Ok(Json(json!({
-        "entries": entries.iter().map(|e| json!({
-            "at": rfc3339(e.at_ms),
-            "principal": e.principal,
-            "action": e.action,
-            "target": e.target,
-            "remote": e.remote,
-            "status": e.status,
-            "outcome": e.outcome,
-        })).collect::<Vec<_>>()
-    })))
+    Ok(Json(AuditLog {
+        entries: entries
+            .into_iter()
+            .map(|e| AuditView {
+                at: rfc3339(e.at_ms),
+                principal: e.principal,
+                action: e.action,
+                target: e.target,
+                remote: e.remote,
+                status: e.status,
+                outcome: e.outcome,
+            })
+            .collect(),
+    }))
 }
 
-fn token_json(token: &TokenRecord, source: &str) -> Value {
-    json!({
-        "name": token.name,
-        "roles": token.roles,
-        "patterns": token.patterns,
-        "created_at": (token.created_ms > 0).then(|| rfc3339(token.created_ms)),
-        "source": source,
-    })
+fn token_view(token: &TokenRecord, source: TokenSource) -> TokenView {
+    TokenView {
+        name: token.name.clone(),
+        // A role this build does not know (from a newer one) grants nothing here either.
+        roles: token.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        patterns: token.patterns.clone(),
+        created_at: (token.created_ms > 0).then(|| rfc3339(token.created_ms)),
+        source,
+    }
 }
 
 /// The tokens (never their secrets): those of the database, then those declared in the
@@ -1256,14 +1286,14 @@ fn token_json(token: &TokenRecord, source: &str) -> Value {
 async fn list_tokens(
     State(app): State<Arc<App>>,
     Caller(caller): Caller,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TokenList>> {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
     let mut tokens = app
         .store
         .tokens()
         .await?
         .iter()
-        .map(|t| token_json(t, "database"))
+        .map(|t| token_view(t, TokenSource::Database))
         .collect::<Vec<_>>();
     tokens.extend(app.config.principals.iter().map(|(_, p)| {
         let record = TokenRecord {
@@ -1272,9 +1302,9 @@ async fn list_tokens(
             patterns: p.patterns.clone(),
             created_ms: 0,
         };
-        token_json(&record, "config")
+        token_view(&record, TokenSource::Config)
     }));
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
 /// Mints a token: 32 random bytes, answered once; only its SHA-256 is stored. The audit log
@@ -1285,53 +1315,27 @@ async fn create_token(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
     caller.require(Role::Admin).map_err(ApiError::forbidden)?;
-    let body = Body::parse(&body_bytes(body)?, &["name", "roles", "patterns"])?;
-    let name = body.required("name")?;
-    if name.trim().is_empty() || name.contains('/') {
-        return Err(ApiError::field(
-            "name",
-            format!("`name` must be non-empty and without `/`, not `{name}`"),
-        ));
+    let CreateToken {
+        name,
+        roles,
+        patterns,
+    } = parse_body(&body_bytes(body)?)?;
+    if let Some(problem) = shiphat_protocol::principal_name_problem(&name) {
+        return Err(ApiError::field("name", problem));
     }
-    let strings = |field: &'static str| -> ApiResult<Vec<String>> {
-        match body.0.get(field) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v {
-                    Value::String(s) if !s.is_empty() && !s.contains(',') => Ok(s.clone()),
-                    other => Err(ApiError::field(
-                        field,
-                        format!(
-                            "`{field}` items must be non-empty strings without `,`, not `{other}`"
-                        ),
-                    )),
-                })
-                .collect(),
-            Some(_) => Err(ApiError::field(
-                field,
-                format!("`{field}` must be an array of strings"),
-            )),
-        }
-    };
-    let roles = strings("roles")?;
     if roles.is_empty() {
         return Err(ApiError::field(
             "roles",
             "`roles` is required: one or more of `viewer`, `deployer`, `admin`",
         ));
     }
-    if let Some(bad) = roles.iter().find(|r| Role::parse(r).is_none()) {
+    if let Some(bad) = patterns.iter().find(|p| p.is_empty() || p.contains(',')) {
         return Err(ApiError::field(
-            "roles",
-            format!("unknown role `{bad}`; roles are `viewer`, `deployer` and `admin`"),
+            "patterns",
+            format!("`patterns` items must be non-empty strings without `,`, not `{bad}`"),
         ));
     }
-    let patterns = strings("patterns")?;
-    let taken = |message: String| ApiError {
-        field: Some("name".into()),
-        ..ApiError::new(StatusCode::CONFLICT, message)
-    };
+    let taken = |message: String| ApiError::new(StatusCode::CONFLICT, message).on("name");
     if app.config.principal_names().any(|n| n == name) {
         return Err(taken(format!(
             "`{name}` is a principal of the config file; pick another name"
@@ -1340,7 +1344,7 @@ async fn create_token(
     let secret = new_secret()?;
     let record = TokenRecord {
         name: name.clone(),
-        roles,
+        roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
         patterns,
         created_ms: shiphat_store::now_ms(),
     };
@@ -1349,10 +1353,12 @@ async fn create_token(
         Err(e @ shiphat_store::Error::NameTaken { .. }) => return Err(taken(e.to_string())),
         other => other?,
     }
-    let mut answer = token_json(&record, "database");
-    answer["token"] = Value::String(secret);
-    let response = (StatusCode::CREATED, Json(answer)).into_response();
     let outcome = format!("created token `{name}` ({})", record.roles.join(", "));
+    let answer = NewToken {
+        view: token_view(&record, TokenSource::Database),
+        token: secret,
+    };
+    let response = (StatusCode::CREATED, Json(answer)).into_response();
     Ok(with_target(response, &name, Some(outcome)))
 }
 
@@ -1396,6 +1402,308 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::extract::connect_info::MockConnectInfo;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use crate::Config;
+
+    /// The daemon's router over a store in a temporary directory, no workflow loaded, and one
+    /// principal per role, each named after its role and with its name as its token.
+    struct Daemon {
+        router: Router,
+        _dir: tempfile::TempDir,
+    }
+
+    fn daemon() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shiphat_store::SqliteStore::open(&dir.path().join("shiphat.db")).unwrap();
+        let host = shiphat_host::Host::new(shiphat_host::HostConfig::default()).unwrap();
+        let runner = shiphat_runner::Runner::new(
+            host,
+            shiphat_runner::PluginPath::new(Vec::new()),
+            shiphat_runner::Secrets::none(),
+        );
+        let mut config = Config::defaults();
+        config.data_dir = dir.path().to_owned();
+        config.workflow_dirs = Vec::new();
+        config.principals = [Role::Viewer, Role::Deployer, Role::Admin]
+            .into_iter()
+            .map(|role| {
+                let principal = Principal {
+                    name: role.as_str().to_owned(),
+                    roles: vec![role],
+                    patterns: vec!["*".to_owned()],
+                };
+                (token_hash(role.as_str()), principal)
+            })
+            .collect();
+        let app = App::new(config, runner, Arc::new(store));
+        let router = router(app, CancellationToken::new())
+            .layer(MockConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+        Daemon { router, _dir: dir }
+    }
+
+    /// What the daemon answered: its status, headers and body (JSON, or `null`).
+    struct Answer {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Value,
+    }
+
+    impl Daemon {
+        async fn call(
+            &self,
+            method: &str,
+            path: &str,
+            role: Option<Role>,
+            headers: &[(&str, &str)],
+            body: &str,
+        ) -> Answer {
+            let mut request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::CONTENT_TYPE, "application/json");
+            if let Some(role) = role {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {role}"));
+            }
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let request = request
+                .body(axum::body::Body::from(body.to_owned()))
+                .unwrap();
+            let response = self.router.clone().oneshot(request).await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_viewer_hears_403_before_anything_about_its_body() {
+        // A viewer's bad body was answered 400, as if fixing it would let the viewer run.
+        let daemon = daemon();
+        for (path, body) in [
+            ("/api/v1/runs", "not json"),
+            ("/api/v1/runs", r#"{"workflow": 3}"#),
+            ("/api/v1/runs/01abc/resume", r#"{"force": "yes"}"#),
+            ("/api/v1/tokens", "[]"),
+        ] {
+            let answer = daemon
+                .call("POST", path, Some(Role::Viewer), &[], body)
+                .await;
+            assert_eq!(answer.status, StatusCode::FORBIDDEN, "{path} {body}");
+            assert!(answer.body["error"].is_string(), "{}", answer.body);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_idempotency_key_is_refused() {
+        // An empty (or blank) `Idempotency-Key` counted as a key.
+        let daemon = daemon();
+        for key in ["", "   "] {
+            let answer = daemon
+                .call(
+                    "POST",
+                    "/api/v1/runs",
+                    Some(Role::Deployer),
+                    &[("idempotency-key", key)],
+                    r#"{"workflow": "web"}"#,
+                )
+                .await;
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{key:?}: {}",
+                answer.body
+            );
+            assert!(
+                answer.body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Idempotency-Key"),
+                "{}",
+                answer.body
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_limit_outside_1_to_500_is_refused() {
+        // `limit=0` returned one run.
+        let daemon = daemon();
+        for limit in ["0", "501", "-1", "many"] {
+            let path = format!("/api/v1/runs?limit={limit}");
+            let answer = daemon.call("GET", &path, Some(Role::Viewer), &[], "").await;
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{path}: {}",
+                answer.body
+            );
+            assert_eq!(answer.body["field"], "limit", "{path}: {}", answer.body);
+        }
+        let answer = daemon
+            .call("GET", "/api/v1/runs?limit=1", Some(Role::Viewer), &[], "")
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.body, serde_json::json!({"runs": [], "next": null}));
+        let answer = daemon
+            .call(
+                "GET",
+                "/api/v1/runs?status=odd",
+                Some(Role::Viewer),
+                &[],
+                "",
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.body["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("status")),
+            "{}",
+            answer.body
+        );
+    }
+
+    #[tokio::test]
+    async fn a_405_is_a_json_error() {
+        // A route called with the wrong method answered 405 with an empty body.
+        let daemon = daemon();
+        for (method, path) in [
+            ("DELETE", "/api/v1/runs"),
+            ("PUT", "/api/v1/session"),
+            ("POST", "/healthz"),
+        ] {
+            let answer = daemon.call(method, path, Some(Role::Admin), &[], "").await;
+            assert_eq!(
+                answer.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path}"
+            );
+            assert!(
+                answer.body["error"].is_string(),
+                "{method} {path}: {}",
+                answer.body
+            );
+            assert!(
+                answer.headers.contains_key(header::ALLOW),
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn token_names_hold_no_control_characters() {
+        // A token, and so a principal, could be named with a newline or an escape sequence,
+        // which the audit log and every terminal that lists runs would print.
+        let daemon = daemon();
+        for name in ["a\nb", "\u{1b}[31mred", "tab\there", "", " ", "a/b"] {
+            let body = serde_json::json!({"name": name, "roles": ["viewer"]}).to_string();
+            let answer = daemon
+                .call("POST", "/api/v1/tokens", Some(Role::Admin), &[], &body)
+                .await;
+            assert_eq!(
+                (answer.status, answer.body["field"].as_str()),
+                (StatusCode::BAD_REQUEST, Some("name")),
+                "{body}: {}",
+                answer.body
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_body_names_its_field() {
+        let daemon = daemon();
+        for (body, field) in [
+            ("{}", Some("workflow")),
+            (r#"{"workflow": null}"#, Some("workflow")),
+            (r#"{"workflow": "web", "input": {}}"#, Some("input")),
+            (r#"{"workflow": "web", "inputs": []}"#, Some("inputs")),
+            (r#"{"workflow": "web", "dry_run": "yes"}"#, Some("dry_run")),
+            (r#"["web"]"#, None),
+            ("not json", None),
+        ] {
+            let answer = daemon
+                .call("POST", "/api/v1/runs", Some(Role::Deployer), &[], body)
+                .await;
+            assert_eq!(
+                answer.status,
+                StatusCode::BAD_REQUEST,
+                "{body}: {}",
+                answer.body
+            );
+            assert_eq!(
+                answer.body["field"].as_str(),
+                field,
+                "{body}: {}",
+                answer.body
+            );
+        }
+        let answer = daemon
+            .call(
+                "POST",
+                "/api/v1/runs",
+                Some(Role::Deployer),
+                &[],
+                r#"{"workflow": "web"}"#,
+            )
+            .await;
+        assert_eq!(
+            (answer.status, answer.body["field"].as_str()),
+            (StatusCode::NOT_FOUND, Some("workflow")),
+            "{}",
+            answer.body
+        );
+    }
+
+    /// Every `$ref` in `value`.
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("$ref", Value::String(r)) => out.push(r.clone()),
+                        _ => refs(value, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_openapi_schemas_are_the_protocol_types() {
+        let mut doc: Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let generated = Value::Object(shiphat_protocol::openapi_schemas());
+        if std::env::var_os("BLESS").is_some() {
+            doc["components"]["schemas"] = generated;
+            let file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/openapi.json");
+            let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+            std::fs::write(file, text).expect("openapi.json is writable");
+            return;
+        }
+        assert!(
+            doc["components"]["schemas"] == generated,
+            "openapi.json's schemas are not the types of shiphat-protocol; rewrite them with `BLESS=1 cargo test -p shiphat-server openapi`"
+        );
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or(&r);
+            assert!(
+                generated.get(name).is_some(),
+                "openapi.json's `{r}` names no schema"
+            );
+        }
+    }
 
     #[test]
     fn every_route_is_in_the_openapi_document() {

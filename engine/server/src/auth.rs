@@ -2,36 +2,8 @@
 
 use sha2::{Digest, Sha256};
 
-/// What a principal may do. Each role includes the ones before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Role {
-    /// Reads runs, workflows, locks and metrics.
-    Viewer,
-    /// Also runs the workflows (and environments) its patterns allow, and cancels or resumes
-    /// its own runs.
-    Deployer,
-    /// Also holds and releases locks, forces runs past them, and cancels anyone's runs.
-    Admin,
-}
-
-impl Role {
-    pub fn parse(text: &str) -> Option<Role> {
-        match text {
-            "viewer" => Some(Role::Viewer),
-            "deployer" => Some(Role::Deployer),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Deployer => "deployer",
-            Role::Admin => "admin",
-        }
-    }
-}
+/// What a principal may do: the wire contract's, since tokens and sessions carry it.
+pub use shiphat_protocol::Role;
 
 /// Who a token speaks for.
 #[derive(Clone, Debug, PartialEq)]

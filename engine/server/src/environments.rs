@@ -5,9 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
-use shiphat_store::{Run, RunFilter, RunStatus, StepState};
+use serde_json::Value;
+use shiphat_protocol::{Deploy, EnvironmentList, EnvironmentView, Release, Rollback};
+use shiphat_store::{Run, RunFilter, RunStatus};
 
+use crate::api::{lock_view, run_view};
 use crate::scheduler::App;
 
 /// How many of the latest runs are read to find the environments. A deploy older than the
@@ -22,11 +24,7 @@ const RELEASE_INPUTS: [&str; 4] = ["release", "version", "ref", "tag"];
 /// Each environment, by key: its latest deploy that succeeded (what runs there now), the run
 /// in progress, how many wait, its lock, and its last deploys with rollbacks marked. Dry runs
 /// change nothing and are left out.
-pub async fn list(
-    app: &App,
-    run_json: impl Fn(&Run) -> Value,
-    lock_json: impl Fn(&shiphat_store::Lock) -> Value,
-) -> Result<Value, shiphat_store::Error> {
+pub async fn list(app: &App) -> Result<EnvironmentList, shiphat_store::Error> {
     let runs = app
         .store
         .list_runs(&RunFilter {
@@ -81,46 +79,47 @@ pub async fn list(
             .count();
         let mut deploys = Vec::new();
         for run in runs.iter().take(DEPLOYS_SHOWN) {
-            let mut body = with_release(run_json(run), run);
-            body["rolled_back"] = rolled_back(app, run).await?.into();
-            deploys.push(body);
+            deploys.push(Deploy {
+                release: release(app, run),
+                rolled_back: rolled_back(app, run).await?,
+            });
         }
-        environments.push(json!({
-            "key": key,
-            "workflow": workflow,
-            "environment": newest.and_then(|r| r.inputs.get("environment")).and_then(Value::as_str),
-            "current": current.map(|r| with_release(run_json(r), r)),
-            "active": active.map(|r| with_release(run_json(r), r)),
-            "queued": queued,
-            "lock": locks.iter().find(|l| l.key == key).map(&lock_json),
-            "deploys": deploys,
-        }));
+        environments.push(EnvironmentView {
+            environment: newest
+                .and_then(|r| r.inputs.get("environment"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            current: current.map(|r| release(app, r)),
+            active: active.map(|r| release(app, r)),
+            queued: queued as u64,
+            lock: locks.iter().find(|l| l.key == key).map(lock_view),
+            key,
+            workflow,
+            deploys,
+        });
     }
-    Ok(json!({ "environments": environments }))
+    Ok(EnvironmentList { environments })
 }
 
-/// Adds `release`: the first of the run's [`RELEASE_INPUTS`] it has, as text.
-fn with_release(mut body: Value, run: &Run) -> Value {
-    body["release"] = RELEASE_INPUTS
-        .iter()
-        .find_map(|name| match run.inputs.get(*name)? {
-            Value::String(s) => Some(Value::String(s.clone())),
-            Value::Number(n) => Some(Value::String(n.to_string())),
-            _ => None,
-        })
-        .unwrap_or(Value::Null);
-    body
+/// The run with `release`: the first of its [`RELEASE_INPUTS`] it has, as text.
+fn release(app: &App, run: &Run) -> Release {
+    Release {
+        run: run_view(app, run),
+        release: RELEASE_INPUTS
+            .iter()
+            .find_map(|name| match run.inputs.get(*name)? {
+                Value::String(s) => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
+    }
 }
 
-/// Whether a step of the run's `on_failure` section ran and succeeded: its failure was undone.
+/// Whether the run failed and its `on_failure` steps undid it ([`Rollback::of`]).
 async fn rolled_back(app: &App, run: &Run) -> Result<bool, shiphat_store::Error> {
     if run.status != RunStatus::Failed {
         return Ok(false);
     }
-    Ok(app
-        .store
-        .steps(&run.id)
-        .await?
-        .iter()
-        .any(|s| s.section == "on_failure" && s.status == StepState::Succeeded))
+    let steps = app.store.steps(&run.id).await?;
+    Ok(Rollback::of(steps.iter().map(|s| (s.section, s.status))) == Some(Rollback::RolledBack))
 }

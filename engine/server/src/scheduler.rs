@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde_json::{Map, Value};
-use shiphat_runner::{
-    Durable, DurableSink, Event, PriorStep, RunOptions, Runner, StepStatus, Stop,
-};
-use shiphat_store::{AsyncStore, Change, Commit, Lock, NewRun, Run, RunStatus, StepState};
+use shiphat_runner::{Durable, DurableSink, Event, PriorStep, RunOptions, Runner, Stop};
+use shiphat_store::{AsyncStore, Change, Commit, Lock, NewRun, Run, RunStatus};
 use shiphat_workflow::Resume;
 use tokio::sync::broadcast;
 
@@ -490,16 +488,9 @@ impl App {
             Ok(steps) => steps
                 .into_iter()
                 .filter_map(|s| {
-                    let status = match s.status {
-                        StepState::Succeeded => StepStatus::Succeeded,
-                        StepState::Failed => StepStatus::Failed,
-                        StepState::Skipped => StepStatus::Skipped,
-                        StepState::Cancelled => StepStatus::Cancelled,
-                        StepState::Running | StepState::Interrupted => return None,
-                    };
                     Some(PriorStep {
                         id: s.step,
-                        status,
+                        status: s.status.ended()?,
                         outputs: s.outputs.as_object().cloned().unwrap_or_default(),
                         continued: s.continued,
                     })
@@ -624,7 +615,7 @@ impl App {
                 } => (
                     Some(Change::StepStarted {
                         step,
-                        section: json_str(&section),
+                        section,
                         attempt,
                     }),
                     Commit::Now,
@@ -641,23 +632,16 @@ impl App {
                     continued,
                     ..
                 } => {
-                    let error = serde_json::to_value(&error).unwrap_or(Value::Null);
                     app.metrics.step_finished(
                         &target.workflow,
                         duration_ms / 1000.0,
-                        error["kind"].as_str(),
+                        error.as_ref().map(|e| e.kind.as_str()),
                     );
-                    let status = match status {
-                        StepStatus::Succeeded => StepState::Succeeded,
-                        StepStatus::Failed => StepState::Failed,
-                        StepStatus::Skipped => StepState::Skipped,
-                        StepStatus::Cancelled => StepState::Cancelled,
-                    };
                     (
                         Some(Change::StepFinished {
                             step,
-                            section: json_str(&section),
-                            status,
+                            section,
+                            status: status.into(),
                             attempts,
                             duration_ms,
                             summary,
@@ -669,11 +653,7 @@ impl App {
                     )
                 }
                 Event::RunFinished { status, .. } => {
-                    let status = match status {
-                        shiphat_runner::RunStatus::Succeeded => RunStatus::Succeeded,
-                        shiphat_runner::RunStatus::Failed => RunStatus::Failed,
-                        shiphat_runner::RunStatus::Cancelled => RunStatus::Cancelled,
-                    };
+                    let status = RunStatus::from(status);
                     let detail = match status {
                         RunStatus::Cancelled => app.sched().cancelled_by.get(&*target.run).cloned(),
                         _ => None,
@@ -825,24 +805,85 @@ impl App {
     }
 }
 
-/// The JSON string of a unit enum, e.g. `Section::OnFailure` → `on_failure`.
-fn json_str<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+/// The inputs of a request, as JSON, to the text `resolve_inputs` parses by kind. A value
+/// must have its input's JSON type, or be a string: a `string` or `choice` input takes only a
+/// string, a `number` a number too, a `bool` a boolean too. `null`, arrays and objects are
+/// refused rather than read as the text `null` or `[1]`. Names the workflow does not declare
+/// pass through, for `resolve_inputs` to refuse with a suggestion.
+pub fn input_texts(
+    workflow: &shiphat_workflow::Workflow,
+    inputs: &Map<String, Value>,
+) -> Result<Vec<(String, String)>, Vec<String>> {
+    use shiphat_workflow::InputKind;
+    let mut texts = Vec::new();
+    let mut problems = Vec::new();
+    for (name, value) in inputs {
+        let kind = workflow
+            .inputs
+            .iter()
+            .find(|i| &i.name == name)
+            .map(|i| &i.kind);
+        let text = match (kind, value) {
+            (_, Value::String(s)) => s.clone(),
+            (Some(InputKind::Number), Value::Number(n)) => n.to_string(),
+            (Some(InputKind::Bool), Value::Bool(b)) => b.to_string(),
+            (None, other) => other.to_string(),
+            (Some(kind), other) => {
+                let expected = match kind {
+                    InputKind::Number => "a number",
+                    InputKind::Bool => "`true` or `false`",
+                    InputKind::String | InputKind::Choice(_) => "a string",
+                };
+                problems.push(format!("input `{name}` must be {expected}, not `{other}`"));
+                continue;
+            }
+        };
+        texts.push((name.clone(), text));
+    }
+    if problems.is_empty() {
+        Ok(texts)
+    } else {
+        Err(problems)
+    }
 }
 
-/// The inputs of a request, as JSON, to the text `resolve_inputs` parses by kind.
-pub fn input_texts(inputs: &Map<String, Value>) -> Vec<(String, String)> {
-    inputs
-        .iter()
-        .map(|(k, v)| {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (k.clone(), text)
-        })
-        .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_input_takes_only_a_string() {
+        // `null` satisfied a required string input, and `[1]` or `true` became the text
+        // "null", "[1]" or "true".
+        let workflow = shiphat_workflow::parse(
+            "name: w\ninputs:\n  env: {type: string, required: true}\n  n: {type: number}\n  \
+             b: {type: bool}\n  pick: {type: choice, choices: [a, b]}\n\
+             steps:\n  - id: s\n    uses: noop\n",
+            std::path::Path::new("w.yaml"),
+        )
+        .unwrap();
+        let given = |value: Value| -> Map<String, Value> { serde_json::from_value(value).unwrap() };
+        for bad in [
+            serde_json::json!({"env": null}),
+            serde_json::json!({"env": [1]}),
+            serde_json::json!({"env": true}),
+            serde_json::json!({"env": 3}),
+            serde_json::json!({"pick": 1}),
+            serde_json::json!({"n": [1]}),
+            serde_json::json!({"b": null}),
+        ] {
+            let problems = input_texts(&workflow, &given(bad.clone())).unwrap_err();
+            assert!(problems[0].contains("must be"), "{bad}: {problems:?}");
+        }
+        let texts = input_texts(
+            &workflow,
+            &given(serde_json::json!({"env": "prod", "n": 3, "b": true, "pick": "a"})),
+        )
+        .unwrap();
+        assert_eq!(
+            texts,
+            [("env", "prod"), ("n", "3"), ("b", "true"), ("pick", "a")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+    }
 }

@@ -512,7 +512,7 @@ async function viewRun(root, show, alive, id) {
   stream.onmessage = (msg) => {
     let ev;
     try { ev = JSON.parse(msg.data); } catch { return; }
-    applyEvent(model, ev, renderAll, renderHead);
+    applyEvent(model, ev, renderAll, renderHead, () => refreshHead().catch(() => {}));
     if (ev.event === 'run_finished') {
       stream.close();
       stream = null;
@@ -524,7 +524,7 @@ async function viewRun(root, show, alive, id) {
 // Applies one event of docs/events.md. The stream replays the stored events first, so
 // `run_started` resets the steps: the page then shows exactly what the stream says, without
 // doubling the log lines the GET already returned.
-function applyEvent(model, ev, renderAll, renderHead) {
+function applyEvent(model, ev, renderAll, renderHead, refreshHead) {
   const t = ev.time ? Date.parse(ev.time) : Date.now();
   const stepOf = (id, name, section) => {
     let st = model.steps.get(id);
@@ -547,6 +547,7 @@ function applyEvent(model, ev, renderAll, renderHead) {
       const st = stepOf(ev.step, ev.name, ev.section);
       Object.assign(st, { status: 'running', attempts: ev.attempt || 1, started_ms: t, finished_ms: null, duration_ms: null, error: null });
       if (model.run.status === 'queued') { model.run.status = 'running'; renderHead(); }
+      if (st.section === 'on_failure') refreshHead(); // now rolling back
       redrawStep(model, st);
       break;
     }
@@ -566,7 +567,7 @@ function applyEvent(model, ev, renderAll, renderHead) {
       });
       if (st.status === 'failed' && !model.closed.has(st.id)) model.open.add(st.id);
       redrawStep(model, st);
-      if (st.section !== 'steps') renderHead(); // the "rolled back" marker
+      if (st.section === 'on_failure') refreshHead(); // the server says whether it rolled back
       break;
     }
     case 'run_finished': {
@@ -578,11 +579,12 @@ function applyEvent(model, ev, renderAll, renderHead) {
   }
 }
 
+// Whether the run was rolled back is the server's to say (`rollback` of GET /api/v1/runs/ID,
+// decided by `Rollback::of`); the page only words it.
+const ROLLBACK = { rolling_back: 'rolling back', rolled_back: 'rolled back', failed: 'rollback failed' };
+
 function rollbackState(model) {
-  const ran = [...model.steps.values()].filter((st) => st.section === 'on_failure' && st.status !== 'pending' && st.status !== 'skipped');
-  if (!ran.length) return null;
-  if (ran.some((st) => st.status === 'running')) return 'rolling back';
-  return ran.every((st) => st.status === 'succeeded') ? 'rolled back' : 'rollback failed';
+  return ROLLBACK[model.run.rollback] || null;
 }
 
 function runHeader(model, cancel, resume) {

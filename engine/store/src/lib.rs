@@ -18,7 +18,9 @@
 //! to implement the same trait; nothing above this crate names SQLite.
 //!
 //! The store knows nothing of workflows, plugins or HTTP: events are opaque JSON text, inputs
-//! and outputs are JSON values, and times are milliseconds since the Unix epoch.
+//! and outputs are JSON values, and times are milliseconds since the Unix epoch. Statuses,
+//! sections and step errors are the wire contract's types (`shiphat_protocol`), stored as the
+//! names the API uses.
 
 mod sqlite;
 
@@ -28,6 +30,9 @@ use std::pin::Pin;
 use serde_json::Value;
 
 pub use crate::sqlite::SqliteStore;
+/// The statuses the store keeps are the wire contract's; they are named here too because the
+/// store's interface speaks of them.
+pub use shiphat_protocol::{RunStatus, Section, StepError, StepState};
 
 /// Why the store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -77,115 +82,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Where a run is. `Queued` and `Interrupted` wait; `Running` is in progress; the others are
-/// terminal.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RunStatus {
-    /// Accepted, waiting for its concurrency key or for the daemon to start it.
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    /// The daemon stopped (crash or shutdown) while it ran; waits for `resume` or `cancel`,
-    /// or resumes by itself when its workflow allows it.
-    Interrupted,
-}
-
-impl RunStatus {
-    pub const ALL: [RunStatus; 6] = [
-        RunStatus::Queued,
-        RunStatus::Running,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::Cancelled,
-        RunStatus::Interrupted,
-    ];
-
-    /// The statuses a run ends in.
-    pub const TERMINAL: [RunStatus; 3] = [
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Queued => "queued",
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RunStatus> {
-        RunStatus::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    pub fn is_terminal(self) -> bool {
-        RunStatus::TERMINAL.contains(&self)
-    }
-}
-
-/// Where a step is: `Running` while an attempt runs, `Interrupted` when the daemon stopped
-/// during it, or how it ended (the step statuses of the events).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum StepState {
-    Running,
-    Succeeded,
-    Failed,
-    Skipped,
-    Cancelled,
-    Interrupted,
-}
-
-impl StepState {
-    pub const ALL: [StepState; 6] = [
-        StepState::Running,
-        StepState::Succeeded,
-        StepState::Failed,
-        StepState::Skipped,
-        StepState::Cancelled,
-        StepState::Interrupted,
-    ];
-
-    /// The name the events and the API use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepState::Running => "running",
-            StepState::Succeeded => "succeeded",
-            StepState::Failed => "failed",
-            StepState::Skipped => "skipped",
-            StepState::Cancelled => "cancelled",
-            StepState::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<StepState> {
-        StepState::ALL.into_iter().find(|s| s.as_str() == text)
-    }
-
-    /// Whether the step has ended (not running, not interrupted).
-    pub fn is_settled(self) -> bool {
-        !matches!(self, StepState::Running | StepState::Interrupted)
-    }
-}
-
-/// A state compares equal to its name, as the events and the API spell it.
-impl PartialEq<&str> for StepState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-impl std::fmt::Display for StepState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// A run to record, as accepted by the daemon.
 #[derive(Clone, Debug)]
 pub struct NewRun {
@@ -223,7 +119,7 @@ pub struct Run {
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepRecord {
     pub step: String,
-    pub section: String,
+    pub section: Section,
     pub status: StepState,
     pub attempts: u32,
     pub started_ms: Option<i64>,
@@ -231,7 +127,7 @@ pub struct StepRecord {
     pub duration_ms: Option<f64>,
     pub summary: String,
     pub outputs: Value,
-    pub error: Value,
+    pub error: Option<StepError>,
     pub continued: bool,
 }
 
@@ -244,19 +140,19 @@ pub struct StepRecord {
 pub enum Change {
     StepStarted {
         step: String,
-        section: String,
+        section: Section,
         attempt: u32,
     },
     /// Refused ([`Error::StepAlreadyFinished`]) when the step is already recorded as ended.
     StepFinished {
         step: String,
-        section: String,
+        section: Section,
         status: StepState,
         attempts: u32,
         duration_ms: f64,
         summary: String,
         outputs: Value,
-        error: Value,
+        error: Option<StepError>,
         continued: bool,
     },
     /// The run's last event: the run moves from `running` to `status` (a terminal one) in the

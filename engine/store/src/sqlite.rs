@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
-    RunFilter, RunStatus, SOON, StepRecord, StepState, TokenRecord, now_ms,
+    RunFilter, RunStatus, SOON, Section, StepRecord, StepState, TokenRecord, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -161,39 +161,48 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Statuses are stored as the names the API uses, mapped here and nowhere else.
-impl ToSql for RunStatus {
+/// A status or a section as a column: the name the API uses, mapped here and nowhere else.
+/// The types are the wire contract's (`shiphat_protocol`), so the store wraps them to give
+/// them a column type.
+#[derive(Clone, Copy)]
+struct Text<T>(T);
+
+/// A type stored as its name.
+trait Named: Copy + 'static {
+    fn name(self) -> &'static str;
+    fn from_name(text: &str) -> Option<Self>;
+}
+
+macro_rules! named {
+    ($($ty:ty),*) => {$(
+        impl Named for $ty {
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+            fn from_name(text: &str) -> Option<Self> {
+                <$ty>::parse(text)
+            }
+        }
+    )*};
+}
+
+named!(RunStatus, StepState, Section);
+
+impl<T: Named> ToSql for Text<T> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(ToSqlOutput::Borrowed(ValueRef::Text(
-            self.as_str().as_bytes(),
+            self.0.name().as_bytes(),
         )))
     }
 }
 
-impl FromSql for RunStatus {
+impl<T: Named> FromSql for Text<T> {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         let text = value.as_str()?;
-        RunStatus::parse(text).ok_or_else(|| unknown_status(text))
+        T::from_name(text)
+            .map(Text)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown status `{text}`").into()))
     }
-}
-
-impl ToSql for StepState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(ValueRef::Text(
-            self.as_str().as_bytes(),
-        )))
-    }
-}
-
-impl FromSql for StepState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let text = value.as_str()?;
-        StepState::parse(text).ok_or_else(|| unknown_status(text))
-    }
-}
-
-fn unknown_status(text: &str) -> FromSqlError {
-    FromSqlError::Other(format!("unknown status `{text}`").into())
 }
 
 /// A set of statuses as one parameter, for `status IN (SELECT value FROM json_each(?))`.
@@ -534,7 +543,7 @@ fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String)> {
             dry_run: row.get(4)?,
             concurrency_key: row.get(5)?,
             idempotency_key: row.get(6)?,
-            status: row.get(7)?,
+            status: row.get::<_, Text<_>>(7)?.0,
             detail: row.get(8)?,
             created_ms: row.get(9)?,
             started_ms: row.get(10)?,
@@ -604,7 +613,7 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
         run.dry_run,
         run.concurrency_key,
         run.idempotency_key,
-        RunStatus::Queued,
+        Text(RunStatus::Queued),
         created_ms
     ])?;
     Ok((
@@ -629,7 +638,9 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
 fn queued_of(conn: &Connection, principal: &str) -> Result<u64> {
     Ok(conn
         .prepare_cached("SELECT count(*) FROM runs WHERE status = ?1 AND principal = ?2")?
-        .query_row(params![RunStatus::Queued, principal], |row| row.get(0))?)
+        .query_row(params![Text(RunStatus::Queued), principal], |row| {
+            row.get(0)
+        })?)
 }
 
 fn transition(
@@ -648,7 +659,7 @@ fn transition(
         ))?
         .execute(params![
             run,
-            to,
+            Text(to),
             detail,
             now_ms(),
             to == RunStatus::Running,
@@ -664,10 +675,11 @@ fn append_event(
     event: &str,
     change: Option<&Change>,
 ) -> Result<Option<i64>> {
-    let status: Option<RunStatus> = tx
+    let status = tx
         .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
-        .query_row(params![run], |row| row.get(0))
-        .optional()?;
+        .query_row(params![run], |row| row.get::<_, Text<RunStatus>>(0))
+        .optional()?
+        .map(|status| status.0);
     if status != Some(RunStatus::Running) {
         return Ok(None);
     }
@@ -693,12 +705,12 @@ fn append_event(
             .execute(params![
                 run,
                 step,
-                section,
+                Text(*section),
                 attempt,
                 now,
                 seq,
-                StepState::Running,
-                StepState::Interrupted
+                Text(StepState::Running),
+                Text(StepState::Interrupted)
             ])?;
         }
         Some(Change::StepFinished {
@@ -727,14 +739,14 @@ fn append_event(
                 .execute(params![
                     run,
                     step,
-                    section,
-                    status,
+                    Text(*section),
+                    Text(*status),
                     attempts,
                     now,
                     duration_ms,
                     summary,
                     outputs.to_string(),
-                    error.to_string(),
+                    serde_json::to_string(error).expect("a step error always serialises"),
                     continued,
                     seq
                 ])?;
@@ -756,7 +768,7 @@ fn interrupt_running(tx: &Connection) -> Result<Vec<Interrupted>> {
     let running = query_runs(
         tx,
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY id"),
-        params![RunStatus::Running],
+        params![Text(RunStatus::Running)],
     )?;
     let mut out = Vec::new();
     for run in running {
@@ -764,12 +776,16 @@ fn interrupt_running(tx: &Connection) -> Result<Vec<Interrupted>> {
             .prepare_cached(
                 "SELECT step FROM steps WHERE run_id = ?1 AND status = ?2 ORDER BY seq",
             )?
-            .query_map(params![run.id, StepState::Running], |row| {
+            .query_map(params![run.id, Text(StepState::Running)], |row| {
                 row.get::<_, String>(0)
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.prepare_cached("UPDATE steps SET status = ?3 WHERE run_id = ?1 AND status = ?2")?
-            .execute(params![run.id, StepState::Running, StepState::Interrupted])?;
+            .execute(params![
+                run.id,
+                Text(StepState::Running),
+                Text(StepState::Interrupted)
+            ])?;
         let detail = if in_flight.is_empty() {
             "interrupted between steps".to_owned()
         } else {
@@ -843,15 +859,15 @@ impl AsyncStore for SqliteStore {
                     Ok((
                         StepRecord {
                             step: row.get(0)?,
-                            section: row.get(1)?,
-                            status: row.get(2)?,
+                            section: row.get::<_, Text<_>>(1)?.0,
+                            status: row.get::<_, Text<_>>(2)?.0,
                             attempts: row.get(3)?,
                             started_ms: row.get(4)?,
                             finished_ms: row.get(5)?,
                             duration_ms: row.get(6)?,
                             summary: row.get(7)?,
                             outputs: Value::Null,
-                            error: Value::Null,
+                            error: None,
                             continued: row.get(10)?,
                         },
                         row.get::<_, String>(8)?,
@@ -862,7 +878,10 @@ impl AsyncStore for SqliteStore {
             rows.into_iter()
                 .map(|(mut step, outputs, error)| {
                     step.outputs = json(&outputs, "steps")?;
-                    step.error = json(&error, "steps")?;
+                    step.error = serde_json::from_str(&error).map_err(|e| Error::Corrupt {
+                        table: "steps",
+                        message: e.to_string(),
+                    })?;
                     Ok(step)
                 })
                 .collect()
@@ -879,7 +898,12 @@ impl AsyncStore for SqliteStore {
                      AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR id < ?3) \
                      ORDER BY id DESC LIMIT ?4"
                 ),
-                params![filter.workflow, filter.status, filter.before, filter.limit],
+                params![
+                    filter.workflow,
+                    filter.status.map(Text),
+                    filter.before,
+                    filter.limit
+                ],
             )
         })
     }
@@ -936,7 +960,7 @@ impl AsyncStore for SqliteStore {
             query_runs(
                 conn,
                 &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY id"),
-                params![status],
+                params![Text(status)],
             )
         })
     }
@@ -1141,11 +1165,10 @@ mod tests {
     // Only the blocking interface: with both traits in scope every call would be ambiguous.
     use super::SqliteStore;
     use crate::{
-        AuditEntry, Change, Commit, Error, Lock, NewRun, RunFilter, RunStatus, StepState, Store,
-        TokenRecord, now_ms,
+        AuditEntry, Change, Commit, Error, Lock, NewRun, RunFilter, RunStatus, Section, StepState,
+        Store, TokenRecord, now_ms,
     };
     use rusqlite::Connection;
-    use serde_json::Value;
     use std::path::Path;
 
     /// No cap on queued runs.
@@ -1172,13 +1195,13 @@ mod tests {
     fn finished(step: &str) -> Change {
         Change::StepFinished {
             step: step.into(),
-            section: "steps".into(),
+            section: Section::Steps,
             status: StepState::Succeeded,
             attempts: 1,
             duration_ms: 1.5,
             summary: "done".into(),
             outputs: serde_json::json!({"x": 1}),
-            error: Value::Null,
+            error: None,
             continued: false,
         }
     }
@@ -1218,7 +1241,7 @@ mod tests {
         );
         let start = Change::StepStarted {
             step: "s".into(),
-            section: "steps".into(),
+            section: Section::Steps,
             attempt: 1,
         };
         store
@@ -1236,7 +1259,7 @@ mod tests {
         );
         let steps = store.steps("01a").unwrap();
         assert_eq!(steps.len(), 1);
-        assert_eq!(steps[0].status, "succeeded");
+        assert_eq!(steps[0].status, StepState::Succeeded);
         assert_eq!(steps[0].outputs, serde_json::json!({"x": 1}));
         assert_eq!(store.events("01a", 0, 100).unwrap().len(), 2);
     }
@@ -1250,7 +1273,7 @@ mod tests {
             .unwrap();
         let start = Change::StepStarted {
             step: "deploy".into(),
-            section: "steps".into(),
+            section: Section::Steps,
             attempt: 1,
         };
         store
@@ -1260,7 +1283,10 @@ mod tests {
         assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
         let run = store.run("01a").unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Interrupted);
-        assert_eq!(store.steps("01a").unwrap()[0].status, "interrupted");
+        assert_eq!(
+            store.steps("01a").unwrap()[0].status,
+            StepState::Interrupted
+        );
         assert!(store.interrupt_running().unwrap().is_empty());
         assert_eq!(store.integrity_check().unwrap(), "ok");
     }
@@ -1286,7 +1312,7 @@ mod tests {
                         let step = format!("s{s}");
                         let start = Change::StepStarted {
                             step: step.clone(),
-                            section: "steps".into(),
+                            section: Section::Steps,
                             attempt: 1,
                         };
                         store
@@ -1352,7 +1378,7 @@ mod tests {
         ));
         let start = Change::StepStarted {
             step: "s".into(),
-            section: "steps".into(),
+            section: Section::Steps,
             attempt: 1,
         };
         store

@@ -428,8 +428,8 @@ fn plan(
         }
         given.insert(input, json!(r));
     }
-    let inputs = workflow
-        .resolve_inputs(&input_texts(&given))
+    let inputs = input_texts(workflow, &given)
+        .and_then(|texts| workflow.resolve_inputs(&texts))
         .map_err(|problems| reply::escape(&problems.join("; ")))?;
     let run_id = shiphat_runner::new_run_id();
     let key = workflow.concurrency_key(&inputs, &run_id).map_err(|e| {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use shiphat_protocol::{Event, Rollback, RunOutcome, Section, StepStatus};
 
 use crate::scheduler::App;
 
@@ -103,21 +104,25 @@ pub struct Follow {
 struct Step {
     id: String,
     name: String,
-    section: String,
-    ok: bool,
-    status: String,
+    section: Section,
+    status: StepStatus,
     summary: String,
     error: Option<String>,
     duration_ms: f64,
 }
 
 impl Step {
+    fn ok(&self) -> bool {
+        matches!(self.status, StepStatus::Succeeded | StepStatus::Skipped)
+    }
+
     fn line(&self) -> String {
-        let mark = if self.ok { "✓" } else { "✗" };
+        let ok = self.ok();
+        let mark = if ok { "✓" } else { "✗" };
         let what = match (&self.error, self.summary.is_empty()) {
             (Some(e), _) => format!(": {}", escape(e)),
             (None, false) => format!(": {}", escape(&self.summary)),
-            (None, true) if !self.ok => format!(" ({})", self.status),
+            (None, true) if !ok => format!(" ({})", self.status),
             (None, true) => String::new(),
         };
         let name = if self.name.is_empty() || self.name == self.id {
@@ -173,18 +178,15 @@ pub async fn follow(app: Arc<App>, f: Follow) {
         let full = batch.len() == EVENT_BATCH as usize;
         for (seq, body) in batch {
             after = seq;
-            let Ok(event) = serde_json::from_str::<Value>(&body) else {
+            let Ok(event) = serde_json::from_str::<Event>(&body) else {
                 continue;
             };
-            match event["event"].as_str() {
-                Some("run_started") => {
-                    let names: Vec<String> = event["steps"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|s| s["section"] == "steps")
-                        .filter_map(|s| s["id"].as_str())
-                        .map(|s| format!("`{}`", escape(s)))
+            match event {
+                Event::RunStarted { steps: planned, .. } => {
+                    let names: Vec<String> = planned
+                        .iter()
+                        .filter(|s| s.section == Section::Steps)
+                        .map(|s| format!("`{}`", escape(&s.id)))
                         .collect();
                     let text = format!(
                         "▶ {} started (run `{}`): {}",
@@ -195,16 +197,24 @@ pub async fn follow(app: Arc<App>, f: Follow) {
                     respond(text.clone(), true, &mut posts).await;
                     announce(text).await;
                 }
-                Some("step_finished") => {
+                Event::StepFinished {
+                    step,
+                    name,
+                    section,
+                    status,
+                    summary,
+                    error,
+                    duration_ms,
+                    ..
+                } => {
                     let step = Step {
-                        id: event["step"].as_str().unwrap_or("").to_owned(),
-                        name: event["name"].as_str().unwrap_or("").to_owned(),
-                        section: event["section"].as_str().unwrap_or("").to_owned(),
-                        ok: matches!(event["status"].as_str(), Some("succeeded" | "skipped")),
-                        status: event["status"].as_str().unwrap_or("").to_owned(),
-                        summary: event["summary"].as_str().unwrap_or("").to_owned(),
-                        error: event["error"]["message"].as_str().map(str::to_owned),
-                        duration_ms: event["duration_ms"].as_f64().unwrap_or(0.0),
+                        id: step,
+                        name,
+                        section,
+                        status,
+                        summary,
+                        error: error.map(|e| e.message),
+                        duration_ms,
                     };
                     // One post stays in reserve for the result.
                     if posts + 1 < MAX_RESPONSE_POSTS {
@@ -212,22 +222,30 @@ pub async fn follow(app: Arc<App>, f: Follow) {
                     }
                     steps.push(step);
                 }
-                Some("run_finished") => {
-                    let status = event["status"].as_str().unwrap_or("failed");
-                    let duration = seconds(event["duration_ms"].as_f64().unwrap_or(0.0));
+                Event::RunFinished {
+                    status,
+                    duration_ms,
+                    ..
+                } => {
+                    let duration = seconds(duration_ms);
                     let text = result_text(&f, status, &duration, &steps);
                     respond(text, true, &mut posts).await;
-                    let rolled_back = steps.iter().any(|s| s.section == "on_failure" && s.ok);
                     let word = match status {
-                        "succeeded" if f.rollback => "rolled back",
-                        "succeeded" => "succeeded",
-                        "cancelled" => "was cancelled",
-                        _ if rolled_back => "failed and was rolled back",
-                        _ => "failed",
+                        RunOutcome::Succeeded if f.rollback => "rolled back",
+                        RunOutcome::Succeeded => "succeeded",
+                        RunOutcome::Cancelled => "was cancelled",
+                        RunOutcome::Failed if rollback(&steps) == Some(Rollback::RolledBack) => {
+                            "failed and was rolled back"
+                        }
+                        RunOutcome::Failed => "failed",
                     };
                     announce(format!(
                         "{} {} {word} in {duration} (run `{}`)",
-                        if status == "succeeded" { "✓" } else { "✗" },
+                        if status == RunOutcome::Succeeded {
+                            "✓"
+                        } else {
+                            "✗"
+                        },
                         f.label,
                         f.run_id
                     ))
@@ -279,46 +297,50 @@ pub async fn follow(app: Arc<App>, f: Follow) {
     }
 }
 
+/// What the run's `on_failure` steps did ([`Rollback::of`]).
+fn rollback(steps: &[Step]) -> Option<Rollback> {
+    Rollback::of(steps.iter().map(|s| (s.section, s.status.into())))
+}
+
 /// The final message: the outcome, the duration, the run id, each step with ✓/✗ and its
 /// summary, and on failure what failed and whether the rollback ran.
-fn result_text(f: &Follow, status: &str, duration: &str, steps: &[Step]) -> String {
-    let mark = if status == "succeeded" { "✓" } else { "✗" };
+fn result_text(f: &Follow, status: RunOutcome, duration: &str, steps: &[Step]) -> String {
+    let succeeded = status == RunOutcome::Succeeded;
+    let mark = if succeeded { "✓" } else { "✗" };
     let mut text = format!(
         "{mark} {} {status} in {duration} (run `{}`)",
         f.label, f.run_id
     );
-    for step in steps.iter().filter(|s| s.section == "steps") {
-        text.push('\n');
-        text.push_str(&step.line());
-    }
-    if status != "succeeded" {
+    let lines = |text: &mut String, section: Section| {
+        for step in steps.iter().filter(|s| s.section == section) {
+            text.push('\n');
+            text.push_str(&step.line());
+        }
+    };
+    lines(&mut text, Section::Steps);
+    if !succeeded {
         let failed: Vec<String> = steps
             .iter()
-            .filter(|s| s.section == "steps" && !s.ok && s.status == "failed")
+            .filter(|s| s.section == Section::Steps && s.status == StepStatus::Failed)
             .map(|s| format!("`{}`", escape(&s.id)))
             .collect();
         if !failed.is_empty() {
             text.push_str(&format!("\nfailed: {}", failed.join(", ")));
         }
-        let rollback: Vec<&Step> = steps.iter().filter(|s| s.section == "on_failure").collect();
-        if rollback.is_empty() {
-            text.push_str("\nrollback: none ran");
-        } else {
-            let ok = rollback.iter().all(|s| s.ok);
-            text.push_str(&format!(
-                "\nrollback: ran, {}",
-                if ok { "succeeded" } else { "failed" }
-            ));
-            for step in rollback {
-                text.push('\n');
-                text.push_str(&step.line());
+        match rollback(steps) {
+            None => text.push_str("\nrollback: none ran"),
+            Some(rollback) => {
+                let how = if rollback == Rollback::RolledBack {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                text.push_str(&format!("\nrollback: ran, {how}"));
+                lines(&mut text, Section::OnFailure);
             }
         }
     }
-    for step in steps.iter().filter(|s| s.section == "finally") {
-        text.push('\n');
-        text.push_str(&step.line());
-    }
+    lines(&mut text, Section::Finally);
     text
 }
 

@@ -1,0 +1,449 @@
+//! The HTTP API's answers and requests (docs/daemon.md). Answers are what `shiphat serve`
+//! sends and the CLI, the web page and the tests read; requests are what it takes, each with
+//! `deny_unknown_fields` so that a typo is a 400 naming the field, not a silent default.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::event::{LogLevel, LogSource, Section, StepError};
+use crate::status::{Rollback, RunStatus, StepState};
+
+/// What a principal may do. Each role includes the ones before it.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads runs, workflows, locks and metrics.
+    Viewer,
+    /// Also runs the workflows (and environments) its patterns allow, and cancels or resumes
+    /// its own runs.
+    Deployer,
+    /// Also holds and releases locks, forces runs past them, and cancels anyone's runs.
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Viewer, Role::Deployer, Role::Admin];
+
+    pub fn parse(text: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+crate::event::display_as_str!(Role);
+
+/// Every error: a message a person acts on, and the request field it is about.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// The body or query field at fault, when one is.
+    pub field: Option<String>,
+    /// On a 409 because of a lock: the lock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockView>,
+    /// On a 422 for a reused `Idempotency-Key`: the run the key made first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+}
+
+/// A run, as lists and pages show it. Times are RFC 3339 (`*_at`) and milliseconds since the
+/// Unix epoch (`*_ms`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunView {
+    pub id: String,
+    pub workflow: String,
+    pub status: RunStatus,
+    /// Why the run is where it is, when that needs saying: each change adds to it after `; `.
+    pub detail: Option<String>,
+    pub inputs: Map<String, Value>,
+    pub principal: String,
+    pub dry_run: bool,
+    pub concurrency_key: Option<String>,
+    /// For a queued run waiting for its key: its place in the queue (1 = next).
+    pub queue_position: Option<u64>,
+    /// For a queued run waiting for its key: the run holding it.
+    pub waiting_on: Option<String>,
+    /// The run's `environment` input, when it has one.
+    pub environment: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub duration_ms: Option<i64>,
+}
+
+/// `GET /api/v1/runs`: one page, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunList {
+    pub runs: Vec<RunView>,
+    /// The `before` of the next page; `null` on the last.
+    pub next: Option<String>,
+}
+
+/// A log line of a run page.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub source: LogSource,
+    pub message: String,
+    pub time: String,
+}
+
+/// A step of a run, as recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepView {
+    pub id: String,
+    pub section: Section,
+    pub status: StepState,
+    pub attempts: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub duration_ms: Option<f64>,
+    pub summary: String,
+    pub outputs: Value,
+    pub error: Option<StepError>,
+    pub continued: bool,
+    pub logs: Vec<LogLine>,
+}
+
+/// A step of a workflow, as a run page shows it before it starts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PlanStep {
+    pub id: String,
+    pub name: String,
+    pub section: Section,
+    /// The plugin's name (or file stem).
+    pub uses: String,
+}
+
+/// `GET /api/v1/runs/{id}`: a run with its plan, its steps and their logs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: RunView,
+    /// Every step of the workflow in order; empty when the workflow is no longer loaded.
+    pub plan: Vec<PlanStep>,
+    /// The steps that started, in the order they started.
+    pub steps: Vec<StepView>,
+    /// The run's own log lines (not a step's).
+    pub logs: Vec<LogLine>,
+    /// What the `on_failure` steps did; `null` when none ran (see [`Rollback::of`]).
+    pub rollback: Option<Rollback>,
+}
+
+/// `POST /api/v1/runs`: the run accepted (or replayed by its `Idempotency-Key`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Accepted {
+    pub id: String,
+    pub status: RunStatus,
+    /// False when the `Idempotency-Key` returned the run it made before.
+    pub created: bool,
+}
+
+/// `POST /api/v1/runs/{id}/cancel`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Cancelling {
+    pub id: String,
+    pub cancelling: bool,
+}
+
+/// `POST /api/v1/runs/{id}/resume`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Resumed {
+    pub id: String,
+    pub status: RunStatus,
+}
+
+/// A deploy lock on a key (a concurrency key or a workflow's name).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LockView {
+    pub key: String,
+    pub owner: String,
+    pub reason: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
+/// `GET /api/v1/locks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LockList {
+    pub locks: Vec<LockView>,
+}
+
+/// Where a token is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// Made by `shiphat token create` or `POST /api/v1/tokens`.
+    Database,
+    /// Declared in the config file, which alone can change it.
+    Config,
+}
+
+/// A token, never its secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenView {
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub patterns: Vec<String>,
+    /// `null` for a token of the config file.
+    pub created_at: Option<String>,
+    pub source: TokenSource,
+}
+
+/// `POST /api/v1/tokens`: the token, with its secret, shown this once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NewToken {
+    #[serde(flatten)]
+    pub view: TokenView,
+    pub token: String,
+}
+
+/// `GET /api/v1/tokens`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TokenList {
+    pub tokens: Vec<TokenView>,
+}
+
+/// An entry of the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditView {
+    pub at: String,
+    /// `null` when the caller could not be identified.
+    pub principal: Option<String>,
+    /// E.g. `POST /api/v1/runs`.
+    pub action: String,
+    pub target: String,
+    pub remote: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    pub outcome: String,
+}
+
+/// `GET /api/v1/audit`: the newest entries first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AuditLog {
+    pub entries: Vec<AuditView>,
+}
+
+/// A workflow input's type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InputType {
+    String,
+    Number,
+    Bool,
+    /// One of these strings.
+    Choice(Vec<String>),
+}
+
+/// An input a workflow takes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct InputView {
+    pub name: String,
+    pub description: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: InputType,
+    pub required: bool,
+    pub default: Option<Value>,
+}
+
+/// A workflow's `concurrency`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ConcurrencyView {
+    /// The key as written, e.g. `web-${{ inputs.environment }}`.
+    pub key: String,
+    pub queue: bool,
+}
+
+/// What a workflow's interrupted runs do when the daemon starts again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeMode {
+    Auto,
+    Manual,
+}
+
+/// A step of a workflow, by id and name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StepName {
+    pub id: String,
+    pub name: String,
+}
+
+/// A loaded workflow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowView {
+    pub name: String,
+    pub description: Option<String>,
+    pub file: String,
+    pub concurrency: Option<ConcurrencyView>,
+    pub resume: ResumeMode,
+    pub inputs: Vec<InputView>,
+    pub steps: Vec<StepName>,
+}
+
+/// `GET /api/v1/workflows`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowView>,
+}
+
+/// `POST` and `GET /api/v1/session`: who the browser is signed in as.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SessionView {
+    pub principal: String,
+    pub roles: Vec<Role>,
+    pub patterns: Vec<String>,
+    /// What mutating calls send as `X-CSRF-Token`.
+    pub csrf: String,
+}
+
+/// A run of an environment, with what it deploys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Release {
+    #[serde(flatten)]
+    pub run: RunView,
+    /// The first of the run's `release`, `version`, `ref` or `tag` inputs, as text.
+    pub release: Option<String>,
+}
+
+/// One of an environment's last deploys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Deploy {
+    #[serde(flatten)]
+    pub release: Release,
+    /// Its `on_failure` steps ran and all succeeded ([`Rollback::RolledBack`]).
+    pub rolled_back: bool,
+}
+
+/// What is deployed where: an environment is a lock key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EnvironmentView {
+    pub key: String,
+    pub workflow: Option<String>,
+    /// The newest run's `environment` input.
+    pub environment: Option<String>,
+    /// The latest deploy that succeeded: what runs there now.
+    pub current: Option<Release>,
+    /// The deploy in progress.
+    pub active: Option<Release>,
+    pub queued: u64,
+    pub lock: Option<LockView>,
+    pub deploys: Vec<Deploy>,
+}
+
+/// `GET /api/v1/environments`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct EnvironmentList {
+    pub environments: Vec<EnvironmentView>,
+}
+
+/// The data of `GET /api/v1/events`' `run` events: the run that changed, or `null` when
+/// notices were lost and everything should be read again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunNotice {
+    pub run: Option<String>,
+}
+
+/// `POST /api/v1/runs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRun {
+    #[schemars(length(min = 1))]
+    pub workflow: String,
+    /// By input name. A `string` input takes a string, a `number` a number or a string of
+    /// one, a `bool` a boolean or `"true"`/`"false"`, a `choice` one of its strings.
+    #[serde(default)]
+    pub inputs: Map<String, Value>,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Start it although a lock holds its key (admins only; audited).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /api/v1/runs/{id}/resume` (the body may be empty).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeRun {
+    /// Resume it although a lock holds its key (admins only; audited).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `PUT /api/v1/locks/{key}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutLock {
+    pub reason: String,
+    /// Who holds it; the caller when left out.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// How long it holds, e.g. `2h`; for ever when left out.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// Printable, without `/`.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// One or more.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub roles: Vec<Role>,
+    /// `WORKFLOW` or `WORKFLOW/ENVIRONMENT`, each part a glob.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+}
+
+/// Why `name` cannot name a principal (a token), if it cannot. A principal's name is printed
+/// in the audit log, in run records and on terminals, so it is printable text, not blank, and
+/// without `/`, which patterns use. `shiphat token create` and `POST /api/v1/tokens` both ask.
+pub fn principal_name_problem(name: &str) -> Option<String> {
+    let bad = name.trim().is_empty() || name.contains('/') || name.chars().any(char::is_control);
+    bad.then(|| {
+        format!(
+            "a principal's name must be non-empty, printable and without `/`, not {}",
+            Value::from(name)
+        )
+    })
+}
+
+/// `POST /api/v1/session`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub token: String,
+}
+
+/// The query of `GET /api/v1/runs`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListRuns {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    /// A run id: only runs older than it (the `next` of the page before).
+    pub before: Option<String>,
+    /// How many runs, 1 to 500; 50 when left out.
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+}

@@ -1,0 +1,104 @@
+//! `cargo xtask api-check`: the API checked against its own OpenAPI document by a tool no one
+//! here wrote. Schemathesis (pinned, from PyPI, into a virtual environment under the target
+//! directory) runs with all of its checks, its stateful phase included, against a real
+//! `shiphat serve` on a free loopback port with a data directory of its own and an admin
+//! token made for the occasion. It is not part of `cargo xtask test`: it takes minutes and
+//! explores at random, so it is run by hand when the API changes (docs/daemon.md).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, root, run};
+
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// How long the daemon may take to listen: it loads no workflow, so a second is plenty; a
+/// minute only passes when something is wrong.
+const LISTEN_WITHIN: Duration = Duration::from_secs(60);
+
+/// Ends the daemon however the check ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run_check(args: &[String]) -> Result<()> {
+    run(cargo().current_dir(root()).args(["build", "-p", "shiphat"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let shiphat = target.join("debug/shiphat");
+
+    let venv = target.join("api-check/venv");
+    let schemathesis = venv.join("bin/schemathesis");
+    let pinned = venv.join("installed");
+    if std::fs::read_to_string(&pinned).ok().as_deref() != Some(SCHEMATHESIS) {
+        eprintln!("xtask: installing {SCHEMATHESIS} into {}", venv.display());
+        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+            .context("cannot make a Python virtual environment (python3 -m venv)")?;
+        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", SCHEMATHESIS]))
+            .context("pip install failed: api-check needs schemathesis from PyPI")?;
+        std::fs::write(&pinned, SCHEMATHESIS)?;
+    }
+
+    let data = tempfile::tempdir()?;
+    let created = Command::new(&shiphat)
+        .args([
+            "token",
+            "create",
+            "api-check",
+            "--role",
+            "admin",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .output()
+        .context("cannot run `shiphat token create`")?;
+    if !created.status.success() {
+        bail!(
+            "`shiphat token create` failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    let token = String::from_utf8(created.stdout)?.trim().to_owned();
+    // A free port: bound by the system, released, then handed to the daemon.
+    let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let workflows = data.path().join("workflows");
+    std::fs::create_dir_all(&workflows)?;
+    let _daemon = Daemon(
+        Command::new(&shiphat)
+            .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
+            .arg(data.path())
+            .arg("--workflows")
+            .arg(&workflows)
+            .spawn()
+            .context("cannot start `shiphat serve`")?,
+    );
+    let started = Instant::now();
+    while std::net::TcpStream::connect(listen).is_err() {
+        if started.elapsed() > LISTEN_WITHIN {
+            bail!("`shiphat serve` did not listen on {listen} within a minute");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let base = format!("http://{listen}");
+    let status = Command::new(&schemathesis)
+        .arg("run")
+        .arg(format!("{base}/api/v1/openapi.json"))
+        .args(["--url", &base, "--checks", "all", "--header"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .args(args)
+        .status()
+        .context("cannot run schemathesis")?;
+    if !status.success() {
+        bail!("schemathesis found failures (above)");
+    }
+    Ok(())
+}
