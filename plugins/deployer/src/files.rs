@@ -133,8 +133,6 @@ fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
     };
     let gz = File::open(file).map_err(fail)?;
     let mut archive = tar::Archive::new(GzDecoder::new(gz));
-    let to = Dest::open(dest).map_err(fail)?;
-    let mut buf = vec![0; CHUNK];
     let mut n = 0;
     for entry in archive.entries().map_err(fail)? {
         let mut entry = entry.map_err(fail)?;
@@ -159,18 +157,13 @@ fn unpack(file: &Path, dest: &Path) -> Result<u64, String> {
         } else if kind.is_file() {
             n += 1;
             create_parent(&dst).and_then(|()| {
-                // `Dest::create` never follows a symlink at `dst`, which an earlier entry may
+                // `create_new` never follows a symlink at `dst`, which an earlier entry may
                 // have put there to aim this write outside the release.
-                let out = to.create(&rel)?;
-                let mut at = 0;
-                loop {
-                    let got = entry.read(&mut buf)?;
-                    if got == 0 {
-                        break Ok(());
-                    }
-                    sdk::fs::write_all_at(&out, &buf[..got], at)?;
-                    at += got as u64;
-                }
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&dst)?;
+                io::copy(&mut entry, &mut out).map(drop)
             })
         } else if kind.is_symlink() {
             n += 1;
