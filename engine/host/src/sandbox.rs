@@ -462,8 +462,8 @@ impl HostImports for StepState {
 fn sync_filesystem_of(file: &std::fs::File) -> Result<bool, String> {
     use rustix::fs::{Mode, OFlags};
     let failed = |e: rustix::io::Errno| format!("syncing the filesystem failed: {e}");
-    // A grant's root is held as an `O_PATH` descriptor, which `syncfs` refuses (EBADF); a
-    // descriptor of the same directory opened for reading is accepted.
+    // `syncfs` refuses (EBADF) the descriptor wasmtime-wasi holds for a grant's root, which
+    // cap-std opens as a path-only handle; the same directory opened for reading is accepted.
     let dir = rustix::fs::openat(
         file,
         ".",

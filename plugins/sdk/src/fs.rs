@@ -99,6 +99,13 @@ pub fn write_all_at(file: &Descriptor, mut bytes: &[u8], mut offset: u64) -> io:
         let wrote = file
             .write(bytes, offset)
             .map_err(|code| error("write", code))?;
+        if wrote == 0 {
+            // A descriptor that takes nothing would otherwise be asked again forever.
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write: wrote nothing",
+            ));
+        }
         bytes = &bytes[wrote as usize..];
         offset += wrote;
     }
