@@ -49,25 +49,7 @@ pub fn run_check(args: &[String]) -> Result<()> {
     }
 
     let data = tempfile::tempdir()?;
-    let created = Command::new(&shiphat)
-        .args([
-            "token",
-            "create",
-            "api-check",
-            "--role",
-            "admin",
-            "--data-dir",
-        ])
-        .arg(data.path())
-        .output()
-        .context("cannot run `shiphat token create`")?;
-    if !created.status.success() {
-        bail!(
-            "`shiphat token create` failed: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-    }
-    let token = String::from_utf8(created.stdout)?.trim().to_owned();
+    let token = crate::admin_token(&shiphat, "api-check", data.path())?;
     // A free port: bound by the system, released, then handed to the daemon.
     let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let workflows = data.path().join("workflows");

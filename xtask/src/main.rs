@@ -163,25 +163,7 @@ fn demo(args: &[String]) -> Result<()> {
 fn serve_demo(shiphat: &std::path::Path, demo: &demo::Demo) -> Result<()> {
     let data = root().join("workflows/.demo/data");
     let listen = "127.0.0.1:7300";
-    let created = Command::new(shiphat)
-        .args([
-            "token",
-            "create",
-            "demo-admin",
-            "--role",
-            "admin",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .context("cannot run `shiphat token create`")?;
-    if !created.status.success() {
-        bail!(
-            "`shiphat token create` failed: {}",
-            String::from_utf8_lossy(&created.stderr)
-        );
-    }
-    let token = String::from_utf8(created.stdout)?.trim().to_owned();
+    let token = admin_token(shiphat, "demo-admin", &data)?;
     if demo.metrics_addr.to_string() != demo::DEFAULT_METRICS {
         eprintln!(
             "xtask: {} was taken; give the deploy form `metrics_url` = http://{}/metrics",
@@ -286,4 +268,25 @@ fn lint() -> Result<()> {
         .arg("--target-dir")
         .arg(root.join("plugins/target"))
         .args(["--", "-D", "warnings"]))
+}
+
+/// An admin token named `name` made with `shiphat token create` in the daemon data directory
+/// `data`, for the tasks that start a daemon of their own (`demo --serve`, `api-check`).
+pub(crate) fn admin_token(
+    shiphat: &std::path::Path,
+    name: &str,
+    data: &std::path::Path,
+) -> Result<String> {
+    let created = Command::new(shiphat)
+        .args(["token", "create", name, "--role", "admin", "--data-dir"])
+        .arg(data)
+        .output()
+        .context("cannot run `shiphat token create`")?;
+    if !created.status.success() {
+        bail!(
+            "`shiphat token create` failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+    }
+    Ok(String::from_utf8(created.stdout)?.trim().to_owned())
 }
