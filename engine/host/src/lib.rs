@@ -121,8 +121,9 @@ impl std::fmt::Debug for CompileHook {
     }
 }
 
-/// What `describe()` said.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What `describe()` said. Serialised only into the compile cache (`cache.rs`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
@@ -416,41 +417,87 @@ impl Host {
     }
 
     /// Loads a plugin file: checks the pinned digest if there is one, then compiles it or reads
-    /// it from the compile cache. Loading the same content twice in one process is free.
+    /// it from the compile cache. Loading the same content twice in one process is free, and
+    /// a file the cache has seen unchanged is not read at all (see `cache.rs`).
     pub fn load(&self, path: &Path, pinned: Option<[u8; 32]>, stack: usize) -> Result<Arc<Plugin>> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let cache_dir = self.inner.config.cache_dir.as_deref();
+        let read = || -> Result<(Vec<u8>, cache::KnownFile)> {
+            let before = std::fs::metadata(path);
+            let bytes = std::fs::read(path).map_err(|source| Error::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let known = cache::KnownFile {
+                sha256: Sha256::digest(&bytes).into(),
+                instances_cost: objects::instances_cost(&bytes),
+            };
+            if let (Some(dir), Ok(before)) = (cache_dir, before) {
+                cache::remember_file(dir, path, &before, known, std::time::SystemTime::now());
+            }
+            Ok((bytes, known))
+        };
+        let (mut bytes, known) = match cache_dir.and_then(|dir| cache::recall_file(dir, path)) {
+            Some(known) => (None, known),
+            None => {
+                let (bytes, known) = read()?;
+                (Some(bytes), known)
+            }
+        };
         if let Some(expected) = pinned
-            && expected != sha256
+            && expected != known.sha256
         {
             return Err(Error::DigestMismatch {
                 path: path.to_owned(),
                 expected: hex::encode(expected),
-                actual: hex::encode(sha256),
+                actual: hex::encode(known.sha256),
             });
         }
-        if let Some(plugin) = self.inner.plugins.lock().unwrap().get(&(sha256, stack)) {
+        if let Some(plugin) = self
+            .inner
+            .plugins
+            .lock()
+            .unwrap()
+            .get(&(known.sha256, stack))
+        {
             return Ok(plugin.clone());
         }
         let set = self.try_engine_for(stack)?;
-        let before_compile = || {
+        let before_compile = |len| {
             if let Some(CompileHook(hook)) = &self.inner.config.on_compile {
-                hook(path, bytes.len());
+                hook(path, len);
             }
+        };
+        // Called only when the compile cache has no entry for the digest. A file known by its
+        // metadata is read then; should its content not be the digest remembered for it (a
+        // write that kept every time, which `cache.rs` guards against), it is refused like a
+        // changed pinned file rather than compiled under the wrong name.
+        let bytes_of = || -> Result<Vec<u8>> {
+            if let Some(bytes) = bytes.take() {
+                return Ok(bytes);
+            }
+            let (bytes, now) = read()?;
+            if now.sha256 != known.sha256 {
+                return Err(Error::DigestMismatch {
+                    path: path.to_owned(),
+                    expected: hex::encode(known.sha256),
+                    actual: hex::encode(now.sha256),
+                });
+            }
+            Ok(bytes)
         };
         let (component, load) = cache::load(
             &set.engine,
-            self.inner.config.cache_dir.as_deref(),
-            &bytes,
-            &sha256,
+            cache_dir,
+            bytes_of,
+            &known.sha256,
             &before_compile,
         )
-        .map_err(|e| Error::Compile {
-            path: path.to_owned(),
-            message: format!("{e:#}"),
+        .map_err(|e| match e {
+            cache::LoadError::Source(e) => e,
+            cache::LoadError::Compile(e) => Error::Compile {
+                path: path.to_owned(),
+                message: format!("{e:#}"),
+            },
         })?;
         let pre = set
             .linker
@@ -462,11 +509,11 @@ impl Host {
             })?;
         let plugin = Arc::new(Plugin {
             path: path.to_owned(),
-            sha256,
+            sha256: known.sha256,
             component,
             pre,
             stack,
-            instances_cost: objects::instances_cost(&bytes),
+            instances_cost: known.instances_cost,
             info: tokio::sync::OnceCell::new(),
             load,
         });
@@ -474,7 +521,7 @@ impl Host {
             .plugins
             .lock()
             .unwrap()
-            .insert((sha256, stack), plugin.clone());
+            .insert((known.sha256, stack), plugin.clone());
         Ok(plugin)
     }
 
@@ -488,8 +535,22 @@ impl Host {
             .cloned()
     }
 
+    /// Asks `describe()`, unless the compile cache remembers its answer for this component.
     async fn call_describe(&self, plugin: &Plugin) -> Result<PluginInfo> {
         let set = self.engine_for(plugin.stack);
+        let dir = self.inner.config.cache_dir.as_deref();
+        if let Some(info) = dir.and_then(|dir| cache::recall_info(&set.engine, dir, &plugin.sha256))
+        {
+            return Ok(info);
+        }
+        let info = self.ask_describe(plugin, &set).await?;
+        if let Some(dir) = dir {
+            cache::remember_info(&set.engine, dir, &plugin.sha256, &info);
+        }
+        Ok(info)
+    }
+
+    async fn ask_describe(&self, plugin: &Plugin, set: &EngineSet) -> Result<PluginInfo> {
         let limits = Limits {
             stack: plugin.stack,
             ..Limits::default()
