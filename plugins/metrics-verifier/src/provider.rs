@@ -376,4 +376,18 @@ mod tests {
         );
         assert!(!encoded.contains(['&', '#', '=', '?', '+', ' ']));
     }
+
+    // prometheus-parse 0.2.5 dropped every sample whose name holds a colon, so a recording
+    // rule's series read from `/federate` was reported missing (vendor/prometheus-parse).
+    #[test]
+    fn a_recording_rule_series_is_found_by_its_name() {
+        let page = "# TYPE job:http_errors:ratio5m gauge\n\
+                    job:http_errors:ratio5m{job=\"api\"} 0.004\n\
+                    job:http_errors:ratio5m{job=\"web\"} 0.2\n";
+        let labels = BTreeMap::from([("job".to_string(), "api".to_string())]);
+        assert_eq!(
+            scrape_value(page, "job:http_errors:ratio5m", &labels),
+            Ok(0.004)
+        );
+    }
 }
