@@ -318,11 +318,17 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::INTERNAL);
         }
     };
+    let one_shot = matches!(cli.command, Command::Run { .. });
     let result = runtime.block_on(dispatch(cli.command));
-    // Plugins still running after a cancelled run must not hold the process open.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    match result {
-        Ok(code) => ExitCode::from(code),
+    // A one-shot run has printed its outcome, and each step's store closed what it held: the
+    // process exits now, without joining the runtime's idle threads or waiting for plugins
+    // still running after a cancelled run. Other commands (the daemon's store among them)
+    // get their tasks dropped first; plugins still running must not hold the process open.
+    if !one_shot {
+        runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    }
+    let code = match result {
+        Ok(code) => code,
         Err(e) => {
             let code = if e.is::<Invalid>()
                 || e.is::<shiphat_workflow::Error>()
@@ -333,9 +339,12 @@ fn main() -> ExitCode {
                 exit::INTERNAL
             };
             output::error(&e);
-            ExitCode::from(code)
+            code
         }
-    }
+    };
+    // stdout is flushed here because `exit` does not; stderr is not buffered.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::process::exit(i32::from(code));
 }
 
 fn init_tracing(verbose: u8) {
@@ -482,6 +491,12 @@ async fn run(
     if stop.is_aborted() {
         output::aborted(&report);
     }
+    // The process ends right after this: unmapping every plugin's machine code, its engine
+    // and their memory one by one would cost milliseconds of a one-shot deploy that the
+    // kernel does at once at exit. Nothing they hold needs a goodbye: every file a step wrote
+    // is closed with its store, and the report is printed.
+    std::mem::forget(prepared);
+    std::mem::forget(runner);
     Ok(match report.status {
         RunOutcome::Succeeded => exit::OK,
         RunOutcome::Failed | RunOutcome::Cancelled => exit::FAILED,
