@@ -414,12 +414,19 @@ fn the_compile_cache_is_used_and_a_corrupt_entry_is_rebuilt() {
         Run::of(command)
     };
     assert_eq!(run_with_cache().code, 0);
-    let entries: Vec<_> = std::fs::read_dir(&cache)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let with_extension = |extension: &str| -> Vec<_> {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == extension))
+            .collect()
+    };
+    // The machine code, and beside it what `describe()` answered for it (and the plugin file's
+    // digest, by its metadata, once the file has been left alone for a few seconds).
+    let entries = with_extension("cwasm");
     assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(with_extension("describe").len(), 1);
     // Corrupt the entry: flip a byte in the middle. It must be dropped, not loaded.
     let mut bytes = std::fs::read(&entries[0]).unwrap();
     let middle = bytes.len() / 2;
