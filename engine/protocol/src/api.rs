@@ -451,7 +451,6 @@ pub struct CreateToken {
     #[schemars(length(min = 1), regex(pattern = PRINCIPAL_NAME_PATTERN))]
     pub name: String,
     /// One or more.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub roles: Vec<Role>,
     /// `WORKFLOW` or `WORKFLOW/ENVIRONMENT`, each part a glob; never empty, and without `,`.
