@@ -71,7 +71,10 @@ pub fn run_check(args: &[String]) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let base = format!("http://{listen}");
+    // Schemathesis keeps its state (`.schemathesis/`) in its working directory: the target
+    // directory's, not the worktree's.
     let status = Command::new(&schemathesis)
+        .current_dir(target.join("api-check"))
         .arg("run")
         .arg(format!("{base}/api/v1/openapi.json"))
         .args(["--url", &base, "--checks", "all", "--header"])
