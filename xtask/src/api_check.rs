@@ -15,6 +15,10 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, root, run};
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// The route of every run's changes, as Server-Sent Events without end.
+const FEED: &str = "/api/v1/events";
+/// How long one request may take, in seconds: the daemon answers in milliseconds.
+const REQUEST_TIMEOUT: &str = "10";
 /// How long the daemon may take to listen: it loads no workflow, so a second is plenty; a
 /// minute only passes when something is wrong.
 const LISTEN_WITHIN: Duration = Duration::from_secs(60);
@@ -79,6 +83,12 @@ pub fn run_check(args: &[String]) -> Result<()> {
         .arg(format!("{base}/api/v1/openapi.json"))
         .args(["--url", &base, "--checks", "all", "--header"])
         .arg(format!("Authorization: Bearer {token}"))
+        // The feed is an event stream that ends only when its client goes, and Schemathesis
+        // reads every answer to its end: it waited on the first one for ever. A run's event
+        // stream ends with its run (and this daemon has none), so it stays in.
+        .args(["--exclude-path", FEED])
+        // A safety net: an answer that never ends is a failure to see, not a silent stall.
+        .args(["--request-timeout", REQUEST_TIMEOUT])
         .args(args)
         .status()
         .context("cannot run schemathesis")?;
