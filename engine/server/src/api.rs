@@ -174,7 +174,7 @@ impl From<service::Error> for ApiError {
             | E::InConfig(_) => StatusCode::CONFLICT,
             E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             E::TooManyQueued { .. } | E::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
-            E::KeyReused { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            E::KeyReused { .. } | E::Inputs(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Store(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -187,6 +187,7 @@ impl From<service::Error> for ApiError {
                 field: Some(field), ..
             } => error = error.on(field),
             E::NoWorkflow(_) => error = error.on("workflow"),
+            E::Inputs(_) => error = error.on("inputs"),
             E::NameTaken(_) => error = error.on("name"),
             E::Locked { lock, .. } => error.body.lock = Some(service::lock_view(&lock)),
             E::KeyReused { run } => error.body.run = Some(run),

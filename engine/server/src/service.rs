@@ -66,6 +66,11 @@ pub enum Error {
         field: Option<&'static str>,
         message: String,
     },
+    /// The inputs are well formed but not what the workflow takes (an unknown name, a value
+    /// of the wrong type or not among its choices, a required one missing), or its
+    /// `concurrency` key cannot be evaluated with them.
+    #[error("{0}")]
+    Inputs(String),
     #[error("no workflow named `{0}` is loaded")]
     NoWorkflow(String),
     #[error("no run `{0}`")]
@@ -372,10 +377,10 @@ impl Service {
         let workflow = &prepared.workflow;
         let inputs = input_texts(workflow, given)
             .and_then(|texts| workflow.resolve_inputs(&texts))
-            .map_err(|problems| Error::invalid("inputs", problems.join("; ")))?;
+            .map_err(|problems| Error::Inputs(problems.join("; ")))?;
         let key = workflow
             .concurrency_key(&inputs, id)
-            .map_err(|e| Error::invalid("inputs", format!("cannot evaluate `concurrency`: {e}")))?;
+            .map_err(|e| Error::Inputs(format!("cannot evaluate `concurrency`: {e}")))?;
         Ok(Planned {
             prepared,
             inputs,
