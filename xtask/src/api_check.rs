@@ -15,6 +15,16 @@ use anyhow::{Context, Result, bail};
 use crate::{cargo, root, run};
 
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// The workflow of the document's example run (`POST /api/v1/runs`).
+const WORKFLOW: &str = "\
+name: api-check
+inputs:
+  environment: { type: choice, choices: [staging, production], default: staging }
+concurrency: \"api-check-${{ inputs.environment }}\"
+steps:
+  - id: noop
+    uses: noop
+";
 /// The route of every run's changes, as Server-Sent Events without end.
 const FEED: &str = "/api/v1/events";
 /// How long one request may take, in seconds: the daemon answers in milliseconds.
@@ -56,8 +66,12 @@ pub fn run_check(args: &[String]) -> Result<()> {
     let token = crate::admin_token(&shiphat, "api-check", data.path())?;
     // A free port: bound by the system, released, then handed to the daemon.
     let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // One workflow, so that the runs the document's example starts give the run routes
+    // something to show, follow, cancel and resume; its plugin is built from this tree.
+    crate::plugins()?;
     let workflows = data.path().join("workflows");
     std::fs::create_dir_all(&workflows)?;
+    std::fs::write(workflows.join("api-check.yaml"), WORKFLOW)?;
     let _daemon = Daemon(
         Command::new(&shiphat)
             .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
@@ -79,6 +93,8 @@ pub fn run_check(args: &[String]) -> Result<()> {
     // directory's, not the worktree's.
     let status = Command::new(&schemathesis)
         .current_dir(target.join("api-check"))
+        .arg("--config-file")
+        .arg(root().join("xtask/schemathesis.toml"))
         .arg("run")
         .arg(format!("{base}/api/v1/openapi.json"))
         .args(["--url", &base, "--checks", "all", "--header"])
