@@ -295,7 +295,8 @@ fn every_route_the_auth_matrix_and_bad_bodies() {
         json!({"workflow": "web", "inputs": {"environment": "prod"}}),
     );
 
-    // Bad bodies name the field.
+    // Bad bodies name the field: 400 for a body not of the document's shape, 422 for inputs
+    // that are of its shape but not what this workflow takes.
     let bad: &[(&str, u16, Option<&str>)] = &[
         ("not json", 400, None),
         ("[1]", 400, None),
@@ -305,12 +306,12 @@ fn every_route_the_auth_matrix_and_bad_bodies() {
         (r#"{"workflow": "web", "inputs": []}"#, 400, Some("inputs")),
         (
             r#"{"workflow": "web", "inputs": {"environment": "moon"}}"#,
-            400,
+            422,
             Some("inputs"),
         ),
         (
             r#"{"workflow": "web", "inputs": {"colour": "red"}}"#,
-            400,
+            422,
             Some("inputs"),
         ),
         (

@@ -94,7 +94,7 @@ fn ensure_wasm_target() -> Result<()> {
         .with_context(|| format!("the {WASM_TARGET} target is needed to build plugins; install rustup or add the target by hand"))
 }
 
-fn plugins() -> Result<()> {
+pub(crate) fn plugins() -> Result<()> {
     ensure_wasm_target()?;
     let root = root();
     // The plugins always land in plugins/target, whatever CARGO_TARGET_DIR says: that is

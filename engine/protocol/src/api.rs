@@ -394,26 +394,76 @@ pub struct PutLock {
     /// Who holds it; the caller when left out.
     #[serde(default)]
     pub owner: Option<String>,
-    /// How long it holds, e.g. `2h`; for ever when left out.
+    /// How long it holds, e.g. `2h` or `1h 30m` (see [`lock_ttl`]); for ever when left out.
     #[serde(default)]
+    #[schemars(regex(pattern = LOCK_TTL_PATTERN))]
     pub expires_in: Option<String>,
+}
+
+/// The form of a lock's `expires_in`: one to four parts, each a number of one to four digits
+/// and a unit (`s`, `m`, `h`, `d` or `w`), with at most one space between parts. Bounded so
+/// that a lock's end is a date every client can print (RFC 3339 stops at the year 9999): the
+/// longest, four times `9999w`, is some 770 years.
+pub const LOCK_TTL_PATTERN: &str = "^[0-9]{1,4}[smhdw]( ?[0-9]{1,4}[smhdw]){0,3}$";
+
+/// How long a lock's `expires_in` holds, or why it is not of the form of
+/// [`LOCK_TTL_PATTERN`].
+pub fn lock_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || {
+        format!(
+            "`expires_in` must be like `2h` or `1h 30m`: one to four parts, each a number of 1 to 4 digits and a unit (`s`, `m`, `h`, `d`, `w`), not {}",
+            Value::from(text)
+        )
+    };
+    let mut seconds = 0;
+    let mut rest = text;
+    for part in 1..=4 {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if !(1..=4).contains(&digits) {
+            return Err(bad());
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit = match rest.as_bytes().get(digits) {
+            Some(b's') => 1,
+            Some(b'm') => 60,
+            Some(b'h') => 3600,
+            Some(b'd') => 24 * 3600,
+            Some(b'w') => 7 * 24 * 3600,
+            _ => return Err(bad()),
+        };
+        seconds += number * unit;
+        rest = &rest[digits + 1..];
+        if rest.is_empty() {
+            return Ok(std::time::Duration::from_secs(seconds));
+        }
+        if part < 4 {
+            rest = rest.strip_prefix(' ').unwrap_or(rest);
+        }
+    }
+    Err(bad())
 }
 
 /// `POST /api/v1/tokens`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
-    /// Printable, without `/`.
-    #[schemars(length(min = 1))]
+    /// Printable, not blank, without `/` ([`principal_name_problem`]).
+    #[schemars(length(min = 1), regex(pattern = PRINCIPAL_NAME_PATTERN))]
     pub name: String,
     /// One or more.
-    #[serde(default)]
     #[schemars(length(min = 1))]
     pub roles: Vec<Role>,
-    /// `WORKFLOW` or `WORKFLOW/ENVIRONMENT`, each part a glob.
+    /// `WORKFLOW` or `WORKFLOW/ENVIRONMENT`, each part a glob; never empty, and without `,`.
     #[serde(default)]
+    #[schemars(inner(length(min = 1), regex(pattern = "^[^,]+$")))]
     pub patterns: Vec<String>,
 }
+
+/// What [`principal_name_problem`] takes, as a regular expression: no `/` and no control
+/// character (Unicode's `Cc`: U+0000 to U+001F, U+007F to U+009F), and one character at least
+/// that is not white space (Rust's `char::is_whitespace`, spelt out, since `\s` differs between
+/// regular expression dialects).
+pub const PRINCIPAL_NAME_PATTERN: &str = r"^[^/\x00-\x1f\x7f-\x9f]*[^/\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^/\x00-\x1f\x7f-\x9f]*$";
 
 /// Why `name` cannot name a principal (a token), if it cannot. A principal's name is printed
 /// in the audit log, in run records and on terminals, so it is printable text, not blank, and
@@ -446,4 +496,37 @@ pub struct ListRuns {
     /// How many runs, 1 to 500; 50 when left out.
     #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_ttl_is_a_few_bounded_parts() {
+        let secs = |text: &str| lock_ttl(text).map(|d| d.as_secs());
+        assert_eq!(secs("2h"), Ok(7200));
+        assert_eq!(secs("1h 30m"), Ok(5400));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        assert_eq!(secs("0s"), Ok(0));
+        assert_eq!(secs("9999w 9999w 9999w 9999w"), Ok(4 * 9999 * 604_800));
+        // `100000y` was taken, and the lock's end, past the year 9999, panicked the answer.
+        for bad in [
+            "",
+            "h",
+            "2",
+            "2x",
+            "10000h",
+            "2h ",
+            " 2h",
+            "2h  3m",
+            "1s 1s 1s 1s 1s",
+            "100000y",
+            "2 hours",
+            "-1h",
+            "1.5h",
+        ] {
+            assert!(lock_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -9,8 +9,8 @@ use serde_json::Value;
 use shiphat_protocol::{Deploy, EnvironmentList, EnvironmentView, Release, Rollback};
 use shiphat_store::{Run, RunFilter, RunStatus};
 
-use crate::api::{lock_view, run_view};
 use crate::scheduler::App;
+use crate::service::{lock_view, run_view};
 
 /// How many of the latest runs are read to find the environments. A deploy older than the
 /// last 500 runs of the whole daemon is history, not "what is deployed now", for any team

@@ -15,6 +15,9 @@ mod environments;
 mod limits;
 mod metrics;
 mod scheduler;
+mod service;
+#[cfg(test)]
+mod testing;
 mod web;
 mod workflows;
 

@@ -2,10 +2,11 @@
 //!
 //! Every request is verified first (Slack's v0 signature over the raw body, and the
 //! timestamp); then the Slack user is mapped to a principal of the same model as API tokens,
-//! the command is parsed, checked against roles, patterns, channels and locks, audited, and
-//! answered at once (ephemeral). A run it starts is followed to its end and reported to the
-//! request's `response_url` (only Slack's host, or hosts the config allows) and to the
-//! configured incoming webhooks. A command Slack retries never starts a second run: the run
+//! the command is parsed, checked against its channel, and turned into the same operations of
+//! [`Service`] that the HTTP API calls (roles, patterns, inputs and locks are the service's to
+//! check), audited, and answered at once (ephemeral). A run it starts is followed to its end
+//! and reported to the request's `response_url` (only Slack's host, or hosts the config
+//! allows) and to the configured incoming webhooks. A command Slack retries never starts a second run: the run
 //! is created with an idempotency key made of the team and the `trigger_id`, which the store
 //! keeps, so the retry finds the first run even after a restart.
 
@@ -15,7 +16,6 @@ mod reply;
 mod verify;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -24,10 +24,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use shiphat_store::{AuditEntry, Lock, NewRun, RunFilter, RunStatus};
+use shiphat_protocol::{CreateRun, ErrorBody, ListRuns, PutLock, RunStatus};
+use shiphat_store::AuditEntry;
 
-use crate::auth::{Principal, Role};
-use crate::scheduler::{App, Refused, input_texts};
+use crate::auth::Principal;
+use crate::service::{self, Service};
 use command::Command;
 pub use config::{RawSlack, SlackConfig};
 
@@ -97,17 +98,19 @@ impl Answer {
 
 /// `POST /chat/slack/commands`.
 pub async fn slack_commands(
-    State(app): State<Arc<App>>,
+    State(service): State<Service>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let Some(slack) = app.config.slack.clone() else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "Slack commands are not configured; add a `[slack]` section to shiphat.toml (docs/chat.md)", "field": null})),
-        )
-            .into_response();
+    let Some(slack) = service.slack().cloned() else {
+        let error = ErrorBody {
+            error: "Slack commands are not configured; add a `[slack]` section to shiphat.toml (docs/chat.md)".into(),
+            field: None,
+            lock: None,
+            run: None,
+        };
+        return (StatusCode::NOT_FOUND, Json(error)).into_response();
     };
     let audit = |principal: Option<String>, status: StatusCode, target: String, outcome: String| {
         let entry = AuditEntry {
@@ -119,7 +122,7 @@ pub async fn slack_commands(
             status: status.as_u16(),
             outcome,
         };
-        app.audit(entry)
+        service.audit(entry)
     };
     let body = match body {
         Ok(body) => body,
@@ -145,11 +148,13 @@ pub async fn slack_commands(
             message.clone(),
         )
         .await;
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": message, "field": null })),
-        )
-            .into_response();
+        let error = ErrorBody {
+            error: message,
+            field: None,
+            lock: None,
+            run: None,
+        };
+        return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
     }
     let request = Request::parse(&body);
     let retry = header("x-slack-retry-num").map(str::to_owned);
@@ -169,7 +174,7 @@ pub async fn slack_commands(
                 target: String::new(),
                 outcome: "not a command".into(),
             },
-            Ok(command) => run_command(&app, &slack, caller, &request, &body, command).await,
+            Ok(command) => run_command(&service, &slack, caller, &request, &body, command).await,
         },
     };
     let outcome = format!(
@@ -192,8 +197,35 @@ pub async fn slack_commands(
     Json(reply::ephemeral(&answer.text)).into_response()
 }
 
+/// A refusal of the service, as Slack text: its message, escaped, in words a Slack user acts
+/// on where the API's would name an HTTP detail.
+fn refusal(e: &service::Error) -> String {
+    use reply::escape;
+    use service::Error as E;
+    match e {
+        E::NoWorkflow(name) => format!(
+            "the workflow `{}` is not loaded; check the daemon's workflows",
+            escape(name)
+        ),
+        E::Busy { key, holder, .. } => format!(
+            "`{}` is busy with run `{holder}` and does not queue",
+            escape(key)
+        ),
+        E::ShuttingDown => "the daemon is shutting down; try again in a minute".into(),
+        E::TooManyQueued { principal, max } => format!(
+            "`{}` has {max} runs queued already; wait for them or cancel some",
+            escape(principal)
+        ),
+        E::Store(e) => format!(
+            "cannot read or write the run history: {}",
+            escape(&e.to_string())
+        ),
+        e => escape(&e.to_string()),
+    }
+}
+
 async fn run_command(
-    app: &Arc<App>,
+    service: &Service,
     slack: &SlackConfig,
     caller: &Principal,
     request: &Request,
@@ -207,7 +239,9 @@ async fn run_command(
             target: String::new(),
             outcome: "help".into(),
         },
-        Command::Status { app: name } => status(app, slack, caller, request, name.as_deref()).await,
+        Command::Status { app: name } => {
+            status(service, slack, caller, request, name.as_deref()).await
+        }
         Command::Deploy {
             app: name,
             git_ref,
@@ -222,20 +256,13 @@ async fn run_command(
                 escape(&name),
                 escape(&environment)
             );
-            start(
-                app,
-                slack,
-                caller,
-                request,
-                body,
-                &name,
-                &environment,
-                &target.workflow,
-                git_ref.map(|r| (target.ref_input().to_owned(), r)),
-                label,
-                false,
-            )
-            .await
+            let deploy = Deploy {
+                app: &name,
+                environment: &environment,
+                workflow: &target.workflow,
+                git_ref: git_ref.map(|r| (target.ref_input().to_owned(), r)),
+            };
+            start(service, slack, caller, request, body, deploy, label, false).await
         }
         Command::Rollback {
             app: name,
@@ -261,70 +288,58 @@ async fn run_command(
                 escape(&name),
                 escape(&environment)
             );
-            start(
-                app,
-                slack,
-                caller,
-                request,
-                body,
-                &name,
-                &environment,
-                &workflow,
-                None,
-                label,
-                true,
-            )
-            .await
+            let deploy = Deploy {
+                app: &name,
+                environment: &environment,
+                workflow: &workflow,
+                git_ref: None,
+            };
+            start(service, slack, caller, request, body, deploy, label, true).await
         }
         Command::Lock {
             app: name,
             environment,
             reason,
         } => {
-            let key = match lock_key(app, slack, caller, request, &name, &environment) {
+            let key = match lock_key(service, slack, caller, request, &name, &environment) {
                 Ok(key) => key,
                 Err(why) => return Answer::refused(format!("{name}/{environment}"), why),
             };
-            let lock = Lock {
-                key: key.clone(),
-                owner: caller.name.clone(),
+            let lock = PutLock {
                 reason: reason.clone(),
-                created_ms: shiphat_store::now_ms(),
-                expires_ms: None,
+                owner: None,
+                expires_in: None,
             };
-            if let Err(e) = app.store.put_lock(&lock).await {
-                return Answer::refused(key, format!("cannot write the lock: {e}"));
-            }
-            Answer {
-                text: format!(
-                    "🔒 locked `{}` (`{}` in `{}`): {}",
-                    escape(&key),
-                    escape(&name),
-                    escape(&environment),
-                    escape(&reason)
-                ),
-                outcome: format!("locked: {reason}"),
-                target: key,
+            match service.put_lock(caller, &key, lock).await {
+                Ok(_) => Answer {
+                    text: format!(
+                        "🔒 locked `{}` (`{}` in `{}`): {}",
+                        escape(&key),
+                        escape(&name),
+                        escape(&environment),
+                        escape(&reason)
+                    ),
+                    outcome: format!("locked: {reason}"),
+                    target: key,
+                },
+                Err(e) => Answer::refused(key, refusal(&e)),
             }
         }
         Command::Unlock {
             app: name,
             environment,
         } => {
-            let key = match lock_key(app, slack, caller, request, &name, &environment) {
+            let key = match lock_key(service, slack, caller, request, &name, &environment) {
                 Ok(key) => key,
                 Err(why) => return Answer::refused(format!("{name}/{environment}"), why),
             };
-            match app.unlock(&key).await {
-                Ok(true) => Answer {
+            match service.unlock(caller, &key).await {
+                Ok(()) => Answer {
                     text: format!("🔓 unlocked `{}`", escape(&key)),
                     outcome: "unlocked".into(),
                     target: key,
                 },
-                Ok(false) => {
-                    Answer::refused(key.clone(), format!("`{}` is not locked", escape(&key)))
-                }
-                Err(e) => Answer::refused(key, format!("cannot remove the lock: {e}")),
+                Err(e) => Answer::refused(key, refusal(&e)),
             }
         }
     }
@@ -379,79 +394,64 @@ fn check_channel(slack: &SlackConfig, request: &Request, environment: &str) -> R
     ))
 }
 
-/// A run as it would be requested: its inputs and concurrency key.
-struct Planned {
-    inputs: Map<String, Value>,
-    key: Option<String>,
-    run_id: String,
+/// What a command deploys: an app's workflow in an environment, at a ref (the input it fills,
+/// and the ref) if one was given.
+struct Deploy<'a> {
+    app: &'a str,
+    environment: &'a str,
+    workflow: &'a str,
+    git_ref: Option<(String, String)>,
 }
 
-/// Resolves the inputs the workflow declares out of the environment, the ref and the caller,
-/// and evaluates its concurrency key, as `POST /api/v1/runs` would.
-fn plan(
-    app: &App,
-    workflow_name: &str,
-    environment: &str,
-    git_ref: Option<(String, String)>,
-    request: &Request,
-    caller: &Principal,
-    app_name: &str,
-) -> Result<(Arc<shiphat_runner::Prepared>, Planned), String> {
-    let Some(prepared) = app.workflows.get(workflow_name) else {
-        return Err(format!(
-            "the workflow `{}` is not loaded; check the daemon's workflows",
-            reply::escape(workflow_name)
-        ));
-    };
-    let workflow = &prepared.workflow;
-    let declares = |name: &str| workflow.inputs.iter().any(|i| i.name == name);
-    let mut given = Map::new();
-    if declares("environment") {
-        given.insert("environment".into(), json!(environment));
-    }
-    if declares("app") {
-        given.insert("app".into(), json!(app_name));
-    }
-    if declares("caller") {
-        given.insert(
-            "caller".into(),
-            json!(format!("{} (slack {})", caller.name, request.user_id)),
-        );
-    }
-    if let Some((input, r)) = git_ref {
-        if !declares(&input) {
-            return Err(format!(
-                "the workflow `{}` takes no `{}` input for `@REF`; deploy without `@REF`, or set `ref_input` for this app in the daemon's `[slack.apps]` config",
-                reply::escape(workflow_name),
-                reply::escape(&input)
-            ));
+impl Deploy<'_> {
+    /// The run as the API would be asked for it: of the inputs the workflow declares, the
+    /// environment, the app, the caller and the ref are filled in.
+    fn request(
+        &self,
+        service: &Service,
+        caller: &Principal,
+        request: &Request,
+    ) -> Result<CreateRun, String> {
+        let workflow = service
+            .workflow(caller, self.workflow)
+            .map_err(|e| refusal(&e))?;
+        let declares = |name: &str| workflow.inputs.iter().any(|i| i.name == name);
+        let mut given = Map::new();
+        if declares("environment") {
+            given.insert("environment".into(), json!(self.environment));
         }
-        given.insert(input, json!(r));
+        if declares("app") {
+            given.insert("app".into(), json!(self.app));
+        }
+        if declares("caller") {
+            given.insert(
+                "caller".into(),
+                json!(format!("{} (slack {})", caller.name, request.user_id)),
+            );
+        }
+        if let Some((input, r)) = &self.git_ref {
+            if !declares(input) {
+                return Err(format!(
+                    "the workflow `{}` takes no `{}` input for `@REF`; deploy without `@REF`, or set `ref_input` for this app in the daemon's `[slack.apps]` config",
+                    reply::escape(self.workflow),
+                    reply::escape(input)
+                ));
+            }
+            given.insert(input.clone(), json!(r));
+        }
+        Ok(CreateRun {
+            workflow: self.workflow.to_owned(),
+            inputs: given,
+            dry_run: false,
+            force: false,
+        })
     }
-    let inputs = input_texts(workflow, &given)
-        .and_then(|texts| workflow.resolve_inputs(&texts))
-        .map_err(|problems| reply::escape(&problems.join("; ")))?;
-    let run_id = shiphat_runner::new_run_id();
-    let key = workflow.concurrency_key(&inputs, &run_id).map_err(|e| {
-        format!(
-            "cannot evaluate the workflow's `concurrency`: {}",
-            reply::escape(&e.to_string())
-        )
-    })?;
-    Ok((
-        prepared,
-        Planned {
-            inputs,
-            key,
-            run_id,
-        },
-    ))
 }
 
 /// The lock key of an app in an environment: the key runs of its workflow take (its
 /// concurrency key, else the workflow's name), so an API run sees a chat lock and back.
 fn lock_key(
-    app: &App,
+    service: &Service,
     slack: &SlackConfig,
     caller: &Principal,
     request: &Request,
@@ -459,69 +459,40 @@ fn lock_key(
     environment: &str,
 ) -> Result<String, String> {
     let target = target(slack, name, environment)?;
-    caller.require(Role::Admin)?;
     check_channel(slack, request, environment)?;
-    let (_, planned) = plan(
-        app,
-        &target.workflow,
+    let deploy = Deploy {
+        app: name,
         environment,
-        None,
-        request,
-        caller,
-        name,
-    )?;
-    Ok(planned.key.unwrap_or(target.workflow))
+        workflow: &target.workflow,
+        git_ref: None,
+    };
+    let run = deploy.request(service, caller, request)?;
+    service.lock_key(caller, &run).map_err(|e| refusal(&e))
 }
 
 #[allow(
     clippy::too_many_arguments,
-    reason = "one call site per command, each naming every part"
+    reason = "two call sites, each naming every part"
 )]
 async fn start(
-    app: &Arc<App>,
+    service: &Service,
     slack: &SlackConfig,
     caller: &Principal,
     request: &Request,
     body: &[u8],
-    name: &str,
-    environment: &str,
-    workflow: &str,
-    git_ref: Option<(String, String)>,
+    deploy: Deploy<'_>,
     label: String,
     rollback: bool,
 ) -> Answer {
     use reply::escape;
-    let target = format!("{name}/{environment}");
-    if let Err(why) = caller.may_run(workflow, Some(environment)) {
+    let target = format!("{}/{}", deploy.app, deploy.environment);
+    if let Err(why) = check_channel(slack, request, deploy.environment) {
         return Answer::refused(target, why);
     }
-    if let Err(why) = check_channel(slack, request, environment) {
-        return Answer::refused(target, why);
-    }
-    let (prepared, planned) = match plan(app, workflow, environment, git_ref, request, caller, name)
-    {
-        Ok(p) => p,
+    let run = match deploy.request(service, caller, request) {
+        Ok(run) => run,
         Err(why) => return Answer::refused(target, why),
     };
-    for lock_key in planned.key.iter().map(String::as_str).chain([workflow]) {
-        match app.store.lock(lock_key).await {
-            Ok(None) => {}
-            Ok(Some(lock)) => {
-                return Answer::refused(
-                    target,
-                    format!(
-                        "`{}` is locked by `{}`: {}; `/deploy unlock {} in {}` lifts it",
-                        escape(&lock.key),
-                        escape(&lock.owner),
-                        escape(&lock.reason),
-                        escape(name),
-                        escape(environment)
-                    ),
-                );
-            }
-            Err(e) => return Answer::refused(target, format!("cannot read the locks: {e}")),
-        }
-    }
     // Slack's retries repeat the body, and so its `trigger_id`; a body without one is keyed
     // by its hash.
     let idempotency = if request.trigger_id.is_empty() {
@@ -529,51 +500,26 @@ async fn start(
     } else {
         request.trigger_id.clone()
     };
-    let new = NewRun {
-        id: planned.run_id,
-        workflow: workflow.to_owned(),
-        inputs: Value::Object(planned.inputs),
-        principal: caller.name.clone(),
-        dry_run: false,
-        concurrency_key: planned.key,
-        idempotency_key: Some(format!("slack:{}:{idempotency}", request.team_id)),
-    };
-    let queue = prepared
-        .workflow
-        .concurrency
-        .as_ref()
-        .is_none_or(|c| c.queue);
-    let (run, created) = match app.submit(new, queue, false).await {
-        Ok(r) => r,
-        Err(Refused::Busy { key, holder }) => {
+    let key = format!("slack:{}:{idempotency}", request.team_id);
+    let admitted = match service.admit(caller, run, Some(&key)).await {
+        Ok(admitted) => admitted,
+        Err(service::Error::Locked { lock, .. }) => {
             return Answer::refused(
                 target,
                 format!(
-                    "`{}` is busy with run `{holder}` and does not queue",
-                    escape(&key)
+                    "`{}` is locked by `{}`: {}; `/deploy unlock {} in {}` lifts it",
+                    escape(&lock.key),
+                    escape(&lock.owner),
+                    escape(&lock.reason),
+                    escape(deploy.app),
+                    escape(deploy.environment)
                 ),
             );
         }
-        Err(Refused::ShuttingDown) => {
-            return Answer::refused(
-                target,
-                "the daemon is shutting down; try again in a minute".into(),
-            );
-        }
-        Err(Refused::TooManyQueued { principal, max }) => {
-            return Answer::refused(
-                target,
-                format!(
-                    "`{}` has {max} runs queued already; wait for them or cancel some",
-                    escape(&principal)
-                ),
-            );
-        }
-        Err(Refused::Store(e)) => {
-            return Answer::refused(target, format!("cannot record the run: {e}"));
-        }
+        Err(e) => return Answer::refused(target, refusal(&e)),
     };
-    if !created {
+    let run = admitted.accepted;
+    if !run.created {
         return Answer {
             text: format!(
                 "{label} was already started by this command as run `{}` ({})",
@@ -590,7 +536,7 @@ async fn start(
     let mut text = format!(
         "started the {label} as run `{}`{}",
         run.id,
-        if run.status == RunStatus::Queued && app.waiting_on(&run.id).is_some() {
+        if admitted.waiting {
             " (queued behind the run in progress)"
         } else {
             ""
@@ -607,7 +553,7 @@ async fn start(
         );
     }
     tokio::spawn(reply::follow(
-        app.clone(),
+        service.follow_admitted(&run.id),
         reply::Follow {
             run_id: run.id.clone(),
             label,
@@ -626,16 +572,13 @@ async fn start(
 /// `/deploy status [APP]`: per app and environment, what runs, what waits, what was last
 /// deployed, and any lock.
 async fn status(
-    app: &App,
+    service: &Service,
     slack: &SlackConfig,
     caller: &Principal,
     request: &Request,
     only: Option<&str>,
 ) -> Answer {
     use reply::escape;
-    if let Err(why) = caller.require(Role::Viewer) {
-        return Answer::refused("", why);
-    }
     if let Some(name) = only
         && !slack.apps.contains_key(name)
     {
@@ -647,27 +590,19 @@ async fn status(
             continue;
         }
         for (environment, target) in envs {
-            let runs = match app
-                .store
-                .list_runs(&RunFilter {
-                    workflow: Some(target.workflow.clone()),
-                    status: None,
-                    before: None,
-                    limit: STATUS_RUNS,
-                })
-                .await
-            {
-                Ok(runs) => runs,
-                Err(e) => return Answer::refused(name.clone(), format!("cannot read runs: {e}")),
+            let query = ListRuns {
+                workflow: Some(target.workflow.clone()),
+                status: None,
+                before: None,
+                limit: Some(STATUS_RUNS),
+            };
+            let runs = match service.runs(caller, query).await {
+                Ok(list) => list.runs,
+                Err(e) => return Answer::refused(name.clone(), refusal(&e)),
             };
             let here: Vec<_> = runs
                 .iter()
-                .filter(|r| {
-                    r.inputs
-                        .get("environment")
-                        .and_then(Value::as_str)
-                        .is_none_or(|e| e == environment)
-                })
+                .filter(|r| r.environment.as_deref().is_none_or(|e| e == environment))
                 .collect();
             let mut parts = Vec::new();
             if let Some(r) = here.iter().find(|r| r.status == RunStatus::Running) {
@@ -700,19 +635,18 @@ async fn status(
                 }
                 None => parts.push("never deployed".into()),
             }
-            let key = plan(
-                app,
-                &target.workflow,
+            let deploy = Deploy {
+                app: name,
                 environment,
-                None,
-                request,
-                caller,
-                name,
-            )
-            .ok()
-            .and_then(|(_, planned)| planned.key)
-            .unwrap_or_else(|| target.workflow.clone());
-            if let Ok(Some(lock)) = app.store.lock(&key).await {
+                workflow: &target.workflow,
+                git_ref: None,
+            };
+            let key = deploy
+                .request(service, caller, request)
+                .ok()
+                .and_then(|run| service.lock_key(caller, &run).ok())
+                .unwrap_or_else(|| target.workflow.clone());
+            if let Ok(lock) = service.lock(caller, &key).await {
                 parts.push(format!(
                     "🔒 locked by `{}`: {}",
                     escape(&lock.owner),

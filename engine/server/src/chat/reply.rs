@@ -1,24 +1,18 @@
 //! What goes back to Slack: the escaping of text from plugins and users, the posts to a
 //! command's `response_url` and to incoming webhooks, and following a run to its end.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use shiphat_protocol::{Event, Rollback, RunOutcome, Section, StepStatus};
 
-use crate::scheduler::App;
+use crate::service::Follower;
 
 /// Slack lets a `response_url` be used at most five times (within 30 minutes).
 pub const MAX_RESPONSE_POSTS: usize = 5;
 /// How long one post to Slack may take before it is given up: Slack answers in well under a
 /// second, and a hung post must not hold a blocking thread for long.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many stored events are read per query while following a run.
-const EVENT_BATCH: u32 = 512;
-/// How long the follower waits for a wake-up before reading the store anyway: a safety net
-/// against a missed notification, not the normal path.
-const FOLLOW_POLL: Duration = Duration::from_secs(1);
 
 /// Escapes text for Slack's `mrkdwn` so that it cannot ping (`<!channel>`, `@here`) or forge a
 /// link (`<https://evil|docs>`): `&`, `<` and `>` become entities, and a zero-width space
@@ -138,12 +132,9 @@ fn seconds(ms: f64) -> String {
     format!("{:.1} s", ms / 1000.0)
 }
 
-/// Follows a run through the store until it ends, posting its start, progress and result to
-/// the `response_url` (at most [`MAX_RESPONSE_POSTS`] messages) and its start and end to the
-/// incoming webhooks.
-pub async fn follow(app: Arc<App>, f: Follow) {
-    let mut live = app.live.subscribe();
-    let mut after = 0;
+/// Follows a run until it ends, posting its start, progress and result to the `response_url`
+/// (at most [`MAX_RESPONSE_POSTS`] messages) and its start and end to the incoming webhooks.
+pub async fn follow(mut follower: Follower, f: Follow) {
     let mut posts = 0;
     let mut steps: Vec<Step> = Vec::new();
     let respond = |text: String, public: bool, posts: &mut usize| {
@@ -167,133 +158,94 @@ pub async fn follow(app: Arc<App>, f: Follow) {
             }
         }
     };
-    loop {
-        let batch = match app.store.events(&f.run_id, after, EVENT_BATCH).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::error!("following run `{}` for Slack: {e}", f.run_id);
-                return;
+    while let Some(stored) = follower.next().await {
+        match stored.event() {
+            Some(Event::RunStarted { steps: planned, .. }) => {
+                let names: Vec<String> = planned
+                    .iter()
+                    .filter(|s| s.section == Section::Steps)
+                    .map(|s| format!("`{}`", escape(&s.id)))
+                    .collect();
+                let text = format!(
+                    "▶ {} started (run `{}`): {}",
+                    f.label,
+                    f.run_id,
+                    names.join(" → ")
+                );
+                respond(text.clone(), true, &mut posts).await;
+                announce(text).await;
             }
-        };
-        let full = batch.len() == EVENT_BATCH as usize;
-        for (seq, body) in batch {
-            after = seq;
-            let Ok(event) = serde_json::from_str::<Event>(&body) else {
-                continue;
-            };
-            match event {
-                Event::RunStarted { steps: planned, .. } => {
-                    let names: Vec<String> = planned
-                        .iter()
-                        .filter(|s| s.section == Section::Steps)
-                        .map(|s| format!("`{}`", escape(&s.id)))
-                        .collect();
-                    let text = format!(
-                        "▶ {} started (run `{}`): {}",
-                        f.label,
-                        f.run_id,
-                        names.join(" → ")
-                    );
-                    respond(text.clone(), true, &mut posts).await;
-                    announce(text).await;
-                }
-                Event::StepFinished {
-                    step,
+            Some(Event::StepFinished {
+                step,
+                name,
+                section,
+                status,
+                summary,
+                error,
+                duration_ms,
+                ..
+            }) => {
+                let step = Step {
+                    id: step,
                     name,
                     section,
                     status,
                     summary,
-                    error,
+                    error: error.map(|e| e.message),
                     duration_ms,
-                    ..
-                } => {
-                    let step = Step {
-                        id: step,
-                        name,
-                        section,
-                        status,
-                        summary,
-                        error: error.map(|e| e.message),
-                        duration_ms,
-                    };
-                    // One post stays in reserve for the result.
-                    if posts + 1 < MAX_RESPONSE_POSTS {
-                        respond(step.line(), false, &mut posts).await;
-                    }
-                    steps.push(step);
+                };
+                // One post stays in reserve for the result.
+                if posts + 1 < MAX_RESPONSE_POSTS {
+                    respond(step.line(), false, &mut posts).await;
                 }
-                Event::RunFinished {
-                    status,
-                    duration_ms,
-                    ..
-                } => {
-                    let duration = seconds(duration_ms);
-                    let text = result_text(&f, status, &duration, &steps);
-                    respond(text, true, &mut posts).await;
-                    let word = match status {
-                        RunOutcome::Succeeded if f.rollback => "rolled back",
-                        RunOutcome::Succeeded => "succeeded",
-                        RunOutcome::Cancelled => "was cancelled",
-                        RunOutcome::Failed if rollback(&steps) == Some(Rollback::RolledBack) => {
-                            "failed and was rolled back"
-                        }
-                        RunOutcome::Failed => "failed",
-                    };
-                    announce(format!(
-                        "{} {} {word} in {duration} (run `{}`)",
-                        if status == RunOutcome::Succeeded {
-                            "✓"
-                        } else {
-                            "✗"
-                        },
-                        f.label,
-                        f.run_id
-                    ))
-                    .await;
-                    return;
-                }
-                _ => {}
+                steps.push(step);
             }
-        }
-        if full {
-            continue;
-        }
-        // A run that ended without a `run_finished` (cancelled while queued, or its workflow
-        // gone) ends the follow too.
-        match app.store.run(&f.run_id).await {
-            Ok(Some(run)) if run.status.is_terminal() => {
-                match app.store.events(&f.run_id, after, 1).await {
-                    Ok(rest) if !rest.is_empty() => continue,
-                    _ => {}
-                }
-                let text = format!(
-                    "✗ {} ended {} (run `{}`){}",
-                    f.label,
-                    run.status.as_str(),
-                    f.run_id,
-                    run.detail
-                        .map(|d| format!(": {}", escape(&d)))
-                        .unwrap_or_default()
-                );
+            Some(Event::RunFinished {
+                status,
+                duration_ms,
+                ..
+            }) => {
+                let duration = seconds(duration_ms);
+                let text = result_text(&f, status, &duration, &steps);
                 respond(text, true, &mut posts).await;
+                let word = match status {
+                    RunOutcome::Succeeded if f.rollback => "rolled back",
+                    RunOutcome::Succeeded => "succeeded",
+                    RunOutcome::Cancelled => "was cancelled",
+                    RunOutcome::Failed if rollback(&steps) == Some(Rollback::RolledBack) => {
+                        "failed and was rolled back"
+                    }
+                    RunOutcome::Failed => "failed",
+                };
+                announce(format!(
+                    "{} {} {word} in {duration} (run `{}`)",
+                    if status == RunOutcome::Succeeded {
+                        "✓"
+                    } else {
+                        "✗"
+                    },
+                    f.label,
+                    f.run_id
+                ))
+                .await;
                 return;
             }
-            Ok(Some(_)) => {}
-            _ => return,
+            _ => {}
         }
-        let wake = async {
-            loop {
-                match live.recv().await {
-                    Ok(run) if *run == *f.run_id => return,
-                    Ok(_) => {}
-                    Err(_) => return,
-                }
-            }
-        };
-        tokio::select! {
-            () = wake => {}
-            () = tokio::time::sleep(FOLLOW_POLL) => {}
-        }
+    }
+    // A run that ended without a `run_finished` (cancelled while queued, or its workflow
+    // gone) ends the follow too.
+    if let Some(run) = follower.ended() {
+        let text = format!(
+            "✗ {} ended {} (run `{}`){}",
+            f.label,
+            run.status.as_str(),
+            f.run_id,
+            run.detail
+                .map(|d| format!(": {}", escape(&d)))
+                .unwrap_or_default()
+        );
+        respond(text, true, &mut posts).await;
     }
 }
 
