@@ -74,7 +74,7 @@ impl Hasher for ShaHasher {
 }
 
 /// The name of a component's cache entry for this engine, without its extension.
-fn key(engine: &Engine, component_sha256: &[u8; 32]) -> String {
+pub(crate) fn key(engine: &Engine, component_sha256: &[u8; 32]) -> String {
     let mut hasher = ShaHasher(Sha256::new());
     hasher.0.update(component_sha256);
     engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -130,6 +130,27 @@ pub(crate) fn load<E>(
         tracing::warn!(path = %path.display(), "cannot write the compile cache: {e}");
     }
     Ok((component, LoadKind::Compiled))
+}
+
+/// `component`, loaded into another engine that compiles alike (the same compatibility hash,
+/// so the same entry): mapped from the entry [`load`] just checked or wrote when there is one,
+/// otherwise serialised and read back. Fails when `engine` refuses the component, e.g. a pool
+/// engine whose slots it does not fit.
+pub(crate) fn load_into(
+    engine: &Engine,
+    dir: Option<&Path>,
+    sha256: &[u8; 32],
+    component: &Component,
+) -> wasmtime::Result<Component> {
+    if let Some(path) = dir.map(|dir| dir.join(format!("{}.cwasm", key(engine, sha256))))
+        && path.exists()
+    {
+        // SAFETY: as in `load`: the entry was checked (or written whole and renamed) by the
+        // `load` that made `component`, and entries are only ever replaced whole by a rename.
+        return unsafe { Component::deserialize_file(engine, &path) };
+    }
+    // SAFETY: the bytes are what `serialize` just produced, for an engine that compiles alike.
+    unsafe { Component::deserialize(engine, component.serialize()?) }
 }
 
 /// Whether `path` is a valid entry: its trailer is there and the payload's length and CRC

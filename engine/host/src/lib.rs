@@ -16,6 +16,7 @@ mod cache;
 mod capture;
 mod http;
 mod objects;
+mod pool;
 mod redact;
 mod sandbox;
 
@@ -138,6 +139,9 @@ pub struct Plugin {
     sha256: [u8; 32],
     component: Component,
     pre: StepPre<StepState>,
+    /// The same, loaded into the engine's pool twin, when it has one and the component fits
+    /// a pool slot.
+    pooled: Option<StepPre<StepState>>,
     stack: usize,
     /// What its core instances cost the host outside memories and tables, charged to every
     /// step's `memory` limit (see `objects.rs`).
@@ -338,10 +342,12 @@ pub fn fmt_duration(d: Duration) -> String {
 }
 
 /// One wasmtime engine and its linker. Engines differ only in their wasm stack limit, which
-/// wasmtime fixes per engine; most runs only ever use the default one.
+/// wasmtime fixes per engine; most runs only ever use the default one. The default one also
+/// has a twin whose instances come from a pool (see `pool.rs`).
 struct EngineSet {
     engine: Engine,
     linker: Linker<StepState>,
+    pool: Option<pool::Pool>,
 }
 
 /// Loads and runs plugins. One per process; cheap to clone.
@@ -402,16 +408,19 @@ impl Host {
         if let Some(set) = engines.get(&stack) {
             return Ok(set.clone());
         }
-        let mut config = wasmtime::Config::new();
-        config
-            .wasm_component_model(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(stack)
-            .async_stack_size(stack + HOST_STACK_HEADROOM);
+        let config = engine_config(stack);
         let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let linker = sandbox::linker(&engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        spawn_epoch_ticker(engine.weak(), self.inner.stop.clone());
-        let set = Arc::new(EngineSet { engine, linker });
+        let pool = (stack == shiphat_workflow::DEFAULT_STACK)
+            .then(|| pool::Pool::new(config))
+            .flatten();
+        let ticked = std::iter::once(&engine).chain(pool.as_ref().map(|pool| &pool.engine));
+        spawn_epoch_ticker(ticked.map(Engine::weak).collect(), self.inner.stop.clone());
+        let set = Arc::new(EngineSet {
+            engine,
+            linker,
+            pool,
+        });
         engines.insert(stack, set.clone());
         Ok(set)
     }
@@ -507,11 +516,23 @@ impl Host {
                 path: path.to_owned(),
                 message: format!("{e:#}"),
             })?;
+        // A component too large for a pool slot is refused by the pool's engine when loaded;
+        // its steps then run on the ordinary engine, like every step when slots run out.
+        let pooled = set.pool.as_ref().and_then(|pool| {
+            cache::load_into(&pool.engine, cache_dir, &known.sha256, &component)
+                .and_then(|component| pool.linker.instantiate_pre(&component))
+                .and_then(StepPre::new)
+                .inspect_err(|e| {
+                    tracing::debug!(path = %path.display(), "runs outside the instance pool: {e:#}")
+                })
+                .ok()
+        });
         let plugin = Arc::new(Plugin {
             path: path.to_owned(),
             sha256: known.sha256,
             component,
             pre,
+            pooled,
             stack,
             instances_cost: known.instances_cost,
             info: tokio::sync::OnceCell::new(),
@@ -616,7 +637,14 @@ impl Host {
             Ok(state) => state,
             Err(message) => return Outcome::Fault(Fault::Setup(redactor.redact(&message))),
         };
-        let mut store = new_store(&set.engine, state, &limits);
+        // A pool slot when there is a free one; it is held until the store is dropped.
+        let slot = set.pool.as_ref().zip(plugin.pooled.as_ref());
+        let (engine, pre, slot) =
+            match slot.and_then(|(pool, pre)| Some((pool, pre, pool.try_slot()?))) {
+                Some((pool, pre, slot)) => (&pool.engine, pre.clone(), Some(slot)),
+                None => (&set.engine, plugin.pre.clone(), None),
+            };
+        let mut store = new_store(engine, state, &limits);
         let input = bindings::StepInput {
             context: bindings::StepContext {
                 run_id: call.context.run_id,
@@ -627,7 +655,6 @@ impl Host {
             },
             config: call.config,
         };
-        let pre = plugin.pre.clone();
         // `abort` ends when the engine gives up on the attempt: the caller stopped waiting (a
         // cancel) or the wall-clock guard passed. Dropping the call then drops the instance.
         let attempt = move |abort: tokio::sync::oneshot::Receiver<()>| async move {
@@ -641,12 +668,16 @@ impl Host {
                 result = call => Some(result),
             };
             store.data_mut().finish_logs(!matches!(result, Some(Ok(_))));
-            match result {
+            let outcome = match result {
                 None => Outcome::Fault(Fault::Timeout(limits.timeout)),
                 Some(Err(e)) => Outcome::Fault(classify_trap(&e, &store, &limits)),
                 Some(Ok(answer)) => check_answer(answer, limits.output_bytes)
                     .unwrap_or_else(|message| Outcome::Fault(Fault::BadOutput(message))),
-            }
+            };
+            // The instance's memories go back to the pool with the store, then the slot.
+            drop(store);
+            drop(slot);
+            outcome
         };
         let outcome = on_own_thread(attempt, limits.timeout + WALL_CLOCK_GRACE)
             .await
@@ -691,6 +722,17 @@ where
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => None,
     }
+}
+
+/// The configuration of the engine for plugins with a wasm stack of `stack` bytes.
+fn engine_config(stack: usize) -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(stack)
+        .async_stack_size(stack + HOST_STACK_HEADROOM);
+    config
 }
 
 fn new_store(engine: &Engine, state: StepState, limits: &Limits) -> Store<StepState> {
@@ -880,17 +922,25 @@ fn raise_descriptor_limit() {
     }
 }
 
-/// Advances an engine's epoch every [`EPOCH_TICK`] until the engine or the host is gone. A
-/// plain thread, not a tokio task: it must tick even when every worker is busy in wasm.
-fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<std::sync::atomic::AtomicBool>) {
+/// Advances the epochs of an engine and its pool twin every [`EPOCH_TICK`] until they or the
+/// host are gone. A plain thread, not a tokio task: it must tick even when every worker is
+/// busy in wasm.
+fn spawn_epoch_ticker(
+    engines: Vec<wasmtime::EngineWeak>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
     std::thread::Builder::new()
         .name("shiphat-epoch".into())
         .spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_TICK);
-                match engine.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
+                let mut alive = false;
+                for engine in engines.iter().filter_map(wasmtime::EngineWeak::upgrade) {
+                    engine.increment_epoch();
+                    alive = true;
+                }
+                if !alive {
+                    break;
                 }
             }
         })
