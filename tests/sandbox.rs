@@ -752,27 +752,3 @@ fn only_a_write_grant_can_sync_a_filesystem() {
     assert_eq!(kind, "failed", "{message}");
     assert!(message.contains("open for reading only"), "{message}");
 }
-
-/// The engine keeps 128 instance slots in a pool (`engine/host/src/pool.rs`); a step that finds
-/// them all busy runs outside the pool, with the same limits, rather than waiting or failing.
-#[test]
-fn more_parallel_steps_than_the_instance_pool_has_slots_all_run() {
-    let dir = TestDir::new();
-    let mut yaml = String::from("name: wide\nsteps:\n");
-    for i in 0..150 {
-        yaml.push_str(&format!(
-            "  - id: s{i}\n    uses: echo\n    with: {{ message: hi, sleep_ms: 500 }}\n"
-        ));
-    }
-    // The last step starts when every slot is taken, so it runs outside the pool, where its
-    // memory limit holds as well.
-    yaml.push_str(&misbehave("bloat", "alloc", "    memory: 64MiB\n"));
-    let run = dir.run(&yaml, &[]);
-    assert_eq!(run.code, 1, "{}", run.stderr);
-    for i in 0..150 {
-        assert_eq!(run.status(&format!("s{i}")), "succeeded");
-    }
-    assert_eq!(run.error("bloat").0, "memory");
-    // They ran side by side, not one after another (75 s).
-    assert!(run.wall < Duration::from_secs(20), "took {:?}", run.wall);
-}

@@ -161,10 +161,12 @@ fn chain_yaml(steps: usize) -> String {
     yaml
 }
 
-/// A runner over the bundled plugins, with its compile cache in `work`.
+/// A runner over the bundled plugins, with its compile cache in `work`, set up as the daemon's
+/// is (with the instance pool).
 fn runner(plugins: &Path, work: &Path) -> Result<Runner> {
     let host = Host::new(HostConfig {
         cache_dir: Some(work.join("cache")),
+        instance_pool: true,
         ..Default::default()
     })?;
     Ok(Runner::new(

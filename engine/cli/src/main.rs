@@ -231,7 +231,18 @@ struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// A runner for a command that runs one workflow, or none, and exits.
     fn runner(&self) -> anyhow::Result<Runner> {
+        self.build_runner(false)
+    }
+
+    /// A runner for the daemon, which runs steps for as long as it lives: its steps take their
+    /// instances from a pool.
+    fn daemon_runner(&self) -> anyhow::Result<Runner> {
+        self.build_runner(true)
+    }
+
+    fn build_runner(&self, instance_pool: bool) -> anyhow::Result<Runner> {
         let cache_dir = if self.no_cache {
             None
         } else {
@@ -258,6 +269,7 @@ impl EngineArgs {
         let host = Host::new(HostConfig {
             cache_dir,
             on_compile: Some(on_compile),
+            instance_pool,
         })?;
         let mut secrets = Secrets::from_env();
         if let Some(file) = &self.secrets_file {

@@ -55,7 +55,7 @@ pub async fn serve(
     // The daemon's interface, never blocking its runtime; the token commands below use the
     // blocking one (`Store`).
     let store: Arc<dyn shiphat_store::AsyncStore> = Arc::new(open_store(&config)?);
-    let runner = engine.runner()?;
+    let runner = engine.daemon_runner()?;
     output::note(&format!(
         "data in {}; workflows from {}",
         config.data_dir.display(),

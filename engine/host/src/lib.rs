@@ -107,6 +107,11 @@ pub struct HostConfig {
     /// Told before a component is compiled (not found in the cache), with its path and size:
     /// a first compile can take many seconds, and a front end should say why it waits.
     pub on_compile: Option<CompileHook>,
+    /// Whether steps take their instances from a pool (`pool.rs`) when they can: for a
+    /// process that runs many steps, the daemon. Making the pool and loading each plugin into
+    /// it too cost a millisecond or two up front, which a one-shot run of a few steps would
+    /// not win back at about 50 µs a step.
+    pub instance_pool: bool,
 }
 
 /// See [`HostConfig::on_compile`]: called with the component's path and size in bytes.
@@ -411,9 +416,8 @@ impl Host {
         let config = engine_config(stack);
         let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
         let linker = sandbox::linker(&engine).map_err(|e| Error::Engine(format!("{e:#}")))?;
-        let pool = (stack == shiphat_workflow::DEFAULT_STACK)
-            .then(|| pool::Pool::new(config))
-            .flatten();
+        let pooled = self.inner.config.instance_pool && stack == shiphat_workflow::DEFAULT_STACK;
+        let pool = pooled.then(|| pool::Pool::new(config)).flatten();
         let ticked = std::iter::once(&engine).chain(pool.as_ref().map(|pool| &pool.engine));
         spawn_epoch_ticker(ticked.map(Engine::weak).collect(), self.inner.stop.clone());
         let set = Arc::new(EngineSet {

@@ -13,7 +13,8 @@
 //! pool slot when one is free. Everything else, a plugin too large for a slot, a step that
 //! finds every slot busy, `describe()`, runs on the ordinary engine as before, with the same
 //! limits. Only the engine of the default wasm stack gets a pool: each pool reserves address
-//! space for all its memories up front, and other stack sizes are rare.
+//! space for all its memories up front, and other stack sizes are rare. And only a host that
+//! asks for one (`HostConfig::instance_pool`, the daemon) has it.
 
 use std::sync::Arc;
 

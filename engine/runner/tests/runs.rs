@@ -651,9 +651,12 @@ fn runs() {
         cases: dir.display().to_string(),
         plugins: plugins::plugins_dir().display().to_string(),
     };
+    // The daemon's host, with the instance pool: the one-shot CLI's, without it, is what
+    // tests/sandbox.rs runs every fault through.
     let host = Host::new(HostConfig {
         cache_dir: Some(plugins::shared_cache().to_owned()),
         on_compile: None,
+        instance_pool: true,
     })
     .unwrap();
     // Several workers, as the daemon has.
@@ -698,5 +701,77 @@ fn runs() {
         failures.len(),
         files.len(),
         failures.join("\n\n")
+    );
+}
+
+/// The daemon's host keeps 128 instance slots in a pool (`engine/host/src/pool.rs`); a step that
+/// finds them all busy runs outside the pool, with the same limits, rather than waiting or
+/// failing.
+#[test]
+fn more_parallel_steps_than_the_instance_pool_has_slots_all_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("name: wide\nsteps:\n");
+    for i in 0..150 {
+        yaml.push_str(&format!(
+            "  - id: s{i}\n    uses: echo\n    with: {{ message: hi, sleep_ms: 500 }}\n"
+        ));
+    }
+    // The last step starts when every slot is taken, so it runs outside the pool, where its
+    // memory limit holds as well.
+    yaml.push_str(
+        "  - id: bloat\n    uses: misbehave\n    with: { mode: alloc }\n    memory: 64MiB\n",
+    );
+    let file = dir.path().join("wide.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let workflow = shiphat_workflow::load(&file).unwrap();
+    let host = Host::new(HostConfig {
+        cache_dir: Some(plugins::shared_cache().to_owned()),
+        on_compile: None,
+        instance_pool: true,
+    })
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime.block_on(async move {
+        let runner = Runner::new(
+            host,
+            PluginPath::new(vec![plugins::plugins_dir().to_owned()]),
+            Secrets::none(),
+        );
+        let prepared = runner.prepare(workflow).await.unwrap();
+        let options = RunOptions {
+            run_id: "wide".into(),
+            inputs: Map::new(),
+            dry_run: false,
+        };
+        let run = runner.run(&prepared, options, Arc::new(|_| {}), Stop::new());
+        tokio::time::timeout(RUN_DEADLINE, run)
+            .await
+            .expect("the run ends")
+    });
+    let status = |id: &str| {
+        let step = report.steps.iter().find(|s| s.id == id).unwrap();
+        (step.status, step.error.clone())
+    };
+    for i in 0..150 {
+        assert_eq!(status(&format!("s{i}")), (StepStatus::Succeeded, None));
+    }
+    let (bloat, error) = status("bloat");
+    assert_eq!(bloat, StepStatus::Failed);
+    let error = error.unwrap();
+    assert_eq!(
+        error.kind,
+        shiphat_runner::ErrorKind::Memory,
+        "{}",
+        error.message
+    );
+    // They ran side by side, not one after another (75 s).
+    assert!(
+        report.duration < Duration::from_secs(20),
+        "took {:?}",
+        report.duration
     );
 }
