@@ -561,6 +561,23 @@ impl Places {
     }
 }
 
+/// A host and a runtime set up as the daemon's: the instance pool, several workers. (The
+/// one-shot CLI's host, without the pool, is what tests/sandbox.rs runs every fault through.)
+fn daemon_host() -> (Host, tokio::runtime::Runtime) {
+    let host = Host::new(HostConfig {
+        cache_dir: Some(plugins::shared_cache().to_owned()),
+        on_compile: None,
+        instance_pool: true,
+    })
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    (host, runtime)
+}
+
 /// Runs one case; returns its text and what it broke of the rules every run keeps.
 async fn run_case(host: &Host, places: &Places, path: &Path) -> (String, Vec<String>) {
     let text = std::fs::read_to_string(path).unwrap();
@@ -651,20 +668,7 @@ fn runs() {
         cases: dir.display().to_string(),
         plugins: plugins::plugins_dir().display().to_string(),
     };
-    // The daemon's host, with the instance pool: the one-shot CLI's, without it, is what
-    // tests/sandbox.rs runs every fault through.
-    let host = Host::new(HostConfig {
-        cache_dir: Some(plugins::shared_cache().to_owned()),
-        on_compile: None,
-        instance_pool: true,
-    })
-    .unwrap();
-    // Several workers, as the daemon has.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (host, runtime) = daemon_host();
     let cases = files.clone();
     let results = runtime.block_on(async move {
         tokio::spawn(async move {
@@ -724,17 +728,7 @@ fn more_parallel_steps_than_the_instance_pool_has_slots_all_run() {
     let file = dir.path().join("wide.yaml");
     std::fs::write(&file, yaml).unwrap();
     let workflow = shiphat_workflow::load(&file).unwrap();
-    let host = Host::new(HostConfig {
-        cache_dir: Some(plugins::shared_cache().to_owned()),
-        on_compile: None,
-        instance_pool: true,
-    })
-    .unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (host, runtime) = daemon_host();
     let report = runtime.block_on(async move {
         let runner = Runner::new(
             host,
