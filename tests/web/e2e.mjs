@@ -271,6 +271,7 @@ try {
   console.log(`e2e:    run ${goodRun}`);
   check(await page.evaluate(() => document.activeElement?.id === 'run-title'), `after Deploy the focus is on ${await focused(page)}, not the run's heading`);
   await runEnds(page, 'succeeded');
+  await page.waitForFunction((id) => document.querySelector('[data-testid="announcer"]').textContent.includes(`run ${id} succeeded`), goodRun, { timeout: WAIT });
   for (const id of ['qa', 'deploy', 'verify']) {
     await page.waitForSelector(`${tid(`step-${id}`)}[data-status="succeeded"]`);
   }
