@@ -4,8 +4,9 @@
 //!
 //! The browser scenario is `tests/web/e2e.mjs`; it saves its screenshots in
 //! `artifacts/screenshots/` at the repository root (or `$SHIPHAT_SCREENSHOTS`), which CI
-//! keeps. `cargo xtask test` installs Chromium and playwright-core and sets
-//! `SHIPHAT_PLAYWRIGHT`.
+//! keeps. Every page state it visits, on a desktop, a phone and in the dark scheme, is
+//! audited with axe-core for WCAG 2.1 A and AA. `cargo xtask test` installs Chromium,
+//! playwright-core and axe-core and sets `SHIPHAT_PLAYWRIGHT` and `SHIPHAT_AXE`.
 
 mod support;
 
@@ -39,6 +40,7 @@ inputs:
   environment: { type: choice, choices: [staging, production], default: staging, description: Where it goes }
   note: { type: string, description: Why you deploy (kept in the run's inputs) }
   smoke: { type: bool, default: true, description: Verify the error ratio after the deploy }
+  batch: { type: number, default: 100, description: Percent of the hosts to switch at once }
 concurrency: deploy-${{ inputs.environment }}
 steps:
   - id: qa
@@ -438,7 +440,7 @@ fn screenshots() -> PathBuf {
 }
 
 /// What the browser test needs, or a message saying how to get it.
-fn browser_tools() -> (PathBuf, PathBuf) {
+fn browser_tools() -> (PathBuf, PathBuf, PathBuf) {
     let playwright = std::env::var_os("SHIPHAT_PLAYWRIGHT")
         .map(PathBuf::from)
         .expect(
@@ -450,6 +452,15 @@ fn browser_tools() -> (PathBuf, PathBuf) {
         "SHIPHAT_PLAYWRIGHT=`{}` is not a playwright-core package folder",
         playwright.display()
     );
+    let axe = std::env::var_os("SHIPHAT_AXE").map(PathBuf::from).expect(
+        "SHIPHAT_AXE is not set: run the tests with `cargo xtask test`, which installs axe-core, \
+         or point it at an axe-core package folder",
+    );
+    assert!(
+        axe.join("axe.min.js").is_file(),
+        "SHIPHAT_AXE=`{}` is not an axe-core package folder (no axe.min.js)",
+        axe.display()
+    );
     let chromium = std::env::var_os("SHIPHAT_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
@@ -458,12 +469,12 @@ fn browser_tools() -> (PathBuf, PathBuf) {
         "no Chromium at `{}`: install Debian's `chromium` package (`cargo xtask test` does)",
         chromium.display()
     );
-    (playwright, chromium)
+    (playwright, axe, chromium)
 }
 
 #[test]
 fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
-    let (playwright, chromium) = browser_tools();
+    let (playwright, axe, chromium) = browser_tools();
     let (dir, _metrics) = setup();
     let interrupted = interrupt_a_run(&dir);
     let daemon = start(&dir);
@@ -477,6 +488,7 @@ fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
         .env("SHIPHAT_VIEWER_TOKEN", VIEWER_TOKEN)
         .env("SHIPHAT_SCREENSHOTS", &shots)
         .env("SHIPHAT_PLAYWRIGHT", &playwright)
+        .env("SHIPHAT_AXE", &axe)
         .env("SHIPHAT_CHROMIUM", &chromium)
         .env("SHIPHAT_INTERRUPTED", &interrupted)
         .stdin(Stdio::null())
@@ -518,6 +530,8 @@ fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
         "deploy-refused",
         "phone-run",
         "phone-long-names",
+        "dark-run-failed",
+        "dark-phone-run",
     ] {
         let file = shots.join(format!("{shot}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);

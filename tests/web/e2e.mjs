@@ -5,13 +5,19 @@
 //   SHIPHAT_VIEWER_TOKEN   a token with role viewer
 //   SHIPHAT_SCREENSHOTS    an existing folder for the PNGs
 //   SHIPHAT_PLAYWRIGHT     absolute path of the playwright-core package folder
+//   SHIPHAT_AXE            absolute path of the axe-core package folder
 //   SHIPHAT_CHROMIUM       the browser (default /usr/bin/chromium)
 //   SHIPHAT_INTERRUPTED    the id of a run the daemon was killed during (step 8 resumes it)
 // The daemon serves one workflow `deploy` (inputs release 1|2|3, environment staging|production,
-// note, smoke; steps qa, deploy, verify, on_failure rollback; release 3 breaches the metric)
+// note, smoke, batch (a number); steps qa, deploy, verify, on_failure rollback; release 3 breaches the metric)
 // and nothing is deployed yet; a workflow `slow` has the interrupted run. Exits 0 and prints `e2e: ok (N screenshots)`, or exits 1 with
 // the failing step and a failure.png.
+//
+// Every page state the scenario visits, on a desktop, a phone and in the dark scheme, is
+// audited with axe-core for WCAG 2.1 A and AA; any violation fails the test, listed with its
+// rule, impact, elements and (for contrast) the colours and ratio.
 
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -27,6 +33,7 @@ const SHOTS = env('SHIPHAT_SCREENSHOTS');
 const PW = env('SHIPHAT_PLAYWRIGHT');
 const CHROMIUM = env('SHIPHAT_CHROMIUM', '/usr/bin/chromium');
 const INTERRUPTED = env('SHIPHAT_INTERRUPTED');
+const AXE = await readFile(path.join(env('SHIPHAT_AXE'), 'axe.min.js'), 'utf8');
 
 const WAIT = 30_000;      // any single wait: the runs take about a second each
 const LONG = 60_000;      // waiting for a whole run to finish
@@ -56,6 +63,35 @@ async function shot(page, name, fullPage = false) {
 }
 const tid = (id) => `[data-testid="${id}"]`;
 
+// axe-core, injected with `evaluate` (which the page's CSP does not apply to, unlike a script
+// tag), runs the WCAG 2.1 A and AA rules on the page as it is now. Violations are collected
+// over the whole scenario and fail it at the end, so one run lists all of them.
+const AXE_TAGS = ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'];
+const violations = [];
+let audits = 0;
+async function audit(page, label) {
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(AXE);
+  const found = await page.evaluate(async (tags) => {
+    const result = await window.axe.run(document, { runOnly: { type: 'tag', values: tags }, resultTypes: ['violations'] });
+    return result.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      help: v.help,
+      nodes: v.nodes.map((n) => {
+        const d = (n.any.concat(n.all, n.none).find((c) => c.data && c.data.contrastRatio !== undefined) || {}).data;
+        const contrast = d ? ` ${d.contrastRatio}:1 (${d.fgColor} on ${d.bgColor}), needs ${d.expectedContrastRatio}` : '';
+        return `${n.target.join(' ')}${contrast}`;
+      }),
+    }));
+  }, AXE_TAGS);
+  audits += 1;
+  for (const v of found) {
+    const text = `${label}: ${v.id} (${v.impact}) ${v.help}\n      ${v.nodes.join('\n      ')}`;
+    violations.push(text);
+    console.log(`e2e:    axe ${text}`);
+  }
+}
+
 // Problems the page itself reports: a script error, or anything the CSP refused (an inline
 // style or script would be refused silently otherwise).
 const pageProblems = [];
@@ -66,6 +102,27 @@ function watch(page, label) {
   });
 }
 
+// Where the keyboard focus is: the focused element's tag, id and test id, for messages.
+async function focused(page) {
+  return page.evaluate(() => {
+    const a = document.activeElement;
+    return a ? `${a.tagName.toLowerCase()}${a.id ? `#${a.id}` : ''}${a.dataset?.testid ? `[${a.dataset.testid}]` : ''}` : 'nothing';
+  });
+}
+
+// The contrast ratio (WCAG 2.1) of a computed `rgb()` colour against another.
+function contrast(a, b) {
+  const lum = (rgb) => {
+    const [r, g, bl] = rgb.match(/[\d.]+/g).slice(0, 3).map((v) => {
+      const c = Number(v) / 255;
+      return c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4;
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * bl;
+  };
+  const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p);
+  return (x + 0.05) / (y + 0.05);
+}
+
 async function signIn(page, token) {
   await page.fill('#token', token);
   await page.click(tid('signin-submit'));
@@ -73,15 +130,19 @@ async function signIn(page, token) {
 }
 
 // Opens the deploy form of `deploy`, fills it and confirms; returns the confirm question.
-async function deployFromForm(page, release, environment) {
+// With `label`, each state on the way is audited.
+async function deployFromForm(page, release, environment, label) {
   await page.click(tid('nav-deploy'));
   await page.waitForSelector(tid('workflow-deploy'), { timeout: WAIT });
+  if (label) await audit(page, `${label}: workflows`);
   await page.click(tid('workflow-deploy'));
   await page.waitForSelector(tid('deploy-form'), { timeout: WAIT });
+  if (label) await audit(page, `${label}: deploy form`);
   await page.selectOption(tid('input-release'), release);
   await page.selectOption(tid('input-environment'), environment);
   await page.click(tid('deploy-submit'));
   await page.waitForSelector(`${tid('confirm-panel')}:visible`, { timeout: WAIT });
+  if (label) await audit(page, `${label}: confirm`);
   const question = (await page.textContent(tid('confirm-panel'))) || '';
   check(question.includes(`release ${release}`) && question.includes(environment), `confirm panel does not summarise the inputs: ${question}`);
   await page.click(tid('confirm-deploy'));
@@ -139,12 +200,57 @@ try {
   await page.waitForSelector(tid('signin-form'));
   check(await page.evaluate(() => location.hash === '#/signin'), 'not redirected to #/signin');
   await shot(page, 'signin.png');
+  await audit(page, 'sign-in');
   await page.fill('#token', 'not-a-real-token');
   await page.click(tid('signin-submit'));
   await page.waitForSelector(`${tid('signin-error')}:visible`);
   check(((await page.textContent(tid('signin-error'))) || '').trim().length > 0, 'the wrong token shows no message');
+  await audit(page, 'sign-in, wrong token');
   await signIn(page, ADMIN);
   await page.waitForSelector(`${tid('runs-table')}, ${tid('runs-empty')}`);
+  await audit(page, 'runs, none yet');
+  // The sign-in button went with the sign-in page; the focus lands on the new page's heading.
+  check(await page.evaluate(() => document.activeElement?.matches('#main h1')), `after sign-in the focus is on ${await focused(page)}, not the heading`);
+
+  step('1b', 'deploy form: a bad number is refused in words, the key reads as it will be, the dialog keeps the focus');
+  await page.click(tid('nav-deploy'));
+  await page.click(tid('workflow-deploy'));
+  await page.waitForSelector(tid('deploy-form'));
+  const key = async () => (await page.textContent(tid('concurrency-key'))) || '';
+  check(await key() === 'deploy-staging', `the concurrency key reads \`${await key()}\`, not deploy-staging`);
+  await page.selectOption(tid('input-environment'), 'production');
+  check(await key() === 'deploy-production', `after choosing production the key reads \`${await key()}\``);
+  check(!(await page.evaluate(() => document.body.innerText.includes('${{'))), 'the form shows a raw ${{ expression');
+  await page.selectOption(tid('input-environment'), 'staging');
+  await page.selectOption(tid('input-release'), '1');
+  await page.fill(tid('input-batch'), '1e');
+  await page.click(tid('deploy-submit'));
+  await page.waitForSelector(`${tid('error-batch')}:visible`);
+  const batch = page.locator(tid('input-batch'));
+  check(await batch.getAttribute('aria-invalid') === 'true', 'the bad number is not marked aria-invalid');
+  check((await batch.getAttribute('aria-describedby') || '').split(' ').includes(await page.getAttribute(tid('error-batch'), 'id')), 'the bad number is not described by its error');
+  check(((await page.textContent(tid('error-batch'))) || '').includes('1e'), 'the error does not name what was typed');
+  check(await batch.inputValue() === '1e', `the field now holds \`${await batch.inputValue()}\`, not what was typed`);
+  check(!(await page.isVisible(tid('confirm-panel'))), 'a form with a bad number went on to confirm');
+  check(await page.evaluate(() => document.activeElement?.dataset.testid === 'input-batch'), `the focus is on ${await focused(page)}, not the bad field`);
+  await audit(page, 'deploy form, a bad number');
+  await page.fill(tid('input-batch'), '50');
+  await page.click(tid('deploy-submit'));
+  await page.waitForSelector(`${tid('confirm-panel')}:visible`);
+  const inDialog = () => page.evaluate(() => !!document.activeElement?.closest('dialog[open]'));
+  check(await inDialog(), `the dialog opened with the focus on ${await focused(page)}`);
+  for (let i = 0; i < 5; i += 1) {
+    await page.keyboard.press('Tab');
+    check(await inDialog(), `Tab ${i + 1} left the dialog for ${await focused(page)}`);
+  }
+  for (let i = 0; i < 3; i += 1) {
+    await page.keyboard.press('Shift+Tab');
+    check(await inDialog(), `Shift+Tab ${i + 1} left the dialog for ${await focused(page)}`);
+  }
+  await page.keyboard.press('Escape');
+  await page.waitForFunction(() => !document.querySelector('[data-testid="confirm-panel"]').open);
+  check(await page.evaluate(() => document.activeElement?.dataset.testid === 'deploy-submit'), `Escape left the focus on ${await focused(page)}, not the button that opened the dialog`);
+  check(await page.evaluate(() => location.hash === '#/deploy/deploy'), 'Escape in the dialog left the form');
   check(await page.isVisible(tid('nav-deploy')), 'admin sees no Deploy link');
 
   // 2. A good deploy, watched live.
@@ -160,10 +266,12 @@ try {
     };
     new MutationObserver(note).observe(document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-status'] });
   });
-  await deployFromForm(page, '2', 'staging');
+  await deployFromForm(page, '2', 'staging', 'desktop');
   const goodRun = await waitRunPage(page);
   console.log(`e2e:    run ${goodRun}`);
+  check(await page.evaluate(() => document.activeElement?.id === 'run-title'), `after Deploy the focus is on ${await focused(page)}, not the run's heading`);
   await runEnds(page, 'succeeded');
+  await page.waitForFunction((id) => document.querySelector('[data-testid="announcer"]').textContent.includes(`run ${id} succeeded`), goodRun, { timeout: WAIT });
   for (const id of ['qa', 'deploy', 'verify']) {
     await page.waitForSelector(`${tid(`step-${id}`)}[data-status="succeeded"]`);
   }
@@ -174,6 +282,7 @@ try {
   await expand(page, 'verify');
   await page.waitForSelector(`${tid('chart-error_ratio')}:visible`);
   await shot(page, 'run.png', true);
+  await audit(page, 'run succeeded, verify open');
 
   // 3. A bad release: verify fails, the rollback runs.
   step(3, 'deploy release 3: verify fails, the chart shows the breach, rollback succeeds');
@@ -194,6 +303,7 @@ try {
   check(await chart.locator('.threshold').count() >= 1, 'the error_ratio chart has no threshold line');
   check(await chart.locator('.point').count() >= 2, 'the error_ratio chart has fewer than 2 points');
   await shot(page, 'run-failed.png', true);
+  await audit(page, 'run failed and rolled back');
 
   // 4. Environments, lock, a refused deploy, unlock.
   step(4, 'environments: staging runs release 2, release 3 rolled back; lock, refused deploy, unlock');
@@ -212,6 +322,7 @@ try {
     return info && info.textContent.includes('db migration') && document.querySelector('[data-testid="env-deploy-staging"] [data-testid="lock-owner"]')?.textContent.trim() !== '';
   }, null, { timeout: WAIT });
   await shot(page, 'environments.png', true);
+  await audit(page, 'environments, staging locked');
 
   await deployFromForm(page, '1', 'staging');
   await page.waitForSelector(`${tid('deploy-error')}:visible`);
@@ -220,6 +331,7 @@ try {
   await page.waitForTimeout(500); // a run page, if one were wrongly opened, would show by now
   check(await page.evaluate(() => location.hash.startsWith('#/deploy')), 'a refused deploy left the form');
   await shot(page, 'deploy-refused.png');
+  await audit(page, 'deploy refused by the lock');
 
   await page.click(tid('nav-environments'));
   await staging.waitFor();
@@ -232,6 +344,7 @@ try {
   await page.click(tid('nav-runs'));
   await page.waitForFunction(() => document.querySelectorAll('[data-testid="run-row"]').length >= 2, null, { timeout: WAIT });
   await shot(page, 'runs.png');
+  await audit(page, 'runs');
   // The list follows runs started elsewhere without a reload: one started over the API
   // appears, then turns succeeded.
   const started = await fetch(`${BASE}/api/v1/runs`, {
@@ -243,13 +356,26 @@ try {
   const apiRun = (await started.json()).id;
   await page.waitForSelector(`${tid('run-row')}[data-run-id="${apiRun}"]`, { timeout: WAIT });
   await page.waitForSelector(`${tid('run-row')}[data-run-id="${apiRun}"][data-status="succeeded"]`, { timeout: WAIT });
+  // The change is said once, in words, by the one status region; the table is not live.
+  await page.waitForFunction((id) => { const t = document.querySelector('[data-testid="announcer"]').textContent; return t.includes(id) && t.includes('succeeded'); }, apiRun, { timeout: WAIT });
+  check(await page.evaluate(() => document.querySelectorAll('[aria-live]').length === 1), 'something besides the status region is aria-live');
+  // Arrowing through a filter changes the choice, not the page (WCAG 3.2.2); the button applies it.
+  const listed = await page.evaluate(() => location.hash);
+  await page.focus(tid('filter-status'));
+  await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('ArrowDown');
+  check(await page.inputValue(tid('filter-status')) !== '', 'ArrowDown did not move the status filter');
+  check(await page.evaluate(() => location.hash) === listed, `ArrowDown on the filter went to ${await page.evaluate(() => location.hash)}`);
+  check(await page.evaluate(() => document.activeElement?.dataset.testid === 'filter-status'), `ArrowDown on the filter moved the focus to ${await focused(page)}`);
   await page.selectOption(tid('filter-status'), 'failed');
+  await page.click(tid('filter-apply'));
   await page.waitForFunction(() => {
     const rows = [...document.querySelectorAll('[data-testid="run-row"]')];
     return location.hash.includes('status=failed') && rows.length >= 1 && rows.every((r) => r.dataset.status === 'failed');
   }, null, { timeout: WAIT });
   const failedIds = await page.$$eval(tid('run-row'), (rows) => rows.map((r) => r.dataset.runId));
   check(failedIds.length === 1 && failedIds[0] === badRun, `the failed filter shows ${failedIds.join(', ')} instead of ${badRun}`);
+  await audit(page, 'runs, failed only');
 
   // 6. A phone.
   step(6, 'phone viewport 390×844: no horizontal scroll, long names and log lines included');
@@ -258,13 +384,23 @@ try {
   await page.waitForSelector(tid('run-row'));
   const listWidth = await page.evaluate(() => document.documentElement.scrollWidth);
   check(listWidth <= 390, `the runs list is ${listWidth}px wide at 390px`);
+  await audit(page, 'phone: runs');
   await page.goto(`${BASE}/#/runs/${encodeURIComponent(badRun)}`);
   await page.waitForSelector(`${tid('run-status')}[data-status="failed"]`);
   await expand(page, 'verify');
   await page.waitForSelector(`${tid('chart-error_ratio')}:visible`);
   const runWidth = await page.evaluate(() => document.documentElement.scrollWidth);
   check(runWidth <= 390, `the run page is ${runWidth}px wide at 390px`);
+  // The run id is one line, not cut; table keys keep their words whole.
+  const idLines = await page.evaluate(() => { const el = document.querySelector('[data-testid="run-id"]'); const r = document.createRange(); r.selectNodeContents(el); return [r.getClientRects().length, el.scrollWidth <= el.clientWidth]; });
+  check(idLines[0] === 1 && idLines[1], `the run id on a phone: ${idLines[0]} lines, ${idLines[1] ? 'whole' : 'cut'}`);
+  const brokenKeys = await page.evaluate(() => [...document.querySelectorAll('.kv th')].filter((th) => {
+    const r = document.createRange(); r.selectNodeContents(th);
+    return !/\s/.test(th.textContent.trim()) && new Set([...r.getClientRects()].map((q) => Math.round(q.top))).size > 1;
+  }).map((th) => th.textContent));
+  check(brokenKeys.length === 0, `table keys broken over lines on a phone: ${brokenKeys.join(', ')}`);
   await shot(page, 'phone-run.png', true);
+  await audit(page, 'phone: run failed, verify open');
   // A long step name and a log line without a space wrap rather than widen the page.
   await page.goto(`${BASE}/#/runs/${encodeURIComponent(apiRun)}`);
   await page.waitForSelector(`${tid('run-status')}[data-status="succeeded"]`);
@@ -272,6 +408,7 @@ try {
   const longWidth = await page.evaluate(() => document.documentElement.scrollWidth);
   check(longWidth <= 390, `a run with a long step name and log line is ${longWidth}px wide at 390px`);
   await shot(page, 'phone-long-names.png', true);
+  await audit(page, 'phone: long names');
 
   // 7. A viewer.
   step(7, 'viewer, signed in with the keyboard alone: no Deploy, no lock controls');
@@ -288,10 +425,18 @@ try {
     check(++tabs <= 15, 'Tab never reaches the token field');
     await vpage.keyboard.press('Tab');
   }
+  // The focus ring and the field's border stand out 3:1 from the card (WCAG 1.4.11).
+  const ring = await vpage.evaluate(() => {
+    const el = document.activeElement, css = getComputedStyle(el);
+    return { outline: css.outlineColor, style: css.outlineStyle, border: css.borderTopColor, card: getComputedStyle(el.closest('.card')).backgroundColor };
+  });
+  check(ring.style !== 'none' && contrast(ring.outline, ring.card) >= 3, `the focus ring ${ring.outline} on ${ring.card} is ${contrast(ring.outline, ring.card).toFixed(2)}:1`);
+  check(contrast(ring.border, ring.card) >= 3, `the field border ${ring.border} on ${ring.card} is ${contrast(ring.border, ring.card).toFixed(2)}:1`);
   await vpage.keyboard.type(VIEWER);
   await vpage.keyboard.press('Enter');
   await vpage.waitForFunction(() => location.hash.startsWith('#/runs') && !!document.querySelector('[data-testid="principal"]')?.textContent, null, { timeout: WAIT });
   await vpage.waitForSelector(tid('run-row'));
+  await audit(vpage, 'viewer: runs');
   check(!(await vpage.isVisible(tid('nav-deploy'))), 'a viewer sees the Deploy link');
   check(await vpage.locator(tid('deploy-button')).count() === 0, 'a viewer sees a Deploy button');
   check(((await vpage.textContent(tid('role'))) || '').includes('viewer'), 'the top bar does not say viewer');
@@ -299,6 +444,7 @@ try {
   await vpage.waitForSelector(tid('env-deploy-staging'));
   check(await vpage.locator('form[data-testid^="lock-form"]').count() === 0, 'a viewer sees a lock form');
   check(await vpage.locator('[data-testid^="unlock-"]').count() === 0, 'a viewer sees an Unlock button');
+  await audit(vpage, 'viewer: environments');
   await vpage.goto(`${BASE}/#/runs/${encodeURIComponent(badRun)}`);
   await vpage.waitForSelector(tid('run-status'));
   check(await vpage.locator(tid('cancel-run')).count() === 0, 'a viewer sees a Cancel button');
@@ -306,6 +452,7 @@ try {
   await vpage.goto(`${BASE}/#/runs/${encodeURIComponent(INTERRUPTED)}`);
   await vpage.waitForSelector(`${tid('run-status')}[data-status="interrupted"]`);
   check(await vpage.locator(tid('resume-run')).count() === 0, 'a viewer sees a Resume button');
+  await audit(vpage, 'viewer: interrupted run');
 
   step(8, 'a run the daemon was killed during: the admin resumes it from its page');
   page = admin;
@@ -313,7 +460,49 @@ try {
   await admin.waitForSelector(`${tid('run-status')}[data-status="interrupted"]`);
   await admin.click(tid('resume-run'));
   await runEnds(admin, 'succeeded');
+  await audit(admin, 'resumed run succeeded');
 
+  step(9, 'the dark scheme, on a desktop and a phone');
+  await admin.emulateMedia({ colorScheme: 'dark' });
+  await admin.setViewportSize({ width: 1280, height: 900 });
+  await admin.goto(`${BASE}/#/runs`);
+  await admin.waitForSelector(tid('run-row'));
+  await audit(admin, 'dark: runs');
+  await admin.goto(`${BASE}/#/runs/${encodeURIComponent(badRun)}`);
+  await admin.waitForSelector(`${tid('run-status')}[data-status="failed"]`);
+  await expand(admin, 'verify');
+  await expand(admin, 'rollback');
+  await admin.waitForSelector(`${tid('chart-error_ratio')}:visible`);
+  await shot(admin, 'dark-run-failed.png', true);
+  await audit(admin, 'dark: run failed and rolled back');
+  await admin.goto(`${BASE}/#/runs/${encodeURIComponent(INTERRUPTED)}`);
+  await admin.waitForSelector(`${tid('run-status')}[data-status="succeeded"]`);
+  await audit(admin, 'dark: resumed run');
+  await admin.click(tid('nav-environments'));
+  await admin.waitForSelector(tid('env-deploy-staging'));
+  await audit(admin, 'dark: environments');
+  await admin.click(tid('nav-deploy'));
+  await admin.waitForSelector(tid('workflow-deploy'));
+  await audit(admin, 'dark: workflows');
+  await admin.click(tid('workflow-deploy'));
+  await admin.waitForSelector(tid('deploy-form'));
+  await admin.selectOption(tid('input-release'), '1');
+  await admin.click(tid('deploy-submit'));
+  await admin.waitForSelector(`${tid('confirm-panel')}:visible`);
+  await audit(admin, 'dark: confirm');
+  await admin.keyboard.press('Escape');
+  await admin.setViewportSize({ width: 390, height: 844 });
+  await admin.goto(`${BASE}/#/runs/${encodeURIComponent(badRun)}`);
+  await admin.waitForSelector(`${tid('run-status')}[data-status="failed"]`);
+  await expand(admin, 'verify');
+  await shot(admin, 'dark-phone-run.png', true);
+  await audit(admin, 'dark phone: run failed');
+  await admin.goto(`${BASE}/#/environments`);
+  await admin.waitForSelector(tid('env-deploy-staging'));
+  await audit(admin, 'dark phone: environments');
+
+  console.log(`e2e: ${audits} page states audited with axe-core, ${violations.length} violations`);
+  check(violations.length === 0, `axe-core found WCAG 2.1 A/AA violations:\n  ${violations.join('\n  ')}`);
   check(pageProblems.length === 0, `the page reported problems:\n  ${pageProblems.join('\n  ')}`);
   console.log(`e2e: ok (${shots} screenshots)`);
 } catch (e) {

@@ -7,7 +7,8 @@
 //!   benchmarks' smoke test), each in a virtual environment;
 //! - `componentize-js` (the JavaScript example), from the npm registry;
 //! - `chromium` from Debian's packages and `playwright-core` from the npm registry, which
-//!   drives it (tests/web.rs runs the web page in a real headless browser).
+//!   drives it (tests/web.rs runs the web page in a real headless browser), and `axe-core`
+//!   from the npm registry, which audits every page state the browser test visits.
 //!
 //! The npm packages are pinned, with everything they pull in, by `xtask/js/package-lock.json`.
 //!
@@ -48,6 +49,7 @@ impl Tools {
                 "SHIPHAT_PLAYWRIGHT",
                 self.js.join("node_modules/playwright-core"),
             )
+            .env("SHIPHAT_AXE", self.js.join("node_modules/axe-core"))
             .env("SHIPHAT_BENCH_ANSIBLE", &self.ansible);
     }
 }
@@ -111,11 +113,13 @@ pub fn ensure() -> Result<Tools> {
     let pinned = crate::root().join("xtask/js");
     let lock = std::fs::read(pinned.join("package-lock.json"))
         .context("xtask/js/package-lock.json is missing")?;
-    // Written only after `npm ci` succeeds, so an install cut short is redone next time.
+    // Written only after `npm ci` succeeds, so an install cut short is redone next time, and
+    // it is the whole lock file: a package added to the lock (axe-core was) is installed into
+    // an existing tools folder on the next run.
     let installed = js.join("installed-package-lock.json");
     if std::fs::read(&installed).ok().as_ref() != Some(&lock) {
         eprintln!(
-            "xtask: installing componentize-js and playwright-core (xtask/js/package-lock.json) into {}",
+            "xtask: installing componentize-js, playwright-core and axe-core (xtask/js/package-lock.json) into {}",
             js.display()
         );
         std::fs::create_dir_all(&js)?;
@@ -127,7 +131,7 @@ pub fn ensure() -> Result<Tools> {
             .current_dir(&js)
             .args(["ci", "--no-audit", "--no-fund"]))
         .context(
-            "npm ci failed: the tests need componentize-js and playwright-core from the npm registry",
+            "npm ci failed: the tests need componentize-js, playwright-core and axe-core from the npm registry",
         )?;
         std::fs::write(&installed, &lock)?;
     }

@@ -8,6 +8,10 @@
 // - Every view returns nothing but registers what it opened (EventSources, timers) with
 //   `onLeave`, and the router closes them on the next navigation: a stale stream must never
 //   write into the page of another route.
+// - Focus is never left on <body>: a view that replaces the element with focus moves it to
+//   its main heading (see `route`), and a live refresh puts it back where it was.
+// - Live views are not aria-live: a screen reader would read a whole table on every change.
+//   What changed is said once, in words, through `announce`.
 
 'use strict';
 
@@ -62,6 +66,39 @@ function fill(el, ...children) {
 }
 
 const $ = (sel, root = document) => root.querySelector(sel);
+
+// Says `text` through the page's one polite status region (index.html), for screen readers.
+// Cleared first, so the same words said twice are read twice.
+function announce(text) {
+  const box = $('#announcer');
+  if (!box || !text) return;
+  box.textContent = '';
+  requestAnimationFrame(() => { box.textContent = text; });
+}
+
+// Re-renders a live part of the page and puts the focus back on the same control (same id,
+// or a link to the same place) if it was inside: a refresh must not throw the reader out.
+function keepingFocus(box, render) {
+  const had = document.activeElement;
+  let again = null;
+  if (had && had !== box && box.contains(had)) {
+    if (had.id) again = `#${CSS.escape(had.id)}`;
+    else if (had.getAttribute('href')) again = `a[href="${CSS.escape(had.getAttribute('href'))}"]`;
+  }
+  render();
+  if (again && !box.contains(document.activeElement)) $(again, box)?.focus({ preventScroll: true });
+}
+
+// Moves the focus to the view's main heading when the last action took it away (the button
+// pressed is gone with the old view): keyboard and screen reader users land on the new page.
+function focusHeadingIfLost(root) {
+  const at = document.activeElement;
+  if (at && at !== document.body && at.isConnected) return;
+  const heading = $('h1', root);
+  if (!heading) return;
+  heading.setAttribute('tabindex', '-1');
+  heading.focus({ preventScroll: true });
+}
 
 // ---------------------------------------------------------------------------------------
 // Formatting
@@ -283,6 +320,7 @@ async function route() {
     root.replaceChildren(h('h1', null, 'Something went wrong'), h('p', { class: 'error', role: 'alert' }, e.message));
     show();
   }
+  if (alive()) focusHeadingIfLost(root);
 }
 
 function setTitle(t) { document.title = t ? `${t} · shiphat` : 'shiphat'; }
@@ -361,47 +399,67 @@ async function viewRuns(root, show, params) {
   };
   const workflows = await loadWorkflows();
 
-  // Filters live in the hash so a filtered list can be linked and Back works.
-  const setFilter = () => {
+  // Filters live in the hash so a filtered list can be linked and Back works. They apply when
+  // the form is submitted (the button, or Enter), never on change: arrowing through a select
+  // must not load another page under the reader (WCAG 3.2.2).
+  const setFilter = (ev) => {
+    ev.preventDefault();
     const q = new URLSearchParams();
     if (wfSel.value) q.set('workflow', wfSel.value);
     if (stSel.value) q.set('status', stSel.value);
     const qs = q.toString();
     location.hash = `#/runs${qs ? `?${qs}` : ''}`;
   };
-  const wfSel = h('select', { id: 'filter-workflow', testid: 'filter-workflow', onchange: setFilter },
+  const wfSel = h('select', { id: 'filter-workflow', name: 'workflow', testid: 'filter-workflow' },
     h('option', { value: '' }, 'All workflows'),
     workflows.map((w) => h('option', { value: w.name, selected: w.name === wf }, w.name)));
-  const stSel = h('select', { id: 'filter-status', testid: 'filter-status', onchange: setFilter },
+  const stSel = h('select', { id: 'filter-status', name: 'status', testid: 'filter-status' },
     h('option', { value: '' }, 'All statuses'),
     RUN_STATUSES.map((x) => h('option', { value: x, selected: x === st }, x)));
-  const listBox = h('div', { class: 'table-box', 'aria-live': 'polite' });
+  const listBox = h('div', { class: 'table-box' });
 
   root.append(
     h('div', { class: 'page-head' },
       h('h1', null, 'Runs'),
       role.canDeploy ? h('a', { class: 'btn btn-primary', href: '#/deploy', testid: 'deploy-button' }, 'Deploy') : null),
-    h('form', { class: 'filters', onsubmit: (e) => e.preventDefault() },
+    h('form', { class: 'filters', 'aria-label': 'Filter runs', onsubmit: setFilter },
       h('div', { class: 'field inline' }, h('label', { for: 'filter-workflow' }, 'Workflow'), wfSel),
-      h('div', { class: 'field inline' }, h('label', { for: 'filter-status' }, 'Status'), stSel)),
+      h('div', { class: 'field inline' }, h('label', { for: 'filter-status' }, 'Status'), stSel),
+      h('div', { class: 'field inline apply' }, h('button', { type: 'submit', class: 'btn', testid: 'filter-apply' }, 'Show runs'))),
     listBox);
 
+  // The statuses last shown, to announce what a refresh changed rather than the whole list.
+  let shown = null;
   const load = async () => {
     const q = new URLSearchParams({ limit: '50' });
     if (wf) q.set('workflow', wf);
     if (st) q.set('status', st);
     if (before) q.set('before', before);
     const data = await api('GET', `/api/v1/runs?${q}`);
+    const runs = data.runs || [];
     const pager = [];
     if (before) pager.push(h('a', { href: `#/runs${filterQs('')}` }, '← Newest'));
     if (data.next) pager.push(h('a', { href: `#/runs${filterQs(data.next)}`, testid: 'runs-older' }, 'Older runs →'));
-    fill(listBox, runsTable(data.runs || []), pager.length ? h('p', { class: 'pager' }, pager) : null);
+    keepingFocus(listBox, () => fill(listBox, runsTable(runs), pager.length ? h('p', { class: 'pager' }, pager) : null));
     listBox.dataset.loaded = 'true';
+    if (shown) announce(runChanges(shown, runs));
+    shown = new Map(runs.map((r) => [r.id, r.status]));
   };
   await load();
   show();
   // Live updates on the newest page; an older page is history and keeps still.
   if (!before) subscribeRuns(() => load().catch(() => { /* the next event retries */ }));
+}
+
+// What a refresh of the runs list changed, in words: "deploy run ID succeeded".
+function runChanges(shown, runs) {
+  const said = [];
+  for (const r of runs) {
+    const was = shown.get(r.id);
+    if (was === r.status) continue;
+    said.push(`${r.workflow} run ${r.id} ${was === undefined && r.status !== 'queued' ? `started, ${r.status}` : r.status}`);
+  }
+  return said.join('. ');
 }
 
 function runsTable(runs) {
@@ -453,7 +511,16 @@ async function viewRun(root, show, alive, id) {
   const runLogsBox = h('div');
   root.append(headBox, stepsBox, runLogsBox);
 
-  const renderHead = () => headBox.replaceChildren(runHeader(model, cancel, resume));
+  // The run's status is announced when it changes, not on every redraw of the header.
+  let said = model.run.status;
+  const renderHead = () => {
+    keepingFocus(headBox, () => headBox.replaceChildren(runHeader(model, cancel, resume)));
+    if (model.run.status !== said) {
+      said = model.run.status;
+      const rb = rollbackState(model);
+      announce(`run ${model.run.id} ${said}${rb ? `, ${rb}` : ''}`);
+    }
+  };
   const renderAll = () => {
     renderHead();
     stepsBox.replaceChildren(timeline(model));
@@ -605,13 +672,13 @@ function runHeader(model, cancel, resume) {
   if (r.status === 'queued') {
     why = h('p', { class: 'notice', testid: 'queued-reason' },
       r.waiting_on
-        ? ['Queued behind run ', h('a', { href: `#/runs/${encodeURIComponent(r.waiting_on)}` }, r.waiting_on), r.queue_position ? ` (position ${r.queue_position})` : '']
+        ? ['Queued behind run ', h('a', { href: `#/runs/${encodeURIComponent(r.waiting_on)}`, class: 'run-id' }, r.waiting_on), r.queue_position ? ` (position ${r.queue_position})` : '']
         : ['Queued', r.queue_position ? ` (position ${r.queue_position})` : '', r.concurrency_key ? ` for ${r.concurrency_key}` : '']);
   }
   return h('section', { class: 'run-head card', 'aria-labelledby': 'run-title' },
     h('p', { class: 'crumbs' }, h('a', { href: '#/runs' }, '← Runs')),
     h('div', { class: 'page-head' },
-      h('h1', { id: 'run-title', class: 'ellipsis' }, r.workflow, r.environment ? h('span', { class: 'muted' }, ` → ${r.environment}`) : null),
+      h('h1', { id: 'run-title', class: 'ellipsis', tabindex: '-1' }, r.workflow, r.environment ? h('span', { class: 'muted' }, ` → ${r.environment}`) : null),
       h('div', { class: 'head-badges' },
         badge(r.status, { testid: 'run-status' }),
         rb ? h('span', { class: ['tag', rb === 'rolled back' ? 'tag-warn' : 'tag-bad'], testid: 'rolled-back' }, `↩ ${rb}`) : null,
@@ -620,7 +687,7 @@ function runHeader(model, cancel, resume) {
     why,
     r.detail ? h('p', { class: 'detail', testid: 'run-detail' }, r.detail) : null,
     h('dl', { class: 'facts' },
-      fact('Run', h('code', { class: 'break' }, r.id)),
+      h('div', { class: 'fact wide' }, h('dt', null, 'Run'), h('dd', null, h('code', { class: 'run-id', testid: 'run-id' }, r.id))),
       fact('Environment', r.environment || '—'),
       fact('Who', r.principal || '—'),
       fact('Started', r.started_ms ? timeEl(r.started_ms) : (r.status === 'queued' ? 'not yet' : '—')),
@@ -888,9 +955,15 @@ function inputControl(inp) {
     return sel;
   }
   if (type === 'bool') return h('input', { ...common, type: 'checkbox', checked: inp.default === true || inp.default === 'true' });
-  if (type === 'number') return h('input', { ...common, type: 'number', step: 'any', inputmode: 'decimal', required: inp.required, value: inp.default ?? '' });
+  // A text field, not type=number: a number field hands the script an empty value for "1e",
+  // which would quietly become the server's default. Here the page reads what was typed,
+  // checks it and says what is wrong (readInputs).
+  if (type === 'number') return h('input', { ...common, type: 'text', inputmode: 'decimal', required: inp.required, value: inp.default ?? '', autocomplete: 'off', spellcheck: 'false' });
   return h('input', { ...common, type: 'text', required: inp.required, value: inp.default ?? '', autocomplete: 'off', spellcheck: 'false' });
 }
+
+// A number as a person writes one; Number() alone would also take "0x10" and " ".
+const NUMBER = /^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$/;
 
 function readInputs(wf, form) {
   const out = {};
@@ -905,12 +978,29 @@ function readInputs(wf, form) {
       continue; // leave it out: the server applies the default
     }
     if (inp.type === 'number') {
-      const n = Number(raw);
-      if (!Number.isFinite(n)) { errors.push([inp.name, 'Must be a number.']); continue; }
+      const n = NUMBER.test(raw) ? Number(raw) : NaN;
+      if (!Number.isFinite(n)) { errors.push([inp.name, `“${raw}” is not a number. Write it with digits, like 3, 0.5 or 1e3.`]); continue; }
       out[inp.name] = n;
     } else out[inp.name] = raw;
   }
   return { inputs: out, errors };
+}
+
+// A concurrency key as it will be for the inputs on the form now: `deploy-${{ inputs.environment }}`
+// reads `deploy-staging`. A key with any other expression is described, never shown raw.
+const INPUT_REF = /\$\{\{\s*inputs\.([A-Za-z_][A-Za-z0-9_-]*)\s*\}\}/g;
+
+function keyPreview(template, wf, form) {
+  const known = new Map((wf.inputs || []).map((inp) => [inp.name, inp]));
+  const text = template.replace(INPUT_REF, (whole, name) => {
+    const inp = known.get(name);
+    const el = form.elements[name];
+    if (!inp || !el) return whole;
+    if (inp.type === 'bool') return String(el.checked);
+    const v = el.value.trim() || (inp.default ?? '');
+    return v === '' ? `‹${name}›` : String(v);
+  });
+  return text.includes('${{') ? null : text;
 }
 
 function confirmText(wf, inputs) {
@@ -936,7 +1026,18 @@ function deployForm(wf) {
     return h('div', { class: ['field', isBool && 'check'], dataset: { field: inp.name } }, isBool ? [ctl, label] : [label, ctl], help, err);
   });
   const submit = h('button', { type: 'submit', class: 'btn btn-primary', testid: 'deploy-submit' }, 'Review deploy');
-  const confirmBox = h('div', { class: 'confirm', testid: 'confirm-panel', hidden: true, role: 'alertdialog', 'aria-labelledby': 'confirm-q' });
+  // A modal dialog: the rest of the page is inert while it is open, Tab cycles inside it,
+  // Escape cancels, and the focus goes back to the button that opened it.
+  const confirmBox = h('dialog', { class: 'confirm', testid: 'confirm-panel', 'aria-labelledby': 'confirm-q' });
+  confirmBox.addEventListener('keydown', (k) => {
+    if (k.key !== 'Tab') return;
+    const stops = [...confirmBox.querySelectorAll('button:not([disabled]), [href], [tabindex]:not([tabindex="-1"]), summary')];
+    if (!stops.length) return;
+    const first = stops[0], last = stops[stops.length - 1];
+    if (k.shiftKey && document.activeElement === first) { k.preventDefault(); last.focus(); }
+    else if (!k.shiftKey && document.activeElement === last) { k.preventDefault(); first.focus(); }
+  });
+  confirmBox.addEventListener('close', () => { if (form.isConnected) submit.focus(); });
 
   const clearErrors = () => {
     formErr.hidden = true;
@@ -979,16 +1080,14 @@ function deployForm(wf) {
       h('p', { class: 'confirm-q', id: 'confirm-q' }, confirmText(wf, inputs)),
       Object.keys(inputs).length ? kvTable(inputs) : null,
       h('div', { class: 'actions' }, go, back));
-    confirmBox.hidden = false;
-    submit.hidden = true;
-    const close = () => { confirmBox.hidden = true; submit.hidden = false; submit.focus(); };
+    const close = () => { if (confirmBox.open) confirmBox.close(); };
     back.addEventListener('click', close);
-    confirmBox.onkeydown = (k) => { if (k.key === 'Escape') close(); };
     go.addEventListener('click', async () => {
       go.disabled = true; back.disabled = true;
       go.textContent = 'Starting…';
       try {
         const res = await api('POST', '/api/v1/runs', { workflow: wf.name, inputs });
+        close();
         location.hash = `#/runs/${encodeURIComponent(res.id)}`;
       } catch (e) {
         if (e.status === 401) return;
@@ -996,15 +1095,29 @@ function deployForm(wf) {
         showError(e);
       }
     });
+    confirmBox.showModal();
     go.focus();
   });
 
+  // The concurrency key, worked out from the inputs as they are typed (keyPreview).
+  const key = wf.concurrency ? h('span', { testid: 'concurrency-key' }) : null;
+  const concurrency = key ? h('p', { class: 'muted small' }, 'One run at a time per ', key, wf.concurrency.queue === false ? '; a busy key refuses new runs.' : '; others wait in line.') : null;
   append(form, [
     h('p', { class: 'crumbs' }, h('a', { href: '#/deploy' }, '← Workflows')),
     h('h1', { class: 'break' }, `Deploy: ${wf.name}`),
     wf.description ? h('p', { class: 'muted' }, wf.description) : null,
-    wf.concurrency ? h('p', { class: 'muted small' }, 'One run at a time per ', h('code', null, wf.concurrency.key), wf.concurrency.queue === false ? '; a busy key refuses new runs.' : '; others wait in line.') : null,
+    concurrency,
     fields, formErr, h('div', { class: 'actions' }, submit), confirmBox]);
+  if (key) {
+    const update = () => {
+      const text = keyPreview(wf.concurrency.key, wf, form);
+      key.textContent = text ?? 'a key worked out from the inputs when the run starts';
+      key.classList.toggle('mono', text !== null);
+    };
+    form.addEventListener('input', update);
+    form.addEventListener('change', update);
+    update();
+  }
   return form;
 }
 
@@ -1021,15 +1134,22 @@ function lockFacts(lock) {
 
 async function viewEnvironments(root, show, alive) {
   setTitle('Environments');
-  const list = h('div', { class: 'envs', 'aria-live': 'polite' });
+  const list = h('div', { class: 'envs' });
   root.append(h('h1', null, 'Environments'), list);
   // Lock forms survive live refreshes (same node reused) so typing is never wiped out.
   const forms = new Map();
+  // What each environment runs, to announce a change of release rather than every card.
+  let shown = null;
   const load = async () => {
     const data = await api('GET', '/api/v1/environments');
     if (!alive()) return;
     const envs = data.environments || [];
-    list.replaceChildren(...(envs.length ? envs.map((e) => envCard(e, forms, load)) : [h('p', { class: 'empty' }, 'Nothing has been deployed yet.')]));
+    keepingFocus(list, () => list.replaceChildren(...(envs.length ? envs.map((e) => envCard(e, forms, load)) : [h('p', { class: 'empty' }, 'Nothing has been deployed yet.')])));
+    const now = new Map(envs.map((e) => [e.key, e.current ? String(e.current.release ?? e.current.id) : '']));
+    if (shown) {
+      announce([...now].filter(([k, v]) => v && shown.get(k) !== v).map(([k, v]) => `${k} now runs ${v}`).join('. '));
+    }
+    shown = now;
   };
   await load();
   show();
