@@ -219,6 +219,26 @@ impl PgStore {
     /// database written by a newer shiphat. Connections are not encrypted: use a unix socket
     /// (`postgres://USER@%2Frun%2Fpostgresql/DATABASE`) or a network you trust.
     pub fn open(url: &str, password: Option<&str>) -> Result<PgStore> {
+        // The client runs each call on a runtime of its own, which tokio refuses to start on
+        // a thread that drives one (the daemon opens its store from async code): the
+        // connecting, like all the store's IO, is done on a thread of its own.
+        std::thread::scope(|scope| {
+            let opening = std::thread::Builder::new()
+                .name("shiphat-store-open".into())
+                .spawn_scoped(scope, || PgStore::connect(url, password))
+                .map_err(|source| Error::Open {
+                    path: "shiphat-store-open thread".into(),
+                    source,
+                })?;
+            opening.join().unwrap_or_else(|_| {
+                Err(Error::Commit {
+                    message: "opening the store panicked".into(),
+                })
+            })
+        })
+    }
+
+    fn connect(url: &str, password: Option<&str>) -> Result<PgStore> {
         let mut config = parse_url(url)?;
         if let Some(password) = password {
             config.password(password);
@@ -1041,6 +1061,26 @@ mod tests {
             "{message}"
         );
         assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn a_store_is_opened_used_and_dropped_from_async_code() {
+        // `shiphat serve` opens its store from its async main, and the client's own runtime
+        // refused to start there: "cannot start a runtime from within a runtime".
+        let server = Postgres::shared();
+        let url = server.database();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = PgStore::open(&url, None).unwrap();
+            let (run, created) = crate::AsyncStore::create_run(&store, &new_run("01a", None), ANY)
+                .await
+                .unwrap();
+            assert!(created && run.status == RunStatus::Queued);
+            drop(store);
+        });
     }
 
     #[test]
