@@ -21,6 +21,10 @@ const COMMAND_DEADLINE: Duration = Duration::from_secs(90);
 /// Where Debian's `postgresql-NN` packages put the server's programs, one folder per version.
 const PROGRAMS: &str = "/usr/lib/postgresql";
 
+/// How many connections the server takes: three per store, for as many tests at once as a
+/// large machine runs, and a few more for the tests' own.
+const MAX_CONNECTIONS: u32 = 500;
+
 /// The user the server runs as when the tests run as root; Debian's package creates it.
 const SERVER_USER: &str = "postgres";
 
@@ -124,8 +128,11 @@ impl Postgres {
             pg_ctl.arg("-o").arg(format!(
                 // Only the loopback address and a socket in the test's directory. The data
                 // is thrown away after the tests, so the server need not wait for the disk;
-                // the store's own settings (`synchronous_commit`) are what it sends.
-                "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off",
+                // the store's own settings (`synchronous_commit`) are what it sends. Each
+                // store holds three connections, and a test machine with many cores runs
+                // that many tests at once: the default of 100 would run out.
+                "-k {} -p {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+                 -c max_connections={MAX_CONNECTIONS}",
                 self.dir.path().display(),
                 self.port
             ));
