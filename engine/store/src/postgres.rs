@@ -1,5 +1,5 @@
 //! [`AsyncStore`] on a PostgreSQL server, which several daemons can share. One thread writes,
-//! each write in a transaction of its own, in the order of the calls; a few threads read. Each
+//! in the order of the calls, with group commit as for SQLite; a few threads read. Each
 //! thread owns one connection of the blocking `postgres` client and opens it again when it was
 //! lost (the server restarted), so a store outlives a database restart. Callers only queue
 //! work and await it, as with [`crate::SqliteStore`].
@@ -15,7 +15,7 @@ use std::time::Duration;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, NoTls, Row};
 
-use crate::threads::{Workers, guarded};
+use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
     RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
@@ -53,13 +53,14 @@ const ADMISSION_LOCK: i32 = 0x7368_6970;
 
 /// The store in a PostgreSQL database.
 ///
-/// [`Commit::Soon`] writes commit without waiting for the server's WAL flush
-/// (`synchronous_commit = off` for their transaction alone); every other write waits for it
-/// (the server's default, `on`). The server writes its WAL in order, so the next write that
-/// waits for its flush carries the earlier ones to disk too: the contract of a
-/// [`Commit::Soon`] write, without a delay.
+/// Writes share transactions as in SQLite ([`Committer`]): everything queued at once commits
+/// together and waits once for the server's WAL flush (`synchronous_commit = on`, the
+/// server's default). A group of [`Commit::Soon`] writes alone commits without waiting for the
+/// flush (`synchronous_commit = off` for that transaction): the server writes its WAL in
+/// order, so the next group that waits carries it to disk too, which is that write's contract.
 pub struct PgStore {
-    writer: Workers<Conn>,
+    /// Group commit, as in SQLite: see [`Committer`].
+    writer: Committer<Conn>,
     readers: Workers<Conn>,
 }
 
@@ -69,6 +70,9 @@ struct Conn {
     /// The URL, for messages (it holds no password).
     database: Arc<str>,
     client: Option<Client>,
+    /// A savepoint statement failed in the group under way: its transaction may be aborted,
+    /// and a `COMMIT` would roll it back without an error, so it is rolled back and said so.
+    poisoned: bool,
 }
 
 impl Conn {
@@ -77,6 +81,7 @@ impl Conn {
             config: config.clone(),
             database: database.clone(),
             client: None,
+            poisoned: false,
         };
         conn.client()?;
         Ok(conn)
@@ -105,6 +110,13 @@ impl Conn {
         }
     }
 
+    /// The connection of a group under way, opened by its `BEGIN`.
+    fn live(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("connected by the group's `BEGIN`")
+    }
+
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
@@ -118,6 +130,45 @@ impl Conn {
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+}
+
+/// PostgreSQL's side of group commit.
+impl Transactional for Conn {
+    /// Each savepoint that writes is a subtransaction, and past 64 of them a transaction
+    /// overflows the cache its backend keeps of them: while it is open, every other session's
+    /// snapshots then look its subtransactions up on disk. 64 writes share a commit already.
+    const MAX_GROUP: usize = 64;
+
+    fn begin(&mut self, durable: bool) -> Result<()> {
+        self.poisoned = false;
+        let begin = if durable {
+            "BEGIN"
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit = off"
+        };
+        // Safe to repeat on a new connection when the old one was lost: nothing ran yet.
+        self.with(|client| Ok(client.batch_execute(begin)?))
+    }
+
+    fn savepoint(&mut self, sql: &'static str) -> Result<()> {
+        let done = self.live().batch_execute(sql);
+        self.poisoned |= done.is_err();
+        Ok(done?)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.poisoned {
+            let _ = self.live().batch_execute("ROLLBACK");
+            return Err(Error::Commit {
+                message: "a savepoint failed, so the group's transaction was rolled back".into(),
+            });
+        }
+        self.live().batch_execute("COMMIT").map_err(|e| {
+            // A broken connection rolls back by itself.
+            let _ = self.live().batch_execute("ROLLBACK");
+            e.into()
+        })
     }
 }
 
@@ -254,7 +305,7 @@ impl PgStore {
             .map(|_| Conn::open(&config, &database))
             .collect::<Result<Vec<_>>>()?;
         Ok(PgStore {
-            writer: Workers::start("shiphat-store-write", vec![writer])?,
+            writer: Committer::start(writer)?,
             readers: Workers::start("shiphat-store-read", readers)?,
         })
     }
@@ -266,37 +317,14 @@ impl PgStore {
         self.readers.submit(move |conn| conn.with(&work))
     }
 
-    /// Runs `work` in a transaction of its own on the writer thread; an error (or a panic)
-    /// undoes it.
+    /// Queues `work` for the writer thread, which runs it in a savepoint of its group's
+    /// transaction; an error (or a panic) undoes it alone.
     fn write<R: Send + 'static>(
         &self,
         commit: Commit,
         work: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
     ) -> Pending<R> {
-        self.writer.submit(move |conn| {
-            let begin = match commit {
-                Commit::Now => "BEGIN",
-                Commit::Soon => "BEGIN; SET LOCAL synchronous_commit = off",
-            };
-            conn.with(|client| Ok(client.batch_execute(begin)?))?;
-            let client = conn
-                .client
-                .as_mut()
-                .expect("connected by the `BEGIN` above");
-            match guarded(|| work(client)) {
-                Ok(out) => {
-                    client.batch_execute("COMMIT").map_err(|e| Error::Commit {
-                        message: e.to_string(),
-                    })?;
-                    Ok(out)
-                }
-                Err(e) => {
-                    // A broken connection rolls back by itself.
-                    let _ = client.batch_execute("ROLLBACK");
-                    Err(e)
-                }
-            }
-        })
+        self.writer.submit(commit, move |conn| work(conn.live()))
     }
 }
 

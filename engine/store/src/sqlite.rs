@@ -2,17 +2,15 @@
 //! few threads read, each on its own connection. Callers only queue work and await it.
 
 use std::path::Path;
-use std::sync::mpsc::{Receiver, Sender};
-use std::time::Instant;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use crate::threads::{Workers, guarded, pending};
+use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
-    RunFilter, RunStatus, SOON, Section, StepRecord, StepState, TokenRecord, now_ms,
+    RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -210,97 +208,38 @@ fn status_set(statuses: &[RunStatus]) -> String {
     Value::from(statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string()
 }
 
-/// The store in one SQLite file. Writes go through a [`Committer`], reads through its
-/// readers; neither runs on the caller's thread.
+/// The store in one SQLite file. Writes go through a [`Committer`] (one transaction and one
+/// fsync for all the writes queued at once), reads through its readers; neither runs on the
+/// caller's thread.
 pub struct SqliteStore {
-    committer: Committer,
+    /// Group commit: see [`Committer`].
+    committer: Committer<Connection>,
     /// [`READERS`] threads, each with its own connection. In WAL mode a reader sees the last
     /// commit and never waits for the one under way.
     readers: Workers<Connection>,
 }
 
-/// One write, run by the committer thread inside its transaction (given `None` when the
-/// transaction could not begin: then it does nothing). It returns what to do once that
-/// transaction has committed (or failed to): wake the writer with its result.
-type Work = Box<dyn FnOnce(Option<&Connection>) -> Wake + Send>;
-type Wake = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// SQLite's side of group commit.
+impl Transactional for Connection {
+    /// Bounds the latency of the writers at the back of a very long queue; far above what
+    /// concurrent runs produce between two fsyncs.
+    const MAX_GROUP: usize = 4096;
 
-struct Job {
-    work: Work,
-    commit: Commit,
-}
+    /// Every commit is durable (`synchronous=FULL`); `IMMEDIATE` takes the write lock at
+    /// once, so another process (`shiphat token create`) waits rather than fails midway.
+    fn begin(&mut self, _durable: bool) -> Result<()> {
+        Ok(exec(self, "BEGIN IMMEDIATE")?)
+    }
 
-/// The most writes one transaction takes. Bounds the latency of the writers at the back of a
-/// very long queue; far above what concurrent runs produce between two fsyncs.
-const MAX_GROUP: usize = 4096;
+    fn savepoint(&mut self, sql: &'static str) -> Result<()> {
+        Ok(exec(self, sql)?)
+    }
 
-/// Group commit. Writers queue their write; one thread takes everything queued, runs it in ONE
-/// transaction (each write in its own savepoint, so a write that fails is undone alone),
-/// commits with one fsync (`synchronous=FULL`), then wakes every writer of the group. Writes
-/// commit in the order they were queued; concurrent writers share an fsync instead of queueing
-/// for one each. A group holding only [`Commit::Soon`] writes waits up to [`SOON`] for more,
-/// and commits at once when a [`Commit::Now`] write joins it.
-struct Committer {
-    queue: Option<Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Committer {
-    fn start(conn: Connection) -> Result<Committer> {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("shiphat-store-commit".into())
-            .spawn(move || commit_loop(conn, rx))
-            .map_err(|source| Error::Open {
-                path: "committer thread".into(),
-                source,
-            })?;
-        Ok(Committer {
-            queue: Some(tx),
-            thread: Some(thread),
+    fn commit(&mut self) -> Result<()> {
+        exec(self, "COMMIT").map_err(|e| {
+            let _ = self.execute_batch("ROLLBACK");
+            e.into()
         })
-    }
-
-    /// Queues `work` for a group; its future resolves once the group is on disk.
-    fn submit<R: Send + 'static>(
-        &self,
-        commit: Commit,
-        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
-    ) -> Pending<R> {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
-        let work: Work = Box::new(move |conn| {
-            let result = conn.map(|conn| run_in_savepoint(conn, work));
-            Box::new(move |commit: Result<(), String>| {
-                let result = match (commit, result) {
-                    (Ok(()), Some(result)) => result,
-                    // The group did not commit: nothing of this write is on disk, whatever
-                    // it returned.
-                    (Err(message), _) => Err(Error::Commit { message }),
-                    (Ok(()), None) => Err(Error::Commit {
-                        message: "the write was not run".into(),
-                    }),
-                };
-                let _ = tx.send(result);
-            })
-        });
-        let queue = self
-            .queue
-            .as_ref()
-            .expect("the queue lives as long as the store");
-        // When the thread is gone the job is dropped, and with it `tx`: the future says so.
-        let _ = queue.send(Job { work, commit });
-        pending(rx)
-    }
-}
-
-impl Drop for Committer {
-    fn drop(&mut self) {
-        // Closing the queue lets the thread commit what is queued and stop; joining it closes
-        // the connection before the store is gone, so the file can be reopened at once.
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -308,72 +247,6 @@ impl Drop for Committer {
 /// write, and parsing them each time shows in a profile.
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
-}
-
-fn run_in_savepoint<R>(
-    conn: &Connection,
-    work: impl FnOnce(&Connection) -> Result<R>,
-) -> Result<R> {
-    exec(conn, "SAVEPOINT write")?;
-    let result = guarded(|| work(conn));
-    if result.is_err() {
-        exec(conn, "ROLLBACK TO write")?;
-    }
-    exec(conn, "RELEASE write")?;
-    result
-}
-
-/// Takes the next group: everything queued, and, while it holds only [`Commit::Soon`] writes,
-/// what arrives until [`SOON`] after its first write. `None` once the queue is closed and
-/// empty.
-fn next_group(rx: &Receiver<Job>) -> Option<Vec<Job>> {
-    let first = rx.recv().ok()?;
-    let deadline = Instant::now() + SOON;
-    let mut now = first.commit == Commit::Now;
-    let mut group = vec![first];
-    while group.len() < MAX_GROUP {
-        let next = match rx.try_recv() {
-            Ok(job) => Some(job),
-            Err(_) if now => None,
-            Err(_) => match deadline.checked_duration_since(Instant::now()) {
-                None => None,
-                // Timed out, or the queue closed: the group is what it is.
-                Some(left) => rx.recv_timeout(left).ok(),
-            },
-        };
-        let Some(job) = next else { break };
-        now |= job.commit == Commit::Now;
-        group.push(job);
-    }
-    Some(group)
-}
-
-fn commit_loop(conn: Connection, rx: Receiver<Job>) {
-    while let Some(group) = next_group(&rx) {
-        let begun = exec(&conn, "BEGIN IMMEDIATE");
-        let mut wakes = Vec::with_capacity(group.len());
-        let commit = match begun {
-            Err(e) => {
-                // Nothing runs; every writer of the group gets the error.
-                for job in group {
-                    wakes.push((job.work)(None));
-                }
-                Err(e.to_string())
-            }
-            Ok(()) => {
-                for job in group {
-                    wakes.push((job.work)(Some(&conn)));
-                }
-                exec(&conn, "COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    e.to_string()
-                })
-            }
-        };
-        for wake in wakes {
-            wake(commit.clone());
-        }
-    }
 }
 
 impl SqliteStore {
@@ -426,7 +299,7 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
     ) -> Pending<R> {
-        self.committer.submit(Commit::Now, work)
+        self.committer.submit(Commit::Now, move |conn| work(conn))
     }
 }
 

@@ -89,6 +89,7 @@ both!(
     a_transition_moves_a_run_only_from_the_states_it_names,
     every_status_and_section_is_kept_by_its_name,
     inputs_and_outputs_come_back_as_they_were_written,
+    a_write_the_database_refuses_is_undone_alone,
 );
 
 pub(crate) fn new_run(id: &str, key: Option<&str>) -> NewRun {
@@ -600,4 +601,33 @@ fn inputs_and_outputs_come_back_as_they_were_written(t: &Tested) {
         (Section::Finally, "broke")
     );
     assert_eq!(store.events("01a", 0, 10).unwrap()[0].1, event);
+}
+
+fn a_write_the_database_refuses_is_undone_alone(t: &Tested) {
+    // PostgreSQL aborts the whole transaction on an error: the writes that share it must
+    // still commit.
+    let token = |name: &str| TokenRecord {
+        name: name.into(),
+        roles: vec!["viewer".into()],
+        patterns: Vec::new(),
+        created_ms: 1,
+    };
+    t.store.add_token("aa", &token("first")).unwrap();
+    // Queued at once, so that they share a transaction; the second one's secret is taken.
+    let queue = &*t.queue;
+    let before = AsyncStore::create_run(queue, &new_run("01a", None), ANY);
+    let refused = AsyncStore::add_token(queue, "aa", &token("second"));
+    let after = AsyncStore::create_run(queue, &new_run("01b", None), ANY);
+    assert!(crate::wait(before).is_ok());
+    let refused = crate::wait(refused);
+    assert!(
+        matches!(refused, Err(Error::Database(_) | Error::Postgres(_))),
+        "{refused:?}"
+    );
+    assert!(crate::wait(after).is_ok());
+    for id in ["01a", "01b"] {
+        assert!(t.store.run(id).unwrap().is_some(), "{id}");
+    }
+    assert_eq!(t.store.tokens().unwrap(), vec![token("first")]);
+    assert_eq!(t.store.integrity_check().unwrap(), "ok");
 }
