@@ -8,12 +8,13 @@
 //! inside each connection, so it runs on the store's threads whatever runtime the caller has,
 //! which is what [`crate::Pending`] promises, and it is the most used PostgreSQL client in Rust.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ::postgres::types::ToSql;
-use ::postgres::{Client, GenericClient, NoTls, Row};
+use ::postgres::{Client, GenericClient, NoTls, Row, Statement};
 
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
@@ -70,6 +71,8 @@ struct Conn {
     /// The URL, for messages (it holds no password).
     database: Arc<str>,
     client: Option<Client>,
+    /// The statements prepared on `client`, by their SQL.
+    statements: HashMap<String, Statement>,
     /// A savepoint statement failed in the group under way: its transaction may be aborted,
     /// and a `COMMIT` would roll it back without an error, so it is rolled back and said so.
     poisoned: bool,
@@ -81,6 +84,7 @@ impl Conn {
             config: config.clone(),
             database: database.clone(),
             client: None,
+            statements: HashMap::new(),
             poisoned: false,
         };
         conn.client()?;
@@ -90,12 +94,14 @@ impl Conn {
     /// Runs `work` on the connection. When it fails because the connection is gone (the
     /// server restarted since the last call), opens a new one and runs `work` once more: a
     /// `work` must be safe to repeat after such a failure (a read, or a `BEGIN`).
-    fn with<R>(&mut self, mut work: impl FnMut(&mut Client) -> Result<R>) -> Result<R> {
-        let first = work(self.client()?);
+    fn with<R>(&mut self, mut work: impl FnMut(&mut Conn) -> Result<R>) -> Result<R> {
+        self.client()?;
+        let first = work(self);
         match first {
             Err(_) if self.lost() => {
                 self.client = None;
-                work(self.client()?)
+                self.client()?;
+                work(self)
             }
             other => other,
         }
@@ -110,16 +116,18 @@ impl Conn {
         }
     }
 
-    /// The connection of a group under way, opened by its `BEGIN`.
+    /// The connection, opened by `with` (a read) or by the group's `BEGIN` (a write).
     fn live(&mut self) -> &mut Client {
         self.client
             .as_mut()
-            .expect("connected by the group's `BEGIN`")
+            .expect("connected before any statement")
     }
 
     fn client(&mut self) -> Result<&mut Client> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.client = None;
+            // Prepared on the connection that is gone.
+            self.statements.clear();
             let client = self
                 .config
                 .connect(NoTls)
@@ -130,6 +138,41 @@ impl Conn {
             self.client = Some(client);
         }
         Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Runs `sql` with `run`, prepared on this connection once: a prepared statement runs in
+    /// one round trip where a text one takes two (parse, then run), and a write is a few
+    /// statements in a row.
+    fn prepared<T>(
+        &mut self,
+        sql: &str,
+        run: impl FnOnce(&mut Client, &Statement) -> Result<T, ::postgres::Error>,
+    ) -> Result<T> {
+        let statement = match self.statements.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = self.live().prepare(sql)?;
+                self.statements.insert(sql.to_owned(), statement.clone());
+                statement
+            }
+        };
+        Ok(run(self.live(), &statement)?)
+    }
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.prepared(sql, |client, statement| client.query(statement, params))
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row> {
+        self.prepared(sql, |client, statement| client.query_one(statement, params))
+    }
+
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+        self.prepared(sql, |client, statement| client.query_opt(statement, params))
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
+        self.prepared(sql, |client, statement| client.execute(statement, params))
     }
 }
 
@@ -148,7 +191,7 @@ impl Transactional for Conn {
             "BEGIN; SET LOCAL synchronous_commit = off"
         };
         // Safe to repeat on a new connection when the old one was lost: nothing ran yet.
-        self.with(|client| Ok(client.batch_execute(begin)?))
+        self.with(|conn| Ok(conn.live().batch_execute(begin)?))
     }
 
     fn savepoint(&mut self, sql: &'static str) -> Result<()> {
@@ -312,7 +355,7 @@ impl PgStore {
 
     fn read<R: Send + 'static>(
         &self,
-        work: impl Fn(&mut Client) -> Result<R> + Send + 'static,
+        work: impl Fn(&mut Conn) -> Result<R> + Send + 'static,
     ) -> Pending<R> {
         self.readers.submit(move |conn| conn.with(&work))
     }
@@ -322,9 +365,9 @@ impl PgStore {
     fn write<R: Send + 'static>(
         &self,
         commit: Commit,
-        work: impl FnOnce(&mut Client) -> Result<R> + Send + 'static,
+        work: impl FnOnce(&mut Conn) -> Result<R> + Send + 'static,
     ) -> Pending<R> {
-        self.writer.submit(commit, move |conn| work(conn.live()))
+        self.writer.submit(commit, work)
     }
 }
 
@@ -366,7 +409,7 @@ fn run_from_row(row: &Row) -> Result<Run> {
 
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-fn query_runs(db: &mut impl GenericClient, sql: &str, params: Params<'_>) -> Result<Vec<Run>> {
+fn query_runs(db: &mut Conn, sql: &str, params: Params<'_>) -> Result<Vec<Run>> {
     db.query(sql, params)?.iter().map(run_from_row).collect()
 }
 
@@ -374,7 +417,7 @@ fn names(statuses: &[RunStatus]) -> Vec<&'static str> {
     statuses.iter().map(|s| s.as_str()).collect()
 }
 
-fn create_run(tx: &mut Client, run: &NewRun, max_queued: u64) -> Result<(Run, bool)> {
+fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool)> {
     // Concurrent admissions for one principal, from this daemon or another, take turns here:
     // each looks up the key and counts the queue after the one before it has committed.
     tx.execute(
@@ -418,7 +461,7 @@ fn create_run(tx: &mut Client, run: &NewRun, max_queued: u64) -> Result<(Run, bo
     Ok((run.queued(created_ms), true))
 }
 
-fn queued_of(db: &mut impl GenericClient, principal: &str) -> Result<u64> {
+fn queued_of(db: &mut Conn, principal: &str) -> Result<u64> {
     let count: i64 = db
         .query_one(
             "SELECT count(*) FROM runs WHERE status = $1 AND principal = $2",
@@ -429,7 +472,7 @@ fn queued_of(db: &mut impl GenericClient, principal: &str) -> Result<u64> {
 }
 
 fn transition(
-    db: &mut impl GenericClient,
+    db: &mut Conn,
     run: &str,
     from: &[RunStatus],
     to: RunStatus,
@@ -461,7 +504,7 @@ fn int(n: u32) -> i32 {
 }
 
 fn append_event(
-    tx: &mut Client,
+    tx: &mut Conn,
     run: &str,
     event: &str,
     change: Option<&Change>,
@@ -560,7 +603,7 @@ fn append_event(
     Ok(Some(seq))
 }
 
-fn interrupt_running(tx: &mut Client) -> Result<Vec<Interrupted>> {
+fn interrupt_running(tx: &mut Conn) -> Result<Vec<Interrupted>> {
     let running = query_runs(
         tx,
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY id FOR UPDATE"),
@@ -639,7 +682,7 @@ fn lock_from_row(row: &Row) -> Result<Lock> {
 }
 
 /// Locks that have not expired, `AND` what `filter` adds.
-fn locks(client: &mut Client, filter: &str, params: Params<'_>) -> Result<Vec<Lock>> {
+fn locks(client: &mut Conn, filter: &str, params: Params<'_>) -> Result<Vec<Lock>> {
     client
         .query(
             &format!(
@@ -654,7 +697,7 @@ fn locks(client: &mut Client, filter: &str, params: Params<'_>) -> Result<Vec<Lo
 }
 
 /// How many rows a `count(*)` query finds.
-fn count(client: &mut Client, sql: &str, params: Params<'_>) -> Result<i64> {
+fn count(client: &mut Conn, sql: &str, params: Params<'_>) -> Result<i64> {
     Ok(client.query_one(sql, params)?.try_get(0)?)
 }
 
@@ -942,7 +985,7 @@ impl AsyncStore for PgStore {
     fn integrity_check(&self) -> Pending<String> {
         self.read(|client| {
             let mut problems = Vec::new();
-            let version = schema_version(client)?;
+            let version = schema_version(client.live())?;
             if version != VERSION {
                 problems.push(format!(
                     "schema version {version}, where this shiphat writes {VERSION}"
