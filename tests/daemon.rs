@@ -2191,3 +2191,56 @@ fn a_run_queued_across_a_restart_waits_for_the_lock_until_it_expires() {
     let run = wait_run(&daemon, &admin, &queued, terminal);
     assert_eq!(run["status"], "succeeded", "{run}");
 }
+
+#[test]
+fn a_daemon_on_postgresql_runs_a_workflow_and_finds_it_after_a_restart() {
+    let server = shiphat_store::testing::Postgres::shared();
+    let url = server.database();
+    let dir = TestDir::new();
+    setup(&dir);
+    // The test server trusts local users, so any password will do; it comes from a file, as
+    // a real one would, never from the command line.
+    dir.write("password", "unused\n");
+    let store = ["--store", url.as_str(), "--store-password-file", "password"];
+    let mut args = vec!["root", "--role", "admin"];
+    args.extend(store);
+    let created = token_create(&dir, &args);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert!(stderr.contains(&format!("stored in {url}")), "{stderr}");
+    let admin = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+
+    let mut daemon = start(&dir, &store);
+    let id = start_run(&daemon, &admin, json!({"workflow": "web"}));
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let events = sse(&daemon, &admin, &id, None);
+    assert_eq!(events.last().unwrap().1["event"], "run_finished");
+    stop(&mut daemon);
+    // Nothing was kept in the data directory.
+    assert!(!dir.path().join("data/shiphat.sqlite").exists());
+
+    let daemon = start(&dir, &store);
+    let (status, list) = call(&daemon, "GET", "/api/v1/runs", Some(&admin), None);
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["runs"][0]["id"], id.as_str(), "{list}");
+    let run = get(&daemon, &admin, &id);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    for step in ["build", "deploy"] {
+        assert_eq!(step_of(&run, step)["status"], "succeeded", "{run}");
+    }
+    // The whole history, replayed from the database by the new daemon.
+    assert_eq!(sse(&daemon, &admin, &id, None), events);
+    drop(daemon);
+
+    let store = shiphat_store::PgStore::open(&url, None).unwrap();
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+    assert_eq!(
+        store.run(&id).unwrap().unwrap().status,
+        RunStatus::Succeeded
+    );
+}

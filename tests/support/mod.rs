@@ -67,6 +67,8 @@ impl TestDir {
             .env_remove("SHIPHAT_SECRETS_FILE")
             .env_remove("SHIPHAT_SERVER")
             .env_remove("SHIPHAT_TOKEN")
+            .env_remove("SHIPHAT_STORE")
+            .env_remove("SHIPHAT_STORE_PASSWORD")
             .env_remove("RUST_LOG")
             .env("SHIPHAT_CACHE_DIR", shared_cache())
             .env("SHIPHAT_PLUGIN_PATH", plugins_dir());

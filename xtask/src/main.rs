@@ -22,9 +22,10 @@ tasks:
   demo      build the engine and the plugins, prepare a demo target, deploy release 2 with
             workflows/deploy.yaml (`demo --bad`: a release whose metrics breach, rolled back;
             `demo --serve`: the daemon and its web page on http://127.0.0.1:7300/ instead)
-  test      build the plugins, install what the tests need (prometheus, curl, strace, chromium
-            from Debian, componentize-py and ansible-core from PyPI, componentize-js,
-            playwright-core and axe-core from npm; pinned, into target/test-tools), then run every test
+  test      build the plugins, install what the tests need (prometheus, postgresql, curl,
+            strace, chromium from Debian, componentize-py and ansible-core from PyPI,
+            componentize-js, playwright-core and axe-core from npm; pinned, into
+            target/test-tools), then run every test
             (cargo test --workspace, then the plugins' own tests natively, on the host);
             screenshots of the web page land in artifacts/screenshots
   plugins   build the plugins into plugins/target/wasm32-wasip2/release

@@ -1,8 +1,8 @@
 //! What the test suite needs beyond the Rust toolchain, installed on demand and pinned:
 //!
-//! - `prometheus` (tests/metrics.rs runs a real server), `curl` (the benchmarks' shell
-//!   baseline) and `strace` (tests/deployer.rs watches the deployer's fsyncs), from Debian's
-//!   packages;
+//! - `prometheus` (tests/metrics.rs runs a real server), `postgresql` (the store's tests and
+//!   tests/daemon.rs run a real server), `curl` (the benchmarks' shell baseline) and `strace`
+//!   (tests/deployer.rs watches the deployer's fsyncs), from Debian's packages;
 //! - `componentize-py` (tests/languages.rs builds the Python example) and `ansible-core` (the
 //!   benchmarks' smoke test), each in a virtual environment;
 //! - `componentize-js` (the JavaScript example), from the npm registry;
@@ -24,8 +24,16 @@ use crate::run;
 
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 const ANSIBLE_CORE: &str = "ansible-core==2.17.7";
-/// The programs the tests run, each from the Debian package of the same name.
-const DEBIAN: [&str; 4] = ["prometheus", "curl", "chromium", "strace"];
+/// The Debian packages the tests need, each with a shell test of whether it is installed: its
+/// program on the `PATH`, or, for PostgreSQL, whose server programs are not on it, `initdb` in
+/// the folder of any version (engine/store/src/testing.rs takes the newest).
+const DEBIAN: [(&str, &str); 5] = [
+    ("prometheus", "command -v prometheus"),
+    ("curl", "command -v curl"),
+    ("chromium", "command -v chromium"),
+    ("strace", "command -v strace"),
+    ("postgresql", "ls /usr/lib/postgresql/*/bin/initdb"),
+];
 
 /// Where the tools are, to hand to the test run.
 pub struct Tools {
@@ -54,17 +62,22 @@ impl Tools {
     }
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether the shell command `test` succeeds.
+fn holds(test: &str) -> bool {
     Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
+        .args(["-c", test])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
 pub fn ensure() -> Result<Tools> {
-    let missing: Vec<&str> = DEBIAN.into_iter().filter(|p| !on_path(p)).collect();
+    let missing: Vec<&str> = DEBIAN
+        .into_iter()
+        .filter(|(_, installed)| !holds(installed))
+        .map(|(package, _)| package)
+        .collect();
     if !missing.is_empty() {
-        if !on_path("apt-get") {
+        if !holds("command -v apt-get") {
             bail!(
                 "the tests need {} (Debian packages); install them and run again",
                 missing.join(" and ")
@@ -72,7 +85,7 @@ pub fn ensure() -> Result<Tools> {
         }
         eprintln!("xtask: installing {} with apt-get", missing.join(", "));
         run(Command::new("apt-get").arg("update").arg("-qq")).context(
-            "apt-get update failed (the tests need the Debian packages prometheus, curl, chromium and strace)",
+            "apt-get update failed (the tests need the Debian packages prometheus, postgresql, curl, chromium and strace)",
         )?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq"])

@@ -2,11 +2,11 @@
 //! tokens.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use shiphat_server::{Config, Daemon, Role};
-use shiphat_store::{SqliteStore, Store, TokenRecord};
+use shiphat_store::{AsyncStore, Location, Store, TokenRecord};
 
 use crate::{EngineArgs, Invalid, exit, output};
 
@@ -20,6 +20,16 @@ pub struct DaemonArgs {
     /// Where the daemon keeps its database, instead of the config's or the default.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Keep the daemon's state in this PostgreSQL database instead of a file in the data
+    /// directory (`postgres://USER@HOST[:PORT]/DATABASE`, without a password: the password
+    /// comes from SHIPHAT_STORE_PASSWORD or --store-password-file). Instead of the config's
+    /// `store`.
+    #[arg(long, value_name = "URL", env = "SHIPHAT_STORE")]
+    store: Option<String>,
+    /// A file holding the password of the `--store` database (its first line), instead of
+    /// the config's `store_password_file`.
+    #[arg(long, value_name = "FILE")]
+    store_password_file: Option<PathBuf>,
 }
 
 impl DaemonArgs {
@@ -31,12 +41,43 @@ impl DaemonArgs {
         if let Some(dir) = &self.data_dir {
             config.data_dir = dir.clone();
         }
+        if let Some(url) = &self.store {
+            config.store = Some(url.clone());
+        }
+        if let Some(file) = &self.store_password_file {
+            config.store_password_file = Some(file.clone());
+        }
         Ok(config)
     }
 }
 
-fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
-    Ok(SqliteStore::open(&config.database())?)
+/// The environment variable that may hold the store's password.
+const PASSWORD_VAR: &str = "SHIPHAT_STORE_PASSWORD";
+
+/// Where the config keeps the daemon's state: its `store`, with the password from its file or
+/// from [`PASSWORD_VAR`], or else the database file in the data directory.
+fn location(config: &Config) -> anyhow::Result<Location> {
+    let Some(url) = &config.store else {
+        return Ok(Location::File(config.database()));
+    };
+    let password = match &config.store_password_file {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                Invalid(format!(
+                    "cannot read the store's password from `{}`: {e}",
+                    file.display()
+                ))
+            })?;
+            Some(text.lines().next().unwrap_or_default().to_owned())
+        }
+        None => std::env::var(PASSWORD_VAR).ok().filter(|p| !p.is_empty()),
+    };
+    Location::server(url, password).map_err(|e| Invalid(e.to_string()).into())
+}
+
+/// Opens the daemon's store. Nothing here knows which database it is.
+fn open_store(location: &Location) -> anyhow::Result<Arc<dyn AsyncStore>> {
+    Ok(Arc::from(shiphat_store::open(location)?))
 }
 
 pub async fn serve(
@@ -54,11 +95,11 @@ pub async fn serve(
     }
     // The daemon's interface, never blocking its runtime; the token commands below use the
     // blocking one (`Store`).
-    let store: Arc<dyn shiphat_store::AsyncStore> = Arc::new(open_store(&config)?);
+    let location = location(&config)?;
+    let store = open_store(&location)?;
     let runner = engine.daemon_runner()?;
     output::note(&format!(
-        "data in {}; workflows from {}",
-        config.data_dir.display(),
+        "data in {location}; workflows from {}",
         config
             .workflow_dirs
             .iter()
@@ -105,10 +146,12 @@ pub fn token_create(
         ))
         .into());
     }
-    let store = open_store(&config)?;
+    let location = location(&config)?;
+    let store = open_store(&location)?;
     let token = shiphat_server::new_token()
         .map_err(|e| anyhow::anyhow!("cannot draw a random token: {e}"))?;
-    let added = store.add_token(
+    let added = Store::add_token(
+        &*store,
         &shiphat_server::token_hash(&token),
         &TokenRecord {
             name: name.to_owned(),
@@ -130,26 +173,18 @@ pub fn token_create(
             .map(|r| r.as_str())
             .collect::<Vec<_>>()
             .join(", "),
-        display(&config.database())
+        location
     ));
     outln!("{token}");
     Ok(exit::OK)
 }
 
 pub fn token_delete(daemon: &DaemonArgs, name: &str) -> anyhow::Result<u8> {
-    let config = daemon.config()?;
-    let store = open_store(&config)?;
-    if !store.delete_token(name)? {
-        return Err(Invalid(format!(
-            "no token named `{name}` in {}",
-            display(&config.database())
-        ))
-        .into());
+    let location = location(&daemon.config()?)?;
+    let store = open_store(&location)?;
+    if !Store::delete_token(&*store, name)? {
+        return Err(Invalid(format!("no token named `{name}` in {location}")).into());
     }
     output::note(&format!("deleted the token of `{name}`"));
     Ok(exit::OK)
-}
-
-fn display(path: &Path) -> String {
-    path.display().to_string()
 }

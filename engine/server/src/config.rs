@@ -33,6 +33,8 @@ pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 86400);
 struct RawConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
+    store_password_file: Option<PathBuf>,
     workflows: Option<Vec<PathBuf>>,
     shutdown_grace: Option<String>,
     max_body_bytes: Option<usize>,
@@ -69,6 +71,11 @@ struct RawPrincipal {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// The database server to keep the daemon's state in (`postgres://USER@HOST/DATABASE`,
+    /// no password in it); `None` keeps it in a file in `data_dir`.
+    pub store: Option<String>,
+    /// A file holding the store's password.
+    pub store_password_file: Option<PathBuf>,
     pub workflow_dirs: Vec<PathBuf>,
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
@@ -90,6 +97,8 @@ impl Config {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("a valid default address"),
             data_dir: default_data_dir(),
+            store: None,
+            store_password_file: None,
             workflow_dirs: vec![PathBuf::from("workflows")],
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -126,6 +135,15 @@ impl Config {
         }
         if let Some(dir) = raw.data_dir {
             config.data_dir = base.join(dir);
+        }
+        if let Some(url) = raw.store {
+            // Checked here, so that the error names the file; a URL with a password in it is
+            // refused without the password being shown.
+            shiphat_store::Location::server(&url, None).map_err(|e| format!("`store`: {e}"))?;
+            config.store = Some(url);
+        }
+        if let Some(file) = raw.store_password_file {
+            config.store_password_file = Some(base.join(file));
         }
         if let Some(dirs) = raw.workflows {
             config.workflow_dirs = dirs.into_iter().map(|d| base.join(d)).collect();
@@ -208,7 +226,8 @@ impl Config {
             .chain(slack.map(|u| u.principal.name.as_str()))
     }
 
-    /// The SQLite database inside the data directory.
+    /// The database file inside the data directory, where the daemon's state is kept when no
+    /// `store` is named.
     pub fn database(&self) -> PathBuf {
         self.data_dir.join("shiphat.sqlite")
     }
@@ -254,6 +273,32 @@ mod tests {
             + "[slack]\nsigning_secret = \"s\"\n[[slack.users]]\nteam = \"T1\"\nname = \"ci\"\nroles = [\"admin\"]\n";
         let err = Config::parse(&text, Path::new("/")).err().unwrap();
         assert!(err.contains("two principals are named `ci`"), "{err}");
+    }
+
+    #[test]
+    fn a_store_url_with_a_password_is_refused() {
+        let err = Config::parse(
+            "store = \"postgres://shiphat:hunter2@db/shiphat\"",
+            Path::new("/"),
+        )
+        .err()
+        .unwrap();
+        assert!(err.starts_with("`store`: "), "{err}");
+        assert!(err.contains("SHIPHAT_STORE_PASSWORD"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let config = Config::parse(
+            "store = \"postgres://shiphat@db/shiphat\"\nstore_password_file = \"secret\"",
+            Path::new("/etc/shiphat"),
+        )
+        .unwrap();
+        assert_eq!(
+            config.store.as_deref(),
+            Some("postgres://shiphat@db/shiphat")
+        );
+        assert_eq!(
+            config.store_password_file,
+            Some(PathBuf::from("/etc/shiphat/secret"))
+        );
     }
 
     #[test]

@@ -20,7 +20,8 @@ pub struct TestApp {
 
 pub fn app() -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let store = shiphat_store::SqliteStore::open(&dir.path().join("shiphat.db")).unwrap();
+    let location = shiphat_store::Location::File(dir.path().join("shiphat.db"));
+    let store = shiphat_store::open(&location).unwrap();
     let host = shiphat_host::Host::new(shiphat_host::HostConfig::default()).unwrap();
     let runner = shiphat_runner::Runner::new(
         host,
@@ -35,7 +36,7 @@ pub fn app() -> TestApp {
         .map(|role| (token_hash(role.as_str()), principal(role)))
         .collect();
     TestApp {
-        app: App::new(config, runner, Arc::new(store)),
+        app: App::new(config, runner, Arc::from(store)),
         _dir: dir,
     }
 }

@@ -13,22 +13,31 @@
 //! before starting it gets that order across a crash or power loss. Concurrent writes share a
 //! transaction and its fsync (group commit, see `sqlite.rs`), and a write that need not be on
 //! disk yet ([`Commit::Soon`]: a log line, a step's end that the next step's start will carry)
-//! waits a moment for company. The schema has a version: an older database is migrated when it
-//! is opened, a newer one refused. A PostgreSQL store for several daemons sharing work is meant
-//! to implement the same trait; nothing above this crate names SQLite.
+//! waits a moment for company. [`PgStore`] keeps it in a PostgreSQL database, which several
+//! daemons can share (`postgres.rs`). Either way the schema has a version: an older database is
+//! migrated when it is opened, a newer one refused. [`open`] opens the store a [`Location`]
+//! names; nothing above this crate names SQLite or PostgreSQL.
 //!
 //! The store knows nothing of workflows, plugins or HTTP: events are opaque JSON text, inputs
 //! and outputs are JSON values, and times are milliseconds since the Unix epoch. Statuses,
 //! sections and step errors are the wire contract's types (`shiphat_protocol`), stored as the
 //! names the API uses.
 
+mod postgres;
 mod sqlite;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+mod threads;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 
 use serde_json::Value;
 
+pub use crate::postgres::PgStore;
 pub use crate::sqlite::SqliteStore;
 /// The statuses the store keeps are the wire contract's; they are named here too because the
 /// store's interface speaks of them.
@@ -40,6 +49,18 @@ pub enum Error {
     /// The database refused or failed an operation.
     #[error("database: {0}")]
     Database(#[from] rusqlite::Error),
+    /// The PostgreSQL server refused or failed an operation, or the connection broke.
+    #[error("postgresql: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The PostgreSQL server could not be reached, or refused to let shiphat in.
+    #[error("cannot connect to the store at `{database}`: {source}")]
+    Connect {
+        database: String,
+        source: ::postgres::Error,
+    },
+    /// A store URL that is not one, or that holds a password.
+    #[error("store URL `{url}`: {message}")]
+    Url { url: String, message: String },
     /// The data directory or database file could not be created.
     #[error("cannot open the store at `{path}`: {source}")]
     Open {
@@ -69,6 +90,16 @@ pub enum Error {
         found: i64,
         supported: i64,
     },
+    /// The PostgreSQL database was written by a newer shiphat, whose schema this one does not
+    /// know.
+    #[error(
+        "the database `{database}` has schema version {found}, newer than this shiphat knows ({supported}); run the shiphat that wrote it, or point `store` at another database"
+    )]
+    SchemaTooNew {
+        database: String,
+        found: i64,
+        supported: i64,
+    },
     /// A principal asked for another run while it has `max` runs queued already.
     #[error("`{principal}` has {max} runs queued already")]
     TooManyQueued { principal: String, max: u64 },
@@ -82,6 +113,49 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Where a store keeps its data.
+pub enum Location {
+    /// An embedded database in this file, created with its directory when missing.
+    File(PathBuf),
+    /// A database server: its URL, which holds no password (see [`Location::server`]), and
+    /// the password.
+    Server {
+        url: String,
+        password: Option<String>,
+    },
+}
+
+impl Location {
+    /// The database server at `url` (`postgres://USER@HOST[:PORT]/DATABASE`). Refused
+    /// ([`Error::Url`]) when it is not such a URL, or when it holds a password: a password
+    /// in a URL shows in the process list, in shell history and in logs, so it comes apart.
+    pub fn server(url: &str, password: Option<String>) -> Result<Location> {
+        crate::postgres::parse_url(url)?;
+        Ok(Location::Server {
+            url: url.to_owned(),
+            password,
+        })
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// The file's path or the server's URL (which holds no password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::File(path) => write!(f, "{}", path.display()),
+            Location::Server { url, .. } => f.write_str(url),
+        }
+    }
+}
+
+/// Opens the store at `location`: [`SqliteStore`] for a file, [`PgStore`] for a server.
+pub fn open(location: &Location) -> Result<Box<dyn AsyncStore>> {
+    Ok(match location {
+        Location::File(path) => Box::new(SqliteStore::open(path)?),
+        Location::Server { url, password } => Box::new(PgStore::open(url, password.as_deref())?),
+    })
+}
+
 /// A run to record, as accepted by the daemon.
 #[derive(Clone, Debug)]
 pub struct NewRun {
@@ -93,6 +167,26 @@ pub struct NewRun {
     pub concurrency_key: Option<String>,
     /// With the principal, makes a retried request return the run it created first.
     pub idempotency_key: Option<String>,
+}
+
+impl NewRun {
+    /// The run as recorded when created at `created_ms`: `queued`.
+    fn queued(&self, created_ms: i64) -> Run {
+        Run {
+            id: self.id.clone(),
+            workflow: self.workflow.clone(),
+            inputs: self.inputs.clone(),
+            principal: self.principal.clone(),
+            dry_run: self.dry_run,
+            concurrency_key: self.concurrency_key.clone(),
+            idempotency_key: self.idempotency_key.clone(),
+            status: RunStatus::Queued,
+            detail: None,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+        }
+    }
 }
 
 /// A recorded run.
@@ -236,6 +330,36 @@ pub fn cap(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     format!("{}… ({} more bytes)", &text[..end], text.len() - end).into()
+}
+
+/// `entry` with each text field cut to [`MAX_AUDIT_FIELD`] bytes, as every store keeps it.
+fn capped(entry: &AuditEntry) -> AuditEntry {
+    let capped = |text: &str| cap(text, MAX_AUDIT_FIELD).into_owned();
+    AuditEntry {
+        principal: entry.principal.as_deref().map(capped),
+        action: capped(&entry.action),
+        target: capped(&entry.target),
+        remote: capped(&entry.remote),
+        outcome: capped(&entry.outcome),
+        ..entry.clone()
+    }
+}
+
+/// An interrupted run's detail, naming the steps that were in flight.
+fn interrupted_detail(in_flight: &[String]) -> String {
+    if in_flight.is_empty() {
+        "interrupted between steps".to_owned()
+    } else {
+        format!("interrupted during step `{}`", in_flight.join("`, `"))
+    }
+}
+
+/// A JSON value as a store keeps it, in `table`.
+fn json(text: &str, table: &'static str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt {
+        table,
+        message: e.to_string(),
+    })
 }
 
 /// One mutating call, as the audit log keeps it.

@@ -2,17 +2,15 @@
 //! few threads read, each on its own connection. Callers only queue work and await it.
 
 use std::path::Path;
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
+use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
-    RunFilter, RunStatus, SOON, Section, StepRecord, StepState, TokenRecord, now_ms,
+    RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -210,116 +208,38 @@ fn status_set(statuses: &[RunStatus]) -> String {
     Value::from(statuses.iter().map(|s| s.as_str()).collect::<Vec<_>>()).to_string()
 }
 
-/// The store in one SQLite file. Writes go through a [`Committer`], reads through
-/// [`Readers`]; neither runs on the caller's thread.
+/// The store in one SQLite file. Writes go through a [`Committer`] (one transaction and one
+/// fsync for all the writes queued at once), reads through its readers; neither runs on the
+/// caller's thread.
 pub struct SqliteStore {
-    committer: Committer,
-    readers: Readers,
+    /// Group commit: see [`Committer`].
+    committer: Committer<Connection>,
+    /// [`READERS`] threads, each with its own connection. In WAL mode a reader sees the last
+    /// commit and never waits for the one under way.
+    readers: Workers<Connection>,
 }
 
-/// One write, run by the committer thread inside its transaction (given `None` when the
-/// transaction could not begin: then it does nothing). It returns what to do once that
-/// transaction has committed (or failed to): wake the writer with its result.
-type Work = Box<dyn FnOnce(Option<&Connection>) -> Wake + Send>;
-type Wake = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// SQLite's side of group commit.
+impl Transactional for Connection {
+    /// Bounds the latency of the writers at the back of a very long queue; far above what
+    /// concurrent runs produce between two fsyncs.
+    const MAX_GROUP: usize = 4096;
 
-struct Job {
-    work: Work,
-    commit: Commit,
-}
-
-/// The most writes one transaction takes. Bounds the latency of the writers at the back of a
-/// very long queue; far above what concurrent runs produce between two fsyncs.
-const MAX_GROUP: usize = 4096;
-
-/// Group commit. Writers queue their write; one thread takes everything queued, runs it in ONE
-/// transaction (each write in its own savepoint, so a write that fails is undone alone),
-/// commits with one fsync (`synchronous=FULL`), then wakes every writer of the group. Writes
-/// commit in the order they were queued; concurrent writers share an fsync instead of queueing
-/// for one each. A group holding only [`Commit::Soon`] writes waits up to [`SOON`] for more,
-/// and commits at once when a [`Commit::Now`] write joins it.
-struct Committer {
-    queue: Option<Sender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn stopped() -> Error {
-    Error::Commit {
-        message: "the store's thread has stopped".into(),
+    /// Every commit is durable (`synchronous=FULL`); `IMMEDIATE` takes the write lock at
+    /// once, so another process (`shiphat token create`) waits rather than fails midway.
+    fn begin(&mut self, _durable: bool) -> Result<()> {
+        Ok(exec(self, "BEGIN IMMEDIATE")?)
     }
-}
 
-/// The future of work sent to a store thread, which answers on `rx`.
-fn pending<R: Send + 'static>(rx: tokio::sync::oneshot::Receiver<Result<R>>) -> Pending<R> {
-    Box::pin(async move { rx.await.unwrap_or_else(|_| Err(stopped())) })
-}
+    fn savepoint(&mut self, sql: &'static str) -> Result<()> {
+        Ok(exec(self, sql)?)
+    }
 
-/// Runs `work`, turning a panic into an error: a bug in one write or read must not take the
-/// store's thread (and every later caller) down with it.
-fn guarded<R>(work: impl FnOnce() -> Result<R>) -> Result<R> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| {
-        Err(Error::Commit {
-            message: "a store operation panicked".into(),
+    fn commit(&mut self) -> Result<()> {
+        exec(self, "COMMIT").map_err(|e| {
+            let _ = self.execute_batch("ROLLBACK");
+            e.into()
         })
-    })
-}
-
-impl Committer {
-    fn start(conn: Connection) -> Result<Committer> {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("shiphat-store-commit".into())
-            .spawn(move || commit_loop(conn, rx))
-            .map_err(|source| Error::Open {
-                path: "committer thread".into(),
-                source,
-            })?;
-        Ok(Committer {
-            queue: Some(tx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Queues `work` for a group; its future resolves once the group is on disk.
-    fn submit<R: Send + 'static>(
-        &self,
-        commit: Commit,
-        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
-    ) -> Pending<R> {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
-        let work: Work = Box::new(move |conn| {
-            let result = conn.map(|conn| run_in_savepoint(conn, work));
-            Box::new(move |commit: Result<(), String>| {
-                let result = match (commit, result) {
-                    (Ok(()), Some(result)) => result,
-                    // The group did not commit: nothing of this write is on disk, whatever
-                    // it returned.
-                    (Err(message), _) => Err(Error::Commit { message }),
-                    (Ok(()), None) => Err(Error::Commit {
-                        message: "the write was not run".into(),
-                    }),
-                };
-                let _ = tx.send(result);
-            })
-        });
-        let queue = self
-            .queue
-            .as_ref()
-            .expect("the queue lives as long as the store");
-        // When the thread is gone the job is dropped, and with it `tx`: the future says so.
-        let _ = queue.send(Job { work, commit });
-        pending(rx)
-    }
-}
-
-impl Drop for Committer {
-    fn drop(&mut self) {
-        // Closing the queue lets the thread commit what is queued and stop; joining it closes
-        // the connection before the store is gone, so the file can be reopened at once.
-        self.queue.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -327,141 +247,6 @@ impl Drop for Committer {
 /// write, and parsing them each time shows in a profile.
 fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
-}
-
-fn run_in_savepoint<R>(
-    conn: &Connection,
-    work: impl FnOnce(&Connection) -> Result<R>,
-) -> Result<R> {
-    exec(conn, "SAVEPOINT write")?;
-    let result = guarded(|| work(conn));
-    if result.is_err() {
-        exec(conn, "ROLLBACK TO write")?;
-    }
-    exec(conn, "RELEASE write")?;
-    result
-}
-
-/// Takes the next group: everything queued, and, while it holds only [`Commit::Soon`] writes,
-/// what arrives until [`SOON`] after its first write. `None` once the queue is closed and
-/// empty.
-fn next_group(rx: &Receiver<Job>) -> Option<Vec<Job>> {
-    let first = rx.recv().ok()?;
-    let deadline = Instant::now() + SOON;
-    let mut now = first.commit == Commit::Now;
-    let mut group = vec![first];
-    while group.len() < MAX_GROUP {
-        let next = match rx.try_recv() {
-            Ok(job) => Some(job),
-            Err(_) if now => None,
-            Err(_) => match deadline.checked_duration_since(Instant::now()) {
-                None => None,
-                // Timed out, or the queue closed: the group is what it is.
-                Some(left) => rx.recv_timeout(left).ok(),
-            },
-        };
-        let Some(job) = next else { break };
-        now |= job.commit == Commit::Now;
-        group.push(job);
-    }
-    Some(group)
-}
-
-fn commit_loop(conn: Connection, rx: Receiver<Job>) {
-    while let Some(group) = next_group(&rx) {
-        let begun = exec(&conn, "BEGIN IMMEDIATE");
-        let mut wakes = Vec::with_capacity(group.len());
-        let commit = match begun {
-            Err(e) => {
-                // Nothing runs; every writer of the group gets the error.
-                for job in group {
-                    wakes.push((job.work)(None));
-                }
-                Err(e.to_string())
-            }
-            Ok(()) => {
-                for job in group {
-                    wakes.push((job.work)(Some(&conn)));
-                }
-                exec(&conn, "COMMIT").map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    e.to_string()
-                })
-            }
-        };
-        for wake in wakes {
-            wake(commit.clone());
-        }
-    }
-}
-
-type Read = Box<dyn FnOnce(&Connection) + Send>;
-
-/// [`READERS`] threads, each with its own connection, taking reads from one queue. In WAL
-/// mode a reader sees the last commit and never waits for the one under way.
-struct Readers {
-    queue: Option<Sender<Read>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Readers {
-    fn start(path: &Path) -> Result<Readers> {
-        let (tx, rx) = std::sync::mpsc::channel::<Read>();
-        let rx = Arc::new(Mutex::new(rx));
-        let mut threads = Vec::with_capacity(READERS);
-        for i in 0..READERS {
-            let conn = Connection::open(path)?;
-            configure(&conn)?;
-            let rx = rx.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("shiphat-store-read-{i}"))
-                .spawn(move || {
-                    loop {
-                        // The lock is held while this thread waits for the next read: the
-                        // others wait their turn at the queue, not on a read in progress.
-                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match next {
-                            Ok(read) => read(&conn),
-                            Err(_) => return,
-                        }
-                    }
-                })
-                .map_err(|source| Error::Open {
-                    path: "reader thread".into(),
-                    source,
-                })?;
-            threads.push(thread);
-        }
-        Ok(Readers {
-            queue: Some(tx),
-            threads,
-        })
-    }
-
-    fn submit<R: Send + 'static>(
-        &self,
-        work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
-    ) -> Pending<R> {
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
-        let read: Read = Box::new(move |conn| {
-            let _ = tx.send(guarded(|| work(conn)));
-        });
-        let queue = self
-            .queue
-            .as_ref()
-            .expect("the queue lives as long as the store");
-        let _ = queue.send(read);
-        pending(rx)
-    }
-}
-
-impl Drop for Readers {
-    fn drop(&mut self) {
-        self.queue.take();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
 }
 
 impl SqliteStore {
@@ -490,8 +275,15 @@ impl SqliteStore {
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
         migrate(&mut writer, path)?;
+        let readers = (0..READERS)
+            .map(|_| {
+                let conn = Connection::open(path)?;
+                configure(&conn)?;
+                Ok(conn)
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(SqliteStore {
-            readers: Readers::start(path)?,
+            readers: Workers::start("shiphat-store-read", readers)?,
             committer: Committer::start(writer)?,
         })
     }
@@ -500,14 +292,14 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
     ) -> Pending<R> {
-        self.readers.submit(work)
+        self.readers.submit(move |conn| work(conn))
     }
 
     fn write<R: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
     ) -> Pending<R> {
-        self.committer.submit(Commit::Now, work)
+        self.committer.submit(Commit::Now, move |conn| work(conn))
     }
 }
 
@@ -553,13 +345,6 @@ fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String)> {
     ))
 }
 
-fn json(text: &str, table: &'static str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| Error::Corrupt {
-        table,
-        message: e.to_string(),
-    })
-}
-
 fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Run>> {
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt
@@ -567,7 +352,7 @@ fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Re
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
         .map(|(mut run, inputs)| {
-            run.inputs = json(&inputs, "runs")?;
+            run.inputs = crate::json(&inputs, "runs")?;
             Ok(run)
         })
         .collect()
@@ -616,23 +401,7 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
         Text(RunStatus::Queued),
         created_ms
     ])?;
-    Ok((
-        Run {
-            id: run.id.clone(),
-            workflow: run.workflow.clone(),
-            inputs: run.inputs.clone(),
-            principal: run.principal.clone(),
-            dry_run: run.dry_run,
-            concurrency_key: run.concurrency_key.clone(),
-            idempotency_key: run.idempotency_key.clone(),
-            status: RunStatus::Queued,
-            detail: None,
-            created_ms,
-            started_ms: None,
-            finished_ms: None,
-        },
-        true,
-    ))
+    Ok((run.queued(created_ms), true))
 }
 
 fn queued_of(conn: &Connection, principal: &str) -> Result<u64> {
@@ -786,17 +555,12 @@ fn interrupt_running(tx: &Connection) -> Result<Vec<Interrupted>> {
                 Text(StepState::Running),
                 Text(StepState::Interrupted)
             ])?;
-        let detail = if in_flight.is_empty() {
-            "interrupted between steps".to_owned()
-        } else {
-            format!("interrupted during step `{}`", in_flight.join("`, `"))
-        };
         transition(
             tx,
             &run.id,
             &[RunStatus::Running],
             RunStatus::Interrupted,
-            Some(&detail),
+            Some(&crate::interrupted_detail(&in_flight)),
         )?;
         out.push(Interrupted {
             run: run.id,
@@ -877,7 +641,7 @@ impl AsyncStore for SqliteStore {
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter()
                 .map(|(mut step, outputs, error)| {
-                    step.outputs = json(&outputs, "steps")?;
+                    step.outputs = crate::json(&outputs, "steps")?;
                     step.error = serde_json::from_str(&error).map_err(|e| Error::Corrupt {
                         table: "steps",
                         message: e.to_string(),
@@ -1067,15 +831,7 @@ impl AsyncStore for SqliteStore {
     }
 
     fn audit(&self, entry: &AuditEntry) -> Pending<()> {
-        let capped = |text: &str| crate::cap(text, crate::MAX_AUDIT_FIELD).into_owned();
-        let entry = AuditEntry {
-            principal: entry.principal.as_deref().map(capped),
-            action: capped(&entry.action),
-            target: capped(&entry.target),
-            remote: capped(&entry.remote),
-            outcome: capped(&entry.outcome),
-            ..entry.clone()
-        };
+        let entry = crate::capped(entry);
         self.write(move |conn| {
             conn.execute(
                 "INSERT INTO audit (at_ms, principal, action, target, remote, status, outcome) \
@@ -1162,204 +918,19 @@ fn locks(conn: &Connection) -> Result<Vec<Lock>> {
 
 #[cfg(test)]
 mod tests {
+    //! What only the SQLite store has; the cases every store passes are in `tests.rs`.
+
     // Only the blocking interface: with both traits in scope every call would be ambiguous.
     use super::SqliteStore;
-    use crate::{
-        AuditEntry, Change, Commit, Error, Lock, NewRun, RunFilter, RunStatus, Section, StepState,
-        Store, TokenRecord, now_ms,
-    };
+    use crate::tests::{ANY, new_run};
+    use crate::{Change, Commit, Error, RunStatus, Section, StepState, Store};
     use rusqlite::Connection;
     use std::path::Path;
-
-    /// No cap on queued runs.
-    const ANY: u64 = u64::MAX;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db/shiphat.sqlite")).unwrap();
         (dir, store)
-    }
-
-    fn new_run(id: &str, key: Option<&str>) -> NewRun {
-        NewRun {
-            id: id.into(),
-            workflow: "wf".into(),
-            inputs: serde_json::json!({"a": 1}),
-            principal: "ci".into(),
-            dry_run: false,
-            concurrency_key: None,
-            idempotency_key: key.map(Into::into),
-        }
-    }
-
-    fn finished(step: &str) -> Change {
-        Change::StepFinished {
-            step: step.into(),
-            section: Section::Steps,
-            status: StepState::Succeeded,
-            attempts: 1,
-            duration_ms: 1.5,
-            summary: "done".into(),
-            outputs: serde_json::json!({"x": 1}),
-            error: None,
-            continued: false,
-        }
-    }
-
-    #[test]
-    fn idempotency_key_returns_the_first_run() {
-        let (_dir, store) = store();
-        let (first, created) = store.create_run(&new_run("01a", Some("k")), ANY).unwrap();
-        assert!(created);
-        let (again, created) = store.create_run(&new_run("01b", Some("k")), ANY).unwrap();
-        assert!(!created);
-        assert_eq!(again.id, first.id);
-        assert_eq!(
-            store
-                .list_runs(&RunFilter {
-                    limit: 10,
-                    ..Default::default()
-                })
-                .unwrap()
-                .len(),
-            1
-        );
-    }
-
-    #[test]
-    fn events_are_refused_unless_running_and_steps_finish_once() {
-        let (_dir, store) = store();
-        store.create_run(&new_run("01a", None), ANY).unwrap();
-        assert_eq!(
-            store.append_event("01a", "{}", None, Commit::Now).unwrap(),
-            None
-        );
-        assert!(
-            store
-                .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-                .unwrap()
-        );
-        let start = Change::StepStarted {
-            step: "s".into(),
-            section: Section::Steps,
-            attempt: 1,
-        };
-        store
-            .append_event("01a", "{\"e\":1}", Some(&start), Commit::Now)
-            .unwrap()
-            .unwrap();
-        store
-            .append_event("01a", "{\"e\":2}", Some(&finished("s")), Commit::Now)
-            .unwrap()
-            .unwrap();
-        let again = store.append_event("01a", "{\"e\":3}", Some(&finished("s")), Commit::Now);
-        assert!(
-            matches!(again, Err(Error::StepAlreadyFinished { .. })),
-            "{again:?}"
-        );
-        let steps = store.steps("01a").unwrap();
-        assert_eq!(steps.len(), 1);
-        assert_eq!(steps[0].status, StepState::Succeeded);
-        assert_eq!(steps[0].outputs, serde_json::json!({"x": 1}));
-        assert_eq!(store.events("01a", 0, 100).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn interrupt_running_names_the_step_in_flight() {
-        let (_dir, store) = store();
-        store.create_run(&new_run("01a", None), ANY).unwrap();
-        store
-            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-            .unwrap();
-        let start = Change::StepStarted {
-            step: "deploy".into(),
-            section: Section::Steps,
-            attempt: 1,
-        };
-        store
-            .append_event("01a", "{}", Some(&start), Commit::Now)
-            .unwrap();
-        let interrupted = store.interrupt_running().unwrap();
-        assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
-        let run = store.run("01a").unwrap().unwrap();
-        assert_eq!(run.status, RunStatus::Interrupted);
-        assert_eq!(
-            store.steps("01a").unwrap()[0].status,
-            StepState::Interrupted
-        );
-        assert!(store.interrupt_running().unwrap().is_empty());
-        assert_eq!(store.integrity_check().unwrap(), "ok");
-    }
-
-    #[test]
-    fn concurrent_writers_share_commits_and_a_failed_write_is_undone_alone() {
-        let (_dir, store) = store();
-        let store = std::sync::Arc::new(store);
-        let runs = 16;
-        for r in 0..runs {
-            let id = format!("01{r:02}");
-            store.create_run(&new_run(&id, None), ANY).unwrap();
-            store
-                .transition(&id, &[RunStatus::Queued], RunStatus::Running, None)
-                .unwrap();
-        }
-        let threads = (0..runs)
-            .map(|r| {
-                let store = store.clone();
-                std::thread::spawn(move || {
-                    let id = format!("01{r:02}");
-                    for s in 0..50 {
-                        let step = format!("s{s}");
-                        let start = Change::StepStarted {
-                            step: step.clone(),
-                            section: Section::Steps,
-                            attempt: 1,
-                        };
-                        store
-                            .append_event(&id, "{}", Some(&start), Commit::Now)
-                            .unwrap();
-                        // Queued without waiting; the end below commits it.
-                        drop(crate::AsyncStore::append_event(
-                            &*store,
-                            &id,
-                            "{\"event\":\"log\"}",
-                            None,
-                            Commit::Soon,
-                        ));
-                        store
-                            .append_event(&id, "{}", Some(&finished(&step)), Commit::Now)
-                            .unwrap()
-                            .unwrap();
-                        // Refused, and undone alone: the writes grouped with it stay.
-                        assert!(matches!(
-                            store.append_event(
-                                &id,
-                                "{\"again\":1}",
-                                Some(&finished(&step)),
-                                Commit::Now
-                            ),
-                            Err(Error::StepAlreadyFinished { .. })
-                        ));
-                    }
-                })
-            })
-            .collect::<Vec<_>>();
-        for t in threads {
-            t.join().unwrap();
-        }
-        for r in 0..runs {
-            let id = format!("01{r:02}");
-            let steps = store.steps(&id).unwrap();
-            assert_eq!(steps.len(), 50);
-            assert!(steps.iter().all(|s| s.status == StepState::Succeeded));
-            let events = store.events(&id, 0, 1000).unwrap();
-            // Start, log and end per step, in the order written; no refused write left a trace.
-            assert_eq!(events.len(), 150);
-            assert!(events.iter().all(|(_, body)| !body.contains("again")));
-            assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
-            assert_eq!(events[1].1, "{\"event\":\"log\"}");
-        }
-        assert_eq!(store.integrity_check().unwrap(), "ok");
     }
 
     #[test]
@@ -1400,51 +971,6 @@ mod tests {
         assert_eq!(again.events("01a", 0, 10).unwrap().len(), 2);
     }
 
-    #[test]
-    fn tokens_are_listed_and_deleted_by_name() {
-        let (_dir, store) = store();
-        let token = TokenRecord {
-            name: "ci".into(),
-            roles: vec!["deployer".into()],
-            patterns: vec!["web/*".into()],
-            created_ms: now_ms(),
-        };
-        store.add_token("aa", &token).unwrap();
-        assert_eq!(store.tokens().unwrap(), vec![token.clone()]);
-        // A second principal of the same name is refused, whatever its secret.
-        assert!(matches!(
-            store.add_token("bb", &token),
-            Err(Error::NameTaken { .. })
-        ));
-        assert_eq!(store.tokens().unwrap().len(), 1);
-        assert!(store.delete_token("ci").unwrap());
-        assert!(!store.delete_token("ci").unwrap());
-        assert_eq!(store.token("aa").unwrap(), None);
-        assert!(store.tokens().unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_change_of_state_keeps_the_detail() {
-        // Moving a resumed run to `running` wiped its `resumed by` detail.
-        let (_dir, store) = store();
-        store.create_run(&new_run("01a", None), ANY).unwrap();
-        let move_to = |from, to, detail| store.transition("01a", &[from], to, detail).unwrap();
-        assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
-        store.interrupt_running().unwrap();
-        assert!(move_to(
-            RunStatus::Interrupted,
-            RunStatus::Queued,
-            Some("resumed by `root`")
-        ));
-        assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
-        assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
-        assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
-        assert_eq!(
-            store.run("01a").unwrap().unwrap().detail.as_deref(),
-            Some("interrupted between steps; resumed by `root`; held")
-        );
-    }
-
     #[cfg(unix)]
     #[test]
     fn the_data_directory_and_database_are_private() {
@@ -1457,82 +983,6 @@ mod tests {
             assert_eq!(mode(&dir.path().join("db").join(file)), 0o600, "{file}");
         }
         drop(store);
-    }
-
-    #[test]
-    fn prune_keeps_unfinished_runs() {
-        let (_dir, store) = store();
-        store.create_run(&new_run("01a", None), ANY).unwrap();
-        store.create_run(&new_run("01b", None), ANY).unwrap();
-        store
-            .transition("01a", &[RunStatus::Queued], RunStatus::Succeeded, None)
-            .unwrap();
-        assert_eq!(store.queued_of("ci").unwrap(), 1);
-        assert_eq!(store.queued_of("root").unwrap(), 0);
-        assert_eq!(store.prune(now_ms() + 1000).unwrap(), 1);
-        assert!(store.run("01a").unwrap().is_none());
-        assert!(store.run("01b").unwrap().is_some());
-    }
-
-    #[test]
-    fn audit_fields_are_capped_and_old_entries_pruned() {
-        // A 60 KB path was stored whole in every entry, by anyone, signed in or not.
-        let (_dir, store) = store();
-        let long = "é".repeat(30_000);
-        let entry = |at_ms| AuditEntry {
-            at_ms,
-            principal: Some(long.clone()),
-            action: format!("POST /{long}"),
-            target: long.clone(),
-            remote: long.clone(),
-            status: 401,
-            outcome: long.clone(),
-        };
-        store.audit(&entry(1)).unwrap();
-        store.audit(&entry(now_ms())).unwrap();
-        let kept = store.audit_log(10).unwrap();
-        let fields = |e: &AuditEntry| {
-            [
-                e.principal.clone().unwrap(),
-                e.action.clone(),
-                e.target.clone(),
-                e.remote.clone(),
-                e.outcome.clone(),
-            ]
-        };
-        for field in fields(&kept[0]) {
-            assert!(
-                field.len() <= crate::MAX_AUDIT_FIELD + 32,
-                "{}",
-                field.len()
-            );
-            assert!(field.ends_with("more bytes)"), "{field}");
-        }
-        assert_eq!(store.prune_audit(now_ms() - 1000).unwrap(), 1);
-        assert_eq!(store.audit_log(10).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn expired_locks_are_not_held() {
-        let (_dir, store) = store();
-        let lock = Lock {
-            key: "web".into(),
-            owner: "ops".into(),
-            reason: "freeze".into(),
-            created_ms: now_ms(),
-            expires_ms: Some(now_ms() - 1),
-        };
-        store.put_lock(&lock).unwrap();
-        assert_eq!(store.lock("web").unwrap(), None);
-        store
-            .put_lock(&Lock {
-                expires_ms: None,
-                ..lock.clone()
-            })
-            .unwrap();
-        assert_eq!(store.lock("web").unwrap().unwrap().owner, "ops");
-        assert!(store.delete_lock("web").unwrap());
-        assert!(!store.delete_lock("web").unwrap());
     }
 
     /// The schema as shiphat wrote it before it had a version (`user_version` 0), with a
@@ -1615,70 +1065,5 @@ INSERT INTO tokens VALUES ('bb', 'ro', 'viewer', '', 1);
         );
         // Refused without a change: the newer shiphat still finds its database as it was.
         assert_eq!(user_version(&path), super::VERSION + 1);
-    }
-
-    #[test]
-    fn a_pattern_with_a_comma_stays_one_pattern() {
-        // Patterns were joined with commas: `web/{a,b}` came back as `web/{a` and `b}`.
-        let (_dir, store) = store();
-        let token = TokenRecord {
-            name: "ci".into(),
-            roles: vec!["deployer".into()],
-            patterns: vec!["web/{a,b}".into()],
-            created_ms: now_ms(),
-        };
-        store.add_token("aa", &token).unwrap();
-        assert_eq!(store.token("aa").unwrap().unwrap(), token);
-    }
-
-    #[test]
-    fn a_run_ends_with_its_last_event_and_a_queue_cap_is_kept() {
-        let (_dir, store) = store();
-        store.create_run(&new_run("01a", None), 1).unwrap();
-        assert!(matches!(
-            store.create_run(&new_run("01b", None), 1),
-            Err(Error::TooManyQueued { max: 1, .. })
-        ));
-        // The same request again is its first run, whatever the cap.
-        store.create_run(&new_run("01c", Some("k")), 2).unwrap();
-        let (again, created) = store.create_run(&new_run("01d", Some("k")), 0).unwrap();
-        assert_eq!((again.id.as_str(), created), ("01c", false));
-        store
-            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-            .unwrap();
-        let end = Change::RunEnded {
-            status: RunStatus::Cancelled,
-            detail: Some("cancelled by `ci`".into()),
-        };
-        assert!(
-            store
-                .append_event("01a", "{}", Some(&end), Commit::Now)
-                .unwrap()
-                .is_some()
-        );
-        let run = store.run("01a").unwrap().unwrap();
-        assert_eq!(run.status, RunStatus::Cancelled);
-        assert!(run.finished_ms.is_some());
-        assert_eq!(run.detail.as_deref(), Some("cancelled by `ci`"));
-        // Nothing more is written to an ended run.
-        assert_eq!(
-            store.append_event("01a", "{}", None, Commit::Now).unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn a_soon_write_alone_still_commits() {
-        let (_dir, store) = store();
-        store.create_run(&new_run("01a", None), ANY).unwrap();
-        store
-            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-            .unwrap();
-        let started = std::time::Instant::now();
-        let seq = store.append_event("01a", "{}", None, Commit::Soon).unwrap();
-        assert!(seq.is_some());
-        // Within about `SOON`: far below this bound even on a loaded machine.
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
-        assert_eq!(store.events("01a", 0, 10).unwrap().len(), 1);
     }
 }

@@ -1,0 +1,1175 @@
+//! [`AsyncStore`] on a PostgreSQL server, which several daemons can share. One thread writes,
+//! in the order of the calls, with group commit as for SQLite; a few threads read. Each
+//! thread owns one connection of the blocking `postgres` client and opens it again when it was
+//! lost (the server restarted), so a store outlives a database restart. Callers only queue
+//! work and await it, as with [`crate::SqliteStore`].
+//!
+//! The client is rust-postgres's blocking `postgres` crate: it keeps a small runtime of its own
+//! inside each connection, so it runs on the store's threads whatever runtime the caller has,
+//! which is what [`crate::Pending`] promises, and it is the most used PostgreSQL client in Rust.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::postgres::types::ToSql;
+use ::postgres::{Client, GenericClient, NoTls, Row, Statement};
+
+use crate::threads::{Committer, Transactional, Workers};
+use crate::{
+    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
+    RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
+};
+
+/// How many threads read, each on its own connection. As for SQLite: two let a long read (a
+/// run's whole history) leave another for the short ones, and each connection is a process
+/// on the server.
+const READERS: usize = 2;
+
+/// How long opening a connection may take. A server on the same network answers in
+/// milliseconds; past this the address is wrong or the server down, and saying so beats
+/// hanging a daemon's start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection that just failed may take to answer an empty query before it is
+/// taken for lost. A live server answers in milliseconds.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
+/// records the new version. Never edit one that has shipped: add the next.
+const MIGRATIONS: [&str; 1] = [include_str!("postgres/migrations/001_create.sql")];
+
+/// The schema this build writes.
+const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The advisory lock held while the schema is checked and migrated: two daemons starting at
+/// once on one database migrate it once. Any number would do; this one spells `shiphat`.
+const MIGRATION_LOCK: i64 = 0x0073_6869_7068_6174;
+
+/// The class of the advisory locks, one per principal, under which a run is admitted: its
+/// queue is counted and its idempotency key looked up by one transaction at a time, whichever
+/// daemon admits it. It spells `ship`.
+const ADMISSION_LOCK: i32 = 0x7368_6970;
+
+/// The store in a PostgreSQL database.
+///
+/// Writes share transactions as in SQLite ([`Committer`]): everything queued at once commits
+/// together and waits once for the server's WAL flush (`synchronous_commit = on`, the
+/// server's default). A group of [`Commit::Soon`] writes alone commits without waiting for the
+/// flush (`synchronous_commit = off` for that transaction): the server writes its WAL in
+/// order, so the next group that waits carries it to disk too, which is that write's contract.
+pub struct PgStore {
+    /// Group commit, as in SQLite: see [`Committer`].
+    writer: Committer<Conn>,
+    readers: Workers<Conn>,
+}
+
+/// One thread's connection, opened again when it was lost.
+struct Conn {
+    config: Arc<::postgres::Config>,
+    /// The URL, for messages (it holds no password).
+    database: Arc<str>,
+    client: Option<Client>,
+    /// The statements prepared on `client`, by their SQL.
+    statements: HashMap<String, Statement>,
+    /// A savepoint statement failed in the group under way: its transaction may be aborted,
+    /// and a `COMMIT` would roll it back without an error, so it is rolled back and said so.
+    poisoned: bool,
+}
+
+impl Conn {
+    fn open(config: &Arc<::postgres::Config>, database: &Arc<str>) -> Result<Conn> {
+        let mut conn = Conn {
+            config: config.clone(),
+            database: database.clone(),
+            client: None,
+            statements: HashMap::new(),
+            poisoned: false,
+        };
+        conn.client()?;
+        Ok(conn)
+    }
+
+    /// Runs `work` on the connection. When it fails because the connection is gone (the
+    /// server restarted since the last call), opens a new one and runs `work` once more: a
+    /// `work` must be safe to repeat after such a failure (a read, or a `BEGIN`).
+    fn with<R>(&mut self, mut work: impl FnMut(&mut Conn) -> Result<R>) -> Result<R> {
+        self.client()?;
+        let first = work(self);
+        match first {
+            Err(_) if self.lost() => {
+                self.client = None;
+                self.client()?;
+                work(self)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether the connection is gone. The client notices a closed socket only when it next
+    /// uses it, so after an error this asks the server, briefly.
+    fn lost(&mut self) -> bool {
+        match &mut self.client {
+            None => true,
+            Some(client) => client.is_closed() || client.is_valid(PING_TIMEOUT).is_err(),
+        }
+    }
+
+    /// The connection, opened by `with` (a read) or by the group's `BEGIN` (a write).
+    fn live(&mut self) -> &mut Client {
+        self.client
+            .as_mut()
+            .expect("connected before any statement")
+    }
+
+    fn client(&mut self) -> Result<&mut Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            // Prepared on the connection that is gone.
+            self.statements.clear();
+            let client = self
+                .config
+                .connect(NoTls)
+                .map_err(|source| Error::Connect {
+                    database: self.database.to_string(),
+                    source,
+                })?;
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    /// Runs `sql` with `run`, prepared on this connection once: a prepared statement runs in
+    /// one round trip where a text one takes two (parse, then run), and a write is a few
+    /// statements in a row.
+    fn prepared<T>(
+        &mut self,
+        sql: &str,
+        run: impl FnOnce(&mut Client, &Statement) -> Result<T, ::postgres::Error>,
+    ) -> Result<T> {
+        let statement = match self.statements.get(sql) {
+            Some(statement) => statement.clone(),
+            None => {
+                let statement = self.live().prepare(sql)?;
+                self.statements.insert(sql.to_owned(), statement.clone());
+                statement
+            }
+        };
+        Ok(run(self.live(), &statement)?)
+    }
+
+    fn query(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>> {
+        self.prepared(sql, |client, statement| client.query(statement, params))
+    }
+
+    fn query_one(&mut self, sql: &str, params: Params<'_>) -> Result<Row> {
+        self.prepared(sql, |client, statement| client.query_one(statement, params))
+    }
+
+    fn query_opt(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>> {
+        self.prepared(sql, |client, statement| client.query_opt(statement, params))
+    }
+
+    fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
+        self.prepared(sql, |client, statement| client.execute(statement, params))
+    }
+}
+
+/// PostgreSQL's side of group commit.
+impl Transactional for Conn {
+    /// Each savepoint that writes is a subtransaction, and past 64 of them a transaction
+    /// overflows the cache its backend keeps of them: while it is open, every other session's
+    /// snapshots then look its subtransactions up on disk. 64 writes share a commit already.
+    const MAX_GROUP: usize = 64;
+
+    fn begin(&mut self, durable: bool) -> Result<()> {
+        self.poisoned = false;
+        let begin = if durable {
+            "BEGIN"
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit = off"
+        };
+        // Safe to repeat on a new connection when the old one was lost: nothing ran yet.
+        self.with(|conn| Ok(conn.live().batch_execute(begin)?))
+    }
+
+    fn savepoint(&mut self, sql: &'static str) -> Result<()> {
+        let done = self.live().batch_execute(sql);
+        self.poisoned |= done.is_err();
+        Ok(done?)
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        if self.poisoned {
+            let _ = self.live().batch_execute("ROLLBACK");
+            return Err(Error::Commit {
+                message: "a savepoint failed, so the group's transaction was rolled back".into(),
+            });
+        }
+        self.live().batch_execute("COMMIT").map_err(|e| {
+            // A broken connection rolls back by itself.
+            let _ = self.live().batch_execute("ROLLBACK");
+            e.into()
+        })
+    }
+}
+
+/// Checks a store URL: a `postgres://` URL the client understands, with no password in it.
+pub(crate) fn parse_url(url: &str) -> Result<::postgres::Config> {
+    let refuse = |message: String| Error::Url {
+        url: redact(url),
+        message,
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(refuse(
+            "not a PostgreSQL URL; write it as `postgres://USER@HOST/DATABASE`".into(),
+        ));
+    }
+    let config = ::postgres::Config::from_str(url).map_err(|e| refuse(e.to_string()))?;
+    if config.get_password().is_some() {
+        return Err(refuse(
+            "it holds a password, which would show in the process list, the shell's history \
+             and logs; give the password in `SHIPHAT_STORE_PASSWORD` or in a file \
+             (`store_password_file` in shiphat.toml, or `--store-password-file`)"
+                .into(),
+        ));
+    }
+    Ok(config)
+}
+
+/// `url` with any password in it replaced by `…`, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:…@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("password", _)) => "password=…".to_owned(),
+                    _ => pair.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("&");
+            format!("{path}?{query}")
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// Brings the database to [`VERSION`], or refuses one from a newer shiphat.
+fn migrate(client: &mut Client, database: &str) -> Result<()> {
+    let mut tx = client.transaction()?;
+    // Held until the commit: a second daemon starting now waits here, then finds the work
+    // done.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS shiphat_schema (version INTEGER NOT NULL)")?;
+    let found = schema_version(&mut tx)?;
+    if found > VERSION {
+        return Err(Error::SchemaTooNew {
+            database: database.to_owned(),
+            found,
+            supported: VERSION,
+        });
+    }
+    for migration in &MIGRATIONS[found.max(0) as usize..] {
+        tx.batch_execute(migration)?;
+    }
+    if found != VERSION {
+        tx.execute("DELETE FROM shiphat_schema", &[])?;
+        tx.execute(
+            "INSERT INTO shiphat_schema (version) VALUES ($1)",
+            &[&(VERSION as i32)],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn schema_version(db: &mut impl GenericClient) -> Result<i64> {
+    Ok(db
+        .query_one(
+            "SELECT coalesce(max(version), 0)::bigint FROM shiphat_schema",
+            &[],
+        )?
+        .try_get(0)?)
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://USER@HOST[:PORT]/DATABASE`, no password
+    /// in it) with `password`, migrating an older schema; refuses ([`Error::SchemaTooNew`]) a
+    /// database written by a newer shiphat. Connections are not encrypted: use a unix socket
+    /// (`postgres://USER@%2Frun%2Fpostgresql/DATABASE`) or a network you trust.
+    pub fn open(url: &str, password: Option<&str>) -> Result<PgStore> {
+        // The client runs each call on a runtime of its own, which tokio refuses to start on
+        // a thread that drives one (the daemon opens its store from async code): the
+        // connecting, like all the store's IO, is done on a thread of its own.
+        std::thread::scope(|scope| {
+            let opening = std::thread::Builder::new()
+                .name("shiphat-store-open".into())
+                .spawn_scoped(scope, || PgStore::connect(url, password))
+                .map_err(|source| Error::Open {
+                    path: "shiphat-store-open thread".into(),
+                    source,
+                })?;
+            opening.join().unwrap_or_else(|_| {
+                Err(Error::Commit {
+                    message: "opening the store panicked".into(),
+                })
+            })
+        })
+    }
+
+    fn connect(url: &str, password: Option<&str>) -> Result<PgStore> {
+        let mut config = parse_url(url)?;
+        if let Some(password) = password {
+            config.password(password);
+        }
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .application_name("shiphat");
+        let config = Arc::new(config);
+        let database: Arc<str> = url.into();
+        let mut writer = Conn::open(&config, &database)?;
+        migrate(writer.client()?, url)?;
+        let readers = (0..READERS)
+            .map(|_| Conn::open(&config, &database))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PgStore {
+            writer: Committer::start(writer)?,
+            readers: Workers::start("shiphat-store-read", readers)?,
+        })
+    }
+
+    fn read<R: Send + 'static>(
+        &self,
+        work: impl Fn(&mut Conn) -> Result<R> + Send + 'static,
+    ) -> Pending<R> {
+        self.readers.submit(move |conn| conn.with(&work))
+    }
+
+    /// Queues `work` for the writer thread, which runs it in a savepoint of its group's
+    /// transaction; an error (or a panic) undoes it alone.
+    fn write<R: Send + 'static>(
+        &self,
+        commit: Commit,
+        work: impl FnOnce(&mut Conn) -> Result<R> + Send + 'static,
+    ) -> Pending<R> {
+        self.writer.submit(commit, work)
+    }
+}
+
+/// The SQL of a run's new `detail` given `$3`, as in `sqlite.rs`: what it said, then `; ` and
+/// `$3`; `NULL` adds nothing, and the same words twice in a row are kept once.
+const APPEND_DETAIL: &str = "CASE WHEN $3::text IS NULL THEN detail \
+    WHEN detail IS NULL OR detail = '' THEN $3::text \
+    WHEN detail = $3::text OR right(detail, length($3::text) + 2) = '; ' || $3::text \
+    THEN detail \
+    ELSE detail || '; ' || $3::text END";
+
+const RUN_COLUMNS: &str = "id, workflow, inputs, principal, dry_run, concurrency_key, \
+    idempotency_key, status, detail, created_ms, started_ms, finished_ms";
+
+/// A status or section from its stored name.
+fn named<T>(text: &str, parse: fn(&str) -> Option<T>, table: &'static str) -> Result<T> {
+    parse(text).ok_or_else(|| Error::Corrupt {
+        table,
+        message: format!("unknown status `{text}`"),
+    })
+}
+
+fn run_from_row(row: &Row) -> Result<Run> {
+    Ok(Run {
+        id: row.try_get(0)?,
+        workflow: row.try_get(1)?,
+        inputs: crate::json(row.try_get(2)?, "runs")?,
+        principal: row.try_get(3)?,
+        dry_run: row.try_get(4)?,
+        concurrency_key: row.try_get(5)?,
+        idempotency_key: row.try_get(6)?,
+        status: named(row.try_get(7)?, RunStatus::parse, "runs")?,
+        detail: row.try_get(8)?,
+        created_ms: row.try_get(9)?,
+        started_ms: row.try_get(10)?,
+        finished_ms: row.try_get(11)?,
+    })
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+fn query_runs(db: &mut Conn, sql: &str, params: Params<'_>) -> Result<Vec<Run>> {
+    db.query(sql, params)?.iter().map(run_from_row).collect()
+}
+
+fn names(statuses: &[RunStatus]) -> Vec<&'static str> {
+    statuses.iter().map(|s| s.as_str()).collect()
+}
+
+fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool)> {
+    // Concurrent admissions for one principal, from this daemon or another, take turns here:
+    // each looks up the key and counts the queue after the one before it has committed.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&ADMISSION_LOCK, &run.principal],
+    )?;
+    if let Some(key) = &run.idempotency_key {
+        let existing = query_runs(
+            tx,
+            &format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE principal = $1 AND idempotency_key = $2"
+            ),
+            &[&run.principal, key],
+        )?;
+        if let Some(existing) = existing.into_iter().next() {
+            return Ok((existing, false));
+        }
+    }
+    if queued_of(tx, &run.principal)? >= max_queued {
+        return Err(Error::TooManyQueued {
+            principal: run.principal.clone(),
+            max: max_queued,
+        });
+    }
+    let created_ms = now_ms();
+    tx.execute(
+        "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
+         idempotency_key, status, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            &run.id,
+            &run.workflow,
+            &run.inputs.to_string(),
+            &run.principal,
+            &run.dry_run,
+            &run.concurrency_key,
+            &run.idempotency_key,
+            &RunStatus::Queued.as_str(),
+            &created_ms,
+        ],
+    )?;
+    Ok((run.queued(created_ms), true))
+}
+
+fn queued_of(db: &mut Conn, principal: &str) -> Result<u64> {
+    let count: i64 = db
+        .query_one(
+            "SELECT count(*) FROM runs WHERE status = $1 AND principal = $2",
+            &[&RunStatus::Queued.as_str(), &principal],
+        )?
+        .try_get(0)?;
+    Ok(count as u64)
+}
+
+fn transition(
+    db: &mut Conn,
+    run: &str,
+    from: &[RunStatus],
+    to: RunStatus,
+    detail: Option<&str>,
+) -> Result<bool> {
+    let changed = db.execute(
+        &format!(
+            "UPDATE runs SET status = $2, detail = {APPEND_DETAIL}, \
+               started_ms = CASE WHEN $5::boolean THEN $4::bigint ELSE started_ms END, \
+               finished_ms = CASE WHEN $6::boolean THEN $4::bigint ELSE finished_ms END \
+             WHERE id = $1 AND status = ANY($7)"
+        ),
+        &[
+            &run,
+            &to.as_str(),
+            &detail,
+            &now_ms(),
+            &(to == RunStatus::Running),
+            &to.is_terminal(),
+            &names(from),
+        ],
+    )?;
+    Ok(changed == 1)
+}
+
+/// `i32` for an `INTEGER` column.
+fn int(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn append_event(
+    tx: &mut Conn,
+    run: &str,
+    event: &str,
+    change: Option<&Change>,
+) -> Result<Option<i64>> {
+    // The run's row stays locked until the commit: no change of its state (a cancel, another
+    // daemon interrupting it) comes between this check and the write.
+    let status = tx.query_opt("SELECT status FROM runs WHERE id = $1 FOR UPDATE", &[&run])?;
+    let running = match status {
+        Some(row) => named(row.try_get(0)?, RunStatus::parse, "runs")? == RunStatus::Running,
+        None => false,
+    };
+    if !running {
+        return Ok(None);
+    }
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO events (run_id, body) VALUES ($1, $2) RETURNING seq",
+            &[&run, &event],
+        )?
+        .try_get(0)?;
+    let now = now_ms();
+    match change {
+        None => {}
+        Some(Change::StepStarted {
+            step,
+            section,
+            attempt,
+        }) => {
+            tx.execute(
+                "INSERT INTO steps (run_id, step, section, status, attempts, started_ms, seq) \
+                 VALUES ($1, $2, $3, $7, $4, $5, $6) \
+                 ON CONFLICT (run_id, step) DO UPDATE SET status = $7, \
+                   attempts = excluded.attempts, \
+                   started_ms = CASE WHEN steps.status = $8 \
+                     THEN excluded.started_ms ELSE steps.started_ms END",
+                &[
+                    &run,
+                    step,
+                    &section.as_str(),
+                    &int(*attempt),
+                    &now,
+                    &seq,
+                    &StepState::Running.as_str(),
+                    &StepState::Interrupted.as_str(),
+                ],
+            )?;
+        }
+        Some(Change::StepFinished {
+            step,
+            section,
+            status,
+            attempts,
+            duration_ms,
+            summary,
+            outputs,
+            error,
+            continued,
+        }) => {
+            let changed = tx.execute(
+                "INSERT INTO steps (run_id, step, section, status, attempts, finished_ms, \
+                   duration_ms, summary, outputs, error, continued, seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (run_id, step) DO UPDATE SET status = excluded.status, \
+                   attempts = excluded.attempts, finished_ms = excluded.finished_ms, \
+                   duration_ms = excluded.duration_ms, summary = excluded.summary, \
+                   outputs = excluded.outputs, error = excluded.error, \
+                   continued = excluded.continued \
+                 WHERE steps.finished_ms IS NULL",
+                &[
+                    &run,
+                    step,
+                    &section.as_str(),
+                    &status.as_str(),
+                    &int(*attempts),
+                    &now,
+                    duration_ms,
+                    summary,
+                    &outputs.to_string(),
+                    &serde_json::to_string(error).expect("a step error always serialises"),
+                    continued,
+                    &seq,
+                ],
+            )?;
+            if changed != 1 {
+                // Returning the error rolls the transaction back, the event with it.
+                return Err(Error::StepAlreadyFinished {
+                    run: run.to_owned(),
+                    step: step.clone(),
+                });
+            }
+        }
+        Some(Change::RunEnded { status, detail }) => {
+            transition(tx, run, &[RunStatus::Running], *status, detail.as_deref())?;
+        }
+    }
+    Ok(Some(seq))
+}
+
+fn interrupt_running(tx: &mut Conn) -> Result<Vec<Interrupted>> {
+    let running = query_runs(
+        tx,
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY id FOR UPDATE"),
+        &[&RunStatus::Running.as_str()],
+    )?;
+    let mut out = Vec::new();
+    for run in running {
+        let in_flight = tx
+            .query(
+                "SELECT step FROM steps WHERE run_id = $1 AND status = $2 ORDER BY seq",
+                &[&run.id, &StepState::Running.as_str()],
+            )?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<Vec<String>, _>>()?;
+        tx.execute(
+            "UPDATE steps SET status = $3 WHERE run_id = $1 AND status = $2",
+            &[
+                &run.id,
+                &StepState::Running.as_str(),
+                &StepState::Interrupted.as_str(),
+            ],
+        )?;
+        transition(
+            tx,
+            &run.id,
+            &[RunStatus::Running],
+            RunStatus::Interrupted,
+            Some(&crate::interrupted_detail(&in_flight)),
+        )?;
+        out.push(Interrupted {
+            run: run.id,
+            workflow: run.workflow,
+            in_flight,
+        });
+    }
+    Ok(out)
+}
+
+fn step_from_row(row: &Row) -> Result<StepRecord> {
+    Ok(StepRecord {
+        step: row.try_get(0)?,
+        section: named(row.try_get(1)?, Section::parse, "steps")?,
+        status: named(row.try_get(2)?, StepState::parse, "steps")?,
+        attempts: row.try_get::<_, i32>(3)?.max(0) as u32,
+        started_ms: row.try_get(4)?,
+        finished_ms: row.try_get(5)?,
+        duration_ms: row.try_get(6)?,
+        summary: row.try_get(7)?,
+        outputs: crate::json(row.try_get(8)?, "steps")?,
+        error: serde_json::from_str(row.try_get(9)?).map_err(|e| Error::Corrupt {
+            table: "steps",
+            message: e.to_string(),
+        })?,
+        continued: row.try_get(10)?,
+    })
+}
+
+fn token_from_row(row: &Row) -> Result<TokenRecord> {
+    Ok(TokenRecord {
+        name: row.try_get(0)?,
+        roles: row.try_get(1)?,
+        patterns: row.try_get(2)?,
+        created_ms: row.try_get(3)?,
+    })
+}
+
+fn lock_from_row(row: &Row) -> Result<Lock> {
+    Ok(Lock {
+        key: row.try_get(0)?,
+        owner: row.try_get(1)?,
+        reason: row.try_get(2)?,
+        created_ms: row.try_get(3)?,
+        expires_ms: row.try_get(4)?,
+    })
+}
+
+/// Locks that have not expired, `AND` what `filter` adds.
+fn locks(client: &mut Conn, filter: &str, params: Params<'_>) -> Result<Vec<Lock>> {
+    client
+        .query(
+            &format!(
+                "SELECT key, owner, reason, created_ms, expires_ms FROM locks \
+                 WHERE (expires_ms IS NULL OR expires_ms > $1) {filter} ORDER BY key"
+            ),
+            params,
+        )?
+        .iter()
+        .map(lock_from_row)
+        .collect()
+}
+
+/// How many rows a `count(*)` query finds.
+fn count(client: &mut Conn, sql: &str, params: Params<'_>) -> Result<i64> {
+    Ok(client.query_one(sql, params)?.try_get(0)?)
+}
+
+impl AsyncStore for PgStore {
+    fn create_run(&self, run: &NewRun, max_queued: u64) -> Pending<(Run, bool)> {
+        let run = run.clone();
+        self.write(Commit::Now, move |tx| create_run(tx, &run, max_queued))
+    }
+
+    fn run(&self, id: &str) -> Pending<Option<Run>> {
+        let id = id.to_owned();
+        self.read(move |client| {
+            Ok(query_runs(
+                client,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"),
+                &[&id],
+            )?
+            .into_iter()
+            .next())
+        })
+    }
+
+    fn steps(&self, run: &str) -> Pending<Vec<StepRecord>> {
+        let run = run.to_owned();
+        self.read(move |client| {
+            client
+                .query(
+                    "SELECT step, section, status, attempts, started_ms, finished_ms, \
+                     duration_ms, summary, outputs, error, continued FROM steps \
+                     WHERE run_id = $1 ORDER BY seq",
+                    &[&run],
+                )?
+                .iter()
+                .map(step_from_row)
+                .collect()
+        })
+    }
+
+    fn list_runs(&self, filter: &RunFilter) -> Pending<Vec<Run>> {
+        let filter = filter.clone();
+        self.read(move |client| {
+            query_runs(
+                client,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE ($1::text IS NULL OR workflow = $1) \
+                     AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR id < $3) \
+                     ORDER BY id DESC LIMIT $4"
+                ),
+                &[
+                    &filter.workflow,
+                    &filter.status.map(RunStatus::as_str),
+                    &filter.before,
+                    &i64::from(filter.limit),
+                ],
+            )
+        })
+    }
+
+    fn transition(
+        &self,
+        run: &str,
+        from: &[RunStatus],
+        to: RunStatus,
+        detail: Option<&str>,
+    ) -> Pending<bool> {
+        let run = run.to_owned();
+        let from = from.to_vec();
+        let detail = detail.map(str::to_owned);
+        self.write(Commit::Now, move |tx| {
+            transition(tx, &run, &from, to, detail.as_deref())
+        })
+    }
+
+    fn append_event(
+        &self,
+        run: &str,
+        event: &str,
+        change: Option<&Change>,
+        commit: Commit,
+    ) -> Pending<Option<i64>> {
+        let run = run.to_owned();
+        let event = event.to_owned();
+        let change = change.cloned();
+        self.write(commit, move |tx| {
+            append_event(tx, &run, &event, change.as_ref())
+        })
+    }
+
+    fn events(&self, run: &str, after: i64, limit: u32) -> Pending<Vec<(i64, String)>> {
+        let run = run.to_owned();
+        self.read(move |client| {
+            client
+                .query(
+                    "SELECT seq, body FROM events WHERE run_id = $1 AND seq > $2 \
+                     ORDER BY seq LIMIT $3",
+                    &[&run, &after, &i64::from(limit)],
+                )?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
+        })
+    }
+
+    fn interrupt_running(&self) -> Pending<Vec<Interrupted>> {
+        self.write(Commit::Now, interrupt_running)
+    }
+
+    fn runs_with_status(&self, status: RunStatus) -> Pending<Vec<Run>> {
+        self.read(move |client| {
+            query_runs(
+                client,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY id"),
+                &[&status.as_str()],
+            )
+        })
+    }
+
+    fn queued_of(&self, principal: &str) -> Pending<u64> {
+        let principal = principal.to_owned();
+        self.read(move |client| queued_of(client, &principal))
+    }
+
+    fn lock(&self, key: &str) -> Pending<Option<Lock>> {
+        let key = key.to_owned();
+        self.read(move |client| {
+            Ok(locks(client, "AND key = $2", &[&now_ms(), &key])?
+                .into_iter()
+                .next())
+        })
+    }
+
+    fn locks(&self) -> Pending<Vec<Lock>> {
+        self.read(|client| locks(client, "", &[&now_ms()]))
+    }
+
+    fn put_lock(&self, lock: &Lock) -> Pending<()> {
+        let lock = lock.clone();
+        self.write(Commit::Now, move |tx| {
+            tx.execute(
+                "INSERT INTO locks (key, owner, reason, created_ms, expires_ms) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, \
+                   reason = excluded.reason, created_ms = excluded.created_ms, \
+                   expires_ms = excluded.expires_ms",
+                &[
+                    &lock.key,
+                    &lock.owner,
+                    &lock.reason,
+                    &lock.created_ms,
+                    &lock.expires_ms,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_lock(&self, key: &str) -> Pending<bool> {
+        let key = key.to_owned();
+        self.write(Commit::Now, move |tx| {
+            Ok(tx.execute("DELETE FROM locks WHERE key = $1", &[&key])? == 1)
+        })
+    }
+
+    fn add_token(&self, sha256_hex: &str, token: &TokenRecord) -> Pending<()> {
+        let sha256_hex = sha256_hex.to_owned();
+        let token = token.clone();
+        self.write(Commit::Now, move |tx| {
+            // The name is unique in the table, so two concurrent creations (two daemons, or
+            // `shiphat token create` beside one) cannot both take it.
+            let added = tx.execute(
+                "INSERT INTO tokens (sha256, name, roles, patterns, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING",
+                &[
+                    &sha256_hex,
+                    &token.name,
+                    &token.roles,
+                    &token.patterns,
+                    &token.created_ms,
+                ],
+            )?;
+            if added == 0 {
+                return Err(Error::NameTaken { name: token.name });
+            }
+            Ok(())
+        })
+    }
+
+    fn token(&self, sha256_hex: &str) -> Pending<Option<TokenRecord>> {
+        let sha256_hex = sha256_hex.to_owned();
+        self.read(move |client| {
+            client
+                .query_opt(
+                    "SELECT name, roles, patterns, created_ms FROM tokens WHERE sha256 = $1",
+                    &[&sha256_hex],
+                )?
+                .as_ref()
+                .map(token_from_row)
+                .transpose()
+        })
+    }
+
+    fn tokens(&self) -> Pending<Vec<TokenRecord>> {
+        self.read(|client| {
+            client
+                .query(
+                    "SELECT name, roles, patterns, created_ms FROM tokens \
+                     ORDER BY name, created_ms",
+                    &[],
+                )?
+                .iter()
+                .map(token_from_row)
+                .collect()
+        })
+    }
+
+    fn delete_token(&self, name: &str) -> Pending<bool> {
+        let name = name.to_owned();
+        self.write(Commit::Now, move |tx| {
+            Ok(tx.execute("DELETE FROM tokens WHERE name = $1", &[&name])? > 0)
+        })
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Pending<()> {
+        let entry = crate::capped(entry);
+        self.write(Commit::Now, move |tx| {
+            tx.execute(
+                "INSERT INTO audit (at_ms, principal, action, target, remote, status, outcome) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &entry.at_ms,
+                    &entry.principal,
+                    &entry.action,
+                    &entry.target,
+                    &entry.remote,
+                    &i32::from(entry.status),
+                    &entry.outcome,
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn audit_log(&self, limit: u32) -> Pending<Vec<AuditEntry>> {
+        self.read(move |client| {
+            client
+                .query(
+                    "SELECT at_ms, principal, action, target, remote, status, outcome \
+                     FROM audit ORDER BY id DESC LIMIT $1",
+                    &[&i64::from(limit)],
+                )?
+                .iter()
+                .map(|row| {
+                    Ok(AuditEntry {
+                        at_ms: row.try_get(0)?,
+                        principal: row.try_get(1)?,
+                        action: row.try_get(2)?,
+                        target: row.try_get(3)?,
+                        remote: row.try_get(4)?,
+                        status: u16::try_from(row.try_get::<_, i32>(5)?).unwrap_or(0),
+                        outcome: row.try_get(6)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> Pending<usize> {
+        self.write(Commit::Now, move |tx| {
+            Ok(tx.execute("DELETE FROM audit WHERE at_ms < $1", &[&before_ms])? as usize)
+        })
+    }
+
+    fn prune(&self, before_ms: i64) -> Pending<usize> {
+        self.write(Commit::Now, move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM runs WHERE status = ANY($2) AND finished_ms < $1",
+                &[&before_ms, &names(&RunStatus::TERMINAL)],
+            )? as usize)
+        })
+    }
+
+    /// What the schema's constraints cannot say: the schema's version is this build's, every
+    /// ended run has an end time and every running one a start time, and every step's first
+    /// event is there. `ok`, or what is wrong.
+    fn integrity_check(&self) -> Pending<String> {
+        self.read(|client| {
+            let mut problems = Vec::new();
+            let version = schema_version(client.live())?;
+            if version != VERSION {
+                problems.push(format!(
+                    "schema version {version}, where this shiphat writes {VERSION}"
+                ));
+            }
+            let checks: [(&str, Params<'_>, &str); 3] = [
+                (
+                    "SELECT count(*) FROM runs WHERE status = ANY($1) AND finished_ms IS NULL",
+                    &[&names(&RunStatus::TERMINAL)],
+                    "ended runs have no end time",
+                ),
+                (
+                    "SELECT count(*) FROM runs WHERE status = $1 AND started_ms IS NULL",
+                    &[&RunStatus::Running.as_str()],
+                    "running runs have no start time",
+                ),
+                (
+                    "SELECT count(*) FROM steps s WHERE NOT EXISTS \
+                     (SELECT 1 FROM events e WHERE e.seq = s.seq AND e.run_id = s.run_id)",
+                    &[],
+                    "steps have lost the event that recorded them",
+                ),
+            ];
+            for (sql, params, problem) in checks {
+                let n = count(client, sql, params)?;
+                if n > 0 {
+                    problems.push(format!("{n} {problem}"));
+                }
+            }
+            Ok(if problems.is_empty() {
+                "ok".to_owned()
+            } else {
+                problems.join("; ")
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! What only the PostgreSQL store has; the cases every store passes are in `tests.rs`.
+
+    use super::{PgStore, VERSION};
+    use crate::testing::Postgres;
+    use crate::tests::{ANY, new_run};
+    use crate::{Error, Location, RunStatus, Store};
+
+    fn schema_versions(url: &str) -> Vec<i32> {
+        let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+        let rows = client
+            .query("SELECT version FROM shiphat_schema", &[])
+            .unwrap();
+        rows.iter().map(|row| row.get(0)).collect()
+    }
+
+    #[test]
+    fn daemons_starting_at_once_migrate_once() {
+        let server = Postgres::shared();
+        let url = server.database();
+        let opened = std::thread::scope(|scope| {
+            let starts: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| PgStore::open(&url, None).map(drop)))
+                .collect();
+            starts
+                .into_iter()
+                .map(|start| start.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        for result in opened {
+            result.unwrap();
+        }
+        assert_eq!(schema_versions(&url), [VERSION as i32]);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_and_left_as_it_is() {
+        let server = Postgres::shared();
+        let url = server.database();
+        let store = PgStore::open(&url, None).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
+        drop(store);
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        client
+            .execute(
+                "UPDATE shiphat_schema SET version = $1",
+                &[&(VERSION as i32 + 1)],
+            )
+            .unwrap();
+        let refused = PgStore::open(&url, None)
+            .err()
+            .expect("a newer schema is refused");
+        assert!(matches!(refused, Error::SchemaTooNew { .. }), "{refused:?}");
+        let message = refused.to_string();
+        assert!(
+            message.contains("newer than this shiphat knows")
+                && message.contains("point `store` at another database"),
+            "{message}"
+        );
+        assert_eq!(schema_versions(&url), [VERSION as i32 + 1]);
+        let runs: i64 = client
+            .query_one("SELECT count(*) FROM runs", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(runs, 1);
+    }
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_showing_it() {
+        for url in [
+            "postgres://shiphat:hunter2@db.example/shiphat",
+            "postgresql://shiphat@db.example/shiphat?password=hunter2&sslmode=disable",
+        ] {
+            let Err(refused) = Location::server(url, None) else {
+                panic!("`{url}` was taken");
+            };
+            let message = refused.to_string();
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("SHIPHAT_STORE_PASSWORD"), "{message}");
+        }
+        let Err(refused) = Location::server("mysql://shiphat@db.example/shiphat", None) else {
+            panic!("a MySQL URL was taken");
+        };
+        assert!(refused.to_string().contains("not a PostgreSQL URL"));
+        let location = Location::server("postgres://shiphat@db.example/shiphat", None).unwrap();
+        assert_eq!(
+            location.to_string(),
+            "postgres://shiphat@db.example/shiphat"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_server_is_named_in_the_error() {
+        // A port nothing listens on; the password goes nowhere, and shows nowhere.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://shiphat@127.0.0.1:{port}/nothing");
+        let refused = PgStore::open(&url, Some("secret")).err().unwrap();
+        let message = refused.to_string();
+        assert!(
+            message.starts_with(&format!("cannot connect to the store at `{url}`")),
+            "{message}"
+        );
+        assert!(!message.contains("secret"), "{message}");
+    }
+
+    #[test]
+    fn a_store_is_opened_used_and_dropped_from_async_code() {
+        // `shiphat serve` opens its store from its async main, and the client's own runtime
+        // refused to start there: "cannot start a runtime from within a runtime".
+        let server = Postgres::shared();
+        let url = server.database();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let store = PgStore::open(&url, None).unwrap();
+            let (run, created) = crate::AsyncStore::create_run(&store, &new_run("01a", None), ANY)
+                .await
+                .unwrap();
+            assert!(created && run.status == RunStatus::Queued);
+            drop(store);
+        });
+    }
+
+    #[test]
+    fn the_store_outlives_a_database_restart() {
+        // Its own server: the restart would break the connections of every other test.
+        let server = Postgres::start();
+        let store = PgStore::open(&server.database(), None).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
+        server.restart();
+        // Every thread finds its connection gone and opens another, once.
+        for _ in 0..4 {
+            assert_eq!(store.run("01a").unwrap().unwrap().status, RunStatus::Queued);
+        }
+        assert!(
+            store
+                .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+                .unwrap()
+        );
+        assert_eq!(store.integrity_check().unwrap(), "ok");
+    }
+}

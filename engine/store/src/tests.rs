@@ -1,0 +1,633 @@
+//! The store's tests, run against every backend: one suite, two backends. Each case is a
+//! function of the store under test, and `both!` makes a test of it for SQLite (a file in a
+//! temporary directory) and one for PostgreSQL (a fresh database on a real server, see
+//! `testing.rs`). What only one backend has (a file's mode, a schema written before versions
+//! were kept, a server restart) is tested beside it, in `sqlite.rs` or `postgres.rs`.
+
+use std::any::Any;
+use std::sync::Arc;
+
+// The cases call the blocking interface only: with both traits in scope every call would be
+// ambiguous. A case that queues a write without waiting names `AsyncStore` in full.
+use crate::{
+    AsyncStore, AuditEntry, Change, Commit, Error, Lock, MAX_AUDIT_FIELD, NewRun, PgStore,
+    RunFilter, RunStatus, Section, SqliteStore, StepState, Store, TokenRecord, now_ms,
+};
+
+/// No cap on queued runs.
+pub(crate) const ANY: u64 = u64::MAX;
+
+/// A store under test, through both interfaces, and what keeps its database alive.
+pub(crate) struct Tested {
+    /// The blocking interface, which the cases use.
+    pub store: Arc<dyn Store + Send + Sync>,
+    /// The same store, for a case that queues a write without waiting for it.
+    pub queue: Arc<dyn AsyncStore>,
+    /// The temporary directory, or the server; dropped after the store.
+    _keep: Box<dyn Any>,
+}
+
+impl Tested {
+    fn of<S: AsyncStore>(store: S, keep: Box<dyn Any>) -> Tested {
+        let store = Arc::new(store);
+        Tested {
+            store: store.clone(),
+            queue: store,
+            _keep: keep,
+        }
+    }
+
+    pub(crate) fn sqlite() -> Tested {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db/shiphat.sqlite")).unwrap();
+        Tested::of(store, Box::new(dir))
+    }
+
+    pub(crate) fn postgres() -> Tested {
+        let server = crate::testing::Postgres::shared();
+        let store = PgStore::open(&server.database(), None).unwrap();
+        Tested::of(store, Box::new(server))
+    }
+}
+
+/// A test per backend for each case: `sqlite::CASE` and `postgres::CASE`.
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(&super::Tested::sqlite());
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[test]
+                fn $case() {
+                    super::$case(&super::Tested::postgres());
+                }
+            )*
+        }
+    };
+}
+
+both!(
+    idempotency_key_returns_the_first_run,
+    events_are_refused_unless_running_and_steps_finish_once,
+    interrupt_running_names_the_step_in_flight,
+    concurrent_writers_share_commits_and_a_failed_write_is_undone_alone,
+    tokens_are_listed_and_deleted_by_name,
+    a_change_of_state_keeps_the_detail,
+    prune_keeps_unfinished_runs,
+    audit_fields_are_capped_and_old_entries_pruned,
+    expired_locks_are_not_held,
+    a_pattern_with_a_comma_stays_one_pattern,
+    a_run_ends_with_its_last_event_and_a_queue_cap_is_kept,
+    a_soon_write_alone_still_commits,
+    runs_are_listed_newest_first_filtered_and_paged,
+    a_transition_moves_a_run_only_from_the_states_it_names,
+    every_status_and_section_is_kept_by_its_name,
+    inputs_and_outputs_come_back_as_they_were_written,
+    a_write_the_database_refuses_is_undone_alone,
+);
+
+pub(crate) fn new_run(id: &str, key: Option<&str>) -> NewRun {
+    NewRun {
+        id: id.into(),
+        workflow: "wf".into(),
+        inputs: serde_json::json!({"a": 1}),
+        principal: "ci".into(),
+        dry_run: false,
+        concurrency_key: None,
+        idempotency_key: key.map(Into::into),
+    }
+}
+
+fn finished(step: &str) -> Change {
+    ended(step, Section::Steps, StepState::Succeeded)
+}
+
+fn ended(step: &str, section: Section, status: StepState) -> Change {
+    Change::StepFinished {
+        step: step.into(),
+        section,
+        status,
+        attempts: 1,
+        duration_ms: 1.5,
+        summary: "done".into(),
+        outputs: serde_json::json!({"x": 1}),
+        error: None,
+        continued: false,
+    }
+}
+
+fn idempotency_key_returns_the_first_run(t: &Tested) {
+    let store = &*t.store;
+    let (first, created) = store.create_run(&new_run("01a", Some("k")), ANY).unwrap();
+    assert!(created);
+    let (again, created) = store.create_run(&new_run("01b", Some("k")), ANY).unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    assert_eq!(
+        store
+            .list_runs(&RunFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+fn events_are_refused_unless_running_and_steps_finish_once(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    assert_eq!(
+        store.append_event("01a", "{}", None, Commit::Now).unwrap(),
+        None
+    );
+    assert!(
+        store
+            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+            .unwrap()
+    );
+    let start = Change::StepStarted {
+        step: "s".into(),
+        section: Section::Steps,
+        attempt: 1,
+    };
+    store
+        .append_event("01a", "{\"e\":1}", Some(&start), Commit::Now)
+        .unwrap()
+        .unwrap();
+    store
+        .append_event("01a", "{\"e\":2}", Some(&finished("s")), Commit::Now)
+        .unwrap()
+        .unwrap();
+    let again = store.append_event("01a", "{\"e\":3}", Some(&finished("s")), Commit::Now);
+    assert!(
+        matches!(again, Err(Error::StepAlreadyFinished { .. })),
+        "{again:?}"
+    );
+    let steps = store.steps("01a").unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].status, StepState::Succeeded);
+    assert_eq!(steps[0].outputs, serde_json::json!({"x": 1}));
+    assert_eq!(store.events("01a", 0, 100).unwrap().len(), 2);
+}
+
+fn interrupt_running_names_the_step_in_flight(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    store
+        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+        .unwrap();
+    let start = Change::StepStarted {
+        step: "deploy".into(),
+        section: Section::Steps,
+        attempt: 1,
+    };
+    store
+        .append_event("01a", "{}", Some(&start), Commit::Now)
+        .unwrap();
+    let interrupted = store.interrupt_running().unwrap();
+    assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
+    let run = store.run("01a").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Interrupted);
+    assert_eq!(
+        store.steps("01a").unwrap()[0].status,
+        StepState::Interrupted
+    );
+    assert!(store.interrupt_running().unwrap().is_empty());
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+fn concurrent_writers_share_commits_and_a_failed_write_is_undone_alone(t: &Tested) {
+    let store = t.store.clone();
+    let runs = 16;
+    for r in 0..runs {
+        let id = format!("01{r:02}");
+        store.create_run(&new_run(&id, None), ANY).unwrap();
+        store
+            .transition(&id, &[RunStatus::Queued], RunStatus::Running, None)
+            .unwrap();
+    }
+    let threads = (0..runs)
+        .map(|r| {
+            let store = store.clone();
+            let queue = t.queue.clone();
+            std::thread::spawn(move || {
+                let id = format!("01{r:02}");
+                for s in 0..50 {
+                    let step = format!("s{s}");
+                    let start = Change::StepStarted {
+                        step: step.clone(),
+                        section: Section::Steps,
+                        attempt: 1,
+                    };
+                    store
+                        .append_event(&id, "{}", Some(&start), Commit::Now)
+                        .unwrap();
+                    // Queued without waiting; the end below commits it.
+                    drop(crate::AsyncStore::append_event(
+                        &*queue,
+                        &id,
+                        "{\"event\":\"log\"}",
+                        None,
+                        Commit::Soon,
+                    ));
+                    store
+                        .append_event(&id, "{}", Some(&finished(&step)), Commit::Now)
+                        .unwrap()
+                        .unwrap();
+                    // Refused, and undone alone: the writes grouped with it stay.
+                    assert!(matches!(
+                        store.append_event(
+                            &id,
+                            "{\"again\":1}",
+                            Some(&finished(&step)),
+                            Commit::Now
+                        ),
+                        Err(Error::StepAlreadyFinished { .. })
+                    ));
+                }
+            })
+        })
+        .collect::<Vec<_>>();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    for r in 0..runs {
+        let id = format!("01{r:02}");
+        let steps = store.steps(&id).unwrap();
+        assert_eq!(steps.len(), 50);
+        assert!(steps.iter().all(|s| s.status == StepState::Succeeded));
+        let events = store.events(&id, 0, 1000).unwrap();
+        // Start, log and end per step, in the order written; no refused write left a trace.
+        assert_eq!(events.len(), 150);
+        assert!(events.iter().all(|(_, body)| !body.contains("again")));
+        assert!(events.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(events[1].1, "{\"event\":\"log\"}");
+    }
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+fn tokens_are_listed_and_deleted_by_name(t: &Tested) {
+    let store = &*t.store;
+    let token = TokenRecord {
+        name: "ci".into(),
+        roles: vec!["deployer".into()],
+        patterns: vec!["web/*".into()],
+        created_ms: now_ms(),
+    };
+    store.add_token("aa", &token).unwrap();
+    assert_eq!(store.tokens().unwrap(), vec![token.clone()]);
+    // A second principal of the same name is refused, whatever its secret.
+    assert!(matches!(
+        store.add_token("bb", &token),
+        Err(Error::NameTaken { .. })
+    ));
+    assert_eq!(store.tokens().unwrap().len(), 1);
+    assert!(store.delete_token("ci").unwrap());
+    assert!(!store.delete_token("ci").unwrap());
+    assert_eq!(store.token("aa").unwrap(), None);
+    assert!(store.tokens().unwrap().is_empty());
+}
+
+fn a_change_of_state_keeps_the_detail(t: &Tested) {
+    // Moving a resumed run to `running` wiped its `resumed by` detail.
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    let move_to = |from, to, detail| store.transition("01a", &[from], to, detail).unwrap();
+    assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
+    store.interrupt_running().unwrap();
+    assert!(move_to(
+        RunStatus::Interrupted,
+        RunStatus::Queued,
+        Some("resumed by `root`")
+    ));
+    assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
+    assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
+    assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
+    assert_eq!(
+        store.run("01a").unwrap().unwrap().detail.as_deref(),
+        Some("interrupted between steps; resumed by `root`; held")
+    );
+}
+
+fn prune_keeps_unfinished_runs(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    store.create_run(&new_run("01b", None), ANY).unwrap();
+    store
+        .transition("01a", &[RunStatus::Queued], RunStatus::Succeeded, None)
+        .unwrap();
+    assert_eq!(store.queued_of("ci").unwrap(), 1);
+    assert_eq!(store.queued_of("root").unwrap(), 0);
+    assert_eq!(store.prune(now_ms() + 1000).unwrap(), 1);
+    assert!(store.run("01a").unwrap().is_none());
+    assert!(store.run("01b").unwrap().is_some());
+}
+
+fn audit_fields_are_capped_and_old_entries_pruned(t: &Tested) {
+    // A 60 KB path was stored whole in every entry, by anyone, signed in or not.
+    let store = &*t.store;
+    let long = "é".repeat(30_000);
+    let entry = |at_ms| AuditEntry {
+        at_ms,
+        principal: Some(long.clone()),
+        action: format!("POST /{long}"),
+        target: long.clone(),
+        remote: long.clone(),
+        status: 401,
+        outcome: long.clone(),
+    };
+    store.audit(&entry(1)).unwrap();
+    store.audit(&entry(now_ms())).unwrap();
+    let kept = store.audit_log(10).unwrap();
+    let fields = |e: &AuditEntry| {
+        [
+            e.principal.clone().unwrap(),
+            e.action.clone(),
+            e.target.clone(),
+            e.remote.clone(),
+            e.outcome.clone(),
+        ]
+    };
+    for field in fields(&kept[0]) {
+        assert!(field.len() <= MAX_AUDIT_FIELD + 32, "{}", field.len());
+        assert!(field.ends_with("more bytes)"), "{field}");
+    }
+    assert_eq!(store.prune_audit(now_ms() - 1000).unwrap(), 1);
+    assert_eq!(store.audit_log(10).unwrap().len(), 1);
+}
+
+fn expired_locks_are_not_held(t: &Tested) {
+    let store = &*t.store;
+    let lock = Lock {
+        key: "web".into(),
+        owner: "ops".into(),
+        reason: "freeze".into(),
+        created_ms: now_ms(),
+        expires_ms: Some(now_ms() - 1),
+    };
+    store.put_lock(&lock).unwrap();
+    assert_eq!(store.lock("web").unwrap(), None);
+    store
+        .put_lock(&Lock {
+            expires_ms: None,
+            ..lock.clone()
+        })
+        .unwrap();
+    assert_eq!(store.lock("web").unwrap().unwrap().owner, "ops");
+    assert!(store.delete_lock("web").unwrap());
+    assert!(!store.delete_lock("web").unwrap());
+}
+
+fn a_pattern_with_a_comma_stays_one_pattern(t: &Tested) {
+    // Patterns were joined with commas: `web/{a,b}` came back as `web/{a` and `b}`.
+    let store = &*t.store;
+    let token = TokenRecord {
+        name: "ci".into(),
+        roles: vec!["deployer".into()],
+        patterns: vec!["web/{a,b}".into()],
+        created_ms: now_ms(),
+    };
+    store.add_token("aa", &token).unwrap();
+    assert_eq!(store.token("aa").unwrap().unwrap(), token);
+}
+
+fn a_run_ends_with_its_last_event_and_a_queue_cap_is_kept(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), 1).unwrap();
+    assert!(matches!(
+        store.create_run(&new_run("01b", None), 1),
+        Err(Error::TooManyQueued { max: 1, .. })
+    ));
+    // The same request again is its first run, whatever the cap.
+    store.create_run(&new_run("01c", Some("k")), 2).unwrap();
+    let (again, created) = store.create_run(&new_run("01d", Some("k")), 0).unwrap();
+    assert_eq!((again.id.as_str(), created), ("01c", false));
+    store
+        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+        .unwrap();
+    let end = Change::RunEnded {
+        status: RunStatus::Cancelled,
+        detail: Some("cancelled by `ci`".into()),
+    };
+    assert!(
+        store
+            .append_event("01a", "{}", Some(&end), Commit::Now)
+            .unwrap()
+            .is_some()
+    );
+    let run = store.run("01a").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert!(run.finished_ms.is_some());
+    assert_eq!(run.detail.as_deref(), Some("cancelled by `ci`"));
+    // Nothing more is written to an ended run.
+    assert_eq!(
+        store.append_event("01a", "{}", None, Commit::Now).unwrap(),
+        None
+    );
+}
+
+fn a_soon_write_alone_still_commits(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    store
+        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let seq = store.append_event("01a", "{}", None, Commit::Soon).unwrap();
+    assert!(seq.is_some());
+    // Within about `SOON`: far below this bound even on a loaded machine.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert_eq!(store.events("01a", 0, 10).unwrap().len(), 1);
+}
+
+fn runs_are_listed_newest_first_filtered_and_paged(t: &Tested) {
+    let store = &*t.store;
+    for (id, workflow) in [
+        ("01a", "web"),
+        ("01b", "docs"),
+        ("01c", "web"),
+        ("01d", "web"),
+    ] {
+        let run = NewRun {
+            workflow: workflow.into(),
+            ..new_run(id, None)
+        };
+        store.create_run(&run, ANY).unwrap();
+    }
+    store
+        .transition("01c", &[RunStatus::Queued], RunStatus::Failed, None)
+        .unwrap();
+    let ids = |filter: RunFilter| {
+        let runs = store.list_runs(&filter).unwrap();
+        runs.into_iter().map(|r| r.id).collect::<Vec<_>>()
+    };
+    let all = RunFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(ids(all.clone()), ["01d", "01c", "01b", "01a"]);
+    let web = RunFilter {
+        workflow: Some("web".into()),
+        ..all.clone()
+    };
+    assert_eq!(ids(web.clone()), ["01d", "01c", "01a"]);
+    let queued_web = RunFilter {
+        status: Some(RunStatus::Queued),
+        ..web
+    };
+    assert_eq!(ids(queued_web), ["01d", "01a"]);
+    // A page of two, then the page after its last run.
+    let first_page = RunFilter {
+        limit: 2,
+        ..all.clone()
+    };
+    assert_eq!(ids(first_page), ["01d", "01c"]);
+    let next_page = RunFilter {
+        before: Some("01c".into()),
+        ..all
+    };
+    assert_eq!(ids(next_page), ["01b", "01a"]);
+    let queued = store.runs_with_status(RunStatus::Queued).unwrap();
+    let queued: Vec<_> = queued.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(queued, ["01a", "01b", "01d"]);
+}
+
+fn a_transition_moves_a_run_only_from_the_states_it_names(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    let moved = |from: &[RunStatus], to| store.transition("01a", from, to, None).unwrap();
+    // Compare-and-set: a run that is not where the caller thinks stays where it is.
+    assert!(!moved(&[RunStatus::Running], RunStatus::Succeeded));
+    let missing = store.transition("nope", &[RunStatus::Queued], RunStatus::Running, None);
+    assert!(!missing.unwrap());
+    let run = store.run("01a").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!((run.started_ms, run.finished_ms), (None, None));
+    assert!(moved(
+        &[RunStatus::Interrupted, RunStatus::Queued],
+        RunStatus::Running
+    ));
+    let run = store.run("01a").unwrap().unwrap();
+    assert!(run.started_ms.is_some() && run.finished_ms.is_none());
+    assert!(moved(&[RunStatus::Running], RunStatus::Succeeded));
+    let run = store.run("01a").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert!(run.finished_ms.is_some());
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+fn every_status_and_section_is_kept_by_its_name(t: &Tested) {
+    // A status the protocol gains must be one the database takes (PostgreSQL checks the
+    // names): this fails until a migration allows it.
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    for status in RunStatus::ALL {
+        let moved = store.transition("01a", &RunStatus::ALL, status, None);
+        assert!(moved.unwrap(), "{status:?}");
+        assert_eq!(store.run("01a").unwrap().unwrap().status, status);
+    }
+    store
+        .transition("01a", &RunStatus::ALL, RunStatus::Running, None)
+        .unwrap();
+    for (i, status) in StepState::ALL.into_iter().enumerate() {
+        let section = Section::ALL[i % Section::ALL.len()];
+        let step = format!("s{i}");
+        let end = ended(&step, section, status);
+        store
+            .append_event("01a", "{}", Some(&end), Commit::Now)
+            .unwrap()
+            .unwrap();
+        let recorded = store.steps("01a").unwrap().pop().unwrap();
+        assert_eq!(
+            (recorded.step, recorded.section, recorded.status),
+            (step, section, status)
+        );
+    }
+}
+
+fn inputs_and_outputs_come_back_as_they_were_written(t: &Tested) {
+    // Key order is part of what a person wrote: a store that sorted keys would show it changed.
+    let store = &*t.store;
+    let inputs = serde_json::json!({"zeta": [1, 2.5, null], "alpha": {"é": "\u{1F680} ok"}});
+    let run = NewRun {
+        inputs: inputs.clone(),
+        concurrency_key: Some("web-prod".into()),
+        dry_run: true,
+        ..new_run("01a", None)
+    };
+    store.create_run(&run, ANY).unwrap();
+    let run = store.run("01a").unwrap().unwrap();
+    assert_eq!(run.inputs.to_string(), inputs.to_string());
+    assert!(run.dry_run);
+    assert_eq!(run.concurrency_key.as_deref(), Some("web-prod"));
+    store
+        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
+        .unwrap();
+    let error = shiphat_protocol::StepError {
+        kind: shiphat_protocol::ErrorKind::Failed,
+        message: "boom".into(),
+    };
+    let end = Change::StepFinished {
+        step: "s".into(),
+        section: Section::Finally,
+        status: StepState::Failed,
+        attempts: 3,
+        duration_ms: 1.5,
+        summary: "broke".into(),
+        outputs: serde_json::json!({"b": 1, "a": 2}),
+        error: Some(error.clone()),
+        continued: true,
+    };
+    let event = r#"{"raw": true}"#;
+    store
+        .append_event("01a", event, Some(&end), Commit::Now)
+        .unwrap()
+        .unwrap();
+    let step = &store.steps("01a").unwrap()[0];
+    assert_eq!(step.outputs.to_string(), r#"{"b":1,"a":2}"#);
+    assert_eq!(step.error.as_ref(), Some(&error));
+    assert!(step.continued);
+    assert_eq!((step.attempts, step.duration_ms), (3, Some(1.5)));
+    assert_eq!(
+        (step.section, step.summary.as_str()),
+        (Section::Finally, "broke")
+    );
+    assert_eq!(store.events("01a", 0, 10).unwrap()[0].1, event);
+}
+
+fn a_write_the_database_refuses_is_undone_alone(t: &Tested) {
+    // PostgreSQL aborts the whole transaction on an error: the writes that share it must
+    // still commit.
+    let token = |name: &str| TokenRecord {
+        name: name.into(),
+        roles: vec!["viewer".into()],
+        patterns: Vec::new(),
+        created_ms: 1,
+    };
+    t.store.add_token("aa", &token("first")).unwrap();
+    // Queued at once, so that they share a transaction; the second one's secret is taken.
+    let queue = &*t.queue;
+    let before = AsyncStore::create_run(queue, &new_run("01a", None), ANY);
+    let refused = AsyncStore::add_token(queue, "aa", &token("second"));
+    let after = AsyncStore::create_run(queue, &new_run("01b", None), ANY);
+    assert!(crate::wait(before).is_ok());
+    let refused = crate::wait(refused);
+    assert!(
+        matches!(refused, Err(Error::Database(_) | Error::Postgres(_))),
+        "{refused:?}"
+    );
+    assert!(crate::wait(after).is_ok());
+    for id in ["01a", "01b"] {
+        assert!(t.store.run(id).unwrap().is_some(), "{id}");
+    }
+    assert_eq!(t.store.tokens().unwrap(), vec![token("first")]);
+    assert_eq!(t.store.integrity_check().unwrap(), "ok");
+}

@@ -1,0 +1,265 @@
+//! The threads a store does its IO on, whatever the database: [`Workers`], a queue of work
+//! served by a few threads that each own one connection (the readers); [`Committer`], one
+//! thread that writes with group commit; and the [`Pending`] future a caller awaits.
+
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::{Commit, Error, Pending, Result, SOON};
+
+/// The error of work whose thread is gone.
+pub(crate) fn stopped() -> Error {
+    Error::Commit {
+        message: "the store's thread has stopped".into(),
+    }
+}
+
+/// The future of work sent to a store thread, which answers on `rx`.
+pub(crate) fn pending<R: Send + 'static>(
+    rx: tokio::sync::oneshot::Receiver<Result<R>>,
+) -> Pending<R> {
+    Box::pin(async move { rx.await.unwrap_or_else(|_| Err(stopped())) })
+}
+
+/// Runs `work`, turning a panic into an error: a bug in one write or read must not take the
+/// store's thread (and every later caller) down with it.
+pub(crate) fn guarded<R>(work: impl FnOnce() -> Result<R>) -> Result<R> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|_| {
+        Err(Error::Commit {
+            message: "a store operation panicked".into(),
+        })
+    })
+}
+
+type Task<C> = Box<dyn FnOnce(&mut C) + Send>;
+
+/// Threads, one per connection given, taking work from one queue. With one thread the work is
+/// done in the order it was queued.
+pub(crate) struct Workers<C> {
+    queue: Option<Sender<Task<C>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl<C: Send + 'static> Workers<C> {
+    /// Starts a thread named `name-N` for each of `connections`.
+    pub(crate) fn start(name: &str, connections: Vec<C>) -> Result<Workers<C>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Task<C>>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut threads = Vec::with_capacity(connections.len());
+        for (i, mut conn) in connections.into_iter().enumerate() {
+            let rx = rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held while this thread waits for the next task: the
+                        // others wait their turn at the queue, not on a task in progress.
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            Ok(task) => task(&mut conn),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .map_err(|source| Error::Open {
+                    path: format!("{name} thread").into(),
+                    source,
+                })?;
+            threads.push(thread);
+        }
+        Ok(Workers {
+            queue: Some(tx),
+            threads,
+        })
+    }
+
+    /// Queues `work`; its future resolves with what it returns.
+    pub(crate) fn submit<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut C) -> Result<R> + Send + 'static,
+    ) -> Pending<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
+        let task: Task<C> = Box::new(move |conn| {
+            let _ = tx.send(guarded(|| work(conn)));
+        });
+        let queue = self
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the workers");
+        // When the threads are gone the task is dropped, and with it `tx`: the future says so.
+        let _ = queue.send(task);
+        pending(rx)
+    }
+}
+
+impl<C> Drop for Workers<C> {
+    fn drop(&mut self) {
+        // Closing the queue lets the threads finish what is queued and stop; joining them
+        // closes their connections before the store is gone.
+        self.queue.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A connection that runs a group of writes in one transaction, each write in a savepoint.
+pub(crate) trait Transactional: Send + 'static {
+    /// The most writes one transaction takes.
+    const MAX_GROUP: usize;
+    /// Begins a group's transaction. `durable` is false when every write of the group is a
+    /// [`Commit::Soon`] one: the backend may then commit without waiting for the disk, as long
+    /// as the next durable commit carries the group there.
+    fn begin(&mut self, durable: bool) -> Result<()>;
+    /// Runs one of the statements around each write: `SAVEPOINT write`, `ROLLBACK TO write`
+    /// or `RELEASE write`.
+    fn savepoint(&mut self, sql: &'static str) -> Result<()>;
+    /// Commits the group's transaction, or rolls it back and says why.
+    fn commit(&mut self) -> Result<()>;
+}
+
+/// One write, run by the committer thread inside its group's transaction (given `None` when the
+/// transaction could not begin: then it does nothing). It returns what to do once that
+/// transaction has committed (or failed to): wake the writer with its result.
+type Work<C> = Box<dyn FnOnce(Option<&mut C>) -> Wake + Send>;
+type Wake = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+struct Job<C> {
+    work: Work<C>,
+    commit: Commit,
+}
+
+/// Group commit. Writers queue their write; one thread takes everything queued (up to
+/// [`Transactional::MAX_GROUP`]), runs it in ONE transaction (each write in its own savepoint,
+/// so a write that fails is undone alone), commits once, then wakes every writer of the group.
+/// Writes commit in the order they were queued; concurrent writers share a commit, and its
+/// wait for the disk, instead of queueing for one each. A group holding only [`Commit::Soon`]
+/// writes waits up to [`SOON`] for more, and commits at once when a [`Commit::Now`] write
+/// joins it.
+pub(crate) struct Committer<C> {
+    queue: Option<Sender<Job<C>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<C: Transactional> Committer<C> {
+    pub(crate) fn start(conn: C) -> Result<Committer<C>> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job<C>>();
+        let thread = std::thread::Builder::new()
+            .name("shiphat-store-commit".into())
+            .spawn(move || commit_loop(conn, rx))
+            .map_err(|source| Error::Open {
+                path: "committer thread".into(),
+                source,
+            })?;
+        Ok(Committer {
+            queue: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `work` for a group; its future resolves once the group has committed.
+    pub(crate) fn submit<R: Send + 'static>(
+        &self,
+        commit: Commit,
+        work: impl FnOnce(&mut C) -> Result<R> + Send + 'static,
+    ) -> Pending<R> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
+        let work: Work<C> = Box::new(move |conn| {
+            let result = conn.map(|conn| run_in_savepoint(conn, work));
+            Box::new(move |commit: Result<(), String>| {
+                let result = match (commit, result) {
+                    (Ok(()), Some(result)) => result,
+                    // The group did not commit: nothing of this write is on disk, whatever
+                    // it returned.
+                    (Err(message), _) => Err(Error::Commit { message }),
+                    (Ok(()), None) => Err(Error::Commit {
+                        message: "the write was not run".into(),
+                    }),
+                };
+                let _ = tx.send(result);
+            })
+        });
+        let queue = self
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the store");
+        // When the thread is gone the job is dropped, and with it `tx`: the future says so.
+        let _ = queue.send(Job { work, commit });
+        pending(rx)
+    }
+}
+
+impl<C> Drop for Committer<C> {
+    fn drop(&mut self) {
+        // Closing the queue lets the thread commit what is queued and stop; joining it closes
+        // the connection before the store is gone, so the database can be reopened at once.
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_in_savepoint<C: Transactional, R>(
+    conn: &mut C,
+    work: impl FnOnce(&mut C) -> Result<R>,
+) -> Result<R> {
+    conn.savepoint("SAVEPOINT write")?;
+    let result = guarded(|| work(conn));
+    if result.is_err() {
+        conn.savepoint("ROLLBACK TO write")?;
+    }
+    conn.savepoint("RELEASE write")?;
+    result
+}
+
+/// Takes the next group: everything queued, and, while it holds only [`Commit::Soon`] writes,
+/// what arrives until [`SOON`] after its first write. `None` once the queue is closed and
+/// empty.
+fn next_group<C>(rx: &Receiver<Job<C>>, max: usize) -> Option<Vec<Job<C>>> {
+    let first = rx.recv().ok()?;
+    let deadline = Instant::now() + SOON;
+    let mut now = first.commit == Commit::Now;
+    let mut group = vec![first];
+    while group.len() < max {
+        let next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(_) if now => None,
+            Err(_) => match deadline.checked_duration_since(Instant::now()) {
+                None => None,
+                // Timed out, or the queue closed: the group is what it is.
+                Some(left) => rx.recv_timeout(left).ok(),
+            },
+        };
+        let Some(job) = next else { break };
+        now |= job.commit == Commit::Now;
+        group.push(job);
+    }
+    Some(group)
+}
+
+fn commit_loop<C: Transactional>(mut conn: C, rx: Receiver<Job<C>>) {
+    while let Some(group) = next_group(&rx, C::MAX_GROUP) {
+        let durable = group.iter().any(|job| job.commit == Commit::Now);
+        let mut wakes = Vec::with_capacity(group.len());
+        let commit = match conn.begin(durable) {
+            Err(e) => {
+                // Nothing runs; every writer of the group gets the error.
+                for job in group {
+                    wakes.push((job.work)(None));
+                }
+                Err(e.to_string())
+            }
+            Ok(()) => {
+                for job in group {
+                    wakes.push((job.work)(Some(&mut conn)));
+                }
+                conn.commit().map_err(|e| e.to_string())
+            }
+        };
+        for wake in wakes {
+            wake(commit.clone());
+        }
+    }
+}
