@@ -205,9 +205,10 @@ impl StepState {
         let mut wasi = WasiCtxBuilder::new();
         // A file call is blocking for the plugin anyway; done on the thread the attempt runs
         // on, it skips a hop to tokio's blocking pool and back per call, which is most of what
-        // a deploy of many small files spent. Attempts run on threads of their own
-        // (`on_own_thread` in lib.rs), never on a runtime worker, so a call that blocks for
-        // good stalls only its step, whose wall-clock guard still fires.
+        // a deploy of many small files spent. The attempt of a step with a file grant runs on
+        // a thread of its own (`on_own_thread` in lib.rs), never on a runtime worker, so a
+        // call that blocks for good stalls only its step, whose wall-clock guard still fires;
+        // a step without one has no file to block on, and runs in place (`in_place`).
         wasi.allow_blocking_current_thread(true);
         wasi.stdout(CaptureStream(stdout.clone()))
             .stderr(CaptureStream(stderr.clone()))
