@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The daemon's throughput and memory: no-op steps per second through `shiphat serve` at 1, 10
 # and 50 concurrent runs of a 100-step chain (timed by the daemon's own clock: each round from
-# its first run's creation to its last run's end, as the API reports them), the resident memory of a fresh daemon, the memory
+# its first run's creation to its last run's end, as the API reports them, with one light
+# client process starting the runs and polling), the resident memory of a fresh daemon, the memory
 # each queued run adds, and the fsync latency of the disk the store is on (the ceiling of one
 # run: each step's start is committed before its plugin runs, and its end shares the next
 # step's start's commit, so one fsync a step, one after the other). Then
@@ -43,6 +44,7 @@ QUEUED=1000
 work=$(mktemp -d "${TMPDIR:-/tmp}/shiphat-daemon-bench.XXXXXX")
 pid=""
 cleanup() {
+  if [ -n "${ROUNDS_PID:-}" ]; then kill "$ROUNDS_PID" 2>/dev/null || true; fi
   if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -92,19 +94,50 @@ start_run() { # WORKFLOW
   api -X POST -H 'Content-Type: application/json' -d "{\"workflow\":\"$1\"}" "$url/api/v1/runs" \
     | grep -o '"id":"[^"]*"' | cut -d'"' -f4
 }
-succeeded() { # how many runs of `chain` have succeeded so far
-  curl -sS --max-time 10 "$url/metrics" \
-    | awk '/^shiphat_runs_total\{/ && /workflow="chain"/ && /status="succeeded"/ { n += $2 } END { print n + 0 }'
-}
-failed() {
-  curl -sS --max-time 10 "$url/metrics" \
-    | awk '/^shiphat_runs_total\{/ && /workflow="chain"/ && /status="failed"/ { n += $2 } END { print n + 0 }'
+# One round: starts C runs of `chain` at once and waits until N have succeeded in all, from one
+# Python process that lives as long as the benchmark (a coprocess). On two cores, a client that
+# forks a curl per run and a curl and an awk per poll takes CPU from the runs it times (one run
+# alone measured 60 ms instead of 40; 50 runs, 150 processes at each round's start). Fails when
+# a run failed, or after 10 minutes.
+cat >"$work/round.py" <<'PY'
+import json, re, sys, threading, time, urllib.request
+url, token = sys.argv[1], sys.argv[2]
+def call(path, body=None):
+    request = urllib.request.Request(url + path, data=body, headers={
+        "Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    return urllib.request.urlopen(request, timeout=60).read().decode()
+def count(text, status):
+    pattern = r'^shiphat_runs_total\{[^}]*workflow="chain"[^}]*status="%s"[^}]*\} (\S+)' % status
+    return sum(float(m) for m in re.findall(pattern, text, re.M))
+def round_(runs, want):
+    starts = [threading.Thread(target=call, args=("/api/v1/runs", b'{"workflow":"chain"}'))
+              for _ in range(runs)]
+    for t in starts: t.start()
+    for t in starts: t.join()
+    deadline = time.monotonic() + 600
+    while True:
+        text = call("/metrics")
+        if count(text, "failed"):
+            return "a run failed"
+        if count(text, "succeeded") >= want:
+            return "ok"
+        if time.monotonic() > deadline:
+            return "runs did not finish in 10 minutes"
+        time.sleep(0.05)
+for line in sys.stdin:
+    runs, want = map(int, line.split())
+    print(round_(runs, want), flush=True)
+PY
+round() { # C N: start C runs, wait for N to have succeeded
+  [ -n "${ROUNDS_PID:-}" ] || coproc ROUNDS { python3 -u "$work/round.py" "$url" "$token"; }
+  echo "$1 $2" >&"${ROUNDS[1]}"
+  local reply
+  read -r reply <&"${ROUNDS[0]}"
+  [ "$reply" = ok ] || { echo "$reply" >&2; return 1; }
 }
 # The milliseconds the daemon took for the last round, by its own clock: from the first of the
 # newest N runs of `chain` being created to the last one finishing. The client's own clock
-# would add the time it takes to notice the end (a poll, each one a curl and an awk): for one
-# run alone that was half of what it measured, and polling more often takes CPU from the
-# daemon on two cores.
+# would add the time it takes to notice the end, a poll away.
 round_span_ms() { # N
   api "$url/api/v1/runs?workflow=chain&limit=$1" | python3 -c '
 import json, sys
@@ -117,8 +150,7 @@ sleep 1
 idle_kib=$(rss_kib)
 
 # Warm-up: one run, so every size is measured on a warm daemon.
-start_run chain >/dev/null
-until [ "$(succeeded)" -ge 1 ]; do sleep 0.01; done
+round 1 1
 
 done_runs=1
 rows=()
@@ -131,15 +163,8 @@ for concurrency in $concurrencies; do
   echo "running $rounds round(s) of $concurrency concurrent $STEPS-step runs" >&2
   span_ms=0
   for _ in $(seq 1 "$rounds"); do
-    for _ in $(seq 1 "$concurrency"); do start_run chain >/dev/null & done
-    wait $(jobs -p | grep -v "^$pid\$") 2>/dev/null || true
     done_runs=$((done_runs + concurrency))
-    deadline=$(($(date +%s) + 600))
-    until [ "$(succeeded)" -ge "$done_runs" ]; do
-      [ "$(failed)" = 0 ] || { echo "a run failed" >&2; tail -20 "$work/serve.log" >&2; exit 1; }
-      [ "$(date +%s)" -lt "$deadline" ] || { echo "runs did not finish in 10 minutes" >&2; exit 1; }
-      sleep 0.05
-    done
+    round "$concurrency" "$done_runs" || { tail -20 "$work/serve.log" >&2; exit 1; }
     span_ms=$((span_ms + $(round_span_ms "$concurrency")))
   done
   # The goals of issue 16: one run alone, and 50 at once (the others have none).
