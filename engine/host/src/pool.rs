@@ -21,7 +21,7 @@ use std::sync::Arc;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How many steps can hold a pool slot at once. Past this, steps run on the ordinary engine.
-/// A daemon running 50 runs at once has at most one step each in flight; 128 covers that
+/// A daemon running 50 runs of a chain at once has one step of each in flight; 128 covers that
 /// with room for fan-outs. Each slot reserves [`MEMORIES_PER_SLOT`] × 4 GiB (plus guards) of
 /// address space, never memory: 1 TiB for the pool, of the 128 TiB a process may address.
 pub(crate) const SLOTS: u32 = 128;
@@ -36,8 +36,8 @@ const MEMORIES_PER_SLOT: u32 = 2;
 /// space at its default 20,000 elements.
 const TABLES_PER_SLOT: u32 = 16;
 
-/// The core instances a component may create to use a slot. A Rust plugin has about five,
-/// a componentize-py one a few dozen; they cost no address space, only a count.
+/// The core instances a component may create to use a slot. A Rust plugin has about five, and
+/// the Python and JavaScript examples fit too; they cost no address space, only a count.
 const INSTANCES_PER_SLOT: u32 = 64;
 
 /// How much of a slot's tables and fiber stack is zeroed in place rather than discarded.
