@@ -23,6 +23,7 @@
 //! sections and step errors are the wire contract's types (`shiphat_protocol`), stored as the
 //! names the API uses.
 
+mod claim;
 mod postgres;
 mod sqlite;
 #[cfg(any(test, feature = "testing"))]
@@ -37,6 +38,7 @@ use std::pin::Pin;
 
 use serde_json::Value;
 
+pub use crate::claim::{Claimed, Fence, Held, KeyQueue, Scope};
 pub use crate::postgres::PgStore;
 pub use crate::sqlite::SqliteStore;
 /// The statuses the store keeps are the wire contract's; they are named here too because the
@@ -100,6 +102,10 @@ pub enum Error {
         found: i64,
         supported: i64,
     },
+    /// A run that does not queue (`queue: false`) was asked for while another run of its
+    /// concurrency key is queued or running.
+    #[error("concurrency key `{key}` is busy with run `{holder}`")]
+    KeyBusy { key: String, holder: String },
     /// A principal asked for another run while it has `max` runs queued already.
     #[error("`{principal}` has {max} runs queued already")]
     TooManyQueued { principal: String, max: u64 },
@@ -167,6 +173,11 @@ pub struct NewRun {
     pub concurrency_key: Option<String>,
     /// With the principal, makes a retried request return the run it created first.
     pub idempotency_key: Option<String>,
+    /// Refused ([`Error::KeyBusy`]) rather than queued when another run of its concurrency
+    /// key is queued or running (the workflow's `queue: false`).
+    pub exclusive: bool,
+    /// An admin forced it past the locks: no lock holds its first start.
+    pub forced: bool,
 }
 
 impl NewRun {
@@ -276,6 +287,16 @@ pub enum Commit {
 /// stream notices, and spans the fsync of most disks, whose commits it saves.
 pub const SOON: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// A change another daemon committed (see [`AsyncStore::watch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A run's events grew.
+    Events(String),
+    /// A run was queued, started, ended, interrupted or asked to cancel, or a lock changed
+    /// (`None`): what may let a queued run start, or stop a running one.
+    Run(Option<String>),
+}
+
 /// A run found running by [`AsyncStore::interrupt_running`], now `interrupted`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Interrupted {
@@ -345,6 +366,19 @@ fn capped(entry: &AuditEntry) -> AuditEntry {
     }
 }
 
+/// `from` without `running`, or nothing when `to` is `running`: [`AsyncStore::transition`]
+/// never moves a run into or out of `running`, which only claims, last events and
+/// interruptions do, each checked against the run's lease.
+fn not_running(from: &[RunStatus], to: RunStatus) -> Vec<RunStatus> {
+    if to == RunStatus::Running {
+        return Vec::new();
+    }
+    from.iter()
+        .copied()
+        .filter(|s| *s != RunStatus::Running)
+        .collect()
+}
+
 /// An interrupted run's detail, naming the steps that were in flight.
 fn interrupted_detail(in_flight: &[String]) -> String {
     if in_flight.is_empty() {
@@ -406,6 +440,18 @@ macro_rules! interface {
                 $(#[$doc])*
                 fn $name(&self $(, $arg: $ty)*) -> Pending<$out>;
             )*
+
+            /// Whether other daemons may share this store (a database server), so that a run
+            /// found running may be another daemon's, alive: then only expired leases are
+            /// taken over. An embedded file is one daemon's.
+            fn shared(&self) -> bool;
+
+            /// Calls `notice` with each change another process of the store committed (and
+            /// maybe this one's too), from a thread of the store's own, until the store is
+            /// dropped: how a daemon hears of runs that other daemons queued, ended or were
+            /// asked to cancel, and of their events, without polling. An embedded store has no
+            /// other writer and never calls it.
+            fn watch(&self, notice: Box<dyn Fn(Notice) + Send + Sync>) -> Result<()>;
         }
 
         /// [`AsyncStore`], blocking: each call waits for its result on the calling thread. For
@@ -432,14 +478,19 @@ interface! {
     /// Records a new run as `queued`. When the principal already created a run with the same
     /// idempotency key, returns that run instead and `false`. Refuses
     /// ([`Error::TooManyQueued`]) a new run of a principal that has `max_queued` queued
-    /// already, counted in the same transaction, so concurrent requests cannot all slip under.
+    /// already, counted in the same transaction, so concurrent requests cannot all slip under;
+    /// and ([`Error::KeyBusy`]) an `exclusive` run whose key another run holds or waits for,
+    /// checked under a lock on the key, so two daemons cannot both find it free.
     fn create_run(&self, run: &NewRun, max_queued: u64) -> (Run, bool);
     fn run(&self, id: &str) -> Option<Run>;
     fn steps(&self, run: &str) -> Vec<StepRecord>;
     fn list_runs(&self, filter: &RunFilter) -> Vec<Run>;
     /// Moves a run to `to` if it is in one of `from`; resolves to whether it moved. Entering
-    /// `running` sets its start time, entering a terminal status its end time. `detail` is
-    /// added to what the run's detail says (after `; `); nothing a detail says is ever removed.
+    /// a terminal status sets its end time. `detail` is added to what the run's detail says
+    /// (after `; `); nothing a detail says is ever removed. A run never enters or leaves
+    /// `running` this way, which `from` and `to` must not name: a run starts only by
+    /// [`AsyncStore::claim`], and ends only with its last event or by
+    /// [`AsyncStore::interrupt_running`], each checked against its owner's lease.
     fn transition(
         &self,
         run: &str,
@@ -448,21 +499,46 @@ interface! {
         detail: Option<&str>,
     ) -> bool;
     /// Appends an event to a running run, with what it changes, and resolves to the event's
-    /// sequence number; `None` (and nothing written) when the run is not `running` (e.g. it
-    /// was marked interrupted by a shutdown). Logs are not part of the durability contract: a
-    /// crash may lose those written since the last write that was waited for.
+    /// sequence number; `None` (and nothing written) unless the run is `running` under
+    /// `fence`, its lease not expired by the database's clock: a daemon that lost the run (it
+    /// was paused past its lease and another daemon took the run over, or a shutdown marked
+    /// it interrupted) writes nothing more to it. Logs are not part of the durability
+    /// contract: a crash may lose those written since the last write that was waited for.
     fn append_event(
         &self,
         run: &str,
+        fence: &Fence,
         event: &str,
         change: Option<&Change>,
         commit: Commit,
     ) -> Option<i64>;
     /// The events of a run after sequence number `after`, in order, at most `limit`.
     fn events(&self, run: &str, after: i64, limit: u32) -> Vec<(i64, String)>;
-    /// Marks every `running` run `interrupted`, and its steps in flight too: what a daemon
-    /// does with the runs it finds when it starts, and with its own when it stops.
-    fn interrupt_running(&self) -> Vec<Interrupted>;
+    /// Marks the `running` runs in `scope` `interrupted`, and their steps in flight too: what
+    /// a daemon does with the runs it finds when it starts alone on a store
+    /// ([`Scope::All`]), with its own when it stops ([`Scope::Owner`]), and with those whose
+    /// owner stopped renewing its lease ([`Scope::Expired`]).
+    fn interrupt_running(&self, scope: &Scope) -> Vec<Interrupted>;
+    /// Starts queued runs for `owner`, under a lease of `ttl_ms`: the oldest first, at most
+    /// `max`, each only when no lock holds it (unless forced), no run of its concurrency key
+    /// is running and none queued before it waits (FIFO per key, across every daemon of the
+    /// store). Runs a lock holds get the lock named in their detail once. Resolves to the
+    /// runs started, with their fences, and where every key's queue stands.
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32) -> Claimed;
+    /// Extends by `ttl_ms` the leases `owner` still holds (running, not expired by the
+    /// database's clock), and resolves to them, with the cancels asked of each. A run of the
+    /// owner's missing from the answer is no longer its to run.
+    fn renew(&self, owner: &str, ttl_ms: i64) -> Vec<Held>;
+    /// Ends the leases of `owner` now, so that another daemon takes its runs over at once
+    /// rather than when they would expire: a daemon that stops hands its runs over this way.
+    fn release(&self, owner: &str) -> usize;
+    /// Asks the owner of a running run to cancel it (a second ask aborts its safety net
+    /// too); `by` is what the run's detail says when it ends cancelled. Resolves to whether
+    /// the run was running.
+    fn request_cancel(&self, run: &str, by: &str) -> bool;
+    /// Queues an interrupted run again, with `detail`; `forced` lets its next start pass the
+    /// locks. Resolves to whether it was interrupted.
+    fn requeue(&self, run: &str, detail: &str, forced: bool) -> bool;
     /// Runs in a status, oldest first.
     fn runs_with_status(&self, status: RunStatus) -> Vec<Run>;
     /// How many runs of `principal` are `queued`.

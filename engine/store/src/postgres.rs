@@ -16,10 +16,11 @@ use std::time::Duration;
 use ::postgres::types::ToSql;
 use ::postgres::{Client, GenericClient, NoTls, Row, Statement};
 
+use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
-    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
-    RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
+    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Notice, Pending,
+    Result, Run, RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
 };
 
 /// How many threads read, each on its own connection. As for SQLite: two let a long read (a
@@ -38,7 +39,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [&str; 1] = [include_str!("postgres/migrations/001_create.sql")];
+const MIGRATIONS: [&str; 2] = [
+    include_str!("postgres/migrations/001_create.sql"),
+    include_str!("postgres/migrations/002_claims.sql"),
+];
 
 /// The schema this build writes.
 const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -52,6 +56,28 @@ const MIGRATION_LOCK: i64 = 0x0073_6869_7068_6174;
 /// daemon admits it. It spells `ship`.
 const ADMISSION_LOCK: i32 = 0x7368_6970;
 
+/// The class of the advisory locks, one per concurrency key, under which a run that does not
+/// queue is admitted: two daemons cannot both find its key free. It spells `keys`.
+const KEY_LOCK: i32 = 0x6b65_7973;
+
+/// The advisory lock a claim holds: claims take turns, whichever daemon makes them, so that
+/// each sees the runs the one before it started. What may start depends on other rows than
+/// the run's own (one running run per key, the oldest waiting first), which row locks alone
+/// cannot order. A claim is a few statements, so a turn is short. It spells `claim`.
+const CLAIM_LOCK: i64 = 0x0063_6c61_696d;
+
+/// The channel on which every write that another daemon should hear of is announced, at its
+/// commit (`NOTIFY` is transactional): `e:RUN` when a run's events grew, `r:RUN` when a run
+/// changed state, `r:` when a lock did.
+const CHANNEL: &str = "shiphat";
+
+/// How long the listener waits for a notification before it looks whether its store is gone.
+const LISTEN_POLL: Duration = Duration::from_millis(500);
+
+/// Now by the database's clock, in milliseconds since the Unix epoch: what leases are
+/// compared with, so that daemons whose clocks disagree still agree on which lease expired.
+const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
 /// The store in a PostgreSQL database.
 ///
 /// Writes share transactions as in SQLite ([`Committer`]): everything queued at once commits
@@ -63,6 +89,16 @@ pub struct PgStore {
     /// Group commit, as in SQLite: see [`Committer`].
     writer: Committer<Conn>,
     readers: Workers<Conn>,
+    /// How to connect, for the listener [`AsyncStore::watch`] starts.
+    config: Arc<::postgres::Config>,
+    /// Tells the listener, if one was started, that the store is gone.
+    gone: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// One thread's connection, opened again when it was lost.
@@ -350,6 +386,8 @@ impl PgStore {
         Ok(PgStore {
             writer: Committer::start(writer)?,
             readers: Workers::start("shiphat-store-read", readers)?,
+            config,
+            gone: Arc::default(),
         })
     }
 
@@ -442,10 +480,29 @@ fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool
             max: max_queued,
         });
     }
+    if let Some(key) = run.concurrency_key.as_ref().filter(|_| run.exclusive) {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&KEY_LOCK, key],
+        )?;
+        let holder = tx.query_opt(
+            "SELECT id FROM runs WHERE concurrency_key = $1 AND status = ANY($2) \
+             ORDER BY status = 'running' DESC, id LIMIT 1",
+            &[key, &names(&[RunStatus::Queued, RunStatus::Running])],
+        )?;
+        if let Some(holder) = holder {
+            return Err(Error::KeyBusy {
+                key: key.clone(),
+                holder: holder.try_get(0)?,
+            });
+        }
+    }
     let created_ms = now_ms();
+    notify(tx, &format!("r:{}", run.id))?;
     tx.execute(
         "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-         idempotency_key, status, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+         idempotency_key, status, created_ms, forced) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
             &run.id,
             &run.workflow,
@@ -456,6 +513,7 @@ fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool
             &run.idempotency_key,
             &RunStatus::Queued.as_str(),
             &created_ms,
+            &run.forced,
         ],
     )?;
     Ok((run.queued(created_ms), true))
@@ -471,6 +529,13 @@ fn queued_of(db: &mut Conn, principal: &str) -> Result<u64> {
     Ok(count as u64)
 }
 
+/// Announces `payload` on [`CHANNEL`] when the transaction commits.
+fn notify(tx: &mut Conn, payload: &str) -> Result<()> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])?;
+    Ok(())
+}
+
+/// [`AsyncStore::transition`], also for the store's own moves into and out of `running`.
 fn transition(
     db: &mut Conn,
     run: &str,
@@ -478,6 +543,7 @@ fn transition(
     to: RunStatus,
     detail: Option<&str>,
 ) -> Result<bool> {
+    notify(db, &format!("r:{run}"))?;
     let changed = db.execute(
         &format!(
             "UPDATE runs SET status = $2, detail = {APPEND_DETAIL}, \
@@ -506,23 +572,29 @@ fn int(n: u32) -> i32 {
 fn append_event(
     tx: &mut Conn,
     run: &str,
+    fence: &Fence,
     event: &str,
     change: Option<&Change>,
 ) -> Result<Option<i64>> {
     // The run's row stays locked until the commit: no change of its state (a cancel, another
-    // daemon interrupting it) comes between this check and the write.
-    let status = tx.query_opt("SELECT status FROM runs WHERE id = $1 FOR UPDATE", &[&run])?;
-    let running = match status {
-        Some(row) => named(row.try_get(0)?, RunStatus::parse, "runs")? == RunStatus::Running,
-        None => false,
-    };
-    if !running {
+    // daemon taking it over) comes between this check and the write. The lease is compared
+    // with the database's clock, the one every daemon's leases are counted by.
+    let owned = tx.query_opt(
+        &format!(
+            "SELECT 1 FROM runs WHERE id = $1 AND status = 'running' AND lease_owner = $2 \
+             AND lease_epoch = $3 AND lease_expires_ms > {DB_NOW} FOR UPDATE"
+        ),
+        &[&run, &fence.owner, &fence.epoch],
+    )?;
+    if owned.is_none() {
         return Ok(None);
     }
+    // The announcement is folded into the insert: one round trip for both.
     let seq: i64 = tx
         .query_one(
-            "INSERT INTO events (run_id, body) VALUES ($1, $2) RETURNING seq",
-            &[&run, &event],
+            "INSERT INTO events (run_id, body) \
+             SELECT $1, $2 FROM (SELECT pg_notify($3, 'e:' || $1)) AS announced RETURNING seq",
+            &[&run, &event, &CHANNEL],
         )?
         .try_get(0)?;
     let now = now_ms();
@@ -603,11 +675,23 @@ fn append_event(
     Ok(Some(seq))
 }
 
-fn interrupt_running(tx: &mut Conn) -> Result<Vec<Interrupted>> {
+fn interrupt_running(tx: &mut Conn, scope: &Scope) -> Result<Vec<Interrupted>> {
+    let (owner, expired) = match scope {
+        Scope::All => (None, false),
+        Scope::Owner(owner) => (Some(owner.as_str()), false),
+        Scope::Expired => (None, true),
+    };
+    // `SKIP LOCKED`: a run whose row another transaction holds (its owner writing an event,
+    // another daemon taking it over) is not this call's to decide now.
     let running = query_runs(
         tx,
-        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = $1 ORDER BY id FOR UPDATE"),
-        &[&RunStatus::Running.as_str()],
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' \
+             AND ($1::text IS NULL OR lease_owner = $1) \
+             AND (NOT $2 OR lease_expires_ms IS NULL OR lease_expires_ms <= {DB_NOW}) \
+             ORDER BY id FOR UPDATE SKIP LOCKED"
+        ),
+        &[&owner, &expired],
     )?;
     let mut out = Vec::new();
     for run in running {
@@ -641,6 +725,150 @@ fn interrupt_running(tx: &mut Conn) -> Result<Vec<Interrupted>> {
         });
     }
     Ok(out)
+}
+
+fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])?;
+    // Every queued run, and apart which of them this claim could lock: one whose row another
+    // transaction holds is skipped, not waited for, and still blocks its key.
+    let mut queued = tx
+        .query(
+            "SELECT id, workflow, concurrency_key, forced, detail FROM runs \
+             WHERE status = 'queued' ORDER BY id",
+            &[],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(Queued {
+                id: row.try_get(0)?,
+                workflow: row.try_get(1)?,
+                key: row.try_get(2)?,
+                forced: row.try_get(3)?,
+                detail: row.try_get(4)?,
+                locked: false,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let locked: std::collections::HashSet<String> = tx
+        .query(
+            "SELECT id FROM runs WHERE status = 'queued' FOR UPDATE SKIP LOCKED",
+            &[],
+        )?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for run in &mut queued {
+        run.locked = locked.contains(&run.id);
+    }
+    let running = tx
+        .query(
+            "SELECT concurrency_key, id FROM runs WHERE status = 'running' \
+             AND concurrency_key IS NOT NULL",
+            &[],
+        )?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_>>()?;
+    let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
+    let locks = locks(tx, "", &[&now])?;
+    let plan = crate::claim::plan(&queued, running, &locks, max as usize);
+    for (id, detail) in &plan.hold {
+        transition(tx, id, &[RunStatus::Queued], RunStatus::Queued, Some(detail))?;
+    }
+    let mut started = Vec::new();
+    for id in &plan.start {
+        notify(tx, &format!("r:{id}"))?;
+        let row = tx.query_opt(
+            &format!(
+                "UPDATE runs SET status = 'running', started_ms = $2, lease_owner = $3, \
+                   lease_expires_ms = $2::bigint + $4::bigint, lease_epoch = lease_epoch + 1, forced = false, \
+                   cancels = 0, cancelled_by = NULL \
+                 WHERE id = $1 AND status = 'queued' RETURNING {RUN_COLUMNS}, lease_epoch"
+            ),
+            &[id, &now, &owner, &ttl_ms],
+        )?;
+        if let Some(row) = row {
+            let fence = Fence {
+                owner: owner.to_owned(),
+                epoch: row.try_get(12)?,
+            };
+            started.push((run_from_row(&row)?, fence));
+        }
+    }
+    Ok(Claimed {
+        started,
+        held: plan.hold.into_iter().map(|(id, _)| id).collect(),
+        keys: plan.keys,
+    })
+}
+
+fn renew(tx: &mut Conn, owner: &str, ttl_ms: i64) -> Result<Vec<Held>> {
+    tx.query(
+        &format!(
+            "UPDATE runs SET lease_expires_ms = {DB_NOW} + $2::bigint \
+             WHERE status = 'running' AND lease_owner = $1 AND lease_expires_ms > {DB_NOW} \
+             RETURNING id, lease_epoch, cancels, cancelled_by"
+        ),
+        &[&owner, &ttl_ms],
+    )?
+    .iter()
+    .map(|row| {
+        Ok(Held {
+            run: row.try_get(0)?,
+            epoch: row.try_get(1)?,
+            cancels: row.try_get::<_, i32>(2)?.max(0) as u32,
+            cancelled_by: row.try_get(3)?,
+        })
+    })
+    .collect()
+}
+
+/// Hears [`CHANNEL`] on a connection of its own and hands each notification to `notice`,
+/// until `gone`. A connection lost (the server restarted) is opened again, and since what was
+/// said meanwhile is lost, `notice` hears that anything may have changed.
+fn listen(
+    config: &::postgres::Config,
+    gone: &std::sync::atomic::AtomicBool,
+    notice: &(dyn Fn(Notice) + Send + Sync),
+) {
+    use ::postgres::fallible_iterator::FallibleIterator;
+    use std::sync::atomic::Ordering;
+    let mut first = true;
+    while !gone.load(Ordering::SeqCst) {
+        let mut client = match config.connect(NoTls) {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!("cannot listen for other daemons' changes: {e}; trying again");
+                std::thread::sleep(LISTEN_POLL);
+                continue;
+            }
+        };
+        if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")) {
+            tracing::warn!("cannot listen for other daemons' changes: {e}; trying again");
+            std::thread::sleep(LISTEN_POLL);
+            continue;
+        }
+        if !first {
+            notice(Notice::Run(None));
+        }
+        first = false;
+        while !gone.load(Ordering::SeqCst) {
+            let next = client.notifications().timeout_iter(LISTEN_POLL).next();
+            match next {
+                Ok(Some(n)) => match n.payload().split_once(':') {
+                    Some(("e", run)) => notice(Notice::Events(run.to_owned())),
+                    Some(("r", "")) | None => notice(Notice::Run(None)),
+                    Some((_, run)) => notice(Notice::Run(Some(run.to_owned()))),
+                },
+                Ok(None) => {
+                    if client.is_closed() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 fn step_from_row(row: &Row) -> Result<StepRecord> {
@@ -764,7 +992,7 @@ impl AsyncStore for PgStore {
         detail: Option<&str>,
     ) -> Pending<bool> {
         let run = run.to_owned();
-        let from = from.to_vec();
+        let from = crate::not_running(from, to);
         let detail = detail.map(str::to_owned);
         self.write(Commit::Now, move |tx| {
             transition(tx, &run, &from, to, detail.as_deref())
@@ -774,15 +1002,17 @@ impl AsyncStore for PgStore {
     fn append_event(
         &self,
         run: &str,
+        fence: &Fence,
         event: &str,
         change: Option<&Change>,
         commit: Commit,
     ) -> Pending<Option<i64>> {
         let run = run.to_owned();
+        let fence = fence.clone();
         let event = event.to_owned();
         let change = change.cloned();
         self.write(commit, move |tx| {
-            append_event(tx, &run, &event, change.as_ref())
+            append_event(tx, &run, &fence, &event, change.as_ref())
         })
     }
 
@@ -801,8 +1031,60 @@ impl AsyncStore for PgStore {
         })
     }
 
-    fn interrupt_running(&self) -> Pending<Vec<Interrupted>> {
-        self.write(Commit::Now, interrupt_running)
+    fn interrupt_running(&self, scope: &Scope) -> Pending<Vec<Interrupted>> {
+        let scope = scope.clone();
+        self.write(Commit::Now, move |tx| interrupt_running(tx, &scope))
+    }
+
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32) -> Pending<Claimed> {
+        let owner = owner.to_owned();
+        self.write(Commit::Now, move |tx| claim(tx, &owner, ttl_ms, max))
+    }
+
+    fn renew(&self, owner: &str, ttl_ms: i64) -> Pending<Vec<Held>> {
+        let owner = owner.to_owned();
+        self.write(Commit::Now, move |tx| renew(tx, &owner, ttl_ms))
+    }
+
+    fn release(&self, owner: &str) -> Pending<usize> {
+        let owner = owner.to_owned();
+        self.write(Commit::Now, move |tx| {
+            notify(tx, "r:")?;
+            Ok(tx.execute(
+                "UPDATE runs SET lease_expires_ms = 0 WHERE status = 'running' \
+                 AND lease_owner = $1",
+                &[&owner],
+            )? as usize)
+        })
+    }
+
+    fn request_cancel(&self, run: &str, by: &str) -> Pending<bool> {
+        let run = run.to_owned();
+        let by = by.to_owned();
+        self.write(Commit::Now, move |tx| {
+            notify(tx, &format!("r:{run}"))?;
+            Ok(tx.execute(
+                "UPDATE runs SET cancels = cancels + 1, \
+                   cancelled_by = coalesce(cancelled_by, $2) \
+                 WHERE id = $1 AND status = 'running'",
+                &[&run, &by],
+            )? == 1)
+        })
+    }
+
+    fn requeue(&self, run: &str, detail: &str, forced: bool) -> Pending<bool> {
+        let run = run.to_owned();
+        let detail = detail.to_owned();
+        self.write(Commit::Now, move |tx| {
+            notify(tx, &format!("r:{run}"))?;
+            Ok(tx.execute(
+                &format!(
+                    "UPDATE runs SET status = $2, detail = {APPEND_DETAIL}, forced = $4 \
+                     WHERE id = $1 AND status = 'interrupted'"
+                ),
+                &[&run, &RunStatus::Queued.as_str(), &detail, &forced],
+            )? == 1)
+        })
     }
 
     fn runs_with_status(&self, status: RunStatus) -> Pending<Vec<Run>> {
@@ -836,6 +1118,7 @@ impl AsyncStore for PgStore {
     fn put_lock(&self, lock: &Lock) -> Pending<()> {
         let lock = lock.clone();
         self.write(Commit::Now, move |tx| {
+            notify(tx, "r:")?;
             tx.execute(
                 "INSERT INTO locks (key, owner, reason, created_ms, expires_ms) \
                  VALUES ($1, $2, $3, $4, $5) \
@@ -857,6 +1140,7 @@ impl AsyncStore for PgStore {
     fn delete_lock(&self, key: &str) -> Pending<bool> {
         let key = key.to_owned();
         self.write(Commit::Now, move |tx| {
+            notify(tx, "r:")?;
             Ok(tx.execute("DELETE FROM locks WHERE key = $1", &[&key])? == 1)
         })
     }
@@ -977,6 +1261,23 @@ impl AsyncStore for PgStore {
                 &[&before_ms, &names(&RunStatus::TERMINAL)],
             )? as usize)
         })
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn watch(&self, notice: Box<dyn Fn(Notice) + Send + Sync>) -> Result<()> {
+        let config = self.config.clone();
+        let gone = self.gone.clone();
+        std::thread::Builder::new()
+            .name("shiphat-store-listen".into())
+            .spawn(move || listen(&config, &gone, notice.as_ref()))
+            .map(drop)
+            .map_err(|source| Error::Open {
+                path: "shiphat-store-listen thread".into(),
+                source,
+            })
     }
 
     /// What the schema's constraints cannot say: the schema's version is this build's, every
@@ -1165,11 +1466,7 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(store.run("01a").unwrap().unwrap().status, RunStatus::Queued);
         }
-        assert!(
-            store
-                .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-                .unwrap()
-        );
+        crate::tests::start(&store, "01a");
         assert_eq!(store.integrity_check().unwrap(), "ok");
     }
 }

@@ -7,10 +7,11 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
+use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
-    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Pending, Result, Run,
-    RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
+    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Notice, Pending,
+    Result, Run, RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -30,7 +31,7 @@ const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// sets the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [fn(&Connection) -> Result<()>; 2] = [create_v1, json_token_lists];
+const MIGRATIONS: [fn(&Connection) -> Result<()>; 3] = [create_v1, json_token_lists, claims];
 
 /// Version 1: the schema as it was before it had a version. Idempotent, since a version-0
 /// database may already have it.
@@ -138,6 +139,24 @@ fn json_token_lists(conn: &Connection) -> Result<()> {
 }
 
 /// Brings the database to [`VERSION`], or refuses one from a newer shiphat.
+/// Version 3: what claims and leases keep (see `claim.rs`). An embedded store has one daemon,
+/// but the scheduler is the same over both backends: its runs are claimed, leased and fenced
+/// here as in PostgreSQL.
+fn claims(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE runs ADD COLUMN lease_owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_expires_ms INTEGER;
+ALTER TABLE runs ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN forced INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN cancels INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN cancelled_by TEXT;
+CREATE INDEX runs_key ON runs (concurrency_key) WHERE concurrency_key IS NOT NULL;
+",
+    )?;
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     // Immediate: two processes opening one old file at once migrate it once.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -385,10 +404,30 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
             max: max_queued,
         });
     }
+    if let Some(key) = run.concurrency_key.as_ref().filter(|_| run.exclusive) {
+        // The one writer is the lock on the key.
+        let holder: Option<String> = tx
+            .prepare_cached(
+                "SELECT id FROM runs WHERE concurrency_key = ?1 AND status IN (?2, ?3) \
+                 ORDER BY status = ?3 DESC, id LIMIT 1",
+            )?
+            .query_row(
+                params![key, Text(RunStatus::Queued), Text(RunStatus::Running)],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(holder) = holder {
+            return Err(Error::KeyBusy {
+                key: key.clone(),
+                holder,
+            });
+        }
+    }
     let created_ms = now_ms();
     tx.prepare_cached(
         "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-         idempotency_key, status, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         idempotency_key, status, created_ms, forced) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         run.id,
@@ -399,7 +438,8 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
         run.concurrency_key,
         run.idempotency_key,
         Text(RunStatus::Queued),
-        created_ms
+        created_ms,
+        run.forced
     ])?;
     Ok((run.queued(created_ms), true))
 }
@@ -412,6 +452,7 @@ fn queued_of(conn: &Connection, principal: &str) -> Result<u64> {
         })?)
 }
 
+/// [`AsyncStore::transition`], also for the store's own moves into and out of `running`.
 fn transition(
     conn: &Connection,
     run: &str,
@@ -441,15 +482,23 @@ fn transition(
 fn append_event(
     tx: &Connection,
     run: &str,
+    fence: &Fence,
     event: &str,
     change: Option<&Change>,
 ) -> Result<Option<i64>> {
-    let status = tx
-        .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
-        .query_row(params![run], |row| row.get::<_, Text<RunStatus>>(0))
-        .optional()?
-        .map(|status| status.0);
-    if status != Some(RunStatus::Running) {
+    let owned = tx
+        .prepare_cached(
+            "SELECT 1 FROM runs WHERE id = ?1 AND status = ?2 AND lease_owner = ?3 \
+             AND lease_epoch = ?4 AND lease_expires_ms > ?5",
+        )?
+        .exists(params![
+            run,
+            Text(RunStatus::Running),
+            fence.owner,
+            fence.epoch,
+            now_ms()
+        ])?;
+    if !owned {
         return Ok(None);
     }
     tx.prepare_cached("INSERT INTO events (run_id, body) VALUES (?1, ?2)")?
@@ -533,11 +582,20 @@ fn append_event(
     Ok(Some(seq))
 }
 
-fn interrupt_running(tx: &Connection) -> Result<Vec<Interrupted>> {
+fn interrupt_running(tx: &Connection, scope: &Scope) -> Result<Vec<Interrupted>> {
+    let (owner, expired) = match scope {
+        Scope::All => (None, false),
+        Scope::Owner(owner) => (Some(owner.as_str()), false),
+        Scope::Expired => (None, true),
+    };
     let running = query_runs(
         tx,
-        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 ORDER BY id"),
-        params![Text(RunStatus::Running)],
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 \
+             AND (?2 IS NULL OR lease_owner = ?2) \
+             AND (NOT ?3 OR lease_expires_ms IS NULL OR lease_expires_ms <= ?4) ORDER BY id"
+        ),
+        params![Text(RunStatus::Running), owner, expired, now_ms()],
     )?;
     let mut out = Vec::new();
     for run in running {
@@ -569,6 +627,99 @@ fn interrupt_running(tx: &Connection) -> Result<Vec<Interrupted>> {
         });
     }
     Ok(out)
+}
+
+fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
+    let now = now_ms();
+    let queued = tx
+        .prepare_cached(
+            "SELECT id, workflow, concurrency_key, forced, detail FROM runs WHERE status = ?1 \
+             ORDER BY id",
+        )?
+        .query_map(params![Text(RunStatus::Queued)], |row| {
+            Ok(Queued {
+                id: row.get(0)?,
+                workflow: row.get(1)?,
+                key: row.get(2)?,
+                forced: row.get(3)?,
+                detail: row.get(4)?,
+                // The one writer: no other transaction holds a row.
+                locked: true,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let running = tx
+        .prepare_cached(
+            "SELECT concurrency_key, id FROM runs WHERE status = ?1 \
+             AND concurrency_key IS NOT NULL",
+        )?
+        .query_map(params![Text(RunStatus::Running)], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let plan = crate::claim::plan(&queued, running, &locks(tx)?, max as usize);
+    for (id, detail) in &plan.hold {
+        transition(tx, id, &[RunStatus::Queued], RunStatus::Queued, Some(detail))?;
+    }
+    let mut started = Vec::new();
+    for id in &plan.start {
+        let epoch: Option<i64> = tx
+            .prepare_cached(
+                "UPDATE runs SET status = ?2, started_ms = ?3, lease_owner = ?4, \
+                   lease_expires_ms = ?3 + ?5, lease_epoch = lease_epoch + 1, forced = 0, \
+                   cancels = 0, cancelled_by = NULL \
+                 WHERE id = ?1 AND status = ?6 RETURNING lease_epoch",
+            )?
+            .query_row(
+                params![
+                    id,
+                    Text(RunStatus::Running),
+                    now,
+                    owner,
+                    ttl_ms,
+                    Text(RunStatus::Queued)
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let Some(epoch) = epoch else { continue };
+        let run = query_runs(
+            tx,
+            &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+            params![id],
+        )?;
+        started.extend(run.into_iter().map(|run| {
+            let fence = Fence {
+                owner: owner.to_owned(),
+                epoch,
+            };
+            (run, fence)
+        }));
+    }
+    Ok(Claimed {
+        started,
+        held: plan.hold.into_iter().map(|(id, _)| id).collect(),
+        keys: plan.keys,
+    })
+}
+
+fn renew(tx: &Connection, owner: &str, ttl_ms: i64) -> Result<Vec<Held>> {
+    let now = now_ms();
+    Ok(tx
+        .prepare_cached(
+            "UPDATE runs SET lease_expires_ms = ?3 + ?4 \
+             WHERE status = ?1 AND lease_owner = ?2 AND lease_expires_ms > ?3 \
+             RETURNING id, lease_epoch, cancels, cancelled_by",
+        )?
+        .query_map(params![Text(RunStatus::Running), owner, now, ttl_ms], |row| {
+            Ok(Held {
+                run: row.get(0)?,
+                epoch: row.get(1)?,
+                cancels: row.get(2)?,
+                cancelled_by: row.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 fn token_from_row(row: &Row) -> rusqlite::Result<(TokenRecord, String, String)> {
@@ -680,7 +831,7 @@ impl AsyncStore for SqliteStore {
         detail: Option<&str>,
     ) -> Pending<bool> {
         let run = run.to_owned();
-        let from = from.to_vec();
+        let from = crate::not_running(from, to);
         let detail = detail.map(str::to_owned);
         self.write(move |conn| transition(conn, &run, &from, to, detail.as_deref()))
     }
@@ -688,15 +839,17 @@ impl AsyncStore for SqliteStore {
     fn append_event(
         &self,
         run: &str,
+        fence: &Fence,
         event: &str,
         change: Option<&Change>,
         commit: Commit,
     ) -> Pending<Option<i64>> {
         let run = run.to_owned();
+        let fence = fence.clone();
         let event = event.to_owned();
         let change = change.cloned();
         self.committer.submit(commit, move |tx| {
-            append_event(tx, &run, &event, change.as_ref())
+            append_event(tx, &run, &fence, &event, change.as_ref())
         })
     }
 
@@ -715,8 +868,65 @@ impl AsyncStore for SqliteStore {
         })
     }
 
-    fn interrupt_running(&self) -> Pending<Vec<Interrupted>> {
-        self.write(interrupt_running)
+    fn interrupt_running(&self, scope: &Scope) -> Pending<Vec<Interrupted>> {
+        let scope = scope.clone();
+        self.write(move |tx| interrupt_running(tx, &scope))
+    }
+
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32) -> Pending<Claimed> {
+        let owner = owner.to_owned();
+        self.write(move |tx| claim(tx, &owner, ttl_ms, max))
+    }
+
+    fn renew(&self, owner: &str, ttl_ms: i64) -> Pending<Vec<Held>> {
+        let owner = owner.to_owned();
+        self.write(move |tx| renew(tx, &owner, ttl_ms))
+    }
+
+    fn release(&self, owner: &str) -> Pending<usize> {
+        let owner = owner.to_owned();
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE runs SET lease_expires_ms = 0 WHERE status = ?1 AND lease_owner = ?2",
+                )?
+                .execute(params![Text(RunStatus::Running), owner])?)
+        })
+    }
+
+    fn request_cancel(&self, run: &str, by: &str) -> Pending<bool> {
+        let run = run.to_owned();
+        let by = by.to_owned();
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(
+                    "UPDATE runs SET cancels = cancels + 1, \
+                       cancelled_by = coalesce(cancelled_by, ?3) \
+                     WHERE id = ?1 AND status = ?2",
+                )?
+                .execute(params![run, Text(RunStatus::Running), by])?
+                == 1)
+        })
+    }
+
+    fn requeue(&self, run: &str, detail: &str, forced: bool) -> Pending<bool> {
+        let run = run.to_owned();
+        let detail = detail.to_owned();
+        self.write(move |tx| {
+            Ok(tx
+                .prepare_cached(&format!(
+                    "UPDATE runs SET status = ?2, detail = {APPEND_DETAIL}, forced = ?4 \
+                     WHERE id = ?1 AND status = ?5"
+                ))?
+                .execute(params![
+                    run,
+                    Text(RunStatus::Queued),
+                    detail,
+                    forced,
+                    Text(RunStatus::Interrupted)
+                ])?
+                == 1)
+        })
     }
 
     fn runs_with_status(&self, status: RunStatus) -> Pending<Vec<Run>> {
@@ -889,6 +1099,15 @@ impl AsyncStore for SqliteStore {
         })
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn watch(&self, _notice: Box<dyn Fn(Notice) + Send + Sync>) -> Result<()> {
+        // One daemon writes an embedded file: nothing to hear of.
+        Ok(())
+    }
+
     fn integrity_check(&self) -> Pending<String> {
         self.read(|conn| Ok(conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))?))
     }
@@ -937,12 +1156,11 @@ mod tests {
     fn a_write_is_on_disk_when_it_returns_and_logs_before_the_next_write() {
         let (dir, store) = store();
         store.create_run(&new_run("01a", None), ANY).unwrap();
-        store
-            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-            .unwrap();
+        let fence = crate::tests::start(&store, "01a");
         drop(crate::AsyncStore::append_event(
             &store,
             "01a",
+            &fence,
             "{\"log\":1}",
             None,
             Commit::Soon,
@@ -953,7 +1171,7 @@ mod tests {
             attempt: 1,
         };
         store
-            .append_event("01a", "{}", Some(&start), Commit::Now)
+            .append_event("01a", &fence, "{}", Some(&start), Commit::Now)
             .unwrap();
         // Another connection (as after a crash) sees both.
         let other = Connection::open(dir.path().join("db/shiphat.sqlite")).unwrap();

@@ -10,8 +10,8 @@ use std::sync::Arc;
 // The cases call the blocking interface only: with both traits in scope every call would be
 // ambiguous. A case that queues a write without waiting names `AsyncStore` in full.
 use crate::{
-    AsyncStore, AuditEntry, Change, Commit, Error, Lock, MAX_AUDIT_FIELD, NewRun, PgStore,
-    RunFilter, RunStatus, Section, SqliteStore, StepState, Store, TokenRecord, now_ms,
+    AsyncStore, AuditEntry, Change, Commit, Error, Fence, Lock, MAX_AUDIT_FIELD, NewRun, PgStore,
+    RunFilter, RunStatus, Scope, Section, SqliteStore, StepState, Store, TokenRecord, now_ms,
 };
 
 /// No cap on queued runs.
@@ -90,7 +90,36 @@ both!(
     every_status_and_section_is_kept_by_its_name,
     inputs_and_outputs_come_back_as_they_were_written,
     a_write_the_database_refuses_is_undone_alone,
+    claims_start_one_run_per_key_in_order_whoever_claims,
+    a_lock_holds_claims_unless_forced_and_says_so_once,
+    an_exclusive_run_is_refused_while_its_key_is_busy,
+    a_stale_fence_writes_nothing_and_an_expired_lease_is_taken_over,
+    renewing_keeps_leases_and_reports_cancels,
+    a_released_lease_is_taken_over_at_once,
+    a_daemon_interrupts_only_its_own_runs_when_it_stops,
 );
+
+/// The daemon the cases claim runs as, with a lease no case outlives.
+const ME: &str = "test-daemon";
+const LEASE_MS: i64 = 600_000;
+
+/// Claims every run that may start, as [`ME`]; the fence of each.
+fn claim_all(store: &dyn Store) -> std::collections::HashMap<String, Fence> {
+    store
+        .claim(ME, LEASE_MS, u32::MAX)
+        .unwrap()
+        .started
+        .into_iter()
+        .map(|(run, fence)| (run.id, fence))
+        .collect()
+}
+
+/// Starts `id` (and whatever else may start), as [`ME`].
+pub(crate) fn start(store: &dyn Store, id: &str) -> Fence {
+    claim_all(store)
+        .remove(id)
+        .unwrap_or_else(|| panic!("run `{id}` did not start"))
+}
 
 pub(crate) fn new_run(id: &str, key: Option<&str>) -> NewRun {
     NewRun {
@@ -101,6 +130,8 @@ pub(crate) fn new_run(id: &str, key: Option<&str>) -> NewRun {
         dry_run: false,
         concurrency_key: None,
         idempotency_key: key.map(Into::into),
+        exclusive: false,
+        forced: false,
     }
 }
 
@@ -144,29 +175,38 @@ fn idempotency_key_returns_the_first_run(t: &Tested) {
 fn events_are_refused_unless_running_and_steps_finish_once(t: &Tested) {
     let store = &*t.store;
     store.create_run(&new_run("01a", None), ANY).unwrap();
+    let unclaimed = Fence {
+        owner: ME.into(),
+        epoch: 1,
+    };
     assert_eq!(
-        store.append_event("01a", "{}", None, Commit::Now).unwrap(),
+        store
+            .append_event("01a", &unclaimed, "{}", None, Commit::Now)
+            .unwrap(),
         None
     );
-    assert!(
-        store
-            .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-            .unwrap()
-    );
-    let start = Change::StepStarted {
+    let fence = start(store, "01a");
+    assert_eq!(fence, unclaimed);
+    let begin = Change::StepStarted {
         step: "s".into(),
         section: Section::Steps,
         attempt: 1,
     };
     store
-        .append_event("01a", "{\"e\":1}", Some(&start), Commit::Now)
+        .append_event("01a", &fence, "{\"e\":1}", Some(&begin), Commit::Now)
         .unwrap()
         .unwrap();
     store
-        .append_event("01a", "{\"e\":2}", Some(&finished("s")), Commit::Now)
+        .append_event("01a", &fence, "{\"e\":2}", Some(&finished("s")), Commit::Now)
         .unwrap()
         .unwrap();
-    let again = store.append_event("01a", "{\"e\":3}", Some(&finished("s")), Commit::Now);
+    let again = store.append_event(
+        "01a",
+        &fence,
+        "{\"e\":3}",
+        Some(&finished("s")),
+        Commit::Now,
+    );
     assert!(
         matches!(again, Err(Error::StepAlreadyFinished { .. })),
         "{again:?}"
@@ -181,18 +221,16 @@ fn events_are_refused_unless_running_and_steps_finish_once(t: &Tested) {
 fn interrupt_running_names_the_step_in_flight(t: &Tested) {
     let store = &*t.store;
     store.create_run(&new_run("01a", None), ANY).unwrap();
-    store
-        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-        .unwrap();
-    let start = Change::StepStarted {
+    let fence = start(store, "01a");
+    let begin = Change::StepStarted {
         step: "deploy".into(),
         section: Section::Steps,
         attempt: 1,
     };
     store
-        .append_event("01a", "{}", Some(&start), Commit::Now)
+        .append_event("01a", &fence, "{}", Some(&begin), Commit::Now)
         .unwrap();
-    let interrupted = store.interrupt_running().unwrap();
+    let interrupted = store.interrupt_running(&Scope::All).unwrap();
     assert_eq!(interrupted[0].in_flight, vec!["deploy".to_owned()]);
     let run = store.run("01a").unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Interrupted);
@@ -200,7 +238,14 @@ fn interrupt_running_names_the_step_in_flight(t: &Tested) {
         store.steps("01a").unwrap()[0].status,
         StepState::Interrupted
     );
-    assert!(store.interrupt_running().unwrap().is_empty());
+    assert!(store.interrupt_running(&Scope::All).unwrap().is_empty());
+    // Its daemon is fenced out: its late writes are refused.
+    assert_eq!(
+        store
+            .append_event("01a", &fence, "{}", None, Commit::Now)
+            .unwrap(),
+        None
+    );
     assert_eq!(store.integrity_check().unwrap(), "ok");
 }
 
@@ -210,16 +255,15 @@ fn concurrent_writers_share_commits_and_a_failed_write_is_undone_alone(t: &Teste
     for r in 0..runs {
         let id = format!("01{r:02}");
         store.create_run(&new_run(&id, None), ANY).unwrap();
-        store
-            .transition(&id, &[RunStatus::Queued], RunStatus::Running, None)
-            .unwrap();
     }
+    let fences = claim_all(&*store);
     let threads = (0..runs)
         .map(|r| {
             let store = store.clone();
             let queue = t.queue.clone();
+            let id = format!("01{r:02}");
+            let fence = fences[&id].clone();
             std::thread::spawn(move || {
-                let id = format!("01{r:02}");
                 for s in 0..50 {
                     let step = format!("s{s}");
                     let start = Change::StepStarted {
@@ -228,24 +272,26 @@ fn concurrent_writers_share_commits_and_a_failed_write_is_undone_alone(t: &Teste
                         attempt: 1,
                     };
                     store
-                        .append_event(&id, "{}", Some(&start), Commit::Now)
+                        .append_event(&id, &fence, "{}", Some(&start), Commit::Now)
                         .unwrap();
                     // Queued without waiting; the end below commits it.
                     drop(crate::AsyncStore::append_event(
                         &*queue,
                         &id,
+                        &fence,
                         "{\"event\":\"log\"}",
                         None,
                         Commit::Soon,
                     ));
                     store
-                        .append_event(&id, "{}", Some(&finished(&step)), Commit::Now)
+                        .append_event(&id, &fence, "{}", Some(&finished(&step)), Commit::Now)
                         .unwrap()
                         .unwrap();
                     // Refused, and undone alone: the writes grouped with it stay.
                     assert!(matches!(
                         store.append_event(
                             &id,
+                            &fence,
                             "{\"again\":1}",
                             Some(&finished(&step)),
                             Commit::Now
@@ -301,16 +347,13 @@ fn a_change_of_state_keeps_the_detail(t: &Tested) {
     let store = &*t.store;
     store.create_run(&new_run("01a", None), ANY).unwrap();
     let move_to = |from, to, detail| store.transition("01a", &[from], to, detail).unwrap();
-    assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
-    store.interrupt_running().unwrap();
-    assert!(move_to(
-        RunStatus::Interrupted,
-        RunStatus::Queued,
-        Some("resumed by `root`")
-    ));
+    start(store, "01a");
+    store.interrupt_running(&Scope::All).unwrap();
+    assert!(store.requeue("01a", "resumed by `root`", false).unwrap());
+    assert!(!store.requeue("01a", "resumed again", false).unwrap());
     assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
     assert!(move_to(RunStatus::Queued, RunStatus::Queued, Some("held")));
-    assert!(move_to(RunStatus::Queued, RunStatus::Running, None));
+    start(store, "01a");
     assert_eq!(
         store.run("01a").unwrap().unwrap().detail.as_deref(),
         Some("interrupted between steps; resumed by `root`; held")
@@ -410,16 +453,14 @@ fn a_run_ends_with_its_last_event_and_a_queue_cap_is_kept(t: &Tested) {
     store.create_run(&new_run("01c", Some("k")), 2).unwrap();
     let (again, created) = store.create_run(&new_run("01d", Some("k")), 0).unwrap();
     assert_eq!((again.id.as_str(), created), ("01c", false));
-    store
-        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-        .unwrap();
+    let fence = start(store, "01a");
     let end = Change::RunEnded {
         status: RunStatus::Cancelled,
         detail: Some("cancelled by `ci`".into()),
     };
     assert!(
         store
-            .append_event("01a", "{}", Some(&end), Commit::Now)
+            .append_event("01a", &fence, "{}", Some(&end), Commit::Now)
             .unwrap()
             .is_some()
     );
@@ -429,7 +470,9 @@ fn a_run_ends_with_its_last_event_and_a_queue_cap_is_kept(t: &Tested) {
     assert_eq!(run.detail.as_deref(), Some("cancelled by `ci`"));
     // Nothing more is written to an ended run.
     assert_eq!(
-        store.append_event("01a", "{}", None, Commit::Now).unwrap(),
+        store
+            .append_event("01a", &fence, "{}", None, Commit::Now)
+            .unwrap(),
         None
     );
 }
@@ -437,11 +480,11 @@ fn a_run_ends_with_its_last_event_and_a_queue_cap_is_kept(t: &Tested) {
 fn a_soon_write_alone_still_commits(t: &Tested) {
     let store = &*t.store;
     store.create_run(&new_run("01a", None), ANY).unwrap();
-    store
-        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-        .unwrap();
+    let fence = start(store, "01a");
     let started = std::time::Instant::now();
-    let seq = store.append_event("01a", "{}", None, Commit::Soon).unwrap();
+    let seq = store
+        .append_event("01a", &fence, "{}", None, Commit::Soon)
+        .unwrap();
     assert!(seq.is_some());
     // Within about `SOON`: far below this bound even on a loaded machine.
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -505,21 +548,28 @@ fn a_transition_moves_a_run_only_from_the_states_it_names(t: &Tested) {
     store.create_run(&new_run("01a", None), ANY).unwrap();
     let moved = |from: &[RunStatus], to| store.transition("01a", from, to, None).unwrap();
     // Compare-and-set: a run that is not where the caller thinks stays where it is.
-    assert!(!moved(&[RunStatus::Running], RunStatus::Succeeded));
-    let missing = store.transition("nope", &[RunStatus::Queued], RunStatus::Running, None);
+    assert!(!moved(&[RunStatus::Interrupted], RunStatus::Succeeded));
+    let missing = store.transition("nope", &[RunStatus::Queued], RunStatus::Failed, None);
     assert!(!missing.unwrap());
+    // Never into `running`, which only a claim does, under a lease.
+    assert!(!moved(&[RunStatus::Queued], RunStatus::Running));
     let run = store.run("01a").unwrap().unwrap();
     assert_eq!(run.status, RunStatus::Queued);
     assert_eq!((run.started_ms, run.finished_ms), (None, None));
-    assert!(moved(
-        &[RunStatus::Interrupted, RunStatus::Queued],
-        RunStatus::Running
-    ));
+    start(store, "01a");
     let run = store.run("01a").unwrap().unwrap();
     assert!(run.started_ms.is_some() && run.finished_ms.is_none());
-    assert!(moved(&[RunStatus::Running], RunStatus::Succeeded));
-    let run = store.run("01a").unwrap().unwrap();
-    assert_eq!(run.status, RunStatus::Succeeded);
+    // Nor out of it: a run's owner ends it, with its last event, or it is interrupted.
+    assert!(!moved(&RunStatus::ALL, RunStatus::Succeeded));
+    assert_eq!(
+        store.run("01a").unwrap().unwrap().status,
+        RunStatus::Running
+    );
+    store.create_run(&new_run("01b", None), ANY).unwrap();
+    let moved = store.transition("01b", &[RunStatus::Queued], RunStatus::Failed, None);
+    assert!(moved.unwrap());
+    let run = store.run("01b").unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Failed);
     assert!(run.finished_ms.is_some());
     assert_eq!(store.integrity_check().unwrap(), "ok");
 }
@@ -530,22 +580,28 @@ fn every_status_and_section_is_kept_by_its_name(t: &Tested) {
     let store = &*t.store;
     store.create_run(&new_run("01a", None), ANY).unwrap();
     for status in RunStatus::ALL {
+        if status == RunStatus::Running {
+            continue;
+        }
         let moved = store.transition("01a", &RunStatus::ALL, status, None);
         assert!(moved.unwrap(), "{status:?}");
         assert_eq!(store.run("01a").unwrap().unwrap().status, status);
     }
-    store
-        .transition("01a", &RunStatus::ALL, RunStatus::Running, None)
-        .unwrap();
+    store.create_run(&new_run("01b", None), ANY).unwrap();
+    let fence = start(store, "01b");
+    assert_eq!(
+        store.run("01b").unwrap().unwrap().status,
+        RunStatus::Running
+    );
     for (i, status) in StepState::ALL.into_iter().enumerate() {
         let section = Section::ALL[i % Section::ALL.len()];
         let step = format!("s{i}");
         let end = ended(&step, section, status);
         store
-            .append_event("01a", "{}", Some(&end), Commit::Now)
+            .append_event("01b", &fence, "{}", Some(&end), Commit::Now)
             .unwrap()
             .unwrap();
-        let recorded = store.steps("01a").unwrap().pop().unwrap();
+        let recorded = store.steps("01b").unwrap().pop().unwrap();
         assert_eq!(
             (recorded.step, recorded.section, recorded.status),
             (step, section, status)
@@ -568,9 +624,7 @@ fn inputs_and_outputs_come_back_as_they_were_written(t: &Tested) {
     assert_eq!(run.inputs.to_string(), inputs.to_string());
     assert!(run.dry_run);
     assert_eq!(run.concurrency_key.as_deref(), Some("web-prod"));
-    store
-        .transition("01a", &[RunStatus::Queued], RunStatus::Running, None)
-        .unwrap();
+    let fence = start(store, "01a");
     let error = shiphat_protocol::StepError {
         kind: shiphat_protocol::ErrorKind::Failed,
         message: "boom".into(),
@@ -588,7 +642,7 @@ fn inputs_and_outputs_come_back_as_they_were_written(t: &Tested) {
     };
     let event = r#"{"raw": true}"#;
     store
-        .append_event("01a", event, Some(&end), Commit::Now)
+        .append_event("01a", &fence, event, Some(&end), Commit::Now)
         .unwrap()
         .unwrap();
     let step = &store.steps("01a").unwrap()[0];
@@ -630,4 +684,227 @@ fn a_write_the_database_refuses_is_undone_alone(t: &Tested) {
     }
     assert_eq!(t.store.tokens().unwrap(), vec![token("first")]);
     assert_eq!(t.store.integrity_check().unwrap(), "ok");
+}
+
+fn keyed(id: &str, key: &str) -> NewRun {
+    NewRun {
+        concurrency_key: Some(key.into()),
+        ..new_run(id, None)
+    }
+}
+
+fn run_ended(status: RunStatus) -> Change {
+    Change::RunEnded {
+        status,
+        detail: None,
+    }
+}
+
+fn claimed(store: &dyn Store, owner: &str, max: u32) -> Vec<(String, Fence)> {
+    let claimed = store.claim(owner, LEASE_MS, max).unwrap();
+    claimed
+        .started
+        .into_iter()
+        .map(|(run, fence)| (run.id, fence))
+        .collect()
+}
+
+fn ids(claimed: &[(String, Fence)]) -> Vec<&str> {
+    claimed.iter().map(|(id, _)| id.as_str()).collect()
+}
+
+fn claims_start_one_run_per_key_in_order_whoever_claims(t: &Tested) {
+    let store = &*t.store;
+    for run in [keyed("01a", "k"), keyed("01b", "k"), new_run("01c", None)] {
+        store.create_run(&run, ANY).unwrap();
+    }
+    let a = claimed(store, "a", 1);
+    assert_eq!(ids(&a), ["01a"]);
+    assert_eq!(a[0].1.owner, "a");
+    // Another daemon: the key is running elsewhere, so only the run without one.
+    let b = store.claim("b", LEASE_MS, 10).unwrap();
+    let started: Vec<_> = b.started.iter().map(|(r, _)| r.id.as_str()).collect();
+    assert_eq!(started, ["01c"]);
+    assert_eq!(b.keys["k"].holder.as_deref(), Some("01a"));
+    assert_eq!(b.keys["k"].waiting, ["01b"]);
+    assert!(claimed(store, "b", 10).is_empty());
+    let (_, fence) = &a[0];
+    store
+        .append_event(
+            "01a",
+            fence,
+            "{}",
+            Some(&run_ended(RunStatus::Succeeded)),
+            Commit::Now,
+        )
+        .unwrap()
+        .unwrap();
+    let b = claimed(store, "b", 10);
+    assert_eq!(ids(&b), ["01b"]);
+    let first = store.run("01a").unwrap().unwrap();
+    let second = store.run("01b").unwrap().unwrap();
+    assert!(first.finished_ms.unwrap() <= second.started_ms.unwrap());
+}
+
+fn a_lock_holds_claims_unless_forced_and_says_so_once(t: &Tested) {
+    let store = &*t.store;
+    store
+        .put_lock(&Lock {
+            key: "k".into(),
+            owner: "root".into(),
+            reason: "freeze".into(),
+            created_ms: now_ms(),
+            expires_ms: None,
+        })
+        .unwrap();
+    store.create_run(&keyed("01a", "k"), ANY).unwrap();
+    let forced = NewRun {
+        forced: true,
+        ..keyed("01b", "k")
+    };
+    store.create_run(&forced, ANY).unwrap();
+    let claim = store.claim(ME, LEASE_MS, 10).unwrap();
+    let started: Vec<_> = claim.started.iter().map(|(r, _)| r.id.as_str()).collect();
+    assert_eq!(started, ["01b"]);
+    assert_eq!(claim.held, ["01a"]);
+    let said = "held by the lock on `k` of `root`: freeze";
+    assert_eq!(store.run("01a").unwrap().unwrap().detail.as_deref(), Some(said));
+    // Held again by the same lock: nothing new to say.
+    assert!(store.claim(ME, LEASE_MS, 10).unwrap().held.is_empty());
+    assert_eq!(store.run("01a").unwrap().unwrap().detail.as_deref(), Some(said));
+    assert!(store.delete_lock("k").unwrap());
+    // The forced run holds the key now; the held one waits its turn.
+    assert!(claimed(store, ME, 10).is_empty());
+}
+
+fn an_exclusive_run_is_refused_while_its_key_is_busy(t: &Tested) {
+    let store = &*t.store;
+    let exclusive = |id: &str| NewRun {
+        exclusive: true,
+        ..keyed(id, "k")
+    };
+    store.create_run(&exclusive("01a"), ANY).unwrap();
+    let busy = store.create_run(&exclusive("01b"), ANY);
+    assert!(
+        matches!(&busy, Err(Error::KeyBusy { key, holder }) if key == "k" && holder == "01a"),
+        "{busy:?}"
+    );
+    let fence = start(store, "01a");
+    assert!(matches!(
+        store.create_run(&exclusive("01c"), ANY),
+        Err(Error::KeyBusy { .. })
+    ));
+    store
+        .append_event(
+            "01a",
+            &fence,
+            "{}",
+            Some(&run_ended(RunStatus::Failed)),
+            Commit::Now,
+        )
+        .unwrap();
+    store.create_run(&exclusive("01d"), ANY).unwrap();
+}
+
+fn a_stale_fence_writes_nothing_and_an_expired_lease_is_taken_over(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    store.create_run(&new_run("01b", None), ANY).unwrap();
+    // A lease of nothing: expired as soon as it is taken, as if its daemon had been paused.
+    let claim = store.claim("zombie", 0, 1).unwrap();
+    let (run, stale) = claim.started.into_iter().next().unwrap();
+    assert_eq!(run.id, "01a");
+    let begin = Change::StepStarted {
+        step: "deploy".into(),
+        section: Section::Steps,
+        attempt: 1,
+    };
+    assert_eq!(
+        store
+            .append_event("01a", &stale, "{}", Some(&begin), Commit::Now)
+            .unwrap(),
+        None
+    );
+    let live = claimed(store, "live", 10);
+    assert_eq!(ids(&live), ["01b"]);
+    // Only the expired lease is taken over.
+    let taken = store.interrupt_running(&Scope::Expired).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].run, "01a");
+    assert!(store.requeue("01a", "resumed automatically", false).unwrap());
+    let again = claimed(store, "live", 10);
+    assert_eq!(ids(&again), ["01a"]);
+    assert_eq!(again[0].1.epoch, stale.epoch + 1);
+    // The zombie wakes: its writes lose, whatever it writes.
+    for change in [Some(&begin), Some(&run_ended(RunStatus::Succeeded)), None] {
+        assert_eq!(
+            store
+                .append_event("01a", &stale, "{}", change, Commit::Now)
+                .unwrap(),
+            None
+        );
+    }
+    // The same owner name with the old epoch loses too.
+    let old_epoch = Fence {
+        owner: "live".into(),
+        epoch: stale.epoch,
+    };
+    assert_eq!(
+        store
+            .append_event("01a", &old_epoch, "{}", None, Commit::Now)
+            .unwrap(),
+        None
+    );
+    assert!(store.renew("zombie", LEASE_MS).unwrap().is_empty());
+    store
+        .append_event("01a", &again[0].1, "{}", Some(&begin), Commit::Now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(store.events("01a", 0, 10).unwrap().len(), 1);
+    assert_eq!(store.run("01a").unwrap().unwrap().status, RunStatus::Running);
+}
+
+fn renewing_keeps_leases_and_reports_cancels(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    let fence = start(store, "01a");
+    assert!(!store.request_cancel("nope", "cancelled by `x`").unwrap());
+    assert!(store.request_cancel("01a", "cancelled by `x`").unwrap());
+    assert!(store.request_cancel("01a", "cancelled by `y`").unwrap());
+    let held = store.renew(ME, LEASE_MS).unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!((held[0].run.as_str(), held[0].epoch), ("01a", fence.epoch));
+    assert_eq!(held[0].cancels, 2);
+    assert_eq!(held[0].cancelled_by.as_deref(), Some("cancelled by `x`"));
+    assert!(store.renew("other", LEASE_MS).unwrap().is_empty());
+    assert!(store.interrupt_running(&Scope::Expired).unwrap().is_empty());
+}
+
+fn a_released_lease_is_taken_over_at_once(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    let fence = start(store, "01a");
+    assert_eq!(store.release(ME).unwrap(), 1);
+    assert_eq!(
+        store
+            .append_event("01a", &fence, "{}", None, Commit::Now)
+            .unwrap(),
+        None
+    );
+    let taken = store.interrupt_running(&Scope::Expired).unwrap();
+    assert_eq!(taken.len(), 1);
+}
+
+fn a_daemon_interrupts_only_its_own_runs_when_it_stops(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("01a", None), ANY).unwrap();
+    store.create_run(&new_run("01b", None), ANY).unwrap();
+    assert_eq!(ids(&claimed(store, "a", 1)), ["01a"]);
+    assert_eq!(ids(&claimed(store, "b", 1)), ["01b"]);
+    let mine = store
+        .interrupt_running(&Scope::Owner("a".into()))
+        .unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].run, "01a");
+    assert_eq!(store.run("01b").unwrap().unwrap().status, RunStatus::Running);
 }

@@ -1,0 +1,237 @@
+//! Which queued runs a daemon may start, decided once for both backends: each backend reads
+//! the queue, the running keys and the locks in the claim's transaction and hands them to
+//! [`plan`], then writes what it decided. Also the types of leases and fencing.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{Lock, Run};
+
+/// What every write to a running run is checked against: the daemon that claimed it, and
+/// which claim (the run's `lease_epoch`, one more at each claim). A daemon paused past its
+/// lease, whose run another daemon took over, holds an old fence: its late writes are refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// Which running runs [`crate::AsyncStore::interrupt_running`] interrupts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Every one: a daemon alone on its store, starting, owns whatever it finds running.
+    All,
+    /// Those this daemon owns: its own, when it stops.
+    Owner(String),
+    /// Those whose lease expired by the database's clock: their daemon died, or lost the
+    /// database, or was paused; another daemon takes them over.
+    Expired,
+}
+
+/// A lease a daemon still holds (see [`crate::AsyncStore::renew`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub run: String,
+    pub epoch: i64,
+    /// How many times a cancel was asked of the run through the store (by any daemon): one
+    /// cancels it, two abort its safety net too.
+    pub cancels: u32,
+    /// Who asked first, as the run's detail names them when it ends cancelled.
+    pub cancelled_by: Option<String>,
+}
+
+/// One concurrency key's queue, as a claim found it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyQueue {
+    /// The run that holds the key (running), if one does.
+    pub holder: Option<String>,
+    /// The queued runs waiting for it, oldest first (not those a lock holds).
+    pub waiting: Vec<String>,
+}
+
+/// What a claim did.
+#[derive(Clone, Debug, Default)]
+pub struct Claimed {
+    /// The runs it started, now `running` under the claimer's lease, each with its fence.
+    pub started: Vec<(Run, Fence)>,
+    /// Queued runs that a lock now holds, whose detail now names it.
+    pub held: Vec<String>,
+    /// Every concurrency key with a run running or waiting, after the claim.
+    pub keys: HashMap<String, KeyQueue>,
+}
+
+/// A queued run as the claim's transaction reads it, oldest first.
+pub(crate) struct Queued {
+    pub id: String,
+    pub workflow: String,
+    pub key: Option<String>,
+    pub forced: bool,
+    pub detail: Option<String>,
+    /// Whether the claim locked its row: a row another transaction is changing (a cancel)
+    /// is skipped, and still blocks the runs of its key queued after it.
+    pub locked: bool,
+}
+
+/// What a claim decided.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Plan {
+    /// Runs to start, oldest first.
+    pub start: Vec<String>,
+    /// Runs a lock holds, with the detail to add (only where the detail does not say it).
+    pub hold: Vec<(String, String)>,
+    pub keys: HashMap<String, KeyQueue>,
+}
+
+/// The detail of a run that `lock` holds.
+pub(crate) fn held_detail(lock: &Lock) -> String {
+    format!(
+        "held by the lock on `{}` of `{}`: {}",
+        lock.key, lock.owner, lock.reason
+    )
+}
+
+/// Decides which of `queued` (oldest first) start: at most `max`, none that a lock in
+/// `locks` (those not expired) holds unless forced, and per concurrency key only the first
+/// waiting one, and only when `running` (key → the run holding it) has none.
+pub(crate) fn plan(
+    queued: &[Queued],
+    running: HashMap<String, String>,
+    locks: &[Lock],
+    max: usize,
+) -> Plan {
+    let by_key: HashMap<&str, &Lock> = locks.iter().map(|l| (l.key.as_str(), l)).collect();
+    let mut keys: HashMap<String, KeyQueue> = running
+        .into_iter()
+        .map(|(key, holder)| {
+            (
+                key,
+                KeyQueue {
+                    holder: Some(holder),
+                    waiting: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    // Keys a run queued earlier blocks: one running, one skipped, one waiting.
+    let mut blocked: HashSet<String> = keys.keys().cloned().collect();
+    let mut plan = Plan::default();
+    for run in queued {
+        let lock = run
+            .key
+            .iter()
+            .map(String::as_str)
+            .chain([run.workflow.as_str()])
+            .find_map(|k| by_key.get(k));
+        if let Some(lock) = lock.filter(|_| !run.forced) {
+            let detail = held_detail(lock);
+            if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
+                plan.hold.push((run.id.clone(), detail));
+            }
+            continue;
+        }
+        let starts = run.locked
+            && plan.start.len() < max
+            && run.key.as_ref().is_none_or(|k| !blocked.contains(k));
+        if let Some(key) = &run.key {
+            blocked.insert(key.clone());
+            let queue = keys.entry(key.clone()).or_default();
+            if starts {
+                queue.holder = Some(run.id.clone());
+            } else {
+                queue.waiting.push(run.id.clone());
+            }
+        }
+        if starts {
+            plan.start.push(run.id.clone());
+        }
+    }
+    plan.keys = keys;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(id: &str, key: Option<&str>) -> Queued {
+        Queued {
+            id: id.into(),
+            workflow: "wf".into(),
+            key: key.map(Into::into),
+            forced: false,
+            detail: None,
+            locked: true,
+        }
+    }
+
+    fn lock(key: &str) -> Lock {
+        Lock {
+            key: key.into(),
+            owner: "root".into(),
+            reason: "freeze".into(),
+            created_ms: 0,
+            expires_ms: None,
+        }
+    }
+
+    #[test]
+    fn one_run_per_key_starts_in_order_and_others_freely() {
+        let q = [
+            queued("1", Some("k")),
+            queued("2", Some("k")),
+            queued("3", None),
+            queued("4", Some("j")),
+        ];
+        let plan = plan(&q, HashMap::new(), &[], 10);
+        assert_eq!(plan.start, ["1", "3", "4"]);
+        assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
+        assert_eq!(plan.keys["k"].waiting, ["2"]);
+    }
+
+    #[test]
+    fn a_running_key_holds_its_queue() {
+        let q = [queued("2", Some("k")), queued("3", Some("k"))];
+        let running = HashMap::from([("k".to_owned(), "1".to_owned())]);
+        let plan = plan(&q, running, &[], 10);
+        assert!(plan.start.is_empty());
+        assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
+        assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
+    }
+
+    #[test]
+    fn a_row_being_changed_elsewhere_still_blocks_its_key() {
+        // Run 1's row is locked by a cancel under way: run 2 must not jump ahead of it.
+        let mut first = queued("1", Some("k"));
+        first.locked = false;
+        let plan = plan(&[first, queued("2", Some("k"))], HashMap::new(), &[], 10);
+        assert!(plan.start.is_empty());
+    }
+
+    #[test]
+    fn a_lock_holds_runs_unless_forced_and_says_so_once() {
+        let mut forced = queued("2", Some("k"));
+        forced.forced = true;
+        let mut said = queued("3", Some("k"));
+        said.detail = Some(format!("x; {}", held_detail(&lock("k"))));
+        let q = [queued("1", Some("k")), forced, said];
+        let plan = plan(&q, HashMap::new(), &[lock("k")], 10);
+        assert_eq!(plan.start, ["2"]);
+        assert_eq!(plan.hold, [("1".to_owned(), held_detail(&lock("k")))]);
+    }
+
+    #[test]
+    fn a_lock_on_the_workflow_holds_its_runs_and_not_the_key() {
+        let mut other = queued("2", Some("k"));
+        other.workflow = "other".into();
+        let plan = plan(&[queued("1", Some("k")), other], HashMap::new(), &[lock("wf")], 10);
+        assert_eq!(plan.start, ["2"]);
+        assert_eq!(plan.hold.len(), 1);
+    }
+
+    #[test]
+    fn at_most_max_start_and_the_rest_wait_their_turn() {
+        let q = [queued("1", None), queued("2", Some("k")), queued("3", Some("k"))];
+        let plan = plan(&q, HashMap::new(), &[], 1);
+        assert_eq!(plan.start, ["1"]);
+        assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
+    }
+}
