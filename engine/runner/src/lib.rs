@@ -386,7 +386,9 @@ impl Runner {
     /// `step_started` before it calls the plugin, and on the answer to `run_finished` before it
     /// returns; it drops the others. A step's end is followed by the next step's start or the
     /// run's end, so each step's start is durable before its plugin runs and its end before
-    /// any later step runs, and a step's end shares the next step's start's commit.
+    /// any later step runs, and a step's end shares the next step's start's commit. A sink
+    /// that could not record a step's start aborts the run's [`Stop`] before its answer
+    /// resolves: the step's plugin is then never called.
     pub async fn run_durable(
         &self,
         prepared: &Prepared,
@@ -881,6 +883,11 @@ impl StepJob {
                     time: event::now(),
                 })
                 .await;
+            // The sink aborts the run when it could not record the start (the run is no
+            // longer this runner's to run): the plugin is not called.
+            if self.run.stop.is_aborted() {
+                return self.cancelled(attempt, started, "stopped before it started");
+            }
             let end = tokio::select! {
                 end = self.attempt(attempt) => end,
                 () = self.stop.cancelled() => {

@@ -23,6 +23,13 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// thousand; past ten thousand a client is looping, and each queued run is a row on disk and
 /// an entry in memory.
 pub const DEFAULT_MAX_QUEUED_PER_PRINCIPAL: u64 = 10_000;
+/// How often a daemon renews the leases of its running runs. Each renewal is one write for
+/// all of them; every two seconds costs nothing and leaves four renewals inside a lease.
+pub const DEFAULT_LEASE_RENEW: Duration = Duration::from_secs(2);
+/// How long a lease lasts unrenewed: how long a dead daemon's runs wait before another daemon
+/// takes them over. Long enough that a daemon busy for a few seconds (a stall of its disk or
+/// of the database) keeps its runs, short enough that a deploy waits seconds, not minutes.
+pub const DEFAULT_LEASE_EXPIRES: Duration = Duration::from_secs(10);
 /// How long audit entries are kept when the config says nothing: a quarter, long enough to
 /// look into anything noticed late, and the table cannot grow for ever. Set
 /// `retention.audit` for longer.
@@ -40,6 +47,7 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     max_queued_per_principal: Option<u64>,
     retention: Option<RawRetention>,
+    lease: Option<RawLease>,
     #[serde(default)]
     principals: Vec<RawPrincipal>,
     slack: Option<crate::chat::RawSlack>,
@@ -52,6 +60,15 @@ struct RawRetention {
     keep: Option<String>,
     /// Audit entries older than this are deleted, e.g. `1year`.
     audit: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLease {
+    /// How often a daemon renews its leases, e.g. `2s`.
+    renew: Option<String>,
+    /// How long a lease lasts unrenewed, e.g. `10s`.
+    expires: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +102,10 @@ pub struct Config {
     pub retention: Option<Duration>,
     /// Audit entries older than this are pruned.
     pub audit_retention: Duration,
+    /// How often the daemon renews the leases of its running runs.
+    pub lease_renew: Duration,
+    /// How long a lease lasts unrenewed: after that another daemon takes the run over.
+    pub lease_expires: Duration,
     /// Principals declared in the file, by the SHA-256 (hex) of their token.
     pub principals: Vec<(String, Principal)>,
     /// Slack slash commands (docs/chat.md); `None` answers them with 404.
@@ -101,6 +122,8 @@ impl Config {
             store_password_file: None,
             workflow_dirs: vec![PathBuf::from("workflows")],
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            lease_renew: DEFAULT_LEASE_RENEW,
+            lease_expires: DEFAULT_LEASE_EXPIRES,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_queued_per_principal: DEFAULT_MAX_QUEUED_PER_PRINCIPAL,
             retention: None,
@@ -156,6 +179,26 @@ impl Config {
         }
         if let Some(max) = raw.max_body_bytes {
             config.max_body_bytes = max;
+        }
+        if let Some(lease) = &raw.lease {
+            let duration = |field: &str, text: &str| {
+                humantime::parse_duration(text)
+                    .map_err(|e| format!("`lease.{field}`: `{text}`: {e}; e.g. `2s`"))
+            };
+            if let Some(renew) = &lease.renew {
+                config.lease_renew = duration("renew", renew)?;
+            }
+            if let Some(expires) = &lease.expires {
+                config.lease_expires = duration("expires", expires)?;
+            }
+            // A lease that expires before it is renewed twice is lost to one slow renewal.
+            if config.lease_expires < config.lease_renew * 2 || config.lease_renew.is_zero() {
+                return Err(format!(
+                    "`lease.expires` ({}) must be at least twice `lease.renew` ({}), which must not be 0",
+                    humantime::format_duration(config.lease_expires),
+                    humantime::format_duration(config.lease_renew)
+                ));
+            }
         }
         if let Some(max) = raw.max_queued_per_principal {
             config.max_queued_per_principal = max;

@@ -72,6 +72,8 @@ const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct Daemon {
     app: Arc<scheduler::App>,
     listener: tokio::net::TcpListener,
+    /// Ends the background work (claims, leases, reloads, pruning) when the daemon stops.
+    background: CancellationToken,
 }
 
 impl Daemon {
@@ -89,13 +91,20 @@ impl Daemon {
             .reload(&app.runner, &app.config.workflow_dirs)
             .await;
         app.recover().await?;
+        // Claims, leases and other daemons' news, from now until the daemon stops.
+        let background = CancellationToken::new();
+        app.spawn_background(background.clone())?;
         let listener = tokio::net::TcpListener::bind(app.config.listen)
             .await
             .map_err(|source| Error::Listen {
                 addr: app.config.listen,
                 source,
             })?;
-        Ok(Daemon { app, listener })
+        Ok(Daemon {
+            app,
+            listener,
+            background,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -106,7 +115,11 @@ impl Daemon {
     /// configured grace period to finish, and records the runs still going as `interrupted`.
     /// SIGHUP reloads the workflows at once.
     pub async fn run(self) -> Result<()> {
-        let Daemon { app, listener } = self;
+        let Daemon {
+            app,
+            listener,
+            background,
+        } = self;
         // Said once the daemon listens, so whoever started it sees it beside the address.
         if let Some(slack) = &app.config.slack {
             for problem in chat::check_targets(slack, &app.workflows) {
@@ -114,11 +127,9 @@ impl Daemon {
             }
         }
         let stop = CancellationToken::new();
-        let background = CancellationToken::new();
         spawn_signals(app.clone(), stop.clone())?;
         spawn_reloads(app.clone(), background.clone());
         spawn_pruning(app.clone(), background.clone());
-        spawn_lock_expiry(app.clone(), background.clone());
 
         let router = api::router(app.clone(), stop.clone());
         let server = axum::serve(
@@ -134,10 +145,9 @@ impl Daemon {
             }
         });
         let result = server.await.map_err(Error::Serve);
+        // The lease keeper stops with the rest: the leases are handed over below, not renewed.
         background.cancel();
-        // Whatever did not finish within the grace period is recorded as interrupted, so the
-        // next start finds it waiting rather than `running`.
-        app.store.interrupt_running().await?;
+        app.hand_over().await?;
         result
     }
 }
@@ -199,25 +209,6 @@ fn spawn_reloads(app: Arc<scheduler::App>, stop: CancellationToken) {
             app.workflows
                 .reload(&app.runner, &app.config.workflow_dirs)
                 .await;
-        }
-    });
-}
-
-/// How often runs held by a lock look whether it has expired. A lock's `expires_in` is
-/// minutes or hours; a second late is nothing, and the look is one read per held run.
-const LOCK_EXPIRY_POLL: Duration = Duration::from_secs(1);
-
-/// Queues again the runs held by locks that have expired (a removed lock does it at once).
-fn spawn_lock_expiry(app: Arc<scheduler::App>, stop: CancellationToken) {
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(LOCK_EXPIRY_POLL) => {}
-                () = stop.cancelled() => return,
-            }
-            if app.holds_runs() {
-                app.release_held().await;
-            }
         }
     });
 }

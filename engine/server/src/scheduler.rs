@@ -1,23 +1,31 @@
-//! Accepting, queueing, starting, cancelling and resuming runs. One run per concurrency key
-//! runs at a time; the others wait in FIFO order. Every change of a run's state is written to
-//! the store before it takes effect, and every step start is committed before its plugin runs
-//! and every step end before a later step runs (see `App::sink`).
+//! Accepting, queueing, starting, cancelling and resuming runs, on one daemon or on several
+//! that share a database. The store decides what starts: a run is claimed (oldest first, one
+//! running run per concurrency key, FIFO per key, locks checked in the same transaction) under
+//! this daemon's lease, and every write to it is fenced by that lease, so a daemon that lost
+//! a run (paused past its lease, or cut off from the database) can no longer record anything
+//! of it. This module asks for claims when something may let a run start, runs what it
+//! claimed, renews its leases, takes over the runs of daemons whose leases expired, and hands
+//! its own over when it stops.
 //!
-//! The scheduler's state (`Sched`) is in memory behind a `std::sync::Mutex` that is only ever
-//! held for a few map operations: never across a store call or an `.await`. What must be
-//! decided with the store and the memory agreeing is decided in memory first (a key is taken
-//! for a run before its row is written, a started run is registered before its status moves),
-//! or by the store in one transaction (the cap on queued runs).
+//! Every step start is committed before its plugin runs and every step end before a later
+//! step runs (see `App::sink`). The in-memory state (`Sched`: the runs this daemon runs, and
+//! where each key's queue stood at the last claim) is behind a `std::sync::Mutex` held only
+//! for a few map operations: never across a store call or an `.await`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
-use shiphat_runner::{Durable, DurableSink, Event, PriorStep, RunOptions, Runner, Stop};
-use shiphat_store::{AsyncStore, Change, Commit, Lock, NewRun, Run, RunStatus};
+use shiphat_runner::{Durable, DurableSink, Event, PriorStep, RunOptions, Stop};
+use shiphat_store::{
+    AsyncStore, Change, Commit, Fence, Interrupted, KeyQueue, Lock, NewRun, Notice, Run, RunStatus,
+    Scope,
+};
 use shiphat_workflow::Resume;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::auth::Principal;
@@ -28,15 +36,31 @@ use crate::workflows::Workflows;
 /// reading the store. Streams read the store anyway; the notification only wakes them.
 const LIVE_CAPACITY: usize = 1024;
 
+/// The most runs one claim starts. A claim that starts this many is followed at once by
+/// another; between them, other daemons get their turn, so a burst of queued runs is shared
+/// out rather than taken by whichever daemon heard of it first.
+const CLAIM_BATCH: u32 = 16;
+
+/// How often the daemon claims without being told to: for locks that expire (a lock removed
+/// through any daemon says so at once) and as a safety net under lost notifications. A
+/// second late is nothing next to a lock's minutes.
+const CLAIM_POLL: Duration = Duration::from_secs(1);
+
+/// How long a request waits for the claim that follows its change (a run queued, resumed)
+/// before answering anyway: the run is recorded either way, and a client reads where it
+/// stands next.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
 pub struct App {
     pub config: Config,
-    pub runner: Runner,
+    pub runner: shiphat_runner::Runner,
     pub store: Arc<dyn AsyncStore>,
     pub workflows: Workflows,
     pub metrics: Metrics,
-    /// Run ids that just changed (recorded, or events committed): wakes the event streams.
+    /// Run ids that just changed (recorded, or events committed, here or on another daemon):
+    /// wakes the event streams.
     pub live: broadcast::Sender<Arc<str>>,
-    /// False once shutdown began: no new runs.
+    /// False once shutdown began: no new runs, no claims.
     pub accepting: AtomicBool,
     /// The web page's signed-in browsers.
     pub sessions: crate::web::Sessions,
@@ -47,38 +71,38 @@ pub struct App {
     /// Refused calls written to the audit log per remote address, and how many were not.
     pub refusals: crate::limits::Rate,
     pub unlogged_refusals: Mutex<HashMap<String, u64>>,
+    /// This daemon's name in the leases it holds: unique to this process, so that a daemon
+    /// restarted under the same name never mistakes its previous life's runs for its own.
+    pub owner: String,
     sched: Mutex<Sched>,
     /// Notified whenever a run ends, so shutdown can wait for the running ones.
     ended: tokio::sync::Notify,
+    /// Wakes the claimer: a run was queued or resumed, a run ended, a lock went.
+    claim_asked: tokio::sync::Notify,
+    /// How many claims were asked for, and (the watched value) how many of them are done:
+    /// a request waits for the claim that began after its change.
+    claims_asked: AtomicU64,
+    claims_done: tokio::sync::watch::Sender<u64>,
+    /// Whether the claimer task runs; until it does, whoever asks for a claim makes it.
+    claiming: AtomicBool,
+    /// Wakes the lease keeper before its time: another daemon asked to cancel one of ours.
+    leases_asked: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct Sched {
-    /// Per concurrency key: the run holding it and the runs waiting, oldest first.
-    keys: HashMap<String, Key>,
-    /// Runs given the go (starting or in progress), with the token that cancels each.
-    running: HashMap<String, Stop>,
+    /// The runs this daemon runs, with what stops each and the fence its writes carry.
+    running: HashMap<String, Running>,
     /// Who cancelled a run in progress, for the run's `detail` when it ends cancelled.
     cancelled_by: HashMap<String, String>,
-    /// Queued runs that would have started but a lock holds their key (or workflow), oldest
-    /// first. They keep no concurrency key; they are queued again when a lock goes.
-    held: Vec<Run>,
-    /// Runs an admin forced past the locks (a new run with `force`, a forced resume): no lock
-    /// holds them. Kept in memory: after a restart a forced run that had not started yet waits
-    /// for the lock like any other, the safe side.
-    forced: HashSet<String>,
+    /// Every concurrency key's queue, as the last claim found it.
+    keys: HashMap<String, KeyQueue>,
 }
 
-/// Resolves (with an error: its sender is dropped) once a run given the go is running, held
-/// by a lock, or not started after all.
-type Admission = tokio::sync::oneshot::Receiver<()>;
-
-#[derive(Default)]
-struct Key {
-    /// The run holding the key: starting, running, or (for a run that does not queue) being
-    /// recorded.
-    holder: Option<String>,
-    waiting: VecDeque<String>,
+struct Running {
+    stop: Stop,
+    /// How many cancels asked through the store this daemon has acted on.
+    cancels: u32,
 }
 
 /// Why a run was not accepted.
@@ -103,13 +127,30 @@ impl From<shiphat_store::Error> for Refused {
             shiphat_store::Error::TooManyQueued { principal, max } => {
                 Refused::TooManyQueued { principal, max }
             }
+            shiphat_store::Error::KeyBusy { key, holder } => Refused::Busy { key, holder },
             e => Refused::Store(e),
         }
     }
 }
 
+/// A name for this daemon's leases: the host, the process and a random part, so that it
+/// says where a run is when a person reads it, and is never reused.
+fn owner_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    let mut random = [0u8; 4];
+    let _ = getrandom::fill(&mut random);
+    let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{}:{random}", std::process::id())
+}
+
 impl App {
-    pub fn new(config: Config, runner: Runner, store: Arc<dyn AsyncStore>) -> Arc<App> {
+    pub fn new(
+        config: Config,
+        runner: shiphat_runner::Runner,
+        store: Arc<dyn AsyncStore>,
+    ) -> Arc<App> {
         Arc::new(App {
             config,
             runner,
@@ -129,8 +170,14 @@ impl App {
                 crate::limits::REFUSAL_EVERY,
             ),
             unlogged_refusals: Mutex::default(),
+            owner: owner_name(),
             sched: Mutex::new(Sched::default()),
             ended: tokio::sync::Notify::new(),
+            claim_asked: tokio::sync::Notify::new(),
+            claims_asked: AtomicU64::new(0),
+            claims_done: tokio::sync::watch::channel(0).0,
+            claiming: AtomicBool::new(false),
+            leases_asked: tokio::sync::Notify::new(),
         })
     }
 
@@ -141,19 +188,39 @@ impl App {
         self.sched.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What a previous life of the daemon left: runs still `running` are marked `interrupted`
-    /// (with their step in flight); of those, the ones whose workflow says `resume: auto` and
-    /// whose steps in flight are all `idempotent` are queued again. Queued runs are queued
-    /// again in their order.
+    fn lease_ms(&self) -> i64 {
+        self.config.lease_expires.as_millis() as i64
+    }
+
+    /// What a previous life left, and the work waiting. Alone on an embedded store, every
+    /// run found `running` was this daemon's: it is marked `interrupted` (with its step in
+    /// flight) at once. On a shared store only runs whose lease expired are, since the others
+    /// are another daemon's, alive; this daemon's own from before a crash expire within a
+    /// lease and are taken over then. Of the runs interrupted, those whose workflow says
+    /// `resume: auto` and whose steps in flight are all `idempotent` are queued again. Then
+    /// the first claim starts what may start, before the daemon listens, so that what a
+    /// client reads first is where each run stands.
     pub async fn recover(self: &Arc<App>) -> Result<(), shiphat_store::Error> {
-        for interrupted in self.store.interrupt_running().await? {
-            let resumable = self.workflows.get(&interrupted.workflow).is_some_and(|p| {
-                p.workflow.resume == Resume::Auto
-                    && interrupted
-                        .in_flight
-                        .iter()
-                        .all(|id| p.workflow.step(id).is_some_and(|s| s.idempotent))
-            });
+        let scope = if self.store.shared() {
+            Scope::Expired
+        } else {
+            Scope::All
+        };
+        self.take_over(&scope, "a restart").await?;
+        self.claim().await;
+        Ok(())
+    }
+
+    /// Interrupts the running runs in `scope`, and queues again those that may resume by
+    /// themselves. Returns how many were queued again.
+    async fn take_over(
+        self: &Arc<App>,
+        scope: &Scope,
+        after: &str,
+    ) -> Result<usize, shiphat_store::Error> {
+        let mut queued = 0;
+        for interrupted in self.store.interrupt_running(scope).await? {
+            let resumable = self.resumable(&interrupted);
             tracing::warn!(
                 "run `{}` of `{}` was interrupted{}; {}",
                 interrupted.run,
@@ -169,27 +236,192 @@ impl App {
                     "it waits for `resume` or `cancel`"
                 }
             );
-            if resumable {
-                self.store
-                    .transition(
+            let _ = self.live.send(Arc::from(interrupted.run.as_str()));
+            if resumable
+                && self
+                    .store
+                    .requeue(
                         &interrupted.run,
-                        &[RunStatus::Interrupted],
-                        RunStatus::Queued,
-                        Some("resumed automatically after a restart"),
+                        &format!("resumed automatically after {after}"),
+                        false,
                     )
-                    .await?;
+                    .await?
+            {
+                queued += 1;
             }
         }
-        // Each started or held before the daemon listens, so that what a client reads first
-        // is where each run stands.
-        let mut admissions = Vec::new();
-        for run in self.store.runs_with_status(RunStatus::Queued).await? {
-            admissions.extend(self.enqueue(run));
-        }
-        for admission in admissions {
-            let _ = admission.await;
-        }
+        Ok(queued)
+    }
+
+    /// Whether an interrupted run goes on by itself: its workflow says `resume: auto` and
+    /// every step in flight is `idempotent`.
+    fn resumable(&self, interrupted: &Interrupted) -> bool {
+        self.workflows.get(&interrupted.workflow).is_some_and(|p| {
+            p.workflow.resume == Resume::Auto
+                && interrupted
+                    .in_flight
+                    .iter()
+                    .all(|id| p.workflow.step(id).is_some_and(|s| s.idempotent))
+        })
+    }
+
+    /// Starts the daemon's background work: the claimer, the lease keeper, and hearing other
+    /// daemons' changes through the store. Each ends when `stop` is cancelled.
+    pub fn spawn_background(self: &Arc<App>, stop: CancellationToken) -> Result<(), crate::Error> {
+        let app = Arc::downgrade(self);
+        self.store.watch(Box::new(move |notice| {
+            if let Some(app) = Weak::upgrade(&app) {
+                app.heard(notice);
+            }
+        }))?;
+        let app = self.clone();
+        let claims = stop.clone();
+        self.claiming.store(true, Ordering::SeqCst);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = app.claim_asked.notified() => {}
+                    () = tokio::time::sleep(CLAIM_POLL) => {}
+                    () = claims.cancelled() => return,
+                }
+                app.claim().await;
+            }
+        });
+        let app = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = app.leases_asked.notified() => {}
+                    () = tokio::time::sleep(app.config.lease_renew) => {}
+                    () = stop.cancelled() => return,
+                }
+                app.keep_leases().await;
+            }
+        });
         Ok(())
+    }
+
+    /// What another daemon committed: streams wake, and a change of a run's state may let a
+    /// queued run start or be a cancel asked of one of ours. Called on a store thread.
+    fn heard(&self, notice: Notice) {
+        match notice {
+            Notice::Events(run) => {
+                let _ = self.live.send(Arc::from(run.as_str()));
+            }
+            Notice::Run(run) => {
+                if let Some(run) = &run {
+                    let _ = self.live.send(Arc::from(run.as_str()));
+                }
+                let ours = match &run {
+                    Some(run) => self.sched().running.contains_key(run),
+                    None => true,
+                };
+                if ours {
+                    self.leases_asked.notify_one();
+                }
+                self.claim_asked.notify_one();
+            }
+        }
+    }
+
+    /// Asks for a claim, and waits (up to [`CLAIM_WAIT`]) for one that began after the ask:
+    /// what a request does after a change that may let a run start, so that its answer finds
+    /// the run started or waiting.
+    async fn claimed(self: &Arc<App>) {
+        if !self.claiming.load(Ordering::SeqCst) {
+            // No claimer (an app in a test, or before `recover`): claim here.
+            return self.claim().await;
+        }
+        let asked = self.claims_asked.fetch_add(1, Ordering::SeqCst) + 1;
+        self.claim_asked.notify_one();
+        let mut done = self.claims_done.subscribe();
+        let _ = tokio::time::timeout(CLAIM_WAIT, done.wait_for(|done| *done >= asked)).await;
+    }
+
+    /// One claim: starts what the store says this daemon may start now, and notes where each
+    /// key's queue stands. Only the claimer task and `recover` call it, one at a time.
+    async fn claim(self: &Arc<App>) {
+        loop {
+            let asked = self.claims_asked.load(Ordering::SeqCst);
+            let mut full = false;
+            if self.accepting.load(Ordering::SeqCst) {
+                match self
+                    .store
+                    .claim(&self.owner, self.lease_ms(), CLAIM_BATCH)
+                    .await
+                {
+                    Ok(claimed) => {
+                        full = claimed.started.len() == CLAIM_BATCH as usize;
+                        let waiting = claimed
+                            .keys
+                            .values()
+                            .map(|k| k.waiting.len())
+                            .sum::<usize>();
+                        self.metrics.queue_depth.set(waiting as i64);
+                        self.sched().keys = claimed.keys;
+                        for id in claimed.held {
+                            let _ = self.live.send(Arc::from(id.as_str()));
+                        }
+                        for (run, fence) in claimed.started {
+                            self.go(run, fence);
+                        }
+                    }
+                    Err(e) => tracing::error!("cannot claim queued runs: {e}"),
+                }
+            }
+            self.claims_done
+                .send_modify(|done| *done = (*done).max(asked));
+            if !full {
+                return;
+            }
+        }
+    }
+
+    /// Renews this daemon's leases. A run whose lease is gone (the daemon was paused or cut
+    /// off past it, and another daemon took the run over) is aborted here without writing
+    /// anything: its fence would refuse every write anyway. Cancels asked through another
+    /// daemon reach the runs they name. Then the runs of daemons whose leases expired are
+    /// taken over.
+    async fn keep_leases(self: &Arc<App>) {
+        match self.store.renew(&self.owner, self.lease_ms()).await {
+            Ok(held) => {
+                let held: HashMap<String, shiphat_store::Held> =
+                    held.into_iter().map(|h| (h.run.clone(), h)).collect();
+                let mut sched = self.sched();
+                let Sched {
+                    running,
+                    cancelled_by,
+                    ..
+                } = &mut *sched;
+                for (id, run) in running.iter_mut() {
+                    match held.get(id) {
+                        None => {
+                            tracing::warn!(
+                                "run `{id}` is no longer this daemon's (its lease ran out); stopping it here"
+                            );
+                            run.stop.abort();
+                        }
+                        Some(h) => {
+                            if h.cancels > run.cancels {
+                                if let Some(by) = &h.cancelled_by {
+                                    cancelled_by.entry(id.clone()).or_insert(by.clone());
+                                }
+                                for _ in run.cancels..h.cancels.min(2) {
+                                    run.stop.escalate();
+                                }
+                                run.cancels = h.cancels;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot renew this daemon's leases: {e}"),
+        }
+        match self.take_over(&Scope::Expired, "its daemon stopped").await {
+            Ok(0) => {}
+            Ok(_) => self.claim_asked.notify_one(),
+            Err(e) => tracing::error!("cannot take over expired runs: {e}"),
+        }
     }
 
     /// The lock that holds runs of `workflow` with concurrency key `key`: one on the key, or
@@ -207,37 +439,12 @@ impl App {
         Ok(None)
     }
 
-    /// Removes a lock and queues again the runs it held. Returns whether there was one.
+    /// Removes a lock; the runs it held start (or take their turn) at once. Returns whether
+    /// there was one.
     pub async fn unlock(self: &Arc<App>, key: &str) -> Result<bool, shiphat_store::Error> {
         let removed = self.store.delete_lock(key).await?;
-        self.release_held().await;
+        self.claimed().await;
         Ok(removed)
-    }
-
-    /// Queues again every run a lock held, in their order; those a lock still holds are held
-    /// again. Called when a lock is removed, and periodically for locks that expire.
-    pub async fn release_held(self: &Arc<App>) {
-        let held = std::mem::take(&mut self.sched().held);
-        for run in held {
-            // Cancelled while held: nothing to start.
-            match self.store.run(&run.id).await {
-                Ok(Some(now)) if now.status == RunStatus::Queued => {
-                    if let Some(admission) = self.enqueue(now) {
-                        let _ = admission.await;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!("cannot read held run `{}`: {e}", run.id);
-                    self.sched().held.push(run);
-                }
-            }
-        }
-    }
-
-    /// Whether runs are held by a lock (so that the lock's expiry must be watched).
-    pub fn holds_runs(&self) -> bool {
-        !self.sched().held.is_empty()
     }
 
     /// Writes an entry to the audit log. A refusal (status 400 and up) from an address that
@@ -277,209 +484,75 @@ impl App {
         }
     }
 
-    /// Records and queues a new run (or returns the one its idempotency key already made).
-    /// A `forced` run (an admin passed `force`) is not held by a lock.
+    /// Records and queues a new run (or returns the one its idempotency key already made),
+    /// and answers once a claim has started it or found it waiting. A run that does not
+    /// `queue` is refused when its key is busy; a `forced` run (an admin passed `force`) is
+    /// not held by a lock.
     pub async fn submit(
         self: &Arc<App>,
-        run: NewRun,
+        mut run: NewRun,
         queue: bool,
         forced: bool,
     ) -> Result<(Run, bool), Refused> {
         if !self.accepting.load(Ordering::SeqCst) {
             return Err(Refused::ShuttingDown);
         }
-        // A run that does not queue takes its key before it is recorded, so that two requests
-        // cannot both find the key free; it gives it back if it is not recorded after all.
-        let reserved = match &run.concurrency_key {
-            Some(key) if !queue => {
-                let mut sched = self.sched();
-                let k = sched.keys.entry(key.clone()).or_default();
-                if let Some(holder) = k.holder.clone().or_else(|| k.waiting.front().cloned()) {
-                    return Err(Refused::Busy {
-                        key: key.clone(),
-                        holder,
-                    });
-                }
-                k.holder = Some(run.id.clone());
-                Some(key.clone())
-            }
-            _ => None,
-        };
-        let recorded = self
+        run.exclusive = !queue;
+        run.forced = forced;
+        let (recorded, created) = self
             .store
             .create_run(&run, self.config.max_queued_per_principal)
-            .await;
-        let created = matches!(recorded, Ok((_, true)));
-        if let Some(key) = reserved
-            && !created
-        {
-            self.release(&mut self.sched(), &key, &run.id);
-        }
-        let (recorded, created) = recorded?;
+            .await?;
         if created {
-            if forced {
-                self.sched().forced.insert(recorded.id.clone());
-            }
             self.metrics.run_status(&recorded.workflow, "queued");
-            let admission = self.enqueue(recorded.clone());
             let _ = self.live.send(Arc::from(recorded.id.as_str()));
-            // Answered once the run has started or is held, as a client reading it next expects.
-            if let Some(admission) = admission {
-                let _ = admission.await;
-            }
+            self.claimed().await;
         }
         Ok((recorded, created))
     }
 
-    /// Starts `run` now if its key is free (or was taken for it), or puts it at the back of
-    /// its key's queue. When it starts, the answer resolves once it is running or held.
-    fn enqueue(self: &Arc<App>, run: Run) -> Option<Admission> {
-        let mut sched = self.sched();
-        if let Some(key) = &run.concurrency_key {
-            let k = sched.keys.entry(key.clone()).or_default();
-            let mine = k.holder.as_deref() == Some(run.id.as_str());
-            if !mine {
-                if k.holder.is_some() || !k.waiting.is_empty() {
-                    k.waiting.push_back(run.id.clone());
-                    self.metrics.queue_depth.inc();
-                    return None;
-                }
-                k.holder = Some(run.id.clone());
-            }
-        }
-        Some(self.go(&mut sched, run.id.clone(), Some(run)))
-    }
-
-    /// Registers the run as started (so that a cancel reaches it from now on) and starts it on
-    /// a task of its own. `run` is `None` for a run known only by its id (the next one of a
-    /// key's queue): the task reads it.
-    fn go(self: &Arc<App>, sched: &mut Sched, id: String, run: Option<Run>) -> Admission {
+    /// Registers a claimed run as this daemon's (so that a cancel reaches it from now on) and
+    /// runs it on a task of its own.
+    fn go(self: &Arc<App>, run: Run, fence: Fence) {
         let stop = Stop::new();
-        sched.running.insert(id.clone(), stop.clone());
-        let (admitted, admission) = tokio::sync::oneshot::channel();
+        self.sched().running.insert(
+            run.id.clone(),
+            Running {
+                stop: stop.clone(),
+                cancels: 0,
+            },
+        );
         let app = self.clone();
-        tokio::spawn(async move { app.launch(id, run, stop, admitted).await });
-        admission
+        tokio::spawn(async move { app.launch(run, fence, stop).await });
     }
 
-    /// Starts a run given the go: unless it was cancelled meanwhile, a lock holds it (then it
-    /// stays queued, with the lock named in its `detail`, and gives up its key until the lock
-    /// goes) or its workflow is gone, marks it running and runs it to its end.
-    async fn launch(
-        self: Arc<App>,
-        id: String,
-        run: Option<Run>,
-        stop: Stop,
-        admitted: tokio::sync::oneshot::Sender<()>,
-    ) {
-        let run = match run {
-            Some(run) => run,
-            None => match self.store.run(&id).await {
-                Ok(Some(run)) if run.status == RunStatus::Queued => run,
-                // Cancelled while waiting, or unreadable: the key goes to the next one.
-                found => {
-                    if let Err(e) = found {
-                        tracing::error!("cannot read queued run `{id}`: {e}");
-                    }
-                    let key = self.key_held_by(&id);
-                    return self.settle(&id, key.as_deref(), false);
-                }
-            },
-        };
-        let key = run.concurrency_key.as_deref();
-        let forced = self.sched().forced.contains(&run.id);
-        if !forced {
-            let why = match self.lock_on(key, &run.workflow).await {
-                Ok(None) => None,
-                Ok(Some(lock)) => {
-                    let detail = format!(
-                        "held by the lock on `{}` of `{}`: {}",
-                        lock.key, lock.owner, lock.reason
-                    );
-                    // Held again by the same lock (the expiry check): nothing new to say.
-                    if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
-                        if let Err(e) = self
-                            .store
-                            .transition(
-                                &run.id,
-                                &[RunStatus::Queued],
-                                RunStatus::Queued,
-                                Some(&detail),
-                            )
-                            .await
-                        {
-                            tracing::error!("cannot record why run `{}` waits: {e}", run.id);
-                        }
-                        let _ = self.live.send(Arc::from(run.id.as_str()));
-                    }
-                    Some(())
-                }
-                Err(e) => {
-                    // A lock that cannot be read may be there: the run waits, and is tried
-                    // again with the next look at the held runs.
-                    tracing::error!("cannot read the locks for run `{}`: {e}", run.id);
-                    Some(())
-                }
+    /// Runs a claimed run to its end, from where an earlier life left it.
+    async fn launch(self: Arc<App>, run: Run, fence: Fence, stop: Stop) {
+        let _ = self.live.send(Arc::from(run.id.as_str()));
+        let Some(prepared) = self.workflows.get(&run.workflow) else {
+            // Ended through its fence like any run, with the event that says why.
+            let event = Event::RunFinished {
+                run_id: run.id.clone(),
+                workflow: run.workflow.clone(),
+                status: shiphat_protocol::RunOutcome::Failed,
+                duration_ms: 0.0,
+                failed_steps: Vec::new(),
+                time: shiphat_store::rfc3339(shiphat_store::now_ms()),
             };
-            if why.is_some() {
-                let mut sched = self.sched();
-                // Cancelled meanwhile: it ends below, as cancelled, instead of waiting.
-                if !stop.is_cancelled() {
-                    sched.running.remove(&run.id);
-                    if let Some(key) = key {
-                        self.release(&mut sched, key, &run.id);
-                    }
-                    sched.held.push(run);
-                    return;
-                }
-            }
-        }
-        if stop.is_cancelled() {
-            let detail = self.sched().cancelled_by.get(&run.id).cloned();
-            match self
+            let end = Change::RunEnded {
+                status: RunStatus::Failed,
+                detail: Some(format!("workflow `{}` is no longer loaded", run.workflow)),
+            };
+            let body = serde_json::to_string(&event).expect("events always serialise");
+            if let Err(e) = self
                 .store
-                .transition(
-                    &run.id,
-                    &[RunStatus::Queued],
-                    RunStatus::Cancelled,
-                    detail.as_deref(),
-                )
+                .append_event(&run.id, &fence, &body, Some(&end), Commit::Now)
                 .await
             {
-                Ok(true) => {
-                    self.metrics.run_status(&run.workflow, "cancelled");
-                    let _ = self.live.send(Arc::from(run.id.as_str()));
-                }
-                Ok(false) => {}
-                Err(e) => tracing::error!("cannot record that run `{}` was cancelled: {e}", run.id),
+                tracing::error!("cannot record the end of run `{}`: {e}", run.id);
             }
-            return self.settle(&run.id, key, false);
-        }
-        let Some(prepared) = self.workflows.get(&run.workflow) else {
-            let _ = self
-                .store
-                .transition(
-                    &run.id,
-                    &[RunStatus::Queued],
-                    RunStatus::Failed,
-                    Some(&format!("workflow `{}` is no longer loaded", run.workflow)),
-                )
-                .await;
-            return self.settle(&run.id, key, false);
+            return self.settle(&run.id, false);
         };
-        match self
-            .store
-            .transition(&run.id, &[RunStatus::Queued], RunStatus::Running, None)
-            .await
-        {
-            Ok(true) => {}
-            // Cancelled while it waited.
-            Ok(false) => return self.settle(&run.id, key, false),
-            Err(e) => {
-                tracing::error!("cannot start run `{}`: {e}", run.id);
-                return self.settle(&run.id, key, false);
-            }
-        }
         // Both read at once: the run's steps settled in an earlier life, and whether it has
         // events already.
         let (steps, events) =
@@ -510,7 +583,6 @@ impl App {
                 false
             }
         };
-        drop(admitted);
         self.metrics.running.inc();
         self.metrics.run_status(&run.workflow, "running");
         let options = RunOptions {
@@ -518,60 +590,26 @@ impl App {
             inputs: run.inputs.as_object().cloned().unwrap_or_default(),
             dry_run: run.dry_run,
         };
-        let sink = self.sink(&run, resumed);
+        let sink = self.sink(&run, fence, stop.clone(), resumed);
         self.runner
             .run_durable(&prepared, options, prior, sink, stop)
             .await;
-        self.settle(&run.id, key, true);
+        self.settle(&run.id, true);
     }
 
-    /// The key a run holds, if it holds one.
-    fn key_held_by(&self, id: &str) -> Option<String> {
-        self.sched()
-            .keys
-            .iter()
-            .find(|(_, k)| k.holder.as_deref() == Some(id))
-            .map(|(key, _)| key.clone())
-    }
-
-    /// A run given the go is over (ended, or not started after all): forgets it, frees its key
-    /// for the next run waiting, and wakes a shutdown waiting for it.
-    fn settle(self: &Arc<App>, id: &str, key: Option<&str>, ran: bool) {
+    /// A run this daemon ran is over: forgets it, wakes a shutdown waiting for it, and asks
+    /// for a claim, since its key is free now.
+    fn settle(self: &Arc<App>, id: &str, ran: bool) {
         let mut sched = self.sched();
         sched.running.remove(id);
         sched.cancelled_by.remove(id);
-        sched.forced.remove(id);
-        if let Some(key) = key {
-            self.release(&mut sched, key, id);
-        }
         drop(sched);
         if ran {
             self.metrics.running.dec();
         }
         self.ended.notify_waiters();
+        self.claim_asked.notify_one();
     }
-
-    /// Frees `key` if `id` holds it and gives it to the next run waiting for it.
-    fn release(self: &Arc<App>, sched: &mut Sched, key: &str, id: &str) {
-        let Some(k) = sched.keys.get_mut(key) else {
-            return;
-        };
-        if k.holder.as_deref() == Some(id) {
-            k.holder = None;
-        }
-        if k.holder.is_some() {
-            return;
-        }
-        let Some(next) = k.waiting.pop_front() else {
-            sched.keys.remove(key);
-            return;
-        };
-        self.metrics.queue_depth.dec();
-        k.holder = Some(next.clone());
-        // Nobody waits for it: the run it follows has ended.
-        drop(self.go(sched, next, None));
-    }
-
     /// Hands each event to the store, in order, and wakes the streams once it is committed.
     /// A step's start and the run's end are committed before the runner goes on (it waits for
     /// what this answers); a step's end, a log line and the run's start are queued without
@@ -586,16 +624,25 @@ impl App {
     /// A resumed run (`resumed`: it has events already) gets no second `run_started`: the
     /// runner emits one when it starts again, but the history and the event stream keep the
     /// first; the run's `detail` says who resumed it.
-    fn sink(self: &Arc<App>, run: &Run, resumed: bool) -> DurableSink {
+    ///
+    /// Every write carries the run's `fence`. A write the store refuses means the run is no
+    /// longer this daemon's (its lease ran out and another daemon took it over, or a shutdown
+    /// marked it interrupted): the run is aborted before the runner goes on, so a refused
+    /// step start never runs its plugin.
+    fn sink(self: &Arc<App>, run: &Run, fence: Fence, stop: Stop, resumed: bool) -> DurableSink {
         struct Target {
             app: Arc<App>,
             run: Arc<str>,
+            fence: Fence,
+            stop: Stop,
             workflow: String,
             runtime: tokio::runtime::Handle,
         }
         let target = Arc::new(Target {
             app: self.clone(),
             run: Arc::from(run.id.as_str()),
+            fence,
+            stop,
             workflow: run.workflow.clone(),
             // Log lines come from the plugin's own thread, outside the runtime.
             runtime: tokio::runtime::Handle::current(),
@@ -666,9 +713,9 @@ impl App {
                 Some(Change::RunEnded { status, .. }) => Some(*status),
                 _ => None,
             };
-            let written = app
-                .store
-                .append_event(&target.run, &body, change.as_ref(), commit);
+            let written =
+                app.store
+                    .append_event(&target.run, &target.fence, &body, change.as_ref(), commit);
             let written_to = target.clone();
             let settled = async move {
                 match written.await {
@@ -681,7 +728,15 @@ impl App {
                                 .run_status(&written_to.workflow, end.as_str());
                         }
                     }
-                    Ok(None) => {}
+                    Ok(None) => {
+                        if !written_to.stop.is_aborted() {
+                            tracing::warn!(
+                                "run `{}` is no longer this daemon's; stopping it here",
+                                written_to.run
+                            );
+                            written_to.stop.abort();
+                        }
+                    }
                     Err(e) => {
                         tracing::error!("cannot record an event of run `{}`: {e}", written_to.run)
                     }
@@ -698,9 +753,9 @@ impl App {
         })
     }
 
-    /// Cancels a run that is queued, interrupted or running. A running run's steps end and its
-    /// `on_failure` and `finally` still run; cancelling it again aborts those too. Returns
-    /// whether the run was still going.
+    /// Cancels a run that is queued, interrupted or running, here or on another daemon. A
+    /// running run's steps end and its `on_failure` and `finally` still run; cancelling it
+    /// again aborts those too. Returns whether the run was still going.
     pub async fn cancel(
         self: &Arc<App>,
         run: &Run,
@@ -709,7 +764,7 @@ impl App {
         let detail = format!("cancelled by `{}`", by.name);
         let stop_running = |app: &App| {
             let mut sched = app.sched();
-            let stop = sched.running.get(&run.id).cloned()?;
+            let stop = sched.running.get(&run.id).map(|r| r.stop.clone())?;
             // The first to cancel is who the run's detail names.
             sched
                 .cancelled_by
@@ -720,11 +775,6 @@ impl App {
         };
         if stop_running(self).is_some() {
             return Ok(true);
-        }
-        {
-            let mut sched = self.sched();
-            sched.forced.remove(&run.id);
-            sched.held.retain(|r| r.id != run.id);
         }
         let moved = self
             .store
@@ -740,8 +790,12 @@ impl App {
             let _ = self.live.send(Arc::from(run.id.as_str()));
             return Ok(true);
         }
-        // It started between the look above and the write: cancel it as a running run.
-        Ok(stop_running(self).is_some())
+        // It started between the look above and the write: here, or on another daemon, which
+        // hears of the cancel through the store.
+        if stop_running(self).is_some() {
+            return Ok(true);
+        }
+        self.store.request_cancel(&run.id, &detail).await
     }
 
     /// Queues an interrupted run again; it goes on from its step in flight. `forced` (an
@@ -761,20 +815,11 @@ impl App {
         };
         let moved = self
             .store
-            .transition(
-                &run.id,
-                &[RunStatus::Interrupted],
-                RunStatus::Queued,
-                Some(&detail),
-            )
+            .requeue(&run.id, &detail, forced.is_some())
             .await?;
-        if moved && let Some(run) = self.store.run(&run.id).await? {
-            if forced.is_some() {
-                self.sched().forced.insert(run.id.clone());
-            }
-            if let Some(admission) = self.enqueue(run) {
-                let _ = admission.await;
-            }
+        if moved {
+            let _ = self.live.send(Arc::from(run.id.as_str()));
+            self.claimed().await;
         }
         Ok(moved)
     }
@@ -789,7 +834,8 @@ impl App {
         })
     }
 
-    /// Shutdown: refuse new runs, then wait for running ones up to the grace period.
+    /// Shutdown: refuse new runs and claim no more, then wait for running ones up to the
+    /// grace period.
     pub async fn drain(&self) {
         self.accepting.store(false, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + self.config.shutdown_grace;
@@ -802,6 +848,35 @@ impl App {
                 return;
             }
         }
+    }
+
+    /// After the drain: what did not finish within the grace period is stopped here and
+    /// left to the store. On a shared store its leases end now, so another daemon (or this
+    /// one, restarted) takes the runs over at once and resumes those that may resume by
+    /// themselves; alone on an embedded store, they are recorded `interrupted`, so the next
+    /// start finds them waiting rather than `running`.
+    pub async fn hand_over(&self) -> Result<(), shiphat_store::Error> {
+        let stops: Vec<Stop> = self
+            .sched()
+            .running
+            .values()
+            .map(|r| r.stop.clone())
+            .collect();
+        if self.store.shared() {
+            let released = self.store.release(&self.owner).await?;
+            if released > 0 {
+                tracing::warn!("handed {released} unfinished runs over to the other daemons");
+            }
+        } else {
+            self.store
+                .interrupt_running(&Scope::Owner(self.owner.clone()))
+                .await?;
+        }
+        // Fenced out now: whatever they would write next is refused anyway.
+        for stop in stops {
+            stop.abort();
+        }
+        Ok(())
     }
 }
 

@@ -319,6 +319,8 @@ impl Service {
             dry_run,
             concurrency_key: key,
             idempotency_key,
+            exclusive: false,
+            forced: false,
         };
         let queue = prepared
             .workflow

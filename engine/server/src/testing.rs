@@ -69,6 +69,8 @@ impl TestApp {
             dry_run: false,
             concurrency_key: None,
             idempotency_key: None,
+            exclusive: false,
+            forced: false,
         };
         self.app.store.create_run(&run, 100).await.unwrap();
         id

@@ -66,9 +66,6 @@ pub(crate) struct Queued {
     pub key: Option<String>,
     pub forced: bool,
     pub detail: Option<String>,
-    /// Whether the claim locked its row: a row another transaction is changing (a cancel)
-    /// is skipped, and still blocks the runs of its key queued after it.
-    pub locked: bool,
 }
 
 /// What a claim decided.
@@ -128,9 +125,8 @@ pub(crate) fn plan(
             }
             continue;
         }
-        let starts = run.locked
-            && plan.start.len() < max
-            && run.key.as_ref().is_none_or(|k| !blocked.contains(k));
+        let starts =
+            plan.start.len() < max && run.key.as_ref().is_none_or(|k| !blocked.contains(k));
         if let Some(key) = &run.key {
             blocked.insert(key.clone());
             let queue = keys.entry(key.clone()).or_default();
@@ -159,7 +155,6 @@ mod tests {
             key: key.map(Into::into),
             forced: false,
             detail: None,
-            locked: true,
         }
     }
 
@@ -198,15 +193,6 @@ mod tests {
     }
 
     #[test]
-    fn a_row_being_changed_elsewhere_still_blocks_its_key() {
-        // Run 1's row is locked by a cancel under way: run 2 must not jump ahead of it.
-        let mut first = queued("1", Some("k"));
-        first.locked = false;
-        let plan = plan(&[first, queued("2", Some("k"))], HashMap::new(), &[], 10);
-        assert!(plan.start.is_empty());
-    }
-
-    #[test]
     fn a_lock_holds_runs_unless_forced_and_says_so_once() {
         let mut forced = queued("2", Some("k"));
         forced.forced = true;
@@ -222,14 +208,23 @@ mod tests {
     fn a_lock_on_the_workflow_holds_its_runs_and_not_the_key() {
         let mut other = queued("2", Some("k"));
         other.workflow = "other".into();
-        let plan = plan(&[queued("1", Some("k")), other], HashMap::new(), &[lock("wf")], 10);
+        let plan = plan(
+            &[queued("1", Some("k")), other],
+            HashMap::new(),
+            &[lock("wf")],
+            10,
+        );
         assert_eq!(plan.start, ["2"]);
         assert_eq!(plan.hold.len(), 1);
     }
 
     #[test]
     fn at_most_max_start_and_the_rest_wait_their_turn() {
-        let q = [queued("1", None), queued("2", Some("k")), queued("3", Some("k"))];
+        let q = [
+            queued("1", None),
+            queued("2", Some("k")),
+            queued("3", Some("k")),
+        ];
         let plan = plan(&q, HashMap::new(), &[], 1);
         assert_eq!(plan.start, ["1"]);
         assert_eq!(plan.keys["k"].waiting, ["2", "3"]);

@@ -63,7 +63,10 @@ const KEY_LOCK: i32 = 0x6b65_7973;
 /// The advisory lock a claim holds: claims take turns, whichever daemon makes them, so that
 /// each sees the runs the one before it started. What may start depends on other rows than
 /// the run's own (one running run per key, the oldest waiting first), which row locks alone
-/// cannot order. A claim is a few statements, so a turn is short. It spells `claim`.
+/// cannot order. A claim only tries it: a daemon that finds another claiming starts nothing
+/// this time (the other's claim, or the next one, which every change announced on
+/// [`CHANNEL`] asks for, covers its runs), and never waits with its group's locks held, which
+/// could deadlock with another daemon's group. It spells `claim`.
 const CLAIM_LOCK: i64 = 0x0063_6c61_696d;
 
 /// The channel on which every write that another daemon should hear of is announced, at its
@@ -728,10 +731,10 @@ fn interrupt_running(tx: &mut Conn, scope: &Scope) -> Result<Vec<Interrupted>> {
 }
 
 fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CLAIM_LOCK])?;
-    // Every queued run, and apart which of them this claim could lock: one whose row another
-    // transaction holds is skipped, not waited for, and still blocks its key.
-    let mut queued = tx
+    let turn: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&CLAIM_LOCK])?
+        .try_get(0)?;
+    let queued = tx
         .query(
             "SELECT id, workflow, concurrency_key, forced, detail FROM runs \
              WHERE status = 'queued' ORDER BY id",
@@ -745,21 +748,9 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
                 key: row.try_get(2)?,
                 forced: row.try_get(3)?,
                 detail: row.try_get(4)?,
-                locked: false,
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let locked: std::collections::HashSet<String> = tx
-        .query(
-            "SELECT id FROM runs WHERE status = 'queued' FOR UPDATE SKIP LOCKED",
-            &[],
-        )?
-        .iter()
-        .map(|row| row.try_get(0))
-        .collect::<Result<_, _>>()?;
-    for run in &mut queued {
-        run.locked = locked.contains(&run.id);
-    }
     let running = tx
         .query(
             "SELECT concurrency_key, id FROM runs WHERE status = 'running' \
@@ -771,18 +762,44 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
         .collect::<Result<_>>()?;
     let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
     let locks = locks(tx, "", &[&now])?;
-    let plan = crate::claim::plan(&queued, running, &locks, max as usize);
-    for (id, detail) in &plan.hold {
-        transition(tx, id, &[RunStatus::Queued], RunStatus::Queued, Some(detail))?;
+    let max = if turn { max as usize } else { 0 };
+    let plan = crate::claim::plan(&queued, running, &locks, max);
+    if !turn {
+        // Where the queues stand, as far as this daemon can tell; the claimer decides.
+        return Ok(Claimed {
+            keys: plan.keys,
+            ..Claimed::default()
+        });
     }
+    for (id, detail) in &plan.hold {
+        transition(
+            tx,
+            id,
+            &[RunStatus::Queued],
+            RunStatus::Queued,
+            Some(detail),
+        )?;
+    }
+    // `SKIP LOCKED`: a run whose row another transaction holds (a cancel under way) is not
+    // waited for; it stays queued, and the runs of its key behind it wait for the next claim.
+    let starting: Vec<&str> = plan.start.iter().map(String::as_str).collect();
+    let lockable: std::collections::HashSet<String> = tx
+        .query(
+            "SELECT id FROM runs WHERE id = ANY($1) AND status = 'queued' \
+             FOR UPDATE SKIP LOCKED",
+            &[&starting],
+        )?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
     let mut started = Vec::new();
-    for id in &plan.start {
+    for id in plan.start.iter().filter(|id| lockable.contains(*id)) {
         notify(tx, &format!("r:{id}"))?;
         let row = tx.query_opt(
             &format!(
                 "UPDATE runs SET status = 'running', started_ms = $2, lease_owner = $3, \
-                   lease_expires_ms = $2::bigint + $4::bigint, lease_epoch = lease_epoch + 1, forced = false, \
-                   cancels = 0, cancelled_by = NULL \
+                   lease_expires_ms = $2::bigint + $4::bigint, lease_epoch = lease_epoch + 1, \
+                   forced = false, cancels = 0, cancelled_by = NULL \
                  WHERE id = $1 AND status = 'queued' RETURNING {RUN_COLUMNS}, lease_epoch"
             ),
             &[id, &now, &owner, &ttl_ms],

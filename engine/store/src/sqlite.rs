@@ -643,8 +643,6 @@ fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed>
                 key: row.get(2)?,
                 forced: row.get(3)?,
                 detail: row.get(4)?,
-                // The one writer: no other transaction holds a row.
-                locked: true,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -659,7 +657,13 @@ fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed>
         .collect::<rusqlite::Result<_>>()?;
     let plan = crate::claim::plan(&queued, running, &locks(tx)?, max as usize);
     for (id, detail) in &plan.hold {
-        transition(tx, id, &[RunStatus::Queued], RunStatus::Queued, Some(detail))?;
+        transition(
+            tx,
+            id,
+            &[RunStatus::Queued],
+            RunStatus::Queued,
+            Some(detail),
+        )?;
     }
     let mut started = Vec::new();
     for id in &plan.start {
@@ -711,14 +715,17 @@ fn renew(tx: &Connection, owner: &str, ttl_ms: i64) -> Result<Vec<Held>> {
              WHERE status = ?1 AND lease_owner = ?2 AND lease_expires_ms > ?3 \
              RETURNING id, lease_epoch, cancels, cancelled_by",
         )?
-        .query_map(params![Text(RunStatus::Running), owner, now, ttl_ms], |row| {
-            Ok(Held {
-                run: row.get(0)?,
-                epoch: row.get(1)?,
-                cancels: row.get(2)?,
-                cancelled_by: row.get(3)?,
-            })
-        })?
+        .query_map(
+            params![Text(RunStatus::Running), owner, now, ttl_ms],
+            |row| {
+                Ok(Held {
+                    run: row.get(0)?,
+                    epoch: row.get(1)?,
+                    cancels: row.get(2)?,
+                    cancelled_by: row.get(3)?,
+                })
+            },
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 

@@ -197,7 +197,13 @@ fn events_are_refused_unless_running_and_steps_finish_once(t: &Tested) {
         .unwrap()
         .unwrap();
     store
-        .append_event("01a", &fence, "{\"e\":2}", Some(&finished("s")), Commit::Now)
+        .append_event(
+            "01a",
+            &fence,
+            "{\"e\":2}",
+            Some(&finished("s")),
+            Commit::Now,
+        )
         .unwrap()
         .unwrap();
     let again = store.append_event(
@@ -768,10 +774,16 @@ fn a_lock_holds_claims_unless_forced_and_says_so_once(t: &Tested) {
     assert_eq!(started, ["01b"]);
     assert_eq!(claim.held, ["01a"]);
     let said = "held by the lock on `k` of `root`: freeze";
-    assert_eq!(store.run("01a").unwrap().unwrap().detail.as_deref(), Some(said));
+    assert_eq!(
+        store.run("01a").unwrap().unwrap().detail.as_deref(),
+        Some(said)
+    );
     // Held again by the same lock: nothing new to say.
     assert!(store.claim(ME, LEASE_MS, 10).unwrap().held.is_empty());
-    assert_eq!(store.run("01a").unwrap().unwrap().detail.as_deref(), Some(said));
+    assert_eq!(
+        store.run("01a").unwrap().unwrap().detail.as_deref(),
+        Some(said)
+    );
     assert!(store.delete_lock("k").unwrap());
     // The forced run holds the key now; the held one waits its turn.
     assert!(claimed(store, ME, 10).is_empty());
@@ -831,7 +843,11 @@ fn a_stale_fence_writes_nothing_and_an_expired_lease_is_taken_over(t: &Tested) {
     let taken = store.interrupt_running(&Scope::Expired).unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(taken[0].run, "01a");
-    assert!(store.requeue("01a", "resumed automatically", false).unwrap());
+    assert!(
+        store
+            .requeue("01a", "resumed automatically", false)
+            .unwrap()
+    );
     let again = claimed(store, "live", 10);
     assert_eq!(ids(&again), ["01a"]);
     assert_eq!(again[0].1.epoch, stale.epoch + 1);
@@ -861,7 +877,10 @@ fn a_stale_fence_writes_nothing_and_an_expired_lease_is_taken_over(t: &Tested) {
         .unwrap()
         .unwrap();
     assert_eq!(store.events("01a", 0, 10).unwrap().len(), 1);
-    assert_eq!(store.run("01a").unwrap().unwrap().status, RunStatus::Running);
+    assert_eq!(
+        store.run("01a").unwrap().unwrap().status,
+        RunStatus::Running
+    );
 }
 
 fn renewing_keeps_leases_and_reports_cancels(t: &Tested) {
@@ -901,10 +920,11 @@ fn a_daemon_interrupts_only_its_own_runs_when_it_stops(t: &Tested) {
     store.create_run(&new_run("01b", None), ANY).unwrap();
     assert_eq!(ids(&claimed(store, "a", 1)), ["01a"]);
     assert_eq!(ids(&claimed(store, "b", 1)), ["01b"]);
-    let mine = store
-        .interrupt_running(&Scope::Owner("a".into()))
-        .unwrap();
+    let mine = store.interrupt_running(&Scope::Owner("a".into())).unwrap();
     assert_eq!(mine.len(), 1);
     assert_eq!(mine[0].run, "01a");
-    assert_eq!(store.run("01b").unwrap().unwrap().status, RunStatus::Running);
+    assert_eq!(
+        store.run("01b").unwrap().unwrap().status,
+        RunStatus::Running
+    );
 }
