@@ -11,7 +11,8 @@ use std::sync::Arc;
 // ambiguous. A case that queues a write without waiting names `AsyncStore` in full.
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Lock, MAX_AUDIT_FIELD, NewRun, PgStore,
-    RunFilter, RunStatus, Section, SqliteStore, StepState, Store, TokenRecord, now_ms,
+    RunFilter, RunStatus, Section, SessionRecord, SqliteStore, StepState, Store, TokenRecord,
+    now_ms,
 };
 
 /// No cap on queued runs.
@@ -90,6 +91,10 @@ both!(
     every_status_and_section_is_kept_by_its_name,
     inputs_and_outputs_come_back_as_they_were_written,
     a_write_the_database_refuses_is_undone_alone,
+    sessions_are_found_until_they_expire_or_end,
+    a_token_keeps_its_newest_sessions_and_never_ends_another_tokens,
+    the_session_cap_refuses_only_when_no_expired_session_can_go,
+    deleting_a_token_ends_its_sessions,
 );
 
 pub(crate) fn new_run(id: &str, key: Option<&str>) -> NewRun {
@@ -630,4 +635,140 @@ fn a_write_the_database_refuses_is_undone_alone(t: &Tested) {
     }
     assert_eq!(t.store.tokens().unwrap(), vec![token("first")]);
     assert_eq!(t.store.integrity_check().unwrap(), "ok");
+}
+
+/// A session of `token` opened at `at`, which expires a second later.
+fn session(id: &str, token: &str, at: i64) -> SessionRecord {
+    SessionRecord {
+        id_sha256: id.into(),
+        token_sha256: token.into(),
+        created_ms: at,
+        expires_ms: at + 1000,
+    }
+}
+
+/// Roomy caps, for cases about something else.
+const TOTAL: u64 = 100;
+const PER_TOKEN: u64 = 16;
+
+fn sessions_are_found_until_they_expire_or_end(t: &Tested) {
+    let store = &*t.store;
+    assert!(
+        store
+            .open_session(&session("s1", "a", 100), TOTAL, PER_TOKEN)
+            .unwrap()
+    );
+    assert_eq!(
+        store.session("s1", 1099).unwrap(),
+        Some(session("s1", "a", 100))
+    );
+    assert_eq!(store.session("s1", 1100).unwrap(), None, "expired");
+    assert_eq!(store.session("nothing", 100).unwrap(), None);
+
+    assert!(
+        store
+            .open_session(&session("s2", "a", 200), TOTAL, PER_TOKEN)
+            .unwrap()
+    );
+    assert!(store.close_session("s2").unwrap());
+    assert!(!store.close_session("s2").unwrap());
+    assert_eq!(store.session("s2", 200).unwrap(), None);
+
+    // Pruning drops what has expired by then, and only that.
+    assert!(
+        store
+            .open_session(&session("s3", "b", 3000), TOTAL, PER_TOKEN)
+            .unwrap()
+    );
+    assert_eq!(store.prune_sessions(3000).unwrap(), 1);
+    assert_eq!(store.prune_sessions(3000).unwrap(), 0);
+    assert!(store.session("s3", 3000).unwrap().is_some());
+}
+
+fn a_token_keeps_its_newest_sessions_and_never_ends_another_tokens(t: &Tested) {
+    // A script signing in again and again signs only itself out.
+    let store = &*t.store;
+    let open = |id: &str, token: &str, at: i64| {
+        store
+            .open_session(&session(id, token, at), TOTAL, PER_TOKEN)
+            .unwrap()
+    };
+    assert!(open("theirs", "other", 0));
+    for i in 0..40 {
+        assert!(open(&format!("mine{i:02}"), "mine", 1 + i));
+    }
+    let live = (0..40)
+        .filter(|i| store.session(&format!("mine{i:02}"), 50).unwrap().is_some())
+        .collect::<Vec<_>>();
+    assert_eq!(live, (24..40).collect::<Vec<_>>(), "the newest 16");
+    assert!(store.session("theirs", 50).unwrap().is_some());
+
+    // Sessions opened within one millisecond still go oldest first.
+    for i in 0..3 {
+        let opened = store
+            .open_session(&session(&format!("burst{i}"), "burst", 60), TOTAL, 2)
+            .unwrap();
+        assert!(opened);
+    }
+    let live = (0..3)
+        .filter(|i| store.session(&format!("burst{i}"), 60).unwrap().is_some())
+        .collect::<Vec<_>>();
+    assert_eq!(live, [1, 2]);
+}
+
+fn the_session_cap_refuses_only_when_no_expired_session_can_go(t: &Tested) {
+    let store = &*t.store;
+    let open = |id: &str, token: &str, at: i64| {
+        store
+            .open_session(&session(id, token, at), 4, PER_TOKEN)
+            .unwrap()
+    };
+    // `a`'s two sessions expire at 1000 and 1001.
+    for (id, token, at) in [
+        ("a1", "a", 0),
+        ("a2", "a", 1),
+        ("b1", "b", 500),
+        ("c1", "c", 600),
+    ] {
+        assert!(open(id, token, at));
+    }
+    // Full of live sessions: refused, and nobody is signed out for it.
+    assert!(!open("d1", "d", 900));
+    assert_eq!(store.session("d1", 900).unwrap(), None);
+    for id in ["a1", "a2", "b1", "c1"] {
+        assert!(store.session(id, 900).unwrap().is_some(), "{id}");
+    }
+    // Expired sessions make room, whoever's they were.
+    assert!(open("d1", "d", 1001));
+    assert_eq!(store.prune_sessions(1001).unwrap(), 0, "both went already");
+    for id in ["b1", "c1", "d1"] {
+        assert!(store.session(id, 1001).unwrap().is_some(), "{id}");
+    }
+}
+
+fn deleting_a_token_ends_its_sessions(t: &Tested) {
+    let store = &*t.store;
+    for (sha256, name) in [("aa", "ci"), ("bb", "ro")] {
+        let token = TokenRecord {
+            name: name.into(),
+            roles: vec!["viewer".into()],
+            patterns: Vec::new(),
+            created_ms: 1,
+        };
+        store.add_token(sha256, &token).unwrap();
+    }
+    // `cc` is a token of the config file, which the store does not know.
+    for (id, token) in [("s1", "aa"), ("s2", "aa"), ("s3", "bb"), ("s4", "cc")] {
+        assert!(
+            store
+                .open_session(&session(id, token, 100), TOTAL, PER_TOKEN)
+                .unwrap()
+        );
+    }
+    assert!(store.delete_token("ci").unwrap());
+    let live = ["s1", "s2", "s3", "s4"]
+        .into_iter()
+        .filter(|id| store.session(id, 100).unwrap().is_some())
+        .collect::<Vec<_>>();
+    assert_eq!(live, ["s3", "s4"]);
 }
