@@ -2192,19 +2192,31 @@ fn a_run_queued_across_a_restart_waits_for_the_lock_until_it_expires() {
     assert_eq!(run["status"], "succeeded", "{run}");
 }
 
-#[test]
-fn a_daemon_on_postgresql_runs_a_workflow_and_finds_it_after_a_restart() {
+/// A database of its own on the shared test server, and in it a token `root` (an admin)
+/// made by `shiphat token create`. Returns the server (which stops when the last test
+/// holding it drops it), the database's URL and the token.
+fn postgresql_with_admin(
+    dir: &TestDir,
+) -> (
+    std::sync::Arc<shiphat_store::testing::Postgres>,
+    String,
+    String,
+) {
     let server = shiphat_store::testing::Postgres::shared();
     let url = server.database();
-    let dir = TestDir::new();
-    setup(&dir);
     // The test server trusts local users, so any password will do; it comes from a file, as
     // a real one would, never from the command line.
     dir.write("password", "unused\n");
-    let store = ["--store", url.as_str(), "--store-password-file", "password"];
-    let mut args = vec!["root", "--role", "admin"];
-    args.extend(store);
-    let created = token_create(&dir, &args);
+    let args = [
+        "root",
+        "--role",
+        "admin",
+        "--store",
+        &url,
+        "--store-password-file",
+        "password",
+    ];
+    let created = token_create(dir, &args);
     assert!(
         created.status.success(),
         "{}",
@@ -2213,6 +2225,15 @@ fn a_daemon_on_postgresql_runs_a_workflow_and_finds_it_after_a_restart() {
     let stderr = String::from_utf8_lossy(&created.stderr);
     assert!(stderr.contains(&format!("stored in {url}")), "{stderr}");
     let admin = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    (server, url, admin)
+}
+
+#[test]
+fn a_daemon_on_postgresql_runs_a_workflow_and_finds_it_after_a_restart() {
+    let dir = TestDir::new();
+    setup(&dir);
+    let (_server, url, admin) = postgresql_with_admin(&dir);
+    let store = ["--store", url.as_str(), "--store-password-file", "password"];
 
     let mut daemon = start(&dir, &store);
     let id = start_run(&daemon, &admin, json!({"workflow": "web"}));
@@ -2243,4 +2264,102 @@ fn a_daemon_on_postgresql_runs_a_workflow_and_finds_it_after_a_restart() {
         store.run(&id).unwrap().unwrap().status,
         RunStatus::Succeeded
     );
+}
+
+/// Signs in with `token`; returns the session cookie (`name=value`) and the CSRF token.
+fn open_session(daemon: &Daemon, token: &str) -> (String, String) {
+    let (status, headers, body) = daemon.call(
+        "POST",
+        "/api/v1/session",
+        &[("Content-Type", "application/json")],
+        Some(&json!({ "token": token }).to_string()),
+    );
+    assert_eq!(status, 200, "{body}");
+    let cookie = headers
+        .get("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    (cookie, body["csrf"].as_str().unwrap().to_owned())
+}
+
+/// `PUT /api/v1/locks/{key}` as a browser: with the session cookie and, when given, the
+/// CSRF token. Returns the status and the body.
+fn lock_as_browser(daemon: &Daemon, key: &str, cookie: &str, csrf: Option<&str>) -> (u16, Value) {
+    let mut headers = vec![("Cookie", cookie), ("Content-Type", "application/json")];
+    if let Some(csrf) = csrf {
+        headers.push(("X-CSRF-Token", csrf));
+    }
+    let (status, _, body) = daemon.call(
+        "PUT",
+        &format!("/api/v1/locks/{key}"),
+        &headers,
+        Some(r#"{"reason": "from the web page"}"#),
+    );
+    (status, body)
+}
+
+#[test]
+fn a_session_signed_in_on_one_daemon_works_and_ends_on_another_sharing_its_database() {
+    // Sessions lived in each daemon's memory: behind a load balancer, a browser signed in on
+    // one daemon was a stranger to the next, unless the balancer kept it on the first.
+    let dir = TestDir::new();
+    setup(&dir);
+    let (_server, url, admin) = postgresql_with_admin(&dir);
+    let store = ["--store", url.as_str(), "--store-password-file", "password"];
+    // Two daemons, each with a data directory of its own, on one database.
+    let daemon = |data: &str| {
+        let mut args = vec!["--data-dir", data, "--workflows", "workflows"];
+        args.extend(store);
+        Daemon::start(&dir, &args)
+    };
+    let (one, two) = (daemon("data-one"), daemon("data-two"));
+
+    let (cookie, csrf) = open_session(&one, &admin);
+    let (status, _, session) = two.call("GET", "/api/v1/session", &[("Cookie", &cookie)], None);
+    assert_eq!(status, 200, "{session}");
+    assert_eq!(session["principal"], "root", "{session}");
+    assert_eq!(
+        session["csrf"],
+        csrf.as_str(),
+        "the page's token, on any daemon"
+    );
+
+    // A mutating call on the other daemon needs the session's CSRF token there too.
+    let (status, body) = lock_as_browser(&two, "web-staging", &cookie, None);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = lock_as_browser(&two, "web-staging", &cookie, Some(&csrf));
+    assert_eq!(status, 200, "{body}");
+    let (status, _, locks) = one.call("GET", "/api/v1/locks", &[("Cookie", &cookie)], None);
+    assert_eq!(status, 200, "{locks}");
+    assert_eq!(locks["locks"][0]["key"], "web-staging", "{locks}");
+    assert_eq!(locks["locks"][0]["owner"], "root", "{locks}");
+
+    // Signing out on one daemon ends the session on the other.
+    let (status, _, body) = two.call(
+        "DELETE",
+        "/api/v1/session",
+        &[("Cookie", &cookie), ("X-CSRF-Token", &csrf)],
+        None,
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(!signed_in(&one, &cookie));
+    let (status, body) = lock_as_browser(&one, "web-prod", &cookie, Some(&csrf));
+    assert_eq!(status, 401, "{body}");
+}
+
+#[test]
+fn a_session_survives_a_restart_of_a_daemon_on_sqlite() {
+    // A restart signed every browser out: sessions were kept in memory only.
+    let dir = TestDir::new();
+    setup(&dir);
+    let admin = token(&dir, "root", "admin", &[]);
+    let mut daemon = start(&dir, &[]);
+    let (cookie, csrf) = open_session(&daemon, &admin);
+    stop(&mut daemon);
+
+    let daemon = start(&dir, &[]);
+    assert!(signed_in(&daemon, &cookie));
+    let (status, body) = lock_as_browser(&daemon, "web-staging", &cookie, Some(&csrf));
+    assert_eq!(status, 200, "{body}");
 }

@@ -239,7 +239,10 @@ async fn authenticate(
     // with. A bearer token wins when both are sent.
     let session = match bearer {
         Some(_) => None,
-        None => service.sessions().find(request.headers()),
+        None => match service.sessions().find(request.headers()).await {
+            Ok(session) => session,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
     };
     let hash = bearer.or_else(|| session.as_ref().map(|s| s.token_hash.clone()));
     let principal = match hash {
@@ -365,14 +368,11 @@ async fn sign_in(
     };
     // A browser signing in again (another token, say) leaves no older session behind.
     let sessions = service.sessions();
-    sessions.close(&headers);
-    let opened = sessions
-        .open(hash)
-        .map_err(|e| service::Error::Internal(format!("cannot open a session: {e}")))?;
-    let Some((id, session)) = opened else {
+    sessions.close(&headers).await?;
+    let Some((id, session)) = sessions.open(hash).await? else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "the daemon holds as many sessions as it keeps; try again later, or use the API with `Authorization: Bearer TOKEN`",
+            "the store holds as many sessions as it keeps; try again later, or use the API with `Authorization: Bearer TOKEN`",
         ));
     };
     let mut response = Json(session_view(&principal, &session.csrf)).into_response();
@@ -402,7 +402,7 @@ async fn show_session(
     Caller(caller): Caller,
     headers: HeaderMap,
 ) -> ApiResult<Json<SessionView>> {
-    let session = service.sessions().find(&headers).ok_or_else(|| {
+    let session = service.sessions().find(&headers).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "no session: sign in with `POST /api/v1/session`",
@@ -411,14 +411,16 @@ async fn show_session(
     Ok(Json(session_view(&caller, &session.csrf)))
 }
 
-/// `DELETE /api/v1/session`: signs the browser out and clears its cookie.
-async fn sign_out(State(service): State<Service>, headers: HeaderMap) -> Response {
-    service.sessions().close(&headers);
+/// `DELETE /api/v1/session`: signs the browser out, on every daemon that shares the store,
+/// and clears its cookie. When the store cannot end the session, the answer says so rather
+/// than claim a sign-out that a copied cookie would outlive.
+async fn sign_out(State(service): State<Service>, headers: HeaderMap) -> ApiResult {
+    service.sessions().close(&headers).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, crate::web::set_cookie(None, &headers));
-    with_target(response, "", Some("signed out".into()))
+    Ok(with_target(response, "", Some("signed out".into())))
 }
 
 /// `GET /api/v1/environments`: see [`crate::environments`].

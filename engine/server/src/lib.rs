@@ -213,8 +213,8 @@ fn spawn_reloads(app: Arc<scheduler::App>, stop: CancellationToken) {
     });
 }
 
-/// Prunes, hourly, finished runs past `retention.keep` (when set) and audit entries past
-/// `retention.audit`, each table by its own retention.
+/// Prunes, hourly, finished runs past `retention.keep` (when set), audit entries past
+/// `retention.audit`, each table by its own retention, and expired sessions.
 fn spawn_pruning(app: Arc<scheduler::App>, stop: CancellationToken) {
     tokio::spawn(async move {
         loop {
@@ -230,6 +230,12 @@ fn spawn_pruning(app: Arc<scheduler::App>, stop: CancellationToken) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!("pruned {n} audit entries past their retention"),
                 Err(e) => tracing::warn!("cannot prune the audit log: {e}"),
+            }
+            // An expired session is never found again; its row only takes room until then.
+            match app.store.prune_sessions(shiphat_store::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("pruned {n} expired sessions"),
+                Err(e) => tracing::warn!("cannot prune expired sessions: {e}"),
             }
             tokio::select! {
                 () = tokio::time::sleep(PRUNE_INTERVAL) => {}

@@ -62,7 +62,7 @@ pub struct App {
     pub live: broadcast::Sender<Arc<str>>,
     /// False once shutdown began: no new runs, no claims.
     pub accepting: AtomicBool,
-    /// The web page's signed-in browsers.
+    /// The web page's signed-in browsers, kept by the store.
     pub sessions: crate::web::Sessions,
     /// The event streams each principal holds open.
     pub streams: Arc<crate::limits::Held>,
@@ -154,12 +154,12 @@ impl App {
         Arc::new(App {
             config,
             runner,
+            sessions: crate::web::Sessions::new(store.clone()),
             store,
             workflows: Workflows::default(),
             metrics: Metrics::new(),
             live: broadcast::channel(LIVE_CAPACITY).0,
             accepting: AtomicBool::new(true),
-            sessions: crate::web::Sessions::default(),
             streams: Arc::default(),
             sign_ins: crate::limits::Rate::new(
                 crate::limits::SIGN_IN_BURST,

@@ -2,24 +2,29 @@
 //!
 //! A person signs in with an API token once; the daemon answers with a random session id in
 //! an `HttpOnly`, `SameSite=Strict` cookie and a CSRF token that the page sends back in
-//! `X-CSRF-Token` on every mutating call. The session keeps only the token's SHA-256, so the
-//! caller's roles are looked up again on each request: deleting the token signs its sessions
-//! out. Sessions live in memory; a restarted daemon asks people to sign in again, which loses
-//! nothing but a click.
+//! `X-CSRF-Token` on every mutating call. Sessions live in the store, by hashes only: the
+//! SHA-256 of the id and of the token, so the caller's roles are looked up again on each
+//! request and deleting the token signs its sessions out. They survive a restart, and daemons
+//! that share one database behind a load balancer share them: any of them serves any request
+//! of a browser, with no sticky sessions. The CSRF token is derived from the session id
+//! (see [`csrf_of`]), so it is stored nowhere and any daemon can check it.
 //!
 //! The page itself (`web/`) is plain HTML, CSS and JavaScript with no build step and nothing
 //! fetched from elsewhere, so it works offline and the binary is all there is to deploy.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use shiphat_store::{AsyncStore, SessionRecord};
 
 use crate::auth::{new_token, token_hash};
+use crate::service::{Error, Result};
 
 /// The cookie that carries a browser's session id.
 pub const COOKIE: &str = "shiphat_session";
@@ -28,15 +33,15 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 /// How long a session lasts after sign-in: a working day, so nobody signs in twice a day,
 /// and a cookie left on a shared machine is dead by the next morning.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// The most sessions kept at once, all tokens together: a bound on the daemon's memory. When
-/// it is reached, expired sessions go; if none has, a new sign-in is refused (503) rather than
-/// signing anyone out. One token holds at most [`MAX_SESSIONS_PER_TOKEN`], so filling it takes
-/// hundreds of tokens.
-const MAX_SESSIONS: usize = 10_000;
+/// The most sessions kept at once, all tokens together: a bound on the store's table, which
+/// a sign-in counts. When it is reached, expired sessions go; if none has, a new sign-in is
+/// refused (503) rather than signing anyone out. One token holds at most
+/// [`MAX_SESSIONS_PER_TOKEN`], so filling it takes hundreds of tokens.
+const MAX_SESSIONS: u64 = 10_000;
 /// The most sessions one token holds. Past it that token's oldest session goes, never another
 /// token's: a person has a browser or three, and a script signing in again and again signs
 /// only itself out.
-pub const MAX_SESSIONS_PER_TOKEN: usize = 16;
+pub const MAX_SESSIONS_PER_TOKEN: u64 = 16;
 
 /// The policy for every asset: only this origin's scripts, styles, connections and images
 /// (`data:` for the inline favicon fallback), and no framing (clickjacking).
@@ -106,76 +111,78 @@ pub struct Session {
     /// The SHA-256 of the token it signed in with: the principal is looked up from it on
     /// every request.
     pub token_hash: String,
+    /// The token the page returns in [`CSRF_HEADER`]: [`csrf_of`] the session id.
     pub csrf: String,
-    expires_ms: i64,
 }
 
-/// The live sessions, keyed by the SHA-256 of their id (the id itself is only in the cookie).
-#[derive(Default)]
+/// The browser sessions, kept by the store (the id itself is only in the cookie).
 pub struct Sessions {
-    by_id: Mutex<HashMap<String, Session>>,
+    store: Arc<dyn AsyncStore>,
 }
 
 impl Sessions {
-    /// Opens a session for a token already checked; returns its id and CSRF token, or `None`
-    /// when the daemon holds [`MAX_SESSIONS`] live sessions of other tokens.
-    pub fn open(&self, hash: String) -> Result<Option<(String, Session)>, getrandom::Error> {
-        let id = new_token()?;
+    pub fn new(store: Arc<dyn AsyncStore>) -> Sessions {
+        Sessions { store }
+    }
+
+    /// Opens a session for a token already checked; returns its id and the session, or
+    /// `None` when the store holds [`MAX_SESSIONS`] live sessions of other tokens.
+    pub async fn open(&self, token_sha256: String) -> Result<Option<(String, Session)>> {
+        let id = new_token().map_err(|e| Error::Internal(format!("cannot open a session: {e}")))?;
         let now = shiphat_store::now_ms();
-        let session = Session {
-            token_hash: hash,
-            csrf: new_token()?,
+        let record = SessionRecord {
+            id_sha256: token_hash(&id),
+            token_sha256,
+            created_ms: now,
             expires_ms: now + SESSION_TTL.as_millis() as i64,
         };
-        let mut by_id = self.by_id.lock().unwrap();
-        let mine = |s: &Session| s.token_hash == session.token_hash;
-        // This token's oldest sessions make room for its new one; nobody else's do.
-        loop {
-            let own = by_id.values().filter(|s| mine(s)).count();
-            if own < MAX_SESSIONS_PER_TOKEN {
-                break;
-            }
-            let oldest = by_id
-                .iter()
-                .filter(|(_, s)| mine(s))
-                .min_by_key(|(_, s)| s.expires_ms)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => by_id.remove(&k),
-                None => break,
+        let opened = self
+            .store
+            .open_session(&record, MAX_SESSIONS, MAX_SESSIONS_PER_TOKEN)
+            .await?;
+        Ok(opened.then(|| {
+            let session = Session {
+                token_hash: record.token_sha256,
+                csrf: csrf_of(&id),
             };
-        }
-        if by_id.len() >= MAX_SESSIONS {
-            by_id.retain(|_, s| s.expires_ms > now);
-        }
-        if by_id.len() >= MAX_SESSIONS {
-            return Ok(None);
-        }
-        by_id.insert(token_hash(&id), session.clone());
-        Ok(Some((id, session)))
+            (id, session)
+        }))
     }
 
     /// The session a request's cookie names, if it is live.
-    pub fn find(&self, headers: &HeaderMap) -> Option<Session> {
-        let id = cookie(headers, COOKIE)?;
-        let key = token_hash(id);
-        let mut by_id = self.by_id.lock().unwrap();
-        match by_id.get(&key) {
-            Some(s) if s.expires_ms > shiphat_store::now_ms() => Some(s.clone()),
-            Some(_) => {
-                by_id.remove(&key);
-                None
-            }
-            None => None,
-        }
+    pub async fn find(&self, headers: &HeaderMap) -> Result<Option<Session>> {
+        let Some(id) = cookie(headers, COOKIE) else {
+            return Ok(None);
+        };
+        let found = self
+            .store
+            .session(&token_hash(id), shiphat_store::now_ms())
+            .await?;
+        Ok(found.map(|record| Session {
+            token_hash: record.token_sha256,
+            csrf: csrf_of(id),
+        }))
     }
 
-    /// Ends the session a request's cookie names.
-    pub fn close(&self, headers: &HeaderMap) {
+    /// Ends the session a request's cookie names, on every daemon that shares the store.
+    pub async fn close(&self, headers: &HeaderMap) -> Result<()> {
         if let Some(id) = cookie(headers, COOKIE) {
-            self.by_id.lock().unwrap().remove(&token_hash(id));
+            self.store.close_session(&token_hash(id)).await?;
         }
+        Ok(())
     }
+}
+
+/// The CSRF token of the session `id`: HMAC-SHA-256 keyed with the id. Deriving it rather
+/// than drawing it stores no secret besides the id's hash, lets `GET /api/v1/session` give a
+/// reloaded page its token again, and lets every daemon on the store check it. Knowing it
+/// tells nothing of the id (what the cookie keeps from scripts), and the store's hash of the
+/// id does not give it.
+pub fn csrf_of(id: &str) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(id.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(b"shiphat csrf token");
+    hex::encode(mac.finalize().into_bytes())
 }
 
 impl Session {
@@ -251,23 +258,40 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_session_needs_its_own_csrf_token() {
-        let sessions = Sessions::default();
-        let (id, session) = sessions.open("hash".into()).unwrap().unwrap();
+    #[tokio::test]
+    async fn a_session_needs_its_own_csrf_token() {
+        let test = crate::testing::app();
+        let sessions = &test.app.sessions;
+        let (id, session) = sessions.open("hash".into()).await.unwrap().unwrap();
+        let cookie = headers(&[("cookie", &format!("{COOKIE}={id}"))]);
         let found = sessions
-            .find(&headers(&[("cookie", &format!("{COOKIE}={id}"))]))
+            .find(&cookie)
+            .await
+            .unwrap()
             .expect("the session is live");
         assert_eq!(found.token_hash, "hash");
+        assert_eq!(
+            found.csrf, session.csrf,
+            "a reloaded page gets its token again"
+        );
         assert!(found.csrf_ok(&headers(&[(CSRF_HEADER, &session.csrf)])));
         assert!(!found.csrf_ok(&headers(&[(CSRF_HEADER, "0000")])));
         assert!(!found.csrf_ok(&HeaderMap::new()));
-        sessions.close(&headers(&[("cookie", &format!("{COOKIE}={id}"))]));
-        assert!(
-            sessions
-                .find(&headers(&[("cookie", &format!("{COOKIE}={id}"))]))
-                .is_none()
-        );
+        // Another session's token is no good here.
+        let (_, other) = sessions.open("hash".into()).await.unwrap().unwrap();
+        assert!(!found.csrf_ok(&headers(&[(CSRF_HEADER, &other.csrf)])));
+        sessions.close(&cookie).await.unwrap();
+        assert!(sessions.find(&cookie).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn the_store_keeps_neither_the_session_id_nor_its_csrf_token() {
+        let id = new_token().unwrap();
+        let csrf = csrf_of(&id);
+        assert_eq!(csrf.len(), 64);
+        assert_ne!(csrf, id);
+        assert_ne!(csrf, token_hash(&id), "the stored hash would give it away");
+        assert_eq!(csrf, csrf_of(&id), "every daemon derives the same token");
     }
 
     #[test]

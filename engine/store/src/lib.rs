@@ -1,5 +1,6 @@
 //! shiphat's durable state: run history (runs, their steps and their events), deploy locks,
-//! API tokens and the audit log, behind one narrow interface, [`AsyncStore`].
+//! API tokens, the web page's sessions and the audit log, behind one narrow interface,
+//! [`AsyncStore`].
 //!
 //! Every method of [`AsyncStore`] returns at once with a [`Pending`] future: the work is queued
 //! when the method is called (so writes apply in the order of the calls) and done on threads of
@@ -335,6 +336,20 @@ pub struct TokenRecord {
     pub created_ms: i64,
 }
 
+/// A browser signed in to the web page. Only hashes are kept: whoever reads the database
+/// learns neither a session id nor the token it stands for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRecord {
+    /// The SHA-256 of the session id (hex); the id itself is only in the browser's cookie.
+    pub id_sha256: String,
+    /// The SHA-256 of the token it signed in with (hex). It is a token of the database or of
+    /// the daemon's config file, so nothing ties it to [`AsyncStore::token`]: the daemon looks
+    /// the principal up from it on every request.
+    pub token_sha256: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+}
+
 /// The most bytes the audit log keeps of any one field of an entry. A path, a lock key, an
 /// error naming a value: 1 KiB holds any real one whole, and an entry a client makes up (a
 /// 60 KB path, sent by anyone, authenticated or not) cannot cost more than a few KiB.
@@ -557,8 +572,26 @@ interface! {
     fn token(&self, sha256_hex: &str) -> Option<TokenRecord>;
     /// Every stored token (never their secrets), by name.
     fn tokens(&self) -> Vec<TokenRecord>;
-    /// Deletes the tokens named `name`; resolves to whether there was one.
+    /// Deletes the tokens named `name`, and the sessions signed in with them; resolves to
+    /// whether there was one.
     fn delete_token(&self, name: &str) -> bool;
+
+    /// Records a new session, in one transaction with what makes room for it, judging expiry
+    /// at `session.created_ms`: the token's expired sessions go, and its oldest live ones
+    /// until it holds fewer than `max_per_token` (never another token's); then, when
+    /// `max_total` sessions or more are kept, every expired one. Resolves to `false`, the
+    /// session not recorded, when that still leaves `max_total` or more. Within one store the
+    /// caps are exact (its writes take turns). Daemons sharing a database take no lock for it
+    /// (one held to their group's commit could deadlock with the locks that admit runs), so
+    /// sessions opened on several at the same moment may pass a cap by one per daemon: a
+    /// bound still, and the token's next sign-in trims its own back.
+    fn open_session(&self, session: &SessionRecord, max_total: u64, max_per_token: u64) -> bool;
+    /// The session whose id has this SHA-256, unless it has expired by `now_ms`.
+    fn session(&self, id_sha256: &str, now_ms: i64) -> Option<SessionRecord>;
+    /// Ends a session; resolves to whether there was one.
+    fn close_session(&self, id_sha256: &str) -> bool;
+    /// Deletes the sessions expired by `now_ms`; resolves to how many went.
+    fn prune_sessions(&self, now_ms: i64) -> usize;
 
     /// Appends an entry, each text field cut to [`MAX_AUDIT_FIELD`] bytes.
     fn audit(&self, entry: &AuditEntry) -> ();

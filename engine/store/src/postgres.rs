@@ -20,7 +20,8 @@ use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Notice, Pending,
-    Result, Run, RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
+    Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord, StepState, TokenRecord,
+    now_ms,
 };
 
 /// How many threads read, each on its own connection. As for SQLite: two let a long read (a
@@ -39,9 +40,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
+    include_str!("postgres/migrations/003_sessions.sql"),
 ];
 
 /// The schema this build writes.
@@ -520,6 +522,44 @@ fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool
         ],
     )?;
     Ok((run.queued(created_ms), true))
+}
+
+/// See [`AsyncStore::open_session`].
+fn open_session(
+    tx: &mut Conn,
+    session: &SessionRecord,
+    max_total: u64,
+    max_per_token: u64,
+) -> Result<bool> {
+    let now = session.created_ms;
+    let keep = i64::try_from(max_per_token.saturating_sub(1)).unwrap_or(i64::MAX);
+    tx.execute(
+        "DELETE FROM sessions WHERE token_sha256 = $1 AND (expires_ms <= $2 OR seq IN \
+           (SELECT seq FROM sessions WHERE token_sha256 = $1 AND expires_ms > $2 \
+            ORDER BY created_ms DESC, seq DESC OFFSET $3))",
+        &[&session.token_sha256, &now, &keep],
+    )?;
+    let max_total = i64::try_from(max_total).unwrap_or(i64::MAX);
+    let full = |tx: &mut Conn| -> Result<bool> {
+        Ok(count(tx, "SELECT count(*) FROM sessions", &[])? >= max_total)
+    };
+    if full(tx)? {
+        tx.execute("DELETE FROM sessions WHERE expires_ms <= $1", &[&now])?;
+        if full(tx)? {
+            return Ok(false);
+        }
+    }
+    tx.execute(
+        "INSERT INTO sessions (id_sha256, token_sha256, created_ms, expires_ms) \
+         VALUES ($1, $2, $3, $4)",
+        &[
+            &session.id_sha256,
+            &session.token_sha256,
+            &session.created_ms,
+            &session.expires_ms,
+        ],
+    )?;
+    Ok(true)
 }
 
 fn queued_of(db: &mut Conn, principal: &str) -> Result<u64> {
@@ -1217,7 +1257,58 @@ impl AsyncStore for PgStore {
     fn delete_token(&self, name: &str) -> Pending<bool> {
         let name = name.to_owned();
         self.write(Commit::Now, move |tx| {
+            tx.execute(
+                "DELETE FROM sessions WHERE token_sha256 IN \
+                 (SELECT sha256 FROM tokens WHERE name = $1)",
+                &[&name],
+            )?;
             Ok(tx.execute("DELETE FROM tokens WHERE name = $1", &[&name])? > 0)
+        })
+    }
+
+    fn open_session(
+        &self,
+        session: &SessionRecord,
+        max_total: u64,
+        max_per_token: u64,
+    ) -> Pending<bool> {
+        let session = session.clone();
+        self.write(Commit::Now, move |tx| {
+            open_session(tx, &session, max_total, max_per_token)
+        })
+    }
+
+    fn session(&self, id_sha256: &str, now_ms: i64) -> Pending<Option<SessionRecord>> {
+        let id_sha256 = id_sha256.to_owned();
+        self.read(move |client| {
+            client
+                .query_opt(
+                    "SELECT token_sha256, created_ms, expires_ms FROM sessions \
+                     WHERE id_sha256 = $1 AND expires_ms > $2",
+                    &[&id_sha256, &now_ms],
+                )?
+                .map(|row| {
+                    Ok(SessionRecord {
+                        id_sha256: id_sha256.clone(),
+                        token_sha256: row.try_get(0)?,
+                        created_ms: row.try_get(1)?,
+                        expires_ms: row.try_get(2)?,
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    fn close_session(&self, id_sha256: &str) -> Pending<bool> {
+        let id_sha256 = id_sha256.to_owned();
+        self.write(Commit::Now, move |tx| {
+            Ok(tx.execute("DELETE FROM sessions WHERE id_sha256 = $1", &[&id_sha256])? == 1)
+        })
+    }
+
+    fn prune_sessions(&self, now_ms: i64) -> Pending<usize> {
+        self.write(Commit::Now, move |tx| {
+            Ok(tx.execute("DELETE FROM sessions WHERE expires_ms <= $1", &[&now_ms])? as usize)
         })
     }
 

@@ -11,7 +11,8 @@ use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Notice, Pending,
-    Result, Run, RunFilter, RunStatus, Section, StepRecord, StepState, TokenRecord, now_ms,
+    Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord, StepState, TokenRecord,
+    now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -31,7 +32,8 @@ const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// sets the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [fn(&Connection) -> Result<()>; 3] = [create_v1, json_token_lists, claims];
+const MIGRATIONS: [fn(&Connection) -> Result<()>; 4] =
+    [create_v1, json_token_lists, claims, sessions];
 
 /// Version 1: the schema as it was before it had a version. Idempotent, since a version-0
 /// database may already have it.
@@ -138,7 +140,6 @@ fn json_token_lists(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Brings the database to [`VERSION`], or refuses one from a newer shiphat.
 /// Version 3: what claims and leases keep (see `claim.rs`). An embedded store has one daemon,
 /// but the scheduler is the same over both backends: its runs are claimed, leased and fenced
 /// here as in PostgreSQL.
@@ -157,6 +158,26 @@ CREATE INDEX runs_key ON runs (concurrency_key) WHERE concurrency_key IS NOT NUL
     Ok(())
 }
 
+/// Version 4: the web page's sessions, so that they outlive a restart. `seq` orders a
+/// token's sessions by when they were opened, even two opened within one millisecond.
+fn sessions(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "
+CREATE TABLE sessions (
+    seq INTEGER PRIMARY KEY,
+    id_sha256 TEXT NOT NULL UNIQUE,
+    token_sha256 TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX sessions_token ON sessions (token_sha256, created_ms);
+CREATE INDEX sessions_expires ON sessions (expires_ms);
+",
+    )?;
+    Ok(())
+}
+
+/// Brings the database to [`VERSION`], or refuses one from a newer shiphat.
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     // Immediate: two processes opening one old file at once migrate it once.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -729,6 +750,46 @@ fn renew(tx: &Connection, owner: &str, ttl_ms: i64) -> Result<Vec<Held>> {
         .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
+/// See [`AsyncStore::open_session`].
+fn open_session(
+    tx: &Connection,
+    session: &SessionRecord,
+    max_total: u64,
+    max_per_token: u64,
+) -> Result<bool> {
+    let now = session.created_ms;
+    let keep = max_per_token.saturating_sub(1);
+    tx.prepare_cached(
+        "DELETE FROM sessions WHERE token_sha256 = ?1 AND (expires_ms <= ?2 OR seq IN \
+           (SELECT seq FROM sessions WHERE token_sha256 = ?1 AND expires_ms > ?2 \
+            ORDER BY created_ms DESC, seq DESC LIMIT -1 OFFSET ?3))",
+    )?
+    .execute(params![session.token_sha256, now, keep as i64])?;
+    let count = || -> Result<u64> {
+        Ok(tx
+            .prepare_cached("SELECT count(*) FROM sessions")?
+            .query_row([], |row| row.get::<_, i64>(0))? as u64)
+    };
+    if count()? >= max_total {
+        tx.prepare_cached("DELETE FROM sessions WHERE expires_ms <= ?1")?
+            .execute(params![now])?;
+        if count()? >= max_total {
+            return Ok(false);
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO sessions (id_sha256, token_sha256, created_ms, expires_ms) \
+         VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![
+        session.id_sha256,
+        session.token_sha256,
+        session.created_ms,
+        session.expires_ms
+    ])?;
+    Ok(true)
+}
+
 fn token_from_row(row: &Row) -> rusqlite::Result<(TokenRecord, String, String)> {
     Ok((
         TokenRecord {
@@ -1043,7 +1104,61 @@ impl AsyncStore for SqliteStore {
     fn delete_token(&self, name: &str) -> Pending<bool> {
         let name = name.to_owned();
         self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM sessions WHERE token_sha256 IN \
+                 (SELECT sha256 FROM tokens WHERE name = ?1)",
+                params![name],
+            )?;
             Ok(conn.execute("DELETE FROM tokens WHERE name = ?1", params![name])? > 0)
+        })
+    }
+
+    fn open_session(
+        &self,
+        session: &SessionRecord,
+        max_total: u64,
+        max_per_token: u64,
+    ) -> Pending<bool> {
+        let session = session.clone();
+        self.write(move |tx| open_session(tx, &session, max_total, max_per_token))
+    }
+
+    fn session(&self, id_sha256: &str, now_ms: i64) -> Pending<Option<SessionRecord>> {
+        let id_sha256 = id_sha256.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT token_sha256, created_ms, expires_ms FROM sessions \
+                     WHERE id_sha256 = ?1 AND expires_ms > ?2",
+                )?
+                .query_row(params![id_sha256, now_ms], |row| {
+                    Ok(SessionRecord {
+                        id_sha256: id_sha256.clone(),
+                        token_sha256: row.get(0)?,
+                        created_ms: row.get(1)?,
+                        expires_ms: row.get(2)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    fn close_session(&self, id_sha256: &str) -> Pending<bool> {
+        let id_sha256 = id_sha256.to_owned();
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM sessions WHERE id_sha256 = ?1",
+                params![id_sha256],
+            )? == 1)
+        })
+    }
+
+    fn prune_sessions(&self, now_ms: i64) -> Pending<usize> {
+        self.write(move |conn| {
+            Ok(conn.execute(
+                "DELETE FROM sessions WHERE expires_ms <= ?1",
+                params![now_ms],
+            )?)
         })
     }
 

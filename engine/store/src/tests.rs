@@ -11,7 +11,8 @@ use std::sync::Arc;
 // ambiguous. A case that queues a write without waiting names `AsyncStore` in full.
 use crate::{
     AsyncStore, AuditEntry, Change, Commit, Error, Fence, Lock, MAX_AUDIT_FIELD, NewRun, PgStore,
-    RunFilter, RunStatus, Scope, Section, SqliteStore, StepState, Store, TokenRecord, now_ms,
+    RunFilter, RunStatus, Scope, Section, SessionRecord, SqliteStore, StepState, Store,
+    TokenRecord, now_ms,
 };
 
 /// No cap on queued runs.
@@ -97,6 +98,10 @@ both!(
     renewing_keeps_leases_and_reports_cancels,
     a_released_lease_is_taken_over_at_once,
     a_daemon_interrupts_only_its_own_runs_when_it_stops,
+    sessions_are_found_until_they_expire_or_end,
+    a_token_keeps_its_newest_sessions_and_never_ends_another_tokens,
+    the_session_cap_refuses_only_when_no_expired_session_can_go,
+    deleting_a_token_ends_its_sessions,
 );
 
 /// The daemon the cases claim runs as, with a lease no case outlives.
@@ -927,4 +932,140 @@ fn a_daemon_interrupts_only_its_own_runs_when_it_stops(t: &Tested) {
         store.run("01b").unwrap().unwrap().status,
         RunStatus::Running
     );
+}
+
+/// A session of `token` opened at `at`, which expires a second later.
+fn session(id: &str, token: &str, at: i64) -> SessionRecord {
+    SessionRecord {
+        id_sha256: id.into(),
+        token_sha256: token.into(),
+        created_ms: at,
+        expires_ms: at + 1000,
+    }
+}
+
+/// Roomy caps, for cases about something else.
+const TOTAL: u64 = 100;
+const PER_TOKEN: u64 = 16;
+
+fn sessions_are_found_until_they_expire_or_end(t: &Tested) {
+    let store = &*t.store;
+    assert!(
+        store
+            .open_session(&session("s1", "a", 100), TOTAL, PER_TOKEN)
+            .unwrap()
+    );
+    assert_eq!(
+        store.session("s1", 1099).unwrap(),
+        Some(session("s1", "a", 100))
+    );
+    assert_eq!(store.session("s1", 1100).unwrap(), None, "expired");
+    assert_eq!(store.session("nothing", 100).unwrap(), None);
+
+    assert!(
+        store
+            .open_session(&session("s2", "a", 200), TOTAL, PER_TOKEN)
+            .unwrap()
+    );
+    assert!(store.close_session("s2").unwrap());
+    assert!(!store.close_session("s2").unwrap());
+    assert_eq!(store.session("s2", 200).unwrap(), None);
+
+    // Pruning drops what has expired by then, and only that.
+    assert!(
+        store
+            .open_session(&session("s3", "b", 3000), TOTAL, PER_TOKEN)
+            .unwrap()
+    );
+    assert_eq!(store.prune_sessions(3000).unwrap(), 1);
+    assert_eq!(store.prune_sessions(3000).unwrap(), 0);
+    assert!(store.session("s3", 3000).unwrap().is_some());
+}
+
+fn a_token_keeps_its_newest_sessions_and_never_ends_another_tokens(t: &Tested) {
+    // A script signing in again and again signs only itself out.
+    let store = &*t.store;
+    let open = |id: &str, token: &str, at: i64| {
+        store
+            .open_session(&session(id, token, at), TOTAL, PER_TOKEN)
+            .unwrap()
+    };
+    assert!(open("theirs", "other", 0));
+    for i in 0..40 {
+        assert!(open(&format!("mine{i:02}"), "mine", 1 + i));
+    }
+    let live = (0..40)
+        .filter(|i| store.session(&format!("mine{i:02}"), 50).unwrap().is_some())
+        .collect::<Vec<_>>();
+    assert_eq!(live, (24..40).collect::<Vec<_>>(), "the newest 16");
+    assert!(store.session("theirs", 50).unwrap().is_some());
+
+    // Sessions opened within one millisecond still go oldest first.
+    for i in 0..3 {
+        let opened = store
+            .open_session(&session(&format!("burst{i}"), "burst", 60), TOTAL, 2)
+            .unwrap();
+        assert!(opened);
+    }
+    let live = (0..3)
+        .filter(|i| store.session(&format!("burst{i}"), 60).unwrap().is_some())
+        .collect::<Vec<_>>();
+    assert_eq!(live, [1, 2]);
+}
+
+fn the_session_cap_refuses_only_when_no_expired_session_can_go(t: &Tested) {
+    let store = &*t.store;
+    let open = |id: &str, token: &str, at: i64| {
+        store
+            .open_session(&session(id, token, at), 4, PER_TOKEN)
+            .unwrap()
+    };
+    // `a`'s two sessions expire at 1000 and 1001.
+    for (id, token, at) in [
+        ("a1", "a", 0),
+        ("a2", "a", 1),
+        ("b1", "b", 500),
+        ("c1", "c", 600),
+    ] {
+        assert!(open(id, token, at));
+    }
+    // Full of live sessions: refused, and nobody is signed out for it.
+    assert!(!open("d1", "d", 900));
+    assert_eq!(store.session("d1", 900).unwrap(), None);
+    for id in ["a1", "a2", "b1", "c1"] {
+        assert!(store.session(id, 900).unwrap().is_some(), "{id}");
+    }
+    // Expired sessions make room, whoever's they were.
+    assert!(open("d1", "d", 1001));
+    assert_eq!(store.prune_sessions(1001).unwrap(), 0, "both went already");
+    for id in ["b1", "c1", "d1"] {
+        assert!(store.session(id, 1001).unwrap().is_some(), "{id}");
+    }
+}
+
+fn deleting_a_token_ends_its_sessions(t: &Tested) {
+    let store = &*t.store;
+    for (sha256, name) in [("aa", "ci"), ("bb", "ro")] {
+        let token = TokenRecord {
+            name: name.into(),
+            roles: vec!["viewer".into()],
+            patterns: Vec::new(),
+            created_ms: 1,
+        };
+        store.add_token(sha256, &token).unwrap();
+    }
+    // `cc` is a token of the config file, which the store does not know.
+    for (id, token) in [("s1", "aa"), ("s2", "aa"), ("s3", "bb"), ("s4", "cc")] {
+        assert!(
+            store
+                .open_session(&session(id, token, 100), TOTAL, PER_TOKEN)
+                .unwrap()
+        );
+    }
+    assert!(store.delete_token("ci").unwrap());
+    let live = ["s1", "s2", "s3", "s4"]
+        .into_iter()
+        .filter(|id| store.session(id, 100).unwrap().is_some())
+        .collect::<Vec<_>>();
+    assert_eq!(live, ["s3", "s4"]);
 }
