@@ -1431,25 +1431,31 @@ fn twenty_four_sigkills_lose_nothing() {
         assert!(run.status.is_terminal(), "{run:?}");
         let steps = store.steps(id).unwrap();
         assert!(steps.iter().all(|s| s.status != "running"), "{steps:?}");
-        let mut finished: HashMap<String, usize> = HashMap::new();
-        for (_, body) in store.events(id, 0, 100_000).unwrap() {
-            let event: Value = serde_json::from_str(&body).unwrap();
-            if event["event"] == "step_finished" {
-                *finished
-                    .entry(event["step"].as_str().unwrap().to_owned())
-                    .or_default() += 1;
-            }
-        }
-        assert!(
-            finished.values().all(|&n| n == 1),
-            "a step of {id} was recorded complete twice: {finished:?}"
-        );
+        let finished = steps_finished_once(&store, id);
         if run.status == RunStatus::Succeeded {
             assert!(steps.iter().all(|s| s.status == "succeeded"), "{steps:?}");
             // `auto` has three steps; `manual` two and a `finally`.
             assert_eq!(finished.len(), 3, "{id}: {finished:?}");
         }
     }
+}
+
+/// The steps of run `id` whose end its events record, each checked to be recorded once.
+fn steps_finished_once(store: &dyn Store, id: &str) -> HashMap<String, usize> {
+    let mut finished: HashMap<String, usize> = HashMap::new();
+    for (_, body) in store.events(id, 0, 100_000).unwrap() {
+        let event: Value = serde_json::from_str(&body).unwrap();
+        if event["event"] == "step_finished" {
+            *finished
+                .entry(event["step"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        finished.values().all(|&n| n == 1),
+        "a step of {id} was recorded complete twice: {finished:?}"
+    );
+    finished
 }
 
 /// The CLI as a client of `daemon`, with `token`.
@@ -2362,4 +2368,397 @@ fn a_session_survives_a_restart_of_a_daemon_on_sqlite() {
     assert!(signed_in(&daemon, &cookie));
     let (status, body) = lock_as_browser(&daemon, "web-staging", &cookie, Some(&csrf));
     assert_eq!(status, 200, "{body}");
+}
+
+/// Runs shared by several daemons: four concurrency keys, steps that may run again.
+const KEYED: &str = r#"
+name: keyed
+resume: auto
+inputs:
+  key: { type: choice, choices: [a, b, c, d], default: a }
+concurrency: "key-${{ inputs.key }}"
+steps:
+  - id: one
+    uses: echo
+    idempotent: true
+    with: { message: one, sleep_ms: 15 }
+  - id: two
+    uses: echo
+    idempotent: true
+    needs: one
+    with: { message: two, sleep_ms: 15 }
+  - id: three
+    uses: echo
+    idempotent: true
+    needs: two
+    with: { message: three, sleep_ms: 15 }
+"#;
+
+/// Waits for a person when its daemon dies mid-step.
+const CAREFUL: &str = r#"
+name: careful
+inputs:
+  key: { type: choice, choices: [a, b, c, d], default: a }
+concurrency: "key-${{ inputs.key }}"
+steps:
+  - id: migrate
+    uses: echo
+    with: { message: migrating, sleep_ms: 40 }
+"#;
+
+/// Leases short enough that a dead daemon's runs are taken over within the test's time.
+const SHORT_LEASES: &str = "[lease]\nrenew = \"200ms\"\nexpires = \"1s\"\n";
+
+/// How long the cluster test may take to settle before it fails.
+const CLUSTER_DEADLINE: Duration = Duration::from_secs(180);
+
+/// Follows run `id`'s event stream through whichever daemon is up (trying them in turn from
+/// `first`), reconnecting with `Last-Event-ID` when a daemon dies or stalls under it, as a
+/// client behind a load balancer does, until `run_finished`. Returns every event seen.
+fn follow(
+    addrs: &std::sync::Mutex<Vec<Option<String>>>,
+    token: &str,
+    id: &str,
+    first: usize,
+) -> Vec<(i64, Value)> {
+    // A stalled daemon (SIGSTOP) answers nothing: give up on a connection after a while and
+    // go on through another.
+    let agent = support::agent(Duration::from_secs(3));
+    let started = Instant::now();
+    let mut seen: Vec<(i64, Value)> = Vec::new();
+    for attempt in first.. {
+        assert!(
+            started.elapsed() < CLUSTER_DEADLINE,
+            "run {id} never finished; saw {} events",
+            seen.len()
+        );
+        let addr = addrs.lock().unwrap()[attempt % 3].clone();
+        let Some(addr) = addr else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let mut request = agent
+            .get(format!("http://{addr}/api/v1/runs/{id}/events"))
+            .header("Authorization", format!("Bearer {token}"));
+        if let Some((last, _)) = seen.last() {
+            request = request.header("Last-Event-ID", last.to_string());
+        }
+        let Ok(mut response) = request.call() else {
+            continue;
+        };
+        if response.status().as_u16() != 200 {
+            continue;
+        }
+        let reader = BufReader::new(response.body_mut().as_reader());
+        let (mut event_id, mut data) = (String::new(), String::new());
+        for line in reader.lines() {
+            let Ok(line) = line else { break };
+            if let Some(v) = line.strip_prefix("id:") {
+                event_id = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            } else if line.is_empty() && !data.is_empty() {
+                let event: Value = serde_json::from_str(&data).unwrap();
+                data.clear();
+                let finished = event["event"] == "run_finished";
+                seen.push((event_id.parse().unwrap(), event));
+                if finished {
+                    return seen;
+                }
+            }
+        }
+    }
+    unreachable!("the loop ends by returning or failing")
+}
+
+/// Daemon `n` of several on the database at `url`, with the test's `shiphat.toml` and a
+/// data directory of its own.
+fn cluster_daemon(dir: &TestDir, url: &str, n: usize) -> Daemon {
+    let data = format!("data{n}");
+    let args = [
+        "--config",
+        "shiphat.toml",
+        "--data-dir",
+        &data,
+        "--workflows",
+        "workflows",
+        "--store",
+        url,
+        "--store-password-file",
+        "password",
+    ];
+    Daemon::start(dir, &args)
+}
+
+/// Sends `signal` to `daemon`.
+fn signal(daemon: &Daemon, signal: libc::c_int) {
+    // SAFETY: the pid is our own live child.
+    assert_eq!(
+        unsafe { libc::kill(daemon.child.id() as libc::pid_t, signal) },
+        0
+    );
+}
+
+/// Waits until `daemon` runs a run, by its `runs_running` metric.
+fn wait_running(daemon: &Daemon) {
+    let started = Instant::now();
+    loop {
+        let (status, _, text) = daemon.call("GET", "/metrics", &[], None);
+        assert_eq!(status, 200);
+        let running = text
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("runs_running") && !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .next()
+            .unwrap_or(0.0);
+        if running >= 1.0 {
+            return;
+        }
+        assert!(started.elapsed() < DEADLINE, "the daemon never ran a run");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn three_daemons_on_one_database_lose_nothing_through_kills_and_a_pause() {
+    // Issue 17: runs submitted round-robin to three daemons sharing one PostgreSQL database,
+    // while one daemon after another is killed with SIGKILL and restarted, and one is paused
+    // with SIGSTOP past its lease (its late writes must lose to the daemon that took its runs
+    // over). Then: every run ended or waits for a person, no step was recorded complete
+    // twice, no two runs of one key overlapped, nothing is stuck `running`, and every event
+    // stream followed through whichever daemon was up saw every event of its run, in order.
+    const RUNS: usize = 200;
+    const KILLS: usize = 10;
+    let dir = TestDir::new();
+    dir.write("workflows/keyed.yaml", KEYED);
+    dir.write("workflows/careful.yaml", CAREFUL);
+    dir.write("shiphat.toml", SHORT_LEASES);
+    let (_server, url, admin) = postgresql_with_admin(&dir);
+    let start_one = |n: usize| cluster_daemon(&dir, &url, n);
+    let mut daemons: Vec<Daemon> = (0..3).map(start_one).collect();
+    let addrs = std::sync::Arc::new(std::sync::Mutex::new(
+        daemons
+            .iter()
+            .map(|d| Some(d.addr.clone()))
+            .collect::<Vec<_>>(),
+    ));
+
+    let mut ids = Vec::new();
+    let mut followers = Vec::new();
+    let mut kills = 0;
+    let mut paused: Option<(usize, Instant)> = None;
+    let keys = ["a", "b", "c", "d"];
+    for i in 0..RUNS {
+        // Round-robin over the daemons that answer.
+        let mut n = i % 3;
+        if paused.is_some_and(|(p, _)| p == n) {
+            n = (n + 1) % 3;
+        }
+        let workflow = if i % 5 == 4 { "careful" } else { "keyed" };
+        let body = json!({"workflow": workflow, "inputs": {"key": keys[i % keys.len()]}});
+        let id = start_run(&daemons[n], &admin, body);
+        if workflow == "keyed" && i % 10 == 0 {
+            let (addrs, admin, id) = (addrs.clone(), admin.clone(), id.clone());
+            followers.push((
+                id.clone(),
+                std::thread::spawn(move || follow(&addrs, &admin, &id, i + 1)),
+            ));
+        }
+        ids.push(id);
+        // Different moments: some kills land in a burst of new runs, others later.
+        std::thread::sleep(Duration::from_millis((i as u64 * 7) % 23));
+        if i % 17 == 16 && kills < KILLS {
+            let mut k = kills % 3;
+            if paused.is_some_and(|(p, _)| p == k) {
+                k = (k + 1) % 3;
+            }
+            addrs.lock().unwrap()[k] = None;
+            daemons[k].child.kill().unwrap();
+            daemons[k].child.wait().unwrap();
+            daemons[k] = start_one(k);
+            addrs.lock().unwrap()[k] = Some(daemons[k].addr.clone());
+            kills += 1;
+        }
+        if i == RUNS / 2 {
+            // Paused past its lease (1 s), with runs of its own in flight.
+            let p = 2;
+            wait_running(&daemons[p]);
+            addrs.lock().unwrap()[p] = None;
+            signal(&daemons[p], libc::SIGSTOP);
+            paused = Some((p, Instant::now()));
+        }
+        if let Some((p, since)) = paused
+            && since.elapsed() > Duration::from_millis(2500)
+        {
+            signal(&daemons[p], libc::SIGCONT);
+            addrs.lock().unwrap()[p] = Some(daemons[p].addr.clone());
+            paused = None;
+        }
+    }
+    if let Some((p, since)) = paused {
+        std::thread::sleep(Duration::from_millis(2500).saturating_sub(since.elapsed()));
+        signal(&daemons[p], libc::SIGCONT);
+        addrs.lock().unwrap()[p] = Some(daemons[p].addr.clone());
+    }
+    assert_eq!(kills, KILLS);
+    // Awake again, the paused daemon found its runs taken over, and stopped them without
+    // writing (the checks below find none of its late writes).
+    daemons[2].wait_for_stderr("is no longer this daemon's", DEADLINE);
+
+    // Settled: nothing queued or running anywhere.
+    let started = Instant::now();
+    loop {
+        let (status, all) = call(
+            &daemons[0],
+            "GET",
+            "/api/v1/runs?limit=500",
+            Some(&admin),
+            None,
+        );
+        assert_eq!(status, 200, "{all}");
+        let runs = all["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), RUNS);
+        let busy: Vec<&Value> = runs
+            .iter()
+            .filter(|r| matches!(r["status"].as_str(), Some("queued" | "running")))
+            .collect();
+        if busy.is_empty() {
+            break;
+        }
+        assert!(
+            started.elapsed() < CLUSTER_DEADLINE,
+            "runs never settled: {busy:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let streams: Vec<(String, Vec<(i64, Value)>)> = followers
+        .into_iter()
+        .map(|(id, follower)| (id, follower.join().unwrap()))
+        .collect();
+    drop(daemons);
+
+    let store = shiphat_store::PgStore::open(&url, None).unwrap();
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+    // Per key, every step's recorded interval, by run: no two runs' may overlap.
+    let mut intervals: HashMap<String, Vec<(i64, i64, String)>> = HashMap::new();
+    let mut interrupted = 0;
+    for id in &ids {
+        let run = store
+            .run(id)
+            .unwrap()
+            .unwrap_or_else(|| panic!("run {id} was lost"));
+        assert!(
+            run.status.is_terminal() || run.status == RunStatus::Interrupted,
+            "{run:?}"
+        );
+        if run.status == RunStatus::Interrupted {
+            assert_eq!(
+                run.workflow, "careful",
+                "keyed runs resume by themselves: {run:?}"
+            );
+            interrupted += 1;
+        }
+        if run.workflow == "keyed" {
+            assert_eq!(run.status, RunStatus::Succeeded, "{run:?}");
+        }
+        let steps = store.steps(id).unwrap();
+        assert!(steps.iter().all(|s| s.status != "running"), "{steps:?}");
+        let key = run.concurrency_key.clone().unwrap();
+        for step in &steps {
+            if let (Some(from), Some(to)) = (step.started_ms, step.finished_ms) {
+                intervals
+                    .entry(key.clone())
+                    .or_default()
+                    .push((from, to, id.clone()));
+            }
+        }
+        steps_finished_once(&store, id);
+    }
+    for (key, mut spans) in intervals {
+        spans.sort();
+        for pair in spans.windows(2) {
+            let ((_, end, a), (start, _, b)) = (&pair[0], &pair[1]);
+            assert!(
+                a == b || end <= start,
+                "runs {a} and {b} of key `{key}` overlapped: {pair:?}"
+            );
+        }
+    }
+    for (id, seen) in streams {
+        let stored = store.events(&id, 0, 100_000).unwrap();
+        let stored: Vec<(i64, Value)> = stored
+            .into_iter()
+            .map(|(seq, body)| (seq, serde_json::from_str(&body).unwrap()))
+            .collect();
+        assert_eq!(seen, stored, "the stream of {id} missed or repeated events");
+    }
+    eprintln!("{KILLS} kills, one pause; {interrupted} careful runs wait for a person");
+}
+
+#[test]
+fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stops() {
+    // Issue 17: a cancel reached a run only through the daemon that ran it, and a daemon that
+    // stopped left its runs for its own next start.
+    let dir = TestDir::new();
+    setup(&dir);
+    dir.write(
+        "shiphat.toml",
+        format!("shutdown_grace = \"300ms\"\n{SHORT_LEASES}"),
+    );
+    let (_server, url, admin) = postgresql_with_admin(&dir);
+    let start_one = |n: usize| cluster_daemon(&dir, &url, n);
+    let mut a = start_one(0);
+    let b = start_one(1);
+    let deploying = |run: &Value| {
+        run["steps"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["id"] == "deploy" && s["status"] == "running")
+        })
+    };
+
+    // Started on A, which alone was up when it was claimed; cancelled through B.
+    let long = json!({"workflow": "web", "inputs": {"sleep": 60000}});
+    let id = start_run(&a, &admin, long.clone());
+    wait_run(&b, &admin, &id, deploying);
+    let (status, body) = call(
+        &b,
+        "POST",
+        &format!("/api/v1/runs/{id}/cancel"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = wait_run(&b, &admin, &id, terminal);
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["detail"], "cancelled by `root`", "{run}");
+
+    // A stops with a run in flight: after its grace period it hands the run over, B takes
+    // it (interrupted: `web` waits for a person), and it is resumed through B.
+    let id = start_run(
+        &a,
+        &admin,
+        json!({"workflow": "web", "inputs": {"sleep": 2000}}),
+    );
+    wait_run(&b, &admin, &id, deploying);
+    stop(&mut a);
+    let run = wait_run(&b, &admin, &id, |r| r["status"] == "interrupted");
+    assert!(
+        run["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("interrupted during step `deploy`")),
+        "{run}"
+    );
+    let (status, body) = call(
+        &b,
+        "POST",
+        &format!("/api/v1/runs/{id}/resume"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(status, 202, "{body}");
+    let run = wait_run(&b, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(step_of(&run, "build")["attempts"], 1, "{run}");
 }

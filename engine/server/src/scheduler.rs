@@ -71,6 +71,8 @@ pub struct App {
     /// Refused calls written to the audit log per remote address, and how many were not.
     pub refusals: crate::limits::Rate,
     pub unlogged_refusals: Mutex<HashMap<String, u64>>,
+    /// How many lease renewals were asked for (see `Running::renewals`).
+    renewals: AtomicU64,
     /// This daemon's name in the leases it holds: unique to this process, so that a daemon
     /// restarted under the same name never mistakes its previous life's runs for its own.
     pub owner: String,
@@ -103,6 +105,9 @@ struct Running {
     stop: Stop,
     /// How many cancels asked through the store this daemon has acted on.
     cancels: u32,
+    /// The number of lease renewals asked for before the run was claimed: a renewal asked
+    /// for before the claim committed cannot know of the run, and says nothing of it.
+    renewals: u64,
 }
 
 /// Why a run was not accepted.
@@ -171,6 +176,7 @@ impl App {
             ),
             unlogged_refusals: Mutex::default(),
             owner: owner_name(),
+            renewals: AtomicU64::new(0),
             sched: Mutex::new(Sched::default()),
             ended: tokio::sync::Notify::new(),
             claim_asked: tokio::sync::Notify::new(),
@@ -383,6 +389,8 @@ impl App {
     /// daemon reach the runs they name. Then the runs of daemons whose leases expired are
     /// taken over.
     async fn keep_leases(self: &Arc<App>) {
+        // Runs registered from now on were claimed after this renewal was queued.
+        let renewal = self.renewals.fetch_add(1, Ordering::SeqCst) + 1;
         match self.store.renew(&self.owner, self.lease_ms()).await {
             Ok(held) => {
                 let held: HashMap<String, shiphat_store::Held> =
@@ -395,6 +403,7 @@ impl App {
                 } = &mut *sched;
                 for (id, run) in running.iter_mut() {
                     match held.get(id) {
+                        None if run.renewals >= renewal => {}
                         None => {
                             tracing::warn!(
                                 "run `{id}` is no longer this daemon's (its lease ran out); stopping it here"
@@ -520,6 +529,7 @@ impl App {
             Running {
                 stop: stop.clone(),
                 cancels: 0,
+                renewals: self.renewals.load(Ordering::SeqCst),
             },
         );
         let app = self.clone();
