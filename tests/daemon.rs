@@ -2705,7 +2705,7 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
     setup(&dir);
     dir.write(
         "shiphat.toml",
-        format!("shutdown_grace = \"300ms\"\n{SHORT_LEASES}"),
+        format!("shutdown_grace = \"100ms\"\n{SHORT_LEASES}"),
     );
     let (_server, url, admin) = postgresql_with_admin(&dir);
     let start_one = |n: usize| cluster_daemon(&dir, &url, n);
@@ -2739,7 +2739,9 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
     let id = start_run(
         &a,
         &admin,
-        json!({"workflow": "web", "inputs": {"sleep": 2000}}),
+        // Long enough that the step is still running when the grace period ends, on a
+        // machine busy with every other test.
+        json!({"workflow": "web", "inputs": {"sleep": 6000}}),
     );
     wait_run(&b, &admin, &id, deploying);
     stop(&mut a);
