@@ -46,6 +46,14 @@ const CLAIM_BATCH: u32 = 16;
 /// second late is nothing next to a lock's minutes.
 const CLAIM_POLL: Duration = Duration::from_secs(1);
 
+/// How often a daemon looks for runs whose lease expired (their daemon died), at most: a
+/// quarter of `lease.renew`, so that a run is taken over within half a second of its lease's
+/// end with the default lease, and never more often than ten times a second. Each look is one
+/// indexed query over running runs.
+fn takeover_poll(renew: Duration) -> Duration {
+    (renew / 4).clamp(Duration::from_millis(100), Duration::from_millis(500))
+}
+
 /// How long a request waits for the claim that follows its change (a run queued, resumed)
 /// before answering anyway: the run is recorded either way, and a client reads where it
 /// stands next.
@@ -271,8 +279,9 @@ impl App {
         })
     }
 
-    /// Starts the daemon's background work: the claimer, the lease keeper, and hearing other
-    /// daemons' changes through the store. Each ends when `stop` is cancelled.
+    /// Starts the daemon's background work: the claimer, the lease keeper, the look for
+    /// expired leases, and hearing other daemons' changes through the store. Each ends when
+    /// `stop` is cancelled.
     pub fn spawn_background(self: &Arc<App>, stop: CancellationToken) -> Result<(), crate::Error> {
         let app = Arc::downgrade(self);
         self.store.watch(Box::new(move |notice| {
@@ -294,14 +303,30 @@ impl App {
             }
         });
         let app = self.clone();
+        let leases = stop.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = app.leases_asked.notified() => {}
                     () = tokio::time::sleep(app.config.lease_renew) => {}
-                    () = stop.cancelled() => return,
+                    () = leases.cancelled() => return,
                 }
                 app.keep_leases().await;
+            }
+        });
+        let app = self.clone();
+        tokio::spawn(async move {
+            let every = takeover_poll(app.config.lease_renew);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = stop.cancelled() => return,
+                }
+                match app.take_over(&Scope::Expired, "its daemon stopped").await {
+                    Ok(0) => {}
+                    Ok(_) => app.claim_asked.notify_one(),
+                    Err(e) => tracing::error!("cannot take over expired runs: {e}"),
+                }
             }
         });
         Ok(())
@@ -386,8 +411,7 @@ impl App {
     /// Renews this daemon's leases. A run whose lease is gone (the daemon was paused or cut
     /// off past it, and another daemon took the run over) is aborted here without writing
     /// anything: its fence would refuse every write anyway. Cancels asked through another
-    /// daemon reach the runs they name. Then the runs of daemons whose leases expired are
-    /// taken over.
+    /// daemon reach the runs they name.
     async fn keep_leases(self: &Arc<App>) {
         // Runs registered from now on were claimed after this renewal was queued.
         let renewal = self.renewals.fetch_add(1, Ordering::SeqCst) + 1;
@@ -425,11 +449,6 @@ impl App {
                 }
             }
             Err(e) => tracing::error!("cannot renew this daemon's leases: {e}"),
-        }
-        match self.take_over(&Scope::Expired, "its daemon stopped").await {
-            Ok(0) => {}
-            Ok(_) => self.claim_asked.notify_one(),
-            Err(e) => tracing::error!("cannot take over expired runs: {e}"),
         }
     }
 
