@@ -78,8 +78,9 @@ fn the_per_step_mode_measures_only_the_per_step_overhead() {
     );
 }
 
-#[test]
-fn the_daemon_benchmark_runs_once() {
+/// Runs `bench/daemon.sh --quick --no-build` with `args` and this build's `shiphat`; returns
+/// its table.
+fn daemon_bench(args: &[&str]) -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
@@ -93,15 +94,23 @@ fn the_daemon_benchmark_runs_once() {
     );
     let output = Command::new(root.join("bench/daemon.sh"))
         .args(["--quick", "--no-build"])
+        .args(args)
         .env("SHIPHAT_BIN", &shiphat)
         .output()
         .expect("cannot run bench/daemon.sh");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
-        "bench/daemon.sh --quick failed:\n{stdout}\n{}",
+        "bench/daemon.sh --quick {} failed:\n{stdout}\n{}",
+        args.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
+    stdout
+}
+
+#[test]
+fn the_daemon_benchmark_runs_once() {
+    let stdout = daemon_bench(&[]);
     assert!(
         stdout.contains("steps/s"),
         "no throughput row in:\n{stdout}"
@@ -110,4 +119,18 @@ fn the_daemon_benchmark_runs_once() {
         stdout.contains("web: environments"),
         "no web page row in:\n{stdout}"
     );
+}
+
+#[test]
+fn the_daemon_benchmark_runs_once_on_postgresql() {
+    // A server of its own, three daemons on it, and one of them killed: about 30 s.
+    let stdout = daemon_bench(&["--postgres"]);
+    for row in [
+        "steps/s, 1 daemon(s), 1 concurrent run(s)",
+        "steps/s, 3 daemon(s), 10 concurrent run(s)",
+        "idle RSS of each fresh daemon",
+        "takeover after `kill -9`",
+    ] {
+        assert!(stdout.contains(row), "no `{row}` row in:\n{stdout}");
+    }
 }
