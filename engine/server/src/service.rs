@@ -21,7 +21,7 @@ use shiphat_protocol::{
     Accepted, AuditLog, AuditView, Cancelling, ConcurrencyView, CreateRun, CreateToken,
     EnvironmentList, Event, InputType, InputView, ListRuns, LockList, LockView, LogLine, NewToken,
     PlanStep, PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice,
-    RunStatus, RunView, Section, StepName, StepView, TokenList, TokenSource, TokenView,
+    RunStatus, RunView, Section, StepName, StepView, TokenList, TokenSource, TokenView, WindowView,
     WorkflowList, WorkflowView,
 };
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
@@ -83,6 +83,15 @@ pub enum Error {
     /// says how to, where there is a way.
     #[error("`{}` is locked by `{}`: {}{hint}", .lock.key, .lock.owner, .lock.reason)]
     Locked { lock: Lock, hint: &'static str },
+    /// A deploy window or freeze closes the run's key now, and the caller did not force it.
+    /// `message` says why and when it opens, `window` the same as data, and `hint` how an
+    /// admin forces it through the API.
+    #[error("{message}{hint}")]
+    Closed {
+        message: String,
+        window: Box<WindowView>,
+        hint: &'static str,
+    },
     /// The workflow's `concurrency` has `queue: false` and its key is busy.
     #[error("`{key}` is busy with run `{holder}` and `{workflow}` does not queue (`queue: false`)")]
     Busy {
@@ -166,6 +175,8 @@ pub struct Admitted {
     pub accepted: Accepted,
     /// The lock an admin's `force` passed.
     pub forced: Option<LockView>,
+    /// The deploy window or freeze an admin's `force` passed.
+    pub forced_window: Option<WindowView>,
     /// Queued behind another run of its concurrency key.
     pub waiting: bool,
 }
@@ -184,6 +195,8 @@ pub struct Resumption {
     pub answer: Resumed,
     /// The lock an admin's `force` passed.
     pub forced: Option<LockView>,
+    /// The deploy window or freeze an admin's `force` passed.
+    pub forced_window: Option<WindowView>,
 }
 
 /// A run as it would be admitted ([`Service::plan`]).
@@ -310,6 +323,13 @@ impl Service {
             None => None,
             Some(lock) => Some(pass_lock(caller, lock, force, "")?),
         };
+        let forced_window = self.pass_window(
+            caller,
+            &name,
+            key.as_deref(),
+            force,
+            "; an admin may start it now with `{\"force\": true}`",
+        )?;
         let inputs = Value::Object(inputs);
         let new = NewRun {
             id,
@@ -355,7 +375,51 @@ impl Service {
                 created,
             },
             forced: forced.as_ref().map(lock_view),
+            forced_window,
         })
+    }
+
+    /// Whether a run of `workflow` on `key` (its workflow's name when `None`) may start now by
+    /// the deploy windows and freezes: `Ok(None)` when they let it, `Ok(Some(window))` when an
+    /// admin's `force` passed them, and [`Error::Closed`] (with `hint` on how to force) when
+    /// they hold it.
+    fn pass_window(
+        &self,
+        caller: &Principal,
+        workflow: &str,
+        key: Option<&str>,
+        force: bool,
+        hint: &'static str,
+    ) -> Result<Option<WindowView>> {
+        let key = key.unwrap_or(workflow);
+        let Some(verdict) = self
+            .app
+            .config
+            .windows
+            .verdict(workflow, key, jiff::Timestamp::now())
+        else {
+            return Ok(None);
+        };
+        if verdict.is_open() {
+            return Ok(None);
+        }
+        let window = window_view(&verdict);
+        if !force {
+            let opens = match verdict.next_change() {
+                Some(at) => format!("; it opens at {} ({})", at.local(), at.rfc3339()),
+                None => String::new(),
+            };
+            let reason = window.reason.clone().unwrap_or_default();
+            return Err(Error::Closed {
+                message: format!("`{key}` may not deploy now: {reason}{opens}"),
+                window: Box::new(window),
+                hint,
+            });
+        }
+        caller
+            .require(Role::Admin)
+            .map_err(|e| Error::Forbidden(format!("forcing past a deploy window: {e}")))?;
+        Ok(Some(window))
     }
 
     /// The key a run of this request would lock on: its concurrency key, or the workflow's
@@ -592,6 +656,16 @@ impl Service {
                 "; an admin may resume it past the lock with `{\"force\": true}`",
             )?),
         };
+        let forced_window = match run.status {
+            RunStatus::Interrupted => self.pass_window(
+                caller,
+                &run.workflow,
+                run.concurrency_key.as_deref(),
+                request.force,
+                "; an admin may resume it now with `{\"force\": true}`",
+            )?,
+            _ => None,
+        };
         if !app.resume(&run, caller, forced.as_ref()).await? {
             return Err(Error::NotInterrupted {
                 id: run.id,
@@ -604,6 +678,7 @@ impl Service {
                 status: RunStatus::Queued,
             },
             forced: forced.as_ref().map(lock_view),
+            forced_window,
         })
     }
 
@@ -639,6 +714,23 @@ impl Service {
             Some(prepared) => Ok(workflow_view(&prepared.workflow)),
             None => Err(Error::NoWorkflow(name.to_owned())),
         }
+    }
+
+    /// Whether a run of `workflow` on `key` may deploy now by the deploy windows and freezes;
+    /// `None` when none applies to it.
+    pub fn window(
+        &self,
+        caller: &Principal,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<WindowView>> {
+        require(caller, Role::Viewer)?;
+        let verdict = self
+            .app
+            .config
+            .windows
+            .verdict(workflow, key, jiff::Timestamp::now());
+        Ok(verdict.as_ref().map(window_view))
     }
 
     /// What is deployed where (see [`crate::environments`]).
@@ -1029,6 +1121,26 @@ pub(crate) fn run_view(app: &App, run: &Run) -> RunView {
             .started_ms
             .zip(run.finished_ms)
             .map(|(s, f)| (f - s).max(0)),
+    }
+}
+
+/// A verdict of the deploy windows, as the API says it.
+pub(crate) fn window_view(verdict: &crate::windows::Verdict) -> WindowView {
+    use crate::windows::{State, Why};
+    let next = verdict.next_change();
+    WindowView {
+        open: verdict.is_open(),
+        reason: verdict.reason(),
+        freeze: match &verdict.state {
+            State::Closed {
+                why: Why::Frozen { reason, .. },
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        },
+        next_change_at: next.map(crate::windows::Local::rfc3339),
+        next_change_local: next.map(crate::windows::Local::local),
+        windows: verdict.windows.clone(),
     }
 }
 

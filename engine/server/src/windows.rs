@@ -99,9 +99,9 @@ pub struct Local {
 }
 
 impl Local {
-    /// RFC 3339 in UTC, e.g. `2026-12-04T08:00:00Z`.
+    /// RFC 3339 in UTC, as the API's other times, e.g. `2026-12-04T08:00:00.000Z`.
     pub fn rfc3339(&self) -> String {
-        self.at.to_string()
+        shiphat_store::rfc3339(self.at.as_millisecond())
     }
 
     /// The time in its zone, RFC 9557, e.g. `2026-12-04T09:00:00+01:00[Europe/Paris]`.
@@ -534,12 +534,12 @@ mod tests {
         // Thursday 2026-12-03, 10:00 in Paris (UTC+1).
         let (open, next, why) = state(&w, "2026-12-03T09:00:00Z");
         assert!(open);
-        assert_eq!(next.as_deref(), Some("2026-12-03T15:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-12-03T15:00:00.000Z"));
         assert_eq!(why, None);
         // 16:00 is outside: `until` is exclusive, and the next start is Friday 09:00.
         let (open, next, why) = state(&w, "2026-12-03T15:00:00Z");
         assert!(!open);
-        assert_eq!(next.as_deref(), Some("2026-12-04T08:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-12-04T08:00:00.000Z"));
         assert_eq!(
             why.as_deref(),
             Some("outside its deploy windows (mon, tue, wed, thu, fri 09:00–16:00 Europe/Paris)")
@@ -557,7 +557,7 @@ mod tests {
         ] {
             let (open, next, _) = state(&w, time);
             assert!(!open, "{time}");
-            assert_eq!(next.as_deref(), Some("2026-12-07T08:00:00Z"), "{time}");
+            assert_eq!(next.as_deref(), Some("2026-12-07T08:00:00.000Z"), "{time}");
         }
         let v = w
             .verdict("deploy", "prod", at("2026-12-05T11:00:00Z"))
@@ -573,13 +573,13 @@ mod tests {
         let w = config(PARIS_WEEKDAYS).unwrap();
         // Friday 2026-03-27 is UTC+1; Monday 2026-03-30, after the change on Sunday, is UTC+2.
         let (_, next, _) = state(&w, "2026-03-27T16:00:00Z");
-        assert_eq!(next.as_deref(), Some("2026-03-30T07:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-03-30T07:00:00.000Z"));
         let (open, next, _) = state(&w, "2026-03-30T07:30:00Z");
         assert!(open);
-        assert_eq!(next.as_deref(), Some("2026-03-30T14:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-03-30T14:00:00.000Z"));
         // And back in October: Monday 2026-10-26 is UTC+1 again.
         let (_, next, _) = state(&w, "2026-10-23T15:00:00Z");
-        assert_eq!(next.as_deref(), Some("2026-10-26T08:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-10-26T08:00:00.000Z"));
     }
 
     #[test]
@@ -599,10 +599,10 @@ mod tests {
         let (open, next, _) = state(&w, "2026-03-29T00:00:00Z");
         assert!(!open);
         // 03:30 CEST (the compatible reading of 02:30) is 01:30 UTC.
-        assert_eq!(next.as_deref(), Some("2026-03-29T01:30:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-03-29T01:30:00.000Z"));
         let (open, next, _) = state(&w, "2026-03-29T02:00:00Z");
         assert!(open);
-        assert_eq!(next.as_deref(), Some("2026-03-29T03:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-03-29T03:00:00.000Z"));
     }
 
     #[test]
@@ -621,11 +621,11 @@ mod tests {
         // Saturday 2026-12-05 01:00 is inside Friday's window.
         let (open, next, _) = state(&w, "2026-12-05T01:00:00Z");
         assert!(open);
-        assert_eq!(next.as_deref(), Some("2026-12-05T02:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-12-05T02:00:00.000Z"));
         // Saturday 23:00 is not (Saturday opens no window): next Friday 22:00.
         let (open, next, _) = state(&w, "2026-12-05T23:00:00Z");
         assert!(!open);
-        assert_eq!(next.as_deref(), Some("2026-12-11T22:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-12-11T22:00:00.000Z"));
     }
 
     #[test]
@@ -647,7 +647,7 @@ mod tests {
         // Monday 2026-12-07 10:00: open through Tuesday noon.
         let (open, next, _) = state(&w, "2026-12-07T10:00:00Z");
         assert!(open);
-        assert_eq!(next.as_deref(), Some("2026-12-08T12:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-12-08T12:00:00.000Z"));
         let w = config("[[windows]]\napplies_to = [\"*\"]\ntimezone = \"UTC\"").unwrap();
         let (open, next, _) = state(&w, "2026-12-07T10:00:00Z");
         assert!(open);
@@ -670,11 +670,11 @@ mod tests {
         // Thursday 10:00 Paris: open, until the freeze starts at noon.
         let (open, next, _) = state(&w, "2026-12-03T09:00:00Z");
         assert!(open);
-        assert_eq!(next.as_deref(), Some("2026-12-03T11:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-12-03T11:00:00.000Z"));
         // 12:30 Paris: frozen, and open again at 14:00, still inside the window.
         let (open, next, why) = state(&w, "2026-12-03T11:30:00Z");
         assert!(!open);
-        assert_eq!(next.as_deref(), Some("2026-12-03T13:00:00Z"));
+        assert_eq!(next.as_deref(), Some("2026-12-03T13:00:00.000Z"));
         assert_eq!(
             why.as_deref(),
             Some("migration (frozen until 2026-12-03T14:00:00+01:00[Europe/Paris])")
@@ -731,7 +731,7 @@ mod tests {
             .verdict("deploy", "prod", at("2026-12-03T00:00:00Z"))
             .unwrap();
         let opens = v.next_change().unwrap();
-        assert_eq!(opens.rfc3339(), "2026-12-10T00:00:00Z");
+        assert_eq!(opens.rfc3339(), "2026-12-10T00:00:00.000Z");
         assert_eq!(opens.local(), "2026-12-10T09:00:00+09:00[Asia/Tokyo]");
     }
 
