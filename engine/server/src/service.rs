@@ -341,6 +341,7 @@ impl Service {
             idempotency_key,
             exclusive: false,
             forced: false,
+            not_before_ms: None,
         };
         let queue = prepared
             .workflow
