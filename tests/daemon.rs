@@ -2895,3 +2895,67 @@ reason = "holiday freeze"
     assert_eq!(env("docs")["window"]["freeze"], "holiday freeze");
     assert_eq!(env("web-staging")["window"], Value::Null);
 }
+
+#[test]
+fn a_workflow_that_waits_for_its_window_stays_queued_and_starts_when_the_freeze_ends() {
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/later.yaml",
+        r#"
+name: later
+concurrency: later
+outside_window: wait
+steps:
+  - id: ship
+    uses: echo
+    with: { message: shipped }
+"#,
+    );
+    // A freeze that ends a few seconds from now: long enough for the daemon to start and the
+    // run to be requested inside it. Written in UTC, to the millisecond.
+    let ends_ms = shiphat_store::now_ms() + 6_000;
+    let civil = |ms: i64| shiphat_store::rfc3339(ms).trim_end_matches('Z').to_owned();
+    let config = dir.write(
+        "shiphat.toml",
+        format!(
+            r#"workflows = ["workflows"]
+data_dir = "data"
+[[freezes]]
+applies_to = ["later"]
+timezone = "UTC"
+from = "{}"
+until = "{}"
+reason = "release train"
+"#,
+            civil(ends_ms - 3_600_000),
+            civil(ends_ms)
+        ),
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let id = start_run(&daemon, &admin, json!({"workflow": "later"}));
+    assert!(
+        shiphat_store::now_ms() < ends_ms,
+        "the run was requested after the freeze ended; the daemon took too long to start"
+    );
+    let said = format!(
+        "waits for the deploy window: opens at {}",
+        shiphat_store::rfc3339(ends_ms)
+    );
+    let waiting = wait_run(&daemon, &admin, &id, |r| r["detail"].is_string());
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    assert_eq!(waiting["detail"], said.as_str(), "{waiting}");
+    // It starts by itself once the freeze ends, and not before.
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let started = run["started_ms"].as_i64().unwrap();
+    assert!(started >= ends_ms, "started at {started}, before {ends_ms}");
+    let (_, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+    let waited = audit["entries"].as_array().unwrap().iter().any(|e| {
+        e["target"] == id.as_str()
+            && e["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("accepted, waits for the deploy window: opens at"))
+    });
+    assert!(waited, "{audit:#}");
+}

@@ -640,7 +640,11 @@ async fn create_run(
     let admitted = service.admit(&caller, request, key).await?;
     let outcome = if admitted.accepted.created {
         let forced = forced_past(admitted.forced.as_ref(), admitted.forced_window.as_ref());
-        format!("accepted{forced}")
+        let waits = match &admitted.waits_for_window {
+            Some(opens) => format!(", waits for the deploy window: {opens}"),
+            None => String::new(),
+        };
+        format!("accepted{forced}{waits}")
     } else {
         "replayed by idempotency key".to_owned()
     };

@@ -177,6 +177,8 @@ pub struct Admitted {
     pub forced: Option<LockView>,
     /// The deploy window or freeze an admin's `force` passed.
     pub forced_window: Option<WindowView>,
+    /// Queued until its deploy window opens (`outside_window: wait`): when, in words.
+    pub waits_for_window: Option<String>,
     /// Queued behind another run of its concurrency key.
     pub waiting: bool,
 }
@@ -197,6 +199,16 @@ pub struct Resumption {
     pub forced: Option<LockView>,
     /// The deploy window or freeze an admin's `force` passed.
     pub forced_window: Option<WindowView>,
+}
+
+/// How a run passes the deploy windows ([`Service::pass_window`]).
+enum Passage {
+    /// Open now, or no window or freeze applies.
+    Open,
+    /// Closed, and an admin's `force` passed it.
+    Forced(WindowView),
+    /// Closed; the run waits until this time (`outside_window: wait`).
+    Waits(crate::windows::Local),
 }
 
 /// A run as it would be admitted ([`Service::plan`]).
@@ -323,13 +335,20 @@ impl Service {
             None => None,
             Some(lock) => Some(pass_lock(caller, lock, force, "")?),
         };
-        let forced_window = self.pass_window(
+        let waits = prepared.workflow.outside_window == shiphat_workflow::OutsideWindow::Wait;
+        let passage = self.pass_window(
             caller,
             &name,
             key.as_deref(),
             force,
+            waits,
             "; an admin may start it now with `{\"force\": true}`",
         )?;
+        let (forced_window, not_before) = match passage {
+            Passage::Open => (None, None),
+            Passage::Forced(window) => (Some(window), None),
+            Passage::Waits(opens) => (None, Some(opens)),
+        };
         let inputs = Value::Object(inputs);
         let new = NewRun {
             id,
@@ -341,7 +360,7 @@ impl Service {
             idempotency_key,
             exclusive: false,
             forced: false,
-            not_before_ms: None,
+            not_before_ms: not_before.as_ref().map(|at| at.at.as_millisecond()),
         };
         let queue = prepared
             .workflow
@@ -377,21 +396,24 @@ impl Service {
             },
             forced: forced.as_ref().map(lock_view),
             forced_window,
+            waits_for_window: not_before
+                .map(|at| format!("opens at {} ({})", at.local(), at.rfc3339())),
         })
     }
 
-    /// Whether a run of `workflow` on `key` (its workflow's name when `None`) may start now by
-    /// the deploy windows and freezes: `Ok(None)` when they let it, `Ok(Some(window))` when an
-    /// admin's `force` passed them, and [`Error::Closed`] (with `hint` on how to force) when
-    /// they hold it.
+    /// How a run of `workflow` on `key` (its workflow's name when `None`) passes the deploy
+    /// windows and freezes now: open, forced through by an admin's `force`, or (when `wait`,
+    /// the workflow's `outside_window: wait`, and an open time is ahead) waiting for it; else
+    /// [`Error::Closed`], with `hint` on how to force.
     fn pass_window(
         &self,
         caller: &Principal,
         workflow: &str,
         key: Option<&str>,
         force: bool,
+        wait: bool,
         hint: &'static str,
-    ) -> Result<Option<WindowView>> {
+    ) -> Result<Passage> {
         let key = key.unwrap_or(workflow);
         let Some(verdict) = self
             .app
@@ -399,12 +421,15 @@ impl Service {
             .windows
             .verdict(workflow, key, jiff::Timestamp::now())
         else {
-            return Ok(None);
+            return Ok(Passage::Open);
         };
         if verdict.is_open() {
-            return Ok(None);
+            return Ok(Passage::Open);
         }
         let window = window_view(&verdict);
+        if let (false, true, Some(opens)) = (force, wait, verdict.next_change()) {
+            return Ok(Passage::Waits(opens.clone()));
+        }
         if !force {
             let opens = match verdict.next_change() {
                 Some(at) => format!("; it opens at {} ({})", at.local(), at.rfc3339()),
@@ -420,7 +445,7 @@ impl Service {
         caller
             .require(Role::Admin)
             .map_err(|e| Error::Forbidden(format!("forcing past a deploy window: {e}")))?;
-        Ok(Some(window))
+        Ok(Passage::Forced(window))
     }
 
     /// The key a run of this request would lock on: its concurrency key, or the workflow's
@@ -657,14 +682,20 @@ impl Service {
                 "; an admin may resume it past the lock with `{\"force\": true}`",
             )?),
         };
+        // A resume is asked for by a person about a run that was already under way: it is
+        // refused outside the window rather than left waiting, whatever the workflow says.
         let forced_window = match run.status {
-            RunStatus::Interrupted => self.pass_window(
+            RunStatus::Interrupted => match self.pass_window(
                 caller,
                 &run.workflow,
                 run.concurrency_key.as_deref(),
                 request.force,
+                false,
                 "; an admin may resume it now with `{\"force\": true}`",
-            )?,
+            )? {
+                Passage::Forced(window) => Some(window),
+                Passage::Open | Passage::Waits(_) => None,
+            },
             _ => None,
         };
         if !app.resume(&run, caller, forced.as_ref()).await? {

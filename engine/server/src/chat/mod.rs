@@ -540,10 +540,10 @@ async fn start(
     let mut text = format!(
         "started the {label} as run `{}`{}",
         run.id,
-        if admitted.waiting {
-            " (queued behind the run in progress)"
-        } else {
-            ""
+        match &admitted.waits_for_window {
+            Some(opens) => format!(" (it waits for the deploy window: {opens})"),
+            None if admitted.waiting => " (queued behind the run in progress)".to_owned(),
+            None => String::new(),
         }
     );
     if response_url.is_none() && !request.response_url.is_empty() {
