@@ -2833,6 +2833,14 @@ reason = "holiday freeze"
             && error.ends_with("an admin may start it now with `{\"force\": true}`"),
         "{error}"
     );
+    // A dry run changes nothing: no window holds it.
+    let mut dry = prod.clone();
+    dry["dry_run"] = json!(true);
+    let rehearsal = start_run(&daemon, &ci, dry);
+    assert_eq!(
+        wait_run(&daemon, &ci, &rehearsal, terminal)["status"],
+        "succeeded"
+    );
     // The window is on `web-prod` only: staging deploys.
     let staging = start_run(
         &daemon,

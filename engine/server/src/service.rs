@@ -335,15 +335,21 @@ impl Service {
             None => None,
             Some(lock) => Some(pass_lock(caller, lock, force, "")?),
         };
+        // A dry run changes nothing, so no window holds it: rehearsing tonight's deploy
+        // during the day is what a window should leave possible.
         let waits = prepared.workflow.outside_window == shiphat_workflow::OutsideWindow::Wait;
-        let passage = self.pass_window(
-            caller,
-            &name,
-            key.as_deref(),
-            force,
-            waits,
-            "; an admin may start it now with `{\"force\": true}`",
-        )?;
+        let passage = if dry_run {
+            Passage::Open
+        } else {
+            self.pass_window(
+                caller,
+                &name,
+                key.as_deref(),
+                force,
+                waits,
+                "; an admin may start it now with `{\"force\": true}`",
+            )?
+        };
         let (forced_window, not_before) = match passage {
             Passage::Open => (None, None),
             Passage::Forced(window) => (Some(window), None),
