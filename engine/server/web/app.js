@@ -1205,15 +1205,16 @@ function envCard(env, forms, reload) {
 // A deploy window's state (`WindowView`): open or closed, why, when that changes (in the
 // reader's time and in the window's own zone) and the weekly windows that apply.
 function windowFacts(w) {
-  const fact = (label, value, testid) => h('div', { class: 'fact' }, h('dt', null, label), h('dd', { class: 'break', testid }, value));
+  // All but the state take a whole row: a reason, a time in its zone and the windows are long.
+  const fact = (label, value, testid, row = false) => h('div', { class: row ? 'fact row' : 'fact' }, h('dt', null, label), h('dd', { class: 'break', testid }, value));
   const next = w.next_change_at
     ? h('span', null, timeEl(null, w.next_change_at), w.next_change_local ? h('span', { class: 'muted small' }, ` (${w.next_change_local})`) : null)
     : null;
   return h('dl', { class: 'facts window-facts', testid: 'window-facts' },
     fact('Deploy window', w.open ? 'open' : 'closed', 'window-state'),
-    w.reason ? fact('Why', w.reason, 'window-reason') : null,
-    next ? fact(w.open ? 'Closes' : 'Opens', next, 'window-next') : null,
-    w.windows && w.windows.length ? fact('Windows', w.windows.join('; '), 'window-rules') : null);
+    w.reason ? fact('Why', w.reason, 'window-reason', true) : null,
+    next ? fact(w.open ? 'Closes' : 'Opens', next, 'window-next', true) : null,
+    w.windows && w.windows.length ? fact('Windows', h('ul', { class: 'rules' }, w.windows.map((rule) => h('li', null, rule))), 'window-rules', true) : null);
 }
 
 function lockSection(env, forms, reload) {
