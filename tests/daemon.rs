@@ -2941,6 +2941,11 @@ reason = "release train"
     );
     let admin = token(&dir, "root", "admin", &[]);
     let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let (_, workflows) = call(&daemon, "GET", "/api/v1/workflows", Some(&admin), None);
+    assert_eq!(
+        workflows["workflows"][0]["outside_window"], "wait",
+        "{workflows}"
+    );
     let id = start_run(&daemon, &admin, json!({"workflow": "later"}));
     assert!(
         shiphat_store::now_ms() < ends_ms,

@@ -301,6 +301,16 @@ pub enum ResumeMode {
     Manual,
 }
 
+/// What the daemon does with a workflow's run requested while a deploy window or freeze
+/// closes it: refuse it (409), or queue it until the window opens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideWindowMode {
+    #[default]
+    Refuse,
+    Wait,
+}
+
 /// A step of a workflow, by id and name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepName {
@@ -316,6 +326,9 @@ pub struct WorkflowView {
     pub file: String,
     pub concurrency: Option<ConcurrencyView>,
     pub resume: ResumeMode,
+    /// `refuse` when a daemon older than deploy windows answers.
+    #[serde(default)]
+    pub outside_window: OutsideWindowMode,
     pub inputs: Vec<InputView>,
     pub steps: Vec<StepName>,
 }

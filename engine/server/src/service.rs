@@ -20,9 +20,9 @@ use serde_json::{Map, Value};
 use shiphat_protocol::{
     Accepted, AuditLog, AuditView, Cancelling, ConcurrencyView, CreateRun, CreateToken,
     EnvironmentList, Event, InputType, InputView, ListRuns, LockList, LockView, LogLine, NewToken,
-    PlanStep, PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice,
-    RunStatus, RunView, Section, StepName, StepView, TokenList, TokenSource, TokenView, WindowView,
-    WorkflowList, WorkflowView,
+    OutsideWindowMode, PlanStep, PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail,
+    RunList, RunNotice, RunStatus, RunView, Section, StepName, StepView, TokenList, TokenSource,
+    TokenView, WindowView, WorkflowList, WorkflowView,
 };
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -1215,6 +1215,10 @@ fn workflow_view(w: &shiphat_workflow::Workflow) -> WorkflowView {
         resume: match w.resume {
             shiphat_workflow::Resume::Auto => ResumeMode::Auto,
             shiphat_workflow::Resume::Manual => ResumeMode::Manual,
+        },
+        outside_window: match w.outside_window {
+            shiphat_workflow::OutsideWindow::Refuse => OutsideWindowMode::Refuse,
+            shiphat_workflow::OutsideWindow::Wait => OutsideWindowMode::Wait,
         },
         inputs: w
             .inputs
