@@ -110,7 +110,7 @@ impl Local {
     }
 }
 
-/// What [`Windows::state`] says, with what applies, for the front ends.
+/// What [`Windows::verdict`] says, with what applies, for the front ends.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Verdict {
     pub state: State,
