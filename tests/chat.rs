@@ -674,3 +674,46 @@ fn a_response_url_that_redirects_is_not_followed_and_the_port_counts() {
     let seen = other_port.messages.try_recv();
     assert!(seen.is_err(), "posted to a port not allowed: {seen:?}");
 }
+
+#[test]
+fn a_frozen_app_is_refused_with_the_reason_and_status_shows_its_window() {
+    let dir = setup();
+    let config = config(&[])
+        + r#"
+[[freezes]]
+applies_to = ["api"]
+timezone = "UTC"
+from = "2000-01-01T00:00"
+until = "2100-01-01T00:00"
+reason = "holiday freeze"
+"#;
+    dir.write("shiphat.toml", config);
+    let daemon = start(&dir);
+    let receiver = Receiver::start();
+    let say = |line: &str, trigger: &str| -> String {
+        let (status, answer) = command(
+            &daemon,
+            &body("U0ALICE", "C0DEV", line, &receiver.url, trigger),
+            None,
+        );
+        assert_eq!(status, 200, "{answer}");
+        text(&answer).to_owned()
+    };
+    let t = say("api to staging", "4.1");
+    assert!(
+        t.contains(
+            "`api` may not deploy now: holiday freeze (frozen until 2100-01-01T00:00:00+00:00[UTC])"
+        ),
+        "{t}"
+    );
+    assert!(!t.contains("force"), "Slack cannot force: {t}");
+    assert!(runs(&daemon).is_empty(), "a frozen app starts no run");
+    let t = say("status api", "4.2");
+    assert!(
+        t.contains("⛔ closed: holiday freeze (frozen until 2100-01-01T00:00:00+00:00[UTC]); opens at 2100-01-01T00:00:00+00:00[UTC]"),
+        "{t}"
+    );
+    // `web` has no window: its status says nothing of one.
+    let t = say("status web", "4.3");
+    assert!(!t.contains("deploy window") && !t.contains("closed"), "{t}");
+}

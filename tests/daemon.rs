@@ -2764,3 +2764,213 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(step_of(&run, "build")["attempts"], 1, "{run}");
 }
+
+/// The three-letter name of the UTC weekday `days_from_now` days from now (`mon` … `sun`),
+/// and the RFC 3339 time of that day's midnight as the API writes times.
+fn utc_day(days_from_now: u64) -> (&'static str, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let day = now / 86400 + days_from_now;
+    // 1970-01-01 was a Thursday.
+    let name = ["thu", "fri", "sat", "sun", "mon", "tue", "wed"][(day % 7) as usize];
+    (name, shiphat_store::rfc3339((day * 86400 * 1000) as i64))
+}
+
+#[test]
+fn a_deploy_window_refuses_runs_outside_it_and_an_admin_forces_one_through() {
+    let dir = TestDir::new();
+    setup(&dir);
+    // `web-prod` may deploy tomorrow only (UTC); `docs` is frozen for the century.
+    let (tomorrow, opens) = utc_day(1);
+    let config = dir.write(
+        "shiphat.toml",
+        format!(
+            r#"workflows = ["workflows"]
+data_dir = "data"
+[[windows]]
+applies_to = ["web-prod"]
+timezone = "UTC"
+days = ["{tomorrow}"]
+[[freezes]]
+applies_to = ["docs"]
+timezone = "Europe/Paris"
+from = "2000-01-01T00:00"
+until = "2100-01-01T00:00"
+reason = "holiday freeze"
+"#
+        ),
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let ci = token(&dir, "ci", "deployer", &["*"]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let post = |token: &str, body: Value| {
+        call(
+            &daemon,
+            "POST",
+            "/api/v1/runs",
+            Some(token),
+            Some(&body.to_string()),
+        )
+    };
+    let prod = json!({"workflow": "web", "inputs": {"environment": "prod"}});
+    let (status, refused) = post(&ci, prod.clone());
+    assert_eq!(status, 409, "{refused}");
+    let window = &refused["window"];
+    assert_eq!(window["open"], false, "{refused}");
+    assert_eq!(window["next_change_at"], opens.as_str(), "{refused}");
+    assert_eq!(
+        window["windows"],
+        json!([format!("{tomorrow} 00:00–24:00 UTC")]),
+        "{refused}"
+    );
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("`web-prod` may not deploy now: outside its deploy windows")
+            && error.contains(&format!(
+                "it opens at {}",
+                window["next_change_local"].as_str().unwrap()
+            ))
+            && error.ends_with("an admin may start it now with `{\"force\": true}`"),
+        "{error}"
+    );
+    // A dry run changes nothing: no window holds it.
+    let mut dry = prod.clone();
+    dry["dry_run"] = json!(true);
+    let rehearsal = start_run(&daemon, &ci, dry);
+    assert_eq!(
+        wait_run(&daemon, &ci, &rehearsal, terminal)["status"],
+        "succeeded"
+    );
+    // The window is on `web-prod` only: staging deploys.
+    let staging = start_run(
+        &daemon,
+        &ci,
+        json!({"workflow": "web", "inputs": {"environment": "staging"}}),
+    );
+    // A freeze says its reason, and its end in its own zone.
+    let (status, frozen) = post(&ci, json!({"workflow": "docs"}));
+    assert_eq!(status, 409, "{frozen}");
+    assert_eq!(frozen["window"]["freeze"], "holiday freeze", "{frozen}");
+    assert_eq!(
+        frozen["window"]["next_change_local"], "2100-01-01T00:00:00+01:00[Europe/Paris]",
+        "{frozen}"
+    );
+    // Only an admin forces a run through, and the audit log says so.
+    let mut forced = prod.clone();
+    forced["force"] = json!(true);
+    assert_eq!(post(&ci, forced.clone()).0, 403);
+    let (status, accepted) = post(&admin, forced);
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap();
+    assert_eq!(
+        wait_run(&daemon, &admin, id, terminal)["status"],
+        "succeeded"
+    );
+    assert_eq!(
+        wait_run(&daemon, &ci, &staging, terminal)["status"],
+        "succeeded"
+    );
+    let (_, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+    let outcome = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["target"] == id)
+        .map(|e| e["outcome"].as_str().unwrap().to_owned());
+    assert_eq!(
+        outcome.as_deref(),
+        Some(
+            format!(
+                "accepted, forced past the deploy window: outside its deploy windows ({tomorrow} 00:00–24:00 UTC)"
+            )
+            .as_str()
+        ),
+        "{audit:#}"
+    );
+    // The environments view shows each one's window; `web-staging` has none.
+    let (_, list) = call(&daemon, "GET", "/api/v1/environments", Some(&ci), None);
+    let env = |key: &str| {
+        list["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["key"] == key)
+            .unwrap_or_else(|| panic!("no `{key}` in {list:#}"))
+            .clone()
+    };
+    assert_eq!(env("web-prod")["window"]["open"], false, "{list:#}");
+    assert_eq!(env("web-prod")["window"]["next_change_at"], opens.as_str());
+    assert_eq!(env("docs")["window"]["freeze"], "holiday freeze");
+    assert_eq!(env("web-staging")["window"], Value::Null);
+}
+
+#[test]
+fn a_workflow_that_waits_for_its_window_stays_queued_and_starts_when_the_freeze_ends() {
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/later.yaml",
+        r#"
+name: later
+concurrency: later
+outside_window: wait
+steps:
+  - id: ship
+    uses: echo
+    with: { message: shipped }
+"#,
+    );
+    // A freeze that ends a few seconds from now: long enough for the daemon to start and the
+    // run to be requested inside it. Written in UTC, to the millisecond.
+    let ends_ms = shiphat_store::now_ms() + 6_000;
+    let civil = |ms: i64| shiphat_store::rfc3339(ms).trim_end_matches('Z').to_owned();
+    let config = dir.write(
+        "shiphat.toml",
+        format!(
+            r#"workflows = ["workflows"]
+data_dir = "data"
+[[freezes]]
+applies_to = ["later"]
+timezone = "UTC"
+from = "{}"
+until = "{}"
+reason = "release train"
+"#,
+            civil(ends_ms - 3_600_000),
+            civil(ends_ms)
+        ),
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let (_, workflows) = call(&daemon, "GET", "/api/v1/workflows", Some(&admin), None);
+    assert_eq!(
+        workflows["workflows"][0]["outside_window"], "wait",
+        "{workflows}"
+    );
+    let id = start_run(&daemon, &admin, json!({"workflow": "later"}));
+    assert!(
+        shiphat_store::now_ms() < ends_ms,
+        "the run was requested after the freeze ended; the daemon took too long to start"
+    );
+    let said = format!(
+        "waits for the deploy window: opens at {}",
+        shiphat_store::rfc3339(ends_ms)
+    );
+    let waiting = wait_run(&daemon, &admin, &id, |r| r["detail"].is_string());
+    assert_eq!(waiting["status"], "queued", "{waiting}");
+    assert_eq!(waiting["detail"], said.as_str(), "{waiting}");
+    // It starts by itself once the freeze ends, and not before.
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let started = run["started_ms"].as_i64().unwrap();
+    assert!(started >= ends_ms, "started at {started}, before {ends_ms}");
+    let (_, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+    let waited = audit["entries"].as_array().unwrap().iter().any(|e| {
+        e["target"] == id.as_str()
+            && e["outcome"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("accepted, waits for the deploy window: opens at"))
+    });
+    assert!(waited, "{audit:#}");
+}

@@ -311,6 +311,10 @@ try {
   const staging = page.locator(tid('env-deploy-staging'));
   await staging.waitFor();
   await page.waitForFunction(() => document.querySelector('[data-testid="env-deploy-staging"] [data-testid="env-current-release"]')?.textContent.trim() === '2', null, { timeout: WAIT });
+  const windowState = ((await staging.locator(tid('window-state')).textContent()) || '').trim();
+  check(windowState === 'open', `the staging deploy window reads \`${windowState}\``);
+  const windowRules = ((await staging.locator(tid('window-rules')).textContent()) || '');
+  check(windowRules.includes('every day 00:00–24:00 Europe/Paris'), `the staging deploy window lists \`${windowRules}\``);
   const bad = staging.locator(`${tid('deploy-row')}[data-release="3"]`);
   check(await bad.count() >= 1, 'the release-3 deploy is not listed');
   check(await bad.first().getAttribute('data-rolled-back') === 'true', 'the release-3 deploy is not marked rolled back');

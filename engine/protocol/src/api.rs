@@ -54,6 +54,29 @@ pub struct ErrorBody {
     /// On a 422 for a reused `Idempotency-Key`: the run the key made first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// On a 409 because a deploy window or freeze closes the run's key: why, and when it opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<WindowView>,
+}
+
+/// Whether an environment may deploy now, by the deploy windows and freezes of the daemon's
+/// config (`[[windows]]`, `[[freezes]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct WindowView {
+    pub open: bool,
+    /// Why it is closed: a freeze's reason and end, or the windows it is outside of.
+    pub reason: Option<String>,
+    /// When a freeze closes it: the freeze's reason.
+    pub freeze: Option<String>,
+    /// When it next opens (closed) or closes (open), RFC 3339 in UTC; none when no change was
+    /// found ahead.
+    pub next_change_at: Option<String>,
+    /// The same time in the zone of the window or freeze that decides it (RFC 9557, e.g.
+    /// `2026-12-07T09:00:00+01:00[Europe/Paris]`).
+    pub next_change_local: Option<String>,
+    /// The weekly windows that apply, in words, e.g. `mon, tue 09:00–16:00 Europe/Paris`; empty
+    /// when only freezes do.
+    pub windows: Vec<String>,
 }
 
 /// A run, as lists and pages show it. Times are RFC 3339 (`*_at`) and milliseconds since the
@@ -278,6 +301,16 @@ pub enum ResumeMode {
     Manual,
 }
 
+/// What the daemon does with a workflow's run requested while a deploy window or freeze
+/// closes it: refuse it (409), or queue it until the window opens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideWindowMode {
+    #[default]
+    Refuse,
+    Wait,
+}
+
 /// A step of a workflow, by id and name.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StepName {
@@ -293,6 +326,9 @@ pub struct WorkflowView {
     pub file: String,
     pub concurrency: Option<ConcurrencyView>,
     pub resume: ResumeMode,
+    /// `refuse` when a daemon older than deploy windows answers.
+    #[serde(default)]
+    pub outside_window: OutsideWindowMode,
     pub inputs: Vec<InputView>,
     pub steps: Vec<StepName>,
 }
@@ -344,6 +380,8 @@ pub struct EnvironmentView {
     pub active: Option<Release>,
     pub queued: u64,
     pub lock: Option<LockView>,
+    /// Whether it may deploy now, when a deploy window or freeze applies to it.
+    pub window: Option<WindowView>,
     pub deploys: Vec<Deploy>,
 }
 
@@ -372,7 +410,8 @@ pub struct CreateRun {
     pub inputs: Map<String, Value>,
     #[serde(default)]
     pub dry_run: bool,
-    /// Start it although a lock holds its key (admins only; audited).
+    /// Start it although a lock holds its key or a deploy window or freeze closes it (admins
+    /// only; audited).
     #[serde(default)]
     pub force: bool,
 }
@@ -381,7 +420,8 @@ pub struct CreateRun {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeRun {
-    /// Resume it although a lock holds its key (admins only; audited).
+    /// Resume it although a lock holds its key or a deploy window or freeze closes it (admins
+    /// only; audited).
     #[serde(default)]
     pub force: bool,
 }

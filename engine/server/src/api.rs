@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shiphat_protocol::{
     AuditLog, CreateRun, CreateToken, ErrorBody, ListRuns, LockList, LockView, PutLock, ResumeRun,
-    RunDetail, RunList, SessionView, SignIn, TokenList, WorkflowList,
+    RunDetail, RunList, SessionView, SignIn, TokenList, WindowView, WorkflowList,
 };
 use shiphat_store::AuditEntry;
 use tokio_stream::wrappers::ReceiverStream;
@@ -140,6 +140,7 @@ impl ApiError {
                 field: None,
                 lock: None,
                 run: None,
+                window: None,
             }),
         }
     }
@@ -167,6 +168,7 @@ impl From<service::Error> for ApiError {
                 StatusCode::NOT_FOUND
             }
             E::Locked { .. }
+            | E::Closed { .. }
             | E::Busy { .. }
             | E::Ended { .. }
             | E::NotInterrupted { .. }
@@ -190,6 +192,7 @@ impl From<service::Error> for ApiError {
             E::Inputs(_) => error = error.on("inputs"),
             E::NameTaken(_) => error = error.on("name"),
             E::Locked { lock, .. } => error.body.lock = Some(service::lock_view(&lock)),
+            E::Closed { window, .. } => error.body.window = Some(*window),
             E::KeyReused { run } => error.body.run = Some(run),
             _ => {}
         }
@@ -605,12 +608,22 @@ fn with_target(mut response: Response, target: &str, outcome: Option<String>) ->
     response
 }
 
-/// What the audit log adds about a lock an admin forced past.
-fn forced_past(lock: &LockView) -> String {
-    format!(
-        ", forced past the lock on `{}` held by `{}`",
-        lock.key, lock.owner
-    )
+/// What the audit log adds about a lock, deploy window or freeze an admin forced past.
+fn forced_past(lock: Option<&LockView>, window: Option<&WindowView>) -> String {
+    let mut said = String::new();
+    if let Some(lock) = lock {
+        said += &format!(
+            ", forced past the lock on `{}` held by `{}`",
+            lock.key, lock.owner
+        );
+    }
+    if let Some(window) = window {
+        said += &format!(
+            ", forced past the deploy window: {}",
+            window.reason.as_deref().unwrap_or("closed")
+        );
+    }
+    said
 }
 
 async fn create_run(
@@ -625,10 +638,15 @@ async fn create_run(
         .get("idempotency-key")
         .map(|v| v.to_str().unwrap_or_default());
     let admitted = service.admit(&caller, request, key).await?;
-    let outcome = match (&admitted.forced, admitted.accepted.created) {
-        (_, false) => "replayed by idempotency key".to_owned(),
-        (None, true) => "accepted".to_owned(),
-        (Some(lock), true) => format!("accepted{}", forced_past(lock)),
+    let outcome = if admitted.accepted.created {
+        let forced = forced_past(admitted.forced.as_ref(), admitted.forced_window.as_ref());
+        let waits = match &admitted.waits_for_window {
+            Some(opens) => format!(", waits for the deploy window: {opens}"),
+            None => String::new(),
+        };
+        format!("accepted{forced}{waits}")
+    } else {
+        "replayed by idempotency key".to_owned()
     };
     let id = admitted.accepted.id.clone();
     let response = (StatusCode::ACCEPTED, Json(admitted.accepted)).into_response();
@@ -683,10 +701,8 @@ async fn resume_run(
         parse_json(&body)?
     };
     let resumed = service.resume(&caller, &id, request).await?;
-    let outcome = match &resumed.forced {
-        None => "resumed".to_owned(),
-        Some(lock) => format!("resumed{}", forced_past(lock)),
-    };
+    let forced = forced_past(resumed.forced.as_ref(), resumed.forced_window.as_ref());
+    let outcome = format!("resumed{forced}");
     let response = (StatusCode::ACCEPTED, Json(resumed.answer)).into_response();
     Ok(with_target(response, &id, Some(outcome)))
 }

@@ -51,6 +51,10 @@ struct RawConfig {
     #[serde(default)]
     principals: Vec<RawPrincipal>,
     slack: Option<crate::chat::RawSlack>,
+    #[serde(default)]
+    windows: Vec<crate::windows::RawWindow>,
+    #[serde(default)]
+    freezes: Vec<crate::windows::RawFreeze>,
 }
 
 #[derive(Deserialize)]
@@ -110,6 +114,8 @@ pub struct Config {
     pub principals: Vec<(String, Principal)>,
     /// Slack slash commands (docs/chat.md); `None` answers them with 404.
     pub slack: Option<crate::chat::SlackConfig>,
+    /// When runs may start (`[[windows]]` and `[[freezes]]`, docs/daemon.md).
+    pub windows: crate::windows::Windows,
 }
 
 impl Config {
@@ -130,6 +136,7 @@ impl Config {
             audit_retention: DEFAULT_AUDIT_RETENTION,
             principals: Vec::new(),
             slack: None,
+            windows: crate::windows::Windows::default(),
         }
     }
 
@@ -249,6 +256,7 @@ impl Config {
         if let Some(slack) = raw.slack {
             config.slack = Some(slack.check(|var| std::env::var(var).ok())?);
         }
+        config.windows = crate::windows::Windows::check(raw.windows, raw.freezes)?;
         // Runs, locks and cancellations go by the principal's name: two principals of one
         // name (with other roles or patterns) could act on each other's runs.
         let mut seen = std::collections::HashSet::new();
@@ -342,6 +350,20 @@ mod tests {
             config.store_password_file,
             Some(PathBuf::from("/etc/shiphat/secret"))
         );
+    }
+
+    #[test]
+    fn deploy_windows_are_checked_with_the_file() {
+        let config = Config::parse(
+            "[[windows]]\napplies_to = [\"deploy\"]\ntimezone = \"Europe/Paris\"\nfrom = \"09:00\"\nuntil = \"16:00\"\n[[freezes]]\napplies_to = [\"*\"]\ntimezone = \"UTC\"\nfrom = \"2026-12-24T00:00\"\nuntil = \"2027-01-03T00:00\"\nreason = \"holiday freeze\"",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert!(!config.windows.is_empty());
+        let err = Config::parse("[[freezes]]\napplies_to = [\"*\"]", Path::new("/"))
+            .err()
+            .unwrap();
+        assert!(err.contains("missing field `timezone`"), "{err}");
     }
 
     #[test]

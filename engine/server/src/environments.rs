@@ -10,7 +10,7 @@ use shiphat_protocol::{Deploy, EnvironmentList, EnvironmentView, Release, Rollba
 use shiphat_store::{Run, RunFilter, RunStatus};
 
 use crate::scheduler::App;
-use crate::service::{lock_view, run_view};
+use crate::service::{lock_view, run_view, window_view};
 
 /// How many of the latest runs are read to find the environments. A deploy older than the
 /// last 500 runs of the whole daemon is history, not "what is deployed now", for any team
@@ -68,6 +68,7 @@ pub async fn list(app: &App) -> Result<EnvironmentList, shiphat_store::Error> {
         by_key.entry(lock.key.clone()).or_default();
     }
 
+    let now = jiff::Timestamp::now();
     let mut environments = Vec::new();
     for (key, (workflow, runs)) in by_key {
         let newest = runs.first();
@@ -93,6 +94,12 @@ pub async fn list(app: &App) -> Result<EnvironmentList, shiphat_store::Error> {
             active: active.map(|r| release(app, r)),
             queued: queued as u64,
             lock: locks.iter().find(|l| l.key == key).map(lock_view),
+            // A key only a lock names has no workflow; rules naming the key still apply.
+            window: app
+                .config
+                .windows
+                .verdict(workflow.as_deref().unwrap_or_default(), &key, now)
+                .map(|v| window_view(&v)),
             key,
             workflow,
             deploys,

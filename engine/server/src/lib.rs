@@ -19,6 +19,7 @@ mod service;
 #[cfg(test)]
 mod testing;
 mod web;
+pub mod windows;
 mod workflows;
 
 use std::net::SocketAddr;

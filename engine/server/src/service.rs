@@ -20,9 +20,9 @@ use serde_json::{Map, Value};
 use shiphat_protocol::{
     Accepted, AuditLog, AuditView, Cancelling, ConcurrencyView, CreateRun, CreateToken,
     EnvironmentList, Event, InputType, InputView, ListRuns, LockList, LockView, LogLine, NewToken,
-    PlanStep, PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice,
-    RunStatus, RunView, Section, StepName, StepView, TokenList, TokenSource, TokenView,
-    WorkflowList, WorkflowView,
+    OutsideWindowMode, PlanStep, PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail,
+    RunList, RunNotice, RunStatus, RunView, Section, StepName, StepView, TokenList, TokenSource,
+    TokenView, WindowView, WorkflowList, WorkflowView,
 };
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -83,6 +83,15 @@ pub enum Error {
     /// says how to, where there is a way.
     #[error("`{}` is locked by `{}`: {}{hint}", .lock.key, .lock.owner, .lock.reason)]
     Locked { lock: Lock, hint: &'static str },
+    /// A deploy window or freeze closes the run's key now, and the caller did not force it.
+    /// `message` says why and when it opens, `window` the same as data, and `hint` how an
+    /// admin forces it through the API.
+    #[error("{message}{hint}")]
+    Closed {
+        message: String,
+        window: Box<WindowView>,
+        hint: &'static str,
+    },
     /// The workflow's `concurrency` has `queue: false` and its key is busy.
     #[error("`{key}` is busy with run `{holder}` and `{workflow}` does not queue (`queue: false`)")]
     Busy {
@@ -166,6 +175,10 @@ pub struct Admitted {
     pub accepted: Accepted,
     /// The lock an admin's `force` passed.
     pub forced: Option<LockView>,
+    /// The deploy window or freeze an admin's `force` passed.
+    pub forced_window: Option<WindowView>,
+    /// Queued until its deploy window opens (`outside_window: wait`): when, in words.
+    pub waits_for_window: Option<String>,
     /// Queued behind another run of its concurrency key.
     pub waiting: bool,
 }
@@ -184,6 +197,18 @@ pub struct Resumption {
     pub answer: Resumed,
     /// The lock an admin's `force` passed.
     pub forced: Option<LockView>,
+    /// The deploy window or freeze an admin's `force` passed.
+    pub forced_window: Option<WindowView>,
+}
+
+/// How a run passes the deploy windows ([`Service::pass_window`]).
+enum Passage {
+    /// Open now, or no window or freeze applies.
+    Open,
+    /// Closed, and an admin's `force` passed it.
+    Forced(WindowView),
+    /// Closed; the run waits until this time (`outside_window: wait`).
+    Waits(crate::windows::Local),
 }
 
 /// A run as it would be admitted ([`Service::plan`]).
@@ -310,6 +335,26 @@ impl Service {
             None => None,
             Some(lock) => Some(pass_lock(caller, lock, force, "")?),
         };
+        // A dry run changes nothing, so no window holds it: rehearsing tonight's deploy
+        // during the day is what a window should leave possible.
+        let waits = prepared.workflow.outside_window == shiphat_workflow::OutsideWindow::Wait;
+        let passage = if dry_run {
+            Passage::Open
+        } else {
+            self.pass_window(
+                caller,
+                &name,
+                key.as_deref(),
+                force,
+                waits,
+                "; an admin may start it now with `{\"force\": true}`",
+            )?
+        };
+        let (forced_window, not_before) = match passage {
+            Passage::Open => (None, None),
+            Passage::Forced(window) => (Some(window), None),
+            Passage::Waits(opens) => (None, Some(opens)),
+        };
         let inputs = Value::Object(inputs);
         let new = NewRun {
             id,
@@ -321,6 +366,7 @@ impl Service {
             idempotency_key,
             exclusive: false,
             forced: false,
+            not_before_ms: not_before.as_ref().map(|at| at.at.as_millisecond()),
         };
         let queue = prepared
             .workflow
@@ -355,7 +401,57 @@ impl Service {
                 created,
             },
             forced: forced.as_ref().map(lock_view),
+            forced_window,
+            waits_for_window: not_before
+                .map(|at| format!("opens at {} ({})", at.local(), at.rfc3339())),
         })
+    }
+
+    /// How a run of `workflow` on `key` (its workflow's name when `None`) passes the deploy
+    /// windows and freezes now: open, forced through by an admin's `force`, or (when `wait`,
+    /// the workflow's `outside_window: wait`, and an open time is ahead) waiting for it; else
+    /// [`Error::Closed`], with `hint` on how to force.
+    fn pass_window(
+        &self,
+        caller: &Principal,
+        workflow: &str,
+        key: Option<&str>,
+        force: bool,
+        wait: bool,
+        hint: &'static str,
+    ) -> Result<Passage> {
+        let key = key.unwrap_or(workflow);
+        let Some(verdict) = self
+            .app
+            .config
+            .windows
+            .verdict(workflow, key, jiff::Timestamp::now())
+        else {
+            return Ok(Passage::Open);
+        };
+        if verdict.is_open() {
+            return Ok(Passage::Open);
+        }
+        let window = window_view(&verdict);
+        if let (false, true, Some(opens)) = (force, wait, verdict.next_change()) {
+            return Ok(Passage::Waits(opens.clone()));
+        }
+        if !force {
+            let opens = match verdict.next_change() {
+                Some(at) => format!("; it opens at {} ({})", at.local(), at.rfc3339()),
+                None => String::new(),
+            };
+            let reason = window.reason.clone().unwrap_or_default();
+            return Err(Error::Closed {
+                message: format!("`{key}` may not deploy now: {reason}{opens}"),
+                window: Box::new(window),
+                hint,
+            });
+        }
+        caller
+            .require(Role::Admin)
+            .map_err(|e| Error::Forbidden(format!("forcing past a deploy window: {e}")))?;
+        Ok(Passage::Forced(window))
     }
 
     /// The key a run of this request would lock on: its concurrency key, or the workflow's
@@ -592,6 +688,22 @@ impl Service {
                 "; an admin may resume it past the lock with `{\"force\": true}`",
             )?),
         };
+        // A resume is asked for by a person about a run that was already under way: it is
+        // refused outside the window rather than left waiting, whatever the workflow says.
+        let forced_window = match run.status {
+            RunStatus::Interrupted => match self.pass_window(
+                caller,
+                &run.workflow,
+                run.concurrency_key.as_deref(),
+                request.force,
+                false,
+                "; an admin may resume it now with `{\"force\": true}`",
+            )? {
+                Passage::Forced(window) => Some(window),
+                Passage::Open | Passage::Waits(_) => None,
+            },
+            _ => None,
+        };
         if !app.resume(&run, caller, forced.as_ref()).await? {
             return Err(Error::NotInterrupted {
                 id: run.id,
@@ -604,6 +716,7 @@ impl Service {
                 status: RunStatus::Queued,
             },
             forced: forced.as_ref().map(lock_view),
+            forced_window,
         })
     }
 
@@ -639,6 +752,23 @@ impl Service {
             Some(prepared) => Ok(workflow_view(&prepared.workflow)),
             None => Err(Error::NoWorkflow(name.to_owned())),
         }
+    }
+
+    /// Whether a run of `workflow` on `key` may deploy now by the deploy windows and freezes;
+    /// `None` when none applies to it.
+    pub fn window(
+        &self,
+        caller: &Principal,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<WindowView>> {
+        require(caller, Role::Viewer)?;
+        let verdict = self
+            .app
+            .config
+            .windows
+            .verdict(workflow, key, jiff::Timestamp::now());
+        Ok(verdict.as_ref().map(window_view))
     }
 
     /// What is deployed where (see [`crate::environments`]).
@@ -1032,6 +1162,26 @@ pub(crate) fn run_view(app: &App, run: &Run) -> RunView {
     }
 }
 
+/// A verdict of the deploy windows, as the API says it.
+pub(crate) fn window_view(verdict: &crate::windows::Verdict) -> WindowView {
+    use crate::windows::{State, Why};
+    let next = verdict.next_change();
+    WindowView {
+        open: verdict.is_open(),
+        reason: verdict.reason(),
+        freeze: match &verdict.state {
+            State::Closed {
+                why: Why::Frozen { reason, .. },
+                ..
+            } => Some(reason.clone()),
+            _ => None,
+        },
+        next_change_at: next.map(crate::windows::Local::rfc3339),
+        next_change_local: next.map(crate::windows::Local::local),
+        windows: verdict.windows.clone(),
+    }
+}
+
 pub(crate) fn lock_view(lock: &Lock) -> LockView {
     LockView {
         key: lock.key.clone(),
@@ -1065,6 +1215,10 @@ fn workflow_view(w: &shiphat_workflow::Workflow) -> WorkflowView {
         resume: match w.resume {
             shiphat_workflow::Resume::Auto => ResumeMode::Auto,
             shiphat_workflow::Resume::Manual => ResumeMode::Manual,
+        },
+        outside_window: match w.outside_window {
+            shiphat_workflow::OutsideWindow::Refuse => OutsideWindowMode::Refuse,
+            shiphat_workflow::OutsideWindow::Wait => OutsideWindowMode::Wait,
         },
         inputs: w
             .inputs

@@ -71,6 +71,7 @@ impl TestApp {
             idempotency_key: None,
             exclusive: false,
             forced: false,
+            not_before_ms: None,
         };
         self.app.store.create_run(&run, 100).await.unwrap();
         id

@@ -1056,9 +1056,14 @@ function deployForm(wf) {
   };
   const showError = (e) => {
     if (e.field && fieldError(e.field, e.message)) { form.elements[e.field]?.focus(); return; }
-    const parts = [h('p', null, h('strong', null, e.status === 409 && e.body.lock ? 'Refused: locked. ' : e.status === 403 ? 'Not allowed. ' : 'Refused. '), e.message)];
+    const refused = e.status === 409 && e.body.lock ? 'Refused: locked. '
+      : e.status === 409 && e.body.window ? 'Refused: outside the deploy window. '
+        : e.status === 403 ? 'Not allowed. ' : 'Refused. ';
+    const parts = [h('p', null, h('strong', null, refused), e.message)];
     const lock = e.body && e.body.lock;
     if (lock) parts.push(lockFacts(lock));
+    const closed = e.body && e.body.window;
+    if (closed) parts.push(windowFacts(closed));
     formErr.replaceChildren(...parts);
     formErr.hidden = false;
     formErr.scrollIntoView({ block: 'nearest' });
@@ -1189,9 +1194,27 @@ function envCard(env, forms, reload) {
   return h('section', { class: 'card env', testid: `env-${env.key}`, dataset: { key: env.key }, 'aria-labelledby': `env-h-${env.key}` },
     h('div', { class: 'page-head' },
       h('h2', { id: `env-h-${env.key}`, class: 'break' }, title, h('span', { class: 'muted small' }, ` ${env.workflow} · `, h('code', null, env.key))),
-      env.lock ? h('span', { class: 'tag tag-bad' }, 'locked') : null),
-    current, activity, lockSection(env, forms, reload),
+      env.lock ? h('span', { class: 'tag tag-bad' }, 'locked') : null,
+      env.window && !env.window.open ? h('span', { class: 'tag tag-bad', testid: 'window-closed' }, 'closed') : null),
+    current, activity,
+    env.window ? h('div', { class: env.window.open ? 'window' : 'window notice', testid: 'window-info' }, windowFacts(env.window)) : null,
+    lockSection(env, forms, reload),
     h('h3', null, 'Last deploys'), hist);
+}
+
+// A deploy window's state (`WindowView`): open or closed, why, when that changes (in the
+// reader's time and in the window's own zone) and the weekly windows that apply.
+function windowFacts(w) {
+  // All but the state take a whole row: a reason, a time in its zone and the windows are long.
+  const fact = (label, value, testid, row = false) => h('div', { class: row ? 'fact row' : 'fact' }, h('dt', null, label), h('dd', { class: 'break', testid }, value));
+  const next = w.next_change_at
+    ? h('span', null, timeEl(null, w.next_change_at), w.next_change_local ? h('span', { class: 'muted small' }, ` (${w.next_change_local})`) : null)
+    : null;
+  return h('dl', { class: 'facts window-facts', testid: 'window-facts' },
+    fact('Deploy window', w.open ? 'open' : 'closed', 'window-state'),
+    w.reason ? fact('Why', w.reason, 'window-reason', true) : null,
+    next ? fact(w.open ? 'Closes' : 'Opens', next, 'window-next', true) : null,
+    w.windows && w.windows.length ? fact('Windows', h('ul', { class: 'rules' }, w.windows.map((rule) => h('li', null, rule))), 'window-rules', true) : null);
 }
 
 function lockSection(env, forms, reload) {

@@ -66,6 +66,7 @@ pub(crate) struct Queued {
     pub key: Option<String>,
     pub forced: bool,
     pub detail: Option<String>,
+    pub not_before_ms: Option<i64>,
 }
 
 /// What a claim decided.
@@ -73,7 +74,8 @@ pub(crate) struct Queued {
 pub(crate) struct Plan {
     /// Runs to start, oldest first.
     pub start: Vec<String>,
-    /// Runs a lock holds, with the detail to add (only where the detail does not say it).
+    /// Runs a lock or their deploy window holds, with the detail to add (only where the
+    /// detail does not say it).
     pub hold: Vec<(String, String)>,
     pub keys: HashMap<String, KeyQueue>,
 }
@@ -86,14 +88,29 @@ pub(crate) fn held_detail(lock: &Lock) -> String {
     )
 }
 
+/// The detail of a run that waits for its deploy window until `not_before_ms`.
+pub(crate) fn window_detail(not_before_ms: i64) -> String {
+    format!(
+        "waits for the deploy window: opens at {}",
+        crate::rfc3339(not_before_ms)
+    )
+}
+
 /// Decides which of `queued` (oldest first) start: at most `max`, none that a lock in
-/// `locks` (those not expired) holds unless forced, and per concurrency key only the first
-/// waiting one, and only when `running` (key → the run holding it) has none.
+/// `locks` (those not expired) holds unless forced, none whose `not_before_ms` is after `now`,
+/// and per concurrency key only the first waiting one, and only when `running` (key → the run
+/// holding it) has none.
+///
+/// A run held by a lock or waiting for its window keeps no place in its key's queue: the runs
+/// behind it may start (a forced run, or one of a workflow no window holds), and it takes its
+/// turn when it is free to start, as a lock's runs do when the lock goes. Holding the key for
+/// it would let one run requested at night block every deploy of its key until morning.
 pub(crate) fn plan(
     queued: &[Queued],
     running: HashMap<String, String>,
     locks: &[Lock],
     max: usize,
+    now: i64,
 ) -> Plan {
     let by_key: HashMap<&str, &Lock> = locks.iter().map(|l| (l.key.as_str(), l)).collect();
     let mut keys: HashMap<String, KeyQueue> = running
@@ -120,6 +137,13 @@ pub(crate) fn plan(
             .find_map(|k| by_key.get(k));
         if let Some(lock) = lock.filter(|_| !run.forced) {
             let detail = held_detail(lock);
+            if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
+                plan.hold.push((run.id.clone(), detail));
+            }
+            continue;
+        }
+        if let Some(not_before) = run.not_before_ms.filter(|t| *t > now) {
+            let detail = window_detail(not_before);
             if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
                 plan.hold.push((run.id.clone(), detail));
             }
@@ -155,6 +179,7 @@ mod tests {
             key: key.map(Into::into),
             forced: false,
             detail: None,
+            not_before_ms: None,
         }
     }
 
@@ -176,7 +201,7 @@ mod tests {
             queued("3", None),
             queued("4", Some("j")),
         ];
-        let plan = plan(&q, HashMap::new(), &[], 10);
+        let plan = plan(&q, HashMap::new(), &[], 10, 0);
         assert_eq!(plan.start, ["1", "3", "4"]);
         assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
         assert_eq!(plan.keys["k"].waiting, ["2"]);
@@ -186,7 +211,7 @@ mod tests {
     fn a_running_key_holds_its_queue() {
         let q = [queued("2", Some("k")), queued("3", Some("k"))];
         let running = HashMap::from([("k".to_owned(), "1".to_owned())]);
-        let plan = plan(&q, running, &[], 10);
+        let plan = plan(&q, running, &[], 10, 0);
         assert!(plan.start.is_empty());
         assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
         assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
@@ -199,7 +224,7 @@ mod tests {
         let mut said = queued("3", Some("k"));
         said.detail = Some(format!("x; {}", held_detail(&lock("k"))));
         let q = [queued("1", Some("k")), forced, said];
-        let plan = plan(&q, HashMap::new(), &[lock("k")], 10);
+        let plan = plan(&q, HashMap::new(), &[lock("k")], 10, 0);
         assert_eq!(plan.start, ["2"]);
         assert_eq!(plan.hold, [("1".to_owned(), held_detail(&lock("k")))]);
     }
@@ -213,9 +238,39 @@ mod tests {
             HashMap::new(),
             &[lock("wf")],
             10,
+            0,
         );
         assert_eq!(plan.start, ["2"]);
         assert_eq!(plan.hold.len(), 1);
+    }
+
+    #[test]
+    fn a_run_waits_for_its_window_says_so_once_and_does_not_block_its_key() {
+        let mut waits = queued("1", Some("k"));
+        waits.not_before_ms = Some(2_000);
+        let mut said = queued("3", Some("j"));
+        said.not_before_ms = Some(2_000);
+        said.detail = Some(window_detail(2_000));
+        let q = [waits, queued("2", Some("k")), said];
+        let early = plan(&q, HashMap::new(), &[], 10, 1_000);
+        assert_eq!(early.start, ["2"]);
+        assert_eq!(early.hold, [("1".to_owned(), window_detail(2_000))]);
+        assert_eq!(
+            window_detail(2_000),
+            "waits for the deploy window: opens at 1970-01-01T00:00:02.000Z"
+        );
+        // At its time it starts, in its turn: the oldest of its key first.
+        let mut waits = queued("1", Some("k"));
+        waits.not_before_ms = Some(2_000);
+        let on_time = plan(
+            &[waits, queued("2", Some("k"))],
+            HashMap::new(),
+            &[],
+            10,
+            2_000,
+        );
+        assert_eq!(on_time.start, ["1"]);
+        assert_eq!(on_time.keys["k"].waiting, ["2"]);
     }
 
     #[test]
@@ -225,7 +280,7 @@ mod tests {
             queued("2", Some("k")),
             queued("3", Some("k")),
         ];
-        let plan = plan(&q, HashMap::new(), &[], 1);
+        let plan = plan(&q, HashMap::new(), &[], 1, 0);
         assert_eq!(plan.start, ["1"]);
         assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
     }

@@ -179,6 +179,9 @@ pub struct NewRun {
     pub exclusive: bool,
     /// An admin forced it past the locks: no lock holds its first start.
     pub forced: bool,
+    /// Not started before this time (milliseconds since the Unix epoch): a run that waits
+    /// for its deploy window. It holds no place in its key's queue until then.
+    pub not_before_ms: Option<i64>,
 }
 
 impl NewRun {

@@ -40,10 +40,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
     include_str!("postgres/migrations/003_sessions.sql"),
+    include_str!("postgres/migrations/004_not_before.sql"),
 ];
 
 /// The schema this build writes.
@@ -506,8 +507,8 @@ fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool
     notify(tx, &format!("r:{}", run.id))?;
     tx.execute(
         "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-         idempotency_key, status, created_ms, forced) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         idempotency_key, status, created_ms, forced, not_before_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         &[
             &run.id,
             &run.workflow,
@@ -519,6 +520,7 @@ fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool
             &RunStatus::Queued.as_str(),
             &created_ms,
             &run.forced,
+            &run.not_before_ms,
         ],
     )?;
     Ok((run.queued(created_ms), true))
@@ -776,7 +778,7 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
         .try_get(0)?;
     let queued = tx
         .query(
-            "SELECT id, workflow, concurrency_key, forced, detail FROM runs \
+            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms FROM runs \
              WHERE status = 'queued' ORDER BY id",
             &[],
         )?
@@ -788,6 +790,7 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
                 key: row.try_get(2)?,
                 forced: row.try_get(3)?,
                 detail: row.try_get(4)?,
+                not_before_ms: row.try_get(5)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -803,7 +806,7 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
     let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
     let locks = locks(tx, "", &[&now])?;
     let max = if turn { max as usize } else { 0 };
-    let plan = crate::claim::plan(&queued, running, &locks, max);
+    let plan = crate::claim::plan(&queued, running, &locks, max, now);
     if !turn {
         // Where the queues stand, as far as this daemon can tell; the claimer decides.
         return Ok(Claimed {

@@ -32,8 +32,8 @@ const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// sets the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [fn(&Connection) -> Result<()>; 4] =
-    [create_v1, json_token_lists, claims, sessions];
+const MIGRATIONS: [fn(&Connection) -> Result<()>; 5] =
+    [create_v1, json_token_lists, claims, sessions, not_before];
 
 /// Version 1: the schema as it was before it had a version. Idempotent, since a version-0
 /// database may already have it.
@@ -155,6 +155,13 @@ ALTER TABLE runs ADD COLUMN cancelled_by TEXT;
 CREATE INDEX runs_key ON runs (concurrency_key) WHERE concurrency_key IS NOT NULL;
 ",
     )?;
+    Ok(())
+}
+
+/// Version 5: a run that waits for its deploy window starts no earlier than `not_before_ms`
+/// (see `claim.rs`).
+fn not_before(conn: &Connection) -> Result<()> {
+    conn.execute_batch("ALTER TABLE runs ADD COLUMN not_before_ms INTEGER;")?;
     Ok(())
 }
 
@@ -447,8 +454,8 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
     let created_ms = now_ms();
     tx.prepare_cached(
         "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-         idempotency_key, status, created_ms, forced) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+         idempotency_key, status, created_ms, forced, not_before_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         run.id,
@@ -460,7 +467,8 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
         run.idempotency_key,
         Text(RunStatus::Queued),
         created_ms,
-        run.forced
+        run.forced,
+        run.not_before_ms
     ])?;
     Ok((run.queued(created_ms), true))
 }
@@ -654,8 +662,8 @@ fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed>
     let now = now_ms();
     let queued = tx
         .prepare_cached(
-            "SELECT id, workflow, concurrency_key, forced, detail FROM runs WHERE status = ?1 \
-             ORDER BY id",
+            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms FROM runs \
+             WHERE status = ?1 ORDER BY id",
         )?
         .query_map(params![Text(RunStatus::Queued)], |row| {
             Ok(Queued {
@@ -664,6 +672,7 @@ fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed>
                 key: row.get(2)?,
                 forced: row.get(3)?,
                 detail: row.get(4)?,
+                not_before_ms: row.get(5)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -676,7 +685,7 @@ fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed>
             Ok((row.get(0)?, row.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let plan = crate::claim::plan(&queued, running, &locks(tx)?, max as usize);
+    let plan = crate::claim::plan(&queued, running, &locks(tx)?, max as usize, now);
     for (id, detail) in &plan.hold {
         transition(
             tx,

@@ -93,6 +93,7 @@ both!(
     a_write_the_database_refuses_is_undone_alone,
     claims_start_one_run_per_key_in_order_whoever_claims,
     a_lock_holds_claims_unless_forced_and_says_so_once,
+    a_run_waits_for_its_window_without_blocking_its_key,
     an_exclusive_run_is_refused_while_its_key_is_busy,
     a_stale_fence_writes_nothing_and_an_expired_lease_is_taken_over,
     renewing_keeps_leases_and_reports_cancels,
@@ -137,6 +138,7 @@ pub(crate) fn new_run(id: &str, key: Option<&str>) -> NewRun {
         idempotency_key: key.map(Into::into),
         exclusive: false,
         forced: false,
+        not_before_ms: None,
     }
 }
 
@@ -792,6 +794,40 @@ fn a_lock_holds_claims_unless_forced_and_says_so_once(t: &Tested) {
     assert!(store.delete_lock("k").unwrap());
     // The forced run holds the key now; the held one waits its turn.
     assert!(claimed(store, ME, 10).is_empty());
+}
+
+fn a_run_waits_for_its_window_without_blocking_its_key(t: &Tested) {
+    let store = &*t.store;
+    let later = now_ms() + 3_600_000;
+    let waits = |id: &str, key: &str, at: i64| NewRun {
+        not_before_ms: Some(at),
+        ..keyed(id, key)
+    };
+    store.create_run(&waits("01a", "k", later), ANY).unwrap();
+    store.create_run(&keyed("01b", "k"), ANY).unwrap();
+    // A time already past: it starts as any run would.
+    store
+        .create_run(&waits("01c", "j", now_ms() - 1), ANY)
+        .unwrap();
+    let claim = store.claim(ME, LEASE_MS, 10).unwrap();
+    let mut started: Vec<_> = claim.started.iter().map(|(r, _)| r.id.as_str()).collect();
+    started.sort();
+    assert_eq!(started, ["01b", "01c"]);
+    assert_eq!(claim.held, ["01a"]);
+    let said = format!(
+        "waits for the deploy window: opens at {}",
+        crate::rfc3339(later)
+    );
+    let detail = store.run("01a").unwrap().unwrap().detail;
+    assert_eq!(detail.as_deref(), Some(said.as_str()));
+    // Still waiting: nothing new to say, and it is nobody's turn on `k` but the running run's.
+    let again = store.claim(ME, LEASE_MS, 10).unwrap();
+    assert!(again.held.is_empty() && again.started.is_empty());
+    assert_eq!(store.run("01a").unwrap().unwrap().status, RunStatus::Queued);
+    assert_eq!(
+        store.run("01a").unwrap().unwrap().detail.as_deref(),
+        Some(said.as_str())
+    );
 }
 
 fn an_exclusive_run_is_refused_while_its_key_is_busy(t: &Tested) {

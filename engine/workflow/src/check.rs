@@ -13,7 +13,8 @@ use crate::raw::{self, RawStep, RawWorkflow};
 use crate::units::{parse_duration, parse_size};
 use crate::{
     Allow, Concurrency, Diagnostic, Diagnostics, Error, Input, InputKind, KeyLocations, Limits,
-    Location, MAX_EXPANDED_NODES, PluginRef, Result, Resume, Retries, Step, Workflow,
+    Location, MAX_EXPANDED_NODES, OutsideWindow, PluginRef, Result, Resume, Retries, Step,
+    Workflow,
 };
 
 struct Cx<'a> {
@@ -232,6 +233,10 @@ fn check(cx: &mut Cx, raw: RawWorkflow) -> Workflow {
         None | Some(raw::RawResume::Manual) => Resume::Manual,
         Some(raw::RawResume::Auto) => Resume::Auto,
     };
+    let outside_window = match raw.outside_window {
+        None | Some(raw::RawOutsideWindow::Refuse) => OutsideWindow::Refuse,
+        Some(raw::RawOutsideWindow::Wait) => OutsideWindow::Wait,
+    };
 
     if raw.steps.is_empty() {
         cx.err(
@@ -303,6 +308,7 @@ fn check(cx: &mut Cx, raw: RawWorkflow) -> Workflow {
         env,
         concurrency,
         resume,
+        outside_window,
         steps,
         on_failure,
         finally,

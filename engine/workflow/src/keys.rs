@@ -11,6 +11,7 @@ pub(crate) const WORKFLOW_KEYS: &[&str] = &[
     "env",
     "concurrency",
     "resume",
+    "outside_window",
     "steps",
     "on_failure",
     "finally",

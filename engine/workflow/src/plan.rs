@@ -47,6 +47,7 @@ pub struct Workflow {
     pub env: Vec<(String, Template)>,
     pub concurrency: Option<Concurrency>,
     pub resume: Resume,
+    pub outside_window: OutsideWindow,
     pub steps: Vec<Step>,
     pub on_failure: Vec<Step>,
     pub finally: Vec<Step>,
@@ -102,6 +103,17 @@ pub enum Resume {
     #[default]
     Manual,
     Auto,
+}
+
+/// What the daemon does with a run requested while a deploy window or freeze of its config
+/// closes it (docs/daemon.md, "Deploy windows").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutsideWindow {
+    /// Refused (409), with when it opens.
+    #[default]
+    Refuse,
+    /// Queued, and started when it opens.
+    Wait,
 }
 
 #[derive(Clone, Debug)]

@@ -21,6 +21,9 @@ pub(crate) struct RawWorkflow {
     pub env: BTreeMap<String, String>,
     pub concurrency: Option<RawConcurrency>,
     pub resume: Option<RawResume>,
+    /// What the daemon does with a run requested outside its deploy window: `refuse` (409)
+    /// or `wait` (queued until the window opens).
+    pub outside_window: Option<RawOutsideWindow>,
     pub steps: Vec<RawStep>,
     #[serde(default)]
     pub on_failure: Vec<RawStep>,
@@ -70,6 +73,13 @@ fn yes() -> bool {
 pub(crate) enum RawResume {
     Manual,
     Auto,
+}
+
+#[derive(Deserialize, JsonSchema, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawOutsideWindow {
+    Refuse,
+    Wait,
 }
 
 #[derive(Deserialize, JsonSchema)]

@@ -109,6 +109,7 @@ fn summary(w: &Workflow) -> String {
         writeln!(out, "concurrency: {:?} queue={}", c.key.source(), c.queue).unwrap();
     }
     writeln!(out, "resume: {:?}", w.resume).unwrap();
+    writeln!(out, "outside_window: {:?}", w.outside_window).unwrap();
     for (name, section) in [
         ("steps", &w.steps),
         ("on_failure", &w.on_failure),

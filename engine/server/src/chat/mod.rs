@@ -109,6 +109,7 @@ pub async fn slack_commands(
             field: None,
             lock: None,
             run: None,
+            window: None,
         };
         return (StatusCode::NOT_FOUND, Json(error)).into_response();
     };
@@ -153,6 +154,7 @@ pub async fn slack_commands(
             field: None,
             lock: None,
             run: None,
+            window: None,
         };
         return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
     }
@@ -211,6 +213,8 @@ fn refusal(e: &service::Error) -> String {
             "`{}` is busy with run `{holder}` and does not queue",
             escape(key)
         ),
+        // The API's hint on forcing names a request body; an admin forces through the API.
+        E::Closed { message, .. } => escape(message),
         E::ShuttingDown => "the daemon is shutting down; try again in a minute".into(),
         E::TooManyQueued { principal, max } => format!(
             "`{}` has {max} runs queued already; wait for them or cancel some",
@@ -536,10 +540,10 @@ async fn start(
     let mut text = format!(
         "started the {label} as run `{}`{}",
         run.id,
-        if admitted.waiting {
-            " (queued behind the run in progress)"
-        } else {
-            ""
+        match &admitted.waits_for_window {
+            Some(opens) => format!(" (it waits for the deploy window: {opens})"),
+            None if admitted.waiting => " (queued behind the run in progress)".to_owned(),
+            None => String::new(),
         }
     );
     if response_url.is_none() && !request.response_url.is_empty() {
@@ -653,6 +657,9 @@ async fn status(
                     escape(&lock.reason)
                 ));
             }
+            if let Ok(Some(window)) = service.window(caller, &target.workflow, &key) {
+                parts.push(window_words(&window));
+            }
             lines.push(format!(
                 "`{}` in `{}`: {}",
                 escape(name),
@@ -668,6 +675,27 @@ async fn status(
         text: lines.join("\n"),
         target: only.unwrap_or("").to_owned(),
         outcome: "status".into(),
+    }
+}
+
+/// A deploy window's state in `/deploy status`: open until when, or closed, why and until when.
+fn window_words(window: &shiphat_protocol::WindowView) -> String {
+    use reply::escape;
+    let next = window.next_change_local.as_deref().map(escape);
+    match (window.open, next) {
+        (true, Some(at)) => format!("deploy window open until {at}"),
+        (true, None) => "deploy window open".into(),
+        (false, next) => format!(
+            "⛔ closed: {}{}",
+            escape(
+                window
+                    .reason
+                    .as_deref()
+                    .unwrap_or("outside its deploy windows")
+            ),
+            next.map(|at| format!("; opens at {at}"))
+                .unwrap_or_default()
+        ),
     }
 }
 
