@@ -2709,8 +2709,8 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
     );
     let (_server, url, admin) = postgresql_with_admin(&dir);
     let start_one = |n: usize| cluster_daemon(&dir, &url, n);
+    // A runs whatever is asked while B is down, since any daemon up may claim a run.
     let mut a = start_one(0);
-    let b = start_one(1);
     let deploying = |run: &Value| {
         run["steps"].as_array().is_some_and(|s| {
             s.iter()
@@ -2721,7 +2721,8 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
     // Started on A, which alone was up when it was claimed; cancelled through B.
     let long = json!({"workflow": "web", "inputs": {"sleep": 60000}});
     let id = start_run(&a, &admin, long.clone());
-    wait_run(&b, &admin, &id, deploying);
+    wait_run(&a, &admin, &id, deploying);
+    let mut b = start_one(1);
     let (status, body) = call(
         &b,
         "POST",
@@ -2736,6 +2737,7 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
 
     // A stops with a run in flight: after its grace period it hands the run over, B takes
     // it (interrupted: `web` waits for a person), and it is resumed through B.
+    stop(&mut b);
     let id = start_run(
         &a,
         &admin,
@@ -2743,7 +2745,8 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
         // machine busy with every other test.
         json!({"workflow": "web", "inputs": {"sleep": 6000}}),
     );
-    wait_run(&b, &admin, &id, deploying);
+    wait_run(&a, &admin, &id, deploying);
+    let b = start_one(1);
     stop(&mut a);
     let run = wait_run(&b, &admin, &id, |r| r["status"] == "interrupted");
     assert!(
