@@ -15,7 +15,8 @@
 # (each round's runs started round-robin across them; any daemon may claim any run), the idle
 # memory of each daemon, and the takeover: a run of an `idempotent` step under `resume: auto`
 # whose daemon is killed with SIGKILL, timed from the end of its lease (as the database records
-# it) to the run being `running` again on another daemon, as the API shows it.
+# it) to the run being `running` again on another daemon, as the API shows it; and how long
+# an event committed through one daemon takes to reach an event stream of another.
 #
 # Usage: bench/daemon.sh [--quick] [--no-build] [--postgres]
 # Prints one Markdown table on stdout; progress goes to stderr. Needs curl and python3 (for the
@@ -107,6 +108,17 @@ steps:
     idempotent: true
     with: { message: waiting to be taken over, sleep_ms: 600000 }
 EOF
+  # The event stream's run: twenty steps 20 ms apart, each start and end an event.
+  {
+    echo "name: tick"
+    echo "steps:"
+    for i in $(seq 1 20); do
+      echo "  - id: t$i"
+      echo "    uses: echo"
+      echo "    with: { message: tick, sleep_ms: 20 }"
+      [ "$i" -gt 1 ] && echo "    needs: t$((i - 1))"
+    done
+  } >"$work/workflows/tick.yaml"
 fi
 
 export SHIPHAT_PLUGIN_PATH="$plugins" SHIPHAT_CACHE_DIR="$work/cache"
@@ -327,6 +339,39 @@ PY
     round 3 "$done_runs"
     throughput_rows
 
+    # Events across daemons: runs started through daemon 1 (whichever daemon claims them),
+    # each followed through daemon 2's event stream; for each event that arrives live (stamped
+    # after the stream opened), its arrival less the time the runner stamped it.
+    echo "event streams across daemons" >&2
+    local sse
+    sse=$(python3 - "${urls[1]}" "${urls[2]}" "$token" "$([ "$quick" = 1 ] && echo 1 || echo 5)" <<'PY'
+import datetime, json, sys, time, urllib.request
+start_url, follow_url, token, runs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+auth = {"Authorization": "Bearer " + token}
+late = []
+for _ in range(runs):
+    request = urllib.request.Request(start_url + "/api/v1/runs", data=b'{"workflow": "tick"}',
+                                     headers=dict(auth, **{"Content-Type": "application/json"}))
+    run = json.load(urllib.request.urlopen(request, timeout=60))["id"]
+    stream = urllib.request.Request(follow_url + "/api/v1/runs/" + run + "/events", headers=auth)
+    with urllib.request.urlopen(stream, timeout=60) as events:
+        opened = time.time()
+        for line in events:
+            if not line.startswith(b"data:"):
+                continue
+            now = time.time()
+            event = json.loads(line[5:])
+            stamped = datetime.datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+            if stamped > opened:
+                late.append((now - stamped) * 1000)
+            if event["event"] == "run_finished":
+                break
+late.sort()
+print("%d events: median %.1f ms, p95 %.1f ms, max %.1f ms" % (
+    len(late), late[len(late) // 2], late[int(len(late) * 0.95)], late[-1]))
+PY
+)
+
     # The takeover: a run on one daemon, that daemon killed, the run watched through another.
     # Which daemon holds the run is the store's to say (`lease_owner`, `HOST:PID:RANDOM`).
     cat >"$work/watch.py" <<'PY'
@@ -386,6 +431,7 @@ PY
       'BEGIN { printf "| idle RSS of each fresh daemon (1 / 2 / 3) | %.1f / %.1f / %.1f MiB |  |\n", a / 1024, b / 1024, c / 1024 }'
     echo "| takeover after \`kill -9\`: the lease's recorded end to \`running\` on another daemon, polled every 50 ms (lease ${expires_ms} ms, renewed every ${renew_ms} ms; min / median / max of $trials) | $(spread "${from_expiry[@]}") | ≤ 1000 ms |"
     echo "| the same, from the kill + ${expires_ms} ms | $(spread "${from_kill[@]}") |  |"
+    echo "| an event committed through one daemon, to an event stream of another: the runner's time stamp to the client's read | $sse | ≤ 100 ms |"
   }
   bench_postgres
   exit 0
