@@ -2721,7 +2721,15 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
     // Started on A, which alone was up when it was claimed; cancelled through B.
     let long = json!({"workflow": "web", "inputs": {"sleep": 60000}});
     let id = start_run(&a, &admin, long.clone());
-    wait_run(&a, &admin, &id, deploying);
+    let running = wait_run(&a, &admin, &id, deploying);
+    // Which daemon runs it: its host, process and a random part.
+    let pid = a.child.id().to_string();
+    assert!(
+        running["daemon"]
+            .as_str()
+            .is_some_and(|d| d.split(':').nth(1) == Some(pid.as_str())),
+        "{running}"
+    );
     let mut b = start_one(1);
     let (status, body) = call(
         &b,
@@ -2765,6 +2773,7 @@ fn a_run_on_one_daemon_is_cancelled_through_another_and_handed_over_when_it_stop
     assert_eq!(status, 202, "{body}");
     let run = wait_run(&b, &admin, &id, terminal);
     assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["daemon"], Value::Null, "{run}");
     assert_eq!(step_of(&run, "build")["attempts"], 1, "{run}");
 }
 

@@ -96,6 +96,9 @@ pub struct RunView {
     pub queue_position: Option<u64>,
     /// For a queued run waiting for its key: the run holding it.
     pub waiting_on: Option<String>,
+    /// For a running run: the daemon that runs it (`HOST:PID:RANDOM`, new at each start of a
+    /// daemon), when several share a database.
+    pub daemon: Option<String>,
     /// The run's `environment` input, when it has one.
     pub environment: Option<String>,
     pub created_at: String,

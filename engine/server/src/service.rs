@@ -1144,6 +1144,7 @@ pub(crate) fn run_view(app: &App, run: &Run) -> RunView {
         concurrency_key: run.concurrency_key.clone(),
         queue_position,
         waiting_on,
+        daemon: run.daemon.clone(),
         environment: run
             .inputs
             .get("environment")

@@ -200,6 +200,7 @@ impl NewRun {
             created_ms,
             started_ms: None,
             finished_ms: None,
+            daemon: None,
         }
     }
 }
@@ -222,6 +223,8 @@ pub struct Run {
     pub created_ms: i64,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
+    /// While the run is `running`: the daemon whose lease holds it (`HOST:PID:RANDOM`).
+    pub daemon: Option<String>,
 }
 
 /// A step as recorded.

@@ -423,8 +423,10 @@ const APPEND_DETAIL: &str = "CASE WHEN $3::text IS NULL THEN detail \
     THEN detail \
     ELSE detail || '; ' || $3::text END";
 
+/// A run's columns; `lease_owner` only while it runs (a lease outlives its run's end).
 const RUN_COLUMNS: &str = "id, workflow, inputs, principal, dry_run, concurrency_key, \
-    idempotency_key, status, detail, created_ms, started_ms, finished_ms";
+    idempotency_key, status, detail, created_ms, started_ms, finished_ms, \
+    CASE WHEN status = 'running' THEN lease_owner END";
 
 /// A status or section from its stored name.
 fn named<T>(text: &str, parse: fn(&str) -> Option<T>, table: &'static str) -> Result<T> {
@@ -448,6 +450,7 @@ fn run_from_row(row: &Row) -> Result<Run> {
         created_ms: row.try_get(9)?,
         started_ms: row.try_get(10)?,
         finished_ms: row.try_get(11)?,
+        daemon: row.try_get(12)?,
     })
 }
 
@@ -850,7 +853,7 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
         if let Some(row) = row {
             let fence = Fence {
                 owner: owner.to_owned(),
-                epoch: row.try_get(12)?,
+                epoch: row.try_get(13)?,
             };
             started.push((run_from_row(&row)?, fence));
         }

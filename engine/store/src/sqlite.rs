@@ -369,8 +369,10 @@ const APPEND_DETAIL: &str = "CASE WHEN ?3 IS NULL THEN detail \
     WHEN detail = ?3 OR substr(detail, -length(?3) - 2) = '; ' || ?3 THEN detail \
     ELSE detail || '; ' || ?3 END";
 
+/// A run's columns; `lease_owner` only while it runs (a lease outlives its run's end).
 const RUN_COLUMNS: &str = "id, workflow, inputs, principal, dry_run, concurrency_key, \
-    idempotency_key, status, detail, created_ms, started_ms, finished_ms";
+    idempotency_key, status, detail, created_ms, started_ms, finished_ms, \
+    CASE WHEN status = 'running' THEN lease_owner END";
 
 fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String)> {
     Ok((
@@ -387,6 +389,7 @@ fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String)> {
             created_ms: row.get(9)?,
             started_ms: row.get(10)?,
             finished_ms: row.get(11)?,
+            daemon: row.get(12)?,
         },
         row.get(2)?,
     ))

@@ -734,6 +734,12 @@ fn claims_start_one_run_per_key_in_order_whoever_claims(t: &Tested) {
     let a = claimed(store, "a", 1);
     assert_eq!(ids(&a), ["01a"]);
     assert_eq!(a[0].1.owner, "a");
+    // The API says which daemon runs a run, and only while it runs.
+    assert_eq!(
+        store.run("01a").unwrap().unwrap().daemon.as_deref(),
+        Some("a")
+    );
+    assert_eq!(store.run("01b").unwrap().unwrap().daemon, None);
     // Another daemon: the key is running elsewhere, so only the run without one.
     let b = store.claim("b", LEASE_MS, 10).unwrap();
     let started: Vec<_> = b.started.iter().map(|(r, _)| r.id.as_str()).collect();
@@ -755,6 +761,7 @@ fn claims_start_one_run_per_key_in_order_whoever_claims(t: &Tested) {
     let b = claimed(store, "b", 10);
     assert_eq!(ids(&b), ["01b"]);
     let first = store.run("01a").unwrap().unwrap();
+    assert_eq!(first.daemon, None);
     let second = store.run("01b").unwrap().unwrap();
     assert!(first.finished_ms.unwrap() <= second.started_ms.unwrap());
 }
