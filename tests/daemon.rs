@@ -2499,26 +2499,23 @@ fn signal(daemon: &Daemon, signal: libc::c_int) {
     );
 }
 
-/// Waits until `daemon` runs a run, by its `runs_running` metric.
-fn wait_running(daemon: &Daemon) {
-    let started = Instant::now();
-    loop {
-        let (status, _, text) = daemon.call("GET", "/metrics", &[], None);
-        assert_eq!(status, 200);
-        let running = text
-            .as_str()
-            .unwrap()
-            .lines()
-            .filter(|l| l.contains("runs_running") && !l.starts_with('#'))
-            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-            .next()
-            .unwrap_or(0.0);
-        if running >= 1.0 {
-            return;
-        }
-        assert!(started.elapsed() < DEADLINE, "the daemon never ran a run");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Whether `holder` has a run `running` under its lease, as the runs' `daemon` field read
+/// through `reader` says (`HOST:PID:RANDOM`).
+fn holds_running(reader: &Daemon, token: &str, holder: &Daemon) -> bool {
+    let (status, running) = call(
+        reader,
+        "GET",
+        "/api/v1/runs?status=running&limit=500",
+        Some(token),
+        None,
+    );
+    assert_eq!(status, 200, "{running}");
+    let pid = format!(":{}:", holder.child.id());
+    running["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|run| run["daemon"].as_str().is_some_and(|d| d.contains(&pid)))
 }
 
 #[test]
@@ -2549,6 +2546,7 @@ fn three_daemons_on_one_database_lose_nothing_through_kills_and_a_pause() {
     let mut followers = Vec::new();
     let mut kills = 0;
     let mut paused: Option<(usize, Instant)> = None;
+    let mut pause_done = false;
     let keys = ["a", "b", "c", "d"];
     for i in 0..RUNS {
         // Round-robin over the daemons that answer.
@@ -2581,13 +2579,21 @@ fn three_daemons_on_one_database_lose_nothing_through_kills_and_a_pause() {
             addrs.lock().unwrap()[k] = Some(daemons[k].addr.clone());
             kills += 1;
         }
-        if i == RUNS / 2 {
-            // Paused past its lease (1 s), with runs of its own in flight.
+        if i >= RUNS / 2 && !pause_done {
+            // Paused past its lease (1 s), with runs of its own in flight. A run lasts about
+            // 45 ms, so one seen running a moment ago may have ended before the signal: the
+            // database, read through another daemon, says whether the paused one holds any
+            // now; if not, it goes on and the pause is tried again after the next run.
             let p = 2;
-            wait_running(&daemons[p]);
             addrs.lock().unwrap()[p] = None;
             signal(&daemons[p], libc::SIGSTOP);
-            paused = Some((p, Instant::now()));
+            if holds_running(&daemons[0], &admin, &daemons[p]) {
+                paused = Some((p, Instant::now()));
+                pause_done = true;
+            } else {
+                signal(&daemons[p], libc::SIGCONT);
+                addrs.lock().unwrap()[p] = Some(daemons[p].addr.clone());
+            }
         }
         if let Some((p, since)) = paused
             && since.elapsed() > Duration::from_millis(2500)
@@ -2603,6 +2609,10 @@ fn three_daemons_on_one_database_lose_nothing_through_kills_and_a_pause() {
         addrs.lock().unwrap()[p] = Some(daemons[p].addr.clone());
     }
     assert_eq!(kills, KILLS);
+    assert!(
+        pause_done,
+        "daemon 2 never held a running run when it was paused"
+    );
     // Awake again, the paused daemon found its runs taken over, and stopped them without
     // writing (the checks below find none of its late writes).
     daemons[2].wait_for_stderr("is no longer this daemon's", DEADLINE);
