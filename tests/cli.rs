@@ -1000,3 +1000,144 @@ steps:
         assert!(run.stderr.contains(line), "no `{line}` in {}", run.stderr);
     }
 }
+
+/// A build, an approval, and a rollback that says how the approval ended.
+const APPROVAL: &str = r#"
+name: ask
+steps:
+  - id: build
+    uses: echo
+    with: { message: built }
+  - id: decide
+    name: Ship it
+    needs: build
+    approval:
+      message: "ship build ${{ run.id }}?"
+      approvers: { roles: [deployer] }
+on_failure:
+  - id: rollback
+    uses: echo
+    with: { message: "rolled back: ${{ steps.decide.outputs.decision }} ${{ steps.decide.outputs.comment }}" }
+"#;
+
+#[test]
+fn an_approval_without_a_terminal_fails_and_says_how_to_approve() {
+    // Issue 18: a one-shot run with nobody at a terminal cannot ask; the step fails, the
+    // safety net runs, and the message names `--approve STEP` and the daemon's ways.
+    let dir = TestDir::new();
+    let run = dir.run(APPROVAL, &[]);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let (kind, message) = run.error("decide");
+    assert_eq!(kind, "setup");
+    for needle in [
+        "no terminal to ask",
+        "`--approve decide`",
+        "role `deployer`",
+    ] {
+        assert!(message.contains(needle), "no `{needle}` in {message}");
+    }
+    assert_eq!(run.status("rollback"), "succeeded");
+    assert_eq!(run.step("decide")["outputs"]["decision"], "unavailable");
+}
+
+#[test]
+fn approve_on_the_command_line_approves_in_advance_and_names_only_approval_steps() {
+    let dir = TestDir::new();
+    let run = dir.run(APPROVAL, &["--approve", "decide"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let outputs = &run.step("decide")["outputs"];
+    assert_eq!(outputs["decision"], "approved");
+    assert_eq!(outputs["comment"], "approved in advance with --approve");
+    assert!(
+        !run.events.iter().any(|e| e["step"] == "rollback"),
+        "on_failure did not run: {}",
+        run.stdout
+    );
+
+    // A step that is not an approval, or does not exist, is refused before anything runs.
+    for step in ["build", "nope"] {
+        let run = dir.run(APPROVAL, &["--approve", step]);
+        assert_eq!(run.code, 2, "{}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!(
+                "has no approval step `{step}`; its approval steps are decide"
+            )),
+            "{}",
+            run.stderr
+        );
+        assert!(run.events.is_empty(), "nothing ran: {:?}", run.events);
+    }
+}
+
+/// Runs `shiphat ARGS` on a pseudo-terminal (util-linux `script`), typing `typed`; returns
+/// the exit code and everything the terminal showed.
+fn on_a_terminal(dir: &TestDir, args: &[&str], typed: &str) -> (i32, String) {
+    use std::io::{Read, Write};
+    let shiphat = dir.shiphat();
+    let line = std::iter::once(env!("CARGO_BIN_EXE_shiphat"))
+        .chain(args.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = std::process::Command::new("script");
+    script
+        .args(["--quiet", "--return", "--command", &line, "/dev/null"])
+        .current_dir(dir.path());
+    for (key, value) in shiphat.get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let mut child = script
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux `script` runs the test on a terminal; install bsdutils");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(typed.as_bytes())
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut shown = String::new();
+        stdout.read_to_string(&mut shown).unwrap();
+        shown
+    });
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run on a terminal never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status.code().unwrap_or(-1), reader.join().unwrap())
+}
+
+#[test]
+fn a_run_on_a_terminal_asks_the_person_at_the_keyboard() {
+    // Issue 18: y approves; anything else rejects, with the reason typed after it, and the
+    // rollback reads it.
+    let dir = TestDir::new();
+    dir.write("ask.yaml", APPROVAL);
+    let (code, shown) = on_a_terminal(&dir, &["run", "ask.yaml"], "y\n");
+    assert_eq!(code, 0, "{shown}");
+    assert!(shown.contains("needs approval (60m at most)"), "{shown}");
+    assert!(shown.contains("ship build "), "{shown}");
+    assert!(shown.contains("Approve? [y/N]"), "{shown}");
+    assert!(shown.contains("approved by "), "{shown}");
+
+    let (code, shown) = on_a_terminal(&dir, &["run", "ask.yaml"], "n\nnot on a Friday\n");
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("Why (optional)?"), "{shown}");
+    assert!(shown.contains("(\"not on a Friday\")"), "{shown}");
+    assert!(
+        shown.contains("rolled back: rejected not on a Friday"),
+        "{shown}"
+    );
+}

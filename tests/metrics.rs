@@ -552,6 +552,41 @@ fn a_workflow_routes_an_inconclusive_verdict_apart_from_a_failed_one() {
     assert_eq!(run.status("rollback"), "succeeded");
 }
 
+// Issue 18: with `on_inconclusive: succeed` an Inconclusive verdict does not fail the step, so
+// a later step (an approval) can route on it; a Failed verdict still fails it.
+#[test]
+fn on_inconclusive_succeed_passes_an_inconclusive_verdict_on_and_still_fails_a_breach() {
+    let dir = TestDir::new();
+    let app = App::start(&requests(1000, 30));
+    let routed = |app: &App| {
+        routed_on_the_verdict(app)
+            .replace(
+                "      provider:",
+                "      on_inconclusive: succeed\n      provider:",
+            )
+            .replace("if: failure() && steps.verify", "if: steps.verify")
+    };
+    let run = dir.run(&routed(&app), &[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let verify = run.step("verify");
+    assert_eq!(verify["status"], "succeeded");
+    assert_eq!(verify["outputs"]["verdict"], "Inconclusive");
+    assert!(
+        verify["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("metrics inconclusive: error_rate 0.03 met neither"),
+        "{verify}"
+    );
+    assert_eq!(run.status("hold"), "succeeded");
+
+    app.set(&requests(1000, 100));
+    let run = dir.run(&routed(&app), &[]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert_eq!(run.step("verify")["outputs"]["verdict"], "Failed");
+    assert_eq!(run.status("rollback"), "succeeded");
+}
+
 #[test]
 fn the_scrape_provider_reads_the_app_directly() {
     let app = App::start(&requests(1000, 4));

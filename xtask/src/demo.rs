@@ -22,8 +22,17 @@ pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 /// The release whose app fails 8% of its requests.
 pub const BAD_RELEASE: &str = "3";
 
-/// Each release's error ratio: 1 and 2 are healthy, 3 is the bad one.
-const RELEASES: [(&str, f64); 3] = [("1", 0.002), ("2", 0.003), (BAD_RELEASE, 0.08)];
+/// The release whose app fails 3% of its requests: neither healthy (below 1%) nor bad (5% or
+/// more), so the verifier's verdict is Inconclusive and a person decides.
+pub const INCONCLUSIVE_RELEASE: &str = "4";
+
+/// Each release's error ratio: 1 and 2 are healthy, 3 is the bad one, 4 the doubtful one.
+const RELEASES: [(&str, f64); 4] = [
+    ("1", 0.002),
+    ("2", 0.003),
+    (BAD_RELEASE, 0.08),
+    (INCONCLUSIVE_RELEASE, 0.03),
+];
 
 pub struct Demo {
     dir: PathBuf,

@@ -5,6 +5,7 @@
 //! `wasm32-wasip2` target first when it is missing. `cargo xtask expr-conformance DIR` measures
 //! shiphat's expressions against GitHub's own test data.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,6 +22,7 @@ usage: cargo xtask <task>
 tasks:
   demo      build the engine and the plugins, prepare a demo target, deploy release 2 with
             workflows/deploy.yaml (`demo --bad`: a release whose metrics breach, rolled back;
+            `demo --inconclusive`: metrics neither good nor bad, a person approves or rejects;
             `demo --serve`: the daemon and its web page on http://127.0.0.1:7300/ instead)
   test      build the plugins, install what the tests need (prometheus, postgresql, curl,
             strace, chromium from Debian, componentize-py and ansible-core from PyPI,
@@ -116,6 +118,7 @@ pub(crate) fn plugins() -> Result<()> {
 
 fn demo(args: &[String]) -> Result<()> {
     let bad = args.iter().any(|a| a == "--bad");
+    let inconclusive = args.iter().any(|a| a == "--inconclusive");
     plugins()?;
     run(cargo()
         .current_dir(root())
@@ -134,6 +137,11 @@ fn demo(args: &[String]) -> Result<()> {
             .arg(&workflow)
             .args(["--input", &format!("release={release}")])
             .args(["--input", &format!("metrics_url={metrics_url}")]);
+        // On a terminal the person running the demo answers the approval; without one (a
+        // script, CI) it is approved in advance, so the path still shows end to end.
+        if release == demo::INCONCLUSIVE_RELEASE && !std::io::stdin().is_terminal() {
+            command.args(["--approve", "decide"]);
+        }
         if quiet {
             command.arg("--json").stdout(std::process::Stdio::null());
         }
@@ -148,7 +156,13 @@ fn demo(args: &[String]) -> Result<()> {
     if deploy("1", true)? != 0 {
         bail!("deploying release 1 to prepare the demo failed; run it by hand to see why");
     }
-    let release = if bad { demo::BAD_RELEASE } else { "2" };
+    let release = if bad {
+        demo::BAD_RELEASE
+    } else if inconclusive {
+        demo::INCONCLUSIVE_RELEASE
+    } else {
+        "2"
+    };
     eprintln!("xtask: deploying release {release} over release 1\n");
     let code = deploy(release, false)?;
     eprintln!(

@@ -17,6 +17,7 @@ macro_rules! errln {
     ($($arg:tt)*) => { $crate::output::write_line(&mut ::std::io::stderr().lock(), format_args!($($arg)*)) };
 }
 
+mod ask;
 mod client;
 mod output;
 mod plugin_cmd;
@@ -83,6 +84,11 @@ enum Command {
         /// Ask every plugin to report what it would do and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Approve this approval step in advance instead of being asked at the terminal;
+        /// repeat for several. Without a terminal, an approval step that is not approved
+        /// this way fails.
+        #[arg(long = "approve", value_name = "STEP")]
+        approve: Vec<String>,
         /// Run on this daemon (e.g. http://127.0.0.1:7300) instead of here; FILE may then
         /// also be the name of a workflow the daemon serves. An exported `SHIPHAT_SERVER`
         /// makes every `run` remote; unset it (or `SHIPHAT_SERVER= shiphat run`) to run here.
@@ -385,18 +391,28 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             inputs,
             json,
             dry_run,
+            approve,
             server: Some(server),
             token,
             engine: _,
-        } if !server.is_empty() => client::run(&server, token, &file, &inputs, json, dry_run),
+        } if !server.is_empty() => {
+            if let Some(step) = approve.first() {
+                return Err(Invalid(format!(
+                    "--approve {step}: on a daemon, approvers decide once the run waits: `shiphat runs approve RUN --step {step}`"
+                ))
+                .into());
+            }
+            client::run(&server, token, &file, &inputs, json, dry_run)
+        }
         Command::Run {
             file,
             inputs,
             json,
             dry_run,
+            approve,
             engine,
             ..
-        } => run(&file, &inputs, json, dry_run, &engine).await,
+        } => run(&file, &inputs, json, dry_run, approve, &engine).await,
         Command::Serve {
             listen,
             workflows,
@@ -459,10 +475,33 @@ async fn run(
     inputs: &[String],
     json: bool,
     dry_run: bool,
+    approve: Vec<String>,
     engine: &EngineArgs,
 ) -> anyhow::Result<u8> {
     let runner = engine.runner()?;
     let prepared = prepare(&runner, file).await?;
+    let approval_steps: Vec<&str> = prepared
+        .workflow
+        .all_steps()
+        .filter(|s| matches!(s.kind, shiphat_workflow::StepKind::Approval(_)))
+        .map(|s| s.id.as_str())
+        .collect();
+    if let Some(step) = approve
+        .iter()
+        .find(|step| !approval_steps.contains(&step.as_str()))
+    {
+        let known = if approval_steps.is_empty() {
+            "it has none".to_owned()
+        } else {
+            format!("its approval steps are {}", approval_steps.join(", "))
+        };
+        return Err(Invalid(format!(
+            "--approve {step}: `{}` has no approval step `{step}`; {known}",
+            file.display()
+        ))
+        .into());
+    }
+    let runner = runner.with_approver(Arc::new(ask::Terminal { approved: approve }));
     let given = inputs
         .iter()
         .map(|pair| {

@@ -124,9 +124,16 @@ pub fn human_sink(workflow: &Workflow) -> Sink {
         .filter(|s| !s.allow.write.is_empty() || !s.allow.http.is_empty())
         .map(|s| s.id.clone())
         .collect();
+    let approvals = workflow
+        .all_steps()
+        .filter(|s| matches!(s.kind, shiphat_workflow::StepKind::Approval(_)))
+        .map(|s| s.id.clone())
+        .collect();
     let state = Mutex::new(Human {
         multi,
         live,
+        approvals,
+        asking: Vec::new(),
         width,
         bars: HashMap::new(),
         on_failure_ran: Vec::new(),
@@ -139,6 +146,11 @@ pub fn human_sink(workflow: &Workflow) -> Sink {
 struct Human {
     multi: MultiProgress,
     live: bool,
+    /// The ids of the approval steps: while one waits, a person is asked on the terminal, so
+    /// the spinners stop drawing and lines are printed plainly.
+    approvals: Vec<String>,
+    /// The approval steps waiting now.
+    asking: Vec<String>,
     width: usize,
     bars: HashMap<String, ProgressBar>,
     on_failure_ran: Vec<String>,
@@ -150,7 +162,7 @@ struct Human {
 
 impl Human {
     fn print(&self, line: String) {
-        if self.live {
+        if self.live && self.asking.is_empty() {
             let _ = self.multi.println(line);
         } else {
             outln!("{line}");
@@ -180,6 +192,13 @@ impl Human {
                 ..
             } => {
                 if !self.live {
+                    return;
+                }
+                if self.approvals.contains(&step) {
+                    if self.asking.is_empty() {
+                        self.multi.set_draw_target(ProgressDrawTarget::hidden());
+                    }
+                    self.asking.push(step);
                     return;
                 }
                 let bar = self.bars.entry(step).or_insert_with(|| {
@@ -226,6 +245,12 @@ impl Human {
                 if let Some(bar) = self.bars.remove(&step) {
                     bar.finish_and_clear();
                     self.multi.remove(&bar);
+                }
+                if let Some(at) = self.asking.iter().position(|s| *s == step) {
+                    self.asking.remove(at);
+                    if self.asking.is_empty() {
+                        self.multi.set_draw_target(ProgressDrawTarget::stdout());
+                    }
                 }
                 if section == Section::OnFailure && status != StepStatus::Skipped {
                     self.on_failure_ran.push(step.clone());

@@ -10,6 +10,7 @@
 //! The runner never prints and never parses YAML; it does not know wasmtime either, only the
 //! plain interface of `shiphat-host`.
 
+mod approval;
 mod event;
 mod plugins;
 mod secrets;
@@ -28,9 +29,10 @@ use serde_json::{Map, Value};
 use shiphat_host::{
     Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo, Redactor,
 };
-use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Status, Step, Workflow};
+use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Status, Step, StepKind, Workflow};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::approval::{ApprovalRequest, Approver, Decision, Vote};
 pub use crate::plugins::PluginPath;
 pub use crate::secrets::Secrets;
 pub use shiphat_protocol::{
@@ -63,10 +65,19 @@ pub struct Runner {
     host: Host,
     plugin_path: PluginPath,
     secrets: Secrets,
+    /// Who approval steps ask.
+    approver: Arc<dyn Approver>,
 }
 
-/// A step ready to run: its plugin loaded and its schema compiled.
-struct PreparedStep {
+/// A step ready to run.
+enum PreparedStep {
+    Plugin(PreparedPlugin),
+    /// An approval step: nothing to load.
+    Approval,
+}
+
+/// A plugin step ready to run: its plugin loaded and its schema compiled.
+struct PreparedPlugin {
     plugin: Arc<Plugin>,
     info: PluginInfo,
     schema: Arc<ConfigSchema>,
@@ -83,12 +94,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// The plugin behind each step, in [`Workflow::all_steps`] order.
+    /// The plugin behind each plugin step, in [`Workflow::all_steps`] order.
     pub fn plugins(&self) -> impl Iterator<Item = (&Step, &Plugin, &PluginInfo)> {
         self.workflow
             .all_steps()
             .zip(&self.steps)
-            .map(|(step, prepared)| (step, prepared.plugin.as_ref(), &prepared.info))
+            .filter_map(|(step, prepared)| match prepared {
+                PreparedStep::Plugin(p) => Some((step, p.plugin.as_ref(), &p.info)),
+                PreparedStep::Approval => None,
+            })
     }
 }
 
@@ -220,7 +234,15 @@ impl Runner {
             host,
             plugin_path,
             secrets,
+            approver: approval::nobody(),
         }
+    }
+
+    /// Approval steps ask `approver`. Without one they fail at once, saying nobody can be
+    /// asked.
+    pub fn with_approver(mut self, approver: Arc<dyn Approver>) -> Self {
+        self.approver = approver;
+        self
     }
 
     /// Where `uses: NAME` plugins are looked for.
@@ -244,9 +266,13 @@ impl Runner {
         let mut loads: HashMap<Key, tokio::task::JoinHandle<_>> = HashMap::new();
         let mut keys = Vec::new();
         for step in workflow.all_steps() {
+            let Some(uses) = step.kind.plugin() else {
+                keys.push(None);
+                continue;
+            };
             let key = self
                 .plugin_path
-                .resolve(&step.uses)
+                .resolve(uses)
                 .map(|(path, pinned)| (path, pinned, step.limits.stack));
             if let Ok(key) = &key {
                 loads.entry(key.clone()).or_insert_with(|| {
@@ -264,7 +290,7 @@ impl Runner {
                     })
                 });
             }
-            keys.push(key);
+            keys.push(Some(key));
         }
         let mut loaded = HashMap::new();
         for (key, load) in loads {
@@ -278,6 +304,10 @@ impl Runner {
         let mut problems = Vec::new();
         let mut schemas = HashMap::new();
         for (step, key) in workflow.all_steps().zip(keys) {
+            let Some(key) = key else {
+                steps.push(PreparedStep::Approval);
+                continue;
+            };
             let loaded = key.and_then(|key| loaded[&key].clone());
             match Self::check_step(&workflow, step, loaded, &mut schemas) {
                 Ok(prepared) => steps.push(prepared),
@@ -334,12 +364,12 @@ impl Runner {
             .literal()
             .filter(|config| schema.validate(config).is_ok())
             .map(|config| Arc::from(config.to_string()));
-        Ok(PreparedStep {
+        Ok(PreparedStep::Plugin(PreparedPlugin {
             plugin,
             info,
             schema,
             literal_config,
-        })
+        }))
     }
 
     /// Runs a prepared workflow to the end and reports how it went. A [`Stop`] cancels the
@@ -622,15 +652,21 @@ impl Runner {
                         } else {
                             run.stop.token(section).clone()
                         };
+                        let work = match &prepared[index] {
+                            PreparedStep::Plugin(p) => Work::Plugin {
+                                plugin: p.plugin.clone(),
+                                schema: p.schema.clone(),
+                                literal_config: p.literal_config.clone(),
+                            },
+                            PreparedStep::Approval => Work::Approval,
+                        };
                         let job = StepJob {
                             runner: self.clone(),
                             run: run.clone(),
                             stop,
                             section,
                             step: step.clone(),
-                            plugin: prepared[index].plugin.clone(),
-                            schema: prepared[index].schema.clone(),
-                            literal_config: prepared[index].literal_config.clone(),
+                            work,
                         };
                         running.push(async move { (index, job.run().await) });
                     }
@@ -839,10 +875,19 @@ struct StepJob {
     stop: CancellationToken,
     section: Section,
     step: Step,
-    plugin: Arc<Plugin>,
-    schema: Arc<ConfigSchema>,
-    /// See [`PreparedStep::literal_config`].
-    literal_config: Option<Arc<str>>,
+    work: Work,
+}
+
+/// What a step's attempt does.
+enum Work {
+    Plugin {
+        plugin: Arc<Plugin>,
+        schema: Arc<ConfigSchema>,
+        /// See [`PreparedPlugin::literal_config`].
+        literal_config: Option<Arc<str>>,
+    },
+    /// Asks the runner's approver.
+    Approval,
 }
 
 /// A step's `with:` block for one attempt.
@@ -988,8 +1033,126 @@ impl StepJob {
         Verdict::Failed
     }
 
-    /// Resolves the step's expressions and grants, then calls the plugin once.
+    /// Runs the step once: calls its plugin, or asks for its approval.
     async fn attempt(&self, attempt: u32) -> AttemptEnd {
+        match &self.work {
+            Work::Plugin {
+                plugin,
+                schema,
+                literal_config,
+            } => {
+                self.call_plugin(attempt, plugin, schema, literal_config.as_ref())
+                    .await
+            }
+            Work::Approval => self.ask().await,
+        }
+    }
+
+    /// Resolves the approval's message, asks the runner's approver and waits, at most the
+    /// step's timeout, for its decision. A dry run asks nobody: it says who would be asked.
+    async fn ask(&self) -> AttemptEnd {
+        let step = &self.step;
+        let StepKind::Approval(approval) = &step.kind else {
+            unreachable!("only approval steps are asked")
+        };
+        let message = match self
+            .run
+            .with_scope(|scope| approval.message.eval_string(scope))
+        {
+            Ok(message) => self.run.redactor.redact(&message),
+            Err(e) => {
+                return AttemptEnd::Failed {
+                    error: StepError {
+                        kind: ErrorKind::Setup,
+                        message: format!("cannot resolve the approval `message`: {e}"),
+                    },
+                    outputs: Map::new(),
+                };
+            }
+        };
+        let request = ApprovalRequest {
+            run_id: self.run.run_id.clone(),
+            workflow: self.run.workflow.name.clone(),
+            step: step.id.clone(),
+            step_name: step.name.clone(),
+            message,
+            roles: approval.roles.clone(),
+            principals: approval.principals.clone(),
+            required: approval.required,
+            allow_self: approval.allow_self,
+            timeout: step.limits.timeout,
+        };
+        if self.run.dry_run {
+            let mut outputs = Map::new();
+            outputs.insert("decision".into(), "dry_run".into());
+            return AttemptEnd::Succeeded {
+                outputs,
+                summary: format!(
+                    "dry run: would ask {} ({} needed): {}",
+                    request.who(),
+                    request.required,
+                    request.message
+                ),
+            };
+        }
+        self.run.log(
+            &step.id,
+            LogLevel::Info,
+            format!(
+                "waiting for approval by {} ({} needed, {} at most): {}",
+                request.who(),
+                request.required,
+                shiphat_host::fmt_duration(request.timeout),
+                request.message
+            ),
+        );
+        let timeout = request.timeout;
+        // The approver counts the timeout from when the step first asked, which may be before
+        // a restart; this one is only a backstop for an approver that never answers.
+        let decision = tokio::time::timeout(timeout, self.runner.approver.ask(request))
+            .await
+            .unwrap_or(Decision::TimedOut {
+                approvals: Vec::new(),
+            });
+        let outputs = approval::outputs(&decision);
+        let text = approval::describe(&decision, timeout);
+        match decision {
+            Decision::Approved(_) => AttemptEnd::Succeeded {
+                outputs,
+                summary: text,
+            },
+            Decision::Rejected { .. } => AttemptEnd::Failed {
+                error: StepError {
+                    kind: ErrorKind::Failed,
+                    message: text,
+                },
+                outputs,
+            },
+            Decision::TimedOut { .. } => AttemptEnd::Failed {
+                error: StepError {
+                    kind: ErrorKind::Timeout,
+                    message: text,
+                },
+                outputs,
+            },
+            Decision::Unavailable(_) => AttemptEnd::Failed {
+                error: StepError {
+                    kind: ErrorKind::Setup,
+                    message: text,
+                },
+                outputs,
+            },
+        }
+    }
+
+    /// Resolves the step's expressions and grants, then calls the plugin once.
+    async fn call_plugin(
+        &self,
+        attempt: u32,
+        plugin: &Arc<Plugin>,
+        schema: &ConfigSchema,
+        literal_config: Option<&Arc<str>>,
+    ) -> AttemptEnd {
         let step = &self.step;
         let setup = |message: String| AttemptEnd::Failed {
             error: StepError {
@@ -1001,7 +1164,7 @@ impl StepJob {
         let resolved = self
             .run
             .with_scope(|scope| -> std::result::Result<_, String> {
-                let config = match &self.literal_config {
+                let config = match literal_config {
                     Some(literal) => WithBlock::Checked(Arc::clone(literal)),
                     None => WithBlock::Resolved(
                         step.with
@@ -1029,7 +1192,7 @@ impl StepJob {
         let config = match config {
             WithBlock::Checked(literal) => literal.to_string(),
             WithBlock::Resolved(config) => {
-                if let Err(problems) = self.schema.validate(&config) {
+                if let Err(problems) = schema.validate(&config) {
                     return AttemptEnd::Failed {
                         error: StepError {
                             kind: ErrorKind::InvalidConfig,
@@ -1088,7 +1251,7 @@ impl StepJob {
             logs,
             redactor: self.run.redactor.clone(),
         };
-        match self.runner.host.run(&self.plugin, call).await {
+        match self.runner.host.run(plugin, call).await {
             Outcome::Succeeded { outputs, summary } => AttemptEnd::Succeeded { outputs, summary },
             Outcome::Failed { message, outputs } => AttemptEnd::Failed {
                 error: StepError {

@@ -14,6 +14,9 @@
 //! - `# cancel at: LINE`, `# abort at: LINE`, `# escalate at: LINE`: stop the run with
 //!   `Stop::cancel`, `abort` or `escalate`, from the event sink, when the first event whose line
 //!   starts with `LINE` is emitted, before the runner goes on.
+//! - `# decide: STEP approve|reject|never PRINCIPAL [COMMENT]`: how approval step `STEP` is
+//!   decided (`never`: nobody answers, so its timeout ends it). An approval step without a
+//!   `decide` line finds nobody to ask.
 //! - `# hold: LINE until OTHER`: the first event whose line starts with `LINE`, a step's start
 //!   or the run's end, is not durable (`Runner::run_durable`) until an event starting with
 //!   `OTHER` has been emitted: a held start keeps its step from calling its plugin, as a slow
@@ -44,8 +47,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use shiphat_host::{Host, HostConfig};
 use shiphat_runner::{
-    Durable, Event, PluginPath, PriorStep, RunOptions, RunReport, Runner, Secrets, Section,
-    StepStatus, Stop,
+    ApprovalRequest, Approver, Decision, Durable, Event, PluginPath, PriorStep, RunOptions,
+    RunReport, Runner, Secrets, Section, StepStatus, Stop, Vote,
 };
 use shiphat_workflow::{Step, Workflow};
 
@@ -65,6 +68,50 @@ struct Case {
     prior: Vec<PriorStep>,
     triggers: Vec<Trigger>,
     holds: Vec<Hold>,
+    decisions: Vec<Decide>,
+}
+
+/// How the case's approver answers for one approval step.
+#[derive(Clone)]
+struct Decide {
+    step: String,
+    /// `approve`, `reject` or `never`.
+    how: String,
+    principal: String,
+    comment: String,
+}
+
+/// Answers approval steps as the case's `decide` lines say.
+struct Scripted(Vec<Decide>);
+
+impl Approver for Scripted {
+    fn ask(
+        &self,
+        request: ApprovalRequest,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Decision> + Send>> {
+        let Some(decide) = self.0.iter().find(|d| d.step == request.step).cloned() else {
+            return Box::pin(std::future::ready(Decision::Unavailable(format!(
+                "nobody to ask for `{}`: {}",
+                request.step, request.message
+            ))));
+        };
+        let vote = Vote {
+            principal: decide.principal,
+            approve: decide.how == "approve",
+            comment: decide.comment,
+            time: "2026-12-03T10:00:00.000Z".into(),
+        };
+        Box::pin(async move {
+            match decide.how.as_str() {
+                "approve" => Decision::Approved(vec![vote]),
+                "reject" => Decision::Rejected {
+                    by: vote,
+                    approvals: Vec::new(),
+                },
+                _ => std::future::pending().await,
+            }
+        })
+    }
 }
 
 /// Stops the run when an event's line starts with `at`.
@@ -122,6 +169,27 @@ impl Case {
                 "cancel at" => case.triggers.push(trigger(Action::Cancel)),
                 "abort at" => case.triggers.push(trigger(Action::Abort)),
                 "escalate at" => case.triggers.push(trigger(Action::Escalate)),
+                "decide" => {
+                    let mut words = value.splitn(4, ' ');
+                    let (Some(step), Some(how), Some(principal)) =
+                        (words.next(), words.next(), words.next())
+                    else {
+                        return Err(format!(
+                            "`# {line}`: expected `STEP approve|reject|never PRINCIPAL [COMMENT]`"
+                        ));
+                    };
+                    if !matches!(how, "approve" | "reject" | "never") {
+                        return Err(format!(
+                            "`# {line}`: `{how}` is not approve, reject or never"
+                        ));
+                    }
+                    case.decisions.push(Decide {
+                        step: step.to_owned(),
+                        how: how.to_owned(),
+                        principal: principal.to_owned(),
+                        comment: words.next().unwrap_or_default().to_owned(),
+                    });
+                }
                 "hold" => {
                     let (held, until) = value
                         .split_once(" until ")
@@ -606,7 +674,8 @@ async fn run_case(host: &Host, places: &Places, path: &Path) -> (String, Vec<Str
         host.clone(),
         PluginPath::new(vec![plugins::plugins_dir().to_owned()]),
         secrets,
-    );
+    )
+    .with_approver(Arc::new(Scripted(case.decisions.clone())));
     let prepared = match runner.prepare(workflow).await {
         Ok(prepared) => prepared,
         Err(e) => return (places.hide(&format!("prepare failed:\n{e}\n")), Vec::new()),

@@ -1259,12 +1259,20 @@ fn plan(workflow: &shiphat_workflow::Workflow) -> Vec<PlanStep> {
         .into_iter()
         .flat_map(|(section, steps)| steps.iter().map(move |s| (section, s)))
         .map(|(section, s)| {
-            let uses = match &s.uses {
-                shiphat_workflow::PluginRef::Name { name, .. } => name.clone(),
-                shiphat_workflow::PluginRef::Path { path, .. } => path
+            let uses = match &s.kind {
+                shiphat_workflow::StepKind::Plugin(shiphat_workflow::PluginRef::Name {
+                    name,
+                    ..
+                }) => name.clone(),
+                shiphat_workflow::StepKind::Plugin(shiphat_workflow::PluginRef::Path {
+                    path,
+                    ..
+                }) => path
                     .file_stem()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                // What a run page shows where a plugin's name would be.
+                shiphat_workflow::StepKind::Approval(_) => "approval".to_owned(),
             };
             PlanStep {
                 id: s.id.clone(),

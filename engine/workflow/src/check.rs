@@ -8,6 +8,7 @@ use crate::config::ConfigValue;
 use crate::expr::{Changes, Expr, Kind, RefRules, Template, TypeOf, check_refs, meaning_changes};
 use crate::grants::{self, Grant, HostPattern};
 use crate::inputs::parse_value;
+use crate::plan::{Approval, DEFAULT_APPROVAL_TIMEOUT, MAX_REQUIRED_APPROVALS, StepKind};
 use crate::prepass::{self, Positions, Refusal};
 use crate::raw::{self, RawStep, RawWorkflow};
 use crate::units::{parse_duration, parse_size};
@@ -613,14 +614,48 @@ fn check_step(
         );
     }
 
-    let uses = match parse_uses(&s.uses, base_dir) {
-        Ok(u) => u,
-        Err(e) => {
-            cx.err(&at("uses"), format!("{what}{e}"));
-            PluginRef::Name {
-                name: s.uses.clone(),
-                sha256: None,
+    let kind = match (s.uses, s.approval) {
+        (Some(uses), None) => StepKind::Plugin(match parse_uses(&uses, base_dir) {
+            Ok(u) => u,
+            Err(e) => {
+                cx.err(&at("uses"), format!("{what}{e}"));
+                no_plugin()
             }
+        }),
+        (None, Some(approval)) => {
+            // What configures a plugin means nothing to a person: refuse it rather than
+            // ignore it, so nobody believes a grant or a retry applies.
+            let plugin_keys = [
+                ("with", s.with.is_some()),
+                ("allow", s.allow.is_some()),
+                ("memory", s.memory.is_some()),
+                ("stack", s.stack.is_some()),
+                ("log_limit", s.log_limit.is_some()),
+                ("output_limit", s.output_limit.is_some()),
+                ("retries", s.retries.is_some()),
+                ("idempotent", s.idempotent),
+            ];
+            for (key, _) in plugin_keys.iter().filter(|(_, given)| *given) {
+                cx.err(
+                    &at(key),
+                    format!("{what}`{key}` does not apply to an approval step, which runs no plugin; remove it"),
+                );
+            }
+            StepKind::Approval(check_approval(cx, &at("approval"), &what, approval, rules))
+        }
+        (Some(_), Some(_)) => {
+            cx.err(
+                &at("approval"),
+                format!("{what}has both `uses` and `approval`; a step either runs a plugin or asks people, so split it in two"),
+            );
+            StepKind::Plugin(no_plugin())
+        }
+        (None, None) => {
+            cx.err(
+                path,
+                format!("{what}needs `uses` (a plugin to run) or `approval` (people to ask)"),
+            );
+            StepKind::Plugin(no_plugin())
         }
     };
 
@@ -694,6 +729,9 @@ fn check_step(
     if let Some(n) = size(cx, "output_limit", s.output_limit) {
         limits.output_bytes = to_usize(n);
     }
+    if matches!(kind, StepKind::Approval(_)) {
+        limits.timeout = DEFAULT_APPROVAL_TIMEOUT;
+    }
     if let Some(t) = s.timeout {
         match parse_duration(&t.0) {
             Ok(d) if d.is_zero() => cx.err(
@@ -710,7 +748,7 @@ fn check_step(
     Step {
         name: s.name.unwrap_or_else(|| id.clone()),
         id,
-        uses,
+        kind,
         with,
         allow,
         needs,
@@ -721,6 +759,73 @@ fn check_step(
         idempotent: s.idempotent,
         location: cx.positions.find(path).unwrap_or_default(),
         key_locations: KeyLocations(cx.positions.under(path)),
+    }
+}
+
+/// The plugin of a step whose `uses` is missing or wrong: the workflow is refused anyway, and
+/// this keeps checking the rest of the step.
+fn no_plugin() -> PluginRef {
+    PluginRef::Name {
+        name: String::new(),
+        sha256: None,
+    }
+}
+
+fn check_approval(
+    cx: &mut Cx,
+    path: &str,
+    what: &str,
+    raw: raw::RawApproval,
+    rules: &RefRules,
+) -> Approval {
+    let message = template(cx, &format!("{path}.message"), what, &raw.message, rules)
+        .unwrap_or_else(|| Template::parse("").expect("an empty template parses"));
+    if raw.message.trim().is_empty() {
+        cx.err(
+            &format!("{path}.message"),
+            format!("{what}the approval `message` is empty; say what the approvers decide"),
+        );
+    }
+    let approvers = raw.approvers.unwrap_or_default();
+    for (key, names) in [
+        ("roles", &approvers.roles),
+        ("principals", &approvers.principals),
+    ] {
+        for (i, name) in names.iter().enumerate() {
+            if name.trim().is_empty() {
+                cx.err(
+                    &format!("{path}.approvers.{key}[{i}]"),
+                    format!("{what}an empty name in `approvers.{key}`"),
+                );
+            }
+        }
+    }
+    let required = raw.required.unwrap_or(1);
+    if required == 0 || required > MAX_REQUIRED_APPROVALS {
+        cx.err(
+            &format!("{path}.required"),
+            format!(
+                "{what}`required` is {required}; it must be between 1 and {MAX_REQUIRED_APPROVALS}"
+            ),
+        );
+    } else if approvers.roles.is_empty()
+        && !approvers.principals.is_empty()
+        && (approvers.principals.len() as u64) < u64::from(required)
+    {
+        cx.err(
+            &format!("{path}.required"),
+            format!(
+                "{what}`required` is {required} but `approvers` names only {} principal(s) and no role, so the step could never be approved",
+                approvers.principals.len()
+            ),
+        );
+    }
+    Approval {
+        message,
+        roles: approvers.roles,
+        principals: approvers.principals,
+        required,
+        allow_self: raw.allow_self,
     }
 }
 

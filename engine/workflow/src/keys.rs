@@ -22,6 +22,7 @@ pub(crate) const STEP_KEYS: &[&str] = &[
     "id",
     "name",
     "uses",
+    "approval",
     "with",
     "allow",
     "needs",
@@ -36,6 +37,8 @@ pub(crate) const STEP_KEYS: &[&str] = &[
     "idempotent",
 ];
 pub(crate) const ALLOW_KEYS: &[&str] = &["read", "write", "http", "env", "secrets"];
+pub(crate) const APPROVAL_KEYS: &[&str] = &["message", "approvers", "required", "allow_self"];
+pub(crate) const APPROVERS_KEYS: &[&str] = &["roles", "principals"];
 pub(crate) const RETRY_KEYS: &[&str] = &["count", "backoff"];
 pub(crate) const BACKOFF_KEYS: &[&str] = &["initial", "factor", "max"];
 
@@ -46,6 +49,8 @@ enum Shape {
     Concurrency,
     Step,
     Allow,
+    Approval,
+    Approvers,
     Retries,
     Backoff,
 }
@@ -58,6 +63,8 @@ impl Shape {
             Shape::Concurrency => CONCURRENCY_KEYS,
             Shape::Step => STEP_KEYS,
             Shape::Allow => ALLOW_KEYS,
+            Shape::Approval => APPROVAL_KEYS,
+            Shape::Approvers => APPROVERS_KEYS,
             Shape::Retries => RETRY_KEYS,
             Shape::Backoff => BACKOFF_KEYS,
         }
@@ -113,6 +120,8 @@ fn walk(node: &Node, shape: Shape, out: &mut Vec<(Location, String)>) {
             }
             (Shape::Step, "allow") => Some(Shape::Allow),
             (Shape::Step, "retries") => Some(Shape::Retries),
+            (Shape::Step, "approval") => Some(Shape::Approval),
+            (Shape::Approval, "approvers") => Some(Shape::Approvers),
             (Shape::Retries, "backoff") => Some(Shape::Backoff),
             _ => None,
         };

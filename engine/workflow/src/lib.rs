@@ -31,10 +31,10 @@ pub use expr::{
 };
 pub use grants::{Grant, HostPattern};
 pub use plan::{
-    Allow, Concurrency, DEFAULT_LOG_BYTES, DEFAULT_MEMORY, DEFAULT_OUTPUT_BYTES, DEFAULT_RETRIES,
-    DEFAULT_RETRY_FACTOR, DEFAULT_RETRY_INITIAL, DEFAULT_RETRY_MAX, DEFAULT_STACK, DEFAULT_TIMEOUT,
-    Input, InputKind, KeyLocations, Limits, OutsideWindow, PluginRef, Resume, Retries, Step,
-    Workflow,
+    Allow, Approval, Concurrency, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_LOG_BYTES, DEFAULT_MEMORY,
+    DEFAULT_OUTPUT_BYTES, DEFAULT_RETRIES, DEFAULT_RETRY_FACTOR, DEFAULT_RETRY_INITIAL,
+    DEFAULT_RETRY_MAX, DEFAULT_STACK, DEFAULT_TIMEOUT, Input, InputKind, KeyLocations, Limits,
+    MAX_REQUIRED_APPROVALS, OutsideWindow, PluginRef, Resume, Retries, Step, StepKind, Workflow,
 };
 pub use prepass::MAX_EXPANDED_NODES;
 

@@ -32,6 +32,14 @@ pub const DEFAULT_RETRY_FACTOR: f64 = 2.0;
 /// No wait exceeds 30 seconds, so a run with retries still finishes in a human timescale.
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long an approval waits by default before it counts as rejected: long enough for a
+/// person paged during working hours to look, short enough that a forgotten deploy does not
+/// hold its concurrency key for a day.
+pub const DEFAULT_APPROVAL_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// The most approvals a step may require: a committee beyond this is a process, not a deploy
+/// gate, and the bound keeps the vote lists small.
+pub const MAX_REQUIRED_APPROVALS: u32 = 20;
+
 /// A checked workflow.
 #[derive(Clone, Debug)]
 pub struct Workflow {
@@ -120,7 +128,8 @@ pub enum OutsideWindow {
 pub struct Step {
     pub id: String,
     pub name: String,
-    pub uses: PluginRef,
+    /// What the step does: run a plugin, or ask people.
+    pub kind: StepKind,
     /// Always an `Object` (empty when `with:` is absent).
     pub with: ConfigValue,
     pub allow: Allow,
@@ -156,6 +165,43 @@ impl KeyLocations {
             path = crate::prepass::parent(path);
         }
     }
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepKind {
+    /// Runs a plugin.
+    Plugin(PluginRef),
+    /// Waits for people to approve (the step succeeds) or reject (it fails); its `limits.timeout`
+    /// is how long it waits, after which it counts as rejected. It has no `with`, grants or
+    /// retries.
+    Approval(Approval),
+}
+
+impl StepKind {
+    /// The plugin the step runs, unless it is an approval.
+    pub fn plugin(&self) -> Option<&PluginRef> {
+        match self {
+            StepKind::Plugin(plugin) => Some(plugin),
+            StepKind::Approval(_) => None,
+        }
+    }
+}
+
+/// Who must decide, and how, before an approval step lets the run go on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Approval {
+    /// What the approvers read.
+    pub message: Template,
+    /// Principals holding any of these roles may decide.
+    pub roles: Vec<String>,
+    /// These principals may decide. With `roles` also empty, anyone who may start the
+    /// workflow may.
+    pub principals: Vec<String>,
+    /// Approvals needed, at least 1; a single rejection rejects.
+    pub required: u32,
+    /// Whether the person who started the run may approve it.
+    pub allow_self: bool,
 }
 
 /// Which plugin a step runs, optionally pinned to a digest of its component.

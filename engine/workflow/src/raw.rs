@@ -88,7 +88,9 @@ pub(crate) struct RawStep {
     pub id: String,
     pub name: Option<String>,
     /// A plugin name, `name@sha256:HEX`, or a path to a `.wasm` component.
-    pub uses: String,
+    pub uses: Option<String>,
+    /// Instead of `uses`: the step waits for a person's decision.
+    pub approval: Option<RawApproval>,
     #[schemars(with = "Option<serde_json::Map<String, serde_json::Value>>")]
     pub with: Option<serde_yaml::Mapping>,
     pub allow: Option<RawAllow>,
@@ -105,6 +107,30 @@ pub(crate) struct RawStep {
     pub continue_on_error: bool,
     #[serde(default)]
     pub idempotent: bool,
+}
+
+/// A step that asks people to approve or reject before the run goes on.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApproval {
+    /// What the approvers read; `${{ }}` may quote inputs and earlier steps' outputs.
+    pub message: String,
+    /// Who may decide: roles and/or principals. Without it, anyone who may start the workflow.
+    pub approvers: Option<RawApprovers>,
+    /// How many approvals are needed; one rejection is enough to reject. Default 1.
+    pub required: Option<u32>,
+    /// Whether the person who started the run may approve it. Default false (four eyes).
+    #[serde(default)]
+    pub allow_self: bool,
+}
+
+#[derive(Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApprovers {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub principals: Vec<String>,
 }
 
 #[derive(Deserialize, JsonSchema)]

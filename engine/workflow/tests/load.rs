@@ -1,6 +1,6 @@
 //! Loading from disk: relative paths resolve against the workflow file's directory.
 
-use shiphat_workflow::{Error, PluginRef, load};
+use shiphat_workflow::{Error, PluginRef, StepKind, load};
 
 #[test]
 fn relative_paths_resolve_against_the_file() {
@@ -16,11 +16,11 @@ fn relative_paths_resolve_against_the_file() {
     let w = load(&file).unwrap();
     assert_eq!(w.base_dir, base.join("flows"));
     assert_eq!(
-        w.steps[0].uses,
-        PluginRef::Path {
+        w.steps[0].kind,
+        StepKind::Plugin(PluginRef::Path {
             path: base.join("plugins@v2/a.wasm"),
             sha256: None
-        }
+        })
     );
     let read = &w.steps[0].allow.read[0];
     assert_eq!(read.host_path, base.join("flows/data"));

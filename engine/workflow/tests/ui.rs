@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use shiphat_workflow::{ConfigValue, PluginRef, Step, Workflow, parse};
+use shiphat_workflow::{ConfigValue, PluginRef, Step, StepKind, Workflow, parse};
 
 fn config(v: &ConfigValue) -> String {
     match v {
@@ -29,11 +29,21 @@ fn config(v: &ConfigValue) -> String {
 }
 
 fn step(out: &mut String, section: &[Step], s: &Step) {
-    let uses = match &s.uses {
-        PluginRef::Name { name, sha256 } => format!("name {name} pinned={}", sha256.is_some()),
-        PluginRef::Path { path, sha256 } => {
+    let uses = match &s.kind {
+        StepKind::Plugin(PluginRef::Name { name, sha256 }) => {
+            format!("name {name} pinned={}", sha256.is_some())
+        }
+        StepKind::Plugin(PluginRef::Path { path, sha256 }) => {
             format!("path {} pinned={}", path.display(), sha256.is_some())
         }
+        StepKind::Approval(a) => format!(
+            "approval message={:?} roles={:?} principals={:?} required={} allow_self={}",
+            a.message.source(),
+            a.roles,
+            a.principals,
+            a.required,
+            a.allow_self
+        ),
     };
     let needs: Vec<&str> = s.needs.iter().map(|&i| section[i].id.as_str()).collect();
     writeln!(

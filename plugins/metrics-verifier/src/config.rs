@@ -50,6 +50,26 @@ struct RawConfig {
     metrics: Vec<RawMetric>,
     template: Option<String>,
     args: Option<BTreeMap<String, Value>>,
+    on_inconclusive: Option<OnInconclusive>,
+}
+
+/// What an Inconclusive verdict does to the step.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnInconclusive {
+    /// The step fails, as a Failed verdict does.
+    #[default]
+    Fail,
+    /// The step succeeds with `verdict: Inconclusive` in its outputs, so that a later step (an
+    /// approval) decides: what Argo Rollouts does when it pauses for a person to promote or
+    /// abort.
+    Succeed,
+}
+
+/// The checked `with:` block.
+pub struct Config {
+    pub metrics: Vec<Metric>,
+    pub on_inconclusive: OnInconclusive,
 }
 
 /// One metric as written: in `with:`, or converted from an AnalysisTemplate by
@@ -132,7 +152,7 @@ pub struct Metric {
 }
 
 /// Parses and checks the `with:` block.
-pub fn parse(text: &str) -> Result<Vec<Metric>, StepError> {
+pub fn parse(text: &str) -> Result<Config, StepError> {
     let mut raw: RawConfig =
         serde_json::from_str(text).map_err(|e| sdk::invalid_config(e.to_string()))?;
     let raw_metrics = match (&raw.template, std::mem::take(&mut raw.metrics)) {
@@ -183,7 +203,10 @@ pub fn parse(text: &str) -> Result<Vec<Metric>, StepError> {
         }
         metrics.push(check_metric(m, &raw, timeout)?);
     }
-    Ok(metrics)
+    Ok(Config {
+        metrics,
+        on_inconclusive: raw.on_inconclusive.unwrap_or_default(),
+    })
 }
 
 /// The text of the template argument `name` as the step gives it.
@@ -482,6 +505,10 @@ pub fn schema() -> Value {
             "address": address,
             "token_secret": token_secret,
             "query_timeout": duration("How long one query or scrape may take before that measurement is an Error, e.g. `10s` (the default)."),
+            "on_inconclusive": {
+                "enum": ["fail", "succeed"],
+                "description": "What an Inconclusive verdict does: `fail` the step (the default), or `succeed` with `outputs.verdict` `Inconclusive`, so that a later step can ask a person: `if: steps.ID.outputs.verdict == 'Inconclusive'` with an `approval`."
+            },
             "template": {
                 "type": "string",
                 "minLength": 1,

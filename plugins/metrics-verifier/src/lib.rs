@@ -56,7 +56,10 @@ impl Guest for MetricsVerifier {
     }
 
     fn run(input: StepInput) -> Result<StepOutput, StepError> {
-        let metrics = config::parse(&input.config)?;
+        let config::Config {
+            metrics,
+            on_inconclusive,
+        } = config::parse(&input.config)?;
         if input.context.dry_run {
             sdk::info("dry run: measuring anyway, since measuring only reads");
         }
@@ -81,13 +84,14 @@ impl Guest for MetricsVerifier {
                 humantime::format_duration(metric.initial_delay),
             ));
         }
-        Analysis::new(&metrics).run()
+        Analysis::new(&metrics, on_inconclusive).run()
     }
 }
 
 /// One run over all the metrics.
 struct Analysis<'a> {
     metrics: &'a [Metric],
+    on_inconclusive: config::OnInconclusive,
     tallies: Vec<Tally>,
     verdicts: Vec<Verdict>,
     /// When each running metric is next due.
@@ -97,10 +101,11 @@ struct Analysis<'a> {
 }
 
 impl<'a> Analysis<'a> {
-    fn new(metrics: &'a [Metric]) -> Self {
+    fn new(metrics: &'a [Metric], on_inconclusive: config::OnInconclusive) -> Self {
         let start = Instant::now();
         Analysis {
             metrics,
+            on_inconclusive,
             tallies: metrics.iter().map(|_| Tally::default()).collect(),
             verdicts: vec![Verdict::Running; metrics.len()],
             due: metrics.iter().map(|m| start + m.initial_delay).collect(),
@@ -136,19 +141,38 @@ impl<'a> Analysis<'a> {
                     self.due[i] = started + next;
                 }
                 Verdict::Successful => {}
+                // Asked to, an Inconclusive metric stops being measured but does not fail the
+                // step: the other metrics go on, and a Failed one still fails it.
+                Verdict::Inconclusive
+                    if self.on_inconclusive == config::OnInconclusive::Succeed =>
+                {
+                    sdk::warn(&self.failure_message(i));
+                }
                 // Argo ends the whole run when one metric goes bad; so does the step.
                 Verdict::Failed | Verdict::Inconclusive | Verdict::Error => {
                     return Err(sdk::failed_with(self.failure_message(i), self.outputs()));
                 }
             }
         }
-        let summary = format!(
-            "metrics green: {}",
-            (0..self.metrics.len())
-                .map(|i| self.passed(i))
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
+        let (inconclusive, green): (Vec<usize>, Vec<usize>) =
+            (0..self.metrics.len()).partition(|&i| self.verdicts[i] == Verdict::Inconclusive);
+        let green = green
+            .into_iter()
+            .map(|i| self.passed(i))
+            .collect::<Vec<_>>();
+        let summary = if inconclusive.is_empty() {
+            format!("metrics green: {}", green.join("; "))
+        } else {
+            // `failure_message` opens with "metrics inconclusive: ".
+            let mut parts: Vec<String> = inconclusive
+                .iter()
+                .map(|&i| self.failure_message(i))
+                .collect();
+            if !green.is_empty() {
+                parts.push(format!("green: {}", green.join("; ")));
+            }
+            parts.join("; ")
+        };
         let outputs = self.outputs();
         let Value::Object(outputs) = outputs else {
             unreachable!("outputs are an object")
