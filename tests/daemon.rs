@@ -2996,3 +2996,346 @@ reason = "release train"
     });
     assert!(waited, "{audit:#}");
 }
+
+/// Deploys, then asks a person: one approval by a deployer who did not start the run;
+/// `rollback` says how it ended.
+const APPROVED: &str = r#"
+name: approved
+inputs:
+  required: { type: number, default: 1 }
+steps:
+  - id: deploy
+    uses: echo
+    with: { message: deployed }
+  - id: decide
+    name: Keep it?
+    needs: deploy
+    approval:
+      message: "keep run ${{ run.id }}?"
+      approvers: { roles: [deployer] }
+    timeout: 30s
+on_failure:
+  - id: rollback
+    uses: echo
+    with: { message: "rolled back: ${{ steps.decide.outputs.decision }} by ${{ steps.decide.outputs.approver }}: ${{ steps.decide.outputs.comment }}" }
+"#;
+
+/// Two approvals, named principals only, the starter allowed.
+const TWO: &str = r#"
+name: two
+steps:
+  - id: decide
+    approval:
+      message: two of us
+      approvers: { principals: [bob, dave, alice] }
+      required: 2
+      allow_self: true
+"#;
+
+/// Nobody answers within a second.
+const QUICK: &str = r#"
+name: quick
+steps:
+  - id: decide
+    approval: { message: anyone? }
+    timeout: 1s
+on_failure:
+  - id: rollback
+    uses: echo
+    with: { message: "rolled back after ${{ steps.decide.outputs.decision }}" }
+"#;
+
+fn decide(daemon: &Daemon, token: &str, id: &str, body: Value) -> (u16, Value) {
+    call(
+        daemon,
+        "POST",
+        &format!("/api/v1/runs/{id}/approvals"),
+        Some(token),
+        Some(&body.to_string()),
+    )
+}
+
+fn waiting(run: &Value) -> bool {
+    run["status"] == "waiting"
+}
+
+#[test]
+fn an_approval_waits_for_another_person_and_is_audited() {
+    // Issue 18: a run at an approval step is `waiting`; who may decide is checked (four eyes:
+    // not the one who started it; a viewer is no approver); the decision becomes the step's
+    // outputs and the audit log's entry; a rejection rolls back; a person counts once.
+    let dir = TestDir::new();
+    dir.write("workflows/approved.yaml", APPROVED);
+    dir.write("workflows/two.yaml", TWO);
+    let alice = token(&dir, "alice", "deployer", &["*"]);
+    let bob = token(&dir, "bob", "deployer", &["*"]);
+    let carol = token(&dir, "carol", "viewer", &[]);
+    let dave = token(&dir, "dave", "viewer", &[]);
+    let daemon = start(&dir, &[]);
+
+    let id = start_run(&daemon, &alice, json!({"workflow": "approved"}));
+    let run = wait_run(&daemon, &alice, &id, waiting);
+    let approval = &run["approvals"][0];
+    assert_eq!(approval["step"], "decide");
+    assert_eq!(approval["message"], format!("keep run {id}?"));
+    assert_eq!(approval["started_by"], "alice");
+    assert_eq!(approval["outcome"], Value::Null);
+    assert_eq!(approval["you_may_approve"], false, "{approval}");
+    assert_eq!(approval["you_may_reject"], true, "{approval}");
+    let deadline = approval["deadline_ms"].as_i64().unwrap();
+    let since = approval["since_ms"].as_i64().unwrap();
+    assert_eq!(deadline - since, 30_000);
+    assert!(get(&daemon, &bob, &id)["approvals"][0]["you_may_approve"] == true);
+
+    // The "waiting for you" list: bob's, not alice's (she started it) nor carol's.
+    let listed = |token: &str| {
+        let (status, list) = call(
+            &daemon,
+            "GET",
+            "/api/v1/runs?for_me=true",
+            Some(token),
+            None,
+        );
+        assert_eq!(status, 200, "{list}");
+        list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&bob), [id.as_str()]);
+    assert!(listed(&alice).is_empty());
+    assert!(listed(&carol).is_empty());
+    let (_, all) = call(
+        &daemon,
+        "GET",
+        "/api/v1/runs?status=waiting",
+        Some(&carol),
+        None,
+    );
+    assert_eq!(all["runs"][0]["status"], "waiting", "{all}");
+    let (_, running) = call(
+        &daemon,
+        "GET",
+        "/api/v1/runs?status=running",
+        Some(&carol),
+        None,
+    );
+    assert!(running["runs"].as_array().unwrap().is_empty(), "{running}");
+
+    let approve = json!({"decision": "approve", "comment": "looks fine"});
+    let (status, refused) = decide(&daemon, &alice, &id, approve.clone());
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("four eyes"),
+        "{refused}"
+    );
+    let (status, refused) = decide(&daemon, &carol, &id, approve.clone());
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("it asks role `deployer`"),
+        "{refused}"
+    );
+    let (status, bad) = decide(&daemon, &bob, &id, json!({"decision": "maybe"}));
+    assert_eq!(status, 400, "{bad}");
+    let (status, decided) = decide(&daemon, &bob, &id, approve.clone());
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["outcome"], "approved");
+    let run = wait_run(&daemon, &alice, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let step = step_of(&run, "decide");
+    assert_eq!(step["outputs"]["approver"], "bob");
+    assert_eq!(step["outputs"]["comment"], "looks fine");
+    assert_eq!(step["summary"], "approved by bob (\"looks fine\")");
+    let (status, late) = decide(&daemon, &bob, &id, approve);
+    assert_eq!(status, 409, "{late}");
+
+    // Rejected: the step fails with who and why, and on_failure rolls back.
+    let id = start_run(&daemon, &alice, json!({"workflow": "approved"}));
+    wait_run(&daemon, &alice, &id, waiting);
+    let (status, decided) = decide(
+        &daemon,
+        &alice,
+        &id,
+        json!({"step": "decide", "decision": "reject", "comment": "wrong build"}),
+    );
+    assert_eq!(status, 200, "{decided}");
+    let run = wait_run(&daemon, &alice, &id, terminal);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(
+        step_of(&run, "decide")["error"]["message"],
+        "rejected by alice (\"wrong build\")"
+    );
+    assert!(
+        step_of(&run, "rollback")["summary"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back: rejected by alice: wrong build"),
+        "{run}"
+    );
+
+    // Two needed: the same person twice counts once; a named viewer may decide.
+    let id = start_run(&daemon, &alice, json!({"workflow": "two"}));
+    wait_run(&daemon, &alice, &id, waiting);
+    let approve = json!({"decision": "approve"});
+    let (status, first) = decide(&daemon, &alice, &id, approve.clone());
+    assert_eq!((status, &first["outcome"]), (200, &Value::Null), "{first}");
+    let (status, again) = decide(&daemon, &alice, &id, approve.clone());
+    assert_eq!(status, 409, "{again}");
+    assert!(
+        again["error"]
+            .as_str()
+            .unwrap()
+            .contains("a second vote does not count"),
+        "{again}"
+    );
+    assert!(waiting(&get(&daemon, &alice, &id)));
+    let (status, second) = decide(&daemon, &dave, &id, approve);
+    assert_eq!(
+        (status, &second["outcome"]),
+        (200, &json!("approved")),
+        "{second}"
+    );
+    let run = wait_run(&daemon, &alice, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["approvals"][0]["votes"].as_array().unwrap().len(), 2);
+
+    // Every decision is in the audit log, refusals included.
+    let admin = token(&dir, "root", "admin", &[]);
+    let (_, audit) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+    let entries: Vec<String> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().ends_with("/approvals"))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["principal"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for entry in [
+        "bob: approved `decide` with \"looks fine\": approved",
+        "alice: rejected `decide` with \"wrong build\": rejected",
+        "alice: approved `decide` (1 of 2 approvals)",
+        "dave: approved `decide`: approved",
+    ] {
+        assert!(
+            entries.iter().any(|e| e == entry),
+            "no `{entry}` in {entries:#?}"
+        );
+    }
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.starts_with("alice: ") && e.contains("four eyes")),
+        "{entries:#?}"
+    );
+}
+
+#[test]
+fn an_approval_times_out_as_a_rejection_and_a_cancel_ends_the_wait() {
+    let dir = TestDir::new();
+    dir.write("workflows/quick.yaml", QUICK);
+    dir.write("workflows/approved.yaml", APPROVED);
+    let alice = token(&dir, "alice", "deployer", &["*"]);
+    let daemon = start(&dir, &[]);
+    let id = start_run(&daemon, &alice, json!({"workflow": "quick"}));
+    let run = wait_run(&daemon, &alice, &id, terminal);
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(step_of(&run, "decide")["error"]["kind"], "timeout");
+    assert_eq!(run["approvals"][0]["outcome"], "timed_out");
+    assert_eq!(
+        step_of(&run, "rollback")["summary"],
+        "echo: rolled back after timed_out"
+    );
+
+    let id = start_run(&daemon, &alice, json!({"workflow": "approved"}));
+    wait_run(&daemon, &alice, &id, waiting);
+    let (status, _) = call(
+        &daemon,
+        "POST",
+        &format!("/api/v1/runs/{id}/cancel"),
+        Some(&alice),
+        Some(""),
+    );
+    assert_eq!(status, 202);
+    let run = wait_run(&daemon, &alice, &id, |run| {
+        terminal(run) && run["approvals"][0]["outcome"] != Value::Null
+    });
+    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(step_of(&run, "decide")["status"], "cancelled");
+    assert_eq!(run["approvals"][0]["outcome"], "cancelled", "{run}");
+}
+
+#[test]
+fn a_waiting_run_survives_a_sigkill_with_its_deadline_and_votes() {
+    // Issue 18: the wait outlives kill -9: after the restart the run waits again (whatever
+    // `resume:` says; nothing was half done), from its first deadline, with the votes cast;
+    // the CLI decides it.
+    let dir = TestDir::new();
+    dir.write("workflows/two.yaml", TWO);
+    let alice = token(&dir, "alice", "deployer", &["*"]);
+    let bob = token(&dir, "bob", "deployer", &["*"]);
+    let mut daemon = start(&dir, &[]);
+    let id = start_run(&daemon, &alice, json!({"workflow": "two"}));
+    let before = wait_run(&daemon, &alice, &id, waiting)["approvals"][0].clone();
+    let (status, _) = decide(&daemon, &bob, &id, json!({"decision": "approve"}));
+    assert_eq!(status, 200);
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+
+    let daemon = start(&dir, &[]);
+    let run = wait_run(&daemon, &alice, &id, waiting);
+    let after = &run["approvals"][0];
+    assert_eq!(after["deadline_ms"], before["deadline_ms"], "{run}");
+    assert_eq!(after["since_ms"], before["since_ms"], "{run}");
+    assert_eq!(after["votes"][0]["principal"], "bob", "{run}");
+    assert!(
+        run["detail"]
+            .as_str()
+            .unwrap()
+            .contains("resumed automatically"),
+        "{run}"
+    );
+
+    let output = client(
+        &dir,
+        &daemon,
+        &alice,
+        &["runs", "approve", &id, "--comment", "ship it"],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("approved `decide` of run"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run = wait_run(&daemon, &alice, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let votes = &step_of(&run, "decide")["outputs"]["votes"];
+    assert_eq!(votes[1]["comment"], "ship it", "{run}");
+
+    // Nothing waits now: the CLI says so and exits non-zero.
+    let output = client(&dir, &daemon, &bob, &["runs", "reject", &id])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("waits for no approval"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

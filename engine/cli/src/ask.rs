@@ -50,9 +50,14 @@ impl Approver for Terminal {
         Box::pin(async move {
             // The read blocks its thread until a line comes; a cancel or the step's timeout
             // ends the step without it, and the process exits when the run has ended.
-            let answer = tokio::task::spawn_blocking(move || prompt(&request))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+            let timeout = request.timeout;
+            let read = tokio::task::spawn_blocking(move || prompt(&request));
+            let Ok(answer) = tokio::time::timeout(timeout, read).await else {
+                return Decision::TimedOut {
+                    approvals: Vec::new(),
+                };
+            };
+            let answer = answer.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
             match answer {
                 Ok(Some(vote)) if vote.approve => Decision::Approved(vec![vote]),
                 Ok(Some(vote)) => Decision::Rejected {

@@ -7,8 +7,8 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use shiphat_protocol::{
-    Accepted, CreateRun, ErrorBody, Event, LockList, LockView, PutLock, ResumeRun, RunDetail,
-    RunList, RunStatus, WorkflowList,
+    Accepted, ApprovalView, Choice, CreateRun, Decide, ErrorBody, Event, LockList, LockView,
+    PutLock, ResumeRun, RunDetail, RunList, RunStatus, WorkflowList,
 };
 
 use crate::{Invalid, Sink, exit, output};
@@ -262,9 +262,12 @@ pub enum RunsCommand {
     List {
         #[arg(long)]
         workflow: Option<String>,
-        /// queued, running, succeeded, failed, cancelled or interrupted.
+        /// queued, running, waiting, succeeded, failed, cancelled or interrupted.
         #[arg(long, value_parser = run_status)]
         status: Option<RunStatus>,
+        /// Only runs waiting at an approval you may give.
+        #[arg(long)]
+        for_me: bool,
         /// 1 to 500.
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=500))]
         limit: u32,
@@ -294,6 +297,27 @@ pub enum RunsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Approve the approval step a run waits at (audited).
+    Approve {
+        id: String,
+        /// The approval step, when the run waits at several.
+        #[arg(long, value_name = "ID")]
+        step: Option<String>,
+        /// Why, kept with the decision.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject the approval step a run waits at: the step fails and the run's `on_failure`
+    /// runs (audited).
+    Reject {
+        id: String,
+        /// The approval step, when the run waits at several.
+        #[arg(long, value_name = "ID")]
+        step: Option<String>,
+        /// Why, kept with the decision.
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
 }
 
 pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
@@ -302,10 +326,14 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
         RunsCommand::List {
             workflow,
             status,
+            for_me,
             limit,
             json,
         } => {
             let mut query = format!("?limit={limit}");
+            if for_me {
+                query.push_str("&for_me=true");
+            }
             if let Some(w) = workflow {
                 query.push_str(&format!("&workflow={}", encode(&w)));
             }
@@ -346,6 +374,21 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
                         .map(|d| format!(" ({d})"))
                         .unwrap_or_default()
                 );
+                for approval in run.approvals.iter().filter(|a| a.outcome.is_none()) {
+                    outln!(
+                        "  waits at `{}` until {} for {} ({} of {} approvals): {}",
+                        approval.step,
+                        approval.deadline,
+                        shiphat_protocol::approvers_in_words(&approval.roles, &approval.principals),
+                        approval
+                            .votes
+                            .iter()
+                            .filter(|v| v.decision == Choice::Approve)
+                            .count(),
+                        approval.required,
+                        approval.message
+                    );
+                }
                 for step in &run.steps {
                     outln!(
                         "  {:<24} {:<11} {:>10}  {}",
@@ -378,6 +421,12 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
                 None,
             )?;
             output::note(&format!("cancelling {id}"));
+        }
+        RunsCommand::Approve { id, step, comment } => {
+            decide(&client, &id, step, Choice::Approve, comment)?;
+        }
+        RunsCommand::Reject { id, step, comment } => {
+            decide(&client, &id, step, Choice::Reject, comment)?;
         }
         RunsCommand::Resume { id, force } => {
             let request = force
@@ -518,10 +567,63 @@ pub fn unlock(args: &ServerArgs, key: &str) -> anyhow::Result<u8> {
 
 /// A `--status` value, as the API names statuses.
 fn run_status(text: &str) -> Result<RunStatus, String> {
-    RunStatus::parse(text).ok_or_else(|| {
-        let all = RunStatus::ALL.map(|s| s.as_str()).join(", ");
-        format!("unknown status `{text}`; one of {all}")
-    })
+    // `waiting` is the API's alone: the store keeps such runs `running`.
+    let all = RunStatus::ALL
+        .into_iter()
+        .chain([RunStatus::Waiting])
+        .collect::<Vec<_>>();
+    all.iter()
+        .copied()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| {
+            let all = all
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("unknown status `{text}`; one of {all}")
+        })
+}
+
+/// `runs approve` and `runs reject`.
+fn decide(
+    client: &Client,
+    id: &str,
+    step: Option<String>,
+    decision: Choice,
+    comment: String,
+) -> anyhow::Result<()> {
+    let request = Decide {
+        step,
+        decision,
+        comment,
+    };
+    let answer: ApprovalView = client.call(
+        "POST",
+        &format!("/api/v1/runs/{}/approvals", encode(id)),
+        Some(serde_json::to_value(request)?),
+    )?;
+    let approvals = answer
+        .votes
+        .iter()
+        .filter(|v| v.decision == Choice::Approve)
+        .count();
+    let state = match answer.outcome {
+        Some(outcome) => format!(
+            "; the step is {}",
+            serde_json::to_value(outcome)?.as_str().unwrap_or("decided")
+        ),
+        None => format!(
+            "; {approvals} of {} approvals, it still waits",
+            answer.required
+        ),
+    };
+    let word = match decision {
+        Choice::Approve => "approved",
+        Choice::Reject => "rejected",
+    };
+    output::note(&format!("{word} `{}` of run {id}{state}", answer.step));
+    Ok(())
 }
 
 /// Percent-encodes a path segment or query value.

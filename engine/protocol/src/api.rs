@@ -169,6 +169,98 @@ pub struct RunDetail {
     pub logs: Vec<LogLine>,
     /// What the `on_failure` steps did; `null` when none ran (see [`Rollback::of`]).
     pub rollback: Option<Rollback>,
+    /// The approvals the run asked for, in order: the one it waits at has no `outcome`.
+    pub approvals: Vec<ApprovalView>,
+}
+
+/// An approval step of a run: what it asks, who may decide, since and until when, and the
+/// votes so far.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalView {
+    pub run: String,
+    pub step: String,
+    pub step_name: String,
+    pub message: String,
+    /// Principals holding any of these roles may decide.
+    pub roles: Vec<String>,
+    /// These principals may decide. With `roles` also empty, anyone who may start the
+    /// workflow may.
+    pub principals: Vec<String>,
+    /// Approvals needed; one rejection rejects.
+    pub required: u32,
+    /// Whether the principal who started the run may approve it (`false`: four eyes).
+    pub allow_self: bool,
+    /// Who started the run.
+    pub started_by: String,
+    pub since: String,
+    /// When no decision counts as a rejection.
+    pub deadline: String,
+    pub since_ms: i64,
+    pub deadline_ms: i64,
+    /// `null` while the run waits.
+    pub outcome: Option<ApprovalOutcome>,
+    /// In the order given.
+    pub votes: Vec<VoteView>,
+    /// Whether the caller may approve it now (reject may still be open to them when this is
+    /// false: the four-eyes rule bars only approving one's own run).
+    pub you_may_approve: bool,
+    /// Whether the caller may reject it now.
+    pub you_may_reject: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalOutcome {
+    Approved,
+    Rejected,
+    /// Nobody decided in time: it counts as a rejection.
+    TimedOut,
+    /// The run was cancelled while it waited.
+    Cancelled,
+}
+
+/// Who may decide an approval, in words: "role `deployer` or `alice`", or "anyone who may
+/// run the workflow" when both lists are empty.
+pub fn approvers_in_words(roles: &[String], principals: &[String]) -> String {
+    let mut who: Vec<String> = roles.iter().map(|r| format!("role `{r}`")).collect();
+    who.extend(principals.iter().map(|p| format!("`{p}`")));
+    if who.is_empty() {
+        "anyone who may run the workflow".to_owned()
+    } else {
+        who.join(" or ")
+    }
+}
+
+/// One person's decision on an approval.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VoteView {
+    pub principal: String,
+    pub decision: Choice,
+    pub comment: String,
+    pub time: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Choice {
+    Approve,
+    Reject,
+}
+
+/// The most a decision's comment may hold: a few sentences of why, kept with the run.
+pub const MAX_COMMENT: usize = 2000;
+
+/// `POST /api/v1/runs/{id}/approvals`: a decision on an approval the run waits at.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// The approval step; may be left out while the run waits at one only.
+    #[serde(default)]
+    pub step: Option<String>,
+    pub decision: Choice,
+    /// Why; up to 2000 bytes.
+    #[serde(default)]
+    pub comment: String,
 }
 
 /// `POST /api/v1/runs`: the run accepted (or replayed by its `Idempotency-Key`).
@@ -539,6 +631,8 @@ pub struct ListRuns {
     /// How many runs, 1 to 500; 50 when left out.
     #[schemars(range(min = 1, max = 500))]
     pub limit: Option<u32>,
+    /// `true`: only runs waiting at an approval the caller may decide ("waiting for you").
+    pub for_me: Option<bool>,
 }
 
 #[cfg(test)]

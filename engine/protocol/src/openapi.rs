@@ -40,6 +40,7 @@ pub fn openapi_schemas() -> Map<String, Value> {
     add::<Accepted>(&mut answers);
     add::<Cancelling>(&mut answers);
     add::<Resumed>(&mut answers);
+    add::<ApprovalView>(&mut answers);
     add::<WorkflowList>(&mut answers);
     add::<LockList>(&mut answers);
     add::<LockView>(&mut answers);
@@ -53,6 +54,7 @@ pub fn openapi_schemas() -> Map<String, Value> {
     let mut requests = generator(Contract::Deserialize);
     add::<CreateRun>(&mut requests);
     add::<ResumeRun>(&mut requests);
+    add::<Decide>(&mut requests);
     add::<PutLock>(&mut requests);
     add::<CreateToken>(&mut requests);
     add::<SignIn>(&mut requests);

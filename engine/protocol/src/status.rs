@@ -20,9 +20,14 @@ pub enum RunStatus {
     /// The daemon stopped (crash or shutdown) while it ran; waits for `resume` or `cancel`,
     /// or resumes by itself when its workflow allows it.
     Interrupted,
+    /// Running, and waiting at an approval step for people to decide. Only the API says it:
+    /// the store keeps such a run `running` (it holds its concurrency key and its lease), so
+    /// it is not among [`RunStatus::ALL`].
+    Waiting,
 }
 
 impl RunStatus {
+    /// The statuses the store keeps.
     pub const ALL: [RunStatus; 6] = [
         RunStatus::Queued,
         RunStatus::Running,
@@ -47,6 +52,7 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Waiting => "waiting",
         }
     }
 

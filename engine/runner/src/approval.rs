@@ -36,13 +36,7 @@ pub struct ApprovalRequest {
 impl ApprovalRequest {
     /// Who may decide, in words: "role `deployer` or `alice`", "anyone who may run it".
     pub fn who(&self) -> String {
-        let mut who: Vec<String> = self.roles.iter().map(|r| format!("role `{r}`")).collect();
-        who.extend(self.principals.iter().map(|p| format!("`{p}`")));
-        if who.is_empty() {
-            "anyone who may run the workflow".to_owned()
-        } else {
-            who.join(" or ")
-        }
+        shiphat_protocol::approvers_in_words(&self.roles, &self.principals)
     }
 }
 
@@ -80,9 +74,15 @@ pub enum Decision {
     Unavailable(String),
 }
 
-/// Asks people. The answer resolves once the step is decided, or its timeout has passed.
+/// Asks people. The answer resolves once the step is decided, or once its timeout has passed
+/// (then as [`Decision::TimedOut`]): the runner waits a little longer only as a backstop.
 pub trait Approver: Send + Sync {
     fn ask(&self, request: ApprovalRequest) -> Pin<Box<dyn Future<Output = Decision> + Send>>;
+
+    /// The run was cancelled while `step` waited: nobody needs to decide any more. Not called
+    /// when the run is aborted (a daemon stopping, or losing its lease), since then the run
+    /// will ask again where it goes on.
+    fn withdraw(&self, _run: &str, _step: &str) {}
 }
 
 /// The approver of a runner nobody configured: it cannot ask anyone.

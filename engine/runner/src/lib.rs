@@ -59,6 +59,11 @@ pub type Durable = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// [`Durable`] for the runner to wait on: see [`Runner::run_durable`].
 pub type DurableSink = Arc<dyn Fn(Event) -> Option<Durable> + Send + Sync>;
 
+/// How much longer than an approval step's timeout the runner waits for its approver before
+/// it ends the step itself: a second covers the store round trips of an approver that keeps
+/// the deadline (the daemon's), so its answer, with the votes given, is the one recorded.
+const APPROVER_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs workflows. Holds the plugin host and where plugins and secrets come from.
 #[derive(Clone)]
 pub struct Runner {
@@ -936,6 +941,9 @@ impl StepJob {
             let end = tokio::select! {
                 end = self.attempt(attempt) => end,
                 () = self.stop.cancelled() => {
+                    if matches!(self.work, Work::Approval) && !self.run.stop.is_aborted() {
+                        self.runner.approver.withdraw(&self.run.run_id, &step.id);
+                    }
                     return self.cancelled(attempt, started, "cancelled while running");
                 }
             };
@@ -1108,8 +1116,10 @@ impl StepJob {
         );
         let timeout = request.timeout;
         // The approver counts the timeout from when the step first asked, which may be before
-        // a restart; this one is only a backstop for an approver that never answers.
-        let decision = tokio::time::timeout(timeout, self.runner.approver.ask(request))
+        // a restart, and ends the wait itself; this is only a backstop for one that never
+        // answers, late enough that one keeping the deadline always answers first.
+        let backstop = timeout.saturating_add(APPROVER_GRACE);
+        let decision = tokio::time::timeout(backstop, self.runner.approver.ask(request))
             .await
             .unwrap_or(Decision::TimedOut {
                 approvals: Vec::new(),

@@ -46,6 +46,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/runs/{id}/events"),
     ("post", "/api/v1/runs/{id}/cancel"),
     ("post", "/api/v1/runs/{id}/resume"),
+    ("post", "/api/v1/runs/{id}/approvals"),
     ("get", "/api/v1/workflows"),
     ("get", "/api/v1/locks"),
     ("get", "/api/v1/locks/{key}"),
@@ -73,6 +74,7 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/resume", post(resume_run))
+        .route("/runs/{id}/approvals", post(decide))
         .route("/workflows", get(list_workflows))
         .route("/locks", get(list_locks))
         .route(
@@ -172,6 +174,8 @@ impl From<service::Error> for ApiError {
             | E::Busy { .. }
             | E::Ended { .. }
             | E::NotInterrupted { .. }
+            | E::NoApproval(_)
+            | E::Decided(_)
             | E::NameTaken(_)
             | E::InConfig(_) => StatusCode::CONFLICT,
             E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -705,6 +709,20 @@ async fn resume_run(
     let outcome = format!("resumed{forced}");
     let response = (StatusCode::ACCEPTED, Json(resumed.answer)).into_response();
     Ok(with_target(response, &id, Some(outcome)))
+}
+
+/// A decision on an approval the run waits at; audited with who, which and why.
+async fn decide(
+    State(service): State<Service>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult {
+    shiphat_protocol::Decide::allowed(&caller)?;
+    let request: shiphat_protocol::Decide = parse_json(&body_bytes(body)?)?;
+    let decided = service.decide(&caller, &id, request).await?;
+    let response = (StatusCode::OK, Json(decided.answer)).into_response();
+    Ok(with_target(response, &id, Some(decided.outcome)))
 }
 
 async fn list_workflows(

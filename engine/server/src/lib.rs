@@ -8,6 +8,7 @@
 //! binary where it listens.
 
 mod api;
+mod approvals;
 mod auth;
 mod chat;
 mod config;

@@ -164,9 +164,11 @@ impl App {
         runner: shiphat_runner::Runner,
         store: Arc<dyn AsyncStore>,
     ) -> Arc<App> {
-        Arc::new(App {
+        Arc::new_cyclic(|app| App {
             config,
-            runner,
+            runner: runner.with_approver(Arc::new(crate::approvals::StoreApprover {
+                app: app.clone(),
+            })),
             sessions: crate::web::Sessions::new(store.clone()),
             store,
             workflows: Workflows::default(),
@@ -268,14 +270,23 @@ impl App {
     }
 
     /// Whether an interrupted run goes on by itself: its workflow says `resume: auto` and
-    /// every step in flight is `idempotent`.
+    /// every step in flight is `idempotent` or an approval; or it was only waiting for people
+    /// (every step in flight an approval), whatever `resume` says: nothing was half done, and
+    /// the approval goes on waiting with its first deadline and the votes cast.
     fn resumable(&self, interrupted: &Interrupted) -> bool {
         self.workflows.get(&interrupted.workflow).is_some_and(|p| {
-            p.workflow.resume == Resume::Auto
-                && interrupted
-                    .in_flight
-                    .iter()
-                    .all(|id| p.workflow.step(id).is_some_and(|s| s.idempotent))
+            let approval = |id: &String| {
+                p.workflow
+                    .step(id)
+                    .is_some_and(|s| matches!(s.kind, shiphat_workflow::StepKind::Approval(_)))
+            };
+            let only_waiting =
+                !interrupted.in_flight.is_empty() && interrupted.in_flight.iter().all(approval);
+            only_waiting
+                || (p.workflow.resume == Resume::Auto
+                    && interrupted.in_flight.iter().all(|id| {
+                        approval(id) || p.workflow.step(id).is_some_and(|s| s.idempotent)
+                    }))
         })
     }
 

@@ -18,11 +18,11 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use shiphat_protocol::{
-    Accepted, AuditLog, AuditView, Cancelling, ConcurrencyView, CreateRun, CreateToken,
-    EnvironmentList, Event, InputType, InputView, ListRuns, LockList, LockView, LogLine, NewToken,
-    OutsideWindowMode, PlanStep, PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail,
-    RunList, RunNotice, RunStatus, RunView, Section, StepName, StepView, TokenList, TokenSource,
-    TokenView, WindowView, WorkflowList, WorkflowView,
+    Accepted, ApprovalView, AuditLog, AuditView, Cancelling, Choice, ConcurrencyView, CreateRun,
+    CreateToken, EnvironmentList, Event, InputType, InputView, ListRuns, LockList, LockView,
+    LogLine, NewToken, OutsideWindowMode, PlanStep, PutLock, ResumeMode, ResumeRun, Resumed,
+    Rollback, RunDetail, RunList, RunNotice, RunStatus, RunView, Section, StepName, StepView,
+    TokenList, TokenSource, TokenView, WindowView, WorkflowList, WorkflowView,
 };
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -116,6 +116,12 @@ pub enum Error {
     Ended { id: String, status: RunStatus },
     #[error("run `{id}` is {}; only interrupted runs resume", .status.as_str())]
     NotInterrupted { id: String, status: RunStatus },
+    /// The run waits at no approval (or not at the one named).
+    #[error("{0}")]
+    NoApproval(String),
+    /// The approval was decided already, or this principal has decided on it already.
+    #[error("{0}")]
+    Decided(String),
     /// A token's name that is taken, by the config file or the database.
     #[error("{0}")]
     NameTaken(String),
@@ -162,6 +168,10 @@ impl Request for ResumeRun {
 impl Request for ListRuns {
     const ROLE: Role = Role::Viewer;
 }
+impl Request for shiphat_protocol::Decide {
+    const ROLE: Role = Role::Viewer;
+}
+
 impl Request for PutLock {
     const ROLE: Role = Role::Admin;
 }
@@ -189,6 +199,14 @@ pub struct Cancelled {
     pub answer: Cancelling,
     /// Whose run it is.
     pub owner: String,
+}
+
+/// A decision taken ([`Service::decide`]).
+#[derive(Debug)]
+pub struct Decided {
+    pub answer: ApprovalView,
+    /// What the audit log says: `approved release-4 (decide)` and the like.
+    pub outcome: String,
 }
 
 /// A run queued again ([`Service::resume`]).
@@ -496,22 +514,196 @@ impl Service {
                 format!("`limit` must be 1 to {MAX_PAGE}, not {limit}"),
             ));
         }
-        let runs = self
-            .app
-            .store
-            .list_runs(&RunFilter {
-                workflow: query.workflow,
-                status: query.status,
-                before: query.before,
-                limit,
-            })
-            .await?;
+        let open = self.app.store.open_approvals().await?;
+        let waits =
+            |run: &Run| run.status == RunStatus::Running && open.iter().any(|a| a.run == run.id);
+        let for_me = query.for_me == Some(true);
+        let runs = if for_me || query.status == Some(RunStatus::Waiting) {
+            // Few runs wait: read each, newest first, as a list would give them.
+            let mut ids: Vec<&str> = open.iter().map(|a| a.run.as_str()).collect();
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            ids.dedup();
+            let mut runs = Vec::new();
+            for id in ids {
+                if query.before.as_deref().is_some_and(|before| id >= before) {
+                    continue;
+                }
+                let Some(run) = self.app.store.run(id).await? else {
+                    continue;
+                };
+                let mine = !for_me
+                    || open.iter().any(|a| {
+                        a.run == run.id
+                            && !a.votes.iter().any(|v| v.principal == caller.name)
+                            && crate::approvals::refusal(caller, a, &run, Choice::Approve).is_none()
+                    });
+                if waits(&run)
+                    && mine
+                    && query.workflow.as_ref().is_none_or(|w| *w == run.workflow)
+                    && query.status.is_none_or(|s| s == RunStatus::Waiting)
+                {
+                    runs.push(run);
+                }
+                if runs.len() == limit as usize {
+                    break;
+                }
+            }
+            runs
+        } else {
+            let mut runs = self
+                .app
+                .store
+                .list_runs(&RunFilter {
+                    workflow: query.workflow,
+                    status: query.status,
+                    before: query.before,
+                    limit,
+                })
+                .await?;
+            // A run waiting for people is `waiting`, not `running`.
+            if query.status == Some(RunStatus::Running) {
+                runs.retain(|run| !waits(run));
+            }
+            runs
+        };
         let next = (runs.len() == limit as usize)
             .then(|| runs.last().map(|r| r.id.clone()))
             .flatten();
         Ok(RunList {
-            runs: runs.iter().map(|r| run_view(&self.app, r)).collect(),
+            runs: runs
+                .iter()
+                .map(|r| {
+                    let mut view = run_view(&self.app, r);
+                    if waits(r) {
+                        view.status = RunStatus::Waiting;
+                    }
+                    view
+                })
+                .collect(),
             next,
+        })
+    }
+
+    /// Approves or rejects an approval step `id` waits at, as `caller`, who must be one of its
+    /// approvers (and not the one who started the run, to approve it, unless the step allows
+    /// it). One vote per person; a rejection rejects; enough approvals approve. The run's
+    /// daemon, whichever it is, hears of it at once.
+    pub async fn decide(
+        &self,
+        caller: &Principal,
+        id: &str,
+        request: shiphat_protocol::Decide,
+    ) -> Result<Decided> {
+        shiphat_protocol::Decide::allowed(caller)?;
+        if request.comment.len() > shiphat_protocol::MAX_COMMENT {
+            return Err(Error::invalid(
+                "comment",
+                format!(
+                    "the comment holds {} bytes; keep it under {}",
+                    request.comment.len(),
+                    shiphat_protocol::MAX_COMMENT
+                ),
+            ));
+        }
+        let run = self.find_run(id).await?;
+        let approvals = self.app.store.approvals(id).await?;
+        let open: Vec<&shiphat_store::Approval> = approvals
+            .iter()
+            .filter(|a| a.outcome.is_none() && run.status == RunStatus::Running)
+            .collect();
+        let approval = match &request.step {
+            Some(step) => approvals.iter().find(|a| a.step == *step).ok_or_else(|| {
+                Error::NoApproval(format!("run `{id}` has no approval step `{step}`"))
+            })?,
+            None => match open.as_slice() {
+                [one] => *one,
+                [] => {
+                    return Err(Error::NoApproval(format!(
+                        "run `{id}` waits for no approval (it is {})",
+                        run.status.as_str()
+                    )));
+                }
+                several => {
+                    return Err(Error::invalid(
+                        "step",
+                        format!(
+                            "run `{id}` waits at several approvals; name one in `step`: {}",
+                            several
+                                .iter()
+                                .map(|a| a.step.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            },
+        };
+        if let Some(why) = crate::approvals::refusal(caller, approval, &run, request.decision) {
+            return Err(Error::Forbidden(why));
+        }
+        if run.status != RunStatus::Running {
+            return Err(Error::NoApproval(format!(
+                "run `{id}` is {}; its approvals can no longer be decided",
+                run.status.as_str()
+            )));
+        }
+        let vote = shiphat_store::VoteRecord {
+            principal: caller.name.clone(),
+            approve: request.decision == Choice::Approve,
+            comment: request.comment.trim().to_owned(),
+            time_ms: shiphat_store::now_ms(),
+        };
+        let step = approval.step.clone();
+        let Some((applied, after)) = self
+            .app
+            .store
+            .decide(id, &step, &shiphat_store::Decide::Vote(vote))
+            .await?
+        else {
+            return Err(Error::NoApproval(format!(
+                "run `{id}` has no approval step `{step}`"
+            )));
+        };
+        match applied {
+            shiphat_store::Applied::Counted => {}
+            shiphat_store::Applied::Again => {
+                return Err(Error::Decided(format!(
+                    "`{}` has decided on `{step}` of run `{id}` already; a second vote does not count",
+                    caller.name
+                )));
+            }
+            _ => {
+                return Err(Error::Decided(format!(
+                    "`{step}` of run `{id}` is decided already: {}",
+                    after.outcome.map_or("closed", |o| o.as_str())
+                )));
+            }
+        }
+        // Wakes the run if it waits on this daemon (another daemon hears the store).
+        let _ = self.app.live.send(Arc::from(id));
+        let word = match request.decision {
+            Choice::Approve => "approved",
+            Choice::Reject => "rejected",
+        };
+        let state = match after.outcome {
+            None => format!(
+                " ({} of {} approvals)",
+                after.votes.iter().filter(|v| v.approve).count(),
+                after.required
+            ),
+            Some(outcome) => format!(": {}", outcome.as_str()),
+        };
+        let comment = if after.votes.last().is_some_and(|v| !v.comment.is_empty()) {
+            format!(
+                " with \"{}\"",
+                after.votes.last().map_or("", |v| v.comment.as_str())
+            )
+        } else {
+            String::new()
+        };
+        Ok(Decided {
+            answer: crate::approvals::view(&after, &run, caller),
+            outcome: format!("{word} `{step}`{comment}{state}"),
         })
     }
 
@@ -578,8 +770,20 @@ impl Service {
                 continued: s.continued,
             })
             .collect();
+        let approvals: Vec<ApprovalView> = app
+            .store
+            .approvals(id)
+            .await?
+            .iter()
+            .map(|a| crate::approvals::view(a, &run, caller))
+            .collect();
+        let mut view = run_view(app, &run);
+        if run.status == RunStatus::Running && approvals.iter().any(|a| a.outcome.is_none()) {
+            view.status = RunStatus::Waiting;
+        }
         Ok(RunDetail {
-            run: run_view(app, &run),
+            approvals,
+            run: view,
             plan: match app.workflows.get(&run.workflow) {
                 Some(prepared) => plan(&prepared.workflow),
                 None => Vec::new(),

@@ -24,6 +24,7 @@
 //! sections and step errors are the wire contract's types (`shiphat_protocol`), stored as the
 //! names the API uses.
 
+mod approval;
 mod claim;
 mod postgres;
 mod sqlite;
@@ -39,6 +40,7 @@ use std::pin::Pin;
 
 use serde_json::Value;
 
+pub use crate::approval::{Applied, Approval, Decide, Outcome, VoteRecord, apply};
 pub use crate::claim::{Claimed, Fence, Held, KeyQueue, Scope};
 pub use crate::postgres::PgStore;
 pub use crate::sqlite::SqliteStore;
@@ -560,6 +562,18 @@ interface! {
     /// Queues an interrupted run again, with `detail`; `forced` lets its next start pass the
     /// locks. Resolves to whether it was interrupted.
     fn requeue(&self, run: &str, detail: &str, forced: bool) -> bool;
+    /// Records that a run's approval step asks, unless it asked before (a run resumed after a
+    /// restart): resolves to the approval as stored, whose `since_ms` and `deadline_ms` are
+    /// those of the first ask, and which may be decided already.
+    fn open_approval(&self, approval: &Approval) -> Approval;
+    /// Applies `change` to the approval of `run`'s `step` ([`apply`], under its row's lock) and
+    /// resolves to what it did and the approval after it; `None` when there is no such
+    /// approval. A change that decides it is announced as a change of the run.
+    fn decide(&self, run: &str, step: &str, change: &Decide) -> Option<(Applied, Approval)>;
+    /// A run's approvals, in the order they were asked.
+    fn approvals(&self, run: &str) -> Vec<Approval>;
+    /// Every approval not decided yet of every run that is running, oldest first.
+    fn open_approvals(&self) -> Vec<Approval>;
     /// Runs in a status, oldest first.
     fn runs_with_status(&self, status: RunStatus) -> Vec<Run>;
     /// How many runs of `principal` are `queued`.

@@ -19,9 +19,9 @@ use ::postgres::{Client, GenericClient, NoTls, Row, Statement};
 use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
-    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Notice, Pending,
-    Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord, StepState, TokenRecord,
-    now_ms,
+    Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Interrupted, Lock,
+    NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord,
+    StepState, TokenRecord, apply, now_ms,
 };
 
 /// How many threads read, each on its own connection. As for SQLite: two let a long read (a
@@ -40,11 +40,12 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
     include_str!("postgres/migrations/003_sessions.sql"),
     include_str!("postgres/migrations/004_not_before.sql"),
+    include_str!("postgres/migrations/005_approvals.sql"),
 ];
 
 /// The schema this build writes.
@@ -1132,6 +1133,94 @@ impl AsyncStore for PgStore {
                  WHERE id = $1 AND status = 'running'",
                 &[&run, &by],
             )? == 1)
+        })
+    }
+
+    fn open_approval(&self, approval: &Approval) -> Pending<Approval> {
+        let approval = approval.clone();
+        self.write(Commit::Now, move |tx| {
+            tx.execute(
+                "INSERT INTO approvals (run_id, step, open, body) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (run_id, step) DO NOTHING",
+                &[
+                    &approval.run,
+                    &approval.step,
+                    &approval.outcome.is_none(),
+                    &approval.to_json(),
+                ],
+            )?;
+            notify(tx, &format!("r:{}", approval.run))?;
+            let row = tx.query_one(
+                "SELECT body FROM approvals WHERE run_id = $1 AND step = $2",
+                &[&approval.run, &approval.step],
+            )?;
+            Approval::from_json(row.try_get(0)?)
+        })
+    }
+
+    fn decide(
+        &self,
+        run: &str,
+        step: &str,
+        change: &Decide,
+    ) -> Pending<Option<(Applied, Approval)>> {
+        let (run, step, change) = (run.to_owned(), step.to_owned(), change.clone());
+        self.write(Commit::Now, move |tx| {
+            // Locked to the commit: two daemons' votes on one approval take turns.
+            let Some(row) = tx.query_opt(
+                "SELECT body FROM approvals WHERE run_id = $1 AND step = $2 FOR UPDATE",
+                &[&run, &step],
+            )?
+            else {
+                return Ok(None);
+            };
+            let mut approval = Approval::from_json(row.try_get(0)?)?;
+            let applied = apply(&mut approval, &change);
+            if matches!(
+                applied,
+                Applied::Counted | Applied::Expired | Applied::Withdrawn
+            ) {
+                tx.execute(
+                    "UPDATE approvals SET open = $3, body = $4 WHERE run_id = $1 AND step = $2",
+                    &[
+                        &run,
+                        &step,
+                        &approval.outcome.is_none(),
+                        &approval.to_json(),
+                    ],
+                )?;
+                // The daemon running the run hears it and looks at once.
+                notify(tx, &format!("r:{run}"))?;
+            }
+            Ok(Some((applied, approval)))
+        })
+    }
+
+    fn approvals(&self, run: &str) -> Pending<Vec<Approval>> {
+        let run = run.to_owned();
+        self.read(move |conn| {
+            conn.query(
+                "SELECT body FROM approvals WHERE run_id = $1 ORDER BY seq",
+                &[&run],
+            )?
+            .iter()
+            .map(|row| Approval::from_json(row.try_get(0)?))
+            .collect()
+        })
+    }
+
+    fn open_approvals(&self) -> Pending<Vec<Approval>> {
+        self.read(move |conn| {
+            // A run that stopped running (interrupted and left for a person to resume, say)
+            // waits for no one.
+            conn.query(
+                "SELECT a.body FROM approvals a JOIN runs r ON r.id = a.run_id \
+                 WHERE a.open AND r.status = 'running' ORDER BY a.seq",
+                &[],
+            )?
+            .iter()
+            .map(|row| Approval::from_json(row.try_get(0)?))
+            .collect()
         })
     }
 

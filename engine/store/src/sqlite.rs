@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
-    AsyncStore, AuditEntry, Change, Commit, Error, Interrupted, Lock, NewRun, Notice, Pending,
-    Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord, StepState, TokenRecord,
-    now_ms,
+    Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Interrupted, Lock,
+    NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord,
+    StepState, TokenRecord, apply, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -32,8 +32,14 @@ const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// sets the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [fn(&Connection) -> Result<()>; 5] =
-    [create_v1, json_token_lists, claims, sessions, not_before];
+const MIGRATIONS: [fn(&Connection) -> Result<()>; 6] = [
+    create_v1,
+    json_token_lists,
+    claims,
+    sessions,
+    not_before,
+    approvals,
+];
 
 /// Version 1: the schema as it was before it had a version. Idempotent, since a version-0
 /// database may already have it.
@@ -162,6 +168,25 @@ CREATE INDEX runs_key ON runs (concurrency_key) WHERE concurrency_key IS NOT NUL
 /// (see `claim.rs`).
 fn not_before(conn: &Connection) -> Result<()> {
     conn.execute_batch("ALTER TABLE runs ADD COLUMN not_before_ms INTEGER;")?;
+    Ok(())
+}
+
+/// Version 6: the approvals runs wait for, one JSON document each (see `approval.rs`); `open`
+/// says it is not decided yet, for the daemon's "waiting" views.
+fn approvals(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "
+CREATE TABLE approvals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    step TEXT NOT NULL,
+    open INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    UNIQUE (run_id, step)
+);
+CREATE INDEX approvals_open ON approvals (open) WHERE open;
+",
+    )?;
     Ok(())
 }
 
@@ -1009,6 +1034,75 @@ impl AsyncStore for SqliteStore {
         })
     }
 
+    fn open_approval(&self, approval: &Approval) -> Pending<Approval> {
+        let approval = approval.clone();
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO approvals (run_id, step, open, body) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (run_id, step) DO NOTHING",
+            )?
+            .execute(params![
+                approval.run,
+                approval.step,
+                approval.outcome.is_none(),
+                approval.to_json()
+            ])?;
+            approval_of(tx, &approval.run, &approval.step)?.ok_or_else(|| Error::Corrupt {
+                table: "approvals",
+                message: "an approval just written is gone".into(),
+            })
+        })
+    }
+
+    fn decide(
+        &self,
+        run: &str,
+        step: &str,
+        change: &Decide,
+    ) -> Pending<Option<(Applied, Approval)>> {
+        let (run, step, change) = (run.to_owned(), step.to_owned(), change.clone());
+        // Writes take turns on the one writer connection: nothing changes the row between
+        // the read and the write.
+        self.write(move |tx| {
+            let Some(mut approval) = approval_of(tx, &run, &step)? else {
+                return Ok(None);
+            };
+            let applied = apply(&mut approval, &change);
+            if matches!(
+                applied,
+                Applied::Counted | Applied::Expired | Applied::Withdrawn
+            ) {
+                tx.prepare_cached(
+                    "UPDATE approvals SET open = ?3, body = ?4 WHERE run_id = ?1 AND step = ?2",
+                )?
+                .execute(params![
+                    run,
+                    step,
+                    approval.outcome.is_none(),
+                    approval.to_json()
+                ])?;
+            }
+            Ok(Some((applied, approval)))
+        })
+    }
+
+    fn approvals(&self, run: &str) -> Pending<Vec<Approval>> {
+        let run = run.to_owned();
+        self.read(move |conn| approvals_where(conn, "run_id = ?1", params![run]))
+    }
+
+    fn open_approvals(&self) -> Pending<Vec<Approval>> {
+        // A run that stopped running (interrupted and left for a person to resume, say) waits
+        // for no one.
+        self.read(move |conn| {
+            approvals_where(
+                conn,
+                "open AND run_id IN (SELECT id FROM runs WHERE status = ?1)",
+                params![Text(RunStatus::Running)],
+            )
+        })
+    }
+
     fn runs_with_status(&self, status: RunStatus) -> Pending<Vec<Run>> {
         self.read(move |conn| {
             query_runs(
@@ -1245,6 +1339,31 @@ impl AsyncStore for SqliteStore {
     fn integrity_check(&self) -> Pending<String> {
         self.read(|conn| Ok(conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))?))
     }
+}
+
+fn approval_of(conn: &Connection, run: &str, step: &str) -> Result<Option<Approval>> {
+    let body: Option<String> = conn
+        .prepare_cached("SELECT body FROM approvals WHERE run_id = ?1 AND step = ?2")?
+        .query_row(params![run, step], |row| row.get(0))
+        .optional()?;
+    body.as_deref().map(Approval::from_json).transpose()
+}
+
+fn approvals_where(
+    conn: &Connection,
+    condition: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Approval>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT body FROM approvals WHERE {condition} ORDER BY seq"
+    ))?;
+    let bodies = stmt
+        .query_map(params, |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    bodies
+        .iter()
+        .map(|body| Approval::from_json(body))
+        .collect()
 }
 
 fn locks(conn: &Connection) -> Result<Vec<Lock>> {

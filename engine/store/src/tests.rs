@@ -10,9 +10,9 @@ use std::sync::Arc;
 // The cases call the blocking interface only: with both traits in scope every call would be
 // ambiguous. A case that queues a write without waiting names `AsyncStore` in full.
 use crate::{
-    AsyncStore, AuditEntry, Change, Commit, Error, Fence, Lock, MAX_AUDIT_FIELD, NewRun, PgStore,
-    RunFilter, RunStatus, Scope, Section, SessionRecord, SqliteStore, StepState, Store,
-    TokenRecord, now_ms,
+    Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Fence, Lock,
+    MAX_AUDIT_FIELD, NewRun, Outcome, PgStore, RunFilter, RunStatus, Scope, Section, SessionRecord,
+    SqliteStore, StepState, Store, TokenRecord, VoteRecord, now_ms,
 };
 
 /// No cap on queued runs.
@@ -103,6 +103,7 @@ both!(
     a_token_keeps_its_newest_sessions_and_never_ends_another_tokens,
     the_session_cap_refuses_only_when_no_expired_session_can_go,
     deleting_a_token_ends_its_sessions,
+    an_approval_keeps_its_first_deadline_and_counts_each_person_once,
 );
 
 /// The daemon the cases claim runs as, with a lease no case outlives.
@@ -1111,4 +1112,137 @@ fn deleting_a_token_ends_its_sessions(t: &Tested) {
         .filter(|id| store.session(id, 100).unwrap().is_some())
         .collect::<Vec<_>>();
     assert_eq!(live, ["s3", "s4"]);
+}
+
+fn asked(run: &str, since_ms: i64) -> Approval {
+    Approval {
+        run: run.into(),
+        step: "decide".into(),
+        step_name: "Decide".into(),
+        message: "keep release 4?".into(),
+        roles: vec!["deployer".into()],
+        principals: vec!["alice".into()],
+        required: 2,
+        allow_self: false,
+        since_ms,
+        deadline_ms: since_ms + 60_000,
+        outcome: None,
+        votes: Vec::new(),
+    }
+}
+
+fn vote(principal: &str, approve: bool) -> Decide {
+    Decide::Vote(VoteRecord {
+        principal: principal.into(),
+        approve,
+        comment: format!("{principal} says so"),
+        time_ms: 5_000,
+    })
+}
+
+fn an_approval_keeps_its_first_deadline_and_counts_each_person_once(t: &Tested) {
+    let store = &*t.store;
+    store.create_run(&new_run("r1", None), ANY).unwrap();
+    store.create_run(&new_run("r2", None), ANY).unwrap();
+    store.create_run(&new_run("r3", None), ANY).unwrap();
+    let fences = claim_all(store);
+    let first = store.open_approval(&asked("r1", 1_000)).unwrap();
+    assert_eq!(first.deadline_ms, 61_000);
+    // Asked again after a restart: the first ask stands, deadline and all.
+    let again = store.open_approval(&asked("r1", 9_000)).unwrap();
+    assert_eq!(again, first);
+    store.open_approval(&asked("r2", 2_000)).unwrap();
+    store.open_approval(&asked("r3", 3_000)).unwrap();
+    assert_eq!(store.open_approvals().unwrap().len(), 3);
+    // A run that stops running waits for no one; a withdrawn approval is cancelled.
+    store
+        .append_event(
+            "r3",
+            &fences["r3"],
+            "{}",
+            Some(&run_ended(RunStatus::Cancelled)),
+            Commit::Now,
+        )
+        .unwrap();
+    assert_eq!(store.open_approvals().unwrap().len(), 2);
+    let (applied, after) = store
+        .decide("r3", "decide", &Decide::Withdraw)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (applied, after.outcome),
+        (Applied::Withdrawn, Some(Outcome::Cancelled))
+    );
+
+    let (applied, after) = store
+        .decide("r1", "decide", &vote("alice", true))
+        .unwrap()
+        .unwrap();
+    assert_eq!((applied, after.outcome), (Applied::Counted, None));
+    let (applied, _) = store
+        .decide("r1", "decide", &vote("alice", true))
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied, Applied::Again);
+    let (applied, after) = store
+        .decide("r1", "decide", &vote("bob", true))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (applied, after.outcome),
+        (Applied::Counted, Some(Outcome::Approved))
+    );
+    assert_eq!(
+        store.approvals("r1").unwrap()[0]
+            .votes
+            .iter()
+            .map(|v| v.principal.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
+    let (applied, _) = store
+        .decide("r1", "decide", &vote("carol", false))
+        .unwrap()
+        .unwrap();
+    assert_eq!(applied, Applied::Closed);
+    assert!(
+        store
+            .decide("r1", "other", &vote("bob", true))
+            .unwrap()
+            .is_none()
+    );
+
+    // r2 times out from its own deadline, not before.
+    let expire = |now_ms| Decide::Expire { now_ms };
+    assert_eq!(
+        store
+            .decide("r2", "decide", &expire(61_999))
+            .unwrap()
+            .unwrap()
+            .0,
+        Applied::NotYet
+    );
+    let (applied, after) = store
+        .decide("r2", "decide", &expire(62_000))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (applied, after.outcome),
+        (Applied::Expired, Some(Outcome::TimedOut))
+    );
+    assert!(store.open_approvals().unwrap().is_empty());
+
+    // A pruned run takes its approvals with it.
+    store
+        .append_event(
+            "r1",
+            &fences["r1"],
+            "{}",
+            Some(&run_ended(RunStatus::Succeeded)),
+            Commit::Now,
+        )
+        .unwrap();
+    store.prune(now_ms() + 1000).unwrap();
+    assert!(store.approvals("r1").unwrap().is_empty());
+    assert_eq!(store.approvals("r2").unwrap().len(), 1);
 }

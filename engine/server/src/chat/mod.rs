@@ -599,6 +599,7 @@ async fn status(
                 status: None,
                 before: None,
                 limit: Some(STATUS_RUNS),
+                for_me: None,
             };
             let runs = match service.runs(caller, query).await {
                 Ok(list) => list.runs,
