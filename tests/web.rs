@@ -28,15 +28,17 @@ const E2E_DEADLINE: Duration = Duration::from_secs(300);
 
 const ADMIN_TOKEN: &str = "web-test-admin-0123456789abcdef0123456789abcdef";
 const VIEWER_TOKEN: &str = "web-test-viewer-0123456789abcdef0123456789abcdef";
+const DEPLOYER_TOKEN: &str = "web-test-deployer-0123456789abcdef0123456789abcdef";
 
-/// The deploy the page drives: QA, deploy, verify the error ratio, roll back on a breach.
-/// Releases 1 and 2 are healthy; 3 fails 8% of its requests. `METRICS` is replaced by the
-/// address of the test's app.
+/// The deploy the page drives: QA, deploy, verify the error ratio, ask a person when it is
+/// inconclusive, roll back on a breach or a rejection. Releases 1 and 2 are healthy; 3 fails
+/// 8% of its requests; 4 fails 3%, between the limits. `METRICS` is replaced by the address
+/// of the test's app.
 const DEPLOY: &str = r#"
 name: deploy
 description: Check QA, deploy a release of the site, verify its error ratio, roll back if it breaches.
 inputs:
-  release: { type: choice, choices: ["1", "2", "3"], required: true, description: The release to deploy }
+  release: { type: choice, choices: ["1", "2", "3", "4"], required: true, description: The release to deploy }
   environment: { type: choice, choices: [staging, production], default: staging, description: Where it goes }
   note: { type: string, description: Why you deploy (kept in the run's inputs) }
   smoke: { type: bool, default: true, description: Verify the error ratio after the deploy }
@@ -68,14 +70,24 @@ steps:
     with:
       provider: scrape
       address: http://METRICS/metrics/${{ inputs.environment }}
+      on_inconclusive: succeed
       metrics:
         - name: error_ratio
           series: demo_error_ratio
           success_condition: result < 0.01
+          failure_condition: result > 0.05
           interval: 300ms
           count: 4
           failure_limit: 1
     allow: { http: ["127.0.0.1:*"] }
+  - id: decide
+    name: Keep the release?
+    needs: verify
+    if: steps.verify.outputs.verdict == 'Inconclusive'
+    approval:
+      message: "Release ${{ inputs.release }} in ${{ inputs.environment }} has an error ratio of ${{ steps.verify.outputs.measurements[0].value }}: above 0.01, not yet 0.05. Keep it?"
+      approvers: { roles: [deployer] }
+    timeout: 10m
 on_failure:
   - id: rollback
     name: Roll back
@@ -87,6 +99,18 @@ on_failure:
       release: ${{ steps.deploy.outputs.previous_release }}
       target: www/${{ inputs.environment }}
     allow: { write: [www] }
+"#;
+
+/// An approval nobody answers in time.
+const GATE: &str = r#"
+name: gate
+steps:
+  - id: decide
+    name: Go ahead?
+    approval:
+      message: Nobody will answer this one in time.
+      approvers: { roles: [deployer] }
+    timeout: 4s
 "#;
 
 /// A quick workflow for the API checks, with no plugin but `echo`.
@@ -140,6 +164,11 @@ name = "victor"
 roles = ["viewer"]
 token_sha256 = "{}"
 
+[[principals]]
+name = "dana"
+roles = ["deployer"]
+token_sha256 = "{}"
+
 # Open at every hour: the environments view shows it, and no deploy is refused by it.
 [[windows]]
 applies_to = ["deploy-staging"]
@@ -147,6 +176,7 @@ timezone = "Europe/Paris"
 "#,
         sha(ADMIN_TOKEN),
         sha(VIEWER_TOKEN),
+        sha(DEPLOYER_TOKEN),
     )
 }
 
@@ -156,7 +186,7 @@ timezone = "Europe/Paris"
 /// A workflow's paths are taken from its own folder, so all of it is under `workflows/`.
 fn setup() -> (TestDir, Server) {
     let dir = TestDir::new();
-    for (release, ratio) in [("1", 0.002), ("2", 0.003), ("3", 0.08)] {
+    for (release, ratio) in [("1", 0.002), ("2", 0.003), ("3", 0.08), ("4", 0.03)] {
         dir.write(
             &format!("workflows/build/{release}/index.html"),
             format!("<h1>Release {release}</h1>\n"),
@@ -177,6 +207,7 @@ fn setup() -> (TestDir, Server) {
         DEPLOY.replace("METRICS", &metrics.host()),
     );
     dir.write("workflows/hello.yaml", HELLO);
+    dir.write("workflows/gate.yaml", GATE);
     dir.write("shiphat.toml", config());
     (dir, metrics)
 }
@@ -491,6 +522,7 @@ fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
         .env("SHIPHAT_URL", daemon.url(""))
         .env("SHIPHAT_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("SHIPHAT_VIEWER_TOKEN", VIEWER_TOKEN)
+        .env("SHIPHAT_DEPLOYER_TOKEN", DEPLOYER_TOKEN)
         .env("SHIPHAT_SCREENSHOTS", &shots)
         .env("SHIPHAT_PLAYWRIGHT", &playwright)
         .env("SHIPHAT_AXE", &axe)

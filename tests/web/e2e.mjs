@@ -3,14 +3,17 @@
 //   SHIPHAT_URL            the daemon, e.g. http://127.0.0.1:41234
 //   SHIPHAT_ADMIN_TOKEN    a token with role admin
 //   SHIPHAT_VIEWER_TOKEN   a token with role viewer
+//   SHIPHAT_DEPLOYER_TOKEN a token with role deployer (another person than the admin)
 //   SHIPHAT_SCREENSHOTS    an existing folder for the PNGs
 //   SHIPHAT_PLAYWRIGHT     absolute path of the playwright-core package folder
 //   SHIPHAT_AXE            absolute path of the axe-core package folder
 //   SHIPHAT_CHROMIUM       the browser (default /usr/bin/chromium)
 //   SHIPHAT_INTERRUPTED    the id of a run the daemon was killed during (step 8 resumes it)
-// The daemon serves one workflow `deploy` (inputs release 1|2|3, environment staging|production,
-// note, smoke, batch (a number); steps qa, deploy, verify, on_failure rollback; release 3 breaches the metric)
-// and nothing is deployed yet; a workflow `slow` has the interrupted run. Exits 0 and prints `e2e: ok (N screenshots)`, or exits 1 with
+// The daemon serves a workflow `deploy` (inputs release 1|2|3|4, environment staging|production,
+// note, smoke, batch (a number); steps qa, deploy, verify, decide (an approval when verify is
+// inconclusive), on_failure rollback; release 3 breaches the metric, release 4 is inconclusive)
+// and nothing is deployed yet; a workflow `slow` has the interrupted run; `gate` is an approval
+// that times out after 4 s. Exits 0 and prints `e2e: ok (N screenshots)`, or exits 1 with
 // the failing step and a failure.png.
 //
 // Every page state the scenario visits, on a desktop, a phone and in the dark scheme, is
@@ -29,6 +32,7 @@ const env = (name, fallback) => {
 const BASE = env('SHIPHAT_URL').replace(/\/$/, '');
 const ADMIN = env('SHIPHAT_ADMIN_TOKEN');
 const VIEWER = env('SHIPHAT_VIEWER_TOKEN');
+const DEPLOYER = env('SHIPHAT_DEPLOYER_TOKEN');
 const SHOTS = env('SHIPHAT_SCREENSHOTS');
 const PW = env('SHIPHAT_PLAYWRIGHT');
 const CHROMIUM = env('SHIPHAT_CHROMIUM', '/usr/bin/chromium');
@@ -504,6 +508,101 @@ try {
   await admin.goto(`${BASE}/#/environments`);
   await admin.waitForSelector(tid('env-deploy-staging'));
   await audit(admin, 'dark phone: environments');
+
+  step(10, 'approvals: the starter may only reject; another deployer approves one, rejects one; one times out');
+  await admin.emulateMedia({ colorScheme: 'light' });
+  await admin.setViewportSize({ width: 1280, height: 900 });
+  page = admin;
+  await deployFromForm(admin, '4', 'production');
+  const keptRun = await waitRunPage(admin);
+  console.log(`e2e:    run ${keptRun} (approved)`);
+  await admin.waitForSelector(`${tid('run-status')}[data-status="waiting"]`, { timeout: LONG });
+  await admin.waitForSelector(tid('approval-panel'));
+  const question = (await admin.textContent(tid('approval-text'))) || '';
+  check(question.includes('Release 4 in production has an error ratio of 0.03'), `the approval asks \`${question}\``);
+  await admin.waitForSelector(`${tid('approval-evidence')} ${tid('chart-error_ratio')}`);
+  check(await admin.locator(tid('approval-approve')).count() === 0, 'the one who started the run may approve it');
+  check(await admin.locator(tid('approval-reject')).count() === 1, 'the one who started the run may not reject it');
+  check(((await admin.textContent(tid('approval-why-not'))) || '').includes('another person must approve it'), 'the starter is not told why they cannot approve');
+  await shot(admin, 'approval-starter.png', true);
+  await audit(admin, 'approval: the starter');
+
+  // Another deployer, in a browser of their own, finds it under "Waiting for you".
+  const dctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const dana = await dctx.newPage();
+  dana.setDefaultTimeout(WAIT);
+  watch(dana, 'deployer');
+  page = dana;
+  await dana.goto(`${BASE}/`);
+  await dana.waitForSelector(tid('signin-form'));
+  await signIn(dana, DEPLOYER);
+  await dana.check(tid('filter-for-me'));
+  await dana.click(tid('filter-apply'));
+  await dana.waitForFunction((id) => {
+    const rows = [...document.querySelectorAll('[data-testid="run-row"]')];
+    return location.hash.includes('for_me=1') && rows.length === 1 && rows[0].dataset.runId === id && rows[0].dataset.status === 'waiting';
+  }, keptRun, { timeout: WAIT });
+  await audit(dana, 'runs waiting for you');
+  await dana.click(`${tid('run-row')}[data-run-id="${keptRun}"] a`);
+  await dana.waitForSelector(tid('approval-approve'));
+  await shot(dana, 'approval.png', true);
+  await audit(dana, 'approval: an approver');
+  // The keyboard alone: the comment, then Tab to Approve and Enter.
+  await dana.focus(tid('approval-comment'));
+  await dana.keyboard.type('0.03 is the cache warming up');
+  await dana.keyboard.press('Tab');
+  check(await dana.evaluate(() => document.activeElement?.dataset.testid === 'approval-approve'), `Tab from the comment went to ${await focused(dana)}`);
+  await dana.keyboard.press('Enter');
+  await runEnds(dana, 'succeeded');
+  await dana.waitForSelector(`${tid('step-decide')}[data-status="succeeded"]`);
+  const approvedBy = (await dana.textContent(`${tid('step-decide')} .glance-summary`)) || '';
+  check(approvedBy.includes('approved by dana') && approvedBy.includes('cache warming up'), `the approval step says \`${approvedBy}\``);
+  check(await dana.locator(tid('approval-panel')).count() === 0, 'the approval panel stays after the decision');
+  await runEnds(admin, 'succeeded');
+  await audit(dana, 'approved run succeeded');
+
+  // Rejected: the step fails with the reason, and the rollback runs.
+  page = admin;
+  await deployFromForm(admin, '4', 'staging');
+  const rejectedRun = await waitRunPage(admin);
+  console.log(`e2e:    run ${rejectedRun} (rejected)`);
+  page = dana;
+  await dana.goto(`${BASE}/#/runs/${encodeURIComponent(rejectedRun)}`);
+  await dana.waitForSelector(tid('approval-reject'), { timeout: LONG });
+  await dana.emulateMedia({ colorScheme: 'dark' });
+  await audit(dana, 'dark: approval');
+  await dana.setViewportSize({ width: 390, height: 844 });
+  const approvalWidth = await dana.evaluate(() => document.documentElement.scrollWidth);
+  check(approvalWidth <= 390, `the approval panel is ${approvalWidth}px wide at 390px`);
+  await shot(dana, 'dark-phone-approval.png', true);
+  await audit(dana, 'dark phone: approval');
+  await dana.emulateMedia({ colorScheme: 'light' });
+  await dana.setViewportSize({ width: 1280, height: 900 });
+  await dana.fill(tid('approval-comment'), 'not before the weekend');
+  await dana.click(tid('approval-reject'));
+  await runEnds(dana, 'failed');
+  await dana.waitForSelector(`${tid('step-rollback')}[data-status="succeeded"]`);
+  const rejectedWhy = (await dana.textContent(tid('step-error-decide'))) || '';
+  check(rejectedWhy.includes('rejected by dana') && rejectedWhy.includes('not before the weekend'), `the rejected step says \`${rejectedWhy}\``);
+  await audit(dana, 'rejected run rolled back');
+
+  // Nobody answers: the wait ends at its deadline as a rejection.
+  const gated = await fetch(`${BASE}/api/v1/runs`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ workflow: 'gate' }),
+  });
+  check(gated.status === 202, `starting the gate answered ${gated.status}`);
+  const gateRun = (await gated.json()).id;
+  await dana.goto(`${BASE}/#/runs/${encodeURIComponent(gateRun)}`);
+  await dana.waitForSelector(tid('approval-panel'), { timeout: WAIT });
+  check(((await dana.textContent(tid('approval-text'))) || '').includes('Nobody will answer'), 'the gate asks something else');
+  await runEnds(dana, 'failed');
+  const timedOut = (await dana.textContent(tid('step-error-decide'))) || '';
+  check(timedOut.includes('timeout') && timedOut.includes('no decision within 4s'), `the timed-out step says \`${timedOut}\``);
+  check(await dana.locator(tid('approval-panel')).count() === 0, 'the approval panel stays after the timeout');
+  await audit(dana, 'approval timed out');
+  page = admin;
 
   console.log(`e2e: ${audits} page states audited with axe-core, ${violations.length} violations`);
   check(violations.length === 0, `axe-core found WCAG 2.1 A/AA violations:\n  ${violations.join('\n  ')}`);

@@ -103,11 +103,11 @@ function focusHeadingIfLost(root) {
 // ---------------------------------------------------------------------------------------
 // Formatting
 
-const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted'];
+const RUN_STATUSES = ['queued', 'running', 'waiting', 'succeeded', 'failed', 'cancelled', 'interrupted'];
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 const STATUS_ICON = {
   succeeded: '✓', failed: '✗', running: '●', queued: '…', pending: '○', skipped: '–',
-  cancelled: '⊘', interrupted: '!',
+  cancelled: '⊘', interrupted: '!', waiting: '‖',
 };
 
 function fmtDuration(ms) {
@@ -388,11 +388,13 @@ async function viewRuns(root, show, params) {
   setTitle('Runs');
   const wf = params.get('workflow') || '';
   const st = params.get('status') || '';
+  const forMe = params.get('for_me') === '1';
   const before = params.get('before') || '';
   const filterQs = (cursor) => {
     const q = new URLSearchParams();
     if (wf) q.set('workflow', wf);
     if (st) q.set('status', st);
+    if (forMe) q.set('for_me', '1');
     if (cursor) q.set('before', cursor);
     const qs = q.toString();
     return qs ? `?${qs}` : '';
@@ -407,9 +409,12 @@ async function viewRuns(root, show, params) {
     const q = new URLSearchParams();
     if (wfSel.value) q.set('workflow', wfSel.value);
     if (stSel.value) q.set('status', stSel.value);
+    if (mine.checked) q.set('for_me', '1');
     const qs = q.toString();
     location.hash = `#/runs${qs ? `?${qs}` : ''}`;
   };
+  // Runs waiting at an approval this person may give.
+  const mine = h('input', { type: 'checkbox', id: 'filter-for-me', name: 'for_me', checked: forMe, testid: 'filter-for-me' });
   const wfSel = h('select', { id: 'filter-workflow', name: 'workflow', testid: 'filter-workflow' },
     h('option', { value: '' }, 'All workflows'),
     workflows.map((w) => h('option', { value: w.name, selected: w.name === wf }, w.name)));
@@ -425,6 +430,7 @@ async function viewRuns(root, show, params) {
     h('form', { class: 'filters', 'aria-label': 'Filter runs', onsubmit: setFilter },
       h('div', { class: 'field inline' }, h('label', { for: 'filter-workflow' }, 'Workflow'), wfSel),
       h('div', { class: 'field inline' }, h('label', { for: 'filter-status' }, 'Status'), stSel),
+      h('div', { class: 'field check for-me' }, mine, h('label', { for: 'filter-for-me' }, 'Waiting for you')),
       h('div', { class: 'field inline apply' }, h('button', { type: 'submit', class: 'btn', testid: 'filter-apply' }, 'Show runs'))),
     listBox);
 
@@ -434,6 +440,7 @@ async function viewRuns(root, show, params) {
     const q = new URLSearchParams({ limit: '50' });
     if (wf) q.set('workflow', wf);
     if (st) q.set('status', st);
+    if (forMe) q.set('for_me', 'true');
     if (before) q.set('before', before);
     const data = await api('GET', `/api/v1/runs?${q}`);
     const runs = data.runs || [];
@@ -463,7 +470,7 @@ function runChanges(shown, runs) {
 }
 
 function runsTable(runs) {
-  if (!runs.length) return h('p', { class: 'empty', testid: 'runs-empty' }, 'No runs yet.');
+  if (!runs.length) return h('p', { class: 'empty', testid: 'runs-empty' }, 'No runs here.');
   const th = (t, cls) => h('th', { scope: 'col', class: cls }, t);
   return h('table', { class: 'runs stack', testid: 'runs-table' },
     h('thead', null, h('tr', null, th('Workflow'), th('Environment'), th('Who'), th('When'), th('Status'), th('Duration', 'num'))),
@@ -473,7 +480,7 @@ function runsTable(runs) {
       h('td', { 'data-label': 'Who', class: 'ellipsis' }, r.principal || '—'),
       h('td', { 'data-label': 'When' }, timeEl(r.created_ms, r.created_at)),
       h('td', { 'data-label': 'Status' }, badge(r.status), r.status === 'queued' && r.queue_position ? h('span', { class: 'muted small' }, ` #${r.queue_position}`) : null),
-      h('td', { 'data-label': 'Duration', class: 'num' }, r.status === 'running' && r.started_ms ? liveDuration(r.started_ms) : runDuration(r))))));
+      h('td', { 'data-label': 'Duration', class: 'num' }, (r.status === 'running' || r.status === 'waiting') && r.started_ms ? liveDuration(r.started_ms) : runDuration(r))))));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -507,14 +514,29 @@ async function viewRun(root, show, alive, id) {
   const model = buildModel(await api('GET', `/api/v1/runs/${encodeURIComponent(id)}`));
   setTitle(`${model.run.workflow} ${model.run.id}`);
   const headBox = h('div');
+  const approvalBox = h('div');
   const stepsBox = h('div', { class: 'timeline-box' });
   const runLogsBox = h('div');
-  root.append(headBox, stepsBox, runLogsBox);
+  root.append(headBox, approvalBox, stepsBox, runLogsBox);
 
   // The run's status is announced when it changes, not on every redraw of the header.
   let said = model.run.status;
+  // The approval panel is drawn again only when what it shows changed, so a comment being
+  // typed is not wiped by a refresh of the header.
+  let approvalShown = null;
+  const renderApproval = () => {
+    const open = waitingAt(model);
+    const key = JSON.stringify([model.run.status, open && [open.step, open.votes.length, open.you_may_approve, open.you_may_reject], open && evidenceOf(model).length]);
+    if (key === approvalShown) return;
+    approvalShown = key;
+    keepingFocus(approvalBox, () => fill(approvalBox, approvalPanel(model, decide)));
+    // The step that asks reads `waiting` while it does.
+    const asking = open && model.steps.get(open.step);
+    if (asking) redrawStep(model, asking);
+  };
   const renderHead = () => {
     keepingFocus(headBox, () => headBox.replaceChildren(runHeader(model, cancel, resume)));
+    renderApproval();
     if (model.run.status !== said) {
       said = model.run.status;
       const rb = rollbackState(model);
@@ -540,6 +562,22 @@ async function viewRun(root, show, alive, id) {
   const cancel = (btn, msg) => confirm(`Cancel run ${model.run.id}?`) && cancelNow(btn, msg);
   // An interrupted run (the daemon stopped mid-run) goes on from its step in flight.
   const resume = act('resume', 'Resuming…');
+  // Approves or rejects the approval the run waits at, with the comment typed.
+  const decide = async (approval, decision, buttons, comment, msg) => {
+    for (const b of buttons) b.disabled = true;
+    try {
+      const answer = await api('POST', `/api/v1/runs/${encodeURIComponent(model.run.id)}/approvals`,
+        { step: approval.step, decision, comment: comment.value.trim() });
+      const said = decision === 'approve' ? 'Approved' : 'Rejected';
+      const left = answer.outcome ? '' : `; ${answer.votes.filter((v) => v.decision === 'approve').length} of ${answer.required} approvals, it still waits`;
+      msg.textContent = `${said}${left}.`;
+      announce(`${said} ${approval.step_name}${left}`);
+      refreshHead().catch(() => {});
+    } catch (e) {
+      msg.textContent = e.message;
+      for (const b of buttons) b.disabled = false;
+    }
+  };
 
   // The header (status, queue position, detail) comes from GET: cheap, and it covers what the
   // event stream does not say, e.g. a queued run's position or a cancel before it started.
@@ -634,7 +672,8 @@ function applyEvent(model, ev, renderAll, renderHead, refreshHead) {
       });
       if (st.status === 'failed' && !model.closed.has(st.id)) model.open.add(st.id);
       redrawStep(model, st);
-      if (st.section === 'on_failure') refreshHead(); // the server says whether it rolled back
+      // The server says whether it rolled back, or that the run no longer waits.
+      if (st.section === 'on_failure' || model.run.status === 'waiting') refreshHead();
       break;
     }
     case 'run_finished': {
@@ -656,7 +695,7 @@ function rollbackState(model) {
 
 function runHeader(model, cancel, resume) {
   const r = model.run;
-  const running = r.status === 'running';
+  const running = r.status === 'running' || r.status === 'waiting';
   const fact = (label, value, testid) => h('div', { class: 'fact' }, h('dt', null, label), h('dd', { testid }, value));
   const rb = rollbackState(model);
   const msg = h('span', { class: 'muted small', role: 'status' });
@@ -695,6 +734,61 @@ function runHeader(model, cancel, resume) {
     inputsList(r.inputs));
 }
 
+// The approval a run waits at, if it waits.
+function waitingAt(model) {
+  if (model.run.status !== 'waiting') return null;
+  return (model.run.approvals || []).find((a) => !a.outcome) || null;
+}
+
+// What the person deciding should look at: the measurements of the steps that measured.
+function evidenceOf(model) {
+  return [...model.steps.values()].filter((st) => st.outputs && Array.isArray(st.outputs.measurements) && st.outputs.measurements.length);
+}
+
+// The question a waiting run asks: its message, who may decide, until when, the votes so
+// far, the evidence, and Approve / Reject for whoever may.
+function approvalPanel(model, decide) {
+  const a = waitingAt(model);
+  if (!a) return null;
+  const approved = a.votes.filter((v) => v.decision === 'approve').length;
+  const who = [...a.roles.map((r) => `role ${r}`), ...a.principals].join(' or ') || 'anyone who may run the workflow';
+  const fact = (label, value, testid) => h('div', { class: 'fact' }, h('dt', null, label), h('dd', { testid }, value));
+  const comment = h('textarea', { id: 'approval-comment', name: 'comment', rows: '2', maxlength: '2000', testid: 'approval-comment' });
+  const msg = h('p', { class: 'muted small', testid: 'approval-said' });
+  const buttons = [];
+  const button = (decision, text, cls) => {
+    const b = h('button', { type: 'button', class: ['btn', cls], testid: `approval-${decision}` }, text);
+    b.addEventListener('click', () => decide(a, decision, buttons, comment, msg));
+    buttons.push(b);
+    return b;
+  };
+  if (a.you_may_approve) button('approve', 'Approve', 'btn-primary');
+  if (a.you_may_reject) button('reject', 'Reject', 'btn-danger');
+  const mine = state.session && a.votes.some((v) => v.principal === state.session.principal);
+  let whyNot = null;
+  if (mine) whyNot = 'You have decided on it; it waits for the others.';
+  else if (!a.you_may_approve && a.you_may_reject) whyNot = 'You started this run, so another person must approve it; you may still reject it.';
+  else if (!buttons.length) whyNot = `Only ${who} may decide.`;
+  const evidence = evidenceOf(model);
+  return h('section', { class: 'card approval', 'aria-labelledby': 'approval-title', testid: 'approval-panel', dataset: { step: a.step } },
+    h('h2', { id: 'approval-title' }, `Waiting for approval: ${a.step_name}`),
+    h('p', { class: 'approval-text', testid: 'approval-text' }, a.message),
+    h('dl', { class: 'facts' },
+      fact('Who may decide', who, 'approval-who'),
+      fact('Approvals', `${approved} of ${a.required}`, 'approval-count'),
+      fact('Waiting since', timeEl(a.since_ms)),
+      fact('No answer counts as rejected', timeEl(a.deadline_ms), 'approval-deadline')),
+    a.votes.length ? h('ul', { class: 'votes', testid: 'approval-votes' }, a.votes.map((v) =>
+      h('li', null, `${v.decision === 'approve' ? 'Approved' : 'Rejected'} by ${v.principal}`, v.comment ? `: “${v.comment}”` : ''))) : null,
+    evidence.length ? h('div', { class: 'evidence', testid: 'approval-evidence' }, h('h3', null, 'Evidence'), evidence.map((st) => metricsCharts(st.outputs))) : null,
+    buttons.length
+      ? h('form', { class: 'approval-form', onsubmit: (ev) => ev.preventDefault() },
+        h('div', { class: 'field' }, h('label', { for: 'approval-comment' }, 'Comment (optional)'), comment),
+        h('div', { class: 'actions' }, buttons), msg)
+      : null,
+    whyNot ? h('p', { class: 'notice', testid: 'approval-why-not' }, whyNot) : null);
+}
+
 function inputsList(inputs) {
   const keys = Object.keys(inputs || {});
   if (!keys.length) return null;
@@ -731,7 +825,8 @@ function redrawStep(model, st) {
 
 function stepEl(model, st) {
   const terminal = TERMINAL.has(model.run.status) || model.run.status === 'interrupted';
-  const status = st.status === 'pending' && terminal ? 'not-run' : st.status;
+  const asking = st.status === 'running' && waitingAt(model)?.step === st.id;
+  const status = st.status === 'pending' && terminal ? 'not-run' : (asking ? 'waiting' : st.status);
   const timing = st.status === 'running' && st.started_ms ? liveDuration(st.started_ms) : fmtDuration(st.duration_ms);
   const logsPre = h('div', { class: 'logs', role: 'log', 'aria-label': `Logs of ${st.name}`, tabindex: '0' });
   for (const line of st.logs) logsPre.append(logLine(line));
