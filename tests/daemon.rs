@@ -2928,6 +2928,25 @@ reason = "holiday freeze"
     assert_eq!(env("web-staging")["window"], Value::Null);
 }
 
+/// A `shiphat.toml` with a freeze ("release train") of `workflow` from `from_ms` until
+/// `until_ms`, written in UTC to the millisecond.
+fn freeze_config(workflow: &str, from_ms: i64, until_ms: i64) -> String {
+    let civil = |ms: i64| shiphat_store::rfc3339(ms).trim_end_matches('Z').to_owned();
+    format!(
+        r#"workflows = ["workflows"]
+data_dir = "data"
+[[freezes]]
+applies_to = ["{workflow}"]
+timezone = "UTC"
+from = "{}"
+until = "{}"
+reason = "release train"
+"#,
+        civil(from_ms),
+        civil(until_ms)
+    )
+}
+
 #[test]
 fn a_workflow_that_waits_for_its_window_stays_queued_and_starts_when_the_freeze_ends() {
     let dir = TestDir::new();
@@ -2946,22 +2965,9 @@ steps:
     // A freeze that ends a few seconds from now: long enough for the daemon to start and the
     // run to be requested inside it. Written in UTC, to the millisecond.
     let ends_ms = shiphat_store::now_ms() + 6_000;
-    let civil = |ms: i64| shiphat_store::rfc3339(ms).trim_end_matches('Z').to_owned();
     let config = dir.write(
         "shiphat.toml",
-        format!(
-            r#"workflows = ["workflows"]
-data_dir = "data"
-[[freezes]]
-applies_to = ["later"]
-timezone = "UTC"
-from = "{}"
-until = "{}"
-reason = "release train"
-"#,
-            civil(ends_ms - 3_600_000),
-            civil(ends_ms)
-        ),
+        freeze_config("later", ends_ms - 3_600_000, ends_ms),
     );
     let admin = token(&dir, "root", "admin", &[]);
     let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
@@ -3338,4 +3344,56 @@ fn a_waiting_run_survives_a_sigkill_with_its_deadline_and_votes() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn a_run_accepted_in_its_window_does_not_start_after_it_closed() {
+    // Issue 18: the window is checked when a run starts, not only when it is requested. A
+    // run accepted while its window was open, queued behind a long deploy of its key, reaches
+    // the front during a freeze: it waits, saying why, and starts when the freeze ends.
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/ship.yaml",
+        r#"
+name: ship
+inputs:
+  sleep: { type: number, default: 0 }
+concurrency: ship
+steps:
+  - id: ship
+    uses: echo
+    with: { message: shipped, sleep_ms: "${{ inputs.sleep }}" }
+"#,
+    );
+    let now = shiphat_store::now_ms();
+    let (begins_ms, ends_ms) = (now + 4_000, now + 11_000);
+    let config = dir.write("shiphat.toml", freeze_config("ship", begins_ms, ends_ms));
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let long = start_run(
+        &daemon,
+        &admin,
+        json!({"workflow": "ship", "inputs": {"sleep": 6000}}),
+    );
+    let next = start_run(&daemon, &admin, json!({"workflow": "ship"}));
+    assert!(
+        shiphat_store::now_ms() < begins_ms,
+        "the runs were requested after the freeze began; the daemon took too long to start"
+    );
+    let first = wait_run(&daemon, &admin, &long, terminal);
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let held = wait_run(&daemon, &admin, &next, |r| {
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("waits for the deploy window"))
+    });
+    assert_eq!(held["status"], "queued", "{held}");
+    assert!(
+        held["detail"].as_str().unwrap().contains("release train"),
+        "{held}"
+    );
+    let run = wait_run(&daemon, &admin, &next, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let started = run["started_ms"].as_i64().unwrap();
+    assert!(started >= ends_ms, "started at {started}, before {ends_ms}");
 }

@@ -97,6 +97,8 @@ pub struct App {
     claiming: AtomicBool,
     /// Wakes the lease keeper before its time: another daemon asked to cancel one of ours.
     leases_asked: tokio::sync::Notify,
+    /// The deploy windows as a claim asks about them (see [`shiphat_store::WindowCheck`]).
+    window_check: shiphat_store::WindowCheck,
 }
 
 #[derive(Default)]
@@ -164,7 +166,24 @@ impl App {
         runner: shiphat_runner::Runner,
         store: Arc<dyn AsyncStore>,
     ) -> Arc<App> {
+        let windows = config.windows.clone();
+        let window_check: shiphat_store::WindowCheck = Arc::new(move |workflow, key| {
+            let verdict =
+                windows.verdict(workflow, key.unwrap_or(workflow), jiff::Timestamp::now())?;
+            if verdict.is_open() {
+                return None;
+            }
+            let reason = verdict.reason().unwrap_or_else(|| "closed".to_owned());
+            Some(match verdict.next_change() {
+                Some(at) => format!(
+                    "waits for the deploy window: {reason}; opens at {}",
+                    at.rfc3339()
+                ),
+                None => format!("waits for the deploy window: {reason}"),
+            })
+        });
         Arc::new_cyclic(|app| App {
+            window_check,
             config,
             runner: runner.with_approver(Arc::new(crate::approvals::StoreApprover {
                 app: app.clone(),
@@ -389,7 +408,12 @@ impl App {
             if self.accepting.load(Ordering::SeqCst) {
                 match self
                     .store
-                    .claim(&self.owner, self.lease_ms(), CLAIM_BATCH)
+                    .claim(
+                        &self.owner,
+                        self.lease_ms(),
+                        CLAIM_BATCH,
+                        &self.window_check,
+                    )
                     .await
                 {
                     Ok(claimed) => {
@@ -845,6 +869,7 @@ impl App {
         run: &Run,
         by: &Principal,
         forced: Option<&Lock>,
+        past_window: bool,
     ) -> Result<bool, shiphat_store::Error> {
         let detail = match forced {
             None => format!("resumed by `{}`", by.name),
@@ -855,7 +880,7 @@ impl App {
         };
         let moved = self
             .store
-            .requeue(&run.id, &detail, forced.is_some())
+            .requeue(&run.id, &detail, forced.is_some() || past_window)
             .await?;
         if moved {
             let _ = self.live.send(Arc::from(run.id.as_str()));

@@ -392,7 +392,8 @@ impl Service {
             .as_ref()
             .is_none_or(|c| c.queue);
         let (run, created) = app
-            .submit(new, queue, forced.is_some())
+            // Forced past a lock or a window: neither holds its start either.
+            .submit(new, queue, forced.is_some() || forced_window.is_some())
             .await
             .map_err(|refused| match refused {
                 Refused::Busy { key, holder } => Error::Busy {
@@ -908,7 +909,10 @@ impl Service {
             },
             _ => None,
         };
-        if !app.resume(&run, caller, forced.as_ref()).await? {
+        if !app
+            .resume(&run, caller, forced.as_ref(), forced_window.is_some())
+            .await?
+        {
             return Err(Error::NotInterrupted {
                 id: run.id,
                 status: run.status,

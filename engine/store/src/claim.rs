@@ -65,6 +65,7 @@ pub(crate) struct Queued {
     pub workflow: String,
     pub key: Option<String>,
     pub forced: bool,
+    pub dry_run: bool,
     pub detail: Option<String>,
     pub not_before_ms: Option<i64>,
 }
@@ -98,7 +99,8 @@ pub(crate) fn window_detail(not_before_ms: i64) -> String {
 
 /// Decides which of `queued` (oldest first) start: at most `max`, none that a lock in
 /// `locks` (those not expired) holds unless forced, none whose `not_before_ms` is after `now`,
-/// and per concurrency key only the first waiting one, and only when `running` (key → the run
+/// none whose deploy window `windows` says is closed unless forced or a dry run, and per
+/// concurrency key only the first waiting one, and only when `running` (key → the run
 /// holding it) has none.
 ///
 /// A run held by a lock or waiting for its window keeps no place in its key's queue: the runs
@@ -111,6 +113,7 @@ pub(crate) fn plan(
     locks: &[Lock],
     max: usize,
     now: i64,
+    windows: &crate::WindowCheck,
 ) -> Plan {
     let by_key: HashMap<&str, &Lock> = locks.iter().map(|l| (l.key.as_str(), l)).collect();
     let mut keys: HashMap<String, KeyQueue> = running
@@ -142,8 +145,12 @@ pub(crate) fn plan(
             }
             continue;
         }
-        if let Some(not_before) = run.not_before_ms.filter(|t| *t > now) {
-            let detail = window_detail(not_before);
+        let window = match run.not_before_ms.filter(|t| *t > now) {
+            Some(not_before) => Some(window_detail(not_before)),
+            None if run.forced || run.dry_run => None,
+            None => windows(&run.workflow, run.key.as_deref()),
+        };
+        if let Some(detail) = window {
             if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
                 plan.hold.push((run.id.clone(), detail));
             }
@@ -178,6 +185,7 @@ mod tests {
             workflow: "wf".into(),
             key: key.map(Into::into),
             forced: false,
+            dry_run: false,
             detail: None,
             not_before_ms: None,
         }
@@ -201,7 +209,7 @@ mod tests {
             queued("3", None),
             queued("4", Some("j")),
         ];
-        let plan = plan(&q, HashMap::new(), &[], 10, 0);
+        let plan = plan(&q, HashMap::new(), &[], 10, 0, &crate::no_windows());
         assert_eq!(plan.start, ["1", "3", "4"]);
         assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
         assert_eq!(plan.keys["k"].waiting, ["2"]);
@@ -211,7 +219,7 @@ mod tests {
     fn a_running_key_holds_its_queue() {
         let q = [queued("2", Some("k")), queued("3", Some("k"))];
         let running = HashMap::from([("k".to_owned(), "1".to_owned())]);
-        let plan = plan(&q, running, &[], 10, 0);
+        let plan = plan(&q, running, &[], 10, 0, &crate::no_windows());
         assert!(plan.start.is_empty());
         assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
         assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
@@ -224,7 +232,14 @@ mod tests {
         let mut said = queued("3", Some("k"));
         said.detail = Some(format!("x; {}", held_detail(&lock("k"))));
         let q = [queued("1", Some("k")), forced, said];
-        let plan = plan(&q, HashMap::new(), &[lock("k")], 10, 0);
+        let plan = plan(
+            &q,
+            HashMap::new(),
+            &[lock("k")],
+            10,
+            0,
+            &crate::no_windows(),
+        );
         assert_eq!(plan.start, ["2"]);
         assert_eq!(plan.hold, [("1".to_owned(), held_detail(&lock("k")))]);
     }
@@ -239,6 +254,7 @@ mod tests {
             &[lock("wf")],
             10,
             0,
+            &crate::no_windows(),
         );
         assert_eq!(plan.start, ["2"]);
         assert_eq!(plan.hold.len(), 1);
@@ -252,7 +268,7 @@ mod tests {
         said.not_before_ms = Some(2_000);
         said.detail = Some(window_detail(2_000));
         let q = [waits, queued("2", Some("k")), said];
-        let early = plan(&q, HashMap::new(), &[], 10, 1_000);
+        let early = plan(&q, HashMap::new(), &[], 10, 1_000, &crate::no_windows());
         assert_eq!(early.start, ["2"]);
         assert_eq!(early.hold, [("1".to_owned(), window_detail(2_000))]);
         assert_eq!(
@@ -268,9 +284,38 @@ mod tests {
             &[],
             10,
             2_000,
+            &crate::no_windows(),
         );
         assert_eq!(on_time.start, ["1"]);
         assert_eq!(on_time.keys["k"].waiting, ["2"]);
+    }
+
+    #[test]
+    fn a_closed_window_holds_a_run_but_not_a_forced_one_nor_a_dry_run_nor_its_key() {
+        // A run accepted inside its window that reaches the front of its queue after the
+        // window closed waits; the runs behind it in its key may start.
+        let closed: crate::WindowCheck =
+            std::sync::Arc::new(|workflow: &str, key: Option<&str>| {
+                (workflow == "wf" && key == Some("prod"))
+                    .then(|| "waits for the deploy window: frozen for the holidays".to_owned())
+            });
+        let mut forced = queued("2", Some("prod"));
+        forced.forced = true;
+        let mut rehearsal = queued("3", Some("prod"));
+        rehearsal.dry_run = true;
+        let mut other = queued("4", Some("prod"));
+        other.workflow = "other".into();
+        let q = [queued("1", Some("prod")), forced, rehearsal, other];
+        let plan = plan(&q, HashMap::new(), &[], 10, 0, &closed);
+        assert_eq!(plan.start, ["2"]);
+        assert_eq!(plan.keys["prod"].waiting, ["3", "4"]);
+        assert_eq!(
+            plan.hold,
+            [(
+                "1".to_owned(),
+                "waits for the deploy window: frozen for the holidays".to_owned()
+            )]
+        );
     }
 
     #[test]
@@ -280,7 +325,7 @@ mod tests {
             queued("2", Some("k")),
             queued("3", Some("k")),
         ];
-        let plan = plan(&q, HashMap::new(), &[], 1, 0);
+        let plan = plan(&q, HashMap::new(), &[], 1, 0, &crate::no_windows());
         assert_eq!(plan.start, ["1"]);
         assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
     }

@@ -21,7 +21,7 @@ use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Interrupted, Lock,
     NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord,
-    StepState, TokenRecord, apply, now_ms,
+    StepState, TokenRecord, WindowCheck, apply, now_ms,
 };
 
 /// How many threads read, each on its own connection. As for SQLite: two let a long read (a
@@ -776,13 +776,19 @@ fn interrupt_running(tx: &mut Conn, scope: &Scope) -> Result<Vec<Interrupted>> {
     Ok(out)
 }
 
-fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
+fn claim(
+    tx: &mut Conn,
+    owner: &str,
+    ttl_ms: i64,
+    max: u32,
+    windows: &WindowCheck,
+) -> Result<Claimed> {
     let turn: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&CLAIM_LOCK])?
         .try_get(0)?;
     let queued = tx
         .query(
-            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms FROM runs \
+            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms, dry_run FROM runs \
              WHERE status = 'queued' ORDER BY id",
             &[],
         )?
@@ -795,6 +801,7 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
                 forced: row.try_get(3)?,
                 detail: row.try_get(4)?,
                 not_before_ms: row.try_get(5)?,
+dry_run: row.try_get(6)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -810,7 +817,7 @@ fn claim(tx: &mut Conn, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
     let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
     let locks = locks(tx, "", &[&now])?;
     let max = if turn { max as usize } else { 0 };
-    let plan = crate::claim::plan(&queued, running, &locks, max, now);
+    let plan = crate::claim::plan(&queued, running, &locks, max, now, windows);
     if !turn {
         // Where the queues stand, as far as this daemon can tell; the claimer decides.
         return Ok(Claimed {
@@ -1100,9 +1107,12 @@ impl AsyncStore for PgStore {
         self.write(Commit::Now, move |tx| interrupt_running(tx, &scope))
     }
 
-    fn claim(&self, owner: &str, ttl_ms: i64, max: u32) -> Pending<Claimed> {
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &WindowCheck) -> Pending<Claimed> {
         let owner = owner.to_owned();
-        self.write(Commit::Now, move |tx| claim(tx, &owner, ttl_ms, max))
+        let windows = windows.clone();
+        self.write(Commit::Now, move |tx| {
+            claim(tx, &owner, ttl_ms, max, &windows)
+        })
     }
 
     fn renew(&self, owner: &str, ttl_ms: i64) -> Pending<Vec<Held>> {

@@ -12,7 +12,7 @@ use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Interrupted, Lock,
     NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord,
-    StepState, TokenRecord, apply, now_ms,
+    StepState, TokenRecord, WindowCheck, apply, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -686,11 +686,17 @@ fn interrupt_running(tx: &Connection, scope: &Scope) -> Result<Vec<Interrupted>>
     Ok(out)
 }
 
-fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed> {
+fn claim(
+    tx: &Connection,
+    owner: &str,
+    ttl_ms: i64,
+    max: u32,
+    windows: &WindowCheck,
+) -> Result<Claimed> {
     let now = now_ms();
     let queued = tx
         .prepare_cached(
-            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms FROM runs \
+            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms, dry_run FROM runs \
              WHERE status = ?1 ORDER BY id",
         )?
         .query_map(params![Text(RunStatus::Queued)], |row| {
@@ -701,6 +707,7 @@ fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed>
                 forced: row.get(3)?,
                 detail: row.get(4)?,
                 not_before_ms: row.get(5)?,
+dry_run: row.get(6)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -713,7 +720,7 @@ fn claim(tx: &Connection, owner: &str, ttl_ms: i64, max: u32) -> Result<Claimed>
             Ok((row.get(0)?, row.get(1)?))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let plan = crate::claim::plan(&queued, running, &locks(tx)?, max as usize, now);
+    let plan = crate::claim::plan(&queued, running, &locks(tx)?, max as usize, now, windows);
     for (id, detail) in &plan.hold {
         transition(
             tx,
@@ -978,9 +985,10 @@ impl AsyncStore for SqliteStore {
         self.write(move |tx| interrupt_running(tx, &scope))
     }
 
-    fn claim(&self, owner: &str, ttl_ms: i64, max: u32) -> Pending<Claimed> {
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &WindowCheck) -> Pending<Claimed> {
         let owner = owner.to_owned();
-        self.write(move |tx| claim(tx, &owner, ttl_ms, max))
+        let windows = windows.clone();
+        self.write(move |tx| claim(tx, &owner, ttl_ms, max, &windows))
     }
 
     fn renew(&self, owner: &str, ttl_ms: i64) -> Pending<Vec<Held>> {
