@@ -3397,3 +3397,89 @@ steps:
     let started = run["started_ms"].as_i64().unwrap();
     assert!(started >= ends_ms, "started at {started}, before {ends_ms}");
 }
+
+#[test]
+fn an_approval_on_one_daemon_is_decided_through_another_sharing_its_database() {
+    // Issues 17 and 18: the run waits on whichever daemon claimed it; a person decides
+    // through another behind the same load balancer, and the run goes on at once where it
+    // runs (the vote reaches its daemon as a notification, not at a poll). Then the daemon
+    // running a waiting run dies: the other takes it over, and it waits again from the
+    // first deadline with the vote cast.
+    let dir = TestDir::new();
+    dir.write("workflows/two.yaml", TWO);
+    dir.write("shiphat.toml", SHORT_LEASES);
+    let (_server, url, admin) = postgresql_with_admin(&dir);
+    let person = |name: &str| {
+        let created = token_create(
+            &dir,
+            &[
+                name,
+                "--role",
+                "deployer",
+                "--store",
+                &url,
+                "--store-password-file",
+                "password",
+            ],
+        );
+        assert!(
+            created.status.success(),
+            "{}",
+            String::from_utf8_lossy(&created.stderr)
+        );
+        String::from_utf8(created.stdout).unwrap().trim().to_owned()
+    };
+    let (bob, dave) = (person("bob"), person("dave"));
+    let mut a = cluster_daemon(&dir, &url, 0);
+    let b = cluster_daemon(&dir, &url, 1);
+
+    let id = start_run(&a, &admin, json!({"workflow": "two"}));
+    let waiting_run = wait_run(&b, &admin, &id, waiting);
+    let holder = waiting_run["daemon"].as_str().unwrap().to_owned();
+    let (status, _) = decide(&b, &bob, &id, json!({"decision": "approve"}));
+    assert_eq!(status, 200);
+    // The daemon that runs it takes the second vote through the other one; it ends at once.
+    let (ours, other) = if holder.contains(&format!(":{}:", a.child.id())) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let asked = std::time::Instant::now();
+    let (status, decided) = decide(other, &dave, &id, json!({"decision": "approve"}));
+    assert_eq!(
+        (status, &decided["outcome"]),
+        (200, &json!("approved")),
+        "{decided}"
+    );
+    let run = wait_run(ours, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        asked.elapsed() < Duration::from_millis(900),
+        "the run took {:?} to hear a vote through the other daemon",
+        asked.elapsed()
+    );
+
+    // A run waiting on daemon A outlives A. B is stopped while the run is asked for, so that
+    // A claims it, then started again to take it over.
+    drop(b);
+    let id = start_run(&a, &admin, json!({"workflow": "two"}));
+    let before = wait_run(&a, &admin, &id, waiting);
+    let b = cluster_daemon(&dir, &url, 1);
+    let (status, _) = decide(&b, &bob, &id, json!({"decision": "approve"}));
+    assert_eq!(status, 200);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let taken = wait_run(&b, &admin, &id, |run| {
+        waiting(run)
+            && run["daemon"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!(":{}:", b.child.id())))
+    });
+    let (first, now) = (&before["approvals"][0], &taken["approvals"][0]);
+    assert_eq!(now["deadline_ms"], first["deadline_ms"], "{taken}");
+    assert_eq!(now["votes"][0]["principal"], "bob", "{taken}");
+    let (status, _) = decide(&b, &dave, &id, json!({"decision": "approve"}));
+    assert_eq!(status, 200);
+    let run = wait_run(&b, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+}
