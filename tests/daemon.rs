@@ -3478,3 +3478,39 @@ fn an_approval_on_one_daemon_is_decided_through_another_sharing_its_database() {
     let run = wait_run(&b, &admin, &id, terminal);
     assert_eq!(run["status"], "succeeded", "{run}");
 }
+
+#[test]
+fn a_run_left_interrupted_between_two_writes_is_resumed_by_the_next_daemon() {
+    // A daemon that takes a run over interrupts it, then queues it again (`resume: auto`):
+    // two writes. One that died between them left the run interrupted for good (the next
+    // daemon found nothing running to take over). Now a daemon looks for such runs.
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/auto.yaml",
+        AUTO.replace("sleep_ms: 30,", "sleep_ms: 3000,"),
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let mut daemon = start(&dir, &[]);
+    let id = start_run(&daemon, &admin, json!({"workflow": "auto"}));
+    wait_run(&daemon, &admin, &id, |run| {
+        step_of(run, "one")["status"] == "running"
+    });
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    // The first of the two writes, as the dead daemon's successor made it before it died.
+    let store = SqliteStore::open(&dir.path().join("data/shiphat.sqlite")).unwrap();
+    let interrupted = store.interrupt_running(&shiphat_store::Scope::All).unwrap();
+    assert_eq!(interrupted.len(), 1);
+    drop(store);
+
+    let daemon = start(&dir, &[]);
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert!(
+        run["detail"]
+            .as_str()
+            .unwrap()
+            .contains("resumed automatically after a restart"),
+        "{run}"
+    );
+}

@@ -54,6 +54,11 @@ fn takeover_poll(renew: Duration) -> Duration {
     (renew / 4).clamp(Duration::from_millis(100), Duration::from_millis(500))
 }
 
+/// How often a daemon looks for interrupted runs that may resume by themselves and were not
+/// queued again (their daemon died between the two writes): rare, and a run so left waits at
+/// most this long besides its lease.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// How long a request waits for the claim that follows its change (a run queued, resumed)
 /// before answering anyway: the run is recorded either way, and a client reads where it
 /// stands next.
@@ -242,8 +247,70 @@ impl App {
             Scope::All
         };
         self.take_over(&scope, "a restart").await?;
+        self.sweep_interrupted("a restart").await;
         self.claim().await;
         Ok(())
+    }
+
+    /// Queues again the interrupted runs that may resume by themselves but were not: their
+    /// daemon died between interrupting them and queueing them, or the queueing failed. A
+    /// run already queued again is left as it is (`requeue` only moves an interrupted run).
+    async fn sweep_interrupted(self: &Arc<App>, after: &str) {
+        let runs = match self.store.runs_with_status(RunStatus::Interrupted).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                tracing::warn!("cannot look for interrupted runs to resume: {e}");
+                return;
+            }
+        };
+        for run in runs {
+            // Only a workflow that may resume by itself is worth reading the steps of.
+            let may = self.workflows.get(&run.workflow).is_some_and(|p| {
+                p.workflow.resume == Resume::Auto
+                    || p.workflow
+                        .all_steps()
+                        .any(|s| matches!(s.kind, shiphat_workflow::StepKind::Approval(_)))
+            });
+            if !may {
+                continue;
+            }
+            let Ok(steps) = self.store.steps(&run.id).await else {
+                continue;
+            };
+            let interrupted = Interrupted {
+                run: run.id.clone(),
+                workflow: run.workflow.clone(),
+                in_flight: steps
+                    .into_iter()
+                    .filter(|s| s.status == shiphat_store::StepState::Interrupted)
+                    .map(|s| s.step)
+                    .collect(),
+            };
+            if !self.resumable(&interrupted) {
+                continue;
+            }
+            match self
+                .store
+                .requeue(
+                    &run.id,
+                    &format!("resumed automatically after {after}"),
+                    false,
+                )
+                .await
+            {
+                Ok(true) => {
+                    tracing::warn!(
+                        "run `{}` of `{}` was left interrupted; resuming it",
+                        run.id,
+                        run.workflow
+                    );
+                    let _ = self.live.send(Arc::from(run.id.as_str()));
+                    self.claim_asked.notify_one();
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot queue run `{}` again: {e}", run.id),
+            }
+        }
     }
 
     /// Interrupts the running runs in `scope`, and queues again those that may resume by
@@ -272,17 +339,25 @@ impl App {
                 }
             );
             let _ = self.live.send(Arc::from(interrupted.run.as_str()));
-            if resumable
-                && self
-                    .store
-                    .requeue(
-                        &interrupted.run,
-                        &format!("resumed automatically after {after}"),
-                        false,
-                    )
-                    .await?
+            if !resumable {
+                continue;
+            }
+            // One failure must not leave the rest interrupted; the sweep tries it again.
+            match self
+                .store
+                .requeue(
+                    &interrupted.run,
+                    &format!("resumed automatically after {after}"),
+                    false,
+                )
+                .await
             {
-                queued += 1;
+                Ok(true) => queued += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    "cannot queue run `{}` again: {e}; it is tried again shortly",
+                    interrupted.run
+                ),
             }
         }
         Ok(queued)
@@ -347,6 +422,7 @@ impl App {
         let app = self.clone();
         tokio::spawn(async move {
             let every = takeover_poll(app.config.lease_renew);
+            let mut swept = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     () = tokio::time::sleep(every) => {}
@@ -356,6 +432,10 @@ impl App {
                     Ok(0) => {}
                     Ok(_) => app.claim_asked.notify_one(),
                     Err(e) => tracing::error!("cannot take over expired runs: {e}"),
+                }
+                if swept.elapsed() >= SWEEP_EVERY {
+                    swept = tokio::time::Instant::now();
+                    app.sweep_interrupted("its daemon stopped").await;
                 }
             }
         });
