@@ -74,8 +74,9 @@ const KEY_LOCK: i32 = 0x6b65_7973;
 const CLAIM_LOCK: i64 = 0x0063_6c61_696d;
 
 /// The channel on which every write that another daemon should hear of is announced, at its
-/// commit (`NOTIFY` is transactional): `e:RUN` when a run's events grew, `r:RUN` when a run
-/// changed state, `r:` when a lock did.
+/// commit (`NOTIFY` is transactional): `E:` and a JSON array of run ids when those runs'
+/// events grew (`shiphat_append` announces all the runs of its call at once), `r:RUN` when a
+/// run changed state, `r:` when a lock did.
 const CHANNEL: &str = "shiphat";
 
 /// How long the listener waits for a notification before it looks whether its store is gone.
@@ -1013,7 +1014,10 @@ fn listen(
             let next = client.notifications().timeout_iter(LISTEN_POLL).next();
             match next {
                 Ok(Some(n)) => match n.payload().split_once(':') {
-                    Some(("e", run)) => notice(Notice::Events(run.to_owned())),
+                    Some(("E", runs)) => match serde_json::from_str::<Vec<String>>(runs) {
+                        Ok(runs) => runs.into_iter().map(Notice::Events).for_each(notice),
+                        Err(e) => tracing::warn!("unreadable notification `{runs}`: {e}"),
+                    },
                     Some(("r", "")) | None => notice(Notice::Run(None)),
                     Some((_, run)) => notice(Notice::Run(Some(run.to_owned()))),
                 },
@@ -1573,7 +1577,9 @@ mod tests {
     use super::{PgStore, VERSION};
     use crate::testing::Postgres;
     use crate::tests::{ANY, new_run};
-    use crate::{Commit, Error, Location, RunStatus, Store};
+    use std::time::Duration;
+
+    use crate::{Commit, Error, Location, Notice, RunStatus, Store};
 
     fn schema_versions(url: &str) -> Vec<i32> {
         let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
@@ -1729,6 +1735,61 @@ mod tests {
             }
         }
         assert!(store.events("01a", 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn another_store_hears_of_every_run_whose_events_grew() {
+        // The runs of a group's events are announced together, split where the list would
+        // pass the server's limit on a notification: ids this long pass it at about 40 runs.
+        let server = Postgres::shared();
+        let url = server.database();
+        let writer = PgStore::open(&url, None).unwrap();
+        let listener = PgStore::open(&url, None).unwrap();
+        let (heard, hear) = std::sync::mpsc::channel();
+        crate::AsyncStore::watch(
+            &listener,
+            Box::new(move |notice| {
+                if let Notice::Events(run) = notice {
+                    let _ = heard.send(run);
+                }
+            }),
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..64).map(|i| format!("{i:0200}")).collect();
+        for id in &ids {
+            writer.create_run(&new_run(id, None), ANY).unwrap();
+        }
+        let fences = crate::tests::claim_all(&writer);
+        // The listener listens once its connection is open; an event appended before that
+        // is not heard, so the first is appended until it is.
+        let first = &ids[0];
+        for tries in 0.. {
+            assert!(tries < 100, "the listener heard nothing in 10 s");
+            writer
+                .append_event(first, &fences[first], "{}", None, Commit::Now)
+                .unwrap()
+                .unwrap();
+            if hear.recv_timeout(Duration::from_millis(100)).is_ok() {
+                break;
+            }
+        }
+        while hear.try_recv().is_ok() {}
+        // Queued at once, so that they share groups.
+        let queue: &dyn crate::AsyncStore = &writer;
+        let appended: Vec<_> = ids
+            .iter()
+            .map(|id| queue.append_event(id, &fences[id], "{}", None, Commit::Now))
+            .collect();
+        for append in appended {
+            crate::wait(append).unwrap().unwrap();
+        }
+        let mut unheard: std::collections::HashSet<&String> = ids.iter().collect();
+        while !unheard.is_empty() {
+            let run = hear
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{} runs unheard", unheard.len()));
+            unheard.remove(&run);
+        }
     }
 
     #[test]

@@ -6,10 +6,15 @@
 -- event: the run's row is locked if the event's fence still holds (the run is running, under
 -- this owner and epoch, and its lease has not run out by the database's clock), else the event
 -- is refused; a step's end is refused when the step has ended already; otherwise the event is
--- inserted, announced on `shiphat` (`e:RUN`, sent at the commit) and its step's record
--- changed. `kinds` says how: NULL for no step, `started` or `finished`. The answer holds, per
--- event, its `seq`, or 0 when its fence refused it, or -1 when its step had ended already:
--- refusals are values, so that nothing it refuses aborts the group's transaction.
+-- inserted and its step's record changed. `kinds` says how: NULL for no step, `started` or
+-- `finished`. The answer holds, per event, its `seq`, or 0 when its fence refused it, or -1
+-- when its step had ended already: refusals are values, so that nothing it refuses aborts the
+-- group's transaction.
+--
+-- The runs whose events grew are announced on `shiphat` (sent at the commit) once for the
+-- call, as `E:` and a JSON array of their ids, rather than once per event: each announcement
+-- wakes every daemon's listener, and at the server a backend per listener. A payload stays
+-- under the server's limit of 8,000 bytes: a long list is split.
 
 CREATE FUNCTION shiphat_append(
     run_ids TEXT[],
@@ -32,6 +37,9 @@ DECLARE
     answers BIGINT[] := '{}';
     new_seq BIGINT;
     i INTEGER;
+    grown TEXT[] := '{}';
+    grown_run TEXT;
+    payload TEXT := '';
 BEGIN
     FOR i IN 1 .. coalesce(array_length(run_ids, 1), 0) LOOP
         -- The run's row stays locked until the commit: no change of its state (a cancel,
@@ -53,7 +61,9 @@ BEGIN
         END IF;
         INSERT INTO events (run_id, body) VALUES (run_ids[i], bodies[i])
             RETURNING seq INTO new_seq;
-        PERFORM pg_notify('shiphat', 'e:' || run_ids[i]);
+        IF NOT run_ids[i] = ANY (grown) THEN
+            grown := grown || run_ids[i];
+        END IF;
         IF kinds[i] = 'started' THEN
             INSERT INTO steps (run_id, step, section, status, attempts, started_ms, seq)
             VALUES (run_ids[i], step_ids[i], step_sections[i], 'running', step_attempts[i],
@@ -78,6 +88,18 @@ BEGIN
         END IF;
         answers := answers || new_seq;
     END LOOP;
+    FOREACH grown_run IN ARRAY grown LOOP
+        IF payload <> '' AND octet_length(payload) + octet_length(to_json(grown_run)::text)
+                > 7900 THEN
+            PERFORM pg_notify('shiphat', 'E:[' || payload || ']');
+            payload := '';
+        END IF;
+        payload := payload || CASE WHEN payload = '' THEN '' ELSE ',' END
+            || to_json(grown_run)::text;
+    END LOOP;
+    IF payload <> '' THEN
+        PERFORM pg_notify('shiphat', 'E:[' || payload || ']');
+    END IF;
     RETURN answers;
 END
 $$;
