@@ -26,7 +26,7 @@
 # the daemon's defaults). With BENCH_PG_STATEMENTS=1 the server loads `pg_stat_statements`, and
 # after the table comes, for each throughput row, what its statements cost per step: the
 # statements the daemons sent (each a round trip, or part of one) and the time the server took
-# to execute them, the costliest first.
+# to execute them, then each statement, those run inside a function too, the costliest first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -241,7 +241,8 @@ if [ "$postgres" = 1 ]; then
     local port
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     local statements=${BENCH_PG_STATEMENTS:-0} preload=""
-    [ "$statements" = 1 ] && preload="-c shared_preload_libraries=pg_stat_statements"
+    # `track=all`: the statements inside functions too (marked `in a function` below).
+    [ "$statements" = 1 ] && preload="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     (cd / && as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 90 \
       -o "-k $pg_dir -p $port -c listen_addresses=127.0.0.1 $preload" start) >"$work/pg_ctl.log" 2>&1 \
       || { cat "$work/pg_ctl.log" >&2; cat "$pg_dir/server.log" >&2; exit 1; }
@@ -321,8 +322,8 @@ PY
             echo
             echo "| calls a step | µs a step | statement |"
             echo "|---|---|---|"
-            stats "SELECT round(sum(calls)::numeric / $n, 2), round((sum(total_exec_time) * 1000 / $n)::numeric), 'all' FROM pg_stat_statements"
-            stats "SELECT round(calls::numeric / $n, 2), round((total_exec_time * 1000 / $n)::numeric), left(regexp_replace(query, '\s+', ' ', 'g'), 100) FROM pg_stat_statements WHERE calls >= $n / 100 ORDER BY total_exec_time DESC LIMIT 12"
+            stats "SELECT round(sum(calls)::numeric / $n, 2), round((sum(total_exec_time) * 1000 / $n)::numeric), 'all sent by clients' FROM pg_stat_statements WHERE toplevel"
+            stats "SELECT round(calls::numeric / $n, 2), round((total_exec_time * 1000 / $n)::numeric), CASE WHEN toplevel THEN '' ELSE '(in a function) ' END || left(regexp_replace(query, '\s+', ' ', 'g'), 100) FROM pg_stat_statements WHERE calls >= $n / 100 ORDER BY total_exec_time DESC LIMIT 14"
           )")
         fi
         after_ran=$(ran)
