@@ -36,6 +36,7 @@ CREATE FUNCTION shiphat_append(
 DECLARE
     answers BIGINT[] := '{}';
     new_seq BIGINT;
+    ended BOOLEAN;
     i INTEGER;
     grown TEXT[] := '{}';
     grown_run TEXT;
@@ -52,12 +53,23 @@ BEGIN
             answers := answers || 0::bigint;
             CONTINUE;
         END IF;
-        -- Every write of a run's steps holds the run's row: this answer stays true until the
-        -- commit.
-        IF kinds[i] = 'finished' AND EXISTS (SELECT 1 FROM steps WHERE run_id = run_ids[i]
-                AND step = step_ids[i] AND finished_ms IS NOT NULL) THEN
-            answers := answers || -1::bigint;
-            CONTINUE;
+        -- A step's end: its row, there since its start, is ended where it has not been yet.
+        -- When no row is, either the step never started (a skipped one: its row is inserted
+        -- below, once the event has its `seq`) or it has ended already. Every write of a
+        -- run's steps holds the run's row, so this answer stays true until the commit.
+        ended := false;
+        IF kinds[i] = 'finished' THEN
+            UPDATE steps SET status = step_statuses[i], attempts = step_attempts[i],
+                finished_ms = at_ms, duration_ms = step_durations[i],
+                summary = step_summaries[i], outputs = step_outputs[i],
+                error = step_errors[i], continued = step_continued[i]
+            WHERE run_id = run_ids[i] AND step = step_ids[i] AND finished_ms IS NULL;
+            ended := FOUND;
+            IF NOT ended AND EXISTS (SELECT 1 FROM steps WHERE run_id = run_ids[i]
+                    AND step = step_ids[i]) THEN
+                answers := answers || -1::bigint;
+                CONTINUE;
+            END IF;
         END IF;
         INSERT INTO events (run_id, body) VALUES (run_ids[i], bodies[i])
             RETURNING seq INTO new_seq;
@@ -73,16 +85,13 @@ BEGIN
                 started_ms = CASE WHEN steps.status = 'interrupted'
                     THEN excluded.started_ms ELSE steps.started_ms END;
         ELSIF kinds[i] = 'finished' THEN
-            INSERT INTO steps (run_id, step, section, status, attempts, finished_ms,
-                duration_ms, summary, outputs, error, continued, seq)
-            VALUES (run_ids[i], step_ids[i], step_sections[i], step_statuses[i],
-                step_attempts[i], at_ms, step_durations[i], step_summaries[i],
-                step_outputs[i], step_errors[i], step_continued[i], new_seq)
-            ON CONFLICT (run_id, step) DO UPDATE SET status = excluded.status,
-                attempts = excluded.attempts, finished_ms = excluded.finished_ms,
-                duration_ms = excluded.duration_ms, summary = excluded.summary,
-                outputs = excluded.outputs, error = excluded.error,
-                continued = excluded.continued;
+            IF NOT ended THEN
+                INSERT INTO steps (run_id, step, section, status, attempts, finished_ms,
+                    duration_ms, summary, outputs, error, continued, seq)
+                VALUES (run_ids[i], step_ids[i], step_sections[i], step_statuses[i],
+                    step_attempts[i], at_ms, step_durations[i], step_summaries[i],
+                    step_outputs[i], step_errors[i], step_continued[i], new_seq);
+            END IF;
         ELSIF kinds[i] IS NOT NULL THEN
             RAISE EXCEPTION 'unknown kind of event `%`', kinds[i];
         END IF;
