@@ -23,7 +23,10 @@
 # fsync probe); --postgres needs Debian's `postgresql` package (/usr/lib/postgresql/N/bin).
 # Uses the release build of shiphat and the release plugins. In the postgres mode
 # BENCH_LEASE_RENEW_MS and BENCH_LEASE_EXPIRES_MS set the daemons' `[lease]` (2000 and 10000,
-# the daemon's defaults).
+# the daemon's defaults). With BENCH_PG_STATEMENTS=1 the server loads `pg_stat_statements`, and
+# after the table comes, for each throughput row, what its statements cost per step: the
+# statements the daemons sent (each a round trip, or part of one) and the time the server took
+# to execute them, then each statement, those run inside a function too, the costliest first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -237,11 +240,21 @@ if [ "$postgres" = 1 ]; then
     # A port picked free and released: another process taking it in between fails the start.
     local port
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    local statements=${BENCH_PG_STATEMENTS:-0} preload=""
+    # `track=all`: the statements inside functions too (marked `in a function` below).
+    [ "$statements" = 1 ] && preload="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     (cd / && as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 90 \
-      -o "-k $pg_dir -p $port -c listen_addresses=127.0.0.1" start) >"$work/pg_ctl.log" 2>&1 \
+      -o "-k $pg_dir -p $port -c listen_addresses=127.0.0.1 $preload" start) >"$work/pg_ctl.log" 2>&1 \
       || { cat "$work/pg_ctl.log" >&2; cat "$pg_dir/server.log" >&2; exit 1; }
     "$pg_bin/createdb" -h 127.0.0.1 -p "$port" -U shiphat bench
     sql() { "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U shiphat -d bench -Atqc "$1"; }
+    [ "$statements" = 1 ] && sql "CREATE EXTENSION pg_stat_statements"
+    # Rows of three columns (calls, µs, statement) as a Markdown table's rows.
+    stats() {
+      "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U shiphat -d bench -Atq -F $'\t' -c "$1" \
+        | awk -F'\t' '{ gsub(/\|/, "\\|", $3); printf "| %s | %s | `%s` |\n", $1, $2, $3 }'
+    }
+    local statement_tables=()
     local postmaster
     postmaster=$(head -n1 "$pg_dir/data/postmaster.pid")
 
@@ -299,7 +312,20 @@ PY
         daemons_before=$(cpu_ticks "${pids[@]}")
         pg_before=$(cpu_ticks "$postmaster")
         client_before=$(cpu_ticks "$ROUNDS_PID")
+        [ "$statements" = 1 ] && sql "SELECT pg_stat_statements_reset()" >/dev/null
         measure_rounds "$c"
+        if [ "$statements" = 1 ]; then
+          local n=$((c * rounds * STEPS))
+          statement_tables+=("$(
+            echo
+            echo "Statements per step, ${#urls[@]} daemon(s), $c concurrent run(s) ($n steps):"
+            echo
+            echo "| calls a step | µs a step | statement |"
+            echo "|---|---|---|"
+            stats "SELECT round(sum(calls)::numeric / $n, 2), round((sum(total_exec_time) * 1000 / $n)::numeric), 'all sent by clients' FROM pg_stat_statements WHERE toplevel"
+            stats "SELECT round(calls::numeric / $n, 2), round((total_exec_time * 1000 / $n)::numeric), CASE WHEN toplevel THEN '' ELSE '(in a function) ' END || left(regexp_replace(query, '\s+', ' ', 'g'), 100) FROM pg_stat_statements WHERE calls >= $n / 100 ORDER BY total_exec_time DESC LIMIT 14"
+          )")
+        fi
         after_ran=$(ran)
         rows+=("$(awk -v c="$c" -v r="$rounds" -v s="$STEPS" -v m="$span_ms" -v d="${#urls[@]}" \
           -v before="$before_ran" -v after="$after_ran" -v hz="$hz" \
@@ -432,6 +458,7 @@ PY
     echo "| takeover after \`kill -9\`: the lease's recorded end to \`running\` on another daemon, polled every 50 ms (lease ${expires_ms} ms, renewed every ${renew_ms} ms; min / median / max of $trials) | $(spread "${from_expiry[@]}") | ≤ 1000 ms |"
     echo "| the same, from the kill + ${expires_ms} ms | $(spread "${from_kill[@]}") |  |"
     echo "| an event committed through one daemon, to an event stream of another: the runner's time stamp to the client's read | $sse | ≤ 100 ms |"
+    for table in "${statement_tables[@]}"; do echo "$table"; done
   }
   bench_postgres
   exit 0

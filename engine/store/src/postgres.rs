@@ -40,12 +40,13 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
     include_str!("postgres/migrations/003_sessions.sql"),
     include_str!("postgres/migrations/004_not_before.sql"),
     include_str!("postgres/migrations/005_approvals.sql"),
+    include_str!("postgres/migrations/006_append.sql"),
 ];
 
 /// The schema this build writes.
@@ -74,8 +75,9 @@ const KEY_LOCK: i32 = 0x6b65_7973;
 const CLAIM_LOCK: i64 = 0x0063_6c61_696d;
 
 /// The channel on which every write that another daemon should hear of is announced, at its
-/// commit (`NOTIFY` is transactional): `e:RUN` when a run's events grew, `r:RUN` when a run
-/// changed state, `r:` when a lock did.
+/// commit (`NOTIFY` is transactional): `E:` and a JSON array of run ids when those runs'
+/// events grew (`shiphat_append` announces all the runs of its call at once), `r:RUN` when a
+/// run changed state, `r:` when a lock did.
 const CHANNEL: &str = "shiphat";
 
 /// How long the listener waits for a notification before it looks whether its store is gone.
@@ -92,6 +94,11 @@ const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// server's default). A group of [`Commit::Soon`] writes alone commits without waiting for the
 /// flush (`synchronous_commit = off` for that transaction): the server writes its WAL in
 /// order, so the next group that waits carries it to disk too, which is that write's contract.
+///
+/// Events, the bulk of the writes, take no savepoint: a group's events are written by one
+/// call of the function `shiphat_append` (migration 006), which answers a stale fence or a
+/// step's second end as a value rather than as an error. A group of events thus costs three
+/// round trips (`BEGIN`, the call, `COMMIT`) instead of five per event.
 pub struct PgStore {
     /// Group commit, as in SQLite: see [`Committer`].
     writer: Committer<Conn>,
@@ -119,6 +126,22 @@ struct Conn {
     /// A savepoint statement failed in the group under way: its transaction may be aborted,
     /// and a `COMMIT` would roll it back without an error, so it is rolled back and said so.
     poisoned: bool,
+    /// The events of the group under way not yet written (the writer's connection only):
+    /// they are written together, by one call of `shiphat_append`, before the group's next
+    /// write in a savepoint and before its commit.
+    appends: Vec<Append>,
+}
+
+/// An event waiting in [`Conn::appends`], and where its answer goes: its `seq`, `None` when
+/// its fence refused it, or [`Error::StepAlreadyFinished`].
+struct Append {
+    run: String,
+    fence: Fence,
+    event: String,
+    /// Never [`Change::RunEnded`]: a run's end is a write of its own (see
+    /// [`PgStore::append_event`]).
+    change: Option<Change>,
+    answer: tokio::sync::oneshot::Sender<Result<Option<i64>>>,
 }
 
 impl Conn {
@@ -129,6 +152,7 @@ impl Conn {
             client: None,
             statements: HashMap::new(),
             poisoned: false,
+            appends: Vec::new(),
         };
         conn.client()?;
         Ok(conn)
@@ -217,6 +241,32 @@ impl Conn {
     fn execute(&mut self, sql: &str, params: Params<'_>) -> Result<u64> {
         self.prepared(sql, |client, statement| client.execute(statement, params))
     }
+
+    /// Writes the events in [`Conn::appends`], in one statement, and answers each.
+    fn flush(&mut self) -> Result<()> {
+        if self.appends.is_empty() {
+            return Ok(());
+        }
+        let appends = std::mem::take(&mut self.appends);
+        let events: Vec<_> = appends
+            .iter()
+            .map(|a| {
+                (
+                    a.run.as_str(),
+                    &a.fence,
+                    a.event.as_str(),
+                    a.change.as_ref(),
+                )
+            })
+            .collect();
+        let answers = append_events(self, &events)?;
+        for (append, answer) in appends.into_iter().zip(answers) {
+            let _ = append
+                .answer
+                .send(answered(&append.run, append.change.as_ref(), answer));
+        }
+        Ok(())
+    }
 }
 
 /// PostgreSQL's side of group commit.
@@ -228,6 +278,7 @@ impl Transactional for Conn {
 
     fn begin(&mut self, durable: bool) -> Result<()> {
         self.poisoned = false;
+        self.appends.clear();
         let begin = if durable {
             "BEGIN"
         } else {
@@ -237,17 +288,31 @@ impl Transactional for Conn {
         self.with(|conn| Ok(conn.live().batch_execute(begin)?))
     }
 
+    /// The events queued before a write in a savepoint are written before it, in the order
+    /// of the calls.
     fn savepoint(&mut self, sql: &'static str) -> Result<()> {
-        let done = self.live().batch_execute(sql);
+        let done = match self.flush() {
+            Ok(()) => self.live().batch_execute(sql).map_err(Error::from),
+            Err(e) => Err(e),
+        };
         self.poisoned |= done.is_err();
-        Ok(done?)
+        done
     }
 
     fn commit(&mut self) -> Result<()> {
         if self.poisoned {
-            let _ = self.live().batch_execute("ROLLBACK");
+            self.rollback();
             return Err(Error::Commit {
                 message: "a savepoint failed, so the group's transaction was rolled back".into(),
+            });
+        }
+        if let Err(e) = self.flush() {
+            self.rollback();
+            return Err(Error::Commit {
+                message: format!(
+                    "the group's events could not be written, so its transaction was rolled \
+                     back: {e}"
+                ),
             });
         }
         self.live().batch_execute("COMMIT").map_err(|e| {
@@ -255,6 +320,12 @@ impl Transactional for Conn {
             let _ = self.live().batch_execute("ROLLBACK");
             e.into()
         })
+    }
+
+    fn rollback(&mut self) {
+        // Their writers hear that the group did not commit.
+        self.appends.clear();
+        let _ = self.live().batch_execute("ROLLBACK");
     }
 }
 
@@ -618,110 +689,134 @@ fn int(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
-fn append_event(
-    tx: &mut Conn,
-    run: &str,
-    fence: &Fence,
-    event: &str,
-    change: Option<&Change>,
-) -> Result<Option<i64>> {
-    // The run's row stays locked until the commit: no change of its state (a cancel, another
-    // daemon taking it over) comes between this check and the write. The lease is compared
-    // with the database's clock, the one every daemon's leases are counted by.
-    let owned = tx.query_opt(
-        &format!(
-            "SELECT 1 FROM runs WHERE id = $1 AND status = 'running' AND lease_owner = $2 \
-             AND lease_epoch = $3 AND lease_expires_ms > {DB_NOW} FOR UPDATE"
-        ),
-        &[&run, &fence.owner, &fence.epoch],
-    )?;
-    if owned.is_none() {
-        return Ok(None);
+/// One event for [`append_events`]: its run, the fence its daemon holds, its body, and what it
+/// changes.
+type Event<'a> = (&'a str, &'a Fence, &'a str, Option<&'a Change>);
+
+/// Appends `events`, in order, with one call of `shiphat_append` (migration 006), which checks
+/// each fence, refuses a step's second end, inserts and announces each event and changes its
+/// step's record. A [`Change::RunEnded`] is left to the caller. The answer holds, per event,
+/// its `seq`, 0 when its fence refused it, or -1 when its step had ended already (see
+/// [`answered`]).
+fn append_events(tx: &mut Conn, events: &[Event<'_>]) -> Result<Vec<i64>> {
+    let runs: Vec<&str> = events.iter().map(|e| e.0).collect();
+    let owners: Vec<&str> = events.iter().map(|e| e.1.owner.as_str()).collect();
+    let epochs: Vec<i64> = events.iter().map(|e| e.1.epoch).collect();
+    let bodies: Vec<&str> = events.iter().map(|e| e.2).collect();
+    let steps: Vec<StepColumns<'_>> = events.iter().map(|e| StepColumns::of(e.3)).collect();
+    fn column<'a, T>(
+        steps: &'a [StepColumns<'_>],
+        field: impl Fn(&'a StepColumns<'_>) -> T,
+    ) -> Vec<T> {
+        steps.iter().map(field).collect()
     }
-    // The announcement is folded into the insert: one round trip for both.
-    let seq: i64 = tx
+    let answers: Vec<i64> = tx
         .query_one(
-            "INSERT INTO events (run_id, body) \
-             SELECT $1, $2 FROM (SELECT pg_notify($3, 'e:' || $1)) AS announced RETURNING seq",
-            &[&run, &event, &CHANNEL],
+            "SELECT shiphat_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+             $14, $15)",
+            &[
+                &runs,
+                &owners,
+                &epochs,
+                &bodies,
+                &column(&steps, |s| s.kind),
+                &column(&steps, |s| s.step),
+                &column(&steps, |s| s.section),
+                &column(&steps, |s| s.status),
+                &column(&steps, |s| s.attempts),
+                &column(&steps, |s| s.duration_ms),
+                &column(&steps, |s| s.summary),
+                &column(&steps, |s| s.outputs.as_deref()),
+                &column(&steps, |s| s.error.as_deref()),
+                &column(&steps, |s| s.continued),
+                &now_ms(),
+            ],
         )?
         .try_get(0)?;
-    let now = now_ms();
-    match change {
-        None => {}
-        Some(Change::StepStarted {
-            step,
-            section,
-            attempt,
-        }) => {
-            tx.execute(
-                "INSERT INTO steps (run_id, step, section, status, attempts, started_ms, seq) \
-                 VALUES ($1, $2, $3, $7, $4, $5, $6) \
-                 ON CONFLICT (run_id, step) DO UPDATE SET status = $7, \
-                   attempts = excluded.attempts, \
-                   started_ms = CASE WHEN steps.status = $8 \
-                     THEN excluded.started_ms ELSE steps.started_ms END",
-                &[
-                    &run,
-                    step,
-                    &section.as_str(),
-                    &int(*attempt),
-                    &now,
-                    &seq,
-                    &StepState::Running.as_str(),
-                    &StepState::Interrupted.as_str(),
-                ],
-            )?;
-        }
-        Some(Change::StepFinished {
-            step,
-            section,
-            status,
-            attempts,
-            duration_ms,
-            summary,
-            outputs,
-            error,
-            continued,
-        }) => {
-            let changed = tx.execute(
-                "INSERT INTO steps (run_id, step, section, status, attempts, finished_ms, \
-                   duration_ms, summary, outputs, error, continued, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (run_id, step) DO UPDATE SET status = excluded.status, \
-                   attempts = excluded.attempts, finished_ms = excluded.finished_ms, \
-                   duration_ms = excluded.duration_ms, summary = excluded.summary, \
-                   outputs = excluded.outputs, error = excluded.error, \
-                   continued = excluded.continued \
-                 WHERE steps.finished_ms IS NULL",
-                &[
-                    &run,
-                    step,
-                    &section.as_str(),
-                    &status.as_str(),
-                    &int(*attempts),
-                    &now,
-                    duration_ms,
-                    summary,
-                    &outputs.to_string(),
-                    &serde_json::to_string(error).expect("a step error always serialises"),
-                    continued,
-                    &seq,
-                ],
-            )?;
-            if changed != 1 {
-                // Returning the error rolls the transaction back, the event with it.
-                return Err(Error::StepAlreadyFinished {
-                    run: run.to_owned(),
-                    step: step.clone(),
-                });
-            }
-        }
-        Some(Change::RunEnded { status, detail }) => {
-            transition(tx, run, &[RunStatus::Running], *status, detail.as_deref())?;
+    if answers.len() != events.len() {
+        return Err(Error::Corrupt {
+            table: "events",
+            message: format!(
+                "`shiphat_append` answered {} times for {} events",
+                answers.len(),
+                events.len()
+            ),
+        });
+    }
+    Ok(answers)
+}
+
+/// What an event changes of its step, as `shiphat_append` takes it: one value for each of its
+/// step arrays, `None` (SQL `NULL`) where the change has nothing to say.
+#[derive(Default)]
+struct StepColumns<'a> {
+    kind: Option<&'static str>,
+    step: Option<&'a str>,
+    section: Option<&'static str>,
+    status: Option<&'static str>,
+    attempts: Option<i32>,
+    duration_ms: Option<f64>,
+    summary: Option<&'a str>,
+    outputs: Option<String>,
+    error: Option<String>,
+    continued: Option<bool>,
+}
+
+impl<'a> StepColumns<'a> {
+    fn of(change: Option<&'a Change>) -> StepColumns<'a> {
+        match change {
+            None | Some(Change::RunEnded { .. }) => StepColumns::default(),
+            Some(Change::StepStarted {
+                step,
+                section,
+                attempt,
+            }) => StepColumns {
+                kind: Some("started"),
+                step: Some(step),
+                section: Some(section.as_str()),
+                attempts: Some(int(*attempt)),
+                ..StepColumns::default()
+            },
+            Some(Change::StepFinished {
+                step,
+                section,
+                status,
+                attempts,
+                duration_ms,
+                summary,
+                outputs,
+                error,
+                continued,
+            }) => StepColumns {
+                kind: Some("finished"),
+                step: Some(step),
+                section: Some(section.as_str()),
+                status: Some(status.as_str()),
+                attempts: Some(int(*attempts)),
+                duration_ms: Some(*duration_ms),
+                summary: Some(summary),
+                outputs: Some(outputs.to_string()),
+                error: Some(serde_json::to_string(error).expect("a step error always serialises")),
+                continued: Some(*continued),
+            },
         }
     }
-    Ok(Some(seq))
+}
+
+/// What [`AsyncStore::append_event`] says of an event `shiphat_append` answered `answer` for.
+fn answered(run: &str, change: Option<&Change>, answer: i64) -> Result<Option<i64>> {
+    match (answer, change) {
+        (0, _) => Ok(None),
+        (-1, Some(Change::StepFinished { step, .. })) => Err(Error::StepAlreadyFinished {
+            run: run.to_owned(),
+            step: step.clone(),
+        }),
+        (seq, _) if seq > 0 => Ok(Some(seq)),
+        (other, _) => Err(Error::Corrupt {
+            table: "events",
+            message: format!("`shiphat_append` answered `{other}` for an event of run `{run}`"),
+        }),
+    }
 }
 
 fn interrupt_running(tx: &mut Conn, scope: &Scope) -> Result<Vec<Interrupted>> {
@@ -927,7 +1022,10 @@ fn listen(
             let next = client.notifications().timeout_iter(LISTEN_POLL).next();
             match next {
                 Ok(Some(n)) => match n.payload().split_once(':') {
-                    Some(("e", run)) => notice(Notice::Events(run.to_owned())),
+                    Some(("E", runs)) => match serde_json::from_str::<Vec<String>>(runs) {
+                        Ok(runs) => runs.into_iter().map(Notice::Events).for_each(notice),
+                        Err(e) => tracing::warn!("unreadable notification `{runs}`: {e}"),
+                    },
                     Some(("r", "")) | None => notice(Notice::Run(None)),
                     Some((_, run)) => notice(Notice::Run(Some(run.to_owned()))),
                 },
@@ -1070,6 +1168,9 @@ impl AsyncStore for PgStore {
         })
     }
 
+    /// Events are written without a savepoint, all those of a group in one statement (see
+    /// [`Conn::appends`]): nothing they refuse is an error of the database's. A run's end
+    /// also moves the run's row, so it is a write of its own, in a savepoint.
     fn append_event(
         &self,
         run: &str,
@@ -1081,9 +1182,39 @@ impl AsyncStore for PgStore {
         let run = run.to_owned();
         let fence = fence.clone();
         let event = event.to_owned();
+        if let Some(Change::RunEnded { status, detail }) = change {
+            let (status, detail) = (*status, detail.clone());
+            return self.write(commit, move |tx| {
+                let [answer] = append_events(tx, &[(&run, &fence, &event, None)])?[..] else {
+                    unreachable!("`append_events` answers once per event")
+                };
+                let Some(seq) = answered(&run, None, answer)? else {
+                    return Ok(None);
+                };
+                transition(tx, &run, &[RunStatus::Running], status, detail.as_deref())?;
+                Ok(Some(seq))
+            });
+        }
         let change = change.cloned();
-        self.write(commit, move |tx| {
-            append_event(tx, &run, &fence, &event, change.as_ref())
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let queued = self.writer.submit_whole(commit, move |tx| {
+            tx.appends.push(Append {
+                run,
+                fence,
+                event,
+                change,
+                answer,
+            });
+            Ok(())
+        });
+        Box::pin(async move {
+            // Answered when the group's events were written, before its commit.
+            queued.await?;
+            answered.await.unwrap_or_else(|_| {
+                Err(Error::Commit {
+                    message: "the event was not written".into(),
+                })
+            })
         })
     }
 
@@ -1545,7 +1676,9 @@ mod tests {
     use super::{PgStore, VERSION};
     use crate::testing::Postgres;
     use crate::tests::{ANY, new_run};
-    use crate::{Error, Location, RunStatus, Store};
+    use std::time::Duration;
+
+    use crate::{Commit, Error, Location, Notice, RunStatus, Store};
 
     fn schema_versions(url: &str) -> Vec<i32> {
         let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
@@ -1666,6 +1799,96 @@ mod tests {
             assert!(created && run.status == RunStatus::Queued);
             drop(store);
         });
+    }
+
+    #[test]
+    fn a_group_whose_events_cannot_be_written_commits_nothing_and_says_so() {
+        // Events are written without savepoints, so a failure among them (here the function
+        // that writes them is gone; in life a lost connection or a bug) fails their group.
+        let server = Postgres::shared();
+        let url = server.database();
+        let store = PgStore::open(&url, None).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
+        let fence = crate::tests::start(&store, "01a");
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        client
+            .batch_execute("DROP FUNCTION shiphat_append")
+            .unwrap();
+        let queue: &dyn crate::AsyncStore = &store;
+        let before = queue.create_run(&new_run("01b", None), ANY);
+        let events: Vec<_> = (0..4)
+            .map(|_| queue.append_event("01a", &fence, "{}", None, Commit::Now))
+            .collect();
+        let after = queue.create_run(&new_run("01c", None), ANY);
+        for event in events {
+            let result = crate::wait(event);
+            assert!(matches!(result, Err(Error::Commit { .. })), "{result:?}");
+        }
+        // A write that shared a group with them failed with them and left nothing; one that
+        // did not committed. None is lost without a word.
+        for (id, result) in [("01b", crate::wait(before)), ("01c", crate::wait(after))] {
+            let there = store.run(id).unwrap().is_some();
+            assert_eq!(there, result.is_ok(), "{id}: {result:?}");
+            if let Err(e) = result {
+                assert!(matches!(e, Error::Commit { .. }), "{e:?}");
+            }
+        }
+        assert!(store.events("01a", 0, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn another_store_hears_of_every_run_whose_events_grew() {
+        // The runs of a group's events are announced together, split where the list would
+        // pass the server's limit on a notification: ids this long pass it at about 40 runs.
+        let server = Postgres::shared();
+        let url = server.database();
+        let writer = PgStore::open(&url, None).unwrap();
+        let listener = PgStore::open(&url, None).unwrap();
+        let (heard, hear) = std::sync::mpsc::channel();
+        crate::AsyncStore::watch(
+            &listener,
+            Box::new(move |notice| {
+                if let Notice::Events(run) = notice {
+                    let _ = heard.send(run);
+                }
+            }),
+        )
+        .unwrap();
+        let ids: Vec<String> = (0..64).map(|i| format!("{i:0200}")).collect();
+        for id in &ids {
+            writer.create_run(&new_run(id, None), ANY).unwrap();
+        }
+        let fences = crate::tests::claim_all(&writer);
+        // The listener listens once its connection is open; an event appended before that
+        // is not heard, so the first is appended until it is.
+        let first = &ids[0];
+        for tries in 0.. {
+            assert!(tries < 100, "the listener heard nothing in 10 s");
+            writer
+                .append_event(first, &fences[first], "{}", None, Commit::Now)
+                .unwrap()
+                .unwrap();
+            if hear.recv_timeout(Duration::from_millis(100)).is_ok() {
+                break;
+            }
+        }
+        while hear.try_recv().is_ok() {}
+        // Queued at once, so that they share groups.
+        let queue: &dyn crate::AsyncStore = &writer;
+        let appended: Vec<_> = ids
+            .iter()
+            .map(|id| queue.append_event(id, &fences[id], "{}", None, Commit::Now))
+            .collect();
+        for append in appended {
+            crate::wait(append).unwrap().unwrap();
+        }
+        let mut unheard: std::collections::HashSet<&String> = ids.iter().collect();
+        while !unheard.is_empty() {
+            let run = hear
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap_or_else(|_| panic!("{} runs unheard", unheard.len()));
+            unheard.remove(&run);
+        }
     }
 
     #[test]

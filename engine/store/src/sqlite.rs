@@ -313,6 +313,10 @@ impl Transactional for Connection {
             e.into()
         })
     }
+
+    fn rollback(&mut self) {
+        let _ = self.execute_batch("ROLLBACK");
+    }
 }
 
 /// Runs `sql` through the connection's statement cache: the savepoints are run for every

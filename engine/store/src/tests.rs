@@ -111,7 +111,7 @@ const ME: &str = "test-daemon";
 const LEASE_MS: i64 = 600_000;
 
 /// Claims every run that may start, as [`ME`]; the fence of each.
-fn claim_all(store: &dyn Store) -> std::collections::HashMap<String, Fence> {
+pub(crate) fn claim_all(store: &dyn Store) -> std::collections::HashMap<String, Fence> {
     store
         .claim(ME, LEASE_MS, u32::MAX, &no_windows())
         .unwrap()

@@ -104,7 +104,10 @@ impl<C> Drop for Workers<C> {
     }
 }
 
-/// A connection that runs a group of writes in one transaction, each write in a savepoint.
+/// A connection that runs a group of writes in one transaction, each write in a savepoint
+/// (but for those submitted with [`Committer::submit_whole`]). A connection may hold back
+/// what such writes ask, to do it all at once, as long as it does it before the next
+/// savepoint and before the commit.
 pub(crate) trait Transactional: Send + 'static {
     /// The most writes one transaction takes.
     const MAX_GROUP: usize;
@@ -117,12 +120,16 @@ pub(crate) trait Transactional: Send + 'static {
     fn savepoint(&mut self, sql: &'static str) -> Result<()>;
     /// Commits the group's transaction, or rolls it back and says why.
     fn commit(&mut self) -> Result<()>;
+    /// Rolls the group's transaction back: a write run without a savepoint failed (see
+    /// [`Committer::submit_whole`]), and what it did may be half there.
+    fn rollback(&mut self);
 }
 
 /// One write, run by the committer thread inside its group's transaction (given `None` when the
-/// transaction could not begin: then it does nothing). It returns what to do once that
-/// transaction has committed (or failed to): wake the writer with its result.
-type Work<C> = Box<dyn FnOnce(Option<&mut C>) -> Wake + Send>;
+/// transaction could not begin, or a write before it broke the group: then it does nothing).
+/// It returns what to do once that transaction has committed (or failed to): wake the writer
+/// with its result; and, when it broke the group, why.
+type Work<C> = Box<dyn FnOnce(Option<&mut C>) -> (Wake, Option<String>) + Send>;
 type Wake = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 struct Job<C> {
@@ -132,7 +139,8 @@ struct Job<C> {
 
 /// Group commit. Writers queue their write; one thread takes everything queued (up to
 /// [`Transactional::MAX_GROUP`]), runs it in ONE transaction (each write in its own savepoint,
-/// so a write that fails is undone alone), commits once, then wakes every writer of the group.
+/// so a write that fails is undone alone, unless it cannot fail half-way: see
+/// [`Committer::submit_whole`]), commits once, then wakes every writer of the group.
 /// Writes commit in the order they were queued; concurrent writers share a commit, and its
 /// wait for the disk, instead of queueing for one each. A group holding only [`Commit::Soon`]
 /// writes waits up to [`SOON`] for more, and commits at once when a [`Commit::Now`] write
@@ -158,16 +166,48 @@ impl<C: Transactional> Committer<C> {
         })
     }
 
-    /// Queues `work` for a group; its future resolves once the group has committed.
+    /// Queues `work` for a group; its future resolves once the group has committed. It runs
+    /// in a savepoint of its own: when it fails (or panics), it is undone alone and the
+    /// group's other writes commit.
     pub(crate) fn submit<R: Send + 'static>(
         &self,
         commit: Commit,
         work: impl FnOnce(&mut C) -> Result<R> + Send + 'static,
     ) -> Pending<R> {
+        self.queue_work(commit, move |conn| (run_in_savepoint(conn, work), None))
+    }
+
+    /// Queues `work`, a write that cannot fail half-way (one statement, which says what it
+    /// refused as a value rather than as an error), for a group. It runs without a savepoint,
+    /// which saves a subtransaction and two statements. Should it fail all the same (a lost
+    /// connection, a bug), the group is rolled back and every writer of the group gets
+    /// [`Error::Commit`], as when the commit itself fails.
+    pub(crate) fn submit_whole<R: Send + 'static>(
+        &self,
+        commit: Commit,
+        work: impl FnOnce(&mut C) -> Result<R> + Send + 'static,
+    ) -> Pending<R> {
+        self.queue_work(commit, move |conn| {
+            let result = guarded(|| work(conn));
+            let broke = result.as_ref().err().map(Error::to_string);
+            (result, broke)
+        })
+    }
+
+    /// Queues `run` for a group: it does the write on the connection and says whether it
+    /// broke the group.
+    fn queue_work<R: Send + 'static>(
+        &self,
+        commit: Commit,
+        run: impl FnOnce(&mut C) -> (Result<R>, Option<String>) + Send + 'static,
+    ) -> Pending<R> {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<R>>();
         let work: Work<C> = Box::new(move |conn| {
-            let result = conn.map(|conn| run_in_savepoint(conn, work));
-            Box::new(move |commit: Result<(), String>| {
+            let (result, broke) = match conn.map(run) {
+                Some((result, broke)) => (Some(result), broke),
+                None => (None, None),
+            };
+            let wake: Wake = Box::new(move |commit: Result<(), String>| {
                 let result = match (commit, result) {
                     (Ok(()), Some(result)) => result,
                     // The group did not commit: nothing of this write is on disk, whatever
@@ -178,7 +218,8 @@ impl<C: Transactional> Committer<C> {
                     }),
                 };
                 let _ = tx.send(result);
-            })
+            });
+            (wake, broke)
         });
         let queue = self
             .queue
@@ -247,19 +288,94 @@ fn commit_loop<C: Transactional>(mut conn: C, rx: Receiver<Job<C>>) {
             Err(e) => {
                 // Nothing runs; every writer of the group gets the error.
                 for job in group {
-                    wakes.push((job.work)(None));
+                    wakes.push((job.work)(None).0);
                 }
                 Err(e.to_string())
             }
             Ok(()) => {
+                let mut broken = None;
                 for job in group {
-                    wakes.push((job.work)(Some(&mut conn)));
+                    // Once a write broke the group, the others are not run: their statements
+                    // would fail in the aborted transaction.
+                    let on = if broken.is_none() {
+                        Some(&mut conn)
+                    } else {
+                        None
+                    };
+                    let (wake, broke) = (job.work)(on);
+                    broken = broken.or(broke);
+                    wakes.push(wake);
                 }
-                conn.commit().map_err(|e| e.to_string())
+                match broken {
+                    Some(why) => {
+                        conn.rollback();
+                        Err(format!(
+                            "a write failed, so its group's transaction was rolled back: {why}"
+                        ))
+                    }
+                    None => conn.commit().map_err(|e| e.to_string()),
+                }
             }
         };
         for wake in wakes {
             wake(commit.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Committer;
+    use crate::{Commit, Error, Result, wait};
+
+    fn rows(conn: &rusqlite::Connection) -> Result<Vec<i64>> {
+        let mut select = conn.prepare("SELECT n FROM t ORDER BY n")?;
+        let rows = select.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn insert(conn: &rusqlite::Connection, n: i64) -> Result<()> {
+        conn.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_whole_write_that_fails_rolls_back_its_group_and_every_writer_hears_it() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (n INTEGER)").unwrap();
+        let committer = Committer::start(conn).unwrap();
+        // The first group, once under way, waits for the word, so that the writes below
+        // queue behind it and make the next group together.
+        let (go, wait_for_go) = std::sync::mpsc::channel::<()>();
+        let (running, wait_for_running) = std::sync::mpsc::channel::<()>();
+        let first = committer.submit(Commit::Now, move |conn| {
+            running.send(()).unwrap();
+            wait_for_go.recv().unwrap();
+            insert(conn, 1)
+        });
+        wait_for_running.recv().unwrap();
+        let in_savepoint = committer.submit(Commit::Now, |conn| insert(conn, 2));
+        let broken = committer.submit_whole(Commit::Now, |conn| {
+            insert(conn, 3)?;
+            Err::<(), _>(Error::Commit {
+                message: "broke half-way".into(),
+            })
+        });
+        let after = committer.submit_whole(Commit::Now, |conn| insert(conn, 4));
+        go.send(()).unwrap();
+        wait(first).unwrap();
+        for result in [wait(in_savepoint), wait(broken), wait(after)] {
+            let Err(Error::Commit { message }) = result else {
+                panic!("{result:?}");
+            };
+            assert!(message.contains("rolled back: "), "{message}");
+            assert!(message.contains("broke half-way"), "{message}");
+        }
+        // The next group commits; nothing of the broken one is there.
+        let seen = committer.submit_whole(Commit::Now, |conn| {
+            insert(conn, 5)?;
+            rows(conn)
+        });
+        assert_eq!(wait(seen).unwrap(), [1, 5]);
     }
 }
