@@ -1,4 +1,4 @@
--- Version 5: `shiphat_append`, which appends a group of events in one statement: a daemon's
+-- Version 6: `shiphat_append`, which appends a group of events in one statement: a daemon's
 -- writing connection sends one call for every event its group commit holds, instead of five
 -- statements each (a savepoint, the fence check, the insert, the step's upsert, the release).
 --
