@@ -205,7 +205,7 @@ pub struct Cancelled {
 #[derive(Debug)]
 pub struct Decided {
     pub answer: ApprovalView,
-    /// What the audit log says: `approved release-4 (decide)` and the like.
+    /// What the audit log says: ``approved `decide` with "why": approved`` and the like.
     pub outcome: String,
 }
 
