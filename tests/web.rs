@@ -83,7 +83,7 @@ steps:
   - id: decide
     name: Keep the release?
     needs: verify
-    if: steps.verify.outputs.verdict == 'Inconclusive'
+    if: success() && steps.verify.outputs.verdict == 'Inconclusive'
     approval:
       message: "Release ${{ inputs.release }} in ${{ inputs.environment }} has an error ratio of ${{ steps.verify.outputs.measurements[0].value }}: above 0.01, not yet 0.05. Keep it?"
       approvers: { roles: [deployer] }
