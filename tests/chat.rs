@@ -893,6 +893,19 @@ fn an_approval_button_decides_a_waiting_run_and_the_message_says_who() {
         "{answer}"
     );
 
+    // A signed body that is no interaction is refused; a Slack user no entry maps is told so.
+    let (status, answer) = interact(&daemon, "text=approve");
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("`payload`"),
+        "{answer}"
+    );
+    let stranger = click("U0ALICE", "approve", &question, &clicks.url).replace("T0ACME", "T0OTHER");
+    let (status, _) = interact(&daemon, &stranger);
+    assert_eq!(status, 200);
+    let unknown = clicks.until("is not known").pop().unwrap();
+    assert_eq!(unknown["response_type"], "ephemeral", "{unknown:#}");
+
     // Alice started it: her approval is refused, to her alone, and the message stays.
     let (status, _) = interact(
         &daemon,
@@ -934,7 +947,7 @@ fn an_approval_button_decides_a_waiting_run_and_the_message_says_who() {
         .iter()
         .filter(|e| e["action"] == "POST /chat/slack/interactions")
         .collect();
-    assert_eq!(clicked.len(), 4, "{audit:#}");
+    assert_eq!(clicked.len(), 6, "{audit:#}");
     assert!(
         clicked.iter().any(|e| e["principal"] == "carol"
             && e["target"] == id.as_str()
