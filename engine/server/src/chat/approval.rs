@@ -262,6 +262,59 @@ mod tests {
     }
 
     #[test]
+    fn slacks_block_actions_payload_reads_as_a_click() {
+        // The shape Slack documents for `block_actions` (api.slack.com/reference/interaction-payloads/block-actions),
+        // with the fields this daemon does not read left in.
+        let payload = json!({
+            "type": "block_actions",
+            "user": {"id": "U0CAROL", "username": "carol", "name": "carol", "team_id": "T0ACME"},
+            "api_app_id": "A0SHIPHAT",
+            "token": "x",
+            "container": {"type": "message", "message_ts": "1.2", "channel_id": "C0DEV", "is_ephemeral": false},
+            "trigger_id": "1.2.3",
+            "team": {"id": "T0ACME", "domain": "acme"},
+            "enterprise": null,
+            "is_enterprise_install": false,
+            "channel": {"id": "C0DEV", "name": "dev"},
+            "message": {"type": "message", "ts": "1.2", "text": "t", "blocks": []},
+            "state": {"values": {}},
+            "response_url": "https://hooks.slack.com/actions/T0ACME/1/x",
+            "actions": [{
+                "action_id": "reject",
+                "block_id": "approval:r1/decide",
+                "text": {"type": "plain_text", "text": "Reject", "emoji": true},
+                "value": "r1/decide",
+                "style": "danger",
+                "type": "button",
+                "action_ts": "1.3"
+            }]
+        });
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", &payload.to_string())
+            .finish();
+        let read = BlockActions::parse(body.as_bytes()).unwrap();
+        assert_eq!(read.kind, "block_actions");
+        assert_eq!(
+            (read.user.id.as_str(), read.team_id()),
+            ("U0CAROL", "T0ACME")
+        );
+        assert_eq!(
+            read.response_url,
+            "https://hooks.slack.com/actions/T0ACME/1/x"
+        );
+        assert_eq!(
+            Click::of(&read.actions[0]),
+            Some(Click {
+                run: "r1".into(),
+                step: "decide".into(),
+                decision: Choice::Reject
+            })
+        );
+        let err = BlockActions::parse(b"text=hello").err().unwrap();
+        assert!(err.contains("no `payload`"), "{err}");
+    }
+
+    #[test]
     fn a_click_names_its_run_and_step() {
         let action = |id: &str, value: &str| Action {
             action_id: id.into(),
