@@ -180,8 +180,14 @@ fn sign(secret: &str, timestamp: &str, body: &str) -> String {
 
 /// Posts a command body with the given headers; returns the status and the JSON answer.
 fn post(daemon: &Daemon, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    post_at(daemon, "/chat/slack/commands", body, headers)
+}
+
+/// Posts a form body to `path` with the given headers; returns the status and the answer
+/// (JSON, else the text).
+fn post_at(daemon: &Daemon, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
     let mut request = agent()
-        .post(&daemon.url("/chat/slack/commands"))
+        .post(&daemon.url(path))
         .header("Content-Type", "application/x-www-form-urlencoded");
     for (k, v) in headers {
         request = request.header(*k, *v);
@@ -209,19 +215,21 @@ fn command(daemon: &Daemon, body: &str, retry: Option<&str>) -> (u16, Value) {
     post(daemon, body, &headers)
 }
 
+/// A value of a form body, encoded as Slack encodes it.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A slash command's form body.
 fn body(user: &str, channel: &str, text: &str, response_url: &str, trigger: &str) -> String {
-    let enc = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                b' ' => "+".into(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
     format!(
         "token=x&team_id=T0ACME&team_domain=acme&channel_id={channel}&channel_name={}&user_id={user}&user_name={}&command=%2Fdeploy&text={}&response_url={}&trigger_id={trigger}",
         channel.to_lowercase(),
@@ -716,4 +724,294 @@ reason = "holiday freeze"
     // `web` has no window: its status says nothing of one.
     let t = say("status web", "4.3");
     assert!(!t.contains("deploy window") && !t.contains("closed"), "{t}");
+}
+
+/// Waits at an approval between its build and its deploy; a rejection rolls back.
+const GATE: &str = r#"
+name: gate
+inputs:
+  environment: { type: string, default: staging }
+steps:
+  - id: build
+    uses: echo
+    with: { message: "built" }
+  - id: decide
+    needs: build
+    approval:
+      message: "ship it to ${{ inputs.environment }}?"
+      approvers: { roles: [deployer] }
+    timeout: 60s
+  - id: deploy
+    uses: echo
+    needs: decide
+    with: { message: "deployed" }
+on_failure:
+  - id: undo
+    uses: echo
+    with: { message: "undone" }
+"#;
+
+/// The usual setup, plus the app `gate` (alice may deploy it) and carol, a second deployer.
+fn setup_gate(webhooks: &[&str]) -> TestDir {
+    let dir = setup_with_webhooks(webhooks);
+    dir.write("workflows/gate.yaml", GATE);
+    let config = config(webhooks).replace(
+        r#"patterns = ["web/*", "web-rollback", "api", "site"]"#,
+        r#"patterns = ["web/*", "web-rollback", "api", "site", "gate"]"#,
+    ) + r#"
+[slack.apps.gate]
+staging = { workflow = "gate" }
+
+[[slack.users]]
+user = "U0CAROL"
+team = "T0ACME"
+name = "carol"
+roles = ["deployer"]
+patterns = ["gate"]
+"#;
+    dir.write("shiphat.toml", config);
+    dir
+}
+
+/// The form body of a click on a button of `message` (a Block Kit message the daemon posted),
+/// in the shape Slack documents for `block_actions`.
+fn click(user: &str, action_id: &str, message: &Value, response_url: &str) -> String {
+    let button = elements(message)
+        .into_iter()
+        .find(|e| e["action_id"] == action_id)
+        .unwrap_or_else(|| panic!("no `{action_id}` button in {message:#}"));
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase(), "name": user.to_lowercase(), "team_id": "T0ACME"},
+        "api_app_id": "A0SHIPHAT",
+        "token": "x",
+        "container": {"type": "message", "message_ts": "1700000000.000100", "channel_id": "C0DEV", "is_ephemeral": false},
+        "trigger_id": "1700000000.1.abc",
+        "team": {"id": "T0ACME", "domain": "acme"},
+        "enterprise": null,
+        "is_enterprise_install": false,
+        "channel": {"id": "C0DEV", "name": "dev"},
+        "message": {"type": "message", "ts": "1700000000.000100", "text": message["text"], "blocks": message["blocks"]},
+        "state": {"values": {}},
+        "response_url": response_url,
+        "actions": [{
+            "action_id": action_id,
+            "block_id": "approval",
+            "text": button["text"],
+            "value": button["value"],
+            "style": button["style"],
+            "type": "button",
+            "action_ts": "1700000001.000200"
+        }]
+    });
+    format!("payload={}", enc(&payload.to_string()))
+}
+
+/// Posts an interaction signed now, as Slack would.
+fn interact(daemon: &Daemon, body: &str) -> (u16, Value) {
+    let ts = now().to_string();
+    let sig = sign(SECRET, &ts, body);
+    let headers = [
+        ("X-Slack-Request-Timestamp", ts.as_str()),
+        ("X-Slack-Signature", sig.as_str()),
+    ];
+    post_at(daemon, "/chat/slack/interactions", body, &headers)
+}
+
+/// The elements (buttons) of a Block Kit message's blocks.
+fn elements(message: &Value) -> Vec<Value> {
+    message["blocks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| b["elements"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// The buttons' action ids of a Block Kit message.
+fn buttons(message: &Value) -> Vec<String> {
+    elements(message)
+        .iter()
+        .filter_map(|e| e["action_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn an_approval_button_decides_a_waiting_run_and_the_message_says_who() {
+    // Issue 18: a run waiting at an approval posts a Block Kit question with Approve and
+    // Reject; a click comes back signed, is decided as the clicker's principal (four eyes
+    // included) and the message is replaced by who decided.
+    let channel = Receiver::start();
+    let dir = setup_gate(&[&channel.url]);
+    let daemon = start(&dir);
+    let receiver = Receiver::start();
+    let deploy = body("U0ALICE", "C0DEV", "gate to staging", &receiver.url, "5.1");
+    let (_, answer) = command(&daemon, &deploy, None);
+    assert!(text(&answer).contains("started the deploy"), "{answer}");
+
+    let question = receiver.until("waits for approval").pop().unwrap();
+    let id = runs(&daemon)[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(question["response_type"], "in_channel", "{question:#}");
+    assert_eq!(buttons(&question), ["approve", "reject"], "{question:#}");
+    let q = text(&question);
+    assert!(
+        q.contains(&format!("run `{id}` waits for approval at `decide`")),
+        "{q}"
+    );
+    assert!(q.contains("ship it to staging?"), "{q}");
+    assert!(q.contains("role `deployer` (not `alice`"), "{q}");
+    assert_eq!(
+        question["blocks"][1]["elements"][0]["value"],
+        format!("{id}/decide")
+    );
+    // The deploy channel gets the same question.
+    let posted = channel.until("waits for approval").pop().unwrap();
+    assert_eq!(buttons(&posted), ["approve", "reject"], "{posted:#}");
+    assert_eq!(
+        api(&daemon, &format!("/api/v1/runs/{id}"))["status"],
+        "waiting"
+    );
+
+    // The interaction's own response_url, as Slack gives one per click.
+    let clicks = Receiver::start();
+    // A click whose signature does not match is refused like a command.
+    let approve = click("U0CAROL", "approve", &question, &clicks.url);
+    let ts = now().to_string();
+    let bad = sign("not-the-secret", &ts, &approve);
+    let (status, answer) = post_at(
+        &daemon,
+        "/chat/slack/interactions",
+        &approve,
+        &[
+            ("X-Slack-Request-Timestamp", &ts),
+            ("X-Slack-Signature", &bad),
+        ],
+    );
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("does not match"),
+        "{answer}"
+    );
+
+    // A signed body that is no interaction is refused; a Slack user no entry maps is told so.
+    let (status, answer) = interact(&daemon, "text=approve");
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("`payload`"),
+        "{answer}"
+    );
+    let stranger = click("U0ALICE", "approve", &question, &clicks.url).replace("T0ACME", "T0OTHER");
+    let (status, _) = interact(&daemon, &stranger);
+    assert_eq!(status, 200);
+    let unknown = clicks.until("is not known").pop().unwrap();
+    assert_eq!(unknown["response_type"], "ephemeral", "{unknown:#}");
+
+    // Alice started it: her approval is refused, to her alone, and the message stays.
+    let (status, _) = interact(
+        &daemon,
+        &click("U0ALICE", "approve", &question, &clicks.url),
+    );
+    assert_eq!(status, 200);
+    let refused = clicks.until("four eyes").pop().unwrap();
+    assert_eq!(refused["response_type"], "ephemeral", "{refused:#}");
+    assert_eq!(refused["replace_original"], false, "{refused:#}");
+    assert_eq!(
+        api(&daemon, &format!("/api/v1/runs/{id}"))["status"],
+        "waiting"
+    );
+
+    // Carol's approval decides it; the message now says so, without buttons.
+    let (status, answer) = interact(&daemon, &approve);
+    assert_eq!(status, 200, "{answer}");
+    let updated = clicks.until("approved by `carol`").pop().unwrap();
+    assert_eq!(updated["replace_original"], true, "{updated:#}");
+    assert!(buttons(&updated).is_empty(), "{updated:#}");
+    assert!(
+        text(&updated).contains("`decide` was approved"),
+        "{updated:#}"
+    );
+    let result = receiver.until("succeeded in").pop().unwrap();
+    assert!(text(&result).contains("✓ `deploy`"), "{result:#}");
+
+    // A second click on the decided question is refused with the service's words.
+    let (status, _) = interact(&daemon, &click("U0CAROL", "reject", &question, &clicks.url));
+    assert_eq!(status, 200);
+    let late = clicks.until("✗").pop().unwrap();
+    assert_eq!(late["response_type"], "ephemeral", "{late:#}");
+
+    // Every click is audited as the clicker's principal, or none for the forged one.
+    let audit = api(&daemon, "/api/v1/audit");
+    let clicked: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "POST /chat/slack/interactions")
+        .collect();
+    assert_eq!(clicked.len(), 6, "{audit:#}");
+    assert!(
+        clicked.iter().any(|e| e["principal"] == "carol"
+            && e["target"] == id.as_str()
+            && e["outcome"].as_str().unwrap().contains("approved `decide`")),
+        "{audit:#}"
+    );
+    assert!(
+        clicked
+            .iter()
+            .any(|e| e["status"] == 401 && e["principal"].is_null()),
+        "{audit:#}"
+    );
+}
+
+#[test]
+fn deploy_approve_and_reject_decide_a_waiting_run() {
+    let dir = setup_gate(&[]);
+    let daemon = start(&dir);
+    let receiver = Receiver::start();
+    let say = |user: &str, line: &str, trigger: &str| -> String {
+        let (status, answer) = command(
+            &daemon,
+            &body(user, "C0DEV", line, &receiver.url, trigger),
+            None,
+        );
+        assert_eq!(status, 200, "{answer}");
+        text(&answer).to_owned()
+    };
+
+    let t = say("U0ALICE", "gate to staging", "6.1");
+    assert!(t.contains("started the deploy"), "{t}");
+    receiver.until("waits for approval");
+    let first = runs(&daemon)[0]["id"].as_str().unwrap().to_owned();
+    let t = say("U0BOB", "status gate", "6.2");
+    assert!(
+        t.contains(&format!("⏸ `{first}` by `alice` waits for approval")),
+        "{t}"
+    );
+    let t = say("U0ALICE", &format!("approve {first}"), "6.3");
+    assert!(t.contains("four eyes"), "{t}");
+    let t = say("U0CAROL", &format!("reject {first} not on a Friday"), "6.4");
+    assert!(
+        t.contains("rejected `decide`") && t.contains("not on a Friday"),
+        "{t}"
+    );
+    let result = receiver.until("failed in").pop().unwrap();
+    assert!(
+        text(&result).contains("rollback: ran, succeeded"),
+        "{result:#}"
+    );
+
+    let t = say("U0ALICE", "gate to staging", "6.5");
+    assert!(t.contains("started the deploy"), "{t}");
+    receiver.until("waits for approval");
+    let second = runs(&daemon)[0]["id"].as_str().unwrap().to_owned();
+    assert_ne!(first, second);
+    let t = say(
+        "U0CAROL",
+        &format!("approve {second}/decide looks good"),
+        "6.6",
+    );
+    assert!(t.contains("approved `decide`"), "{t}");
+    receiver.until("succeeded in");
+    // A viewer is no approver.
+    let t = say("U0BOB", &format!("approve {second}"), "6.7");
+    assert!(t.starts_with('✗'), "{t}");
 }

@@ -62,6 +62,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/events"),
     ("get", "/api/v1/environments"),
     ("post", crate::chat::PATH),
+    ("post", crate::chat::INTERACTIONS_PATH),
 ];
 
 /// The daemon's routes over `app`. Public to the crate's tests, which call it in process with
@@ -105,6 +106,10 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .route(crate::chat::PATH, post(crate::chat::slack_commands))
+        .route(
+            crate::chat::INTERACTIONS_PATH,
+            post(crate::chat::slack_interactions),
+        )
         .nest("/api/v1", api)
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
@@ -908,6 +913,23 @@ mod tests {
                 .await;
             assert_eq!(answer.status, StatusCode::FORBIDDEN, "{path} {body}");
             assert!(answer.body["error"].is_string(), "{}", answer.body);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_slack_routes_are_not_found_without_a_slack_section() {
+        let daemon = daemon();
+        for path in [crate::chat::PATH, crate::chat::INTERACTIONS_PATH] {
+            let answer = daemon.call("POST", path, None, &[], "payload=%7B%7D").await;
+            assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+            assert!(
+                answer.body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("add a `[slack]` section"),
+                "{}",
+                answer.body
+            );
         }
     }
 

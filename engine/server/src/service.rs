@@ -708,6 +708,52 @@ impl Service {
         })
     }
 
+    /// Waits until run `id` has asked for the approval at `step`, and answers it as `caller`
+    /// sees it: for a front end that follows the run's events and sees the step start, before
+    /// the question is in the store. `None` at once when `step` is no approval step of the
+    /// run's workflow, and `None` when the step or the run ends without asking (a dry run
+    /// asks nobody).
+    pub async fn asked(
+        &self,
+        caller: &Principal,
+        id: &str,
+        step: &str,
+    ) -> Result<Option<ApprovalView>> {
+        require(caller, Role::Viewer)?;
+        // Subscribed before the first read, so that the notice of the question is not missed.
+        let mut live = self.app.live.subscribe();
+        let run = self.find_run(id).await?;
+        let is_approval = self.app.workflows.get(&run.workflow).is_some_and(|w| {
+            let w = &w.workflow;
+            w.steps
+                .iter()
+                .chain(&w.on_failure)
+                .chain(&w.finally)
+                .any(|s| s.id == step && matches!(s.kind, shiphat_workflow::StepKind::Approval(_)))
+        });
+        if !is_approval {
+            return Ok(None);
+        }
+        loop {
+            let run = self.find_run(id).await?;
+            let approvals = self.app.store.approvals(id).await?;
+            if let Some(approval) = approvals.iter().find(|a| a.step == step) {
+                return Ok(Some(crate::approvals::view(approval, &run, caller)));
+            }
+            if run.status.is_terminal() {
+                return Ok(None);
+            }
+            let steps = self.app.store.steps(id).await?;
+            if steps
+                .iter()
+                .any(|s| s.step == step && s.status != shiphat_protocol::StepState::Running)
+            {
+                return Ok(None);
+            }
+            changed(&mut live, id).await;
+        }
+    }
+
     async fn find_run(&self, id: &str) -> Result<Run> {
         self.app
             .store
@@ -1239,21 +1285,7 @@ impl Follower {
             if self.done {
                 continue;
             }
-            let id = &*self.id;
-            let live = &mut self.live;
-            let wake = async {
-                loop {
-                    match live.recv().await {
-                        Ok(run) if *run == *id => return,
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(_) | RecvError::Closed) => return,
-                    }
-                }
-            };
-            tokio::select! {
-                () = wake => {}
-                () = tokio::time::sleep(FOLLOW_POLL) => {}
-            }
+            changed(&mut self.live, &self.id).await;
             self.caught_up = false;
         }
     }
@@ -1283,6 +1315,24 @@ impl Follower {
     /// The run as it ended, once [`Follower::next`] has answered `None` because it did.
     pub fn ended(&self) -> Option<RunView> {
         self.ended.as_ref().map(|run| run_view(&self.app, run))
+    }
+}
+
+/// Waits for a notice that run `id` changed (or that notices were lost), or [`FOLLOW_POLL`],
+/// whichever comes first.
+async fn changed(live: &mut broadcast::Receiver<Arc<str>>, id: &str) {
+    let wake = async {
+        loop {
+            match live.recv().await {
+                Ok(run) if *run == *id => return,
+                Ok(_) => {}
+                Err(RecvError::Lagged(_) | RecvError::Closed) => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = wake => {}
+        () = tokio::time::sleep(FOLLOW_POLL) => {}
     }
 }
 

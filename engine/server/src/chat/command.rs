@@ -1,5 +1,8 @@
 //! The `/deploy` command language: `APP[@REF] to ENV`, `status [APP]`, `lock APP in ENV
-//! REASON`, `unlock APP in ENV`, `rollback APP in ENV`, `help`.
+//! REASON`, `unlock APP in ENV`, `rollback APP in ENV`, `approve RUN[/STEP] [COMMENT]`,
+//! `reject RUN[/STEP] [REASON]`, `help`.
+
+use shiphat_protocol::Choice;
 
 /// A parsed `/deploy` command.
 #[derive(Debug, PartialEq)]
@@ -25,6 +28,13 @@ pub enum Command {
         app: String,
         environment: String,
     },
+    /// A decision on the approval a run waits at (`step` names one when it waits at several).
+    Decide {
+        run: String,
+        step: Option<String>,
+        decision: Choice,
+        comment: String,
+    },
     Help,
 }
 
@@ -34,6 +44,7 @@ pub const USAGE: &str = "\
 `/deploy status [APP]`: what is running, queued and last deployed where
 `/deploy lock APP in ENVIRONMENT REASON` and `/deploy unlock APP in ENVIRONMENT`
 `/deploy rollback APP in ENVIRONMENT`: run the app's rollback workflow
+`/deploy approve RUN [COMMENT]` and `/deploy reject RUN [REASON]`: decide on the approval a run waits at (`RUN/STEP` names the step)
 `/deploy help`: this";
 
 /// Parses the text after `/deploy`; an error says which form was meant and how it goes.
@@ -63,6 +74,27 @@ pub fn parse(text: &str) -> Result<Command, String> {
             environment: (*env).to_owned(),
         }),
         ["rollback", ..] => Err(form("/deploy rollback APP in ENVIRONMENT")),
+        [verb @ ("approve" | "reject"), target, comment @ ..] => {
+            let (run, step) = match target.split_once('/') {
+                Some((run, step)) if !run.is_empty() && !step.is_empty() => {
+                    (run, Some(step.to_owned()))
+                }
+                Some(_) => return Err(form(&format!("/deploy {verb} RUN[/STEP]"))),
+                None => (*target, None),
+            };
+            Ok(Command::Decide {
+                run: run.to_owned(),
+                step,
+                decision: if *verb == "approve" {
+                    Choice::Approve
+                } else {
+                    Choice::Reject
+                },
+                comment: comment.join(" "),
+            })
+        }
+        ["approve"] => Err(form("/deploy approve RUN [COMMENT]")),
+        ["reject"] => Err(form("/deploy reject RUN [REASON]")),
         [target, "to", env] => {
             let (app, git_ref) = match target.split_once('@') {
                 Some((app, r)) if !app.is_empty() && !r.is_empty() => (app, Some(r.to_owned())),
@@ -108,5 +140,25 @@ mod tests {
         assert!(parse("lock web in prod").unwrap_err().contains("REASON"));
         assert!(parse("web@ to prod").unwrap_err().contains("APP[@REF]"));
         assert!(parse("ship it").unwrap_err().contains("/deploy status"));
+        assert_eq!(
+            parse("reject r-1 not on a Friday"),
+            Ok(Command::Decide {
+                run: "r-1".into(),
+                step: None,
+                decision: Choice::Reject,
+                comment: "not on a Friday".into()
+            })
+        );
+        assert_eq!(
+            parse("approve r-1/decide"),
+            Ok(Command::Decide {
+                run: "r-1".into(),
+                step: Some("decide".into()),
+                decision: Choice::Approve,
+                comment: String::new()
+            })
+        );
+        assert!(parse("approve").unwrap_err().contains("approve RUN"));
+        assert!(parse("reject r-1/ why").unwrap_err().contains("RUN[/STEP]"));
     }
 }

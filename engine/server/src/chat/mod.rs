@@ -1,4 +1,5 @@
-//! Chat deploys: Slack slash commands (`/deploy …`) at `POST /chat/slack/commands`.
+//! Chat deploys: Slack slash commands (`/deploy …`) at `POST /chat/slack/commands`, and the
+//! Approve and Reject buttons of a waiting run at `POST /chat/slack/interactions`.
 //!
 //! Every request is verified first (Slack's v0 signature over the raw body, and the
 //! timestamp); then the Slack user is mapped to a principal of the same model as API tokens,
@@ -8,8 +9,12 @@
 //! and reported to the request's `response_url` (only Slack's host, or hosts the config
 //! allows) and to the configured incoming webhooks. A command Slack retries never starts a second run: the run
 //! is created with an idempotency key made of the team and the `trigger_id`, which the store
-//! keeps, so the retry finds the first run even after a restart.
+//! keeps, so the retry finds the first run even after a restart. A run it follows that comes
+//! to an approval step posts the question with two buttons; a click is verified like a
+//! command and decided through [`Service::decide`] as the clicker's principal, so the
+//! four-eyes rule, the approvers and one vote per person are the service's.
 
+mod approval;
 mod command;
 mod config;
 mod reply;
@@ -24,7 +29,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
-use shiphat_protocol::{CreateRun, ErrorBody, ListRuns, PutLock, RunStatus};
+use shiphat_protocol::{Choice, CreateRun, ErrorBody, ListRuns, PutLock, RunStatus};
 use shiphat_store::AuditEntry;
 
 use crate::auth::Principal;
@@ -32,8 +37,10 @@ use crate::service::{self, Service};
 use command::Command;
 pub use config::{RawSlack, SlackConfig};
 
-/// The route's path, for the router and the audit log.
+/// The slash commands' route, for the router and the audit log.
 pub const PATH: &str = "/chat/slack/commands";
+/// The route of Slack's interactivity requests (button clicks).
+pub const INTERACTIONS_PATH: &str = "/chat/slack/interactions";
 /// How many of an app's latest runs `/deploy status` looks through per environment.
 const STATUS_RUNS: u32 = 100;
 
@@ -96,40 +103,67 @@ impl Answer {
     }
 }
 
-/// `POST /chat/slack/commands`.
-pub async fn slack_commands(
-    State(service): State<Service>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    let Some(slack) = service.slack().cloned() else {
-        let error = ErrorBody {
-            error: "Slack commands are not configured; add a `[slack]` section to shiphat.toml (docs/chat.md)".into(),
-            field: None,
-            lock: None,
-            run: None,
-            window: None,
-        };
-        return (StatusCode::NOT_FOUND, Json(error)).into_response();
-    };
-    let audit = |principal: Option<String>, status: StatusCode, target: String, outcome: String| {
+/// Where a Slack request goes in the audit log: its route and the peer.
+struct Audit<'a> {
+    service: &'a Service,
+    path: &'static str,
+    remote: SocketAddr,
+}
+
+impl Audit<'_> {
+    async fn record(
+        &self,
+        principal: Option<String>,
+        status: StatusCode,
+        target: String,
+        outcome: String,
+    ) {
         let entry = AuditEntry {
             at_ms: shiphat_store::now_ms(),
             principal,
-            action: format!("POST {PATH}"),
+            action: format!("POST {}", self.path),
             target,
-            remote: remote.to_string(),
+            remote: self.remote.to_string(),
             status: status.as_u16(),
             outcome,
         };
-        service.audit(entry)
+        self.service.audit(entry).await
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    let error = ErrorBody {
+        error: message,
+        field: None,
+        lock: None,
+        run: None,
+        window: None,
+    };
+    (status, Json(error)).into_response()
+}
+
+/// What every Slack request passes before anything is read from it: a `[slack]` section
+/// (else 404), a body within the limit, and Slack's signature and timestamp over the raw body
+/// (else 401, audited with no principal).
+async fn verified(
+    audit: &Audit<'_>,
+    headers: &HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(SlackConfig, Bytes), Response> {
+    let Some(slack) = audit.service.slack().cloned() else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "Slack is not configured; add a `[slack]` section to shiphat.toml (docs/chat.md)"
+                .into(),
+        ));
     };
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            audit(None, e.status(), String::new(), e.body_text()).await;
-            return (e.status(), e.body_text()).into_response();
+            audit
+                .record(None, e.status(), String::new(), e.body_text())
+                .await;
+            return Err((e.status(), e.body_text()).into_response());
         }
     };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
@@ -142,34 +176,52 @@ pub async fn slack_commands(
         now,
     ) {
         let message = e.to_string();
-        audit(
-            None,
-            StatusCode::UNAUTHORIZED,
-            String::new(),
-            message.clone(),
-        )
-        .await;
-        let error = ErrorBody {
-            error: message,
-            field: None,
-            lock: None,
-            run: None,
-            window: None,
-        };
-        return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
+        audit
+            .record(
+                None,
+                StatusCode::UNAUTHORIZED,
+                String::new(),
+                message.clone(),
+            )
+            .await;
+        return Err(error(StatusCode::UNAUTHORIZED, message));
     }
+    Ok((slack, body))
+}
+
+/// The refusal of a Slack user no `[[slack.users]]` entry maps.
+fn unknown_user(user: &str, team: &str) -> String {
+    format!(
+        "Slack user `{}` of team `{}` is not known to shiphat; an admin can add them under `[[slack.users]]`",
+        reply::escape(user),
+        reply::escape(team)
+    )
+}
+
+/// `POST /chat/slack/commands`.
+pub async fn slack_commands(
+    State(service): State<Service>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let audit = Audit {
+        service: &service,
+        path: PATH,
+        remote,
+    };
+    let (slack, body) = match verified(&audit, &headers, body).await {
+        Ok(verified) => verified,
+        Err(response) => return response,
+    };
     let request = Request::parse(&body);
-    let retry = header("x-slack-retry-num").map(str::to_owned);
+    let retry = headers
+        .get("x-slack-retry-num")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let principal = slack.principal(&request.user_id, &request.team_id).cloned();
     let answer = match &principal {
-        None => Answer::refused(
-            "",
-            format!(
-                "Slack user `{}` of team `{}` is not known to shiphat; an admin can add them under `[[slack.users]]`",
-                reply::escape(&request.user_id),
-                reply::escape(&request.team_id)
-            ),
-        ),
+        None => Answer::refused("", unknown_user(&request.user_id, &request.team_id)),
         Some(caller) => match command::parse(&request.text) {
             Err(usage) => Answer {
                 text: usage,
@@ -188,15 +240,145 @@ pub async fn slack_commands(
             .unwrap_or_default(),
         answer.outcome
     );
-    audit(
-        principal.map(|p| p.name),
-        StatusCode::OK,
-        answer.target,
-        outcome,
-    )
-    .await;
+    audit
+        .record(
+            principal.map(|p| p.name),
+            StatusCode::OK,
+            answer.target,
+            outcome,
+        )
+        .await;
     // Slack shows a non-200 answer as a failure of the app; refusals are answers too.
     Json(reply::ephemeral(&answer.text)).into_response()
+}
+
+/// `POST /chat/slack/interactions`: a click on an approval's Approve or Reject button. The
+/// decision is the service's, as the caller's mapped principal; the answer is an empty 200
+/// at once (Slack wants one within 3 s), and what the click did goes to the payload's
+/// `response_url`: the message replaced by the approval as it now stands, or, for a refusal,
+/// an ephemeral message to the person who clicked.
+pub async fn slack_interactions(
+    State(service): State<Service>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let audit = Audit {
+        service: &service,
+        path: INTERACTIONS_PATH,
+        remote,
+    };
+    let (slack, body) = match verified(&audit, &headers, body).await {
+        Ok(verified) => verified,
+        Err(response) => return response,
+    };
+    let payload = match approval::BlockActions::parse(&body) {
+        Ok(payload) => payload,
+        Err(why) => {
+            audit
+                .record(None, StatusCode::BAD_REQUEST, String::new(), why.clone())
+                .await;
+            return error(StatusCode::BAD_REQUEST, why);
+        }
+    };
+    let principal = slack
+        .principal(&payload.user.id, payload.team_id())
+        .cloned();
+    let response_url = slack
+        .response_url_allowed(&payload.response_url)
+        .then(|| payload.response_url.clone());
+    if response_url.is_none() {
+        tracing::warn!(
+            "not answering a Slack interaction at its `response_url`: its host and port are neither `{}:443` nor in `slack.response_hosts`",
+            config::SLACK_RESPONSE_HOST
+        );
+    }
+    // Slack sends one action per click; a payload that lists more (which only a holder of
+    // the signing secret could make) is read for its first button, not for as many decisions
+    // and posts as it names.
+    let click = if payload.kind == "block_actions" {
+        payload.actions.iter().find_map(approval::Click::of)
+    } else {
+        None
+    };
+    let Some(click) = click else {
+        let outcome = format!(
+            "{}: a `{}` interaction with no approval button: ignored",
+            payload.who(),
+            payload.kind
+        );
+        audit
+            .record(
+                principal.map(|p| p.name),
+                StatusCode::OK,
+                String::new(),
+                outcome,
+            )
+            .await;
+        return StatusCode::OK.into_response();
+    };
+    let (answer, post) = match &principal {
+        None => {
+            let why = unknown_user(&payload.user.id, payload.team_id());
+            (Answer::refused(&click.run, why.clone()), refused_post(&why))
+        }
+        Some(caller) => {
+            let request = shiphat_protocol::Decide {
+                step: Some(click.step.clone()),
+                decision: click.decision,
+                comment: String::new(),
+            };
+            match service.decide(caller, &click.run, request).await {
+                Ok(decided) => {
+                    let mut post = approval::message(&decided.answer);
+                    post["replace_original"] = json!(true);
+                    post["response_type"] = json!("in_channel");
+                    let answer = Answer {
+                        text: String::new(),
+                        target: click.run.clone(),
+                        outcome: decided.outcome,
+                    };
+                    (answer, post)
+                }
+                Err(e) => {
+                    let why = refusal(&e);
+                    (Answer::refused(&click.run, why.clone()), refused_post(&why))
+                }
+            }
+        }
+    };
+    let button = match click.decision {
+        shiphat_protocol::Choice::Approve => approval::APPROVE,
+        shiphat_protocol::Choice::Reject => approval::REJECT,
+    };
+    let outcome = format!(
+        "{}: `{button}` button on `{}/{}`: {}",
+        payload.who(),
+        click.run,
+        click.step,
+        answer.outcome
+    );
+    audit
+        .record(
+            principal.as_ref().map(|p| p.name.clone()),
+            StatusCode::OK,
+            answer.target,
+            outcome,
+        )
+        .await;
+    if let Some(url) = response_url {
+        tokio::spawn(reply::post(url, post));
+    }
+    StatusCode::OK.into_response()
+}
+
+/// A refusal of a click, for the person who clicked only; the message stays as it was.
+fn refused_post(why: &str) -> Value {
+    json!({
+        "response_type": "ephemeral",
+        "replace_original": false,
+        "text": format!("✗ {why}"),
+    })
 }
 
 /// A refusal of the service, as Slack text: its message, escaped, in words a Slack user acts
@@ -327,6 +509,34 @@ async fn run_command(
                     target: key,
                 },
                 Err(e) => Answer::refused(key, refusal(&e)),
+            }
+        }
+        Command::Decide {
+            run,
+            step,
+            decision,
+            comment,
+        } => {
+            let request = shiphat_protocol::Decide {
+                step,
+                decision,
+                comment,
+            };
+            match service.decide(caller, &run, request).await {
+                Ok(decided) => Answer {
+                    text: format!(
+                        "{} run `{}`: {}",
+                        match decision {
+                            Choice::Approve => "✓",
+                            Choice::Reject => "✗",
+                        },
+                        escape(&run),
+                        escape(&decided.outcome)
+                    ),
+                    outcome: decided.outcome,
+                    target: run,
+                },
+                Err(e) => Answer::refused(run, refusal(&e)),
             }
         }
         Command::Unlock {
@@ -559,6 +769,8 @@ async fn start(
     tokio::spawn(reply::follow(
         service.follow_admitted(&run.id),
         reply::Follow {
+            service: service.clone(),
+            caller: caller.clone(),
             run_id: run.id.clone(),
             label,
             rollback,
@@ -612,6 +824,14 @@ async fn status(
             let mut parts = Vec::new();
             if let Some(r) = here.iter().find(|r| r.status == RunStatus::Running) {
                 parts.push(format!("running `{}` by `{}`", r.id, escape(&r.principal)));
+            }
+            for r in here.iter().filter(|r| r.status == RunStatus::Waiting) {
+                parts.push(format!(
+                    "⏸ `{}` by `{}` waits for approval (`/deploy approve {}`)",
+                    r.id,
+                    escape(&r.principal),
+                    r.id
+                ));
             }
             let queued = here
                 .iter()

@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shiphat_protocol::{Event, Rollback, RunOutcome, Section, StepStatus};
 
-use crate::service::Follower;
+use crate::auth::Principal;
+use crate::service::{Follower, Service};
 
 /// Slack lets a `response_url` be used at most five times (within 30 minutes).
 pub const MAX_RESPONSE_POSTS: usize = 5;
@@ -87,6 +88,9 @@ fn redact(url: &str) -> String {
 
 /// What a followed run is, for the messages about it.
 pub struct Follow {
+    /// The service and the principal the run was started for, to read its approvals.
+    pub service: Service,
+    pub caller: Principal,
     pub run_id: String,
     /// E.g. `` `web` to `staging` `` or `` rollback of `web` in `prod` ``, already escaped.
     pub label: String,
@@ -132,8 +136,10 @@ fn seconds(ms: f64) -> String {
     format!("{:.1} s", ms / 1000.0)
 }
 
-/// Follows a run until it ends, posting its start, progress and result to the `response_url`
-/// (at most [`MAX_RESPONSE_POSTS`] messages) and its start and end to the incoming webhooks.
+/// Follows a run until it ends, posting its start, progress, each approval it waits at (with
+/// its buttons) and its result to the `response_url` (at most [`MAX_RESPONSE_POSTS`]
+/// messages: progress lines leave room for one approval and the result) and its start,
+/// approvals and end to the incoming webhooks.
 pub async fn follow(mut follower: Follower, f: Follow) {
     let mut posts = 0;
     let mut steps: Vec<Step> = Vec::new();
@@ -175,6 +181,33 @@ pub async fn follow(mut follower: Follower, f: Follow) {
                 respond(text.clone(), true, &mut posts).await;
                 announce(text).await;
             }
+            Some(Event::StepStarted { step, .. }) => {
+                // The question is in the store a moment after the step starts: `asked` waits
+                // for it (and answers at once for a step that asks nobody).
+                let view = match f.service.asked(&f.caller, &f.run_id, &step).await {
+                    Ok(Some(view)) if view.outcome.is_none() => view,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot read the approval `{step}` of run `{}`: {e}",
+                            f.run_id
+                        );
+                        continue;
+                    }
+                };
+                let question = super::approval::message(&view);
+                if let Some(url) = f.response_url.clone()
+                    && posts + 1 < MAX_RESPONSE_POSTS
+                {
+                    posts += 1;
+                    let mut body = question.clone();
+                    body["response_type"] = json!("in_channel");
+                    post(url, body).await;
+                }
+                for hook in &f.webhooks {
+                    post(hook.clone(), question.clone()).await;
+                }
+            }
             Some(Event::StepFinished {
                 step,
                 name,
@@ -194,8 +227,8 @@ pub async fn follow(mut follower: Follower, f: Follow) {
                     error: error.map(|e| e.message),
                     duration_ms,
                 };
-                // One post stays in reserve for the result.
-                if posts + 1 < MAX_RESPONSE_POSTS {
+                // Two posts stay in reserve: for an approval's question and for the result.
+                if posts + 2 < MAX_RESPONSE_POSTS {
                     respond(step.line(), false, &mut posts).await;
                 }
                 steps.push(step);
