@@ -3492,8 +3492,13 @@ fn a_run_left_interrupted_between_two_writes_is_resumed_by_the_next_daemon() {
     let admin = token(&dir, "root", "admin", &[]);
     let mut daemon = start(&dir, &[]);
     let id = start_run(&daemon, &admin, json!({"workflow": "auto"}));
+    // Polled until the step is recorded running: it is not in the run's steps before.
     wait_run(&daemon, &admin, &id, |run| {
-        step_of(run, "one")["status"] == "running"
+        run["steps"].as_array().is_some_and(|steps| {
+            steps
+                .iter()
+                .any(|s| s["id"] == "one" && s["status"] == "running")
+        })
     });
     daemon.child.kill().unwrap();
     daemon.child.wait().unwrap();
