@@ -582,9 +582,14 @@ async function viewRun(root, show, alive, id) {
   // The header (status, queue position, detail) comes from GET: cheap, and it covers what the
   // event stream does not say, e.g. a queued run's position or a cancel before it started.
   let stream = null;
+  // Refreshes may overlap (a feed notice, a step's end); only the newest one's answer is
+  // applied, or a slow answer from before a change would undo it (a run shown `running`
+  // again after it started to wait, with nothing left to say otherwise).
+  let headAsked = 0;
   const refreshHead = async () => {
+    const asked = ++headAsked;
     const fresh = await api('GET', `/api/v1/runs/${encodeURIComponent(model.run.id)}`);
-    if (!alive()) return;
+    if (!alive() || asked !== headAsked) return;
     const wasTerminal = TERMINAL.has(model.run.status);
     // A slow answer from before the end must not bring an ended run back to life.
     if (wasTerminal && !TERMINAL.has(fresh.status)) return;
@@ -603,9 +608,28 @@ async function viewRun(root, show, alive, id) {
     renderHead();
   };
 
+  // An approval may ask between the page's first read and its subscription to the feed, and
+  // then no notice comes to say so. While an approval step runs and the run does not say it
+  // waits yet, the page reads the run again every second (at most a minute).
+  let askPoll = null;
+  const watchAsking = () => {
+    if (askPoll) return;
+    let tries = 0;
+    const tick = () => {
+      askPoll = null;
+      const asking = [...model.steps.values()].some((st) => st.uses === 'approval' && st.status === 'running');
+      if (!alive() || !asking || model.run.status !== 'running' || ++tries > 60) return;
+      refreshHead().catch(() => {});
+      askPoll = setTimeout(tick, 1000);
+    };
+    askPoll = setTimeout(tick, 300);
+  };
+  onLeave(() => clearTimeout(askPoll));
+
   renderAll();
   show();
   if (TERMINAL.has(model.run.status)) return;
+  watchAsking();
 
   subscribeRuns((ids) => {
     // Any run's change can move a queued run up the line; otherwise only ours matters.
@@ -618,6 +642,7 @@ async function viewRun(root, show, alive, id) {
     let ev;
     try { ev = JSON.parse(msg.data); } catch { return; }
     applyEvent(model, ev, renderAll, renderHead, () => refreshHead().catch(() => {}));
+    if (ev.event === 'step_started') watchAsking();
     if (ev.event === 'run_finished') {
       stream.close();
       stream = null;
