@@ -40,6 +40,23 @@ impl ApprovalRequest {
     }
 }
 
+/// The most an approval's message keeps, in bytes: a few paragraphs for a person to read in
+/// a chat message or on a phone. A message that quotes a whole output (up to a megabyte)
+/// would otherwise be stored with the approval, sent to every page and posted to Slack.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] on a character boundary, saying it was cut.
+pub(crate) fn capped(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES - "… (cut)".len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut)", &message[..end])
+}
+
 /// One person's decision.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Vote {
@@ -200,6 +217,17 @@ mod tests {
             describe(&decision, Duration::from_secs(60)),
             "rejected by bob (\"error ratio too high\")"
         );
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary_and_says_so() {
+        let short = "keep it?".to_owned();
+        assert_eq!(capped(short.clone()), short);
+        let long = "é".repeat(MAX_MESSAGE_BYTES);
+        let cut = capped(long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("… (cut)"));
+        assert!(cut.starts_with("éé"));
     }
 
     #[test]

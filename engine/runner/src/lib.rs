@@ -1067,7 +1067,7 @@ impl StepJob {
             .run
             .with_scope(|scope| approval.message.eval_string(scope))
         {
-            Ok(message) => self.run.redactor.redact(&message),
+            Ok(message) => approval::capped(self.run.redactor.redact(&message)),
             Err(e) => {
                 return AttemptEnd::Failed {
                     error: StepError {
