@@ -1015,3 +1015,51 @@ fn deploy_approve_and_reject_decide_a_waiting_run() {
     let t = say("U0BOB", &format!("approve {second}"), "6.7");
     assert!(t.starts_with('✗'), "{t}");
 }
+
+#[test]
+fn a_run_started_through_the_api_asks_the_deploy_channel_and_a_click_decides_it() {
+    // Issue 18: only runs started from Slack posted their question; a run started through the
+    // API (or the web page, or the CLI) waited at its approval with the deploy channel told
+    // nothing.
+    let channel = Receiver::start();
+    let dir = setup_gate(&[&channel.url]);
+    let daemon = start(&dir);
+    let mut response = agent()
+        .post(&daemon.url("/api/v1/runs"))
+        .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .send_json(serde_json::json!({"workflow": "gate", "inputs": {"environment": "staging"}}))
+        .expect("the API answers");
+    assert_eq!(response.status().as_u16(), 202);
+    let run: Value = response.body_mut().read_json().unwrap();
+    let id = run["id"].as_str().unwrap().to_owned();
+
+    let question = channel.until("waits for approval").pop().unwrap();
+    assert_eq!(buttons(&question), ["approve", "reject"], "{question:#}");
+    let q = text(&question);
+    assert!(
+        q.contains(&format!("run `{id}` waits for approval at `decide`")),
+        "{q}"
+    );
+    assert!(q.contains("(not `root`, who started it)"), "{q}");
+
+    // The click comes back with a response_url of its own, and carol's approval decides it.
+    let clicks = Receiver::start();
+    let (status, answer) = interact(
+        &daemon,
+        &click("U0CAROL", "approve", &question, &clicks.url),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let updated = clicks.until("approved by `carol`").pop().unwrap();
+    assert!(buttons(&updated).is_empty(), "{updated:#}");
+    let done = Instant::now();
+    while api(&daemon, &format!("/api/v1/runs/{id}"))["status"] != "succeeded" {
+        assert!(done.elapsed() < DEADLINE, "run `{id}` did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The channel got the question once.
+    let extra: Vec<Value> = channel.messages.try_iter().collect();
+    assert!(
+        !extra.iter().any(|m| text(m).contains("waits for approval")),
+        "{extra:#?}"
+    );
+}

@@ -88,6 +88,11 @@ async fn wait(app: &Arc<App>, request: ApprovalRequest) -> Decision {
     };
     // The run's views now say it waits.
     let _ = app.live.send(Arc::from(asked.run.as_str()));
+    // Only the first ask is announced: a run resumed here (after a restart, or taken over
+    // from another daemon) finds its question asked, and its channel told, already.
+    if approval.since_ms == asked.since_ms && approval.votes.is_empty() {
+        announce(app, &approval).await;
+    }
     loop {
         if approval.outcome.is_some() {
             return decision(&approval);
@@ -133,6 +138,41 @@ async fn wait(app: &Arc<App>, request: ApprovalRequest) -> Decision {
             approval = now;
         }
     }
+}
+
+/// Posts a new question to the deploy channel's incoming webhooks (`slack.webhooks`), with
+/// its Approve and Reject buttons, whoever started the run and from wherever: the API, the web
+/// page, the CLI or Slack. The daemon that runs the run is the one that asks, so a question
+/// is posted once however many daemons share the store.
+async fn announce(app: &Arc<App>, approval: &Approval) {
+    let Some(slack) = app.config.slack.as_ref().filter(|s| !s.webhooks.is_empty()) else {
+        return;
+    };
+    let run = match app.store.run(&approval.run).await {
+        Ok(Some(run)) => run,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!(
+                "cannot tell the deploy channel that run `{}` waits: {e}",
+                approval.run
+            );
+            return;
+        }
+    };
+    // The channel's message is the same for every reader: whether a reader may decide is
+    // checked when they click.
+    let reader = Principal {
+        name: String::new(),
+        roles: Vec::new(),
+        patterns: Vec::new(),
+    };
+    let question = crate::chat::question(&view(approval, &run, &reader));
+    let hooks = slack.webhooks.clone();
+    tokio::spawn(async move {
+        for hook in hooks {
+            crate::chat::post(hook, question.clone()).await;
+        }
+    });
 }
 
 fn vote(record: &shiphat_store::VoteRecord) -> Vote {

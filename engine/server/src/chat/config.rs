@@ -30,7 +30,8 @@ pub struct RawSlack {
     /// step's `allow.http`: `host` (ports 80 and 443 only) or `host:port`.
     #[serde(default)]
     response_hosts: Vec<String>,
-    /// Incoming-webhook URLs that get the run events of chat deploys.
+    /// Incoming-webhook URLs that get the run events of chat deploys and the approval questions
+    /// of every run.
     #[serde(default)]
     webhooks: Vec<String>,
 }

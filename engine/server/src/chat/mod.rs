@@ -34,8 +34,10 @@ use shiphat_store::AuditEntry;
 
 use crate::auth::Principal;
 use crate::service::{self, Service};
+pub use approval::message as question;
 use command::Command;
 pub use config::{RawSlack, SlackConfig};
+pub use reply::post;
 
 /// The slash commands' route, for the router and the audit log.
 pub const PATH: &str = "/chat/slack/commands";

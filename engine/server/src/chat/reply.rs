@@ -138,8 +138,8 @@ fn seconds(ms: f64) -> String {
 
 /// Follows a run until it ends, posting its start, progress, each approval it waits at (with
 /// its buttons) and its result to the `response_url` (at most [`MAX_RESPONSE_POSTS`]
-/// messages: progress lines leave room for one approval and the result) and its start,
-/// approvals and end to the incoming webhooks.
+/// messages: progress lines leave room for one approval and the result) and its start and
+/// end to the incoming webhooks.
 pub async fn follow(mut follower: Follower, f: Follow) {
     let mut posts = 0;
     let mut steps: Vec<Step> = Vec::new();
@@ -195,17 +195,15 @@ pub async fn follow(mut follower: Follower, f: Follow) {
                         continue;
                     }
                 };
-                let question = super::approval::message(&view);
+                // The deploy channel's webhooks hear of it from the approver itself
+                // (`crate::approvals`), as for runs started anywhere else.
+                let mut question = super::approval::message(&view);
                 if let Some(url) = f.response_url.clone()
                     && posts + 1 < MAX_RESPONSE_POSTS
                 {
                     posts += 1;
-                    let mut body = question.clone();
-                    body["response_type"] = json!("in_channel");
-                    post(url, body).await;
-                }
-                for hook in &f.webhooks {
-                    post(hook.clone(), question.clone()).await;
+                    question["response_type"] = json!("in_channel");
+                    post(url, question).await;
                 }
             }
             Some(Event::StepFinished {
