@@ -105,6 +105,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn approval_steps_know_the_daemons_roles() {
+        // A workflow is checked without the daemon; the roles it may name must be these.
+        assert_eq!(
+            shiphat_workflow::APPROVER_ROLES.to_vec(),
+            Role::ALL.map(Role::as_str).to_vec()
+        );
+    }
+
+    #[test]
     fn globs() {
         assert!(glob("*", "anything"));
         assert!(glob("web-*", "web-prod"));

@@ -797,6 +797,17 @@ fn check_approval(
                     &format!("{path}.approvers.{key}[{i}]"),
                     format!("{what}an empty name in `approvers.{key}`"),
                 );
+            } else if key == "roles" && !crate::APPROVER_ROLES.contains(&name.as_str()) {
+                // A role the daemon does not have would match nobody, and the step could only
+                // time out.
+                cx.err(
+                    &format!("{path}.approvers.roles[{i}]"),
+                    format!(
+                        "{what}unknown role `{name}` in `approvers.roles`; the roles are {}{}",
+                        crate::APPROVER_ROLES.map(|r| format!("`{r}`")).join(", "),
+                        crate::did_you_mean(name, crate::APPROVER_ROLES)
+                    ),
+                );
             }
         }
     }

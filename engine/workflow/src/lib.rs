@@ -96,6 +96,11 @@ fn base_dir(file: &Path) -> PathBuf {
     grants::normalize(&dir)
 }
 
+/// The roles an approval step may name in `approvers.roles`: the daemon's roles (each includes
+/// the ones before it). The workflow crate knows no principals; the daemon's `Role` is the same
+/// list, which a test in the server crate checks.
+pub const APPROVER_ROLES: [&str; 3] = ["viewer", "deployer", "admin"];
+
 /// The closest of `candidates` to `word`, if it is close enough to be a plausible typo.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     candidates
