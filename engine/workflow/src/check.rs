@@ -1036,8 +1036,12 @@ fn config_value(
     }
 }
 
-/// Parses `uses:`: a plugin name or a path to a component, optionally `@sha256:<64 hex>`.
+/// Parses `uses:`: a plugin name or a path to a component, optionally `@sha256:<64 hex>`, or an
+/// OCI reference.
 fn parse_uses(text: &str, base_dir: &Path) -> Result<PluginRef, String> {
+    if text.starts_with(crate::OCI_SCHEME) {
+        return crate::OciRef::parse(text).map(PluginRef::Oci);
+    }
     // An `@` followed by a `/` belongs to a directory name, not to a pin.
     let (target, sha256) = match text.rsplit_once('@').filter(|(_, pin)| !pin.contains('/')) {
         Some((target, pin)) => {
@@ -1066,8 +1070,15 @@ fn parse_uses(text: &str, base_dir: &Path) -> Result<PluginRef, String> {
         });
     }
     if !is_id(target) {
+        // `ghcr.io/acme/notify:1` is a registry reference without its scheme.
+        let oci = format!("{}{text}", crate::OCI_SCHEME);
+        let hint = if text.contains('/') && crate::OciRef::parse(&oci).is_ok() {
+            format!("; did you mean `{oci}`?")
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "invalid plugin name `{target}`; expected lowercase letters, digits, `-` and `_`, or a path to a `.wasm` file"
+            "invalid plugin name `{target}`; expected lowercase letters, digits, `-` and `_`, a path to a `.wasm` file, or `oci://REGISTRY/REPOSITORY:TAG`{hint}"
         ));
     }
     Ok(PluginRef::Name {

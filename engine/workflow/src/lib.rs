@@ -14,6 +14,7 @@ mod expr;
 mod grants;
 mod inputs;
 mod keys;
+mod oci;
 mod plan;
 mod prepass;
 mod raw;
@@ -30,6 +31,7 @@ pub use expr::{
     Template,
 };
 pub use grants::{Grant, HostPattern};
+pub use oci::{OCI_SCHEME, OciRef};
 pub use plan::{
     Allow, Approval, Concurrency, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_LOG_BYTES, DEFAULT_MEMORY,
     DEFAULT_OUTPUT_BYTES, DEFAULT_RETRIES, DEFAULT_RETRY_FACTOR, DEFAULT_RETRY_INITIAL,

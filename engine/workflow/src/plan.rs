@@ -215,6 +215,9 @@ pub enum PluginRef {
         path: PathBuf,
         sha256: Option<[u8; 32]>,
     },
+    /// `oci://REGISTRY/REPOSITORY:TAG@sha256:DIGEST`: pinned by the digest of its manifest, or
+    /// by the lock file beside the workflow.
+    Oci(crate::OciRef),
 }
 
 /// What a step's plugin may reach. Anything not listed is denied.

@@ -36,6 +36,7 @@ fn step(out: &mut String, section: &[Step], s: &Step) {
         StepKind::Plugin(PluginRef::Path { path, sha256 }) => {
             format!("path {} pinned={}", path.display(), sha256.is_some())
         }
+        StepKind::Plugin(PluginRef::Oci(r)) => format!("oci {r} short_name={}", r.short_name()),
         StepKind::Approval(a) => format!(
             "approval message={:?} roles={:?} principals={:?} required={} allow_self={}",
             a.message.source(),
