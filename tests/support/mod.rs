@@ -298,7 +298,20 @@ pub fn serve(
         match rx.recv_timeout(deadline.saturating_sub(started.elapsed())) {
             Ok(line) => {
                 if let Some(addr) = line.split("listening on ").nth(1) {
-                    return (child, addr.trim().to_owned(), rx);
+                    // The lines before this one stay readable: what the daemon said while it
+                    // started (a workflow it refused, say) is part of what a test reads.
+                    let (tx, all) = std::sync::mpsc::channel();
+                    for line in seen.lines() {
+                        let _ = tx.send(line.to_owned());
+                    }
+                    std::thread::spawn(move || {
+                        for line in rx {
+                            if tx.send(line).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    return (child, addr.trim().to_owned(), all);
                 }
                 seen.push_str(&line);
                 seen.push('\n');

@@ -24,8 +24,9 @@ tasks:
             workflows/deploy.yaml (`demo --bad`: a release whose metrics breach, rolled back;
             `demo --inconclusive`: metrics neither good nor bad, a person approves or rejects;
             `demo --serve`: the daemon and its web page on http://127.0.0.1:7300/ instead)
-  test      build the plugins, install what the tests need (prometheus, postgresql, curl,
-            strace, chromium from Debian, componentize-py and ansible-core from PyPI,
+  test      build the plugins, install what the tests need (prometheus, docker-registry,
+            postgresql, curl, strace, chromium from Debian, componentize-py, ansible-core
+            and oras from PyPI,
             componentize-js, playwright-core and axe-core from npm; pinned, into
             target/test-tools), then run every test
             (cargo test --workspace, then the plugins' own tests natively, on the host);

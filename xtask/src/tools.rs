@@ -3,8 +3,9 @@
 //! - `prometheus` (tests/metrics.rs runs a real server), `postgresql` (the store's tests and
 //!   tests/daemon.rs run a real server), `curl` (the benchmarks' shell baseline) and `strace`
 //!   (tests/deployer.rs watches the deployer's fsyncs), from Debian's packages;
-//! - `componentize-py` (tests/languages.rs builds the Python example) and `ansible-core` (the
-//!   benchmarks' smoke test), each in a virtual environment;
+//! - `componentize-py` (tests/languages.rs builds the Python example), `ansible-core` (the
+//!   benchmarks' smoke test) and `oras` (tests/oci.rs), in a virtual environment;
+//! - `docker-registry` (tests/oci.rs runs a real registry), from Debian's packages;
 //! - `componentize-js` (the JavaScript example), from the npm registry;
 //! - `chromium` from Debian's packages and `playwright-core` from the npm registry, which
 //!   drives it (tests/web.rs runs the web page in a real headless browser), and `axe-core`
@@ -24,11 +25,15 @@ use crate::run;
 
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 const ANSIBLE_CORE: &str = "ansible-core==2.17.7";
+/// The ORAS Python SDK: tests/oci.rs checks that `oras` pulls what shiphat pushes, and that
+/// shiphat runs what `oras` pushes.
+const ORAS: &str = "oras==0.2.43";
 /// The Debian packages the tests need, each with a shell test of whether it is installed: its
 /// program on the `PATH`, or, for PostgreSQL, whose server programs are not on it, `initdb` in
 /// the folder of any version (engine/store/src/testing.rs takes the newest).
-const DEBIAN: [(&str, &str); 5] = [
+const DEBIAN: [(&str, &str); 6] = [
     ("prometheus", "command -v prometheus"),
+    ("docker-registry", "command -v docker-registry"),
     ("curl", "command -v curl"),
     ("chromium", "command -v chromium"),
     ("strace", "command -v strace"),
@@ -85,7 +90,7 @@ pub fn ensure() -> Result<Tools> {
         }
         eprintln!("xtask: installing {} with apt-get", missing.join(", "));
         run(Command::new("apt-get").arg("update").arg("-qq")).context(
-            "apt-get update failed (the tests need the Debian packages prometheus, postgresql, curl, chromium and strace)",
+            "apt-get update failed (the tests need the Debian packages prometheus, docker-registry, postgresql, curl, chromium and strace)",
         )?;
         run(Command::new("apt-get")
             .args(["install", "-y", "-qq"])
@@ -99,24 +104,26 @@ pub fn ensure() -> Result<Tools> {
         .unwrap_or_else(|| crate::root().join("target/test-tools"));
     let venv = dir.join("venv");
     let python_bin = venv.join("bin");
-    let pip_wants = [
-        (COMPONENTIZE_PY, "componentize-py"),
-        (ANSIBLE_CORE, "ansible-playbook"),
-    ];
-    if pip_wants
-        .iter()
-        .any(|(_, exe)| !python_bin.join(exe).is_file())
-    {
+    // The pinned list is written beside the environment after `pip install` succeeds, and a
+    // different list (a package added or bumped, as `oras` was) installs again.
+    let pip_wants = [COMPONENTIZE_PY, ANSIBLE_CORE, ORAS];
+    let wanted = pip_wants.join("\n") + "\n";
+    let pip_installed = venv.join("installed-requirements.txt");
+    if std::fs::read_to_string(&pip_installed).ok().as_deref() != Some(wanted.as_str()) {
         eprintln!(
-            "xtask: installing {COMPONENTIZE_PY} and {ANSIBLE_CORE} into {}",
+            "xtask: installing {} into {}",
+            pip_wants.join(", "),
             venv.display()
         );
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
             .context("cannot make a Python virtual environment (python3 -m venv)")?;
         run(Command::new(python_bin.join("pip"))
             .args(["install", "--quiet"])
-            .args(pip_wants.map(|(p, _)| p)))
-        .context("pip install failed: the tests need componentize-py and ansible-core from PyPI")?;
+            .args(pip_wants))
+        .context(
+            "pip install failed: the tests need componentize-py, ansible-core and oras from PyPI",
+        )?;
+        std::fs::write(&pip_installed, &wanted)?;
     }
 
     // The npm packages come from xtask/js: exact versions, and a lock file for everything they

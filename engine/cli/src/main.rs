@@ -19,6 +19,7 @@ macro_rules! errln {
 
 mod ask;
 mod client;
+mod oci_cmd;
 mod output;
 mod plugin_cmd;
 mod serve;
@@ -212,6 +213,14 @@ enum PluginCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Publish a component to an OCI registry, in the Wasm OCI Artifact layout, annotated
+    /// from its own `describe()`.
+    Push(Box<oci_cmd::PushArgs>),
+    /// Fetch a plugin from an OCI registry into the cache, and compile it there.
+    Pull(Box<oci_cmd::PullArgs>),
+    /// Pin every `oci://` plugin of the workflows to a digest in `shiphat.lock` beside them
+    /// (written, or updated showing what changed).
+    Lock(Box<oci_cmd::LockArgs>),
     /// Write a plugin skeleton that builds as it is: source, WIT, README and a workflow.
     New(plugin_cmd::NewArgs),
     /// Run one step of a plugin outside any workflow and print its result, outputs and logs.
@@ -234,6 +243,10 @@ struct EngineArgs {
     /// A file of `NAME=value` secrets, read before the environment.
     #[arg(long, value_name = "FILE", env = "SHIPHAT_SECRETS_FILE")]
     secrets_file: Option<PathBuf>,
+    /// Refuse an `oci://` plugin that `shiphat.lock` does not pin, or whose tag the registry
+    /// has moved since (the daemon always does).
+    #[arg(long)]
+    locked: bool,
 }
 
 impl EngineArgs {
@@ -246,6 +259,26 @@ impl EngineArgs {
     /// instances from a pool.
     fn daemon_runner(&self) -> anyhow::Result<Runner> {
         self.build_runner(true)
+    }
+
+    /// Where plugins pulled from OCI registries are kept: `oci/` in the cache directory
+    /// (`--cache-dir`, else the user's), which `--no-cache` leaves in use, since a pulled
+    /// plugin has nowhere else to be.
+    fn oci_dir(&self) -> anyhow::Result<PathBuf> {
+        self.cache_dir
+            .clone()
+            .or_else(|| dirs::cache_dir().map(|d| d.join("shiphat").join("components")))
+            .map(|d| d.join("oci"))
+            .ok_or_else(|| {
+                Invalid("this user has no cache directory; give one with `--cache-dir`".into())
+                    .into()
+            })
+    }
+
+    fn registry(&self) -> anyhow::Result<Arc<shiphat_oci::Registry>> {
+        Ok(Arc::new(
+            shiphat_oci::Registry::new(self.oci_dir()?).map_err(|e| Invalid(e.to_string()))?,
+        ))
     }
 
     fn build_runner(&self, instance_pool: bool) -> anyhow::Result<Runner> {
@@ -281,11 +314,16 @@ impl EngineArgs {
         if let Some(file) = &self.secrets_file {
             secrets = secrets.with_file(file).map_err(Invalid)?;
         }
-        Ok(Runner::new(
-            host,
-            PluginPath::new(self.plugin_dirs()),
-            secrets,
-        ))
+        // The daemon runs only what the lock files pin, as `--locked` does.
+        let mode = if self.locked || instance_pool {
+            shiphat_oci::Mode::Locked
+        } else {
+            shiphat_oci::Mode::Normal
+        };
+        Ok(
+            Runner::new(host, PluginPath::new(self.plugin_dirs()), secrets)
+                .with_registry(self.registry()?, mode),
+        )
     }
 
     /// `--plugin-path` first, then the plugins built in this source tree, then the
@@ -451,6 +489,15 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Plugin {
             command: PluginCommand::New(args),
         } => plugin_cmd::new(&args),
+        Command::Plugin {
+            command: PluginCommand::Push(args),
+        } => oci_cmd::push(&args).await,
+        Command::Plugin {
+            command: PluginCommand::Pull(args),
+        } => oci_cmd::pull(&args).await,
+        Command::Plugin {
+            command: PluginCommand::Lock(args),
+        } => oci_cmd::lock(&args).await,
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => plugin_cmd::test(&args).await,

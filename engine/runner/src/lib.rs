@@ -29,7 +29,9 @@ use serde_json::{Map, Value};
 use shiphat_host::{
     Call, Context, Fault, Grants, Host, LogLine, Outcome, Plugin, PluginInfo, Redactor,
 };
-use shiphat_workflow::{ConfigSchema, Diagnostic, Scope, Status, Step, StepKind, Workflow};
+use shiphat_workflow::{
+    ConfigSchema, Diagnostic, PluginRef, Scope, Status, Step, StepKind, Workflow,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::approval::{ApprovalRequest, Approver, Decision, Vote};
@@ -72,6 +74,8 @@ pub struct Runner {
     secrets: Secrets,
     /// Who approval steps ask.
     approver: Arc<dyn Approver>,
+    /// Where `uses: oci://…` plugins come from, and whether the lock file must pin them.
+    registry: Option<(Arc<shiphat_oci::Registry>, shiphat_oci::Mode)>,
 }
 
 /// A step ready to run.
@@ -240,7 +244,19 @@ impl Runner {
             plugin_path,
             secrets,
             approver: approval::nobody(),
+            registry: None,
         }
+    }
+
+    /// `uses: oci://…` plugins come from `registry` and its cache, pinned by the lock file
+    /// beside each workflow as `mode` says. Without one such a step cannot load.
+    pub fn with_registry(
+        mut self,
+        registry: Arc<shiphat_oci::Registry>,
+        mode: shiphat_oci::Mode,
+    ) -> Self {
+        self.registry = Some((registry, mode));
+        self
     }
 
     /// Approval steps ask `approver`. Without one they fail at once, saying nobody can be
@@ -270,15 +286,20 @@ impl Runner {
         type Key = (PathBuf, Option<[u8; 32]>, usize);
         let mut loads: HashMap<Key, tokio::task::JoinHandle<_>> = HashMap::new();
         let mut keys = Vec::new();
+        let fetched = self.fetch_oci(&workflow).await;
         for step in workflow.all_steps() {
             let Some(uses) = step.kind.plugin() else {
                 keys.push(None);
                 continue;
             };
-            let key = self
-                .plugin_path
-                .resolve(uses)
-                .map(|(path, pinned)| (path, pinned, step.limits.stack));
+            let resolved = match uses {
+                PluginRef::Oci(r) => fetched[r]
+                    .as_ref()
+                    .map(|f| (f.path.clone(), Some(f.component)))
+                    .map_err(Clone::clone),
+                other => self.plugin_path.resolve(other),
+            };
+            let key = resolved.map(|(path, pinned)| (path, pinned, step.limits.stack));
             if let Ok(key) = &key {
                 loads.entry(key.clone()).or_insert_with(|| {
                     let host = self.host.clone();
@@ -299,9 +320,18 @@ impl Runner {
         }
         let mut loaded = HashMap::new();
         for (key, load) in loads {
-            let result = load
+            let mut result = load
                 .await
                 .unwrap_or_else(|e| Err(format!("loading the plugin failed: {e}")));
+            // A pulled component that no longer matches its digest is damaged in the cache:
+            // it is removed, so that the next run or `shiphat plugin pull` fetches it again.
+            if let (Err(e), Some((registry, _))) = (&mut result, &self.registry)
+                && let Some(f) = fetched.values().flatten().find(|f| f.path == key.0)
+                && e.contains("does not match its pinned digest")
+            {
+                registry.evict(&f.component_digest());
+                e.push_str("; the damaged copy was removed from the cache, so the next run fetches it again");
+            }
             loaded.insert(key, result);
         }
 
@@ -326,6 +356,87 @@ impl Runner {
             workflow: Arc::new(workflow),
             steps,
         })
+    }
+
+    /// Finds every `oci://` plugin of a workflow in the cache, or pulls it: the digest the
+    /// lock file beside the workflow pins (see [`shiphat_oci::choose`]). The registry is asked
+    /// only what it must be: nothing for a reference pinned by digest or (in
+    /// [`shiphat_oci::Mode::Normal`]) by the lock file; with `--locked`, whether a locked tag
+    /// drifted, which is skipped, with a warning, when the registry cannot be reached, so
+    /// that a registry that is down stops no deploy whose plugins are cached.
+    async fn fetch_oci(
+        &self,
+        workflow: &Workflow,
+    ) -> HashMap<shiphat_workflow::OciRef, std::result::Result<shiphat_oci::Fetched, String>> {
+        use shiphat_oci::{Lock, Mode};
+        let refs: std::collections::BTreeSet<shiphat_workflow::OciRef> = workflow
+            .all_steps()
+            .filter_map(|s| match s.kind.plugin() {
+                Some(PluginRef::Oci(r)) => Some(r.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut out = HashMap::new();
+        if refs.is_empty() {
+            return out;
+        }
+        let Some((registry, mode)) = &self.registry else {
+            for r in refs {
+                out.insert(
+                    r,
+                    Err("this runner has no registry client for `oci://` plugins".to_owned()),
+                );
+            }
+            return out;
+        };
+        let lock = match Lock::read(&Lock::path_for(&workflow.file)) {
+            Ok(lock) => lock,
+            Err(e) => {
+                for r in refs {
+                    out.insert(r, Err(e.to_string()));
+                }
+                return out;
+            }
+        };
+        for r in refs {
+            let ask = r.digest.is_none()
+                && r.tag.is_some()
+                && (*mode == Mode::Locked) == lock.get(&r).is_some();
+            let current = if ask {
+                match registry.current_digest(&r).await {
+                    Ok(digest) => Some(digest),
+                    Err(e) => {
+                        tracing::warn!("cannot ask the registry what `{r}` names now: {e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let recalled = registry.recalled_digest(&r);
+            let result = match shiphat_oci::choose(
+                &r,
+                &lock,
+                *mode,
+                current.as_deref(),
+                recalled.as_deref(),
+            ) {
+                Ok(digest) => {
+                    let pinned = r.pinned(&digest);
+                    match registry.cached(&pinned) {
+                        Ok(Some(found)) => Ok(found),
+                        Ok(None) | Err(shiphat_oci::Error::Corrupt { .. }) => {
+                            registry.fetch(&pinned).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                    .map_err(|e| format!("plugin `{r}`: {e}"))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            out.insert(r, result);
+        }
+        out
     }
 
     /// Checks a step's `with:` against the schema of the plugin it loaded (or reports why

@@ -40,6 +40,8 @@ impl PluginPath {
                 .find(name)
                 .map(|path| (path, *sha256))
                 .ok_or_else(|| self.not_found(name)),
+            // Found in a registry's cache by the runner, not on the plugin path.
+            PluginRef::Oci(r) => Err(format!("`{r}` is not on the plugin path")),
         }
     }
 

@@ -1529,6 +1529,9 @@ fn plan(workflow: &shiphat_workflow::Workflow) -> Vec<PlanStep> {
                     .file_stem()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
+                shiphat_workflow::StepKind::Plugin(shiphat_workflow::PluginRef::Oci(r)) => {
+                    r.unpinned().to_string()
+                }
                 // What a run page shows where a plugin's name would be.
                 shiphat_workflow::StepKind::Approval(_) => "approval".to_owned(),
             };
