@@ -430,6 +430,7 @@ fn push_pull_lock_drift_and_offline_against_a_real_registry() {
     // Updating the lock shows what changed: the plugin, its config and the grants it gets.
     let update = ok(&w.shiphat(&["plugin", "lock"])).stdout.clone();
     assert!(update.contains(&format!("{tag}: {d1} → {d2}")), "{update}");
+    assert!(update.contains("plugin: echo → noop"), "{update}");
     assert!(update.contains("config: - `message`"), "{update}");
     assert!(
         update.contains("grants it: http `hooks.example.com`"),

@@ -291,10 +291,15 @@ impl EngineArgs {
         };
         let cached = cache_dir.is_some();
         let on_compile = shiphat_host::CompileHook(Arc::new(move |path: &Path, size: usize| {
-            let name = path
+            let mut name = path
                 .file_name()
                 .unwrap_or(path.as_os_str())
-                .to_string_lossy();
+                .to_string_lossy()
+                .into_owned();
+            // A pulled plugin's file is named by its digest (engine/oci's cache).
+            if path.parent().is_some_and(|p| p.ends_with("oci/blobs/sha256")) {
+                name = format!("pulled plugin sha256:{}…", name.get(..12).unwrap_or(&name));
+            }
             let when = if cached {
                 "first run only"
             } else {

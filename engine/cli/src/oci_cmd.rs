@@ -313,6 +313,9 @@ pub async fn lock(args: &LockArgs) -> anyhow::Result<u8> {
                     let was = before.map_or("(new)".to_owned(), |b| b.digest.clone());
                     outln!("{}: {was} → {digest}", r.unpinned());
                     if let Some(before) = before {
+                        if before.name != info.name {
+                            outln!("  plugin: {} → {}", before.name, info.name);
+                        }
                         if before.version != info.version {
                             outln!("  version: {} → {}", before.version, info.version);
                         }

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::{Client, Reference};
@@ -47,6 +48,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one read may stall; a 19 MB Python plugin arrives in well under this on any link a
 /// deploy box has.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The largest component a pull takes: the Python example is 19 MB, and a registry that
+/// declares or sends more than this is refused before it can fill the machine's memory.
+const MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
 /// The manifest annotations a plugin is published with, from its own `describe()`.
 pub const TITLE: &str = "org.opencontainers.image.title";
@@ -301,11 +306,35 @@ impl Registry {
         }
         let (manifest, layer) = wasm_layer(&pinned, &raw)?;
         if self.cache.blob(&layer.digest).is_none() {
-            let mut bytes = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
-            client
-                .pull_blob(&reference, &layer, &mut bytes)
+            // A registry is not trusted with memory: the component may be no larger than
+            // the limit, and no larger than the manifest says.
+            let declared = u64::try_from(layer.size).unwrap_or(u64::MAX);
+            if declared > MAX_COMPONENT_BYTES {
+                return Err(Error::NotWasm {
+                    reference: pinned.to_string(),
+                    why: format!(
+                        "its component is {declared} bytes; a plugin may be at most {MAX_COMPONENT_BYTES}"
+                    ),
+                });
+            }
+            let mut stream = client
+                .pull_blob_stream(&reference, &layer)
                 .await
                 .map_err(|e| Registry::error(r, e))?;
+            let mut bytes = Vec::with_capacity(usize::try_from(declared).unwrap_or(0));
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Registry::error(r, e))?;
+                if (bytes.len() + chunk.len()) as u64 > declared {
+                    return Err(Registry::error(
+                        r,
+                        format!(
+                            "it sent more of `{}` than the {declared} bytes its manifest declares",
+                            layer.digest
+                        ),
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
             self.cache.put_blob(&layer.digest, &bytes)?;
         }
         self.cache.put_blob(&digest, &raw)?;
