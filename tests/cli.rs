@@ -1141,3 +1141,54 @@ fn a_run_on_a_terminal_asks_the_person_at_the_keyboard() {
         "{shown}"
     );
 }
+
+/// Issue 20: `shiphat explain` writes each workflow's handbook. The expected texts are in
+/// tests/explain/, one `NAME.md` per workflow (`workflows/*.yaml` and the cases beside them);
+/// `BLESS=1` rewrites them after a deliberate change.
+#[test]
+fn explain_writes_the_handbook_of_every_example_workflow() {
+    let root = support::root();
+    let mut files: Vec<std::path::PathBuf> = ["workflows", "tests/explain"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(root.join(dir)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    let dir = TestDir::new();
+    let mut failures = Vec::new();
+    for file in files {
+        let mut command = dir.shiphat();
+        command.arg("explain").arg(&file);
+        let run = Run::of(command);
+        assert_eq!(run.code, 0, "{}: {}", file.display(), run.stderr);
+        let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+        let expected = root.join("tests/explain").join(format!("{name}.md"));
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(&expected, &run.stdout).unwrap();
+        } else if std::fs::read_to_string(&expected).ok().as_deref() != Some(run.stdout.as_str()) {
+            failures.push(format!(
+                "{} (rerun with BLESS=1 to accept):\n{}",
+                expected.display(),
+                run.stdout
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn explain_refuses_a_broken_workflow_as_validate_does() {
+    let dir = TestDir::new();
+    let file = dir.write(
+        "bad.yaml",
+        "name: bad\nsteps:\n  - id: x\n    uses: echo\n    with: { mesage: hi }\n",
+    );
+    let mut command = dir.shiphat();
+    command.arg("explain").arg(&file);
+    let run = Run::of(command);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("mesage"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}

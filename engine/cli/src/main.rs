@@ -167,6 +167,15 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Print a workflow's handbook in Markdown, for someone who has never seen its YAML:
+    /// its inputs, each step in plain words, what each may touch, what makes it fail and what
+    /// happens then.
+    Explain {
+        /// The workflow file (YAML).
+        file: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
     /// Work with plugin files.
     Plugin {
         #[command(subcommand)]
@@ -297,7 +306,10 @@ impl EngineArgs {
                 .to_string_lossy()
                 .into_owned();
             // A pulled plugin's file is named by its digest (engine/oci's cache).
-            if path.parent().is_some_and(|p| p.ends_with("oci/blobs/sha256")) {
+            if path
+                .parent()
+                .is_some_and(|p| p.ends_with("oci/blobs/sha256"))
+            {
                 name = format!("pulled plugin sha256:{}…", name.get(..12).unwrap_or(&name));
             }
             let when = if cached {
@@ -488,6 +500,20 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             explain_if,
             engine,
         } => validate(&files, explain_if, &engine).await,
+        Command::Explain { file, engine } => {
+            let runner = engine.runner()?;
+            match prepare(&runner, &file).await {
+                Ok(prepared) => {
+                    outln!("{}", shiphat_runner::handbook(&prepared).trim_end());
+                    Ok(exit::OK)
+                }
+                Err(e) if e.is::<shiphat_workflow::Error>() || e.is::<shiphat_runner::Error>() => {
+                    output::error(&e);
+                    Ok(exit::INVALID)
+                }
+                Err(e) => Err(e),
+            }
+        }
         Command::Plugin {
             command: PluginCommand::Inspect { file, json, engine },
         } => inspect(&file, json, &engine).await,

@@ -12,6 +12,7 @@
 
 mod approval;
 mod event;
+mod handbook;
 mod plugins;
 mod secrets;
 
@@ -35,6 +36,7 @@ use shiphat_workflow::{
 use tokio_util::sync::CancellationToken;
 
 pub use crate::approval::{ApprovalRequest, Approver, Decision, Vote};
+pub use crate::handbook::handbook;
 pub use crate::plugins::PluginPath;
 pub use crate::secrets::Secrets;
 pub use shiphat_protocol::{
