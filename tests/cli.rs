@@ -1192,3 +1192,102 @@ fn explain_refuses_a_broken_workflow_as_validate_does() {
     assert!(run.stderr.contains("mesage"), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "{}", run.stdout);
 }
+
+/// Issue 20: `validate --against` prints what each step may now reach that it could not, and
+/// `--deny-widening` fails CI on it, so that a widened grant gets a second review.
+#[test]
+fn validate_against_an_older_version_shows_grant_changes_and_can_deny_widening() {
+    let dir = TestDir::new();
+    let old = "name: site\nsteps:\n  - id: deploy\n    uses: echo\n    allow: { read: [build], write: [www] }\n";
+    let wider = "name: site\nsteps:\n  - id: deploy\n    uses: echo\n    allow: { read: [build], write: [www], http: [hooks.example.com], secrets: [TOKEN] }\n  - id: notify\n    uses: echo\n    allow: { env: { CHANNEL: deploys } }\n";
+    std::fs::create_dir_all(dir.path().join("build")).unwrap();
+    std::fs::create_dir_all(dir.path().join("www")).unwrap();
+    let old_file = dir.write("old.yaml", old);
+    let file = dir.write("site.yaml", wider);
+    let validate = |args: &[&str]| {
+        let mut command = dir.shiphat();
+        command.arg("validate").args(args);
+        Run::of(command)
+    };
+
+    let run = validate(&[
+        file.to_str().unwrap(),
+        "--against",
+        old_file.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("step `deploy`:\n    + http `hooks.example.com`\n    + secret `TOKEN`\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("step `notify` (new step):\n    plugin `echo`\n    + env `CHANNEL`\n"),
+        "{}",
+        run.stdout
+    );
+    let denied = validate(&[
+        file.to_str().unwrap(),
+        "--against",
+        old_file.to_str().unwrap(),
+        "--deny-widening",
+    ]);
+    assert_eq!(denied.code, 1, "{}", denied.stdout);
+    assert!(
+        denied.stdout.contains("grants widened"),
+        "{}",
+        denied.stdout
+    );
+    // The other way round only narrows: no second review needed.
+    let narrowed = validate(&[
+        old_file.to_str().unwrap(),
+        "--against",
+        file.to_str().unwrap(),
+        "--deny-widening",
+    ]);
+    assert_eq!(narrowed.code, 0, "{}", narrowed.stdout);
+    assert!(
+        narrowed.stdout.contains("grants narrowed only"),
+        "{}",
+        narrowed.stdout
+    );
+
+    // Against git: the committed version is the old one.
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .current_dir(dir.path())
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    std::fs::write(&file, old).unwrap();
+    git(&["add", "site.yaml"]);
+    git(&["commit", "-q", "-m", "old"]);
+    std::fs::write(&file, wider).unwrap();
+    let run = validate(&["site.yaml", "--against-git", "HEAD", "--deny-widening"]);
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("+ secret `TOKEN`"), "{}", run.stdout);
+    // A file the revision did not have is all new.
+    let fresh = dir.write("fresh.yaml", wider);
+    let run = validate(&[fresh.to_str().unwrap(), "--against-git", "HEAD"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("new since `HEAD`"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("step `deploy` (new step)"),
+        "{}",
+        run.stdout
+    );
+    // `--deny-widening` alone says what it needs.
+    let alone = validate(&[file.to_str().unwrap(), "--deny-widening"]);
+    assert_eq!(alone.code, 2, "{}", alone.stderr);
+    assert!(alone.stderr.contains("--against"), "{}", alone.stderr);
+}

@@ -164,6 +164,17 @@ enum Command {
         /// (`success() && (…)` unless it calls a status function).
         #[arg(long)]
         explain_if: bool,
+        /// Also print what changed in what each step may reach (directories, hosts,
+        /// variables, secrets, the plugin), from this older version of the one FILE.
+        #[arg(long, value_name = "OLD.yaml", conflicts_with = "against_git")]
+        against: Option<PathBuf>,
+        /// The same, from each FILE as it was at this git revision (e.g. `HEAD~1`, `main`).
+        #[arg(long, value_name = "REV")]
+        against_git: Option<String>,
+        /// With `--against` or `--against-git`: exit 1 when a grant widened (a new grant, a
+        /// new step with grants, or another plugin), so CI can ask for a second review.
+        #[arg(long)]
+        deny_widening: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -498,8 +509,29 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Validate {
             files,
             explain_if,
+            against,
+            against_git,
+            deny_widening,
             engine,
-        } => validate(&files, explain_if, &engine).await,
+        } => {
+            let code = validate(&files, explain_if, &engine).await?;
+            let old = match (against, against_git) {
+                (Some(file), _) => Some(Against::File(file)),
+                (None, Some(rev)) => Some(Against::Git(rev)),
+                (None, None) if deny_widening => {
+                    return Err(Invalid(
+                        "`--deny-widening` needs `--against OLD.yaml` or `--against-git REV`"
+                            .into(),
+                    )
+                    .into());
+                }
+                (None, None) => None,
+            };
+            match old {
+                Some(old) if code == exit::OK => grant_changes(&files, &old, deny_widening),
+                _ => Ok(code),
+            }
+        }
         Command::Explain { file, engine } => {
             let runner = engine.runner()?;
             match prepare(&runner, &file).await {
@@ -680,6 +712,85 @@ async fn validate(files: &[PathBuf], explain_if: bool, engine: &EngineArgs) -> a
         }
     }
     Ok(code)
+}
+
+/// What `validate` compares a workflow with.
+enum Against {
+    File(PathBuf),
+    Git(String),
+}
+
+/// Prints each file's grant changes (stdout); exit 1 when one widened and `deny` says so.
+fn grant_changes(files: &[PathBuf], against: &Against, deny: bool) -> anyhow::Result<u8> {
+    if matches!(against, Against::File(_)) && files.len() != 1 {
+        return Err(Invalid(
+            "`--against OLD.yaml` compares one workflow file; give one FILE, or use `--against-git REV` for several".into(),
+        )
+        .into());
+    }
+    let mut widened = false;
+    for file in files {
+        let new = shiphat_workflow::load(file)?;
+        let old = match against {
+            Against::File(old) => shiphat_workflow::load(old)?,
+            Against::Git(rev) => match git_show(file, rev)? {
+                // Read as if it were at the new file's place, so paths resolve the same way.
+                Some(text) => shiphat_workflow::parse(&text, file)
+                    .with_context(|| format!("{} at `{rev}`", file.display()))?,
+                None => {
+                    outln!("{}: new since `{rev}`", file.display());
+                    shiphat_workflow::Workflow {
+                        steps: Vec::new(),
+                        on_failure: Vec::new(),
+                        finally: Vec::new(),
+                        ..new.clone()
+                    }
+                }
+            },
+        };
+        let diff = shiphat_workflow::grant_diff(&old, &new);
+        widened |= diff.widened();
+        outln!("{}:", file.display());
+        for line in diff.to_string().lines() {
+            outln!("  {line}");
+        }
+    }
+    Ok(if deny && widened {
+        exit::FAILED
+    } else {
+        exit::OK
+    })
+}
+
+/// `FILE` as it was at `rev`; `None` when it did not exist then.
+fn git_show(file: &Path, rev: &str) -> anyhow::Result<Option<String>> {
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = file.file_name().context("a workflow file has a name")?;
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .arg("show")
+        .arg(format!("{rev}:./{}", name.to_string_lossy()))
+        .output()
+        .context("cannot run `git` for `--against-git`")?;
+    if output.status.success() {
+        return Ok(Some(
+            String::from_utf8(output.stdout).context("the old version is not UTF-8")?,
+        ));
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if stderr.contains("does not exist in") || stderr.contains("exists on disk, but not in") {
+        return Ok(None);
+    }
+    Err(Invalid(format!(
+        "`git show {rev}:{}` failed: {}",
+        file.display(),
+        stderr.trim()
+    ))
+    .into())
 }
 
 async fn inspect(file: &Path, json: bool, engine: &EngineArgs) -> anyhow::Result<u8> {
