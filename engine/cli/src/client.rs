@@ -281,6 +281,9 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Say why a run is where it is: who started it with what, what it waited for, each
+    /// step's result with the evidence of a failure, the rollback and what is deployed now.
+    Why { id: String },
     /// Print a run's events as a local run would (live while it runs).
     Logs {
         id: String,
@@ -355,6 +358,13 @@ pub fn runs(args: &ServerArgs, command: RunsCommand) -> anyhow::Result<u8> {
                         run.created_at
                     );
                 }
+            }
+        }
+        RunsCommand::Why { id } => {
+            let run: RunDetail =
+                client.call("GET", &format!("/api/v1/runs/{}", encode(&id)), None)?;
+            for line in shiphat_protocol::why(&run) {
+                outln!("{line}");
             }
         }
         RunsCommand::Show { id, json } => {

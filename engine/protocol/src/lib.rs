@@ -16,8 +16,10 @@ mod api;
 mod event;
 mod openapi;
 mod status;
+mod why;
 
 pub use crate::api::*;
 pub use crate::event::*;
 pub use crate::openapi::openapi_schemas;
 pub use crate::status::*;
+pub use crate::why::why;
