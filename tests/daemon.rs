@@ -3519,3 +3519,136 @@ fn a_run_left_interrupted_between_two_writes_is_resumed_by_the_next_daemon() {
         "{run}"
     );
 }
+
+/// Polls `look` until it answers, or fails the test after `deadline` with what it said last.
+fn eventually<T>(deadline: Duration, what: &str, mut look: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match look() {
+            Ok(found) => return found,
+            Err(last) => assert!(
+                started.elapsed() < deadline,
+                "{what} never happened; last: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long a first compile of the Python example may take on a loaded machine (24 s idle).
+const FIRST_COMPILE: Duration = Duration::from_secs(600);
+
+#[test]
+fn a_daemon_answers_while_a_large_plugin_compiles_and_runs_meanwhile_wait_even_across_a_restart() {
+    // Bug: the daemon compiled every plugin before it listened, 24 s for the Python example,
+    // and a workflow's first run compiled on the deploy path.
+    let hook = support::http::Server::start(|_, _| support::http::Reply::ok());
+    let dir = TestDir::new();
+    let notify = support::examples().join("notify.wasm");
+    dir.write(
+        "workflows/tell.yaml",
+        format!(
+            "name: tell\nsteps:\n  - id: notify\n    uses: {}\n    with: {{ url: \"{}\", release: \"1.0\", status: succeeded }}\n    allow: {{ http: [\"{}\"] }}\n",
+            notify.display(),
+            hook.url("/hooks/deploys"),
+            hook.host()
+        ),
+    );
+    dir.write("workflows/web.yaml", WEB);
+    let admin = token(&dir, "root", "admin", &[]);
+    // A compile cache of its own, empty: the first compile happens in this test.
+    let args = [
+        "--data-dir",
+        "data",
+        "--workflows",
+        "workflows",
+        "--cache-dir",
+        "cache-one",
+    ];
+    let daemon = Daemon::listening(&dir, &args);
+
+    // It answers at once: alive, not ready, and says what it compiles.
+    assert_eq!(call(&daemon, "GET", "/healthz", None, None).0, 200);
+    let (status, headers, body) = daemon.call("GET", "/readyz", &[], None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("retry-after"), Some("1"));
+    assert!(
+        body.as_str().unwrap().starts_with("loading workflows"),
+        "{body}"
+    );
+    let tell = eventually(DEADLINE, "`tell` compiling", || {
+        let (status, tell) = call(&daemon, "GET", "/api/v1/workflows/tell", Some(&admin), None);
+        assert_eq!(status, 200, "{tell}");
+        match tell["status"].as_str() {
+            Some("compiling") => Ok(tell),
+            Some("loading") => Err(tell.to_string()),
+            other => panic!("`tell` must not be ready before its plugin compiled: {other:?}"),
+        }
+    });
+    assert_eq!(tell["compiling"][0]["file"], "notify.wasm", "{tell}");
+    assert!(
+        tell["compiling"][0]["bytes"].as_u64().unwrap() > 10_000_000,
+        "{tell}"
+    );
+    // A workflow of small plugins is ready meanwhile, and its runs start.
+    eventually(DEADLINE, "`web` ready", || {
+        let (_, list) = call(&daemon, "GET", "/api/v1/workflows", Some(&admin), None);
+        let web = list["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "web")
+            .cloned()
+            .unwrap_or_default();
+        (web["status"] == "ready")
+            .then_some(())
+            .ok_or(list.to_string())
+    });
+    let quick = start_run(&daemon, &admin, json!({"workflow": "web"}));
+    assert_eq!(
+        wait_run(&daemon, &admin, &quick, terminal)["status"],
+        "succeeded"
+    );
+
+    // A run of `tell` is accepted and waits for its plugin, saying so; no run compiles.
+    let id = start_run(&daemon, &admin, json!({"workflow": "tell"}));
+    let run_of = |daemon: &Daemon| {
+        let path = format!("/api/v1/runs/{id}");
+        call(daemon, "GET", &path, Some(&admin), None).1
+    };
+    let waits = |run: &Value| {
+        assert_eq!(run["status"], "queued", "{run}");
+        assert!(
+            run["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("waits for its plugins to compile")),
+            "{run}"
+        );
+    };
+    waits(&run_of(&daemon));
+
+    // The daemon dies before the compile ends; the next one, with an empty cache of its own
+    // too, finds the run queued for a workflow it has not loaded yet: the run waits again.
+    drop(daemon);
+    let mut args = args;
+    args[5] = "cache-two";
+    let daemon = Daemon::listening(&dir, &args);
+    waits(&run_of(&daemon));
+
+    // Then the plugin is compiled, the workflow ready, and the run starts and succeeds.
+    let run = eventually(FIRST_COMPILE, "the run ending", || {
+        let run = run_of(&daemon);
+        if terminal(&run) {
+            Ok(run)
+        } else {
+            Err(run.to_string())
+        }
+    });
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(hook.requests().len(), 1);
+    let (_, tell) = call(&daemon, "GET", "/api/v1/workflows/tell", Some(&admin), None);
+    assert_eq!(tell["status"], "ready", "{tell}");
+    assert!(tell.get("compiling").is_none(), "{tell}");
+    let (status, _, body) = daemon.call("GET", "/readyz", &[], None);
+    assert_eq!((status, body), (200, json!("ready\n")));
+}

@@ -269,7 +269,7 @@ impl EngineArgs {
             };
             output::note(&format!(
                 "compiling {name} ({}), {when}",
-                output::fmt_size(size)
+                shiphat_protocol::fmt_size(size as u64)
             ));
         }));
         let host = Host::new(HostConfig {

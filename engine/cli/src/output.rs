@@ -352,21 +352,6 @@ impl Human {
     }
 }
 
-/// A size for people: `18 MB`, `740 KB`, `12 B`.
-pub fn fmt_size(bytes: usize) -> String {
-    const KB: usize = 1000;
-    const MB: usize = 1000 * KB;
-    if bytes >= 10 * MB {
-        format!("{} MB", bytes / MB)
-    } else if bytes >= MB {
-        format!("{:.1} MB", bytes as f64 / MB as f64)
-    } else if bytes >= KB {
-        format!("{} KB", bytes / KB)
-    } else {
-        format!("{bytes} B")
-    }
-}
-
 fn fmt_ms(ms: f64) -> String {
     if ms < 1.0 {
         format!("{ms:.2}ms")
