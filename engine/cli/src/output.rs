@@ -94,6 +94,23 @@ pub fn note(text: &str) {
     errln!("{text}");
 }
 
+/// For `validate --warm`: what became of one plugin.
+pub fn warmed(path: &std::path::Path, load: shiphat_host::LoadKind) {
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let what = match load {
+        shiphat_host::LoadKind::Compiled => "compiled into the compile cache",
+        shiphat_host::LoadKind::Cached => "already in the compile cache",
+    };
+    note(&format!(
+        "warm: {name} ({}): {what}",
+        shiphat_protocol::fmt_size(size)
+    ));
+}
+
 /// Writes every event as one JSON line on stdout.
 pub fn json_sink() -> Sink {
     Arc::new(move |event: Event| {
