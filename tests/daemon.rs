@@ -3635,6 +3635,16 @@ fn a_daemon_answers_while_a_large_plugin_compiles_and_runs_meanwhile_wait_even_a
     let daemon = Daemon::listening(&dir, &args);
     waits(&run_of(&daemon));
 
+    // The CLI as a client meanwhile: its run is accepted too, and it says why it waits.
+    let mut client = dir
+        .shiphat()
+        .args(["run", "--server", &daemon.url(""), "tell", "--json"])
+        .env("SHIPHAT_TOKEN", &admin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
     // Then the plugin is compiled, the workflow ready, and the run starts and succeeds.
     let run = eventually(FIRST_COMPILE, "the run ending", || {
         let run = run_of(&daemon);
@@ -3645,7 +3655,20 @@ fn a_daemon_answers_while_a_large_plugin_compiles_and_runs_meanwhile_wait_even_a
         }
     });
     assert_eq!(run["status"], "succeeded", "{run}");
-    assert_eq!(hook.requests().len(), 1);
+    let code = eventually(DEADLINE, "the client's run ending", || {
+        match client.try_wait().unwrap() {
+            Some(code) => Ok(code),
+            None => Err("still running".into()),
+        }
+    });
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(code.success(), "{said}");
+    assert!(
+        said.contains("is queued: waits for its plugins to compile"),
+        "{said}"
+    );
+    assert_eq!(hook.requests().len(), 2);
     let (_, tell) = call(&daemon, "GET", "/api/v1/workflows/tell", Some(&admin), None);
     assert_eq!(tell["status"], "ready", "{tell}");
     assert!(tell.get("compiling").is_none(), "{tell}");
