@@ -3590,6 +3590,11 @@ fn a_daemon_answers_while_a_large_plugin_compiles_and_runs_meanwhile_wait_even_a
         tell["compiling"][0]["bytes"].as_u64().unwrap() > 10_000_000,
         "{tell}"
     );
+    // Whoever watches the daemon hears why it is not ready, at the default log level.
+    daemon.wait_for_stderr(
+        "workflow `tell`: compiling `notify.wasm` (19 MB) into the compile cache",
+        DEADLINE,
+    );
     // A workflow of small plugins is ready meanwhile, and its runs start.
     eventually(DEADLINE, "`web` ready", || {
         let (_, list) = call(&daemon, "GET", "/api/v1/workflows", Some(&admin), None);

@@ -693,7 +693,10 @@ impl App {
             };
             let end = Change::RunEnded {
                 status: RunStatus::Failed,
-                detail: Some(format!("workflow `{}` is no longer loaded", run.workflow)),
+                detail: Some(format!(
+                    "workflow `{}` is not loaded on this daemon: its file is gone or did not load (the daemon's log says why)",
+                    run.workflow
+                )),
             };
             let body = serde_json::to_string(&event).expect("events always serialise");
             if let Err(e) = self

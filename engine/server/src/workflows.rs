@@ -336,8 +336,11 @@ impl Workflows {
             .unwrap_or(path.as_os_str())
             .to_string_lossy()
             .into_owned();
-        tracing::info!(
-            "workflow `{name}`: compiling `{plugin}` ({}), once: later loads read it from the compile cache",
+        // Said at the level a daemon shows by default, as `shiphat run` says it: a first
+        // compile holds the workflow's runs for seconds, and whoever watches the daemon
+        // should know why.
+        tracing::warn!(
+            "workflow `{name}`: compiling `{plugin}` ({}) into the compile cache, first load only; its runs wait until it is ready",
             shiphat_protocol::fmt_size(bytes)
         );
         let mut state = self.write();
