@@ -3680,3 +3680,57 @@ fn a_daemon_answers_while_a_large_plugin_compiles_and_runs_meanwhile_wait_even_a
     let (status, _, body) = daemon.call("GET", "/readyz", &[], None);
     assert_eq!((status, body), (200, json!("ready\n")));
 }
+
+#[test]
+fn a_changed_workflow_keeps_its_old_version_serving_while_the_new_one_compiles() {
+    // A reload that compiles a new plugin must not take the workflow out of service, nor hold
+    // its runs: the version in service runs them until the new one is ready.
+    let hook = support::http::Server::start(|_, _| support::http::Reply::ok());
+    let dir = TestDir::new();
+    let old = "name: tell\nsteps:\n  - id: notify\n    uses: echo\n    with: { message: old }\n";
+    dir.write("workflows/tell.yaml", old);
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &["--cache-dir", "cache"]);
+    let state = || call(&daemon, "GET", "/api/v1/workflows/tell", Some(&admin), None).1;
+    assert_eq!(state()["status"], "ready");
+
+    let new = format!(
+        "name: tell\nsteps:\n  - id: notify\n    uses: {}\n    with: {{ url: \"{}\", release: \"2.0\", status: succeeded }}\n    allow: {{ http: [\"{}\"] }}\n",
+        support::examples().join("notify.wasm").display(),
+        hook.url("/hooks/deploys"),
+        hook.host()
+    );
+    dir.write("workflows/tell.yaml", new);
+    let reloading = eventually(DEADLINE, "the new version compiling", || {
+        let tell = state();
+        if tell["compiling"][0]["file"] == "notify.wasm" {
+            Ok(tell)
+        } else {
+            Err(tell.to_string())
+        }
+    });
+    assert_eq!(reloading["status"], "ready", "{reloading}");
+    assert_eq!(reloading["reloading"], true, "{reloading}");
+
+    // A run now starts at once, on the version in service.
+    let id = start_run(&daemon, &admin, json!({"workflow": "tell"}));
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"][0]["summary"], "echo: old", "{run}");
+    assert!(hook.requests().is_empty());
+    assert_eq!(state()["reloading"], true, "the compile outlasted the run");
+
+    // Once compiled, the new version serves.
+    eventually(FIRST_COMPILE, "the new version ready", || {
+        let tell = state();
+        (tell["reloading"] == false && tell.get("compiling").is_none())
+            .then_some(())
+            .ok_or(tell.to_string())
+    });
+    let id = start_run(&daemon, &admin, json!({"workflow": "tell"}));
+    assert_eq!(
+        wait_run(&daemon, &admin, &id, terminal)["status"],
+        "succeeded"
+    );
+    assert_eq!(hook.requests().len(), 1);
+}
