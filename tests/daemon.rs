@@ -3734,3 +3734,80 @@ fn a_changed_workflow_keeps_its_old_version_serving_while_the_new_one_compiles()
     );
     assert_eq!(hook.requests().len(), 1);
 }
+
+#[test]
+fn a_run_interrupted_in_a_plugin_resumes_after_a_restart_once_the_plugin_is_compiled_again() {
+    // A run recovered at start for a workflow whose plugins still compile must wait for them,
+    // not fail as a workflow that is not loaded.
+    let (arrived, first) = std::sync::mpsc::channel();
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let held = gate.clone();
+    // The first post is held until the daemon that made it is dead: its step is in flight.
+    let hook = support::http::Server::start(move |_, before| {
+        if before.is_empty() {
+            let _ = arrived.send(());
+            let (open, opened) = &*held;
+            let open = open.lock().unwrap();
+            let _open = opened
+                .wait_timeout_while(open, FIRST_COMPILE, |open| !*open)
+                .unwrap();
+        }
+        support::http::Reply::ok()
+    });
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/tell.yaml",
+        format!(
+            "name: tell\nresume: auto\nsteps:\n  - id: notify\n    uses: {}\n    idempotent: true\n    with: {{ url: \"{}\", release: \"1.0\", status: succeeded }}\n    allow: {{ http: [\"{}\"] }}\n",
+            support::examples().join("notify.wasm").display(),
+            hook.url("/hooks/deploys"),
+            hook.host()
+        ),
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = |cache: &str| {
+        Daemon::listening(
+            &dir,
+            &[
+                "--data-dir",
+                "data",
+                "--workflows",
+                "workflows",
+                "--cache-dir",
+                cache,
+            ],
+        )
+    };
+    let one = daemon("cache-one");
+    let id = start_run(&one, &admin, json!({"workflow": "tell"}));
+    first
+        .recv_timeout(FIRST_COMPILE)
+        .expect("the step posts once its plugin is compiled");
+    drop(one);
+    let (open, opened) = &*gate;
+    *open.lock().unwrap() = true;
+    opened.notify_all();
+
+    // The next daemon, on an empty cache of its own, interrupts the run and queues it again
+    // (`resume: auto`, its step idempotent); it waits for the plugin, saying so.
+    let two = daemon("cache-two");
+    let path = format!("/api/v1/runs/{id}");
+    let (_, run) = call(&two, "GET", &path, Some(&admin), None);
+    assert_eq!(run["status"], "queued", "{run}");
+    let detail = run["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("resumed automatically after a restart")
+            && detail.contains("waits for its plugins to compile"),
+        "{run}"
+    );
+    let run = eventually(FIRST_COMPILE, "the resumed run ending", || {
+        let (_, run) = call(&two, "GET", &path, Some(&admin), None);
+        if terminal(&run) {
+            Ok(run)
+        } else {
+            Err(run.to_string())
+        }
+    });
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(hook.requests().len(), 2);
+}
