@@ -3711,6 +3711,10 @@ fn a_changed_workflow_keeps_its_old_version_serving_while_the_new_one_compiles()
     });
     assert_eq!(reloading["status"], "ready", "{reloading}");
     assert_eq!(reloading["reloading"], true, "{reloading}");
+    daemon.wait_for_stderr(
+        "compiling `notify.wasm` (19 MB) into the compile cache, first load only; the version in service runs its runs meanwhile",
+        DEADLINE,
+    );
 
     // A run now starts at once, on the version in service.
     let id = start_run(&daemon, &admin, json!({"workflow": "tell"}));

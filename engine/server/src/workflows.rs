@@ -336,23 +336,31 @@ impl Workflows {
             .unwrap_or(path.as_os_str())
             .to_string_lossy()
             .into_owned();
+        let mut state = self.write();
+        let Some(entry) = state.by_name.get_mut(name) else {
+            return;
+        };
+        let meanwhile = if entry.serving.is_some() {
+            "the version in service runs its runs meanwhile"
+        } else {
+            "its runs wait until it is ready"
+        };
+        if let Some(loading) = entry
+            .loading
+            .as_mut()
+            .filter(|l| l.generation == generation)
+            && !loading.compiling.iter().any(|(p, _)| *p == plugin)
+        {
+            loading.compiling.push((plugin.clone(), bytes));
+        }
+        drop(state);
         // Said at the level a daemon shows by default, as `shiphat run` says it: a first
         // compile holds the workflow's runs for seconds, and whoever watches the daemon
         // should know why.
         tracing::warn!(
-            "workflow `{name}`: compiling `{plugin}` ({}) into the compile cache, first load only; its runs wait until it is ready",
+            "workflow `{name}`: compiling `{plugin}` ({}) into the compile cache, first load only; {meanwhile}",
             shiphat_protocol::fmt_size(bytes)
         );
-        let mut state = self.write();
-        if let Some(loading) = state
-            .by_name
-            .get_mut(name)
-            .and_then(|e| e.loading.as_mut())
-            .filter(|l| l.generation == generation)
-            && !loading.compiling.iter().any(|(p, _)| *p == plugin)
-        {
-            loading.compiling.push((plugin, bytes));
-        }
     }
 
     /// The load of version `generation` of `file` (workflow `name`) ended.
