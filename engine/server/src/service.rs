@@ -307,7 +307,7 @@ impl Service {
             return Err("shutting down".to_owned());
         }
         if !self.app.workflows.settled() {
-            let loading = self.app.workflows.pending().len();
+            let loading = self.app.workflows.loading();
             return Err(format!(
                 "loading workflows: {loading} still loading their plugins"
             ));

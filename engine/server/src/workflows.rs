@@ -116,13 +116,7 @@ impl Workflows {
     /// Workflow `name` as runs are admitted against it: the version in service, or, before
     /// one is, the version loading.
     pub fn get(&self, name: &str) -> Option<Arc<Workflow>> {
-        let state = self.read();
-        let entry = state.by_name.get(name)?;
-        match (&entry.serving, &entry.loading) {
-            (Some(prepared), _) => Some(prepared.workflow.clone()),
-            (None, Some(loading)) => Some(loading.workflow.clone()),
-            (None, None) => None,
-        }
+        definition(&self.read(), name)
     }
 
     /// Every workflow, by name, with where it stands.
@@ -131,23 +125,14 @@ impl Workflows {
         state
             .by_name
             .keys()
-            .filter_map(|name| Some((self.get_in(&state, name)?, readiness(&state, name)?)))
+            .filter_map(|name| Some((definition(&state, name)?, readiness(&state, name)?)))
             .collect()
     }
 
     /// Workflow `name` with where it stands.
     pub fn with_readiness(&self, name: &str) -> Option<(Arc<Workflow>, Readiness)> {
         let state = self.read();
-        Some((self.get_in(&state, name)?, readiness(&state, name)?))
-    }
-
-    fn get_in(&self, state: &State, name: &str) -> Option<Arc<Workflow>> {
-        let entry = state.by_name.get(name)?;
-        entry
-            .serving
-            .as_ref()
-            .map(|p| p.workflow.clone())
-            .or_else(|| entry.loading.as_ref().map(|l| l.workflow.clone()))
+        Some((definition(&state, name)?, readiness(&state, name)?))
     }
 
     /// Why a queued run of `name` may not start on this daemon yet: its plugins are still
@@ -164,22 +149,14 @@ impl Workflows {
         self.settled.load(Ordering::SeqCst)
     }
 
-    /// What `GET /readyz` says while the first load goes on: each workflow still loading, and
-    /// what it compiles.
-    pub fn pending(&self) -> Vec<String> {
-        let state = self.read();
-        state
+    /// How many workflows have no version in service yet, their plugins still loading: what
+    /// `GET /readyz` says while the first load goes on.
+    pub fn loading(&self) -> usize {
+        self.read()
             .by_name
-            .iter()
-            .filter(|(_, e)| e.serving.is_none())
-            .filter_map(|(name, e)| {
-                let loading = e.loading.as_ref()?;
-                Some(match loading.compiling.as_slice() {
-                    [] => format!("`{name}` loading"),
-                    compiling => format!("`{name}` compiling {}", plugins_text(compiling)),
-                })
-            })
-            .collect()
+            .values()
+            .filter(|e| e.serving.is_none() && e.loading.is_some())
+            .count()
     }
 
     /// The first look at the directories, when the daemon starts: every file is checked
@@ -426,6 +403,16 @@ impl Workflows {
     }
 }
 
+/// The version of `name` runs are admitted against: in service, or else loading.
+fn definition(state: &State, name: &str) -> Option<Arc<Workflow>> {
+    let entry = state.by_name.get(name)?;
+    entry
+        .serving
+        .as_ref()
+        .map(|p| p.workflow.clone())
+        .or_else(|| entry.loading.as_ref().map(|l| l.workflow.clone()))
+}
+
 fn readiness(state: &State, name: &str) -> Option<Readiness> {
     let entry = state.by_name.get(name)?;
     Some(Readiness {
@@ -438,15 +425,6 @@ fn readiness(state: &State, name: &str) -> Option<Readiness> {
         reloading: entry.serving.is_some() && entry.loading.is_some(),
         error: entry.error.clone(),
     })
-}
-
-/// `notify.wasm (19 MB), echo.wasm (116 KB)`.
-pub fn plugins_text(plugins: &[(String, u64)]) -> String {
-    plugins
-        .iter()
-        .map(|(plugin, bytes)| format!("`{plugin}` ({})", shiphat_protocol::fmt_size(*bytes)))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn skipped(file: &Path, message: &str, previous: Option<&str>) {
@@ -563,13 +541,17 @@ mod tests {
         assert_eq!(workflows.hold("deploy").as_deref(), Some(COMPILING));
         assert!(workflows.prepared("deploy").is_none());
         workflows.compiling("deploy", 1, Path::new("/p/notify.wasm"), 19_000_000);
+        assert_eq!(workflows.loading(), 1);
+        let (_, readiness) = workflows.with_readiness("deploy").unwrap();
         assert_eq!(
-            workflows.pending(),
-            ["`deploy` compiling `notify.wasm` (19 MB)"]
+            readiness.compiling,
+            [("notify.wasm".to_owned(), 19_000_000)]
         );
+        assert!(!readiness.ready);
         workflows.finish(file, 1, "deploy", prepared("deploy", "v1").await);
         assert_eq!(workflows.hold("deploy"), None);
         assert!(workflows.prepared("deploy").is_some());
+        assert_eq!(workflows.loading(), 0);
 
         // A changed file loads beside the version in service, which runs start on meanwhile.
         workflows
