@@ -925,6 +925,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn readyz_waits_for_the_first_load_and_says_no_once_shutting_down() {
+        // A load balancer must not send deploys to a daemon whose workflows are not loaded
+        // yet, nor to one that is draining; `/healthz` says only that the process answers.
+        let d = daemon();
+        let not_yet = d.call("GET", "/readyz", None, &[], "").await;
+        assert_eq!(not_yet.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(not_yet.headers[header::RETRY_AFTER], "1");
+        assert_eq!(
+            d.call("GET", "/healthz", None, &[], "").await.status,
+            StatusCode::OK
+        );
+        let app = &d.test.app;
+        app.workflows.start(&app.runner, &[]).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !app.workflows.settled() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a first load of no files settles");
+        assert_eq!(
+            d.call("GET", "/readyz", None, &[], "").await.status,
+            StatusCode::OK
+        );
+        app.accepting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            d.call("GET", "/readyz", None, &[], "").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[tokio::test]
     async fn a_viewer_hears_403_before_anything_about_its_body() {
         // A viewer's bad body was answered 400, as if fixing it would let the viewer run.
         let daemon = daemon();
