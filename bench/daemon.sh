@@ -142,6 +142,14 @@ start_daemon() { # N [ARGS...]: starts daemon N with data directory `dataN`; set
   done
   [ -n "$addr" ] || { echo "daemon $n did not start:" >&2; cat "$work/serve$n.log" >&2; exit 1; }
   urls[n]="http://$addr"
+  # It listens at once and loads its workflows' plugins behind; measure it once they are.
+  for _ in $(seq 1 600); do
+    curl -sf --max-time 10 -o /dev/null "${urls[n]}/readyz" && return
+    sleep 0.1
+  done
+  echo "daemon $n never became ready:" >&2
+  cat "$work/serve$n.log" >&2
+  exit 1
 }
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; } # PID

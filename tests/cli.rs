@@ -1291,3 +1291,90 @@ fn validate_against_an_older_version_shows_grant_changes_and_can_deny_widening()
     assert_eq!(alone.code, 2, "{}", alone.stderr);
     assert!(alone.stderr.contains("--against"), "{}", alone.stderr);
 }
+
+/// Every line of a `--json` run's stdout is one JSON value: a progress line never lands there.
+fn json_lines(run: &Run) {
+    for line in run.stdout.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not JSON: {line}\n{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn a_first_compile_says_so_on_stderr_and_validate_warm_takes_it_off_the_deploy_path() {
+    // A first compile (24 s for the Python example) fell on whichever deploy came first.
+    let dir = TestDir::new();
+    let yaml = "name: w\nsteps:\n  - id: a\n    uses: echo\n    with: { message: hi }\n  - id: b\n    uses: noop\n    needs: a\n";
+    let file = dir.write("deploy.yaml", yaml);
+    let cache = dir.path().join("cache");
+    let shiphat = || {
+        let mut command = dir.shiphat();
+        command.env("SHIPHAT_CACHE_DIR", &cache);
+        command
+    };
+
+    // A cache miss in a run: one plain line per plugin on stderr, and stdout stays JSON Lines.
+    let mut command = shiphat();
+    command.arg("run").arg(&file).arg("--json");
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("compiling echo.wasm (")
+            && run.stderr.contains("compiling noop.wasm (")
+            && run.stderr.contains("KB), first run only"),
+        "{}",
+        run.stderr
+    );
+    json_lines(&run);
+
+    // `validate --warm` on a fresh cache compiles each plugin once, saying so for each.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let mut command = shiphat();
+    command.args(["validate", "--warm"]).arg(&file).arg(&file);
+    let warm = Run::of(command);
+    assert_eq!(warm.code, 0, "{}", warm.stderr);
+    assert_eq!(
+        warm.stderr
+            .matches("compiled into the compile cache")
+            .count(),
+        2,
+        "{}",
+        warm.stderr
+    );
+    assert!(
+        warm.stderr.contains("warm: echo.wasm (") && warm.stderr.contains("compiling echo.wasm ("),
+        "{}",
+        warm.stderr
+    );
+    let mut command = shiphat();
+    command.args(["validate", "--warm"]).arg(&file);
+    let again = Run::of(command);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(
+        again.stderr.matches("already in the compile cache").count(),
+        2,
+        "{}",
+        again.stderr
+    );
+    assert!(!again.stderr.contains("compiling"), "{}", again.stderr);
+
+    // After it, the first run compiles nothing.
+    let mut command = shiphat();
+    command.arg("run").arg(&file).arg("--json");
+    let run = Run::of(command);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("compiling"), "{}", run.stderr);
+    json_lines(&run);
+
+    // Nothing to warm without a cache.
+    let mut command = shiphat();
+    command
+        .args(["validate", "--warm", "--no-cache"])
+        .arg(&file);
+    let refused = Run::of(command);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("--no-cache"), "{}", refused.stderr);
+}

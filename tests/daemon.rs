@@ -3519,3 +3519,299 @@ fn a_run_left_interrupted_between_two_writes_is_resumed_by_the_next_daemon() {
         "{run}"
     );
 }
+
+/// Polls `look` until it answers, or fails the test after `deadline` with what it said last.
+fn eventually<T>(deadline: Duration, what: &str, mut look: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    loop {
+        match look() {
+            Ok(found) => return found,
+            Err(last) => assert!(
+                started.elapsed() < deadline,
+                "{what} never happened; last: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long a first compile of the Python example may take on a loaded machine (24 s idle).
+const FIRST_COMPILE: Duration = Duration::from_secs(600);
+
+#[test]
+fn a_daemon_answers_while_a_large_plugin_compiles_and_runs_meanwhile_wait_even_across_a_restart() {
+    // Bug: the daemon compiled every plugin before it listened, 24 s for the Python example,
+    // and a workflow's first run compiled on the deploy path.
+    let hook = support::http::Server::start(|_, _| support::http::Reply::ok());
+    let dir = TestDir::new();
+    let notify = support::examples().join("notify.wasm");
+    dir.write(
+        "workflows/tell.yaml",
+        format!(
+            "name: tell\nsteps:\n  - id: notify\n    uses: {}\n    with: {{ url: \"{}\", release: \"1.0\", status: succeeded }}\n    allow: {{ http: [\"{}\"] }}\n",
+            notify.display(),
+            hook.url("/hooks/deploys"),
+            hook.host()
+        ),
+    );
+    dir.write("workflows/web.yaml", WEB);
+    let admin = token(&dir, "root", "admin", &[]);
+    // A compile cache of its own, empty: the first compile happens in this test.
+    let args = [
+        "--data-dir",
+        "data",
+        "--workflows",
+        "workflows",
+        "--cache-dir",
+        "cache-one",
+    ];
+    let daemon = Daemon::listening(&dir, &args);
+
+    // It answers at once: alive, not ready, and says what it compiles.
+    assert_eq!(call(&daemon, "GET", "/healthz", None, None).0, 200);
+    let (status, headers, body) = daemon.call("GET", "/readyz", &[], None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("retry-after"), Some("1"));
+    assert!(
+        body.as_str().unwrap().starts_with("loading workflows"),
+        "{body}"
+    );
+    let tell = eventually(DEADLINE, "`tell` compiling", || {
+        let (status, tell) = call(&daemon, "GET", "/api/v1/workflows/tell", Some(&admin), None);
+        assert_eq!(status, 200, "{tell}");
+        match tell["status"].as_str() {
+            Some("compiling") => Ok(tell),
+            Some("loading") => Err(tell.to_string()),
+            other => panic!("`tell` must not be ready before its plugin compiled: {other:?}"),
+        }
+    });
+    assert_eq!(tell["compiling"][0]["file"], "notify.wasm", "{tell}");
+    assert!(
+        tell["compiling"][0]["bytes"].as_u64().unwrap() > 10_000_000,
+        "{tell}"
+    );
+    // Whoever watches the daemon hears why it is not ready, at the default log level.
+    daemon.wait_for_stderr(
+        "workflow `tell`: compiling `notify.wasm` (19 MB) into the compile cache",
+        DEADLINE,
+    );
+    // A workflow of small plugins is ready meanwhile, and its runs start.
+    eventually(DEADLINE, "`web` ready", || {
+        let (_, list) = call(&daemon, "GET", "/api/v1/workflows", Some(&admin), None);
+        let web = list["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == "web")
+            .cloned()
+            .unwrap_or_default();
+        (web["status"] == "ready")
+            .then_some(())
+            .ok_or(list.to_string())
+    });
+    let quick = start_run(&daemon, &admin, json!({"workflow": "web"}));
+    assert_eq!(
+        wait_run(&daemon, &admin, &quick, terminal)["status"],
+        "succeeded"
+    );
+
+    // A run of `tell` is accepted and waits for its plugin, saying so; no run compiles.
+    let id = start_run(&daemon, &admin, json!({"workflow": "tell"}));
+    let run_of = |daemon: &Daemon| {
+        let path = format!("/api/v1/runs/{id}");
+        call(daemon, "GET", &path, Some(&admin), None).1
+    };
+    let waits = |run: &Value| {
+        assert_eq!(run["status"], "queued", "{run}");
+        assert!(
+            run["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("waits for its plugins to compile")),
+            "{run}"
+        );
+    };
+    waits(&run_of(&daemon));
+
+    // The daemon dies before the compile ends; the next one, with an empty cache of its own
+    // too, finds the run queued for a workflow it has not loaded yet: the run waits again.
+    drop(daemon);
+    let mut args = args;
+    args[5] = "cache-two";
+    let daemon = Daemon::listening(&dir, &args);
+    waits(&run_of(&daemon));
+
+    // The CLI as a client meanwhile: its run is accepted too, and it says why it waits.
+    let mut client = dir
+        .shiphat()
+        .args(["run", "--server", &daemon.url(""), "tell", "--json"])
+        .env("SHIPHAT_TOKEN", &admin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // Then the plugin is compiled, the workflow ready, and the run starts and succeeds.
+    let run = eventually(FIRST_COMPILE, "the run ending", || {
+        let run = run_of(&daemon);
+        if terminal(&run) {
+            Ok(run)
+        } else {
+            Err(run.to_string())
+        }
+    });
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let code = eventually(DEADLINE, "the client's run ending", || {
+        match client.try_wait().unwrap() {
+            Some(code) => Ok(code),
+            None => Err("still running".into()),
+        }
+    });
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(code.success(), "{said}");
+    assert!(
+        said.contains("is queued: waits for its plugins to compile"),
+        "{said}"
+    );
+    assert_eq!(hook.requests().len(), 2);
+    let (_, tell) = call(&daemon, "GET", "/api/v1/workflows/tell", Some(&admin), None);
+    assert_eq!(tell["status"], "ready", "{tell}");
+    assert!(tell.get("compiling").is_none(), "{tell}");
+    let (status, _, body) = daemon.call("GET", "/readyz", &[], None);
+    assert_eq!((status, body), (200, json!("ready\n")));
+}
+
+#[test]
+fn a_changed_workflow_keeps_its_old_version_serving_while_the_new_one_compiles() {
+    // A reload that compiles a new plugin must not take the workflow out of service, nor hold
+    // its runs: the version in service runs them until the new one is ready.
+    let hook = support::http::Server::start(|_, _| support::http::Reply::ok());
+    let dir = TestDir::new();
+    let old = "name: tell\nsteps:\n  - id: notify\n    uses: echo\n    with: { message: old }\n";
+    dir.write("workflows/tell.yaml", old);
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &["--cache-dir", "cache"]);
+    let state = || call(&daemon, "GET", "/api/v1/workflows/tell", Some(&admin), None).1;
+    assert_eq!(state()["status"], "ready");
+
+    let new = format!(
+        "name: tell\nsteps:\n  - id: notify\n    uses: {}\n    with: {{ url: \"{}\", release: \"2.0\", status: succeeded }}\n    allow: {{ http: [\"{}\"] }}\n",
+        support::examples().join("notify.wasm").display(),
+        hook.url("/hooks/deploys"),
+        hook.host()
+    );
+    dir.write("workflows/tell.yaml", new);
+    let reloading = eventually(DEADLINE, "the new version compiling", || {
+        let tell = state();
+        if tell["compiling"][0]["file"] == "notify.wasm" {
+            Ok(tell)
+        } else {
+            Err(tell.to_string())
+        }
+    });
+    assert_eq!(reloading["status"], "ready", "{reloading}");
+    assert_eq!(reloading["reloading"], true, "{reloading}");
+    daemon.wait_for_stderr(
+        "compiling `notify.wasm` (19 MB) into the compile cache, first load only; the version in service runs its runs meanwhile",
+        DEADLINE,
+    );
+
+    // A run now starts at once, on the version in service.
+    let id = start_run(&daemon, &admin, json!({"workflow": "tell"}));
+    let run = wait_run(&daemon, &admin, &id, terminal);
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["steps"][0]["summary"], "echo: old", "{run}");
+    assert!(hook.requests().is_empty());
+    assert_eq!(state()["reloading"], true, "the compile outlasted the run");
+
+    // Once compiled, the new version serves.
+    eventually(FIRST_COMPILE, "the new version ready", || {
+        let tell = state();
+        (tell["reloading"] == false && tell.get("compiling").is_none())
+            .then_some(())
+            .ok_or(tell.to_string())
+    });
+    let id = start_run(&daemon, &admin, json!({"workflow": "tell"}));
+    assert_eq!(
+        wait_run(&daemon, &admin, &id, terminal)["status"],
+        "succeeded"
+    );
+    assert_eq!(hook.requests().len(), 1);
+}
+
+#[test]
+fn a_run_interrupted_in_a_plugin_resumes_after_a_restart_once_the_plugin_is_compiled_again() {
+    // A run recovered at start for a workflow whose plugins still compile must wait for them,
+    // not fail as a workflow that is not loaded.
+    let (arrived, first) = std::sync::mpsc::channel();
+    let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let held = gate.clone();
+    // The first post is held until the daemon that made it is dead: its step is in flight.
+    let hook = support::http::Server::start(move |_, before| {
+        if before.is_empty() {
+            let _ = arrived.send(());
+            let (open, opened) = &*held;
+            let open = open.lock().unwrap();
+            let _open = opened
+                .wait_timeout_while(open, FIRST_COMPILE, |open| !*open)
+                .unwrap();
+        }
+        support::http::Reply::ok()
+    });
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/tell.yaml",
+        format!(
+            "name: tell\nresume: auto\nsteps:\n  - id: notify\n    uses: {}\n    idempotent: true\n    with: {{ url: \"{}\", release: \"1.0\", status: succeeded }}\n    allow: {{ http: [\"{}\"] }}\n",
+            support::examples().join("notify.wasm").display(),
+            hook.url("/hooks/deploys"),
+            hook.host()
+        ),
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = |cache: &str| {
+        Daemon::listening(
+            &dir,
+            &[
+                "--data-dir",
+                "data",
+                "--workflows",
+                "workflows",
+                "--cache-dir",
+                cache,
+            ],
+        )
+    };
+    let one = daemon("cache-one");
+    let id = start_run(&one, &admin, json!({"workflow": "tell"}));
+    first
+        .recv_timeout(FIRST_COMPILE)
+        .expect("the step posts once its plugin is compiled");
+    drop(one);
+    let (open, opened) = &*gate;
+    *open.lock().unwrap() = true;
+    opened.notify_all();
+
+    // The next daemon, on an empty cache of its own, interrupts the run and queues it again
+    // (`resume: auto`, its step idempotent); it waits for the plugin, saying so.
+    let two = daemon("cache-two");
+    let path = format!("/api/v1/runs/{id}");
+    let (_, run) = call(&two, "GET", &path, Some(&admin), None);
+    assert_eq!(run["status"], "queued", "{run}");
+    let detail = run["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("resumed automatically after a restart")
+            && detail.contains("waits for its plugins to compile"),
+        "{run}"
+    );
+    let run = eventually(FIRST_COMPILE, "the resumed run ending", || {
+        let (_, run) = call(&two, "GET", &path, Some(&admin), None);
+        if terminal(&run) {
+            Ok(run)
+        } else {
+            Err(run.to_string())
+        }
+    });
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(hook.requests().len(), 2);
+}

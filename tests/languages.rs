@@ -15,30 +15,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use support::http::{Reply, Server};
-use support::{Run, TestDir, root};
-
-/// The Python and JavaScript examples, built once per test binary by the script the guide
-/// shows.
-fn examples() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = tempfile::tempdir().expect("a temporary directory");
-        let output = Command::new("bash")
-            .arg(root().join("plugins/examples/build-any-language.sh"))
-            .arg(out.path())
-            .output()
-            .expect("cannot run bash");
-        assert!(
-            output.status.success(),
-            "building the Python and JavaScript examples failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
-        out
-    })
-    .path()
-}
+use support::{Run, TestDir, examples, root};
 
 /// The hand-written WAT example as a component: the core module with the `step` world
 /// embedded, encoded by `wit-component`, as `wasm-tools component embed` + `new` would.

@@ -84,6 +84,29 @@ impl TestDir {
     }
 }
 
+/// The Python and JavaScript examples (`notify.wasm`, 19 MB; `semver-gate.wasm`), built once
+/// per test binary by the script the guide shows, with the toolchains it names.
+pub fn examples() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = tempfile::tempdir().expect("a temporary directory");
+        let output = Command::new("bash")
+            .arg(root().join("plugins/examples/build-any-language.sh"))
+            .arg(out.path())
+            .output()
+            .expect("cannot run bash");
+        assert!(
+            output.status.success(),
+            "building the Python and JavaScript examples failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        out
+    })
+    .path()
+}
+
 /// How a `shiphat` process ended.
 pub struct Run {
     pub code: i32,
@@ -338,9 +361,28 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `shiphat serve --listen 127.0.0.1:0 ARGS` in `dir` and waits until it listens.
-    /// Relative paths in `args` are taken from `dir`.
+    /// Starts `shiphat serve --listen 127.0.0.1:0 ARGS` in `dir` and waits until it is ready:
+    /// it listens and its workflows are loaded (`GET /readyz`). Relative paths in `args` are
+    /// taken from `dir`.
     pub fn start(dir: &TestDir, args: &[&str]) -> Daemon {
+        let daemon = Daemon::listening(dir, args);
+        let started = Instant::now();
+        loop {
+            let (status, _, body) = daemon.call("GET", "/readyz", &[], None);
+            if status == 200 {
+                return daemon;
+            }
+            assert!(
+                started.elapsed() < DAEMON_START,
+                "the daemon never became ready: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// [`Daemon::start`] that returns as soon as the daemon listens, its workflows perhaps
+    /// still loading.
+    pub fn listening(dir: &TestDir, args: &[&str]) -> Daemon {
         let mut command = dir.shiphat();
         command
             .args(["serve", "--listen", "127.0.0.1:0"])

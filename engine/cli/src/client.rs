@@ -221,6 +221,9 @@ pub fn run(
     let accepted: Accepted =
         client.call("POST", "/api/v1/runs", Some(serde_json::to_value(request)?))?;
     let id = accepted.id;
+    if accepted.status == RunStatus::Queued {
+        say_why_it_waits(&client, &id, &name);
+    }
     let sink = sink_for(&client, &name, json)?;
     let status = client.follow(&id, &sink)?;
     drop(sink);
@@ -229,6 +232,41 @@ pub fn run(
     } else {
         exit::FAILED
     })
+}
+
+/// Says on stderr why a run did not start at once (a lock, a deploy window, its plugins still
+/// compiling on the daemon), so that a remote deploy is not silent while it waits. Said once:
+/// its events follow when it starts.
+fn say_why_it_waits(client: &Client, id: &str, name: &str) {
+    let Ok(run) = client.call::<RunDetail>("GET", &format!("/api/v1/runs/{id}"), None) else {
+        return;
+    };
+    let Some(detail) = run
+        .run
+        .detail
+        .filter(|_| run.run.status == RunStatus::Queued)
+    else {
+        return;
+    };
+    let compiling = client
+        .call::<WorkflowList>("GET", "/api/v1/workflows", None)
+        .ok()
+        .and_then(|list| list.workflows.into_iter().find(|w| w.name == name))
+        .map(|w| {
+            let plugins: Vec<String> = w
+                .compiling
+                .iter()
+                .map(|p| format!("{} ({})", p.file, shiphat_protocol::fmt_size(p.bytes)))
+                .collect();
+            plugins.join(", ")
+        })
+        .filter(|plugins| !plugins.is_empty());
+    output::note(&match compiling {
+        Some(plugins) => format!(
+            "run {id} is queued: {detail}; the daemon is compiling {plugins}, first run only"
+        ),
+        None => format!("run {id} is queued: {detail}"),
+    });
 }
 
 /// The same sinks as a local run. The live view only needs the workflow's step names (for

@@ -175,6 +175,13 @@ enum Command {
         /// new step with grants, or another plugin), so CI can ask for a second review.
         #[arg(long)]
         deny_widening: bool,
+        /// Fill the compile cache with every plugin the workflows use, saying for each whether
+        /// it was compiled now or was there already: run it where deploys run (a CI image, a
+        /// deploy host, before a daemon starts) so that no deploy waits for a first compile.
+        /// (Checking compiles what it checks anyway; `--warm` says so, and refuses
+        /// `--no-cache`.)
+        #[arg(long)]
+        warm: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -330,7 +337,7 @@ impl EngineArgs {
             };
             output::note(&format!(
                 "compiling {name} ({}), {when}",
-                output::fmt_size(size)
+                shiphat_protocol::fmt_size(size as u64)
             ));
         }));
         let host = Host::new(HostConfig {
@@ -509,12 +516,13 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Validate {
             files,
             explain_if,
+            warm,
             against,
             against_git,
             deny_widening,
             engine,
         } => {
-            let code = validate(&files, explain_if, &engine).await?;
+            let code = validate(&files, explain_if, warm, &engine).await?;
             let old = match (against, against_git) {
                 (Some(file), _) => Some(Against::File(file)),
                 (None, Some(rev)) => Some(Against::Git(rev)),
@@ -689,9 +697,21 @@ fn stop_on_signals(stop: Stop) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     }))
 }
 
-async fn validate(files: &[PathBuf], explain_if: bool, engine: &EngineArgs) -> anyhow::Result<u8> {
+async fn validate(
+    files: &[PathBuf],
+    explain_if: bool,
+    warm: bool,
+    engine: &EngineArgs,
+) -> anyhow::Result<u8> {
+    if warm && engine.no_cache {
+        return Err(
+            Invalid("--warm fills the compile cache, which --no-cache turns off".into()).into(),
+        );
+    }
     let runner = engine.runner()?;
     let mut code = exit::OK;
+    // Each plugin is said once, however many steps and files use it.
+    let mut warmed = std::collections::HashSet::new();
     for file in files {
         match prepare(&runner, file).await {
             Ok(prepared) => {
@@ -700,6 +720,11 @@ async fn validate(files: &[PathBuf], explain_if: bool, engine: &EngineArgs) -> a
                 }
                 if explain_if {
                     output::explain_if(&prepared.workflow);
+                }
+                for (_, plugin, _) in prepared.plugins().filter(|_| warm) {
+                    if warmed.insert((plugin.path().to_owned(), plugin.digest())) {
+                        output::warmed(plugin.path(), plugin.load);
+                    }
                 }
                 let steps = prepared.workflow.all_steps().count();
                 output::note(&format!("{}: ok ({} steps)", file.display(), steps));

@@ -9,7 +9,7 @@ use shiphat_oci::{
 };
 use shiphat_workflow::{PluginRef, Workflow};
 
-use crate::{EngineArgs, Invalid, exit, output};
+use crate::{EngineArgs, Invalid, exit};
 
 #[derive(clap::Args)]
 pub struct PushArgs {
@@ -109,7 +109,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<u8> {
         "pushed {} {} ({}) to {}",
         info.name,
         info.version,
-        output::fmt_size(size),
+        shiphat_protocol::fmt_size(size as u64),
         r.pinned(&digest)
     );
     Ok(exit::OK)
@@ -130,7 +130,7 @@ pub async fn pull(args: &PullArgs) -> anyhow::Result<u8> {
     }
     outln!(
         "pulled {name} ({}) {}",
-        output::fmt_size(usize::try_from(fetched.size).unwrap_or(usize::MAX)),
+        shiphat_protocol::fmt_size(fetched.size),
         fetched.reference
     );
     outln!("component {}", fetched.component_digest());

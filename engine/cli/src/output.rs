@@ -94,6 +94,23 @@ pub fn note(text: &str) {
     errln!("{text}");
 }
 
+/// For `validate --warm`: what became of one plugin.
+pub fn warmed(path: &std::path::Path, load: shiphat_host::LoadKind) {
+    let name = path
+        .file_name()
+        .unwrap_or(path.as_os_str())
+        .to_string_lossy();
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let what = match load {
+        shiphat_host::LoadKind::Compiled => "compiled into the compile cache",
+        shiphat_host::LoadKind::Cached => "already in the compile cache",
+    };
+    note(&format!(
+        "warm: {name} ({}): {what}",
+        shiphat_protocol::fmt_size(size)
+    ));
+}
+
 /// Writes every event as one JSON line on stdout.
 pub fn json_sink() -> Sink {
     Arc::new(move |event: Event| {
@@ -349,21 +366,6 @@ impl Human {
         } else {
             format!(" ({list})")
         }
-    }
-}
-
-/// A size for people: `18 MB`, `740 KB`, `12 B`.
-pub fn fmt_size(bytes: usize) -> String {
-    const KB: usize = 1000;
-    const MB: usize = 1000 * KB;
-    if bytes >= 10 * MB {
-        format!("{} MB", bytes / MB)
-    } else if bytes >= MB {
-        format!("{:.1} MB", bytes as f64 / MB as f64)
-    } else if bytes >= KB {
-        format!("{} KB", bytes / KB)
-    } else {
-        format!("{bytes} B")
     }
 }
 

@@ -369,6 +369,8 @@ struct HostInner {
     engines: Mutex<HashMap<usize, Arc<EngineSet>>>,
     /// Plugins already compiled in this process, by file digest and stack size.
     plugins: Mutex<HashMap<PluginKey, Arc<Plugin>>>,
+    /// A turn per plugin being loaded, held while it compiles (see [`Host::load_with`]).
+    loading: Mutex<HashMap<PluginKey, Arc<Mutex<()>>>>,
     /// Set when the host is dropped, to stop the epoch ticker.
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -395,6 +397,7 @@ impl Host {
                 config,
                 engines: Mutex::new(HashMap::new()),
                 plugins: Mutex::new(HashMap::new()),
+                loading: Mutex::new(HashMap::new()),
                 stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             }),
         };
@@ -433,6 +436,19 @@ impl Host {
     /// it from the compile cache. Loading the same content twice in one process is free, and
     /// a file the cache has seen unchanged is not read at all (see `cache.rs`).
     pub fn load(&self, path: &Path, pinned: Option<[u8; 32]>, stack: usize) -> Result<Arc<Plugin>> {
+        self.load_with(path, pinned, stack, self.inner.config.on_compile.as_ref())
+    }
+
+    /// [`Host::load`], telling `on_compile` instead of [`HostConfig::on_compile`] before a
+    /// compile: for a caller that follows one load's progress (the daemon says which plugin of
+    /// which workflow compiles), where the host-wide hook cannot say whose load it is.
+    pub fn load_with(
+        &self,
+        path: &Path,
+        pinned: Option<[u8; 32]>,
+        stack: usize,
+        on_compile: Option<&CompileHook>,
+    ) -> Result<Arc<Plugin>> {
         let cache_dir = self.inner.config.cache_dir.as_deref();
         let read = || -> Result<(Vec<u8>, cache::KnownFile)> {
             let before = std::fs::metadata(path);
@@ -465,21 +481,39 @@ impl Host {
                 actual: hex::encode(known.sha256),
             });
         }
-        if let Some(plugin) = self
-            .inner
-            .plugins
-            .lock()
-            .unwrap()
-            .get(&(known.sha256, stack))
-        {
-            return Ok(plugin.clone());
+        let key = (known.sha256, stack);
+        let loaded = || self.inner.plugins.lock().unwrap().get(&key).cloned();
+        if let Some(plugin) = loaded() {
+            return Ok(plugin);
         }
-        let set = self.try_engine_for(stack)?;
         let before_compile = |len| {
-            if let Some(CompileHook(hook)) = &self.inner.config.on_compile {
+            if let Some(CompileHook(hook)) = on_compile {
                 hook(path, len);
             }
         };
+        // One load of a component at a time: a second load (another workflow of the daemon's
+        // with the same plugin) waits for the first instead of compiling it again beside it,
+        // and is told of the compile it waits for.
+        let turn = self
+            .inner
+            .loading
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .clone();
+        let _turn = match turn.try_lock() {
+            Ok(turn) => turn,
+            Err(_) => {
+                let len = std::fs::metadata(path).map_or(0, |m| m.len() as usize);
+                before_compile(len);
+                turn.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
+        if let Some(plugin) = loaded() {
+            return Ok(plugin);
+        }
+        let set = self.try_engine_for(stack)?;
         // Called only when the compile cache has no entry for the digest. A file known by its
         // metadata is read then; should its content not be the digest remembered for it (a
         // write that kept every time, which `cache.rs` guards against), it is refused like a
@@ -546,7 +580,8 @@ impl Host {
             .plugins
             .lock()
             .unwrap()
-            .insert((known.sha256, stack), plugin.clone());
+            .insert(key, plugin.clone());
+        self.inner.loading.lock().unwrap().remove(&key);
         Ok(plugin)
     }
 

@@ -426,6 +426,59 @@ pub struct WorkflowView {
     pub outside_window: OutsideWindowMode,
     pub inputs: Vec<InputView>,
     pub steps: Vec<StepName>,
+    /// Whether its runs start now. `ready` when a daemon older than background loading answers.
+    #[serde(default)]
+    pub status: WorkflowStatus,
+    /// The plugins compiling now, for this workflow or a newer version of its file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compiling: Vec<CompilingPlugin>,
+    /// A newer version of its file is loading; runs start on this one until it is ready.
+    #[serde(default)]
+    pub reloading: bool,
+    /// Why the newest version of its file did not load; this one, the last good, stays in
+    /// service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
+}
+
+/// Where a workflow stands on the daemon that answers. The daemon loads a workflow file's
+/// plugins in the background, compiling those its compile cache does not have yet (seconds
+/// for a large plugin, once); a run requested meanwhile is accepted and waits, its detail
+/// saying so, and starts once the workflow is ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowStatus {
+    /// Its plugins are loaded: runs start now.
+    #[default]
+    Ready,
+    /// Its plugins are being read from the compile cache.
+    Loading,
+    /// A plugin of it is compiling (`compiling` says which).
+    Compiling,
+}
+
+/// A plugin compiling into the compile cache.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CompilingPlugin {
+    /// The plugin's file name, e.g. `notify.wasm`.
+    pub file: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// A size as a person reads it in a progress line: `19 MB`, `406 KB`.
+pub fn fmt_size(bytes: u64) -> String {
+    const KB: u64 = 1000;
+    const MB: u64 = 1000 * KB;
+    if bytes >= 10 * MB {
+        format!("{} MB", bytes / MB)
+    } else if bytes >= MB {
+        format!("{:.1} MB", bytes as f64 / MB as f64)
+    } else if bytes >= KB {
+        format!("{} KB", bytes / KB)
+    } else {
+        format!("{bytes} B")
+    }
 }
 
 /// `GET /api/v1/workflows`.

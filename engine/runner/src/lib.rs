@@ -39,6 +39,7 @@ pub use crate::approval::{ApprovalRequest, Approver, Decision, Vote};
 pub use crate::handbook::handbook;
 pub use crate::plugins::PluginPath;
 pub use crate::secrets::Secrets;
+pub use shiphat_host::CompileHook;
 pub use shiphat_protocol::{
     ErrorKind, Event, LogLevel, LogSource, RunOutcome, Section, StepError, StepHeader, StepStatus,
 };
@@ -285,6 +286,16 @@ impl Runner {
     /// for the slowest of them rather than for their sum. Steps that share a plugin share
     /// its load, and its compiled schema.
     pub async fn prepare(&self, workflow: Workflow) -> Result<Prepared> {
+        self.prepare_with(workflow, None).await
+    }
+
+    /// [`Runner::prepare`], telling `on_compile` (instead of the host's own hook) of each
+    /// plugin that must be compiled first: the daemon shows it as the workflow's state.
+    pub async fn prepare_with(
+        &self,
+        workflow: Workflow,
+        on_compile: Option<CompileHook>,
+    ) -> Result<Prepared> {
         type Key = (PathBuf, Option<[u8; 32]>, usize);
         let mut loads: HashMap<Key, tokio::task::JoinHandle<_>> = HashMap::new();
         let mut keys = Vec::new();
@@ -306,13 +317,16 @@ impl Runner {
                 loads.entry(key.clone()).or_insert_with(|| {
                     let host = self.host.clone();
                     let (path, pinned, stack) = key.clone();
+                    let on_compile = on_compile.clone();
                     tokio::spawn(async move {
                         let loader = host.clone();
-                        let plugin =
-                            tokio::task::spawn_blocking(move || loader.load(&path, pinned, stack))
-                                .await
-                                .map_err(|e| format!("loading the plugin failed: {e}"))?
-                                .map_err(|e| e.to_string())?;
+                        let plugin = tokio::task::spawn_blocking(move || match &on_compile {
+                            Some(hook) => loader.load_with(&path, pinned, stack, Some(hook)),
+                            None => loader.load(&path, pinned, stack),
+                        })
+                        .await
+                        .map_err(|e| format!("loading the plugin failed: {e}"))?
+                        .map_err(|e| e.to_string())?;
                         let info = host.describe(&plugin).await.map_err(|e| e.to_string())?;
                         Ok::<_, String>((plugin, info))
                     })

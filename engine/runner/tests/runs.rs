@@ -838,3 +838,50 @@ fn more_parallel_steps_than_the_instance_pool_has_slots_all_run() {
         report.duration
     );
 }
+
+#[test]
+fn two_workflows_loading_one_plugin_at_once_compile_it_once_and_each_hears_of_it() {
+    // The daemon loads its workflow files side by side: two of them with the Python example
+    // compiled it twice at once, 24 s each on the same cores. And each workflow's state must
+    // say what it waits for, the one waiting for the other's compile too.
+    let host = Host::new(HostConfig::default()).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runner = Runner::new(
+        host,
+        PluginPath::new(vec![plugins::plugins_dir().to_owned()]),
+        Secrets::none(),
+    );
+    let workflow = |name: &str| {
+        let yaml = format!(
+            "name: {name}\nsteps:\n  - id: s\n    uses: deployer\n    with: {{ strategy: symlink, source: build, target: site, release: \"1\" }}\n    allow: {{ read: [build], write: [site] }}\n"
+        );
+        shiphat_workflow::parse(&yaml, Path::new("w.yaml")).unwrap()
+    };
+    let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hook = |name: &'static str| {
+        let heard = heard.clone();
+        Some(shiphat_runner::CompileHook(Arc::new(
+            move |path: &Path, size: usize| {
+                heard.lock().unwrap().push((name, path.to_owned(), size));
+            },
+        )))
+    };
+    let (a, b) = runtime.block_on(async {
+        tokio::join!(
+            runner.prepare_with(workflow("a"), hook("a")),
+            runner.prepare_with(workflow("b"), hook("b")),
+        )
+    });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let plugin = |p: &shiphat_runner::Prepared| p.plugins().next().unwrap().1 as *const _;
+    assert!(std::ptr::eq(plugin(&a), plugin(&b)), "one compile, shared");
+    let mut heard = heard.lock().unwrap().clone();
+    heard.sort();
+    let file = plugins::plugin("deployer");
+    let size = std::fs::metadata(&file).unwrap().len() as usize;
+    assert_eq!(heard, [("a", file.clone(), size), ("b", file, size)]);
+}

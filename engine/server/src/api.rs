@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shiphat_protocol::{
     AuditLog, CreateRun, CreateToken, ErrorBody, ListRuns, LockList, LockView, PutLock, ResumeRun,
-    RunDetail, RunList, SessionView, SignIn, TokenList, WindowView, WorkflowList,
+    RunDetail, RunList, SessionView, SignIn, TokenList, WindowView, WorkflowList, WorkflowView,
 };
 use shiphat_store::AuditEntry;
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,6 +38,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 #[cfg(test)]
 const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/api/v1/openapi.json"),
     ("post", "/api/v1/runs"),
@@ -48,6 +49,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/runs/{id}/resume"),
     ("post", "/api/v1/runs/{id}/approvals"),
     ("get", "/api/v1/workflows"),
+    ("get", "/api/v1/workflows/{name}"),
     ("get", "/api/v1/locks"),
     ("get", "/api/v1/locks/{key}"),
     ("put", "/api/v1/locks/{key}"),
@@ -77,6 +79,7 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
         .route("/runs/{id}/resume", post(resume_run))
         .route("/runs/{id}/approvals", post(decide))
         .route("/workflows", get(list_workflows))
+        .route("/workflows/{name}", get(show_workflow))
         .route("/locks", get(list_locks))
         .route(
             "/locks/{key}",
@@ -100,6 +103,7 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
             get(|Path(name): Path<String>| async move { crate::web::asset(&name) }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(
             "/api/v1/openapi.json",
@@ -737,6 +741,14 @@ async fn list_workflows(
     Ok(Json(service.workflows(&caller)?))
 }
 
+async fn show_workflow(
+    State(service): State<Service>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<WorkflowView>> {
+    Ok(Json(service.workflow(&caller, &name)?))
+}
+
 async fn list_locks(
     State(service): State<Service>,
     Caller(caller): Caller,
@@ -823,6 +835,20 @@ async fn delete_token(
     Ok(with_target(response, &name, Some("token deleted".into())))
 }
 
+/// 200 once every workflow found at start is loaded, 503 before (and while shutting down):
+/// `/healthz` says the process answers, this says it should get traffic.
+async fn readyz(State(service): State<Service>) -> Response {
+    match service.ready() {
+        Ok(()) => "ready\n".into_response(),
+        Err(waits) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            format!("{waits}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn metrics(State(service): State<Service>) -> Response {
     (
         [(
@@ -896,6 +922,39 @@ mod tests {
                 body,
             }
         }
+    }
+
+    #[tokio::test]
+    async fn readyz_waits_for_the_first_load_and_says_no_once_shutting_down() {
+        // A load balancer must not send deploys to a daemon whose workflows are not loaded
+        // yet, nor to one that is draining; `/healthz` says only that the process answers.
+        let d = daemon();
+        let not_yet = d.call("GET", "/readyz", None, &[], "").await;
+        assert_eq!(not_yet.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(not_yet.headers[header::RETRY_AFTER], "1");
+        assert_eq!(
+            d.call("GET", "/healthz", None, &[], "").await.status,
+            StatusCode::OK
+        );
+        let app = &d.test.app;
+        app.workflows.start(&app.runner, &[]).await;
+        tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !app.workflows.settled() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a first load of no files settles");
+        assert_eq!(
+            d.call("GET", "/readyz", None, &[], "").await.status,
+            StatusCode::OK
+        );
+        app.accepting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            d.call("GET", "/readyz", None, &[], "").await.status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[tokio::test]

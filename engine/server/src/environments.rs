@@ -48,8 +48,7 @@ pub async fn list(app: &App) -> Result<EnvironmentList, shiphat_store::Error> {
     }
     // Workflows that never ran still have an environment when their key does not depend on
     // the inputs: it can be locked before the first deploy.
-    for prepared in app.workflows.all().iter() {
-        let w = &prepared.workflow;
+    for (w, _) in app.workflows.all().iter() {
         let key = match &w.concurrency {
             None => Some(w.name.clone()),
             Some(c) if !c.key.source().contains("${{") => Some(c.key.source().to_owned()),

@@ -70,7 +70,8 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 /// counted in days, so hourly is precise enough.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// A daemon bound to its address, its workflows loaded and its interrupted runs recovered.
+/// A daemon bound to its address, its workflow files checked and its interrupted runs
+/// recovered; the workflows' plugins load in the background (see `workflows.rs`).
 pub struct Daemon {
     app: Arc<scheduler::App>,
     listener: tokio::net::TcpListener,
@@ -79,9 +80,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Recovers what a previous life left (runs found `running` become `interrupted`; those
-    /// that may resume by themselves are queued again, as are runs that were queued), loads
-    /// the workflows and binds the address.
+    /// Checks the workflow files and starts loading their plugins, recovers what a previous
+    /// life left (runs found `running` become `interrupted`; those that may resume by
+    /// themselves are queued again, as are runs that were queued) and binds the address. It
+    /// does not wait for plugins to compile: a large one takes many seconds the first time,
+    /// and the daemon answers meanwhile (`GET /readyz` says when every workflow is ready);
+    /// runs of a workflow still loading, recovered ones included, wait for it.
     pub async fn start(
         config: Config,
         runner: Runner,
@@ -90,7 +94,7 @@ impl Daemon {
         check_principal_names(&config, store.as_ref()).await?;
         let app = scheduler::App::new(config, runner, store);
         app.workflows
-            .reload(&app.runner, &app.config.workflow_dirs)
+            .start(&app.runner, &app.config.workflow_dirs)
             .await;
         app.recover().await?;
         // Claims, leases and other daemons' news, from now until the daemon stops.
@@ -188,7 +192,8 @@ fn spawn_signals(app: Arc<scheduler::App>, stop: CancellationToken) -> Result<()
                 _ = int.recv() => break,
                 _ = hup.recv() => {
                     tracing::info!("SIGHUP: reloading workflows");
-                    app.workflows.reload(&app.runner, &app.config.workflow_dirs).await;
+                    // Their plugins load in the background, as at start.
+                    drop(app.workflows.reload(&app.runner, &app.config.workflow_dirs).await);
                 }
             }
         }
@@ -208,9 +213,13 @@ fn spawn_reloads(app: Arc<scheduler::App>, stop: CancellationToken) {
                 () = tokio::time::sleep(RELOAD_INTERVAL) => {}
                 () = stop.cancelled() => return,
             }
-            app.workflows
-                .reload(&app.runner, &app.config.workflow_dirs)
-                .await;
+            // Not waited for: a new version's plugins load beside the old version, which
+            // serves meanwhile, and other files' changes are not held up behind them.
+            drop(
+                app.workflows
+                    .reload(&app.runner, &app.config.workflow_dirs)
+                    .await,
+            );
         }
     });
 }

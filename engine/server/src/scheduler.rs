@@ -68,7 +68,7 @@ pub struct App {
     pub config: Config,
     pub runner: shiphat_runner::Runner,
     pub store: Arc<dyn AsyncStore>,
-    pub workflows: Workflows,
+    pub workflows: Arc<Workflows>,
     pub metrics: Metrics,
     /// Run ids that just changed (recorded, or events committed, here or on another daemon):
     /// wakes the event streams.
@@ -102,8 +102,10 @@ pub struct App {
     claiming: AtomicBool,
     /// Wakes the lease keeper before its time: another daemon asked to cancel one of ours.
     leases_asked: tokio::sync::Notify,
-    /// The deploy windows as a claim asks about them (see [`shiphat_store::WindowCheck`]).
-    window_check: shiphat_store::WindowCheck,
+    /// What holds a queued run on this daemon, as a claim asks it (see
+    /// [`shiphat_store::HoldCheck`]): its workflow's plugins still loading here, or its deploy
+    /// window.
+    hold_check: shiphat_store::HoldCheck,
 }
 
 #[derive(Default)]
@@ -172,7 +174,17 @@ impl App {
         store: Arc<dyn AsyncStore>,
     ) -> Arc<App> {
         let windows = config.windows.clone();
-        let window_check: shiphat_store::WindowCheck = Arc::new(move |workflow, key| {
+        let workflows = Arc::new(Workflows::default());
+        let loading = workflows.clone();
+        let hold_check: shiphat_store::HoldCheck = Arc::new(move |workflow, key, exempt| {
+            // A run must not compile on its own deploy path: it waits for its workflow's
+            // plugins, which another daemon of the store may have already.
+            if let Some(wait) = loading.hold(workflow) {
+                return Some(wait);
+            }
+            if exempt {
+                return None;
+            }
             let verdict =
                 windows.verdict(workflow, key.unwrap_or(workflow), jiff::Timestamp::now())?;
             if verdict.is_open() {
@@ -188,14 +200,14 @@ impl App {
             })
         });
         Arc::new_cyclic(|app| App {
-            window_check,
+            hold_check,
             config,
             runner: runner.with_approver(Arc::new(crate::approvals::StoreApprover {
                 app: app.clone(),
             })),
             sessions: crate::web::Sessions::new(store.clone()),
             store,
-            workflows: Workflows::default(),
+            workflows,
             metrics: Metrics::new(),
             live: broadcast::channel(LIVE_CAPACITY).0,
             accepting: AtomicBool::new(true),
@@ -265,10 +277,9 @@ impl App {
         };
         for run in runs {
             // Only a workflow that may resume by itself is worth reading the steps of.
-            let may = self.workflows.get(&run.workflow).is_some_and(|p| {
-                p.workflow.resume == Resume::Auto
-                    || p.workflow
-                        .all_steps()
+            let may = self.workflows.get(&run.workflow).is_some_and(|w| {
+                w.resume == Resume::Auto
+                    || w.all_steps()
                         .any(|s| matches!(s.kind, shiphat_workflow::StepKind::Approval(_)))
             });
             if !may {
@@ -368,19 +379,19 @@ impl App {
     /// (every step in flight an approval), whatever `resume` says: nothing was half done, and
     /// the approval goes on waiting with its first deadline and the votes cast.
     fn resumable(&self, interrupted: &Interrupted) -> bool {
-        self.workflows.get(&interrupted.workflow).is_some_and(|p| {
+        self.workflows.get(&interrupted.workflow).is_some_and(|w| {
             let approval = |id: &String| {
-                p.workflow
-                    .step(id)
+                w.step(id)
                     .is_some_and(|s| matches!(s.kind, shiphat_workflow::StepKind::Approval(_)))
             };
             let only_waiting =
                 !interrupted.in_flight.is_empty() && interrupted.in_flight.iter().all(approval);
             only_waiting
-                || (p.workflow.resume == Resume::Auto
-                    && interrupted.in_flight.iter().all(|id| {
-                        approval(id) || p.workflow.step(id).is_some_and(|s| s.idempotent)
-                    }))
+                || (w.resume == Resume::Auto
+                    && interrupted
+                        .in_flight
+                        .iter()
+                        .all(|id| approval(id) || w.step(id).is_some_and(|s| s.idempotent)))
         })
     }
 
@@ -401,6 +412,8 @@ impl App {
             loop {
                 tokio::select! {
                     () = app.claim_asked.notified() => {}
+                    // A workflow became ready: the runs waiting for its plugins may start.
+                    () = app.workflows.changed.notified() => {}
                     () = tokio::time::sleep(CLAIM_POLL) => {}
                     () = claims.cancelled() => return,
                 }
@@ -488,12 +501,7 @@ impl App {
             if self.accepting.load(Ordering::SeqCst) {
                 match self
                     .store
-                    .claim(
-                        &self.owner,
-                        self.lease_ms(),
-                        CLAIM_BATCH,
-                        &self.window_check,
-                    )
+                    .claim(&self.owner, self.lease_ms(), CLAIM_BATCH, &self.hold_check)
                     .await
                 {
                     Ok(claimed) => {
@@ -673,7 +681,7 @@ impl App {
     /// Runs a claimed run to its end, from where an earlier life left it.
     async fn launch(self: Arc<App>, run: Run, fence: Fence, stop: Stop) {
         let _ = self.live.send(Arc::from(run.id.as_str()));
-        let Some(prepared) = self.workflows.get(&run.workflow) else {
+        let Some(prepared) = self.workflows.prepared(&run.workflow) else {
             // Ended through its fence like any run, with the event that says why.
             let event = Event::RunFinished {
                 run_id: run.id.clone(),
@@ -685,7 +693,10 @@ impl App {
             };
             let end = Change::RunEnded {
                 status: RunStatus::Failed,
-                detail: Some(format!("workflow `{}` is no longer loaded", run.workflow)),
+                detail: Some(format!(
+                    "workflow `{}` is not loaded on this daemon: its file is gone or did not load (the daemon's log says why)",
+                    run.workflow
+                )),
             };
             let body = serde_json::to_string(&event).expect("events always serialise");
             if let Err(e) = self

@@ -18,11 +18,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use shiphat_protocol::{
-    Accepted, ApprovalView, AuditLog, AuditView, Cancelling, Choice, ConcurrencyView, CreateRun,
-    CreateToken, EnvironmentList, Event, InputType, InputView, ListRuns, LockList, LockView,
-    LogLine, NewToken, OutsideWindowMode, PlanStep, PutLock, ResumeMode, ResumeRun, Resumed,
-    Rollback, RunDetail, RunList, RunNotice, RunStatus, RunView, Section, StepName, StepView,
-    TokenList, TokenSource, TokenView, WindowView, WorkflowList, WorkflowView,
+    Accepted, ApprovalView, AuditLog, AuditView, Cancelling, Choice, CompilingPlugin,
+    ConcurrencyView, CreateRun, CreateToken, EnvironmentList, Event, InputType, InputView,
+    ListRuns, LockList, LockView, LogLine, NewToken, OutsideWindowMode, PlanStep, PutLock,
+    ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice, RunStatus, RunView,
+    Section, StepName, StepView, TokenList, TokenSource, TokenView, WindowView, WorkflowList,
+    WorkflowStatus, WorkflowView,
 };
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -231,7 +232,7 @@ enum Passage {
 
 /// A run as it would be admitted ([`Service::plan`]).
 struct Planned {
-    prepared: Arc<shiphat_runner::Prepared>,
+    workflow: Arc<shiphat_workflow::Workflow>,
     inputs: Map<String, Value>,
     key: Option<String>,
 }
@@ -298,6 +299,22 @@ impl Service {
         self.app.config.slack.as_ref()
     }
 
+    /// Whether the daemon should get traffic, for a load balancer (`GET /readyz`): every
+    /// workflow file found at start has loaded (or failed to), and it is not shutting down.
+    /// What it waits for otherwise, without workflow names: anyone may ask.
+    pub fn ready(&self) -> std::result::Result<(), String> {
+        if !self.app.accepting.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("shutting down".to_owned());
+        }
+        if !self.app.workflows.settled() {
+            let loading = self.app.workflows.loading();
+            return Err(format!(
+                "loading workflows: {loading} still loading their plugins"
+            ));
+        }
+        Ok(())
+    }
+
     /// The Prometheus exposition of the daemon's metrics.
     pub fn metrics(&self) -> String {
         self.app.metrics.encode()
@@ -338,7 +355,7 @@ impl Service {
         };
         let id = shiphat_runner::new_run_id();
         let Planned {
-            prepared,
+            workflow,
             inputs,
             key,
         } = self.plan(&name, &given, &id)?;
@@ -355,7 +372,7 @@ impl Service {
         };
         // A dry run changes nothing, so no window holds it: rehearsing tonight's deploy
         // during the day is what a window should leave possible.
-        let waits = prepared.workflow.outside_window == shiphat_workflow::OutsideWindow::Wait;
+        let waits = workflow.outside_window == shiphat_workflow::OutsideWindow::Wait;
         let passage = if dry_run {
             Passage::Open
         } else {
@@ -386,11 +403,7 @@ impl Service {
             forced: false,
             not_before_ms: not_before.as_ref().map(|at| at.at.as_millisecond()),
         };
-        let queue = prepared
-            .workflow
-            .concurrency
-            .as_ref()
-            .is_none_or(|c| c.queue);
+        let queue = workflow.concurrency.as_ref().is_none_or(|c| c.queue);
         let (run, created) = app
             // Forced past a lock or a window: neither holds its start either.
             .submit(new, queue, forced.is_some() || forced_window.is_some())
@@ -488,18 +501,19 @@ impl Service {
     /// A run of workflow `name` with the `given` inputs, as it would be admitted with id `id`:
     /// its inputs checked and resolved, and its concurrency key evaluated.
     fn plan(&self, name: &str, given: &Map<String, Value>, id: &str) -> Result<Planned> {
-        let Some(prepared) = self.app.workflows.get(name) else {
+        // A workflow whose plugins still load is admitted against its checked file: the run
+        // waits for them (see `workflows.rs`).
+        let Some(workflow) = self.app.workflows.get(name) else {
             return Err(Error::NoWorkflow(name.to_owned()));
         };
-        let workflow = &prepared.workflow;
-        let inputs = input_texts(workflow, given)
+        let inputs = input_texts(&workflow, given)
             .and_then(|texts| workflow.resolve_inputs(&texts))
             .map_err(|problems| Error::Inputs(problems.join("; ")))?;
         let key = workflow
             .concurrency_key(&inputs, id)
             .map_err(|e| Error::Inputs(format!("cannot evaluate `concurrency`: {e}")))?;
         Ok(Planned {
-            prepared,
+            workflow,
             inputs,
             key,
         })
@@ -724,7 +738,6 @@ impl Service {
         let mut live = self.app.live.subscribe();
         let run = self.find_run(id).await?;
         let is_approval = self.app.workflows.get(&run.workflow).is_some_and(|w| {
-            let w = &w.workflow;
             w.steps
                 .iter()
                 .chain(&w.on_failure)
@@ -832,7 +845,7 @@ impl Service {
             approvals,
             run: view,
             plan: match app.workflows.get(&run.workflow) {
-                Some(prepared) => plan(&prepared.workflow),
+                Some(workflow) => plan(&workflow),
                 None => Vec::new(),
             },
             rollback: Rollback::of(steps.iter().map(|s| (s.section, s.status))),
@@ -994,16 +1007,16 @@ impl Service {
             .workflows
             .all()
             .iter()
-            .map(|p| workflow_view(&p.workflow))
+            .map(|(workflow, readiness)| workflow_view(workflow, readiness))
             .collect();
         Ok(WorkflowList { workflows })
     }
 
-    /// One loaded workflow.
+    /// One workflow, and where it stands.
     pub fn workflow(&self, caller: &Principal, name: &str) -> Result<WorkflowView> {
         require(caller, Role::Viewer)?;
-        match self.app.workflows.get(name) {
-            Some(prepared) => Ok(workflow_view(&prepared.workflow)),
+        match self.app.workflows.with_readiness(name) {
+            Some((workflow, readiness)) => Ok(workflow_view(&workflow, &readiness)),
             None => Err(Error::NoWorkflow(name.to_owned())),
         }
     }
@@ -1462,8 +1475,27 @@ fn token_view(token: &TokenRecord, source: TokenSource) -> TokenView {
     }
 }
 
-fn workflow_view(w: &shiphat_workflow::Workflow) -> WorkflowView {
+fn workflow_view(
+    w: &shiphat_workflow::Workflow,
+    readiness: &crate::workflows::Readiness,
+) -> WorkflowView {
+    let compiling: Vec<CompilingPlugin> = readiness
+        .compiling
+        .iter()
+        .map(|(file, bytes)| CompilingPlugin {
+            file: file.clone(),
+            bytes: *bytes,
+        })
+        .collect();
     WorkflowView {
+        status: match (readiness.ready, compiling.is_empty()) {
+            (true, _) => WorkflowStatus::Ready,
+            (false, true) => WorkflowStatus::Loading,
+            (false, false) => WorkflowStatus::Compiling,
+        },
+        compiling,
+        reloading: readiness.reloading,
+        load_error: readiness.error.clone(),
         name: w.name.clone(),
         description: w.description.clone(),
         file: w.file.display().to_string(),

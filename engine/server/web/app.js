@@ -1046,7 +1046,8 @@ async function viewDeploy(root, show, name) {
     root.append(h('h1', null, 'Deploy'), h('p', { class: 'muted' }, 'Pick a workflow.'),
       workflows.length ? h('ul', { class: 'wf-list' }, workflows.map((w) => h('li', null,
         h('a', { class: 'card wf-card', href: `#/deploy/${encodeURIComponent(w.name)}`, testid: `workflow-${w.name}` },
-          h('strong', { class: 'break' }, w.name), w.description ? h('span', { class: 'muted' }, w.description) : null))))
+          h('strong', { class: 'break' }, w.name), w.description ? h('span', { class: 'muted' }, w.description) : null,
+          loadingNote(w)))))
         : h('p', { class: 'empty' }, 'No workflows are in service.'));
     show();
     return;
@@ -1061,6 +1062,16 @@ async function viewDeploy(root, show, name) {
   show();
   const first = root.querySelector('input, select');
   if (first) first.focus();
+}
+
+// Where a workflow's plugins stand on the daemon, when its runs would not start at once: a
+// first compile of a large plugin takes seconds, and a run asked meanwhile waits for it.
+function loadingNote(w) {
+  if (!w.status || w.status === 'ready') return null;
+  const mb = (bytes) => bytes >= 1e6 ? `${Math.round(bytes / 1e6)} MB` : `${Math.round(bytes / 1e3)} KB`;
+  const plugins = (w.compiling || []).map((p) => `${p.file} (${mb(p.bytes)})`).join(', ');
+  const what = plugins ? `compiling ${plugins}` : 'loading its plugins';
+  return h('span', { class: 'muted', testid: `workflow-${w.name}-loading` }, `${what}; runs wait until it is ready`);
 }
 
 function inputControl(inp) {
@@ -1231,6 +1242,7 @@ function deployForm(wf) {
     h('p', { class: 'crumbs' }, h('a', { href: '#/deploy' }, '← Workflows')),
     h('h1', { class: 'break' }, `Deploy: ${wf.name}`),
     wf.description ? h('p', { class: 'muted' }, wf.description) : null,
+    loadingNote(wf),
     concurrency,
     fields, formErr, h('div', { class: 'actions' }, submit), confirmBox]);
   if (key) {

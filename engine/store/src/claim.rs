@@ -99,7 +99,8 @@ pub(crate) fn window_detail(not_before_ms: i64) -> String {
 
 /// Decides which of `queued` (oldest first) start: at most `max`, none that a lock in
 /// `locks` (those not expired) holds unless forced, none whose `not_before_ms` is after `now`,
-/// none whose deploy window `windows` says is closed unless forced or a dry run, and per
+/// none that `windows` holds (a closed deploy window, which passes a forced run and a dry run;
+/// plugins the daemon still compiles, which pass none), and per
 /// concurrency key only the first waiting one, and only when `running` (key → the run
 /// holding it) has none.
 ///
@@ -113,7 +114,7 @@ pub(crate) fn plan(
     locks: &[Lock],
     max: usize,
     now: i64,
-    windows: &crate::WindowCheck,
+    windows: &crate::HoldCheck,
 ) -> Plan {
     let by_key: HashMap<&str, &Lock> = locks.iter().map(|l| (l.key.as_str(), l)).collect();
     let mut keys: HashMap<String, KeyQueue> = running
@@ -147,8 +148,7 @@ pub(crate) fn plan(
         }
         let window = match run.not_before_ms.filter(|t| *t > now) {
             Some(not_before) => Some(window_detail(not_before)),
-            None if run.forced || run.dry_run => None,
-            None => windows(&run.workflow, run.key.as_deref()),
+            None => windows(&run.workflow, run.key.as_deref(), run.forced || run.dry_run),
         };
         if let Some(detail) = window {
             if !run.detail.as_deref().is_some_and(|d| d.ends_with(&detail)) {
@@ -209,7 +209,7 @@ mod tests {
             queued("3", None),
             queued("4", Some("j")),
         ];
-        let plan = plan(&q, HashMap::new(), &[], 10, 0, &crate::no_windows());
+        let plan = plan(&q, HashMap::new(), &[], 10, 0, &crate::no_holds());
         assert_eq!(plan.start, ["1", "3", "4"]);
         assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
         assert_eq!(plan.keys["k"].waiting, ["2"]);
@@ -219,7 +219,7 @@ mod tests {
     fn a_running_key_holds_its_queue() {
         let q = [queued("2", Some("k")), queued("3", Some("k"))];
         let running = HashMap::from([("k".to_owned(), "1".to_owned())]);
-        let plan = plan(&q, running, &[], 10, 0, &crate::no_windows());
+        let plan = plan(&q, running, &[], 10, 0, &crate::no_holds());
         assert!(plan.start.is_empty());
         assert_eq!(plan.keys["k"].holder.as_deref(), Some("1"));
         assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
@@ -232,14 +232,7 @@ mod tests {
         let mut said = queued("3", Some("k"));
         said.detail = Some(format!("x; {}", held_detail(&lock("k"))));
         let q = [queued("1", Some("k")), forced, said];
-        let plan = plan(
-            &q,
-            HashMap::new(),
-            &[lock("k")],
-            10,
-            0,
-            &crate::no_windows(),
-        );
+        let plan = plan(&q, HashMap::new(), &[lock("k")], 10, 0, &crate::no_holds());
         assert_eq!(plan.start, ["2"]);
         assert_eq!(plan.hold, [("1".to_owned(), held_detail(&lock("k")))]);
     }
@@ -254,7 +247,7 @@ mod tests {
             &[lock("wf")],
             10,
             0,
-            &crate::no_windows(),
+            &crate::no_holds(),
         );
         assert_eq!(plan.start, ["2"]);
         assert_eq!(plan.hold.len(), 1);
@@ -268,7 +261,7 @@ mod tests {
         said.not_before_ms = Some(2_000);
         said.detail = Some(window_detail(2_000));
         let q = [waits, queued("2", Some("k")), said];
-        let early = plan(&q, HashMap::new(), &[], 10, 1_000, &crate::no_windows());
+        let early = plan(&q, HashMap::new(), &[], 10, 1_000, &crate::no_holds());
         assert_eq!(early.start, ["2"]);
         assert_eq!(early.hold, [("1".to_owned(), window_detail(2_000))]);
         assert_eq!(
@@ -284,19 +277,45 @@ mod tests {
             &[],
             10,
             2_000,
-            &crate::no_windows(),
+            &crate::no_holds(),
         );
         assert_eq!(on_time.start, ["1"]);
         assert_eq!(on_time.keys["k"].waiting, ["2"]);
     }
 
     #[test]
+    fn plugins_still_compiling_hold_forced_runs_and_dry_runs_too() {
+        // A forced run or a dry run passes a deploy window, not a workflow the daemon cannot
+        // run yet: it waits rather than compile on its own deploy path.
+        let compiling: crate::HoldCheck = std::sync::Arc::new(|workflow: &str, _, _| {
+            (workflow == "wf").then(|| "waits for its plugins to compile".to_owned())
+        });
+        let mut forced = queued("1", None);
+        forced.forced = true;
+        let mut rehearsal = queued("2", None);
+        rehearsal.dry_run = true;
+        let mut other = queued("3", None);
+        other.workflow = "other".into();
+        let plan = plan(
+            &[forced, rehearsal, other],
+            HashMap::new(),
+            &[],
+            10,
+            0,
+            &compiling,
+        );
+        assert_eq!(plan.start, ["3"]);
+        let held: Vec<&str> = plan.hold.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(held, ["1", "2"]);
+    }
+
+    #[test]
     fn a_closed_window_holds_a_run_but_not_a_forced_one_nor_a_dry_run_nor_its_key() {
         // A run accepted inside its window that reaches the front of its queue after the
         // window closed waits; the runs behind it in its key may start.
-        let closed: crate::WindowCheck =
-            std::sync::Arc::new(|workflow: &str, key: Option<&str>| {
-                (workflow == "wf" && key == Some("prod"))
+        let closed: crate::HoldCheck =
+            std::sync::Arc::new(|workflow: &str, key: Option<&str>, exempt: bool| {
+                (workflow == "wf" && key == Some("prod") && !exempt)
                     .then(|| "waits for the deploy window: frozen for the holidays".to_owned())
             });
         let mut forced = queued("2", Some("prod"));
@@ -325,7 +344,7 @@ mod tests {
             queued("2", Some("k")),
             queued("3", Some("k")),
         ];
-        let plan = plan(&q, HashMap::new(), &[], 1, 0, &crate::no_windows());
+        let plan = plan(&q, HashMap::new(), &[], 1, 0, &crate::no_holds());
         assert_eq!(plan.start, ["1"]);
         assert_eq!(plan.keys["k"].waiting, ["2", "3"]);
     }

@@ -165,16 +165,20 @@ pub fn open(location: &Location) -> Result<Box<dyn AsyncStore>> {
     })
 }
 
-/// Whether a queued run's deploy window holds it now, asked by a claim of each run it would
-/// start: given the run's workflow and concurrency key, the detail to give the run while it
-/// waits ("waits for the deploy window: …"), or `None` when it may start. The windows are the
-/// daemon's config, not the store's: a run accepted inside its window may reach the front of
-/// its queue after the window closed, and must not start then.
-pub type WindowCheck = std::sync::Arc<dyn Fn(&str, Option<&str>) -> Option<String> + Send + Sync>;
+/// Whether the daemon holds a queued run now, asked by a claim of each run it would start:
+/// given the run's workflow, its concurrency key and whether deploy windows pass it (`exempt`:
+/// a forced run or a dry run), the detail to give the run while it waits ("waits for the
+/// deploy window: …", "waits for its plugins to compile"), or `None` when it may start. The
+/// windows and the plugins are the daemon's, not the store's: a run accepted inside its window
+/// may reach the front of its queue after the window closed, and must not start then; and a
+/// daemon still compiling a workflow's plugins leaves its runs to a daemon that has them, or
+/// to itself once it does.
+pub type HoldCheck =
+    std::sync::Arc<dyn Fn(&str, Option<&str>, bool) -> Option<String> + Send + Sync>;
 
-/// A [`WindowCheck`] that holds nothing: a daemon without windows, and the tests.
-pub fn no_windows() -> WindowCheck {
-    std::sync::Arc::new(|_, _| None)
+/// A [`HoldCheck`] that holds nothing: a daemon without windows, and the tests.
+pub fn no_holds() -> HoldCheck {
+    std::sync::Arc::new(|_, _, _| None)
 }
 
 /// A run to record, as accepted by the daemon.
@@ -560,9 +564,9 @@ interface! {
     /// store). Runs a lock holds get the lock named in their detail once. Resolves to the
     /// runs started, with their fences, and where every key's queue stands.
     ///
-    /// `windows` says which runs their deploy window holds now (see [`WindowCheck`]): they
-    /// wait like runs a lock holds, unless forced or dry runs.
-    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &WindowCheck) -> Claimed;
+    /// `windows` says which runs the daemon holds now, for their deploy window or their
+    /// plugins (see [`HoldCheck`]): they wait like runs a lock holds.
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &HoldCheck) -> Claimed;
     /// Extends by `ttl_ms` the leases `owner` still holds (running, not expired by the
     /// database's clock), and resolves to them, with the cancels asked of each. A run of the
     /// owner's missing from the answer is no longer its to run.

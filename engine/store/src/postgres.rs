@@ -19,9 +19,9 @@ use ::postgres::{Client, GenericClient, NoTls, Row, Statement};
 use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
-    Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Interrupted, Lock,
-    NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord,
-    StepState, TokenRecord, WindowCheck, apply, now_ms,
+    Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, HoldCheck,
+    Interrupted, Lock, NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section,
+    SessionRecord, StepRecord, StepState, TokenRecord, apply, now_ms,
 };
 
 /// How many threads read, each on its own connection. As for SQLite: two let a long read (a
@@ -876,7 +876,7 @@ fn claim(
     owner: &str,
     ttl_ms: i64,
     max: u32,
-    windows: &WindowCheck,
+    windows: &HoldCheck,
 ) -> Result<Claimed> {
     let turn: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&CLAIM_LOCK])?
@@ -1238,7 +1238,7 @@ impl AsyncStore for PgStore {
         self.write(Commit::Now, move |tx| interrupt_running(tx, &scope))
     }
 
-    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &WindowCheck) -> Pending<Claimed> {
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &HoldCheck) -> Pending<Claimed> {
         let owner = owner.to_owned();
         let windows = windows.clone();
         self.write(Commit::Now, move |tx| {

@@ -10,9 +10,9 @@ use serde_json::Value;
 use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
-    Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Interrupted, Lock,
-    NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section, SessionRecord, StepRecord,
-    StepState, TokenRecord, WindowCheck, apply, now_ms,
+    Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, HoldCheck,
+    Interrupted, Lock, NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section,
+    SessionRecord, StepRecord, StepState, TokenRecord, apply, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -695,7 +695,7 @@ fn claim(
     owner: &str,
     ttl_ms: i64,
     max: u32,
-    windows: &WindowCheck,
+    windows: &HoldCheck,
 ) -> Result<Claimed> {
     let now = now_ms();
     let queued = tx
@@ -989,7 +989,7 @@ impl AsyncStore for SqliteStore {
         self.write(move |tx| interrupt_running(tx, &scope))
     }
 
-    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &WindowCheck) -> Pending<Claimed> {
+    fn claim(&self, owner: &str, ttl_ms: i64, max: u32, windows: &HoldCheck) -> Pending<Claimed> {
         let owner = owner.to_owned();
         let windows = windows.clone();
         self.write(move |tx| claim(tx, &owner, ttl_ms, max, &windows))

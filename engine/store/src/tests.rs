@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::{
     Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Fence, Lock,
     MAX_AUDIT_FIELD, NewRun, Outcome, PgStore, RunFilter, RunStatus, Scope, Section, SessionRecord,
-    SqliteStore, StepState, Store, TokenRecord, VoteRecord, no_windows, now_ms,
+    SqliteStore, StepState, Store, TokenRecord, VoteRecord, no_holds, now_ms,
 };
 
 /// No cap on queued runs.
@@ -113,7 +113,7 @@ const LEASE_MS: i64 = 600_000;
 /// Claims every run that may start, as [`ME`]; the fence of each.
 pub(crate) fn claim_all(store: &dyn Store) -> std::collections::HashMap<String, Fence> {
     store
-        .claim(ME, LEASE_MS, u32::MAX, &no_windows())
+        .claim(ME, LEASE_MS, u32::MAX, &no_holds())
         .unwrap()
         .started
         .into_iter()
@@ -715,7 +715,7 @@ fn run_ended(status: RunStatus) -> Change {
 }
 
 fn claimed(store: &dyn Store, owner: &str, max: u32) -> Vec<(String, Fence)> {
-    let claimed = store.claim(owner, LEASE_MS, max, &no_windows()).unwrap();
+    let claimed = store.claim(owner, LEASE_MS, max, &no_holds()).unwrap();
     claimed
         .started
         .into_iter()
@@ -742,7 +742,7 @@ fn claims_start_one_run_per_key_in_order_whoever_claims(t: &Tested) {
     );
     assert_eq!(store.run("01b").unwrap().unwrap().daemon, None);
     // Another daemon: the key is running elsewhere, so only the run without one.
-    let b = store.claim("b", LEASE_MS, 10, &no_windows()).unwrap();
+    let b = store.claim("b", LEASE_MS, 10, &no_holds()).unwrap();
     let started: Vec<_> = b.started.iter().map(|(r, _)| r.id.as_str()).collect();
     assert_eq!(started, ["01c"]);
     assert_eq!(b.keys["k"].holder.as_deref(), Some("01a"));
@@ -784,7 +784,7 @@ fn a_lock_holds_claims_unless_forced_and_says_so_once(t: &Tested) {
         ..keyed("01b", "k")
     };
     store.create_run(&forced, ANY).unwrap();
-    let claim = store.claim(ME, LEASE_MS, 10, &no_windows()).unwrap();
+    let claim = store.claim(ME, LEASE_MS, 10, &no_holds()).unwrap();
     let started: Vec<_> = claim.started.iter().map(|(r, _)| r.id.as_str()).collect();
     assert_eq!(started, ["01b"]);
     assert_eq!(claim.held, ["01a"]);
@@ -796,7 +796,7 @@ fn a_lock_holds_claims_unless_forced_and_says_so_once(t: &Tested) {
     // Held again by the same lock: nothing new to say.
     assert!(
         store
-            .claim(ME, LEASE_MS, 10, &no_windows())
+            .claim(ME, LEASE_MS, 10, &no_holds())
             .unwrap()
             .held
             .is_empty()
@@ -823,7 +823,7 @@ fn a_run_waits_for_its_window_without_blocking_its_key(t: &Tested) {
     store
         .create_run(&waits("01c", "j", now_ms() - 1), ANY)
         .unwrap();
-    let claim = store.claim(ME, LEASE_MS, 10, &no_windows()).unwrap();
+    let claim = store.claim(ME, LEASE_MS, 10, &no_holds()).unwrap();
     let mut started: Vec<_> = claim.started.iter().map(|(r, _)| r.id.as_str()).collect();
     started.sort();
     assert_eq!(started, ["01b", "01c"]);
@@ -835,7 +835,7 @@ fn a_run_waits_for_its_window_without_blocking_its_key(t: &Tested) {
     let detail = store.run("01a").unwrap().unwrap().detail;
     assert_eq!(detail.as_deref(), Some(said.as_str()));
     // Still waiting: nothing new to say, and it is nobody's turn on `k` but the running run's.
-    let again = store.claim(ME, LEASE_MS, 10, &no_windows()).unwrap();
+    let again = store.claim(ME, LEASE_MS, 10, &no_holds()).unwrap();
     assert!(again.held.is_empty() && again.started.is_empty());
     assert_eq!(store.run("01a").unwrap().unwrap().status, RunStatus::Queued);
     assert_eq!(
@@ -878,7 +878,7 @@ fn a_stale_fence_writes_nothing_and_an_expired_lease_is_taken_over(t: &Tested) {
     store.create_run(&new_run("01a", None), ANY).unwrap();
     store.create_run(&new_run("01b", None), ANY).unwrap();
     // A lease of nothing: expired as soon as it is taken, as if its daemon had been paused.
-    let claim = store.claim("zombie", 0, 1, &no_windows()).unwrap();
+    let claim = store.claim("zombie", 0, 1, &no_holds()).unwrap();
     let (run, stale) = claim.started.into_iter().next().unwrap();
     assert_eq!(run.id, "01a");
     let begin = Change::StepStarted {

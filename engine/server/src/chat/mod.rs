@@ -929,14 +929,14 @@ pub fn check_targets(slack: &SlackConfig, workflows: &crate::workflows::Workflow
     let mut problems = Vec::new();
     for (app, envs) in &slack.apps {
         for (env, target) in envs {
-            let Some(prepared) = workflows.get(&target.workflow) else {
+            let Some(workflow) = workflows.get(&target.workflow) else {
                 problems.push(format!(
                     "slack app `{app}` in `{env}`: the workflow `{}` is not loaded",
                     target.workflow
                 ));
                 continue;
             };
-            let inputs = &prepared.workflow.inputs;
+            let inputs = &workflow.inputs;
             if let Some(ref_input) = &target.ref_input
                 && !inputs.iter().any(|i| &i.name == ref_input)
             {
