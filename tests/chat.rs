@@ -998,6 +998,19 @@ fn deploy_approve_and_reject_decide_a_waiting_run() {
         text(&result).contains("rollback: ran, succeeded"),
         "{result:#}"
     );
+    // `/deploy why` gives the run's account: who, the rejection with its reason, the rollback.
+    let t = say("U0BOB", &format!("why {first}"), "6.45");
+    assert!(
+        t.contains(&format!("`alice` started `gate` (run `{first}`)")),
+        "{t}"
+    );
+    assert!(
+        t.contains(
+            "At `decide` the deploy was rejected: rejected by `carol` (\"not on a Friday\")"
+        ),
+        "{t}"
+    );
+    assert!(t.contains("The rollback ran and succeeded"), "{t}");
 
     let t = say("U0ALICE", "gate to staging", "6.5");
     assert!(t.contains("started the deploy"), "{t}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use shiphat_store::{RunStatus, SqliteStore, Store};
 use std::collections::HashMap;
-use support::{Daemon, TestDir};
+use support::{Daemon, Run, TestDir};
 
 /// How long any wait in these tests may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -3814,4 +3814,64 @@ fn a_run_interrupted_in_a_plugin_resumes_after_a_restart_once_the_plugin_is_comp
     });
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(hook.requests().len(), 2);
+}
+
+/// Issue 20: `shiphat runs why RUN` gives one account of a run: who started it with what, each
+/// step in a line with the evidence of a failure, the rollback and what is deployed now.
+#[test]
+fn runs_why_says_who_what_failed_and_what_the_rollback_left_deployed() {
+    let dir = TestDir::new();
+    dir.write(
+        "workflows/ship.yaml",
+        r#"
+name: ship
+inputs:
+  release: { type: string, required: true }
+steps:
+  - id: qa
+    uses: echo
+    with: { message: "412 tests green" }
+  - id: deploy
+    uses: echo
+    needs: qa
+    with: { message: "deployed ${{ inputs.release }}", outputs: { release: "${{ inputs.release }}" } }
+  - id: verify
+    uses: echo
+    needs: deploy
+    with: { fail: "metrics red: error_ratio 0.2 met failure condition result >= 0.05 (1 failed, limit 0)" }
+on_failure:
+  - id: rollback
+    uses: echo
+    with: { message: "back to 6", outputs: { release: "6" } }
+"#,
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &[]);
+    let id = start_run(
+        &daemon,
+        &admin,
+        json!({"workflow": "ship", "inputs": {"release": "7"}}),
+    );
+    wait_run(&daemon, &admin, &id, terminal);
+    let run = Run::of(client(&dir, &daemon, &admin, &["runs", "why", &id]));
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let why = run.stdout;
+    assert!(
+        why.starts_with(&format!("`root` started `ship` (run `{id}`) at ")),
+        "{why}"
+    );
+    assert!(why.contains(" with release=7."), "{why}");
+    assert!(why.contains("✓ `qa` succeeded"), "{why}");
+    assert!(why.contains("412 tests green"), "{why}");
+    assert!(
+        why.contains("✗ `verify` failed")
+            && why.contains("error_ratio 0.2 met failure condition result >= 0.05"),
+        "{why}"
+    );
+    assert!(why.contains("✓ `rollback` (on failure) succeeded"), "{why}");
+    assert!(
+        why.contains("It failed at `verify`")
+            && why.contains("The rollback ran and succeeded: release `6` is deployed now."),
+        "{why}"
+    );
 }

@@ -28,6 +28,10 @@ pub enum Command {
         app: String,
         environment: String,
     },
+    /// Why a run is where it is (`shiphat_protocol::why`).
+    Why {
+        run: String,
+    },
     /// A decision on the approval a run waits at (`step` names one when it waits at several).
     Decide {
         run: String,
@@ -44,6 +48,7 @@ pub const USAGE: &str = "\
 `/deploy status [APP]`: what is running, queued and last deployed where
 `/deploy lock APP in ENVIRONMENT REASON` and `/deploy unlock APP in ENVIRONMENT`
 `/deploy rollback APP in ENVIRONMENT`: run the app's rollback workflow
+`/deploy why RUN`: who started it, what it waited for, what failed and what the rollback did
 `/deploy approve RUN [COMMENT]` and `/deploy reject RUN [REASON]`: decide on the approval a run waits at (`RUN/STEP` names the step)
 `/deploy help`: this";
 
@@ -93,6 +98,10 @@ pub fn parse(text: &str) -> Result<Command, String> {
                 comment: comment.join(" "),
             })
         }
+        ["why", run] => Ok(Command::Why {
+            run: (*run).to_owned(),
+        }),
+        ["why", ..] => Err(form("/deploy why RUN")),
         ["approve"] => Err(form("/deploy approve RUN [COMMENT]")),
         ["reject"] => Err(form("/deploy reject RUN [REASON]")),
         [target, "to", env] => {
@@ -159,6 +168,13 @@ mod tests {
             })
         );
         assert!(parse("approve").unwrap_err().contains("approve RUN"));
+        assert_eq!(
+            parse("why 01abc"),
+            Ok(Command::Why {
+                run: "01abc".into()
+            })
+        );
+        assert!(parse("why").unwrap_err().contains("/deploy why RUN"));
         assert!(parse("reject r-1/ why").unwrap_err().contains("RUN[/STEP]"));
     }
 }

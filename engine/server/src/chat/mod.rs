@@ -513,6 +513,18 @@ async fn run_command(
                 Err(e) => Answer::refused(key, refusal(&e)),
             }
         }
+        Command::Why { run } => match service.run(caller, &run).await {
+            Ok(detail) => Answer {
+                text: shiphat_protocol::why(&detail)
+                    .iter()
+                    .map(|line| escape(line))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                outcome: "explained".into(),
+                target: run,
+            },
+            Err(e) => Answer::refused(run, refusal(&e)),
+        },
         Command::Decide {
             run,
             step,
