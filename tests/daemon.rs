@@ -3875,3 +3875,40 @@ on_failure:
         "{why}"
     );
 }
+
+/// Issue 20: when a reload changes what a workflow's steps may reach, the audit log says how,
+/// so a widened grant that skipped review is still found.
+#[test]
+fn a_reload_that_changes_grants_is_in_the_audit_log() {
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.path().join("workflows/build")).unwrap();
+    dir.write(
+        "workflows/site.yaml",
+        "name: site\nsteps:\n  - id: deploy\n    uses: echo\n    allow: { read: [build] }\n",
+    );
+    let admin = token(&dir, "root", "admin", &[]);
+    let daemon = start(&dir, &[]);
+    dir.write(
+        "workflows/site.yaml",
+        "name: site\nsteps:\n  - id: deploy\n    uses: echo\n    allow: { http: [hooks.example.com], secrets: [TOKEN] }\n",
+    );
+    let entry = eventually(DEADLINE, "the reload's audit entry", || {
+        let (_, log) = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None);
+        log["entries"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["action"] == "reload workflow").cloned())
+            .ok_or_else(|| log.to_string())
+    });
+    assert_eq!(entry["target"], "site", "{entry}");
+    let outcome = entry["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("grants widened: step `deploy`: "),
+        "{outcome}"
+    );
+    assert!(
+        outcome.contains("+ http `hooks.example.com`")
+            && outcome.contains("+ secret `TOKEN`")
+            && outcome.contains("- read `build`"),
+        "{outcome}"
+    );
+}

@@ -418,6 +418,7 @@ impl App {
                     () = claims.cancelled() => return,
                 }
                 app.claim().await;
+                app.audit_grant_changes().await;
             }
         });
         let app = self.clone();
@@ -602,6 +603,47 @@ impl App {
     /// has had its [`crate::limits::REFUSAL_BURST`] is counted instead, and the next one
     /// written says how many were not: a flood of bad requests costs a few rows, not one each.
     /// The store caps the length of every field.
+    /// Writes what each reload changed in what a workflow's steps may reach to the audit log:
+    /// one entry per reloaded workflow, its outcome the change in words (issue 20: a widened
+    /// grant is what a reviewer looks for).
+    async fn audit_grant_changes(&self) {
+        for change in self.workflows.take_grant_changes() {
+            let steps: Vec<String> = change
+                .diff
+                .steps
+                .iter()
+                .map(|s| {
+                    let mut parts: Vec<String> = s.added.iter().map(|a| format!("+ {a}")).collect();
+                    parts.extend(s.removed.iter().map(|r| format!("- {r}")));
+                    if let Some((was, is)) = &s.plugin {
+                        parts.push(format!("plugin `{was}` → `{is}`"));
+                    }
+                    let what = match s.change {
+                        shiphat_workflow::StepChange::Added => " (new step)",
+                        shiphat_workflow::StepChange::Removed => " (removed)",
+                        shiphat_workflow::StepChange::Changed => "",
+                    };
+                    format!("step `{}`{what}: {}", s.step, parts.join(", "))
+                })
+                .collect();
+            let verdict = if change.diff.widened() {
+                "grants widened"
+            } else {
+                "grants narrowed"
+            };
+            self.audit(shiphat_store::AuditEntry {
+                at_ms: shiphat_store::now_ms(),
+                principal: None,
+                action: "reload workflow".to_owned(),
+                target: change.workflow,
+                remote: change.file.display().to_string(),
+                status: 200,
+                outcome: format!("{verdict}: {}", steps.join("; ")),
+            })
+            .await;
+        }
+    }
+
     pub async fn audit(&self, mut entry: shiphat_store::AuditEntry) {
         if entry.status >= 400 {
             let address = entry

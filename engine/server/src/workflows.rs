@@ -90,6 +90,17 @@ pub struct Workflows {
     pub changed: tokio::sync::Notify,
     /// Set once every file found at start has loaded or failed to.
     settled: AtomicBool,
+    /// What reloads changed in what steps may reach, for the audit log
+    /// ([`Workflows::take_grant_changes`]).
+    grant_changes: std::sync::Mutex<Vec<GrantChange>>,
+}
+
+/// A reloaded workflow whose steps may now reach something else.
+#[derive(Debug)]
+pub struct GrantChange {
+    pub workflow: String,
+    pub file: PathBuf,
+    pub diff: shiphat_workflow::GrantDiff,
 }
 
 /// A changed file, checked, whose plugins are to be loaded.
@@ -357,6 +368,19 @@ impl Workflows {
                 for warning in &prepared.workflow.warnings {
                     tracing::warn!("{warning}");
                 }
+                if let Some(before) = &entry.serving {
+                    let diff = shiphat_workflow::grant_diff(&before.workflow, &prepared.workflow);
+                    if !diff.is_empty() {
+                        self.grant_changes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(GrantChange {
+                                workflow: name.to_owned(),
+                                file: file.to_owned(),
+                                diff,
+                            });
+                    }
+                }
                 entry.serving = Some(Arc::new(prepared));
                 entry.error = None;
                 if let Some(old) = seen.name.replace(name.to_owned()).filter(|old| old != name)
@@ -379,6 +403,11 @@ impl Workflows {
             }
         }
         by_name.retain(|_, entry| !entry.is_empty());
+    }
+
+    /// The grant changes of the reloads since the last call, oldest first.
+    pub fn take_grant_changes(&self) -> Vec<GrantChange> {
+        std::mem::take(&mut *self.grant_changes.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// A file gone from its directory: its workflow leaves service, and a load of it under
