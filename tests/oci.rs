@@ -568,3 +568,66 @@ fn oras_pulls_what_shiphat_pushes_and_shiphat_runs_what_oras_pushes() {
     let from_oras = w.workflow("from-oras", &format!("oci://{other}"));
     assert!(logged(ok(&w.run(&from_oras, &[])), "hello from from-oras"));
 }
+
+/// A registry is not trusted with memory: a component declared larger than a plugin may be is
+/// refused before it is fetched, and one that sends more than its manifest declares is cut
+/// off. (A stand-in registry on loopback, since a real one does not lie.)
+#[test]
+fn a_hostile_registry_cannot_fill_memory_with_a_component() {
+    use sha2::{Digest, Sha256};
+    let manifest = |size: u64| {
+        serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": format!("sha256:{}", hex::encode(Sha256::digest(b"{}"))), "size": 2},
+            "layers": [{"mediaType": "application/wasm", "digest": format!("sha256:{}", "a".repeat(64)), "size": size}]
+        })
+        .to_string()
+    };
+    let server = support::http::Server::start(move |request, _| {
+        let path = request.path().to_owned();
+        let body = if path.contains("/huge/manifests/") {
+            manifest(1 << 40)
+        } else if path.contains("/liar/manifests/") {
+            manifest(10)
+        } else if path.contains("/blobs/") {
+            "x".repeat(4096)
+        } else {
+            return support::http::Reply::json(200, &serde_json::json!({}));
+        };
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(body.as_bytes())));
+        support::http::Reply::new(200, "application/vnd.oci.image.manifest.v1+json", body)
+            .header("Docker-Content-Digest", digest)
+    });
+    let w = Workspace::new();
+    let huge = w.shiphat(&[
+        "plugin",
+        "pull",
+        &format!("oci://{}/evil/huge:1", server.host()),
+    ]);
+    assert_ne!(huge.code, 0);
+    assert!(
+        huge.stderr.contains("a plugin may be at most"),
+        "{}",
+        huge.stderr
+    );
+    assert!(
+        !server
+            .requests()
+            .iter()
+            .any(|r| r.path().contains("/blobs/")),
+        "the blob was fetched"
+    );
+    let liar = w.shiphat(&[
+        "plugin",
+        "pull",
+        &format!("oci://{}/evil/liar:1", server.host()),
+    ]);
+    assert_ne!(liar.code, 0);
+    assert!(
+        liar.stderr
+            .contains("than the 10 bytes its manifest declares"),
+        "{}",
+        liar.stderr
+    );
+}
