@@ -3912,3 +3912,85 @@ fn a_reload_that_changes_grants_is_in_the_audit_log() {
         "{outcome}"
     );
 }
+
+/// Issue 20: `shiphat why deploy` answers "why was I blocked" without running anything: the
+/// first reason (role, pattern, lock, a run holding a key that does not queue), or that the
+/// deploy would go through, or wait behind which run.
+#[test]
+fn why_deploy_gives_the_first_reason_without_running_anything() {
+    let dir = TestDir::new();
+    dir.write("workflows/web.yaml", WEB);
+    dir.write("workflows/docs.yaml", DOCS);
+    let admin = token(&dir, "root", "admin", &[]);
+    let alice = token(&dir, "alice", "deployer", &["web/staging", "docs"]);
+    let viewer = token(&dir, "vic", "viewer", &[]);
+    let daemon = start(&dir, &[]);
+    let why = |token: &str, args: &[&str]| {
+        let mut full = vec!["why", "deploy"];
+        full.extend_from_slice(args);
+        let run = Run::of(client(&dir, &daemon, token, &full));
+        (run.code, run.stdout + &run.stderr)
+    };
+    let runs_before = call(&daemon, "GET", "/api/v1/runs", Some(&admin), None).1;
+
+    let (code, out) = why(&alice, &["web", "--input", "environment=staging"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "✓ `alice` may deploy `web` to `staging` now\n")
+    );
+    let (code, out) = why(&alice, &["web", "--input", "environment=prod"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.starts_with("✗ ") && out.contains("(pattern)"), "{out}");
+    let (code, out) = why(&viewer, &["web"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("(role)"), "{out}");
+    let (code, out) = why(&alice, &["web", "--input", "environment=qa"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("(inputs)"), "{out}");
+
+    // A lock on the key is named with its reason.
+    let (status, body) = call(
+        &daemon,
+        "PUT",
+        "/api/v1/locks/web-staging",
+        Some(&admin),
+        Some(r#"{"reason": "release freeze"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (code, out) = why(&alice, &["web", "--input", "environment=staging"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("release freeze") && out.contains("(lock)"),
+        "{out}"
+    );
+
+    // A run holding a key: a queueing workflow would wait behind it, `docs` is refused.
+    let id = start_run(
+        &daemon,
+        &admin,
+        json!({"workflow": "web", "inputs": {"environment": "prod", "sleep": 60000}}),
+    );
+    wait_run(&daemon, &admin, &id, |r| r["status"] == "running");
+    let (code, out) = why(&admin, &["web", "--input", "environment=prod"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("run `{id}`")) && out.contains("(queue)"),
+        "{out}"
+    );
+    let docs = start_run(&daemon, &admin, json!({"workflow": "docs"}));
+    wait_run(&daemon, &admin, &docs, |r| r["status"] == "running");
+    let (code, out) = why(&alice, &["docs"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("does not queue") && out.contains("(busy)"),
+        "{out}"
+    );
+
+    // Nothing was started by asking.
+    let runs = call(&daemon, "GET", "/api/v1/runs", Some(&admin), None).1;
+    assert_eq!(
+        runs["runs"].as_array().unwrap().len(),
+        runs_before["runs"].as_array().unwrap().len() + 2,
+        "{runs}"
+    );
+}

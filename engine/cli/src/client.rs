@@ -205,16 +205,9 @@ pub fn run(
     } else {
         target.display().to_string()
     };
-    let mut given = Map::new();
-    for pair in inputs {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))?;
-        given.insert(k.trim().to_owned(), Value::String(v.to_owned()));
-    }
     let request = CreateRun {
         workflow: name.clone(),
-        inputs: given,
+        inputs: input_map(inputs)?,
         dry_run,
         force: false,
     };
@@ -291,6 +284,50 @@ fn sink_for(client: &Client, name: &str, json: bool) -> anyhow::Result<Sink> {
     );
     let stand_in = shiphat_workflow::parse(&yaml, Path::new("remote.yaml"))?;
     Ok(output::human_sink(&stand_in))
+}
+
+/// `--input NAME=VALUE` flags as a request's inputs (each a string; the daemon converts).
+fn input_map(inputs: &[String]) -> anyhow::Result<Map<String, Value>> {
+    let mut given = Map::new();
+    for pair in inputs {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))?;
+        given.insert(k.trim().to_owned(), Value::String(v.to_owned()));
+    }
+    Ok(given)
+}
+
+/// `shiphat why deploy WORKFLOW`: whether the caller could start it now, and if not, why.
+/// Exit 0 when it would be accepted, 1 when it would be refused.
+pub fn why_deploy(
+    args: &ServerArgs,
+    workflow: &str,
+    inputs: &[String],
+    dry_run: bool,
+) -> anyhow::Result<u8> {
+    let client = Client::new(args);
+    let request = CreateRun {
+        workflow: workflow.to_owned(),
+        inputs: input_map(inputs)?,
+        dry_run,
+        force: false,
+    };
+    let check: shiphat_protocol::DeployCheck = client.call(
+        "POST",
+        "/api/v1/check-deploy",
+        Some(serde_json::to_value(request)?),
+    )?;
+    let mark = if check.allowed { "✓" } else { "✗" };
+    match &check.blocker {
+        Some(blocker) => outln!("{mark} {} ({blocker})", check.reason),
+        None => outln!("{mark} {}", check.reason),
+    }
+    Ok(if check.allowed {
+        crate::exit::OK
+    } else {
+        crate::exit::FAILED
+    })
 }
 
 /// What `shiphat runs` does.

@@ -129,6 +129,14 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// Ask a daemon why: `shiphat why deploy WORKFLOW --input environment=production` says,
+    /// without running anything, whether you could deploy now, and if not the first reason.
+    Why {
+        #[command(subcommand)]
+        command: WhyCommand,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
     /// Lock a concurrency key (or workflow) on a daemon: new runs on it are refused.
     Lock {
         key: String,
@@ -201,6 +209,21 @@ enum Command {
     },
     /// Print a JSON Schema of the workflow file format, for editors.
     Schema,
+}
+
+#[derive(Subcommand)]
+enum WhyCommand {
+    /// Whether you could start WORKFLOW now: role, pattern, inputs, lock, deploy window, a run
+    /// holding its key. Exit 0 if it would be accepted, 1 if not.
+    Deploy {
+        workflow: String,
+        /// A workflow input, `NAME=VALUE`; repeat for several.
+        #[arg(short, long = "input", value_name = "NAME=VALUE")]
+        inputs: Vec<String>,
+        /// Ask about a dry run, which no deploy window holds.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -512,6 +535,15 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
             server,
         } => client::lock(&server, &key, &reason, expires_in.as_deref()),
         Command::Unlock { key, server } => client::unlock(&server, &key),
+        Command::Why {
+            command:
+                WhyCommand::Deploy {
+                    workflow,
+                    inputs,
+                    dry_run,
+                },
+            server,
+        } => client::why_deploy(&server, &workflow, &inputs, dry_run),
         Command::Locks { json, server } => client::locks(&server, json),
         Command::Validate {
             files,

@@ -564,6 +564,20 @@ pub struct CreateRun {
     pub force: bool,
 }
 
+/// `POST /api/v1/check-deploy`: whether the caller could start this run now, without starting
+/// it, and if not, the first reason.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DeployCheck {
+    /// Whether a `POST /api/v1/runs` with the same body would be accepted now.
+    pub allowed: bool,
+    /// What stands in the way, or would make the run wait: `role`, `pattern`, `workflow`,
+    /// `inputs`, `lock`, `window`, `busy` (a run holds the key and the workflow does not
+    /// queue), `queue` (it would wait behind a run), `compiling`; `null` when nothing does.
+    pub blocker: Option<String>,
+    /// One sentence a person acts on.
+    pub reason: String,
+}
+
 /// `POST /api/v1/runs/{id}/resume` (the body may be empty).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

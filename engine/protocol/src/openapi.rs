@@ -49,6 +49,7 @@ pub fn openapi_schemas() -> Map<String, Value> {
     add::<NewToken>(&mut answers);
     add::<SessionView>(&mut answers);
     add::<EnvironmentList>(&mut answers);
+    add::<DeployCheck>(&mut answers);
     add::<Event>(&mut answers);
     add::<RunNotice>(&mut answers);
     let mut requests = generator(Contract::Deserialize);

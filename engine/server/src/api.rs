@@ -63,6 +63,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/session"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/environments"),
+    ("post", "/api/v1/check-deploy"),
     ("post", crate::chat::PATH),
     ("post", crate::chat::INTERACTIONS_PATH),
 ];
@@ -91,6 +92,7 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
         .route("/session", post(sign_in).get(show_session).delete(sign_out))
         .route("/events", get(all_events))
         .route("/environments", get(list_environments))
+        .route("/check-deploy", post(check_deploy))
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             service.clone(),
@@ -437,6 +439,17 @@ async fn sign_out(State(service): State<Service>, headers: HeaderMap) -> ApiResu
         .headers_mut()
         .insert(header::SET_COOKIE, crate::web::set_cookie(None, &headers));
     Ok(with_target(response, "", Some("signed out".into())))
+}
+
+/// `POST /api/v1/check-deploy`: whether the caller could start this run now, and if not why.
+async fn check_deploy(
+    State(service): State<Service>,
+    Caller(caller): Caller,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<shiphat_protocol::DeployCheck>> {
+    // Anyone may ask; a viewer is told that the role is what is missing.
+    let request: CreateRun = parse_json(&body_bytes(body)?)?;
+    Ok(Json(service.check_deploy(&caller, request).await?))
 }
 
 /// `GET /api/v1/environments`: see [`crate::environments`].

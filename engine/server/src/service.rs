@@ -19,11 +19,11 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use shiphat_protocol::{
     Accepted, ApprovalView, AuditLog, AuditView, Cancelling, Choice, CompilingPlugin,
-    ConcurrencyView, CreateRun, CreateToken, EnvironmentList, Event, InputType, InputView,
-    ListRuns, LockList, LockView, LogLine, NewToken, OutsideWindowMode, PlanStep, PutLock,
-    ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice, RunStatus, RunView,
-    Section, StepName, StepView, TokenList, TokenSource, TokenView, WindowView, WorkflowList,
-    WorkflowStatus, WorkflowView,
+    ConcurrencyView, CreateRun, CreateToken, DeployCheck, EnvironmentList, Event, InputType,
+    InputView, ListRuns, LockList, LockView, LogLine, NewToken, OutsideWindowMode, PlanStep,
+    PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice, RunStatus,
+    RunView, Section, StepName, StepView, TokenList, TokenSource, TokenView, WindowView,
+    WorkflowList, WorkflowStatus, WorkflowView,
 };
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio::sync::broadcast::{self, error::RecvError};
@@ -436,6 +436,111 @@ impl Service {
             forced_window,
             waits_for_window: not_before
                 .map(|at| format!("opens at {} ({})", at.local(), at.rfc3339())),
+        })
+    }
+
+    /// Whether `caller` could start `request` now, without starting it: the checks of
+    /// [`Service::admit`] in its order (role, workflow and inputs, pattern, lock, window), then
+    /// whether a run holds the key. The first that stands in the way is the answer.
+    pub async fn check_deploy(
+        &self,
+        caller: &Principal,
+        request: CreateRun,
+    ) -> Result<DeployCheck> {
+        require(caller, Role::Viewer)?;
+        let refused = |blocker: &str, reason: String| DeployCheck {
+            allowed: false,
+            blocker: Some(blocker.to_owned()),
+            reason,
+        };
+        if let Err(e) = CreateRun::allowed(caller) {
+            return Ok(refused("role", e.to_string()));
+        }
+        let planned = match self.plan(&request.workflow, &request.inputs, "check") {
+            Ok(planned) => planned,
+            Err(e @ Error::NoWorkflow(_)) => return Ok(refused("workflow", e.to_string())),
+            Err(e) => return Ok(refused("inputs", e.to_string())),
+        };
+        let name = &request.workflow;
+        let environment = planned.inputs.get("environment").and_then(Value::as_str);
+        if let Err(why) = caller.may_run(name, environment) {
+            return Ok(refused("pattern", why));
+        }
+        if let Some(lock) = self.app.lock_on(planned.key.as_deref(), name).await?
+            && let Err(e) = pass_lock(caller, lock, request.force, "")
+        {
+            return Ok(refused("lock", e.to_string()));
+        }
+        let waits = planned.workflow.outside_window == shiphat_workflow::OutsideWindow::Wait;
+        if !request.dry_run {
+            match self.pass_window(
+                caller,
+                name,
+                planned.key.as_deref(),
+                request.force,
+                waits,
+                "",
+            ) {
+                Err(e) => return Ok(refused("window", e.to_string())),
+                Ok(Passage::Waits(opens)) => {
+                    return Ok(DeployCheck {
+                        allowed: true,
+                        blocker: Some("window".to_owned()),
+                        reason: format!(
+                            "it would be accepted and wait for the deploy window: it opens at {} ({})",
+                            opens.local(),
+                            opens.rfc3339()
+                        ),
+                    });
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Some(key) = &planned.key {
+            let running = self.app.store.runs_with_status(RunStatus::Running).await?;
+            if let Some(holder) = running
+                .iter()
+                .find(|r| r.concurrency_key.as_deref() == Some(key))
+            {
+                let queue = planned
+                    .workflow
+                    .concurrency
+                    .as_ref()
+                    .is_none_or(|c| c.queue);
+                return Ok(if queue {
+                    DeployCheck {
+                        allowed: true,
+                        blocker: Some("queue".to_owned()),
+                        reason: format!(
+                            "it would be accepted and wait its turn: run `{}` of `{}` by `{}` holds `{key}`",
+                            holder.id, holder.workflow, holder.principal
+                        ),
+                    }
+                } else {
+                    refused(
+                        "busy",
+                        format!(
+                            "run `{}` of `{}` by `{}` holds `{key}`, and `{name}` does not queue (`concurrency.queue: false`)",
+                            holder.id, holder.workflow, holder.principal
+                        ),
+                    )
+                });
+            }
+        }
+        if let Some(hold) = self.app.workflows.hold(name) {
+            return Ok(DeployCheck {
+                allowed: true,
+                blocker: Some("compiling".to_owned()),
+                reason: format!("it would be accepted and {hold}"),
+            });
+        }
+        let place = environment
+            .map(|e| format!(" to `{e}`"))
+            .unwrap_or_default();
+        Ok(DeployCheck {
+            allowed: true,
+            blocker: None,
+            reason: format!("`{}` may deploy `{name}`{place} now", caller.name),
         })
     }
 
