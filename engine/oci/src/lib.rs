@@ -19,6 +19,7 @@ pub mod lock;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -180,7 +181,11 @@ pub enum Mode {
 
 /// A registry client and the cache beside it.
 pub struct Registry {
-    client: Client,
+    /// Made on first use: building an HTTPS client loads the machine's root certificates,
+    /// some 25 ms, which a run whose plugins are all files or cached must not pay.
+    https: OnceLock<Client>,
+    /// Plain HTTP, for a registry on a loopback address.
+    http: OnceLock<Client>,
     credentials: Credentials,
     cache: cache::Cache,
 }
@@ -196,20 +201,9 @@ impl Registry {
     }
 
     pub fn with_credentials(cache_dir: PathBuf, credentials: Credentials) -> Registry {
-        // reqwest is built without a crypto provider of its own; rustls's ring one is already
-        // in the build for ureq. Installing it twice is refused harmlessly.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(Vec::new()),
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            // One PUT per blob: the components are a few megabytes, and `distribution` and
-            // every hosted registry take them whole.
-            use_monolithic_push: true,
-            ..ClientConfig::default()
-        });
         Registry {
-            client,
+            https: OnceLock::new(),
+            http: OnceLock::new(),
             credentials,
             cache: cache::Cache::new(cache_dir),
         }
@@ -230,8 +224,8 @@ impl Registry {
         }
     }
 
-    /// The oci-client reference, and plain HTTP for a registry on a loopback address (a test
-    /// or development registry, as Docker allows).
+    /// The oci-client reference. (Plain HTTP goes to a registry on a loopback address only, a
+    /// test or development registry, as Docker allows: see `client_for`.)
     fn reference(&self, r: &OciRef) -> Reference {
         let registry = r.registry.clone();
         let repository = r.repository.clone();
@@ -246,17 +240,26 @@ impl Registry {
     }
 
     fn client_for(&self, r: &OciRef) -> Client {
-        if is_loopback(&r.registry) {
+        let (cell, protocol) = if is_loopback(&r.registry) {
+            (&self.http, ClientProtocol::Http)
+        } else {
+            (&self.https, ClientProtocol::Https)
+        };
+        cell.get_or_init(|| {
+            // reqwest is built without a crypto provider of its own; rustls's ring one is
+            // already in the build for ureq. Installing it twice is refused harmlessly.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             Client::new(ClientConfig {
-                protocol: ClientProtocol::Http,
+                protocol,
                 connect_timeout: Some(CONNECT_TIMEOUT),
                 read_timeout: Some(READ_TIMEOUT),
+                // One PUT per blob: the components are a few megabytes, and `distribution`
+                // and every hosted registry take them whole.
                 use_monolithic_push: true,
                 ..ClientConfig::default()
             })
-        } else {
-            self.client.clone()
-        }
+        })
+        .clone()
     }
 
     /// The digest the registry's tag names now.
