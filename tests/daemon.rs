@@ -3986,6 +3986,16 @@ fn why_deploy_gives_the_first_reason_without_running_anything() {
         "{out}"
     );
 
+    // Asking is not audited: a principal asking in a loop cannot fill the audit log.
+    let audit = call(&daemon, "GET", "/api/v1/audit", Some(&admin), None).1;
+    assert!(
+        !audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "POST /api/v1/check-deploy"),
+        "{audit}"
+    );
     // Nothing was started by asking.
     let runs = call(&daemon, "GET", "/api/v1/runs", Some(&admin), None).1;
     assert_eq!(

@@ -63,10 +63,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/session"),
     ("get", "/api/v1/events"),
     ("get", "/api/v1/environments"),
-    ("post", "/api/v1/check-deploy"),
+    ("post", CHECK_DEPLOY),
     ("post", crate::chat::PATH),
     ("post", crate::chat::INTERACTIONS_PATH),
 ];
+
+/// Whether a run could start now (`Service::check_deploy`): a POST, since it takes a run's
+/// body, that changes nothing.
+const CHECK_DEPLOY: &str = "/api/v1/check-deploy";
 
 /// The daemon's routes over `app`. Public to the crate's tests, which call it in process with
 /// `tower::ServiceExt::oneshot`, without a port.
@@ -306,7 +310,11 @@ async fn authenticate(
         )
         .into_response(),
     };
-    if mutating {
+    // A question that changes nothing is not audited when it is answered, or anyone with a
+    // token could fill the audit log by asking it in a loop; a refusal still is, and refusals
+    // are written at a bounded rate per address.
+    let question = path == CHECK_DEPLOY && response.status().is_success();
+    if mutating && !question {
         let outcome = response
             .extensions()
             .get::<Outcome>()
