@@ -181,48 +181,11 @@ fn grants(workflow: &Workflow, r: &OciRef) -> Vec<String> {
         if !matches!(step.kind.plugin(), Some(PluginRef::Oci(x)) if x.unpinned() == r.unpinned()) {
             continue;
         }
-        let a = &step.allow;
-        let mut parts = Vec::new();
-        let list = |name: &str, items: Vec<String>, parts: &mut Vec<String>| {
-            if !items.is_empty() {
-                parts.push(format!("{name} {}", items.join(", ")));
-            }
-        };
-        list(
-            "read",
-            a.read
-                .iter()
-                .map(|g| format!("`{}`", g.guest_path))
-                .collect(),
-            &mut parts,
-        );
-        list(
-            "write",
-            a.write
-                .iter()
-                .map(|g| format!("`{}`", g.guest_path))
-                .collect(),
-            &mut parts,
-        );
-        list(
-            "http",
-            a.http.iter().map(|h| format!("`{h}`")).collect(),
-            &mut parts,
-        );
-        list(
-            "env",
-            a.env.iter().map(|(k, _)| format!("`{k}`")).collect(),
-            &mut parts,
-        );
-        list(
-            "secrets",
-            a.secrets.iter().map(|s| format!("`{s}`")).collect(),
-            &mut parts,
-        );
-        let what = if parts.is_empty() {
+        let granted = shiphat_workflow::grant_lines(step);
+        let what = if granted.is_empty() {
             "nothing".to_owned()
         } else {
-            parts.join("; ")
+            granted.into_iter().collect::<Vec<_>>().join(", ")
         };
         lines.push(format!(
             "{} step `{}` grants it: {what}",

@@ -47,8 +47,9 @@ impl GrantDiff {
     }
 }
 
-/// The grants of a step, as the lines a diff shows.
-fn grants(step: &Step) -> BTreeSet<String> {
+/// The grants of a step, as the lines a diff shows: `read `x``, `write `x``, `http `h``,
+/// `env `K``, `secret `S``.
+pub fn grant_lines(step: &Step) -> BTreeSet<String> {
     let a = &step.allow;
     let mut out = BTreeSet::new();
     out.extend(a.read.iter().map(|g| format!("read `{}`", g.guest_path)));
@@ -81,7 +82,7 @@ pub fn plugin_text(step: &Step) -> Option<String> {
 pub fn grant_diff(old: &Workflow, new: &Workflow) -> GrantDiff {
     let mut steps = Vec::new();
     for step in new.all_steps() {
-        let after = grants(step);
+        let after = grant_lines(step);
         match old.step(&step.id) {
             None => {
                 if !after.is_empty() || plugin_text(step).is_some() {
@@ -95,7 +96,7 @@ pub fn grant_diff(old: &Workflow, new: &Workflow) -> GrantDiff {
                 }
             }
             Some(before_step) => {
-                let before = grants(before_step);
+                let before = grant_lines(before_step);
                 let added: Vec<String> = after.difference(&before).cloned().collect();
                 let removed: Vec<String> = before.difference(&after).cloned().collect();
                 let (was, is) = (plugin_text(before_step), plugin_text(step));
@@ -113,7 +114,7 @@ pub fn grant_diff(old: &Workflow, new: &Workflow) -> GrantDiff {
         }
     }
     for step in old.all_steps().filter(|s| new.step(&s.id).is_none()) {
-        let before = grants(step);
+        let before = grant_lines(step);
         steps.push(StepDiff {
             step: step.id.clone(),
             change: StepChange::Removed,

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 pub use config::{
     ConfigSchema, ConfigValue, GRANT_ANNOTATION, check_config, check_config_with, validate_config,
 };
-pub use diff::{GrantDiff, StepChange, StepDiff, grant_diff, plugin_text};
+pub use diff::{GrantDiff, StepChange, StepDiff, grant_diff, grant_lines, plugin_text};
 pub use error::{Diagnostic, Diagnostics, Error, Location, Result};
 pub use expr::{
     EvalError, Expr, MAX_EXPR_DEPTH, MAX_EXPR_LENGTH, MAX_EXPR_MEMORY, Scope, Status, StepState,
