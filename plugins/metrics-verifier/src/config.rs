@@ -2,7 +2,7 @@
 //! with every default filled in, every duration parsed and every condition compiled.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -51,6 +51,7 @@ struct RawConfig {
     template: Option<String>,
     args: Option<BTreeMap<String, Value>>,
     on_inconclusive: Option<OnInconclusive>,
+    replay_at: Option<String>,
 }
 
 /// What an Inconclusive verdict does to the step.
@@ -70,6 +71,8 @@ pub enum OnInconclusive {
 pub struct Config {
     pub metrics: Vec<Metric>,
     pub on_inconclusive: OnInconclusive,
+    /// Measure as if the step had started at this past time (`replay_at`), without waiting.
+    pub replay_at: Option<SystemTime>,
 }
 
 /// One metric as written: in `with:`, or converted from an AnalysisTemplate by
@@ -203,10 +206,45 @@ pub fn parse(text: &str) -> Result<Config, StepError> {
         }
         metrics.push(check_metric(m, &raw, timeout)?);
     }
+    let replay_at = match &raw.replay_at {
+        Some(text) => Some(replay_at(text, &metrics)?),
+        None => None,
+    };
     Ok(Config {
         metrics,
         on_inconclusive: raw.on_inconclusive.unwrap_or_default(),
+        replay_at,
     })
+}
+
+/// Checks `replay_at`: a past time, and metrics whose source keeps a history to replay.
+/// Prometheus answers an instant query for any time it has samples for; a scraped page or a
+/// `web` URL answers only for now, so replaying them would judge today's value as the past's.
+fn replay_at(text: &str, metrics: &[Metric]) -> Result<SystemTime, StepError> {
+    let at = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        sdk::invalid_config(format!(
+            "`replay_at` `{text}` is not a time: {e}; write it as RFC 3339, e.g. `2026-11-30T10:00:00Z`"
+        ))
+    })?;
+    if at > SystemTime::now() {
+        return Err(sdk::invalid_config(format!(
+            "`replay_at` `{text}` is in the future; a replay measures what Prometheus recorded, so give a past time"
+        )));
+    }
+    if let Some(m) = metrics
+        .iter()
+        .find(|m| !matches!(m.source, Source::Prometheus { .. }))
+    {
+        let provider = match m.source {
+            Source::Scrape { .. } => "scrape",
+            _ => "web",
+        };
+        return Err(sdk::invalid_config(format!(
+            "metric `{}` reads `{provider}`, which answers only for now; `replay_at` can replay `prometheus` metrics only",
+            m.name
+        )));
+    }
+    Ok(at)
 }
 
 /// The text of the template argument `name` as the step gives it.
@@ -509,6 +547,11 @@ pub fn schema() -> Value {
                 "enum": ["fail", "succeed"],
                 "description": "What an Inconclusive verdict does: `fail` the step (the default), or `succeed` with `outputs.verdict` `Inconclusive`, so that a later step can ask a person: `if: steps.ID.outputs.verdict == 'Inconclusive'` with an `approval`."
             },
+            "replay_at": {
+                "type": "string",
+                "minLength": 1,
+                "description": "Measure as if the step had started at this past time (RFC 3339, e.g. `2026-11-30T10:00:00Z`), without waiting: each measurement is the answer Prometheus gives for its own time (`initial_delay`, `interval` and the retries after an Error are kept). `shiphat verify backtest` sets it to replay past deploys; `prometheus` metrics only."
+            },
             "template": {
                 "type": "string",
                 "minLength": 1,
@@ -653,5 +696,33 @@ mod tests {
             let e = JsonPath::parse(path).err().unwrap();
             assert!(e.contains(why), "{path}: {e}");
         }
+    }
+
+    #[test]
+    fn replay_at_takes_a_past_time_and_prometheus_metrics_only() {
+        let prometheus = |at: &str| {
+            format!(
+                r#"{{"provider": "prometheus", "address": "http://127.0.0.1:9", "replay_at": "{at}",
+                    "metrics": [{{"name": "m", "query": "up", "success_condition": "result == 1"}}]}}"#
+            )
+        };
+        let config = parse(&prometheus("2026-11-30T10:00:00Z")).ok().unwrap();
+        assert_eq!(
+            config.replay_at,
+            Some(humantime::parse_rfc3339("2026-11-30T10:00:00Z").unwrap())
+        );
+        let refused = |text: &str| match parse(text) {
+            Err(StepError::InvalidConfig(message)) => message,
+            _ => panic!("accepted: {text}"),
+        };
+        assert!(
+            refused(&prometheus("yesterday")).starts_with("`replay_at` `yesterday` is not a time")
+        );
+        assert!(refused(&prometheus("2999-01-01T00:00:00Z")).contains("is in the future"));
+        let scrape = one_metric("").replacen('{', r#"{"replay_at": "2026-11-30T10:00:00Z", "#, 1);
+        assert_eq!(
+            refused(&scrape),
+            "metric `m` reads `scrape`, which answers only for now; `replay_at` can replay `prometheus` metrics only"
+        );
     }
 }

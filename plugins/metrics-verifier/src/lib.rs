@@ -59,6 +59,7 @@ impl Guest for MetricsVerifier {
         let config::Config {
             metrics,
             on_inconclusive,
+            replay_at,
         } = config::parse(&input.config)?;
         if input.context.dry_run {
             sdk::info("dry run: measuring anyway, since measuring only reads");
@@ -84,7 +85,60 @@ impl Guest for MetricsVerifier {
                 humantime::format_duration(metric.initial_delay),
             ));
         }
-        Analysis::new(&metrics, on_inconclusive).run()
+        let clock = match replay_at {
+            Some(at) => {
+                sdk::info(&format!(
+                    "replaying from {}: each measurement is what Prometheus answers for its time",
+                    humantime::format_rfc3339(at)
+                ));
+                Clock::Replay {
+                    at,
+                    now: Duration::ZERO,
+                }
+            }
+            None => Clock::Live(Instant::now()),
+        };
+        Analysis::new(&metrics, on_inconclusive, clock).run()
+    }
+}
+
+/// The analysis's time, as an offset from its start.
+enum Clock {
+    /// Real time: a measurement waits for its turn.
+    Live(Instant),
+    /// A past start (`replay_at`), and how far the replay has come from it: waiting moves it
+    /// on at once, and each measurement asks for the value at its own time. The schedule is
+    /// the live one, so a replay takes the measurements a live run would have taken.
+    Replay { at: SystemTime, now: Duration },
+}
+
+impl Clock {
+    fn now(&self) -> Duration {
+        match self {
+            Clock::Live(start) => start.elapsed(),
+            Clock::Replay { now, .. } => *now,
+        }
+    }
+
+    fn wait_until(&mut self, due: Duration) {
+        match self {
+            Clock::Live(start) => {
+                let wait = due.saturating_sub(start.elapsed());
+                if !wait.is_zero() {
+                    // One blocking `wasi:clocks` call: the host sleeps, not the guest.
+                    std::thread::sleep(wait);
+                }
+            }
+            Clock::Replay { now, .. } => *now = (*now).max(due),
+        }
+    }
+
+    /// The time a measurement taken now is of: `None` for now itself.
+    fn past(&self) -> Option<SystemTime> {
+        match self {
+            Clock::Live(_) => None,
+            Clock::Replay { at, now } => Some(*at + *now),
+        }
     }
 }
 
@@ -94,21 +148,22 @@ struct Analysis<'a> {
     on_inconclusive: config::OnInconclusive,
     tallies: Vec<Tally>,
     verdicts: Vec<Verdict>,
-    /// When each running metric is next due.
-    due: Vec<Instant>,
+    clock: Clock,
+    /// When each running metric is next due, from the start.
+    due: Vec<Duration>,
     measurements: Vec<Value>,
     omitted: usize,
 }
 
 impl<'a> Analysis<'a> {
-    fn new(metrics: &'a [Metric], on_inconclusive: config::OnInconclusive) -> Self {
-        let start = Instant::now();
+    fn new(metrics: &'a [Metric], on_inconclusive: config::OnInconclusive, clock: Clock) -> Self {
         Analysis {
             metrics,
             on_inconclusive,
             tallies: metrics.iter().map(|_| Tally::default()).collect(),
             verdicts: vec![Verdict::Running; metrics.len()],
-            due: metrics.iter().map(|m| start + m.initial_delay).collect(),
+            clock,
+            due: metrics.iter().map(|m| m.initial_delay).collect(),
             measurements: Vec::new(),
             omitted: 0,
         }
@@ -120,12 +175,8 @@ impl<'a> Analysis<'a> {
             .filter(|&i| self.verdicts[i] == Verdict::Running)
             .min_by_key(|&i| self.due[i])
         {
-            let wait = self.due[i].saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                // One blocking `wasi:clocks` call: the host sleeps, not the guest.
-                std::thread::sleep(wait);
-            }
-            let started = Instant::now();
+            self.clock.wait_until(self.due[i]);
+            let started = self.clock.now();
             self.measure(i)?;
             let metric = &self.metrics[i];
             let verdict = analysis::assess(metric, &self.tallies[i]);
@@ -187,8 +238,9 @@ impl<'a> Analysis<'a> {
     /// Takes one measurement of metric `i`, logs it and records it.
     fn measure(&mut self, i: usize) -> Result<(), StepError> {
         let metric = &self.metrics[i];
-        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let (outcome, value, error) = match provider::measure(metric) {
+        let past = self.clock.past();
+        let time = humantime::format_rfc3339_millis(past.unwrap_or_else(SystemTime::now));
+        let (outcome, value, error) = match provider::measure(metric, past) {
             Ok(value) => match analysis::evaluate(metric, &value) {
                 Ok(outcome) => (outcome, Some(value), None),
                 Err(e) => (Outcome::Error, Some(value), Some(e)),
@@ -226,7 +278,7 @@ impl<'a> Analysis<'a> {
             let mut record = json!({
                 "metric": metric.name,
                 "value": recorded,
-                "time": time,
+                "time": time.to_string(),
                 "outcome": outcome.as_str(),
             });
             if let Some(e) = error {

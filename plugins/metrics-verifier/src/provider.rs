@@ -1,6 +1,7 @@
 //! Taking one value: an instant query to Prometheus, or one series of a scraped page.
 
 use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use shiphat_plugin_sdk::http::{self, ErrorCode, HttpError};
@@ -17,15 +18,22 @@ pub enum Problem {
     Denied(String),
 }
 
-/// Takes one measurement of `metric`.
-pub fn measure(metric: &Metric) -> Result<Reading, Problem> {
+/// Takes one measurement of `metric`: of now, or of the past time `at` (a replay; only
+/// Prometheus keeps the past, and the config refuses a replay of any other source).
+pub fn measure(metric: &Metric, at: Option<SystemTime>) -> Result<Reading, Problem> {
     let value = match &metric.source {
         Source::Prometheus { address, query } => {
-            let url = format!(
+            let mut url = format!(
                 "{}/api/v1/query?query={}",
                 address.trim_end_matches('/'),
                 encode(query)
             );
+            if let Some(at) = at {
+                // The instant query as Prometheus evaluates it at `at`: the value a query then
+                // would have had, and the one `query_range` gives at that step.
+                let at = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+                url.push_str(&format!("&time={}.{:03}", at.as_secs(), at.subsec_millis()));
+            }
             let response = send(metric, "GET", &url, None)?;
             prometheus_value(response.status, &response.body).map_err(Problem::Error)?
         }
