@@ -126,6 +126,19 @@ pub struct RunOptions {
     pub dry_run: bool,
 }
 
+/// One step of a past run to run again: see [`Runner::replay_step`].
+#[derive(Clone, Debug)]
+pub struct Replay {
+    /// The step's id.
+    pub step: String,
+    /// The inputs the run was started with.
+    pub inputs: Map<String, Value>,
+    /// The steps that had settled when it started, whose outputs its `with:` may read.
+    pub prior: Vec<PriorStep>,
+    /// Keys added to its resolved `with:`.
+    pub config: Map<String, Value>,
+}
+
 /// A step settled in an earlier life of the run (before a daemon restart), handed to
 /// [`Runner::run_from`] so the run goes on from where it stopped instead of from the start.
 #[derive(Clone, Debug, PartialEq)]
@@ -559,36 +572,9 @@ impl Runner {
         events: DurableSink,
         stop: impl Into<Stop>,
     ) -> RunReport {
-        let stop = stop.into();
         let started = Instant::now();
         let workflow = prepared.workflow.clone();
-        // Every secret any step is granted, looked up once: each step's logs, outputs and
-        // errors are redacted of all of them, since a step can hand a secret on to another
-        // through a file or an output.
-        let mut secrets = BTreeMap::new();
-        for name in workflow.all_steps().flat_map(|step| &step.allow.secrets) {
-            if !secrets.contains_key(name)
-                && let Some(value) = self.secrets.get(name)
-            {
-                secrets.insert(name.clone(), value);
-            }
-        }
-        let redactor = Redactor::new(secrets.values().map(String::as_str));
-        let run = Arc::new(RunState {
-            run_id: options.run_id.clone(),
-            workflow: workflow.clone(),
-            inputs: options.inputs,
-            env: Map::new(),
-            dry_run: options.dry_run,
-            events,
-            stop,
-            steps: Mutex::new(BTreeMap::new()),
-            failed: AtomicBool::new(false),
-            reports: Mutex::new(Vec::new()),
-            prior,
-            secrets,
-            redactor,
-        });
+        let run = Arc::new(self.run_state(&workflow, options, prior, events, stop.into()));
         let headers = sections(&workflow)
             .flat_map(|(section, steps)| {
                 steps.iter().map(move |s| StepHeader {
@@ -666,6 +652,156 @@ impl Runner {
             RunOutcome::Failed
         };
         run.finish(started, status).await
+    }
+
+    /// The state a run starts with, its workflow `env` not yet resolved.
+    fn run_state(
+        &self,
+        workflow: &Arc<Workflow>,
+        options: RunOptions,
+        prior: Vec<PriorStep>,
+        events: DurableSink,
+        stop: Stop,
+    ) -> RunState {
+        // Every secret any step is granted, looked up once: each step's logs, outputs and
+        // errors are redacted of all of them, since a step can hand a secret on to another
+        // through a file or an output.
+        let mut secrets = BTreeMap::new();
+        for name in workflow.all_steps().flat_map(|step| &step.allow.secrets) {
+            if !secrets.contains_key(name)
+                && let Some(value) = self.secrets.get(name)
+            {
+                secrets.insert(name.clone(), value);
+            }
+        }
+        let redactor = Redactor::new(secrets.values().map(String::as_str));
+        RunState {
+            run_id: options.run_id,
+            workflow: workflow.clone(),
+            inputs: options.inputs,
+            env: Map::new(),
+            dry_run: options.dry_run,
+            events,
+            stop,
+            steps: Mutex::new(BTreeMap::new()),
+            failed: AtomicBool::new(false),
+            reports: Mutex::new(Vec::new()),
+            prior,
+            secrets,
+            redactor,
+        }
+    }
+
+    /// Runs one plugin step of a workflow once, apart from the rest, as it would have run in a
+    /// past run: its `with:` resolved from that run's inputs and the outputs its earlier steps
+    /// left (`replay.prior`), with `replay.config`'s keys added (the metrics verifier's
+    /// `replay_at`), under the step's own grants, limits and secrets. It is a dry run, no
+    /// other step runs (not `on_failure` either), it is tried once whatever its `retry`, and
+    /// no `step_started`/`step_finished` events are emitted: its plugin's logs go to
+    /// `events`. `shiphat verify backtest` is built on it.
+    pub async fn replay_step(
+        &self,
+        prepared: &Prepared,
+        replay: Replay,
+        events: EventSink,
+    ) -> std::result::Result<StepReport, String> {
+        let workflow = &prepared.workflow;
+        let Some((index, step)) = workflow
+            .all_steps()
+            .enumerate()
+            .find(|(_, s)| s.id == replay.step)
+        else {
+            return Err(format!(
+                "the workflow has no step `{}`; its steps are {}",
+                replay.step,
+                workflow
+                    .all_steps()
+                    .map(|s| format!("`{}`", s.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let PreparedStep::Plugin(p) = &prepared.steps[index] else {
+            return Err(format!(
+                "step `{}` is an approval, which asks a person; only a plugin step can be replayed",
+                step.id
+            ));
+        };
+        let section = sections(workflow)
+            .find(|(_, steps)| steps.iter().any(|s| s.id == step.id))
+            .map_or(Section::Steps, |(section, _)| section);
+        let events: DurableSink = Arc::new(move |event: Event| -> Option<Durable> {
+            events(event);
+            None
+        });
+        let options = RunOptions {
+            run_id: new_run_id(),
+            inputs: replay.inputs,
+            dry_run: true,
+        };
+        let run = self.run_state(workflow, options, Vec::new(), events, Stop::new());
+        let env = workflow
+            .resolve_env(&run.inputs, &run.run_id)
+            .map_err(|e| format!("workflow env: {e}"))?;
+        let run = Arc::new(RunState { env, ..run });
+        run.steps
+            .lock()
+            .unwrap()
+            .extend(replay.prior.into_iter().map(|prior| {
+                let state = shiphat_workflow::StepState {
+                    status: prior.status.as_str().to_owned(),
+                    outputs: prior.outputs,
+                };
+                (prior.id, state)
+            }));
+        let job = StepJob {
+            runner: self.clone(),
+            run: run.clone(),
+            stop: run.stop.abort.clone(),
+            section,
+            step: step.clone(),
+            work: Work::Plugin {
+                plugin: p.plugin.clone(),
+                schema: p.schema.clone(),
+                literal_config: None,
+            },
+        };
+        let started = Instant::now();
+        let end = job
+            .call_plugin(1, &p.plugin, &p.schema, None, Some(&replay.config))
+            .await;
+        let (status, summary, outputs, error) = match end {
+            AttemptEnd::Succeeded { outputs, summary } => {
+                (StepStatus::Succeeded, summary, outputs, None)
+            }
+            AttemptEnd::Failed { error, outputs } => (
+                StepStatus::Failed,
+                error.message.clone(),
+                outputs,
+                Some(error),
+            ),
+            AttemptEnd::Transient(message) => (
+                StepStatus::Failed,
+                message.clone(),
+                Map::new(),
+                Some(StepError {
+                    kind: ErrorKind::Failed,
+                    message,
+                }),
+            ),
+        };
+        Ok(StepReport {
+            id: step.id.clone(),
+            name: step.name.clone(),
+            section,
+            status,
+            attempts: 1,
+            duration: started.elapsed(),
+            summary,
+            outputs,
+            error,
+            continued: false,
+        })
     }
 
     /// Runs one section's steps as a DAG. Returns whether every step succeeded (or failed
@@ -1176,7 +1312,7 @@ impl StepJob {
                 schema,
                 literal_config,
             } => {
-                self.call_plugin(attempt, plugin, schema, literal_config.as_ref())
+                self.call_plugin(attempt, plugin, schema, literal_config.as_ref(), None)
                     .await
             }
             Work::Approval => self.ask().await,
@@ -1289,6 +1425,7 @@ impl StepJob {
         plugin: &Arc<Plugin>,
         schema: &ConfigSchema,
         literal_config: Option<&Arc<str>>,
+        extra_config: Option<&Map<String, Value>>,
     ) -> AttemptEnd {
         let step = &self.step;
         let setup = |message: String| AttemptEnd::Failed {
@@ -1301,13 +1438,23 @@ impl StepJob {
         let resolved = self
             .run
             .with_scope(|scope| -> std::result::Result<_, String> {
-                let config = match literal_config {
-                    Some(literal) => WithBlock::Checked(Arc::clone(literal)),
-                    None => WithBlock::Resolved(
-                        step.with
+                let config = match (literal_config, extra_config) {
+                    (Some(literal), None) => WithBlock::Checked(Arc::clone(literal)),
+                    _ => {
+                        let mut config = step
+                            .with
                             .resolve(scope)
-                            .map_err(|e| format!("cannot resolve `with`: {e}"))?,
-                    ),
+                            .map_err(|e| format!("cannot resolve `with`: {e}"))?;
+                        if let Some(extra) = extra_config {
+                            if config.is_null() {
+                                config = Value::Object(Map::new());
+                            }
+                            if let Value::Object(config) = &mut config {
+                                config.extend(extra.clone());
+                            }
+                        }
+                        WithBlock::Resolved(config)
+                    }
                 };
                 let env = step
                     .allow

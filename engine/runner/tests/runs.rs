@@ -885,3 +885,107 @@ fn two_workflows_loading_one_plugin_at_once_compile_it_once_and_each_hears_of_it
     let size = std::fs::metadata(&file).unwrap().len() as usize;
     assert_eq!(heard, [("a", file.clone(), size), ("b", file, size)]);
 }
+
+/// `Runner::replay_step` (what `shiphat verify backtest` is built on) runs the one step it is
+/// given, with the inputs and earlier outputs of a past run and its extra keys, and nothing
+/// else: no other step, no `on_failure` when it fails, no step events.
+#[test]
+fn a_replayed_step_runs_alone_with_what_its_past_run_saw() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("replay.yaml");
+    std::fs::write(
+        &file,
+        r#"name: replay
+inputs:
+  who: { type: string }
+steps:
+  - id: build
+    uses: echo
+    with: { message: building, outputs: { artifact: web.tar } }
+  - id: check
+    uses: echo
+    needs: build
+    with: { message: "checking ${{ steps.build.outputs.artifact }} for ${{ inputs.who }}" }
+  - id: ask
+    needs: check
+    approval: { message: ship it? }
+on_failure:
+  - id: undo
+    uses: echo
+    with: { message: undoing }
+"#,
+    )
+    .unwrap();
+    let workflow = shiphat_workflow::load(&file).unwrap();
+    let (host, runtime) = daemon_host();
+    runtime.block_on(async move {
+        let runner = Runner::new(
+            host,
+            PluginPath::new(vec![plugins::plugins_dir().to_owned()]),
+            Secrets::none(),
+        );
+        let prepared = runner.prepare(workflow).await.unwrap();
+        let events: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let sink = {
+            let events = events.clone();
+            Arc::new(move |e: Event| events.lock().unwrap().push(e))
+        };
+        let replay = |config: Value| shiphat_runner::Replay {
+            step: "check".into(),
+            inputs: serde_json::from_str(r#"{"who": "ann"}"#).unwrap(),
+            prior: vec![PriorStep {
+                id: "build".into(),
+                status: StepStatus::Succeeded,
+                outputs: serde_json::from_str(r#"{"artifact": "v2.tar"}"#).unwrap(),
+                continued: false,
+            }],
+            config: config.as_object().unwrap().clone(),
+        };
+
+        let config = serde_json::json!({"outputs": {"replayed": true}});
+        let report = runner
+            .replay_step(&prepared, replay(config), sink.clone())
+            .await
+            .unwrap();
+        assert_eq!(report.status, StepStatus::Succeeded, "{report:?}");
+        assert_eq!(report.summary, "echo: checking v2.tar for ann");
+        assert_eq!(Value::Object(report.outputs), serde_json::json!({"replayed": true}));
+
+        // A failure runs no `on_failure`.
+        let config = serde_json::json!({"fail": "red"});
+        let report = runner
+            .replay_step(&prepared, replay(config), sink.clone())
+            .await
+            .unwrap();
+        assert_eq!(report.status, StepStatus::Failed, "{report:?}");
+        assert_eq!(report.error.unwrap().message, "red");
+        let events = events.lock().unwrap();
+        let steps: Vec<&str> = events.iter().filter_map(step_of).collect();
+        assert!(
+            steps.iter().all(|s| *s == "check"),
+            "only the replayed step is heard of: {steps:?}"
+        );
+        assert!(
+            !events.iter().any(|e| matches!(
+                e,
+                Event::StepStarted { .. } | Event::StepFinished { .. } | Event::RunFinished { .. }
+            )),
+            "a replay is no run: {events:?}"
+        );
+        drop(events);
+
+        let mut other = replay(serde_json::json!({}));
+        other.step = "nope".into();
+        let e = runner
+            .replay_step(&prepared, other.clone(), sink.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            "the workflow has no step `nope`; its steps are `build`, `check`, `ask`, `undo`"
+        );
+        other.step = "ask".into();
+        let e = runner.replay_step(&prepared, other, sink).await.unwrap_err();
+        assert!(e.contains("is an approval"), "{e}");
+    });
+}
