@@ -1164,16 +1164,10 @@ fn explain_writes_the_handbook_of_every_example_workflow() {
         let run = Run::of(command);
         assert_eq!(run.code, 0, "{}: {}", file.display(), run.stderr);
         let name = file.file_stem().unwrap().to_string_lossy().into_owned();
-        let expected = root.join("tests/explain").join(format!("{name}.md"));
-        if std::env::var_os("BLESS").is_some() {
-            std::fs::write(&expected, &run.stdout).unwrap();
-        } else if std::fs::read_to_string(&expected).ok().as_deref() != Some(run.stdout.as_str()) {
-            failures.push(format!(
-                "{} (rerun with BLESS=1 to accept):\n{}",
-                expected.display(),
-                run.stdout
-            ));
-        }
+        failures.extend(support::golden(
+            &format!("tests/explain/{name}.md"),
+            &run.stdout,
+        ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -3,23 +3,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::TestDir;
 use support::http::{Reply, Server};
-
-/// Where Debian's `prometheus` package puts the server.
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-
-/// How long Prometheus may take to start and scrape the app for the first time. It scrapes
-/// every second; the rest is start-up, which takes a few seconds on a loaded machine.
-const PROMETHEUS_READY: Duration = Duration::from_secs(30);
+use support::prometheus::Prometheus;
 
 /// The app whose release is being verified: serves `/metrics` in the text exposition format,
 /// with whatever text the test last set. Stops when dropped.
@@ -92,110 +82,6 @@ fn requests(total: u32, errors: u32) -> String {
 /// The error ratio as a query over the counters, as a real AnalysisTemplate would write it.
 const ERROR_RATIO: &str = r#"sum(http_requests_total{code="500"}) / sum(http_requests_total)"#;
 
-/// A Prometheus server on a free loopback port that scrapes one app every second. Killed when
-/// dropped.
-struct Prometheus {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Starts Prometheus and waits until it has scraped `app` once.
-    fn start(app: &App) -> Prometheus {
-        assert!(
-            Path::new(PROMETHEUS).is_file(),
-            "{PROMETHEUS} is missing: the metrics tests need a real Prometheus server; install the `prometheus` Debian package (`apt-get install prometheus`)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{}']\n",
-                app.host()
-            ),
-        )
-        .unwrap();
-        // Prometheus cannot be handed a bound socket, so the port is picked free and released;
-        // another process taking it in between would only make this test fail, loudly.
-        let addr = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(PROMETHEUS)
-            .arg(format!("--web.listen-address={addr}"))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--config.file={}", config.display()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start prometheus");
-        let prometheus = Prometheus { child, addr, dir };
-        prometheus.wait_for("up", "1");
-        prometheus
-    }
-
-    /// The base URL, for `address:`.
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Waits until the instant query `query` gives `value`, e.g. after the app's metrics
-    /// changed and Prometheus has yet to scrape them.
-    fn wait_for(&self, query: &str, value: &str) {
-        let deadline = Instant::now() + PROMETHEUS_READY;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            if let Some(answer) = self.query(query) {
-                if answer["data"]["result"][0]["value"][1] == value {
-                    return;
-                }
-                last = answer.to_string();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "prometheus did not answer `{query}` with {value} within {PROMETHEUS_READY:?}; last answer: {last}\nits log:\n{}",
-            std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-        );
-    }
-
-    /// One instant query, or `None` while Prometheus is not answering yet.
-    fn query(&self, query: &str) -> Option<Value> {
-        let mut stream = TcpStream::connect(self.addr).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let query: String = query
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
-        // HTTP/1.0, so that the answer is never chunked and ends when the connection closes.
-        write!(stream, "GET /api/v1/query?query={query} HTTP/1.0\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (_, body) = response.split_once("\r\n\r\n")?;
-        serde_json::from_str(body).ok()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A workflow with one `metrics-verifier` step `verify` (its `with:` is `with`, indented
 /// under it) granted `hosts`, and an `echo` rollback in `on_failure`.
 fn workflow(with: &str, hosts: &[String]) -> String {
@@ -233,7 +119,7 @@ fn outcomes(outputs: &Value) -> Vec<&str> {
 #[test]
 fn a_good_release_passes() {
     let app = App::start(&requests(1000, 4));
-    let prometheus = Prometheus::start(&app);
+    let prometheus = Prometheus::scraping(&app.host());
     prometheus.wait_for(ERROR_RATIO, "0.004");
     let dir = TestDir::new();
     let with = format!(
@@ -287,7 +173,7 @@ fn a_good_release_passes() {
 #[test]
 fn a_bad_release_fails_after_failure_limit_plus_one_failures_and_rolls_back() {
     let app = App::start(&requests(1000, 4));
-    let prometheus = Prometheus::start(&app);
+    let prometheus = Prometheus::scraping(&app.host());
     // The new release breaks: 52 of 1000 requests fail.
     app.set(&requests(1000, 52));
     prometheus.wait_for(ERROR_RATIO, "0.052");
@@ -326,7 +212,7 @@ fn a_bad_release_fails_after_failure_limit_plus_one_failures_and_rolls_back() {
 #[test]
 fn a_query_error_counts_as_error_not_failed_until_the_consecutive_error_limit() {
     let app = App::start(&requests(1000, 4));
-    let prometheus = Prometheus::start(&app);
+    let prometheus = Prometheus::scraping(&app.host());
     let dir = TestDir::new();
     let hosts = [prometheus.addr.to_string()];
 
@@ -387,7 +273,7 @@ fn a_query_error_counts_as_error_not_failed_until_the_consecutive_error_limit() 
 #[test]
 fn conditions_written_for_argo_work_unchanged() {
     let app = App::start(&requests(1000, 4));
-    let prometheus = Prometheus::start(&app);
+    let prometheus = Prometheus::scraping(&app.host());
     prometheus.wait_for(ERROR_RATIO, "0.004");
     let dir = TestDir::new();
     let metric = |name: &str, query: &str, condition: &str| {
@@ -437,7 +323,7 @@ fn conditions_written_for_argo_work_unchanged() {
 #[test]
 fn an_infinite_result_is_an_error_whatever_the_condition() {
     let app = App::start(&requests(1000, 4));
-    let prometheus = Prometheus::start(&app);
+    let prometheus = Prometheus::scraping(&app.host());
     let dir = TestDir::new();
     let with = format!(
         "provider: prometheus\n\
@@ -465,7 +351,7 @@ fn an_infinite_result_is_an_error_whatever_the_condition() {
 #[test]
 fn neither_condition_met_is_inconclusive() {
     let app = App::start(&requests(1000, 30));
-    let prometheus = Prometheus::start(&app);
+    let prometheus = Prometheus::scraping(&app.host());
     prometheus.wait_for("error_ratio", "0.03");
     let dir = TestDir::new();
     let with = format!(
@@ -835,7 +721,7 @@ fn template_workflow(template: &str, args: &str, allow: &str) -> String {
 #[test]
 fn an_argo_analysis_template_runs_as_written() {
     let app = App::start(&requests(1000, 4));
-    let prometheus = Prometheus::start(&app);
+    let prometheus = Prometheus::scraping(&app.host());
     prometheus.wait_for(ERROR_RATIO, "0.004");
     let dir = TestDir::new();
     argo_template(&dir, "success-rate.yaml", "analysis.yaml");

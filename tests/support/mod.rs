@@ -9,6 +9,7 @@
 pub mod expressions;
 pub mod http;
 mod plugins;
+pub mod prometheus;
 pub mod wat;
 
 #[allow(
@@ -82,6 +83,22 @@ impl TestDir {
         command.arg("run").arg(&file).arg("--json").args(args);
         Run::of(command)
     }
+}
+
+/// Compares `actual` with the golden file `path` (under the repository's root), or rewrites
+/// the file when `BLESS` is set. Returns what to report when they differ.
+pub fn golden(path: &str, actual: &str) -> Option<String> {
+    let expected = root().join(path);
+    if std::env::var_os("BLESS").is_some() {
+        std::fs::write(&expected, actual).unwrap();
+        return None;
+    }
+    (std::fs::read_to_string(&expected).ok().as_deref() != Some(actual)).then(|| {
+        format!(
+            "{} (rerun with BLESS=1 to accept):\n{actual}",
+            expected.display()
+        )
+    })
 }
 
 /// The Python and JavaScript examples (`notify.wasm`, 19 MB; `semver-gate.wasm`), built once

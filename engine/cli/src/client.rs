@@ -188,6 +188,42 @@ fn with_auth<B>(
     }
 }
 
+/// The runs of `workflow` created at or after `since_ms` that ended and were no dry run,
+/// newest first, each with its steps; at most `max` of them, and whether there were more.
+pub fn past_runs(
+    args: &ServerArgs,
+    workflow: &str,
+    since_ms: i64,
+    max: usize,
+) -> anyhow::Result<(Vec<RunDetail>, bool)> {
+    let client = Client::new(args);
+    let mut runs = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let mut query = format!("?limit=500&workflow={}", encode(workflow));
+        if let Some(before) = &before {
+            query.push_str(&format!("&before={}", encode(before)));
+        }
+        let page: RunList = client.call("GET", &format!("/api/v1/runs{query}"), None)?;
+        for run in &page.runs {
+            if run.created_ms < since_ms {
+                return Ok((runs, false));
+            }
+            if run.dry_run || !run.status.is_terminal() {
+                continue;
+            }
+            if runs.len() == max {
+                return Ok((runs, true));
+            }
+            runs.push(client.call("GET", &format!("/api/v1/runs/{}", encode(&run.id)), None)?);
+        }
+        match page.next {
+            Some(next) => before = Some(next),
+            None => return Ok((runs, false)),
+        }
+    }
+}
+
 /// `shiphat run --server URL FILE_OR_WORKFLOW`: starts the run on the daemon and prints its
 /// events as a local run would.
 pub fn run(

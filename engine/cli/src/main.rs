@@ -18,6 +18,7 @@ macro_rules! errln {
 }
 
 mod ask;
+mod backtest;
 mod client;
 mod oci_cmd;
 mod output;
@@ -202,6 +203,13 @@ enum Command {
         #[command(flatten)]
         engine: EngineArgs,
     },
+    /// Check a verification step against the past: `shiphat verify backtest FILE --since 30d`
+    /// replays its conditions over each past deploy's metrics and prints what it would have
+    /// said beside what happened.
+    Verify {
+        #[command(subcommand)]
+        command: VerifyCommand,
+    },
     /// Work with plugin files.
     Plugin {
         #[command(subcommand)]
@@ -209,6 +217,15 @@ enum Command {
     },
     /// Print a JSON Schema of the workflow file format, for editors.
     Schema,
+}
+
+#[derive(Subcommand)]
+enum VerifyCommand {
+    /// Would this step's conditions, as the file has them now, have caught the bad deploys and
+    /// let the good ones through? Each past deploy of the workflow on a daemon (`--server`),
+    /// or each `--at` time, is replayed against what Prometheus recorded then (nothing is
+    /// deployed), and its verdict printed beside what happened.
+    Backtest(backtest::BacktestArgs),
 }
 
 #[derive(Subcommand)]
@@ -586,6 +603,9 @@ async fn dispatch(command: Command) -> anyhow::Result<u8> {
                 Err(e) => Err(e),
             }
         }
+        Command::Verify {
+            command: VerifyCommand::Backtest(args),
+        } => backtest::backtest(args).await,
         Command::Plugin {
             command: PluginCommand::Inspect { file, json, engine },
         } => inspect(&file, json, &engine).await,
@@ -620,6 +640,31 @@ async fn prepare(runner: &Runner, file: &Path) -> anyhow::Result<Prepared> {
     Ok(runner.prepare(workflow).await?)
 }
 
+/// The `--input NAME=VALUE` pairs as the workflow's typed inputs, defaults filled in.
+fn resolve_inputs(
+    workflow: &shiphat_workflow::Workflow,
+    inputs: &[String],
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let given = inputs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+                .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    workflow.resolve_inputs(&given).map_err(|problems| {
+        Invalid(
+            problems
+                .iter()
+                .map(|p| format!("--input: {p}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .into()
+    })
+}
+
 async fn run(
     file: &Path,
     inputs: &[String],
@@ -652,26 +697,7 @@ async fn run(
         .into());
     }
     let runner = runner.with_approver(Arc::new(ask::Terminal { approved: approve }));
-    let given = inputs
-        .iter()
-        .map(|pair| {
-            pair.split_once('=')
-                .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-                .ok_or_else(|| Invalid(format!("--input `{pair}` must be NAME=VALUE")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let inputs = prepared
-        .workflow
-        .resolve_inputs(&given)
-        .map_err(|problems| {
-            Invalid(
-                problems
-                    .iter()
-                    .map(|p| format!("--input: {p}"))
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-            )
-        })?;
+    let inputs = resolve_inputs(&prepared.workflow, inputs)?;
     let options = RunOptions {
         run_id: shiphat_runner::new_run_id(),
         inputs,
