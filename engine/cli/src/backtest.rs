@@ -436,23 +436,29 @@ fn text(report: &Report, source: &str) -> String {
                 .filter(|r| r.happened.bad == Some(bad) && r.verdict != Verdict::Error)
                 .count()
         };
-        out.push_str(&format!(
-            "Caught {} of {} bad deploys; would have blocked {} of {} good ones.",
-            count(true, Verdict::Fail),
-            judged(true),
-            count(false, Verdict::Fail),
-            judged(false)
-        ));
-        let unknown = report
-            .rows
-            .iter()
-            .filter(|r| r.happened.bad.is_none() && r.verdict != Verdict::Error)
-            .count();
-        if unknown > 0 {
+        let known = judged(true) + judged(false);
+        if known > 0 {
             out.push_str(&format!(
-                " {} whose outcome is not known {} not counted.",
-                deploys(unknown),
-                if unknown == 1 { "is" } else { "are" }
+                "Caught {} of {} bad deploys; would have blocked {} of {} good ones.",
+                count(true, Verdict::Fail),
+                judged(true),
+                count(false, Verdict::Fail),
+                judged(false)
+            ));
+        }
+        let unknown = |verdict: Verdict| {
+            report
+                .rows
+                .iter()
+                .filter(|r| r.happened.bad.is_none() && r.verdict == verdict)
+                .count()
+        };
+        let (pass, fail) = (unknown(Verdict::Pass), unknown(Verdict::Fail));
+        if pass + fail > 0 {
+            out.push_str(&format!(
+                "{}Of {} whose outcome is not known, {pass} would pass and {fail} would fail.",
+                if known > 0 { " " } else { "" },
+                deploys(pass + fail),
             ));
         }
         let errors = report
@@ -461,7 +467,8 @@ fn text(report: &Report, source: &str) -> String {
             .filter(|r| r.verdict == Verdict::Error)
             .count();
         if errors > 0 {
-            out.push_str(&format!(" {} could not be judged.", deploys(errors)));
+            let gap = if out.ends_with('\n') { "" } else { " " };
+            out.push_str(&format!("{gap}{} could not be judged.", deploys(errors)));
         }
     }
     if report.not_reached > 0 {

@@ -949,7 +949,10 @@ on_failure:
             .unwrap();
         assert_eq!(report.status, StepStatus::Succeeded, "{report:?}");
         assert_eq!(report.summary, "echo: checking v2.tar for ann");
-        assert_eq!(Value::Object(report.outputs), serde_json::json!({"replayed": true}));
+        assert_eq!(
+            Value::Object(report.outputs),
+            serde_json::json!({"replayed": true})
+        );
 
         // A failure runs no `on_failure`.
         let config = serde_json::json!({"fail": "red"});
@@ -985,7 +988,10 @@ on_failure:
             "the workflow has no step `nope`; its steps are `build`, `check`, `ask`, `undo`"
         );
         other.step = "ask".into();
-        let e = runner.replay_step(&prepared, other, sink).await.unwrap_err();
+        let e = runner
+            .replay_step(&prepared, other, sink)
+            .await
+            .unwrap_err();
         assert!(e.contains("is an approval"), "{e}");
     });
 }
