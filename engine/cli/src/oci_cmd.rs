@@ -250,7 +250,10 @@ pub async fn lock(args: &LockArgs) -> anyhow::Result<u8> {
             .iter()
             .flat_map(|w| w.all_steps())
             .filter_map(|s| match s.kind.plugin() {
-                Some(PluginRef::Oci(r)) => Some(r.clone()),
+                // A reference with a digest is pinned by the workflow itself; the lock is for
+                // the tags it leaves free to move. (A digest-only one once went in as a
+                // reference with neither, which the next read of the lock refused.)
+                Some(PluginRef::Oci(r)) if r.digest.is_none() => Some(r.clone()),
                 _ => None,
             })
             .collect();
