@@ -1249,19 +1249,7 @@ fn validate_against_an_older_version_shows_grant_changes_and_can_deny_widening()
     );
 
     // Against git: the committed version is the old one.
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .current_dir(dir.path())
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let git = |args: &[&str]| support::git(dir.path(), args);
     git(&["init", "-q"]);
     std::fs::write(&file, old).unwrap();
     git(&["add", "site.yaml"]);

@@ -436,9 +436,52 @@ fn push_pull_lock_drift_and_offline_against_a_real_registry() {
         update.contains("grants it: http `hooks.example.com`"),
         "{update}"
     );
+    // The workflow pinned by digest is left out of the lock: once it went in as a reference
+    // with neither tag nor digest, and the lock could not be read again.
+    let lock_file_now =
+        std::fs::read_to_string(w.dir.path().join("workflows/shiphat.lock")).unwrap();
+    let references: Vec<&str> = lock_file_now
+        .lines()
+        .filter(|l| l.starts_with("reference = "))
+        .collect();
+    assert_eq!(
+        references,
+        [format!("reference = \"{tag}\"")],
+        "{lock_file_now}"
+    );
     // Now the lock runs noop, which takes no `message`: the workflow is refused for it.
     let now = w.run(&by_tag, &["--locked"]);
     assert_ne!(now.code, 0);
+
+    // A change that only updates the lock runs other code with the same grants: `validate
+    // --against-git` shows it as the plugin change it is, and `--deny-widening` stops it.
+    let review = |path: &str, text: &str| w.dir.write(&format!("review/{path}"), text);
+    let plain = review(
+        "plain.yaml",
+        &format!(
+            "name: plain\nsteps:\n  - id: hello\n    uses: {tag}\n    allow: {{ http: [\"hooks.example.com\"] }}\n"
+        ),
+    );
+    review("shiphat.lock", &lock_file);
+    let git = |args: &[&str]| support::git(&w.dir.path().join("review"), args);
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "locked to echo"]);
+    review("shiphat.lock", &lock_file_now);
+    let diff = w.shiphat(&[
+        "validate",
+        plain.to_str().unwrap(),
+        "--against-git",
+        "HEAD",
+        "--deny-widening",
+    ]);
+    assert_eq!(diff.code, 1, "{}\n{}", diff.stdout, diff.stderr);
+    assert!(
+        diff.stdout
+            .contains(&format!("plugin `{tag}@{d1}` → `{tag}@{d2}`")),
+        "{}",
+        diff.stdout
+    );
 }
 
 #[test]

@@ -85,6 +85,21 @@ impl TestDir {
     }
 }
 
+/// Runs `git ARGS` in `dir` as a throwaway author; fails the test if git does.
+pub fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Compares `actual` with the golden file `path` (under the repository's root), or rewrites
 /// the file when `BLESS` is set. Returns what to report when they differ.
 pub fn golden(path: &str, actual: &str) -> Option<String> {

@@ -831,6 +831,24 @@ fn grant_changes(files: &[PathBuf], against: &Against, deny: bool) -> anyhow::Re
                 }
             },
         };
+        // What a tag runs is what the lock beside the workflow pins: a lock update that moves
+        // a tag to other code is a plugin change as much as an edit of `uses:` is.
+        let new_lock = shiphat_oci::Lock::path_for(file);
+        let old_lock = match against {
+            Against::File(old) => shiphat_oci::Lock::read(&shiphat_oci::Lock::path_for(old)),
+            Against::Git(rev) => match git_show(&new_lock, rev)? {
+                Some(text) => shiphat_oci::Lock::parse(&new_lock, &text),
+                None => Ok(shiphat_oci::Lock::empty(new_lock.clone())),
+            },
+        };
+        let new_lock = shiphat_oci::Lock::read(&new_lock);
+        let (old_lock, new_lock) = (
+            old_lock.map_err(|e| Invalid(e.to_string()))?,
+            new_lock.map_err(|e| Invalid(e.to_string()))?,
+        );
+        let (mut old, mut new) = (old, new);
+        pin_locked(&mut old, &old_lock);
+        pin_locked(&mut new, &new_lock);
         let diff = shiphat_workflow::grant_diff(&old, &new);
         widened |= diff.widened();
         outln!("{}:", file.display());
@@ -843,6 +861,24 @@ fn grant_changes(files: &[PathBuf], against: &Against, deny: bool) -> anyhow::Re
     } else {
         exit::OK
     })
+}
+
+/// Pins each `oci://` step that names a tag only to the digest `lock` gives it.
+fn pin_locked(workflow: &mut shiphat_workflow::Workflow, lock: &shiphat_oci::Lock) {
+    let steps = workflow
+        .steps
+        .iter_mut()
+        .chain(&mut workflow.on_failure)
+        .chain(&mut workflow.finally);
+    for step in steps {
+        if let shiphat_workflow::StepKind::Plugin(shiphat_workflow::PluginRef::Oci(r)) =
+            &mut step.kind
+            && r.digest.is_none()
+            && let Some(entry) = lock.get(r)
+        {
+            *r = r.pinned(&entry.digest);
+        }
+    }
 }
 
 /// `FILE` as it was at `rev`; `None` when it did not exist then.

@@ -74,11 +74,16 @@ impl Lock {
                 });
             }
         };
+        Lock::parse(path, &text)
+    }
+
+    /// Reads the text of the lock file at `path` (one read from git, say).
+    pub fn parse(path: &Path, text: &str) -> Result<Lock> {
         let bad = |message: String| Error::Lock {
             path: path.to_owned(),
             message,
         };
-        let file: File = toml::from_str(&text).map_err(|e| {
+        let file: File = toml::from_str(text).map_err(|e| {
             bad(format!(
                 "{e}; it is written by `shiphat plugin lock`, which can write it afresh"
             ))
