@@ -216,8 +216,9 @@ fn deploy(daemon: &Daemon, token: &str, body: Value) -> String {
     }
 }
 
-/// The whole path from a daemon's history: two real deploys, verified live against the same
-/// Prometheus, one good and one rolled back, are replayed with the conditions of the file.
+/// The whole path from a daemon's history: real deploys, verified live against the same
+/// Prometheus (one good, one rolled back by its run, one rolled back by hand later with a
+/// deploy of the release before it), are replayed with the conditions of the file.
 #[test]
 fn the_daemons_past_deploys_are_replayed_beside_what_happened() {
     // Each release's error ratio over the last ten minutes; the samples stay visible to a
@@ -230,7 +231,8 @@ fn the_daemons_past_deploys_are_replayed_beside_what_happened() {
     for t in (now - 600..now).step_by(15) {
         series.push_str(&format!(
             "checkout_error_ratio{{release=\"1\"}} 0.004 {t}\n\
-             checkout_error_ratio{{release=\"2\"}} 0.09 {t}\n"
+             checkout_error_ratio{{release=\"2\"}} 0.09 {t}\n\
+             checkout_error_ratio{{release=\"3\"}} 0.004 {t}\n"
         ));
     }
     series.push_str("# EOF\n");
@@ -246,16 +248,12 @@ fn the_daemons_past_deploys_are_replayed_beside_what_happened() {
     dir.write("workflows/checkout.yaml", &live);
     let token = token(&dir, "ci", "deployer");
     let daemon = Daemon::start(&dir, &["--data-dir", "data", "--workflows", "workflows"]);
-    let good = deploy(
-        &daemon,
-        &token,
-        json!({"workflow": "checkout", "inputs": {"release": "1"}}),
-    );
-    let bad = deploy(
-        &daemon,
-        &token,
-        json!({"workflow": "checkout", "inputs": {"release": "2"}}),
-    );
+    let release = |r: &str| json!({"workflow": "checkout", "inputs": {"release": r}});
+    let good = deploy(&daemon, &token, release("1"));
+    let bad = deploy(&daemon, &token, release("2"));
+    // Release 3 passes its checks, and is rolled back by hand later: release 1 again.
+    let undone = deploy(&daemon, &token, release("3"));
+    let again = deploy(&daemon, &token, release("1"));
     // A dry run deployed nothing: it is no deploy to judge.
     deploy(
         &daemon,
@@ -286,7 +284,9 @@ fn the_daemons_past_deploys_are_replayed_beside_what_happened() {
         let text = run
             .stdout
             .replace(&good, "RUN-GOOD")
-            .replace(&bad, "RUN-BAD");
+            .replace(&bad, "RUN-BAD")
+            .replace(&undone, "RUN-UNDONE")
+            .replace(&again, "RUN-AGAIN");
         let text: String = text
             .lines()
             .map(|line| match line.split_once("Z  run ") {

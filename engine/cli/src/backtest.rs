@@ -137,7 +137,11 @@ pub async fn backtest(args: BacktestArgs) -> anyhow::Result<u8> {
         })
         .await??;
         let total = runs.len();
-        let windows: Vec<Window> = runs.iter().filter_map(|run| window(run, &step)).collect();
+        let later = rolled_back_later(&runs);
+        let windows: Vec<Window> = runs
+            .iter()
+            .filter_map(|run| window(run, &step, later.get(run.run.id.as_str())))
+            .collect();
         let reached = windows.len();
         (windows, total - reached, truncated)
     } else {
@@ -272,7 +276,7 @@ fn suggest(able: &[(&str, &str)]) -> String {
 }
 
 /// A past run's deploy to replay, if it reached `step`.
-fn window(run: &RunDetail, step: &str) -> Option<Window> {
+fn window(run: &RunDetail, step: &str, undone_by: Option<&Undone>) -> Option<Window> {
     let ran = run.steps.iter().find(|s| s.id == step)?;
     let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(ran.started_ms?).ok()?);
     let prior = run
@@ -300,12 +304,58 @@ fn window(run: &RunDetail, step: &str) -> Option<Window> {
         at,
         inputs: run.run.inputs.clone(),
         prior,
-        happened: happened(run),
+        happened: happened(run, undone_by),
     })
 }
 
-/// What became of a past run: how it ended, where it failed, what the rollback did.
-fn happened(run: &RunDetail) -> Happened {
+/// A deploy undone by a later one: the run that put back the release it replaced.
+struct Undone {
+    by: String,
+    release: String,
+}
+
+/// The succeeded deploys among `runs` that a later deploy undid: on the same environment (its
+/// concurrency key, else its workflow), the next deploy that succeeded there put back the
+/// release it had replaced. A deploy rolled back by hand, with the release before it deployed
+/// again, was a bad one although its own run succeeded. (The oldest deploy of the history
+/// read has no known predecessor, so it is never counted as undone.)
+fn rolled_back_later(runs: &[RunDetail]) -> std::collections::HashMap<&str, Undone> {
+    let mut by_key: std::collections::BTreeMap<&str, Vec<(&RunDetail, String)>> =
+        std::collections::BTreeMap::new();
+    for run in runs {
+        let v = &run.run;
+        if v.status != RunStatus::Succeeded {
+            continue;
+        }
+        if let Some(release) = shiphat_protocol::release_of(&v.inputs) {
+            let key = v.concurrency_key.as_deref().unwrap_or(&v.workflow);
+            by_key.entry(key).or_default().push((run, release));
+        }
+    }
+    let mut undone = std::collections::HashMap::new();
+    for deploys in by_key.values_mut() {
+        deploys.sort_by_key(|(run, _)| run.run.created_ms);
+        for w in deploys.windows(3) {
+            let [(_, before), (run, release), (next, after)] = w else {
+                continue;
+            };
+            if after == before && release != before {
+                undone.insert(
+                    run.run.id.as_str(),
+                    Undone {
+                        by: next.run.id.clone(),
+                        release: after.clone(),
+                    },
+                );
+            }
+        }
+    }
+    undone
+}
+
+/// What became of a past run: how it ended, where it failed, what the rollback did, and
+/// whether a later deploy undid it.
+fn happened(run: &RunDetail, undone_by: Option<&Undone>) -> Happened {
     let failed_at = run
         .steps
         .iter()
@@ -318,11 +368,17 @@ fn happened(run: &RunDetail) -> Happened {
         Some(Rollback::Failed) => ", rollback failed",
         Some(Rollback::RollingBack) => ", rolling back",
     };
-    let (text, bad) = match run.run.status {
-        RunStatus::Succeeded if run.rollback.is_none() => ("succeeded".to_owned(), Some(false)),
-        RunStatus::Failed => (format!("failed{failed_at}"), Some(true)),
-        RunStatus::Succeeded => ("succeeded".to_owned(), Some(true)),
-        other => (other.to_string(), None),
+    let (text, bad) = match (run.run.status, undone_by) {
+        (RunStatus::Succeeded, Some(undone)) => (
+            format!(
+                "succeeded, rolled back later (run {} deployed {} again)",
+                undone.by, undone.release
+            ),
+            Some(true),
+        ),
+        (RunStatus::Succeeded, None) => ("succeeded".to_owned(), Some(run.rollback.is_some())),
+        (RunStatus::Failed, _) => (format!("failed{failed_at}"), Some(true)),
+        (other, _) => (other.to_string(), None),
     };
     Happened {
         text: format!("{text}{rollback}"),

@@ -189,6 +189,21 @@ impl Rollback {
     }
 }
 
+/// The inputs that name what a run deploys, in the order they are looked for.
+pub const RELEASE_INPUTS: [&str; 4] = ["release", "version", "ref", "tag"];
+
+/// What a run deploys, by its inputs: the first of [`RELEASE_INPUTS`] it has, as text. The
+/// environments view and the backtest both say it, and it is decided here alone.
+pub fn release_of(inputs: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    RELEASE_INPUTS
+        .iter()
+        .find_map(|name| match inputs.get(*name)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,8 +18,6 @@ use crate::service::{lock_view, run_view, window_view};
 const RECENT_RUNS: u32 = 500;
 /// How many deploys each environment lists.
 const DEPLOYS_SHOWN: usize = 10;
-/// The inputs that name what a run deploys, in the order they are looked for.
-const RELEASE_INPUTS: [&str; 4] = ["release", "version", "ref", "tag"];
 
 /// Each environment, by key: its latest deploy that succeeded (what runs there now), the run
 /// in progress, how many wait, its lock, and its last deploys with rollbacks marked. Dry runs
@@ -107,17 +105,14 @@ pub async fn list(app: &App) -> Result<EnvironmentList, shiphat_store::Error> {
     Ok(EnvironmentList { environments })
 }
 
-/// The run with `release`: the first of its [`RELEASE_INPUTS`] it has, as text.
+/// The run with what it deploys ([`shiphat_protocol::release_of`]).
 fn release(app: &App, run: &Run) -> Release {
     Release {
         run: run_view(app, run),
-        release: RELEASE_INPUTS
-            .iter()
-            .find_map(|name| match run.inputs.get(*name)? {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            }),
+        release: run
+            .inputs
+            .as_object()
+            .and_then(shiphat_protocol::release_of),
     }
 }
 
