@@ -1070,12 +1070,17 @@ fn parse_uses(text: &str, base_dir: &Path) -> Result<PluginRef, String> {
         });
     }
     if !is_id(target) {
-        // `ghcr.io/acme/notify:1` is a registry reference without its scheme.
-        let oci = format!("{}{text}", crate::OCI_SCHEME);
-        let hint = if text.contains('/') && crate::OciRef::parse(&oci).is_ok() {
-            format!("; did you mean `{oci}`?")
-        } else {
-            String::new()
+        // `ghcr.io/acme/notify:1` is a registry reference without its scheme, and
+        // `docker://ghcr.io/acme/notify:1` one with GitHub Actions' scheme for a container
+        // image.
+        let (scheme, rest) = text.split_once("://").unwrap_or(("", text));
+        let oci = format!("{}{rest}", crate::OCI_SCHEME);
+        let hint = match scheme {
+            _ if !rest.contains('/') || crate::OciRef::parse(&oci).is_err() => String::new(),
+            "docker" => format!(
+                "; `docker://` names a container image, as in GitHub Actions, and a plugin is a Wasm component: one pushed with `shiphat plugin push` is `{oci}`"
+            ),
+            _ => format!("; did you mean `{oci}`?"),
         };
         return Err(format!(
             "invalid plugin name `{target}`; expected lowercase letters, digits, `-` and `_`, a path to a `.wasm` file, or `oci://REGISTRY/REPOSITORY:TAG`{hint}"
