@@ -322,6 +322,13 @@ fn push_pull_lock_drift_and_offline_against_a_real_registry() {
         "hello from by-tag"
     ));
 
+    // `plugin inspect` takes the reference too.
+    let inspect = ok(&w.shiphat(&["plugin", "inspect", &tag, "--json"]))
+        .stdout
+        .clone();
+    let inspect: Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(inspect["name"], "echo", "{inspect}");
+
     // Pull fetches it, compiled, and can write it out; the bytes are the component's.
     let out = w.dir.path().join("pulled.wasm");
     let pull = ok(&w.shiphat(&["plugin", "pull", &tag, "-o", out.to_str().unwrap()]))

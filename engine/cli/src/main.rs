@@ -271,8 +271,9 @@ enum TokenCommand {
 enum PluginCommand {
     /// Show what a plugin says about itself and what it imports.
     Inspect {
-        /// The plugin: a component file (.wasm), or a name looked up as `uses: NAME` is.
-        #[arg(value_name = "FILE|NAME")]
+        /// The plugin: a component file (.wasm), a name looked up as `uses: NAME` is, or an
+        /// `oci://REGISTRY/REPOSITORY:TAG` reference, pulled into the cache first.
+        #[arg(value_name = "FILE|NAME|OCI")]
         file: PathBuf,
         /// Print JSON instead of text.
         #[arg(long)]
@@ -919,15 +920,27 @@ async fn inspect(file: &Path, json: bool, engine: &EngineArgs) -> anyhow::Result
     let by_name = file
         .to_str()
         .filter(|name| !file.exists() && !name.contains('/') && !name.ends_with(".wasm"));
-    let file = match by_name {
-        Some(name) => {
+    let oci = file
+        .to_str()
+        .filter(|text| text.starts_with(shiphat_workflow::OCI_SCHEME));
+    let file = match (oci, by_name) {
+        (Some(text), _) => {
+            let r = shiphat_workflow::OciRef::parse(text).map_err(Invalid)?;
+            let fetched = engine
+                .registry()?
+                .fetch(&r)
+                .await
+                .map_err(|e| Invalid(e.to_string()))?;
+            fetched.path
+        }
+        (None, Some(name)) => {
             let uses = shiphat_workflow::PluginRef::Name {
                 name: name.to_owned(),
                 sha256: None,
             };
             runner.plugin_path().resolve(&uses).map_err(Invalid)?.0
         }
-        None => file.to_owned(),
+        (None, None) => file.to_owned(),
     };
     let plugin = host
         .load(&file, None, shiphat_workflow::DEFAULT_STACK)
