@@ -1,7 +1,8 @@
 //! Why a run is where it is, in a few lines a person reads: who started it and with what, what
 //! it waited for, each step's result with the decisive evidence of a failure, what the
 //! rollback did and what is deployed now. One account, computed here once, for every front end
-//! (`shiphat runs why`, Slack's `/deploy why`).
+//! (`shiphat runs why`, Slack's `/deploy why`, the web page's "Why" panel through
+//! `GET /api/v1/runs/{id}/why`).
 
 use serde_json::Value;
 
@@ -16,8 +17,13 @@ pub fn why(run: &RunDetail) -> Vec<String> {
         .iter()
         .map(|(k, value)| format!("{k}={}", plain(value)))
         .collect();
+    // A run recorded before the daemon kept its source says nothing of it rather than guess.
+    let from = v
+        .source
+        .map(|s| format!(" from {}", s.in_words()))
+        .unwrap_or_default();
     lines.push(format!(
-        "`{}` started `{}` (run `{}`) at {}{}{}.",
+        "`{}` started `{}` (run `{}`){from} at {}{}{}.",
         v.principal,
         v.workflow,
         v.id,
