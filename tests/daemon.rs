@@ -4031,7 +4031,12 @@ fn the_daemons_handbook_is_explains_with_who_may_run_it() {
     let _deployer = token(&dir, "ci", "deployer", &["web/staging"]);
     let _other = token(&dir, "docs-bot", "deployer", &["docs"]);
     let viewer = token(&dir, "eve", "viewer", &[]);
-    let daemon = start(&dir, &[]);
+    // `docs` is frozen from 2000 to 2100.
+    let config = dir.write(
+        "shiphat.toml",
+        freeze_config("docs", 946_684_800_000, 4_102_444_800_000),
+    );
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
     let explain = Run::of({
         let mut command = dir.shiphat();
         command.args(["explain", "workflows/web.yaml"]);
@@ -4044,19 +4049,29 @@ fn the_daemons_handbook_is_explains_with_who_may_run_it() {
         generic,
         "- Who may run it, by this daemon's principals: `ci` (deployer, in environments matching `staging`), `root` (admin).",
     );
-    let handbook = eventually(DEADLINE, "the handbook", || {
-        match call(
-            &daemon,
-            "GET",
-            "/api/v1/workflows/web/handbook",
-            Some(&viewer),
-            None,
-        ) {
-            (200, Value::String(text)) => Ok(text),
-            (status, body) => Err(format!("{status}: {body}")),
-        }
-    });
-    assert_eq!(handbook.trim_end(), expected.trim_end());
+    // A workflow's handbook, once its plugins are loaded (503 before).
+    let handbook = |name: &str| {
+        eventually(DEADLINE, "the handbook", || {
+            match call(
+                &daemon,
+                "GET",
+                &format!("/api/v1/workflows/{name}/handbook"),
+                Some(&viewer),
+                None,
+            ) {
+                (200, Value::String(text)) => Ok(text),
+                (status, body) => Err(format!("{status}: {body}")),
+            }
+        })
+    };
+    assert_eq!(handbook("web").trim_end(), expected.trim_end());
+    // A freeze that names a workflow is in its handbook, with whether it holds now.
+    let docs = handbook("docs");
+    assert!(
+        docs.contains("- Who may run it, by this daemon's principals: `docs-bot` (deployer), `root` (admin).\n")
+            && docs.contains("- A freeze of this daemon names it; closed now: release train (frozen until 2100-01-01T00:00:00+00:00[UTC]).\n"),
+        "{docs}"
+    );
     assert_eq!(
         call(
             &daemon,

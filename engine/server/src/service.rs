@@ -1159,19 +1159,22 @@ impl Service {
             .config
             .windows
             .verdict(name, name, jiff::Timestamp::now());
+        // The windows and freezes that name the workflow itself (or `*`); those that name a
+        // concurrency key depend on a run's inputs, and the environments view has them.
         if let Some(verdict) = verdict {
-            let windows = if verdict.windows.is_empty() {
-                "only freezes".to_owned()
+            let rules = if verdict.windows.is_empty() {
+                "A freeze of this daemon names it".to_owned()
             } else {
-                verdict.windows.join("; ")
+                format!(
+                    "Its deploy windows on this daemon: {}",
+                    verdict.windows.join("; ")
+                )
             };
             let now = match verdict.reason() {
-                None => "open now".to_owned(),
+                None => "it may deploy now".to_owned(),
                 Some(reason) => format!("closed now: {reason}"),
             };
-            lines.push(format!(
-                "Deploy windows that name it or `*` in this daemon: {windows}; {now}."
-            ));
+            lines.push(format!("{rules}; {now}."));
         }
         Ok(shiphat_runner::handbook_for(&prepared, &lines))
     }
