@@ -231,7 +231,7 @@ async function api(method, path, body) {
   let data = null;
   const text = await res.text();
   // A success that is not JSON (the handbook's Markdown) is the caller's text; errors are JSON.
-  if (res.ok && !(res.headers.get('content-type') || '').includes('json')) return text;
+  if (res.ok && text && !(res.headers.get('content-type') || '').includes('json')) return text;
   if (text) { try { data = JSON.parse(text); } catch { data = { error: text.trim() }; } }
   // The session ended (expired, signed out elsewhere): anything further would fail too.
   // Signing in is handled by its own caller, which shows the 401 as a wrong token.
