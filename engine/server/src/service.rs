@@ -28,7 +28,7 @@ use shiphat_protocol::{
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::auth::{Principal, Role, token_hash};
+use crate::auth::{Principal, Reach, Role, token_hash};
 use crate::limits::Hold;
 use crate::scheduler::{App, Refused, input_texts};
 
@@ -270,11 +270,7 @@ impl Service {
             );
             return Ok(None);
         }
-        Ok(Some(Principal {
-            name: t.name,
-            roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
-            patterns: t.patterns,
-        }))
+        Ok(Some(principal_of(t)))
     }
 
     /// Writes an entry to the audit log (see [`App::audit`]).
@@ -1198,44 +1194,26 @@ impl Service {
         for t in self.app.store.tokens().await? {
             // A database token named like a config principal speaks for no one.
             if !config.principal_names().any(|n| n == t.name) {
-                principals.push(Principal {
-                    name: t.name,
-                    roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
-                    patterns: t.patterns,
-                });
+                principals.push(principal_of(t));
             }
         }
         principals.sort_by(|a, b| a.name.cmp(&b.name));
         principals.dedup_by(|a, b| a.name == b.name);
         let who: Vec<String> = principals
             .iter()
-            .filter_map(|p| {
-                if p.has(Role::Admin) {
-                    return Some(format!("`{}` (admin)", p.name));
-                }
-                if !p.has(Role::Deployer) {
-                    return None;
-                }
-                let mut anywhere = false;
-                let mut environments = Vec::new();
-                for pattern in &p.patterns {
-                    match pattern.split_once('/') {
-                        None if crate::auth::glob(pattern, workflow) => anywhere = true,
-                        Some((w, e)) if crate::auth::glob(w, workflow) => {
-                            environments.push(format!("`{e}`"));
-                        }
-                        _ => {}
-                    }
-                }
-                match (anywhere, environments.is_empty()) {
-                    (true, _) => Some(format!("`{}` (deployer)", p.name)),
-                    (false, false) => Some(format!(
-                        "`{}` (deployer, in environments matching {})",
-                        p.name,
-                        environments.join(", ")
-                    )),
-                    (false, true) => None,
-                }
+            .filter_map(|p| match p.reach(workflow) {
+                Reach::Admin => Some(format!("`{}` (admin)", p.name)),
+                Reach::Anywhere => Some(format!("`{}` (deployer)", p.name)),
+                Reach::Environments(globs) => Some(format!(
+                    "`{}` (deployer, in environments matching {})",
+                    p.name,
+                    globs
+                        .iter()
+                        .map(|e| format!("`{e}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Reach::Nowhere => None,
             })
             .collect();
         Ok(if who.is_empty() {
@@ -1654,6 +1632,15 @@ impl Feed {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Who a stored token speaks for; a role this build does not know grants nothing.
+fn principal_of(t: TokenRecord) -> Principal {
+    Principal {
+        name: t.name,
+        roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        patterns: t.patterns,
     }
 }
 
