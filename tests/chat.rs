@@ -998,10 +998,13 @@ fn deploy_approve_and_reject_decide_a_waiting_run() {
         text(&result).contains("rollback: ran, succeeded"),
         "{result:#}"
     );
-    // `/deploy why` gives the run's account: who, the rejection with its reason, the rollback.
+    // `/deploy why` gives the run's account: who, from where, the rejection with its reason,
+    // the rollback.
     let t = say("U0BOB", &format!("why {first}"), "6.45");
     assert!(
-        t.contains(&format!("`alice` started `gate` (run `{first}`)")),
+        t.contains(&format!(
+            "`alice` started `gate` (run `{first}`) from Slack at "
+        )),
         "{t}"
     );
     assert!(

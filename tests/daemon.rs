@@ -3863,7 +3863,9 @@ on_failure:
     assert_eq!(run.code, 0, "{}", run.stderr);
     let why = run.stdout;
     assert!(
-        why.starts_with(&format!("`root` started `ship` (run `{id}`) at ")),
+        why.starts_with(&format!(
+            "`root` started `ship` (run `{id}`) from the API at "
+        )),
         "{why}"
     );
     assert!(why.contains(" with release=7."), "{why}");
@@ -3916,6 +3918,170 @@ fn a_reload_that_changes_grants_is_in_the_audit_log() {
             && outcome.contains("+ secret `TOKEN`")
             && outcome.contains("- read `build`"),
         "{outcome}"
+    );
+    // The workflow's grant history is a viewer's to read, though the audit log is not.
+    let viewer = token(&dir, "eve", "viewer", &[]);
+    assert_eq!(
+        call(&daemon, "GET", "/api/v1/audit", Some(&viewer), None).0,
+        403
+    );
+    let (status, history) = call(
+        &daemon,
+        "GET",
+        "/api/v1/workflows/site/grants",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(status, 200, "{history}");
+    let change = &history["changes"][0];
+    assert_eq!(change["widened"], true, "{history}");
+    assert_eq!(
+        change["steps"],
+        json!(["step `deploy`: + http `hooks.example.com`, + secret `TOKEN`, - read `build`"]),
+        "{history}"
+    );
+    assert!(
+        change["file"].as_str().unwrap().ends_with("site.yaml"),
+        "{history}"
+    );
+    assert_eq!(history["changes"].as_array().unwrap().len(), 1, "{history}");
+    let (status, _) = call(
+        &daemon,
+        "GET",
+        "/api/v1/workflows/nothing/grants",
+        Some(&viewer),
+        None,
+    );
+    assert_eq!(status, 404);
+}
+
+/// Issue 20: a run keeps the front end it was started from (a token's client of the API,
+/// shiphat's CLI, the web page's session), and its account says so.
+#[test]
+fn a_run_says_where_it_was_started_from() {
+    let dir = TestDir::new();
+    setup(&dir);
+    let admin = token(&dir, "root", "admin", &[]);
+    let viewer = token(&dir, "eve", "viewer", &[]);
+    let daemon = start(&dir, &[]);
+    let by_api = start_run(&daemon, &admin, json!({"workflow": "web"}));
+    let cli = Run::of(client(&dir, &daemon, &admin, &["run", "web", "--json"]));
+    assert_eq!(cli.code, 0, "{}", cli.stderr);
+    let by_cli = cli.events[0]["run_id"].as_str().unwrap().to_owned();
+    let (cookie, csrf) = open_session(&daemon, &admin);
+    let (status, _, answer) = daemon.call(
+        "POST",
+        "/api/v1/runs",
+        &[
+            ("Cookie", &cookie),
+            ("X-CSRF-Token", &csrf),
+            ("Content-Type", "application/json"),
+        ],
+        Some(r#"{"workflow": "web"}"#),
+    );
+    assert_eq!(status, 202, "{answer}");
+    let by_web = answer["id"].as_str().unwrap().to_owned();
+    for (id, source, words) in [
+        (&by_api, "api", "from the API"),
+        (&by_cli, "cli", "from the CLI"),
+        (&by_web, "web", "from the web page"),
+    ] {
+        let run = wait_run(&daemon, &viewer, id, terminal);
+        assert_eq!(run["source"], source, "{run}");
+        let (status, why) = call(
+            &daemon,
+            "GET",
+            &format!("/api/v1/runs/{id}/why"),
+            Some(&viewer),
+            None,
+        );
+        assert_eq!(status, 200, "{why}");
+        let first = why["lines"][0].as_str().unwrap();
+        assert_eq!(
+            first,
+            format!(
+                "`root` started `web` (run `{id}`) {words} at {} with environment=staging, sleep=0.",
+                run["created_at"].as_str().unwrap()
+            )
+        );
+        assert!(
+            why["lines"].as_array().unwrap().iter().any(|l| l == "It succeeded"
+                || l.as_str().unwrap().starts_with("It succeeded in ")),
+            "{why}"
+        );
+    }
+    let (_, list) = call(&daemon, "GET", "/api/v1/runs", Some(&viewer), None);
+    let mut sources: Vec<&str> = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    sources.sort();
+    assert_eq!(sources, ["api", "cli", "web"]);
+}
+
+/// Issue 20: the daemon serves each workflow's handbook: what `shiphat explain` prints for its
+/// file, but saying who may run it by the daemon's own principals.
+#[test]
+fn the_daemons_handbook_is_explains_with_who_may_run_it() {
+    let dir = TestDir::new();
+    setup(&dir);
+    let _admin = token(&dir, "root", "admin", &[]);
+    let _deployer = token(&dir, "ci", "deployer", &["web/staging"]);
+    let _other = token(&dir, "docs-bot", "deployer", &["docs"]);
+    let viewer = token(&dir, "eve", "viewer", &[]);
+    // `docs` is frozen from 2000 to 2100.
+    let config = dir.write(
+        "shiphat.toml",
+        freeze_config("docs", 946_684_800_000, 4_102_444_800_000),
+    );
+    let daemon = start(&dir, &["--config", config.to_str().unwrap()]);
+    let explain = Run::of({
+        let mut command = dir.shiphat();
+        command.args(["explain", "workflows/web.yaml"]);
+        command
+    });
+    assert_eq!(explain.code, 0, "{}", explain.stderr);
+    let generic = "- Who may run it is the daemon's: principals with the `deployer` role whose patterns name it.";
+    assert!(explain.stdout.contains(generic), "{}", explain.stdout);
+    let expected = explain.stdout.replace(
+        generic,
+        "- Who may run it, by this daemon's principals: `ci` (deployer, in environments matching `staging`), `root` (admin).",
+    );
+    // A workflow's handbook, once its plugins are loaded (503 before).
+    let handbook = |name: &str| {
+        eventually(DEADLINE, "the handbook", || {
+            match call(
+                &daemon,
+                "GET",
+                &format!("/api/v1/workflows/{name}/handbook"),
+                Some(&viewer),
+                None,
+            ) {
+                (200, Value::String(text)) => Ok(text),
+                (status, body) => Err(format!("{status}: {body}")),
+            }
+        })
+    };
+    assert_eq!(handbook("web").trim_end(), expected.trim_end());
+    // A freeze that names a workflow is in its handbook, with whether it holds now.
+    let docs = handbook("docs");
+    assert!(
+        docs.contains("- Who may run it, by this daemon's principals: `docs-bot` (deployer), `root` (admin).\n")
+            && docs.contains("- A freeze of this daemon names it; closed now: release train (frozen until 2100-01-01T00:00:00+00:00[UTC]).\n"),
+        "{docs}"
+    );
+    assert_eq!(
+        call(
+            &daemon,
+            "GET",
+            "/api/v1/workflows/nothing/handbook",
+            Some(&viewer),
+            None
+        )
+        .0,
+        404
     );
 }
 

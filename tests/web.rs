@@ -569,6 +569,8 @@ fn a_person_deploys_watches_and_locks_from_the_page_in_chromium() {
         "phone-long-names",
         "dark-run-failed",
         "dark-phone-run",
+        "handbook",
+        "handbook-grants",
     ] {
         let file = shots.join(format!("{shot}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);

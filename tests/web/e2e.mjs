@@ -13,14 +13,15 @@
 // note, smoke, batch (a number); steps qa, deploy, verify, decide (an approval when verify is
 // inconclusive), on_failure rollback; release 3 breaches the metric, release 4 is inconclusive)
 // and nothing is deployed yet; a workflow `slow` has the interrupted run; `gate` is an approval
-// that times out after 4 s. Exits 0 and prints `e2e: ok (N screenshots)`, or exits 1 with
+// that times out after 4 s; `hello` is a one-step workflow that step 11 rewrites (the script
+// runs in the daemon's folder, `workflows/` beside it) to widen its grants. Exits 0 and prints `e2e: ok (N screenshots)`, or exits 1 with
 // the failing step and a failure.png.
 //
 // Every page state the scenario visits, on a desktop, a phone and in the dark scheme, is
 // audited with axe-core for WCAG 2.1 A and AA; any violation fails the test, listed with its
 // rule, impact, elements and (for contrast) the colours and ratio.
 
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -306,6 +307,19 @@ try {
   check(await chart.locator('.failing').count() >= 1, 'the error_ratio chart marks no failing point');
   check(await chart.locator('.threshold').count() >= 1, 'the error_ratio chart has no threshold line');
   check(await chart.locator('.point').count() >= 2, 'the error_ratio chart has fewer than 2 points');
+  // The "Why" panel tells the story, with the failing step's evidence, its names as code.
+  await page.waitForFunction(() => /It failed at verify/.test(document.querySelector('[data-testid="why-panel"]')?.textContent || ''), null, { timeout: WAIT });
+  const why = await page.$$eval(`${tid('why-panel')} li`, (lis) => lis.map((li) => li.textContent));
+  console.log(`e2e:    why: ${why.join(' | ')}`);
+  check(why[0].includes(`started deploy (run ${badRun}) from the web page`), `the why panel's first line is \`${why[0]}\``);
+  const verifyLine = why.find((l) => l.startsWith('✗ verify failed')) || '';
+  check(/error_ratio 0\.08 .*failure condition/.test(verifyLine), `the why panel's verify line gives no evidence: \`${verifyLine}\``);
+  check(why.some((l) => l.startsWith('✓ rollback (on failure) succeeded')), `the why panel does not say the rollback ran: ${why.join(' | ')}`);
+  check(why.some((l) => l.includes('The rollback ran and succeeded')), `the why panel does not say how it ended: ${why.join(' | ')}`);
+  const codes = await page.$$eval(`${tid('why-panel')} code`, (els) => els.map((e) => e.textContent));
+  check(codes.includes('verify') && codes.includes(badRun), `the why panel's code spans are ${codes.join(', ')}`);
+  check(!(await page.evaluate(() => document.querySelector('[data-testid="why-panel"]').textContent.includes('`'))), 'the why panel shows raw backticks');
+  check(((await page.textContent(tid('run-source'))) || '') === 'the web page', 'the run header does not say it was started from the web page');
   await shot(page, 'run-failed.png', true);
   await audit(page, 'run failed and rolled back');
 
@@ -603,6 +617,83 @@ try {
   check(await dana.locator(tid('approval-panel')).count() === 0, 'the approval panel stays after the timeout');
   await audit(dana, 'approval timed out');
   page = admin;
+
+  step(11, 'the handbook: linked from a run and a workflow card, the daemon\'s principals, a widened grant in its history, plugin text shown as text');
+  // The run page links its workflow's handbook; the link goes with the old view, so the focus
+  // lands on the new view's heading.
+  await admin.goto(`${BASE}/#/runs/${encodeURIComponent(badRun)}`);
+  await admin.waitForSelector(tid('run-handbook'));
+  await admin.focus(tid('run-handbook'));
+  await admin.keyboard.press('Enter');
+  await admin.waitForSelector(tid('handbook'));
+  check(await admin.evaluate(() => location.hash === '#/workflows/deploy'), 'the run\'s handbook link went elsewhere');
+  check(await admin.evaluate(() => document.activeElement?.matches('#main h1')), `after the handbook link the focus is on ${await focused(admin)}, not the heading`);
+  const book = (await admin.textContent(tid('handbook'))) || '';
+  check(book.includes('Who may run it, by this daemon\'s principals: alice (admin).'), `the handbook does not name who may run it: ${book.slice(-600)}`);
+  check(await admin.locator(`${tid('handbook')} table th`).count() === 4, 'the inputs table has no header of four columns');
+  check(await admin.locator(`${tid('handbook')} ol > li strong code`).count() >= 4, 'the steps are not a list with their ids as code');
+  // Outside code spans (which may hold `**`, as in a glob), no Markdown mark is left as text.
+  const raw = await admin.evaluate(() => {
+    const walk = document.createTreeWalker(document.querySelector('[data-testid="handbook"]'), NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      if (!n.parentElement.closest('code') && /\*\*|`/.test(n.textContent)) return n.textContent;
+    }
+    return null;
+  });
+  check(raw === null, `the handbook shows raw Markdown marks: \`${raw}\``);
+  check(((await admin.textContent(tid('grant-history'))) || '').includes('No reload has changed'), 'deploy has a grant history it never had');
+  await shot(admin, 'handbook.png', true);
+  await audit(admin, 'handbook');
+
+  // A reload widens what `hello` may reach, with a description that would run a script were
+  // it ever taken for HTML.
+  const hostile = '<img src=x onerror="window.__pwned = 1">';
+  await writeFile('workflows/hello.yaml', [
+    'name: hello',
+    `description: 'Says hello ${hostile}'`,
+    'inputs:',
+    `  environment: { type: choice, choices: [dev], default: dev, description: 'Where ${hostile} | goes' }`,
+    'concurrency: hello-${{ inputs.environment }}',
+    'steps:',
+    '  - id: greet',
+    '    uses: echo',
+    '    with: { message: hello }',
+    '    allow: { http: [hooks.example.com] }',
+    '',
+  ].join('\n'));
+  const ready = Date.now() + WAIT;
+  for (;;) {
+    const asked = await fetch(`${BASE}/api/v1/workflows/hello/grants`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    const history = asked.ok ? await asked.json() : { changes: [] };
+    const book = await fetch(`${BASE}/api/v1/workflows/hello/handbook`, { headers: { authorization: `Bearer ${ADMIN}` } });
+    if (history.changes.length && book.ok && (await book.text()).includes('Says hello')) break;
+    check(Date.now() < ready, 'the daemon never reloaded `hello` with its wider grant');
+    await admin.waitForTimeout(200);
+  }
+  await admin.click(tid('nav-deploy'));
+  await admin.waitForSelector(tid('handbook-hello'));
+  await admin.click(tid('handbook-hello'));
+  await admin.waitForSelector(tid('grant-change'));
+  const change = (await admin.textContent(tid('grant-change'))) || '';
+  check(change.includes('widened') && change.includes('step greet: + http hooks.example.com'), `the grant history says \`${change}\``);
+  const hello = (await admin.textContent(tid('handbook'))) || '';
+  check(hello.includes(`Says hello ${hostile}`), `the hostile description is not shown as text: ${hello.slice(0, 300)}`);
+  check(hello.includes(`Where ${hostile} | goes`), 'the hostile input description is not shown as text in its table cell');
+  check(await admin.locator('#main img').count() === 0, 'text from a workflow became an <img>');
+  check(await admin.evaluate(() => window.__pwned === undefined), 'text from a workflow ran a script');
+  await shot(admin, 'handbook-grants.png', true);
+  await audit(admin, 'handbook with a grant history');
+  await admin.emulateMedia({ colorScheme: 'dark' });
+  await audit(admin, 'dark: handbook with a grant history');
+  await admin.emulateMedia({ colorScheme: 'light' });
+  // On a phone the long lines wrap and a wide table scrolls in its own box, not the page.
+  await admin.setViewportSize({ width: 390, height: 844 });
+  await admin.goto(`${BASE}/#/workflows/deploy`);
+  await admin.waitForSelector(tid('handbook'));
+  const bookWidth = await admin.evaluate(() => document.documentElement.scrollWidth);
+  check(bookWidth <= 390, `the handbook is ${bookWidth}px wide at 390px`);
+  await audit(admin, 'phone: handbook');
+  await admin.setViewportSize({ width: 1280, height: 900 });
 
   console.log(`e2e: ${audits} page states audited with axe-core, ${violations.length} violations`);
   check(violations.length === 0, `axe-core found WCAG 2.1 A/AA violations:\n  ${violations.join('\n  ')}`);

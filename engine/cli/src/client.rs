@@ -61,8 +61,14 @@ impl Client {
     }
 
     pub fn at(server: &str, token: Option<String>) -> Client {
+        // The daemon records a run started this way as started from the CLI.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .user_agent(format!(
+                "{}{}",
+                shiphat_protocol::CLI_AGENT,
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .into();
         Client {

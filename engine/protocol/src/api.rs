@@ -90,6 +90,9 @@ pub struct RunView {
     pub detail: Option<String>,
     pub inputs: Map<String, Value>,
     pub principal: String,
+    /// Where it was started from; `null` for a run recorded before the daemon kept it.
+    #[serde(default)]
+    pub source: Option<RunSource>,
     pub dry_run: bool,
     pub concurrency_key: Option<String>,
     /// For a queued run waiting for its key: its place in the queue (1 = next).
@@ -110,12 +113,95 @@ pub struct RunView {
     pub duration_ms: Option<i64>,
 }
 
+/// Where a run was started from: the front end that asked the daemon for it. The daemon
+/// decides it, never the client's request body: a session cookie is the web page, a client
+/// that says `User-Agent: shiphat/…` is shiphat's own CLI, a Slack command is Slack, and any
+/// other caller of the HTTP API is `api`. The user agent is what the client says it is, so
+/// `cli` and `api` tell tools apart for a reader, not for a security decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunSource {
+    Api,
+    Web,
+    Slack,
+    Cli,
+}
+
+impl RunSource {
+    pub const ALL: [RunSource; 4] = [
+        RunSource::Api,
+        RunSource::Web,
+        RunSource::Slack,
+        RunSource::Cli,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunSource::Api => "api",
+            RunSource::Web => "web",
+            RunSource::Slack => "slack",
+            RunSource::Cli => "cli",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunSource> {
+        RunSource::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// The source in a sentence: "from the API", "from the web page", "from Slack", "from
+    /// the CLI".
+    pub fn in_words(self) -> &'static str {
+        match self {
+            RunSource::Api => "the API",
+            RunSource::Web => "the web page",
+            RunSource::Slack => "Slack",
+            RunSource::Cli => "the CLI",
+        }
+    }
+}
+
+crate::event::display_as_str!(RunSource);
+
+/// How shiphat's own CLI names itself in `User-Agent`, before its version
+/// (`shiphat/0.1.0`): a run it starts is [`RunSource::Cli`].
+pub const CLI_AGENT: &str = "shiphat/";
+
 /// `GET /api/v1/runs`: one page, newest first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunList {
     pub runs: Vec<RunView>,
     /// The `before` of the next page; `null` on the last.
     pub next: Option<String>,
+}
+
+/// `GET /api/v1/runs/{id}/why`: the run's account (the lines of `shiphat runs why`), each a
+/// sentence in Markdown whose only markup is backticks around names and values.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct RunWhy {
+    pub run: String,
+    pub status: RunStatus,
+    pub lines: Vec<String>,
+}
+
+/// `GET /api/v1/workflows/{name}/grants`: the reloads of a workflow's file that changed what
+/// its steps may reach, newest first (what the daemon wrote to its audit log for each).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GrantHistory {
+    pub workflow: String,
+    pub changes: Vec<GrantChangeView>,
+}
+
+/// One reload that changed grants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GrantChangeView {
+    pub at: String,
+    pub at_ms: i64,
+    /// The workflow file reloaded.
+    pub file: String,
+    /// Whether a step may now reach something it could not before: a second review is due.
+    pub widened: bool,
+    /// The change, one line per step, e.g. ``step `deploy`: + http `hooks.example.com` ``.
+    pub steps: Vec<String>,
 }
 
 /// A log line of a run page.

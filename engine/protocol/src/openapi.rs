@@ -50,6 +50,8 @@ pub fn openapi_schemas() -> Map<String, Value> {
     add::<SessionView>(&mut answers);
     add::<EnvironmentList>(&mut answers);
     add::<DeployCheck>(&mut answers);
+    add::<RunWhy>(&mut answers);
+    add::<GrantHistory>(&mut answers);
     add::<Event>(&mut answers);
     add::<RunNotice>(&mut answers);
     let mut requests = generator(Contract::Deserialize);

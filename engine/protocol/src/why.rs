@@ -1,7 +1,8 @@
 //! Why a run is where it is, in a few lines a person reads: who started it and with what, what
 //! it waited for, each step's result with the decisive evidence of a failure, what the
 //! rollback did and what is deployed now. One account, computed here once, for every front end
-//! (`shiphat runs why`, Slack's `/deploy why`).
+//! (`shiphat runs why`, Slack's `/deploy why`, the web page's "Why" panel through
+//! `GET /api/v1/runs/{id}/why`).
 
 use serde_json::Value;
 
@@ -16,8 +17,13 @@ pub fn why(run: &RunDetail) -> Vec<String> {
         .iter()
         .map(|(k, value)| format!("{k}={}", plain(value)))
         .collect();
+    // A run recorded before the daemon kept its source says nothing of it rather than guess.
+    let from = v
+        .source
+        .map(|s| format!(" from {}", s.in_words()))
+        .unwrap_or_default();
     lines.push(format!(
-        "`{}` started `{}` (run `{}`) at {}{}{}.",
+        "`{}` started `{}` (run `{}`){from} at {}{}{}.",
         v.principal,
         v.workflow,
         v.id,
@@ -241,5 +247,71 @@ fn upper_first(text: &str) -> String {
     match chars.next() {
         Some(c) => c.to_uppercase().chain(chars).collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RunSource, RunView};
+
+    fn detail(source: Option<RunSource>) -> RunDetail {
+        RunDetail {
+            run: RunView {
+                id: "01a".into(),
+                workflow: "web".into(),
+                status: RunStatus::Succeeded,
+                detail: None,
+                inputs: serde_json::Map::new(),
+                principal: "alice".into(),
+                source,
+                dry_run: false,
+                concurrency_key: None,
+                queue_position: None,
+                waiting_on: None,
+                daemon: None,
+                environment: None,
+                created_at: "2026-12-03T15:00:00Z".into(),
+                started_at: None,
+                finished_at: None,
+                created_ms: 0,
+                started_ms: None,
+                finished_ms: None,
+                duration_ms: None,
+            },
+            plan: Vec::new(),
+            steps: Vec::new(),
+            logs: Vec::new(),
+            rollback: None,
+            approvals: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_account_says_where_a_run_came_from_and_guesses_nothing_for_an_old_one() {
+        for (source, words) in [
+            (RunSource::Api, "the API"),
+            (RunSource::Web, "the web page"),
+            (RunSource::Slack, "Slack"),
+            (RunSource::Cli, "the CLI"),
+        ] {
+            assert_eq!(
+                why(&detail(Some(source)))[0],
+                format!("`alice` started `web` (run `01a`) from {words} at 2026-12-03T15:00:00Z.")
+            );
+        }
+        assert_eq!(
+            why(&detail(None))[0],
+            "`alice` started `web` (run `01a`) at 2026-12-03T15:00:00Z."
+        );
+    }
+
+    #[test]
+    fn a_run_view_without_a_source_reads_as_unknown() {
+        // What a daemon from before `source` answers: the field is absent.
+        let mut value = serde_json::to_value(detail(Some(RunSource::Cli)).run).unwrap();
+        value.as_object_mut().unwrap().remove("source");
+        let view: RunView = serde_json::from_value(value).unwrap();
+        assert_eq!(view.source, None);
     }
 }

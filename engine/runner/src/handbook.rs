@@ -18,8 +18,20 @@ use crate::{PluginInfo, Prepared};
 /// metric's conditions and limits. Matched by name, since every plugin names its own.
 const FAILURE_KEYS: [&str; 6] = ["condition", "limit", "max_", "min_", "threshold", "fail"];
 
-/// The handbook of a prepared workflow.
+/// The handbook of a prepared workflow, as `shiphat explain` prints it: who may run it is
+/// left to the daemon.
 pub fn handbook(prepared: &Prepared) -> String {
+    write(prepared, None)
+}
+
+/// The handbook as a daemon serves it: `who_and_when`, lines of a Markdown list the daemon
+/// writes from what only it knows (its principals, its deploy windows), stand where
+/// [`handbook`] says that who may run it is the daemon's.
+pub fn handbook_for(prepared: &Prepared, who_and_when: &[String]) -> String {
+    write(prepared, Some(who_and_when))
+}
+
+fn write(prepared: &Prepared, who_and_when: Option<&[String]>) -> String {
     let w = &prepared.workflow;
     let info = |step: &Step| -> Option<&PluginInfo> {
         prepared
@@ -83,7 +95,14 @@ pub fn handbook(prepared: &Prepared) -> String {
         OutsideWindow::Refuse => "- Outside its deploy window (the daemon's `[[windows]]` and `[[freezes]]`), a run is refused.\n",
         OutsideWindow::Wait => "- Outside its deploy window (the daemon's `[[windows]]` and `[[freezes]]`), a run waits for it to open.\n",
     });
-    out.push_str("- Who may run it is the daemon's: principals with the `deployer` role whose patterns name it.\n");
+    match who_and_when {
+        None => out.push_str("- Who may run it is the daemon's: principals with the `deployer` role whose patterns name it.\n"),
+        Some(lines) => {
+            for line in lines {
+                let _ = writeln!(out, "- {line}");
+            }
+        }
+    }
     out
 }
 

@@ -36,7 +36,7 @@ use shiphat_workflow::{
 use tokio_util::sync::CancellationToken;
 
 pub use crate::approval::{ApprovalRequest, Approver, Decision, Vote};
-pub use crate::handbook::handbook;
+pub use crate::handbook::{handbook, handbook_for};
 pub use crate::plugins::PluginPath;
 pub use crate::secrets::Secrets;
 pub use shiphat_host::CompileHook;

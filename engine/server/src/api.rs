@@ -18,8 +18,9 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use shiphat_protocol::{
-    AuditLog, CreateRun, CreateToken, ErrorBody, ListRuns, LockList, LockView, PutLock, ResumeRun,
-    RunDetail, RunList, SessionView, SignIn, TokenList, WindowView, WorkflowList, WorkflowView,
+    AuditLog, CreateRun, CreateToken, ErrorBody, GrantHistory, ListRuns, LockList, LockView,
+    PutLock, ResumeRun, RunDetail, RunList, RunSource, RunWhy, SessionView, SignIn, TokenList,
+    WindowView, WorkflowList, WorkflowView,
 };
 use shiphat_store::AuditEntry;
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,11 +46,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/runs"),
     ("get", "/api/v1/runs/{id}"),
     ("get", "/api/v1/runs/{id}/events"),
+    ("get", "/api/v1/runs/{id}/why"),
     ("post", "/api/v1/runs/{id}/cancel"),
     ("post", "/api/v1/runs/{id}/resume"),
     ("post", "/api/v1/runs/{id}/approvals"),
     ("get", "/api/v1/workflows"),
     ("get", "/api/v1/workflows/{name}"),
+    ("get", "/api/v1/workflows/{name}/handbook"),
+    ("get", "/api/v1/workflows/{name}/grants"),
     ("get", "/api/v1/locks"),
     ("get", "/api/v1/locks/{key}"),
     ("put", "/api/v1/locks/{key}"),
@@ -80,11 +84,14 @@ pub fn router(app: Arc<App>, stop: CancellationToken) -> Router {
         .route("/runs", post(create_run).get(list_runs))
         .route("/runs/{id}", get(show_run))
         .route("/runs/{id}/events", get(run_events))
+        .route("/runs/{id}/why", get(run_why))
         .route("/runs/{id}/cancel", post(cancel_run))
         .route("/runs/{id}/resume", post(resume_run))
         .route("/runs/{id}/approvals", post(decide))
         .route("/workflows", get(list_workflows))
         .route("/workflows/{name}", get(show_workflow))
+        .route("/workflows/{name}/handbook", get(workflow_handbook))
+        .route("/workflows/{name}/grants", get(grant_history))
         .route("/locks", get(list_locks))
         .route(
             "/locks/{key}",
@@ -193,7 +200,7 @@ impl From<service::Error> for ApiError {
             | E::Decided(_)
             | E::NameTaken(_)
             | E::InConfig(_) => StatusCode::CONFLICT,
-            E::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            E::ShuttingDown | E::NotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::TooManyQueued { .. } | E::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             E::KeyReused { .. } | E::Inputs(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Store(_) | E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -300,7 +307,9 @@ async fn authenticate(
         )
         .into_response(),
         Some(p) => {
+            let source = source_of(session.is_some(), request.headers());
             request.extensions_mut().insert(p);
+            request.extensions_mut().insert(source);
             next.run(request).await
         }
         None if signing_in => next.run(request).await,
@@ -343,6 +352,25 @@ async fn authenticate(
         service.audit(entry).await;
     }
     response
+}
+
+/// The front end of a call, as a run started by it records: the web page when a session
+/// cookie signed it in, shiphat's own CLI when it says so in its `User-Agent`
+/// (`shiphat/VERSION`, see the CLI's `client.rs`), any other client of the API otherwise.
+/// The user agent is the client's word: this tells tools apart for a reader of a run, and
+/// decides nothing anyone may do.
+fn source_of(session: bool, headers: &HeaderMap) -> RunSource {
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if session {
+        RunSource::Web
+    } else if agent.starts_with(shiphat_protocol::CLI_AGENT) {
+        RunSource::Cli
+    } else {
+        RunSource::Api
+    }
 }
 
 /// `POST /api/v1/session`: exchanges an API token for a session cookie and a CSRF token.
@@ -663,6 +691,7 @@ fn forced_past(lock: Option<&LockView>, window: Option<&WindowView>) -> String {
 async fn create_run(
     State(service): State<Service>,
     Caller(caller): Caller,
+    source: Option<axum::Extension<RunSource>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult {
@@ -671,7 +700,8 @@ async fn create_run(
     let key = headers
         .get("idempotency-key")
         .map(|v| v.to_str().unwrap_or_default());
-    let admitted = service.admit(&caller, request, key).await?;
+    let source = source.map_or(RunSource::Api, |s| s.0);
+    let admitted = service.admit(&caller, request, key, source).await?;
     let outcome = if admitted.accepted.created {
         let forced = forced_past(admitted.forced.as_ref(), admitted.forced_window.as_ref());
         let waits = match &admitted.waits_for_window {
@@ -702,6 +732,14 @@ async fn show_run(
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunDetail>> {
     Ok(Json(service.run(&caller, &id).await?))
+}
+
+async fn run_why(
+    State(service): State<Service>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunWhy>> {
+    Ok(Json(service.why(&caller, &id).await?))
 }
 
 async fn cancel_run(
@@ -768,6 +806,28 @@ async fn show_workflow(
     Path(name): Path<String>,
 ) -> ApiResult<Json<WorkflowView>> {
     Ok(Json(service.workflow(&caller, &name)?))
+}
+
+/// The handbook as Markdown, which the web page renders and a person reads as it is.
+async fn workflow_handbook(
+    State(service): State<Service>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let markdown = service.handbook(&caller, &name).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+        markdown,
+    )
+        .into_response())
+}
+
+async fn grant_history(
+    State(service): State<Service>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<GrantHistory>> {
+    Ok(Json(service.grant_history(&caller, &name).await?))
 }
 
 async fn list_locks(

@@ -33,6 +33,30 @@ impl Principal {
         }
     }
 
+    /// Where this principal may start `workflow`, as its role and patterns say: the one rule
+    /// [`Principal::may_run`] applies to a run, for a reader (the daemon's handbook).
+    pub fn reach(&self, workflow: &str) -> Reach<'_> {
+        if self.has(Role::Admin) {
+            return Reach::Admin;
+        }
+        if !self.has(Role::Deployer) {
+            return Reach::Nowhere;
+        }
+        let mut environments = Vec::new();
+        for pattern in &self.patterns {
+            match pattern.split_once('/') {
+                None if glob(pattern, workflow) => return Reach::Anywhere,
+                Some((w, e)) if glob(w, workflow) => environments.push(e),
+                _ => {}
+            }
+        }
+        if environments.is_empty() {
+            Reach::Nowhere
+        } else {
+            Reach::Environments(environments)
+        }
+    }
+
     /// Whether this principal may start `workflow` in `environment` (the run's `environment`
     /// input, when it has one). Admins may run anything.
     pub fn may_run(&self, workflow: &str, environment: Option<&str>) -> Result<(), String> {
@@ -40,10 +64,13 @@ impl Principal {
         if self.has(Role::Admin) {
             return Ok(());
         }
-        let allowed = self.patterns.iter().any(|p| match p.split_once('/') {
-            None => glob(p, workflow),
-            Some((w, e)) => glob(w, workflow) && environment.is_some_and(|env| glob(e, env)),
-        });
+        let allowed = match self.reach(workflow) {
+            Reach::Admin | Reach::Anywhere => true,
+            Reach::Environments(patterns) => {
+                environment.is_some_and(|env| patterns.iter().any(|e| glob(e, env)))
+            }
+            Reach::Nowhere => false,
+        };
         if allowed {
             return Ok(());
         }
@@ -65,6 +92,18 @@ impl Principal {
             }
         ))
     }
+}
+
+/// Where a principal may start a workflow ([`Principal::reach`]).
+#[derive(Debug, PartialEq)]
+pub enum Reach<'a> {
+    /// Anywhere, as an admin.
+    Admin,
+    /// In every environment, by a pattern without `/`.
+    Anywhere,
+    /// In the environments these globs match, by `WORKFLOW/ENVIRONMENT` patterns.
+    Environments(Vec<&'a str>),
+    Nowhere,
 }
 
 /// Matches `text` against `pattern`, where `*` matches any run of characters.
@@ -149,5 +188,30 @@ mod tests {
                 .unwrap_err()
                 .contains("`deployer`")
         );
+    }
+
+    #[test]
+    fn reach_says_where_may_run_lets_a_principal_run() {
+        let p = Principal {
+            name: "ci".into(),
+            roles: vec![Role::Deployer],
+            patterns: vec!["web/staging".into(), "web/qa-*".into(), "do*".into()],
+        };
+        assert_eq!(p.reach("web"), Reach::Environments(vec!["staging", "qa-*"]));
+        assert_eq!(p.reach("docs"), Reach::Anywhere);
+        assert_eq!(p.reach("api"), Reach::Nowhere);
+        assert!(p.may_run("web", Some("qa-1")).is_ok());
+        assert!(p.may_run("web", None).is_err());
+        let viewer = Principal {
+            roles: vec![Role::Viewer],
+            ..p.clone()
+        };
+        assert_eq!(viewer.reach("docs"), Reach::Nowhere);
+        let admin = Principal {
+            roles: vec![Role::Admin],
+            patterns: vec![],
+            ..p
+        };
+        assert_eq!(admin.reach("api"), Reach::Admin);
     }
 }

@@ -608,37 +608,14 @@ impl App {
     /// grant is what a reviewer looks for).
     async fn audit_grant_changes(&self) {
         for change in self.workflows.take_grant_changes() {
-            let steps: Vec<String> = change
-                .diff
-                .steps
-                .iter()
-                .map(|s| {
-                    let mut parts: Vec<String> = s.added.iter().map(|a| format!("+ {a}")).collect();
-                    parts.extend(s.removed.iter().map(|r| format!("- {r}")));
-                    if let Some((was, is)) = &s.plugin {
-                        parts.push(format!("plugin `{was}` → `{is}`"));
-                    }
-                    let what = match s.change {
-                        shiphat_workflow::StepChange::Added => " (new step)",
-                        shiphat_workflow::StepChange::Removed => " (removed)",
-                        shiphat_workflow::StepChange::Changed => "",
-                    };
-                    format!("step `{}`{what}: {}", s.step, parts.join(", "))
-                })
-                .collect();
-            let verdict = if change.diff.widened() {
-                "grants widened"
-            } else {
-                "grants narrowed"
-            };
             self.audit(shiphat_store::AuditEntry {
                 at_ms: shiphat_store::now_ms(),
                 principal: None,
-                action: "reload workflow".to_owned(),
+                action: crate::workflows::RELOAD_ACTION.to_owned(),
+                outcome: change.outcome(),
                 target: change.workflow,
                 remote: change.file.display().to_string(),
                 status: 200,
-                outcome: format!("{verdict}: {}", steps.join("; ")),
             })
             .await;
         }

@@ -19,16 +19,16 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use shiphat_protocol::{
     Accepted, ApprovalView, AuditLog, AuditView, Cancelling, Choice, CompilingPlugin,
-    ConcurrencyView, CreateRun, CreateToken, DeployCheck, EnvironmentList, Event, InputType,
-    InputView, ListRuns, LockList, LockView, LogLine, NewToken, OutsideWindowMode, PlanStep,
-    PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail, RunList, RunNotice, RunStatus,
-    RunView, Section, StepName, StepView, TokenList, TokenSource, TokenView, WindowView,
-    WorkflowList, WorkflowStatus, WorkflowView,
+    ConcurrencyView, CreateRun, CreateToken, DeployCheck, EnvironmentList, Event, GrantChangeView,
+    GrantHistory, InputType, InputView, ListRuns, LockList, LockView, LogLine, NewToken,
+    OutsideWindowMode, PlanStep, PutLock, ResumeMode, ResumeRun, Resumed, Rollback, RunDetail,
+    RunList, RunNotice, RunSource, RunStatus, RunView, RunWhy, Section, StepName, StepView,
+    TokenList, TokenSource, TokenView, WindowView, WorkflowList, WorkflowStatus, WorkflowView,
 };
 use shiphat_store::{AuditEntry, Lock, NewRun, Run, RunFilter, TokenRecord, rfc3339};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use crate::auth::{Principal, Role, token_hash};
+use crate::auth::{Principal, Reach, Role, token_hash};
 use crate::limits::Hold;
 use crate::scheduler::{App, Refused, input_texts};
 
@@ -74,6 +74,9 @@ pub enum Error {
     Inputs(String),
     #[error("no workflow named `{0}` is loaded")]
     NoWorkflow(String),
+    /// The workflow's file is checked but its plugins are still loading.
+    #[error("the plugins of `{0}` are still loading; try again once it is `ready`")]
+    NotLoaded(String),
     #[error("no run `{0}`")]
     NoRun(String),
     #[error("`{0}` is not locked")]
@@ -267,11 +270,7 @@ impl Service {
             );
             return Ok(None);
         }
-        Ok(Some(Principal {
-            name: t.name,
-            roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
-            patterns: t.patterns,
-        }))
+        Ok(Some(principal_of(t)))
     }
 
     /// Writes an entry to the audit log (see [`App::audit`]).
@@ -324,12 +323,14 @@ impl Service {
     /// run's `environment` input; the inputs must be what the workflow declares; a lock on the
     /// run's key or workflow refuses it unless an admin passes `force`. An `idempotency_key`
     /// seen before answers with the run it made, if the request is the same, and refuses it if
-    /// not. Answered once the run has started, or is queued or held.
+    /// not. Answered once the run has started, or is queued or held. `source` is the front
+    /// end that asks, which the run keeps (`shiphat runs why` says it).
     pub async fn admit(
         &self,
         caller: &Principal,
         request: CreateRun,
         idempotency_key: Option<&str>,
+        source: RunSource,
     ) -> Result<Admitted> {
         let app = &self.app;
         CreateRun::allowed(caller)?;
@@ -396,6 +397,7 @@ impl Service {
             workflow: name.clone(),
             inputs: inputs.clone(),
             principal: caller.name.clone(),
+            source,
             dry_run,
             concurrency_key: key,
             idempotency_key,
@@ -880,6 +882,16 @@ impl Service {
             .ok_or_else(|| Error::NoRun(id.to_owned()))
     }
 
+    /// The run's account in lines (`shiphat_protocol::why`), for whoever may read the run.
+    pub async fn why(&self, caller: &Principal, id: &str) -> Result<RunWhy> {
+        let detail = self.run(caller, id).await?;
+        Ok(RunWhy {
+            lines: shiphat_protocol::why(&detail),
+            run: detail.run.id,
+            status: detail.run.status,
+        })
+    }
+
     /// A run with its plan, its steps and their logs.
     pub async fn run(&self, caller: &Principal, id: &str) -> Result<RunDetail> {
         require(caller, Role::Viewer)?;
@@ -1124,6 +1136,125 @@ impl Service {
             Some((workflow, readiness)) => Ok(workflow_view(&workflow, &readiness)),
             None => Err(Error::NoWorkflow(name.to_owned())),
         }
+    }
+
+    /// A workflow's handbook in Markdown: what `shiphat explain` prints for its file, with
+    /// who may run it by this daemon's principals and the deploy windows that name it.
+    pub async fn handbook(&self, caller: &Principal, name: &str) -> Result<String> {
+        require(caller, Role::Viewer)?;
+        let workflows = &self.app.workflows;
+        let Some(prepared) = workflows.prepared(name) else {
+            return Err(match workflows.get(name) {
+                Some(_) => Error::NotLoaded(name.to_owned()),
+                None => Error::NoWorkflow(name.to_owned()),
+            });
+        };
+        let mut lines = vec![self.who_may_run(name).await?];
+        let verdict = self
+            .app
+            .config
+            .windows
+            .verdict(name, name, jiff::Timestamp::now());
+        // The windows and freezes that name the workflow itself (or `*`); those that name a
+        // concurrency key depend on a run's inputs, and the environments view has them.
+        if let Some(verdict) = verdict {
+            let rules = if verdict.windows.is_empty() {
+                "A freeze of this daemon names it".to_owned()
+            } else {
+                format!(
+                    "Its deploy windows on this daemon: {}",
+                    verdict.windows.join("; ")
+                )
+            };
+            let now = match verdict.reason() {
+                None => "it may deploy now".to_owned(),
+                Some(reason) => format!("closed now: {reason}"),
+            };
+            lines.push(format!("{rules}; {now}."));
+        }
+        Ok(shiphat_runner::handbook_for(&prepared, &lines))
+    }
+
+    /// Who may start a run of `workflow`, in a line: every principal the daemon knows (its
+    /// config file's, Slack's users, the database's tokens) that is an admin, or a deployer
+    /// with a pattern naming the workflow (in some environment, when the pattern names one).
+    async fn who_may_run(&self, workflow: &str) -> Result<String> {
+        let config = &self.app.config;
+        let mut principals: Vec<Principal> = config
+            .principals
+            .iter()
+            .map(|(_, p)| p.clone())
+            .chain(
+                config
+                    .slack
+                    .iter()
+                    .flat_map(|s| s.users.iter().map(|u| u.principal.clone())),
+            )
+            .collect();
+        for t in self.app.store.tokens().await? {
+            // A database token named like a config principal speaks for no one.
+            if !config.principal_names().any(|n| n == t.name) {
+                principals.push(principal_of(t));
+            }
+        }
+        principals.sort_by(|a, b| a.name.cmp(&b.name));
+        principals.dedup_by(|a, b| a.name == b.name);
+        let who: Vec<String> = principals
+            .iter()
+            .filter_map(|p| match p.reach(workflow) {
+                Reach::Admin => Some(format!("`{}` (admin)", p.name)),
+                Reach::Anywhere => Some(format!("`{}` (deployer)", p.name)),
+                Reach::Environments(globs) => Some(format!(
+                    "`{}` (deployer, in environments matching {})",
+                    p.name,
+                    globs
+                        .iter()
+                        .map(|e| format!("`{e}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                Reach::Nowhere => None,
+            })
+            .collect();
+        Ok(if who.is_empty() {
+            "Nobody may run it: no principal of this daemon is an admin or a deployer whose patterns name it.".to_owned()
+        } else {
+            format!(
+                "Who may run it, by this daemon's principals: {}.",
+                who.join(", ")
+            )
+        })
+    }
+
+    /// The reloads of a workflow's file that changed what its steps may reach, newest first,
+    /// from the audit log: for anyone who may read the workflow, who need not read the whole
+    /// log (admins only).
+    pub async fn grant_history(&self, caller: &Principal, name: &str) -> Result<GrantHistory> {
+        require(caller, Role::Viewer)?;
+        if self.app.workflows.get(name).is_none() {
+            return Err(Error::NoWorkflow(name.to_owned()));
+        }
+        let entries = self
+            .app
+            .store
+            .audit_of(crate::workflows::RELOAD_ACTION, name, MAX_PAGE)
+            .await?;
+        Ok(GrantHistory {
+            workflow: name.to_owned(),
+            changes: entries
+                .into_iter()
+                .map(|e| {
+                    let (widened, steps) = crate::workflows::grant_steps(&e.outcome);
+                    GrantChangeView {
+                        at: rfc3339(e.at_ms),
+                        at_ms: e.at_ms,
+                        file: e.remote,
+                        widened,
+                        steps,
+                    }
+                })
+                .collect(),
+        })
     }
 
     /// Whether a run of `workflow` on `key` may deploy now by the deploy windows and freezes;
@@ -1504,6 +1635,15 @@ impl Feed {
     }
 }
 
+/// Who a stored token speaks for; a role this build does not know grants nothing.
+fn principal_of(t: TokenRecord) -> Principal {
+    Principal {
+        name: t.name,
+        roles: t.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+        patterns: t.patterns,
+    }
+}
+
 pub(crate) fn run_view(app: &App, run: &Run) -> RunView {
     let (waiting_on, queue_position) = match app.waiting_on(&run.id) {
         Some((holder, position)) => (holder, Some(position as u64)),
@@ -1516,6 +1656,7 @@ pub(crate) fn run_view(app: &App, run: &Run) -> RunView {
         detail: run.detail.clone(),
         inputs: run.inputs.as_object().cloned().unwrap_or_default(),
         principal: run.principal.clone(),
+        source: run.source,
         dry_run: run.dry_run,
         concurrency_key: run.concurrency_key.clone(),
         queue_position,
@@ -1747,15 +1888,19 @@ mod tests {
             force: false,
         };
         let viewer = service
-            .admit(&principal(Role::Viewer), request(), None)
+            .admit(&principal(Role::Viewer), request(), None, RunSource::Api)
             .await;
         assert!(matches!(viewer, Err(Error::Forbidden(_))), "{viewer:?}");
         let deployer = principal(Role::Deployer);
         for key in ["", "  ", &"k".repeat(MAX_IDEMPOTENCY_KEY + 1)] {
-            let blank = service.admit(&deployer, request(), Some(key)).await;
+            let blank = service
+                .admit(&deployer, request(), Some(key), RunSource::Api)
+                .await;
             assert!(matches!(blank, Err(Error::Invalid { .. })), "{blank:?}");
         }
-        let unknown = service.admit(&deployer, request(), Some("k")).await;
+        let unknown = service
+            .admit(&deployer, request(), Some("k"), RunSource::Api)
+            .await;
         assert!(
             matches!(&unknown, Err(Error::NoWorkflow(name)) if name == "web"),
             "{unknown:?}"

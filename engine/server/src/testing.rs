@@ -66,6 +66,7 @@ impl TestApp {
             workflow: "web".into(),
             inputs: serde_json::json!({}),
             principal: owner.into(),
+            source: shiphat_protocol::RunSource::Api,
             dry_run: false,
             concurrency_key: None,
             idempotency_key: None,

@@ -103,6 +103,66 @@ pub struct GrantChange {
     pub diff: shiphat_workflow::GrantDiff,
 }
 
+/// The audit log's action for a reload that changed grants; its target is the workflow.
+pub const RELOAD_ACTION: &str = "reload workflow";
+
+const WIDENED: &str = "grants widened: ";
+const NARROWED: &str = "grants narrowed: ";
+/// Between the steps of an outcome; each step's part starts with `step `.
+const STEP_SEPARATOR: &str = "; step `";
+
+impl GrantChange {
+    /// The change in words, as the audit log keeps it: the verdict, then a part per step,
+    /// e.g. ``grants widened: step `deploy`: + http `hooks.example.com`, - read `build` ``.
+    /// [`grant_steps`] reads it back.
+    pub fn outcome(&self) -> String {
+        let steps: Vec<String> = self
+            .diff
+            .steps
+            .iter()
+            .map(|s| {
+                let mut parts: Vec<String> = s.added.iter().map(|a| format!("+ {a}")).collect();
+                parts.extend(s.removed.iter().map(|r| format!("- {r}")));
+                if let Some((was, is)) = &s.plugin {
+                    parts.push(format!("plugin `{was}` → `{is}`"));
+                }
+                let what = match s.change {
+                    shiphat_workflow::StepChange::Added => " (new step)",
+                    shiphat_workflow::StepChange::Removed => " (removed)",
+                    shiphat_workflow::StepChange::Changed => "",
+                };
+                format!("step `{}`{what}: {}", s.step, parts.join(", "))
+            })
+            .collect();
+        let verdict = if self.diff.widened() {
+            WIDENED
+        } else {
+            NARROWED
+        };
+        format!("{verdict}{}", steps.join("; "))
+    }
+}
+
+/// An audit outcome of [`GrantChange::outcome`] read back: whether it widened, and its part
+/// per step. An outcome in another shape (cut short by the audit log's cap on a field, say) is
+/// one line as it is.
+pub fn grant_steps(outcome: &str) -> (bool, Vec<String>) {
+    let (widened, rest) = match (
+        outcome.strip_prefix(WIDENED),
+        outcome.strip_prefix(NARROWED),
+    ) {
+        (Some(rest), _) => (true, rest),
+        (None, Some(rest)) => (false, rest),
+        (None, None) => return (false, vec![outcome.to_owned()]),
+    };
+    let mut steps = rest.split(STEP_SEPARATOR);
+    let first = steps.next().unwrap_or_default().to_owned();
+    let lines = std::iter::once(first)
+        .chain(steps.map(|s| format!("step `{s}")))
+        .collect();
+    (widened, lines)
+}
+
 /// A changed file, checked, whose plugins are to be loaded.
 struct Job {
     file: PathBuf,
@@ -509,6 +569,54 @@ fn workflow_files(dirs: &[PathBuf]) -> (Vec<Found>, Vec<PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grant_change_reads_back_one_line_per_step() {
+        use shiphat_workflow::{GrantDiff, StepChange, StepDiff};
+        let change = GrantChange {
+            workflow: "deploy".into(),
+            file: "deploy.yaml".into(),
+            diff: GrantDiff {
+                steps: vec![
+                    StepDiff {
+                        step: "deploy".into(),
+                        change: StepChange::Changed,
+                        added: vec!["http `hooks.example.com`".into()],
+                        removed: vec!["read `build`".into()],
+                        plugin: None,
+                    },
+                    StepDiff {
+                        step: "notify".into(),
+                        change: StepChange::Added,
+                        added: vec!["env `SLACK`".into()],
+                        removed: vec![],
+                        plugin: None,
+                    },
+                ],
+            },
+        };
+        let outcome = change.outcome();
+        assert_eq!(
+            outcome,
+            "grants widened: step `deploy`: + http `hooks.example.com`, - read `build`; \
+             step `notify` (new step): + env `SLACK`"
+        );
+        assert_eq!(
+            grant_steps(&outcome),
+            (
+                true,
+                vec![
+                    "step `deploy`: + http `hooks.example.com`, - read `build`".to_owned(),
+                    "step `notify` (new step): + env `SLACK`".to_owned(),
+                ]
+            )
+        );
+        // An outcome cut short by the audit log's cap, or of another shape, stays one line.
+        assert_eq!(
+            grant_steps("reloaded"),
+            (false, vec!["reloaded".to_owned()])
+        );
+    }
 
     #[test]
     fn a_directory_that_cannot_be_read_is_reported_not_taken_as_empty() {

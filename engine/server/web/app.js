@@ -230,6 +230,8 @@ async function api(method, path, body) {
   }
   let data = null;
   const text = await res.text();
+  // A success that is not JSON (the handbook's Markdown) is the caller's text; errors are JSON.
+  if (res.ok && text && !(res.headers.get('content-type') || '').includes('json')) return text;
   if (text) { try { data = JSON.parse(text); } catch { data = { error: text.trim() }; } }
   // The session ended (expired, signed out elsewhere): anything further would fail too.
   // Signing in is handled by its own caller, which shows the 401 as a wrong token.
@@ -313,6 +315,7 @@ async function route() {
     else if (view === 'runs' && parts[1]) await viewRun(root, show, alive, parts[1]);
     else if (view === 'runs') await viewRuns(root, show, params);
     else if (view === 'deploy') await viewDeploy(root, show, parts[1]);
+    else if (view === 'workflows' && parts[1]) await viewHandbook(root, show, parts[1]);
     else if (view === 'environments') await viewEnvironments(root, show, alive);
     else { root.append(h('h1', null, 'Not found'), h('p', null, h('a', { href: '#/runs' }, 'Back to runs'))); show(); }
   } catch (e) {
@@ -517,7 +520,27 @@ async function viewRun(root, show, alive, id) {
   const approvalBox = h('div');
   const stepsBox = h('div', { class: 'timeline-box' });
   const runLogsBox = h('div');
-  root.append(headBox, approvalBox, stepsBox, runLogsBox);
+  const whyBox = h('div');
+  root.append(headBox, approvalBox, whyBox, stepsBox, runLogsBox);
+
+  // The "Why" panel: the run's account, read again (at most once per WHY_DELAY) whenever
+  // the run changes, since each change may add to it.
+  let whyShown = null, whyTimer = null, whyAsked = 0;
+  const refreshWhy = () => {
+    if (whyTimer) return;
+    whyTimer = setTimeout(async () => {
+      whyTimer = null;
+      const asked = ++whyAsked;
+      let answer;
+      try { answer = await api('GET', `/api/v1/runs/${encodeURIComponent(model.run.id)}/why`); } catch { return; }
+      if (!alive() || asked !== whyAsked) return;
+      const key = JSON.stringify(answer.lines);
+      if (key === whyShown) return;
+      whyShown = key;
+      keepingFocus(whyBox, () => fill(whyBox, whyPanel(answer.lines)));
+    }, whyShown === null ? 0 : WHY_DELAY);
+  };
+  onLeave(() => clearTimeout(whyTimer));
 
   // The run's status is announced when it changes, not on every redraw of the header.
   let said = model.run.status;
@@ -537,6 +560,7 @@ async function viewRun(root, show, alive, id) {
   const renderHead = () => {
     keepingFocus(headBox, () => headBox.replaceChildren(runHeader(model, cancel, resume)));
     renderApproval();
+    refreshWhy();
     if (model.run.status !== said) {
       said = model.run.status;
       const rb = rollbackState(model);
@@ -643,6 +667,7 @@ async function viewRun(root, show, alive, id) {
     try { ev = JSON.parse(msg.data); } catch { return; }
     applyEvent(model, ev, renderAll, renderHead, () => refreshHead().catch(() => {}));
     if (ev.event === 'step_started') watchAsking();
+    if (ev.event === 'step_finished' || ev.event === 'step_started') refreshWhy();
     if (ev.event === 'run_finished') {
       stream.close();
       stream = null;
@@ -754,9 +779,30 @@ function runHeader(model, cancel, resume) {
       h('div', { class: 'fact wide' }, h('dt', null, 'Run'), h('dd', null, h('code', { class: 'run-id', testid: 'run-id' }, r.id))),
       fact('Environment', r.environment || '—'),
       fact('Who', r.principal || '—'),
+      fact('From', SOURCE[r.source] || 'not recorded', 'run-source'),
+      fact('Workflow', handbookLink(r.workflow, 'run-handbook', `${r.workflow}'s handbook`)),
       fact('Started', r.started_ms ? timeEl(r.started_ms) : (r.status === 'queued' ? 'not yet' : '—')),
       fact('Duration', running && r.started_ms ? liveDuration(r.started_ms) : (runDuration(r) || '—'), 'run-duration')),
     inputsList(r.inputs));
+}
+
+// Where a run was started from (`source` of GET /api/v1/runs/ID); a run recorded before the
+// daemon kept it has none.
+const SOURCE = { api: 'the API', web: 'the web page', slack: 'Slack', cli: 'the CLI' };
+
+// How long the "Why" panel waits after a change before it reads the account again: a burst
+// of step events costs one read.
+const WHY_DELAY = 300;
+
+// The run's account, one line each (GET /api/v1/runs/ID/why), with its code spans.
+function whyPanel(lines) {
+  return h('section', { class: 'card why', 'aria-labelledby': 'why-title', testid: 'why-panel' },
+    h('h2', { id: 'why-title' }, 'Why'),
+    h('ul', { class: 'why-lines' }, lines.map((line) => h('li', null, inline(line)))));
+}
+
+function handbookLink(workflow, testid, text = 'Handbook') {
+  return h('a', { href: `#/workflows/${encodeURIComponent(workflow)}`, class: 'handbook-link', testid }, text);
 }
 
 // The approval a run waits at, if it waits.
@@ -1044,10 +1090,12 @@ async function viewDeploy(root, show, name) {
   const workflows = await loadWorkflows(true);
   if (!name) {
     root.append(h('h1', null, 'Deploy'), h('p', { class: 'muted' }, 'Pick a workflow.'),
-      workflows.length ? h('ul', { class: 'wf-list' }, workflows.map((w) => h('li', null,
+      workflows.length ? h('ul', { class: 'wf-list' }, workflows.map((w) => h('li', { class: 'wf-item' },
         h('a', { class: 'card wf-card', href: `#/deploy/${encodeURIComponent(w.name)}`, testid: `workflow-${w.name}` },
           h('strong', { class: 'break' }, w.name), w.description ? h('span', { class: 'muted' }, w.description) : null,
-          loadingNote(w)))))
+          loadingNote(w)),
+        // Beside the card, not inside it: a link inside a link is neither valid nor reachable.
+        handbookLink(w.name, `handbook-${w.name}`))))
         : h('p', { class: 'empty' }, 'No workflows are in service.'));
     show();
     return;
@@ -1403,6 +1451,144 @@ function lockForm(env, forms, reload) {
     } finally { btn.disabled = false; }
   });
   return form;
+}
+
+// ---------------------------------------------------------------------------------------
+// Handbook: a workflow's handbook (what `shiphat explain` prints) and its grant history
+
+async function viewHandbook(root, show, name) {
+  const path = `/api/v1/workflows/${encodeURIComponent(name)}`;
+  const [markdown, history] = await Promise.all([api('GET', `${path}/handbook`), api('GET', `${path}/grants`)]);
+  setTitle(`${name} handbook`);
+  root.append(
+    h('p', { class: 'crumbs' }, role.canDeploy ? h('a', { href: `#/deploy/${encodeURIComponent(name)}` }, `Deploy ${name}`) : h('a', { href: '#/runs' }, '← Runs')),
+    h('h1', { class: 'break' }, `Handbook: ${name}`),
+    h('article', { class: 'card handbook', testid: 'handbook', 'aria-label': `${name} handbook` }, markdownBlocks(markdown)),
+    h('section', { class: 'card grants', 'aria-labelledby': 'grants-title', testid: 'grant-history' },
+      h('h2', { id: 'grants-title' }, 'Grant history'),
+      history.changes.length
+        ? h('ol', { class: 'grant-changes' }, history.changes.map((c) => h('li', { testid: 'grant-change' },
+          h('p', null, timeEl(c.at_ms, c.at), ' ',
+            h('span', { class: ['tag', c.widened ? 'tag-warn' : 'tag-good'] }, c.widened ? 'widened' : 'narrowed'),
+            ' ', h('code', { class: 'break' }, c.file)),
+          h('ul', null, c.steps.map((line) => h('li', null, inline(line)))))))
+        : h('p', { class: 'muted' }, 'No reload has changed what its steps may reach since the daemon began to keep its audit log.')));
+  show();
+}
+
+// Markdown, as handbook.rs and why() write it, into DOM nodes: headings, paragraphs, ordered
+// and bulleted lists nested by indentation, block quotes, tables, and inline code and bold.
+// Nothing else is recognised, and every piece of text becomes a text node: the handbook holds
+// plugins' own descriptions, and no HTML in them can become markup. The page's one h1 is the
+// view's, so `#` is an h2 here.
+const BLOCK_START = /^(#{1,6} |\||>|- |\d+\. )/;
+
+function markdownBlocks(text) {
+  return blocks(text.replace(/\r\n?/g, '\n').split('\n'));
+}
+
+function blocks(lines) {
+  const out = [];
+  let i = 0;
+  const blank = (l) => !l.trim();
+  while (i < lines.length) {
+    const line = lines[i];
+    let m;
+    if (blank(line)) { i++; continue; }
+    if ((m = /^(#{1,6}) (.*)$/.exec(line))) {
+      out.push(h(`h${Math.min(m[1].length + 1, 6)}`, null, inline(m[2])));
+      i++;
+    } else if (line.startsWith('|')) {
+      const rows = [];
+      while (i < lines.length && lines[i].startsWith('|')) rows.push(lines[i++]);
+      out.push(table(rows));
+    } else if (line.startsWith('>')) {
+      const quoted = [];
+      while (i < lines.length && lines[i].startsWith('>')) quoted.push(lines[i++].replace(/^> ?/, ''));
+      out.push(h('blockquote', null, blocks(quoted)));
+    } else if ((m = /^(\d+)\. |^- /.exec(line))) {
+      const ordered = m[0] !== '- ';
+      const marker = ordered ? /^(\d+)\. (.*)$/ : /^- ()(.*)$/;
+      const items = [];
+      while (i < lines.length) {
+        const item = marker.exec(lines[i]);
+        if (!item) break;
+        const indent = ' '.repeat(lines[i].length - item[2].length);
+        const body = [item[2]];
+        i++;
+        // The item goes on while lines are indented past its marker; a blank line only when
+        // an indented line follows it.
+        while (i < lines.length) {
+          if (lines[i].startsWith(indent)) { body.push(lines[i++].slice(indent.length)); continue; }
+          let j = i;
+          while (j < lines.length && blank(lines[j])) j++;
+          if (j > i && j < lines.length && lines[j].startsWith(indent)) { for (; i < j; i++) body.push(''); continue; }
+          break;
+        }
+        items.push(body);
+        let j = i;
+        while (j < lines.length && blank(lines[j])) j++;
+        if (j < lines.length && marker.test(lines[j])) i = j;
+      }
+      out.push(h(ordered ? 'ol' : 'ul', ordered ? { start: m[1] } : null,
+        items.map((body) => h('li', null, body.length === 1 ? inline(body[0]) : blocks(body)))));
+    } else {
+      const para = [];
+      while (i < lines.length && !blank(lines[i]) && (para.length === 0 || !BLOCK_START.test(lines[i]))) para.push(lines[i++].trim());
+      out.push(h('p', null, inline(para.join(' '))));
+    }
+  }
+  return out;
+}
+
+// A Markdown table: the first row is the header, the second the `|---|` line; `\|` is a `|`
+// inside a cell.
+function table(rows) {
+  const cells = (row) => row.trim().replace(/^\|/, '').replace(/(?<!\\)\|$/, '').split(/(?<!\\)\|/).map((c) => c.trim());
+  const body = rows.slice(1).filter((r) => !/^\|(\s*:?-+:?\s*\|)+\s*$/.test(r));
+  return h('div', { class: 'table-box' }, h('table', { class: 'md-table' },
+    h('thead', null, h('tr', null, cells(rows[0]).map((c) => h('th', { scope: 'col' }, inline(c))))),
+    h('tbody', null, body.map((r) => h('tr', null, cells(r).map((c) => h('td', null, inline(c))))))));
+}
+
+// Inline Markdown: `code`, **bold**, and `\|`, a `|` that a table cell escapes (the one
+// escape handbook.rs writes). A backtick or `**` without its closing one is text.
+function inline(text) {
+  const out = [];
+  let plain = '';
+  const flush = () => { if (plain) { out.push(plain); plain = ''; } };
+  let i = 0;
+  while (i < text.length) {
+    const c = text[i];
+    if (c === '`') {
+      const end = text.indexOf('`', i + 1);
+      if (end > i) { flush(); out.push(h('code', null, text.slice(i + 1, end))); i = end + 1; continue; }
+    } else if (c === '*' && text[i + 1] === '*') {
+      const end = closingBold(text, i + 2);
+      if (end > i + 2) { flush(); out.push(h('strong', null, inline(text.slice(i + 2, end)))); i = end + 2; continue; }
+    } else if (c === '\\' && text[i + 1] === '|') {
+      plain += text[i + 1];
+      i += 2;
+      continue;
+    }
+    plain += c;
+    i++;
+  }
+  flush();
+  return out;
+}
+
+// Where the `**` that closes a bold run opening before `from` is, skipping code spans (a
+// title such as **Check QA (`qa`)** holds one); -1 when none does.
+function closingBold(text, from) {
+  for (let i = from; i < text.length; i++) {
+    if (text[i] === '`') {
+      const end = text.indexOf('`', i + 1);
+      if (end > i) { i = end; continue; }
+    }
+    if (text[i] === '*' && text[i + 1] === '*') return i;
+  }
+  return -1;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ pub use crate::postgres::PgStore;
 pub use crate::sqlite::SqliteStore;
 /// The statuses the store keeps are the wire contract's; they are named here too because the
 /// store's interface speaks of them.
-pub use shiphat_protocol::{RunStatus, Section, StepError, StepState};
+pub use shiphat_protocol::{RunSource, RunStatus, Section, StepError, StepState};
 
 /// Why the store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +188,8 @@ pub struct NewRun {
     pub workflow: String,
     pub inputs: Value,
     pub principal: String,
+    /// The front end it was started from.
+    pub source: RunSource,
     pub dry_run: bool,
     pub concurrency_key: Option<String>,
     /// With the principal, makes a retried request return the run it created first.
@@ -210,6 +212,7 @@ impl NewRun {
             workflow: self.workflow.clone(),
             inputs: self.inputs.clone(),
             principal: self.principal.clone(),
+            source: Some(self.source),
             dry_run: self.dry_run,
             concurrency_key: self.concurrency_key.clone(),
             idempotency_key: self.idempotency_key.clone(),
@@ -230,6 +233,9 @@ pub struct Run {
     pub workflow: String,
     pub inputs: Value,
     pub principal: String,
+    /// The front end it was started from; `None` for a run written before the store kept it
+    /// (schema 7), or by a newer shiphat with a source this one does not know.
+    pub source: Option<RunSource>,
     pub dry_run: bool,
     pub concurrency_key: Option<String>,
     pub idempotency_key: Option<String>,
@@ -636,6 +642,9 @@ interface! {
     fn audit(&self, entry: &AuditEntry) -> ();
     /// The newest entries first.
     fn audit_log(&self, limit: u32) -> Vec<AuditEntry>;
+    /// The newest entries with this `action` and `target` first: one thing's history (a
+    /// workflow's reloads), for readers the whole log is not for.
+    fn audit_of(&self, action: &str, target: &str, limit: u32) -> Vec<AuditEntry>;
     /// Deletes the audit entries written before `before_ms`; resolves to how many went.
     fn prune_audit(&self, before_ms: i64) -> usize;
 

@@ -20,8 +20,8 @@ use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, HoldCheck,
-    Interrupted, Lock, NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section,
-    SessionRecord, StepRecord, StepState, TokenRecord, apply, now_ms,
+    Interrupted, Lock, NewRun, Notice, Pending, Result, Run, RunFilter, RunSource, RunStatus,
+    Section, SessionRecord, StepRecord, StepState, TokenRecord, apply, now_ms,
 };
 
 /// How many threads read, each on its own connection. As for SQLite: two let a long read (a
@@ -40,13 +40,14 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
     include_str!("postgres/migrations/003_sessions.sql"),
     include_str!("postgres/migrations/004_not_before.sql"),
     include_str!("postgres/migrations/005_approvals.sql"),
     include_str!("postgres/migrations/006_append.sql"),
+    include_str!("postgres/migrations/007_source.sql"),
 ];
 
 /// The schema this build writes.
@@ -498,7 +499,7 @@ const APPEND_DETAIL: &str = "CASE WHEN $3::text IS NULL THEN detail \
 /// A run's columns; `lease_owner` only while it runs (a lease outlives its run's end).
 const RUN_COLUMNS: &str = "id, workflow, inputs, principal, dry_run, concurrency_key, \
     idempotency_key, status, detail, created_ms, started_ms, finished_ms, \
-    CASE WHEN status = 'running' THEN lease_owner END";
+    CASE WHEN status = 'running' THEN lease_owner END, source";
 
 /// A status or section from its stored name.
 fn named<T>(text: &str, parse: fn(&str) -> Option<T>, table: &'static str) -> Result<T> {
@@ -523,6 +524,21 @@ fn run_from_row(row: &Row) -> Result<Run> {
         started_ms: row.try_get(10)?,
         finished_ms: row.try_get(11)?,
         daemon: row.try_get(12)?,
+        source: row
+            .try_get::<_, Option<&str>>(13)?
+            .and_then(RunSource::parse),
+    })
+}
+
+fn audit_from_row(row: &Row) -> Result<AuditEntry> {
+    Ok(AuditEntry {
+        at_ms: row.try_get(0)?,
+        principal: row.try_get(1)?,
+        action: row.try_get(2)?,
+        target: row.try_get(3)?,
+        remote: row.try_get(4)?,
+        status: u16::try_from(row.try_get::<_, i32>(5)?).unwrap_or(0),
+        outcome: row.try_get(6)?,
     })
 }
 
@@ -582,8 +598,8 @@ fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool
     notify(tx, &format!("r:{}", run.id))?;
     tx.execute(
         "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-         idempotency_key, status, created_ms, forced, not_before_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         idempotency_key, status, created_ms, forced, not_before_ms, source) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         &[
             &run.id,
             &run.workflow,
@@ -596,6 +612,7 @@ fn create_run(tx: &mut Conn, run: &NewRun, max_queued: u64) -> Result<(Run, bool
             &created_ms,
             &run.forced,
             &run.not_before_ms,
+            &run.source.as_str(),
         ],
     )?;
     Ok((run.queued(created_ms), true))
@@ -956,7 +973,7 @@ dry_run: row.try_get(6)?,
         if let Some(row) = row {
             let fence = Fence {
                 owner: owner.to_owned(),
-                epoch: row.try_get(13)?,
+                epoch: row.try_get(14)?,
             };
             started.push((run_from_row(&row)?, fence));
         }
@@ -1577,17 +1594,22 @@ impl AsyncStore for PgStore {
                     &[&i64::from(limit)],
                 )?
                 .iter()
-                .map(|row| {
-                    Ok(AuditEntry {
-                        at_ms: row.try_get(0)?,
-                        principal: row.try_get(1)?,
-                        action: row.try_get(2)?,
-                        target: row.try_get(3)?,
-                        remote: row.try_get(4)?,
-                        status: u16::try_from(row.try_get::<_, i32>(5)?).unwrap_or(0),
-                        outcome: row.try_get(6)?,
-                    })
-                })
+                .map(audit_from_row)
+                .collect()
+        })
+    }
+
+    fn audit_of(&self, action: &str, target: &str, limit: u32) -> Pending<Vec<AuditEntry>> {
+        let (action, target) = (action.to_owned(), target.to_owned());
+        self.read(move |client| {
+            client
+                .query(
+                    "SELECT at_ms, principal, action, target, remote, status, outcome \
+                     FROM audit WHERE target = $1 AND action = $2 ORDER BY id DESC LIMIT $3",
+                    &[&target, &action, &i64::from(limit)],
+                )?
+                .iter()
+                .map(audit_from_row)
                 .collect()
         })
     }
@@ -1737,6 +1759,25 @@ mod tests {
             .unwrap()
             .get(0);
         assert_eq!(runs, 1);
+    }
+
+    #[test]
+    fn a_run_without_a_known_source_reads_as_unknown() {
+        let server = Postgres::shared();
+        let url = server.database();
+        let store = PgStore::open(&url, None).unwrap();
+        store.create_run(&new_run("01a", None), ANY).unwrap();
+        store.create_run(&new_run("01b", None), ANY).unwrap();
+        let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        // A run from before migration 007, and one with a source a newer shiphat added.
+        client
+            .execute("UPDATE runs SET source = NULL WHERE id = '01a'", &[])
+            .unwrap();
+        client
+            .execute("UPDATE runs SET source = 'pager' WHERE id = '01b'", &[])
+            .unwrap();
+        assert_eq!(store.run("01a").unwrap().unwrap().source, None);
+        assert_eq!(store.run("01b").unwrap().unwrap().source, None);
     }
 
     #[test]

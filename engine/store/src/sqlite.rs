@@ -11,8 +11,8 @@ use crate::claim::{Claimed, Fence, Held, Queued, Scope};
 use crate::threads::{Committer, Transactional, Workers};
 use crate::{
     Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, HoldCheck,
-    Interrupted, Lock, NewRun, Notice, Pending, Result, Run, RunFilter, RunStatus, Section,
-    SessionRecord, StepRecord, StepState, TokenRecord, apply, now_ms,
+    Interrupted, Lock, NewRun, Notice, Pending, Result, Run, RunFilter, RunSource, RunStatus,
+    Section, SessionRecord, StepRecord, StepState, TokenRecord, apply, now_ms,
 };
 
 /// How long a connection waits for another (e.g. `shiphat token create` beside a running
@@ -32,13 +32,14 @@ const VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// sets the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [fn(&Connection) -> Result<()>; 6] = [
+const MIGRATIONS: [fn(&Connection) -> Result<()>; 7] = [
     create_v1,
     json_token_lists,
     claims,
     sessions,
     not_before,
     approvals,
+    source,
 ];
 
 /// Version 1: the schema as it was before it had a version. Idempotent, since a version-0
@@ -185,6 +186,19 @@ CREATE TABLE approvals (
     UNIQUE (run_id, step)
 );
 CREATE INDEX approvals_open ON approvals (open) WHERE open;
+",
+    )?;
+    Ok(())
+}
+
+/// Version 7: where each run was started from (`api`, `web`, `slack`, `cli`); NULL for the
+/// runs written before, which read as unknown rather than as a guess. The index serves a
+/// workflow's grant history, the audit entries with that workflow as target.
+fn source(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "
+ALTER TABLE runs ADD COLUMN source TEXT;
+CREATE INDEX audit_target ON audit (target, id);
 ",
     )?;
     Ok(())
@@ -401,7 +415,7 @@ const APPEND_DETAIL: &str = "CASE WHEN ?3 IS NULL THEN detail \
 /// A run's columns; `lease_owner` only while it runs (a lease outlives its run's end).
 const RUN_COLUMNS: &str = "id, workflow, inputs, principal, dry_run, concurrency_key, \
     idempotency_key, status, detail, created_ms, started_ms, finished_ms, \
-    CASE WHEN status = 'running' THEN lease_owner END";
+    CASE WHEN status = 'running' THEN lease_owner END, source";
 
 fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String)> {
     Ok((
@@ -419,9 +433,25 @@ fn run_from_row(row: &Row) -> rusqlite::Result<(Run, String)> {
             started_ms: row.get(10)?,
             finished_ms: row.get(11)?,
             daemon: row.get(12)?,
+            source: row
+                .get::<_, Option<String>>(13)?
+                .as_deref()
+                .and_then(RunSource::parse),
         },
         row.get(2)?,
     ))
+}
+
+fn audit_from_row(row: &Row) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        at_ms: row.get(0)?,
+        principal: row.get(1)?,
+        action: row.get(2)?,
+        target: row.get(3)?,
+        remote: row.get(4)?,
+        status: row.get(5)?,
+        outcome: row.get(6)?,
+    })
 }
 
 fn query_runs(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<Run>> {
@@ -486,8 +516,8 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
     let created_ms = now_ms();
     tx.prepare_cached(
         "INSERT INTO runs (id, workflow, inputs, principal, dry_run, concurrency_key, \
-         idempotency_key, status, created_ms, forced, not_before_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         idempotency_key, status, created_ms, forced, not_before_ms, source) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?
     .execute(params![
         run.id,
@@ -500,7 +530,8 @@ fn create_run(tx: &Connection, run: &NewRun, max_queued: u64) -> Result<(Run, bo
         Text(RunStatus::Queued),
         created_ms,
         run.forced,
-        run.not_before_ms
+        run.not_before_ms,
+        run.source.as_str()
     ])?;
     Ok((run.queued(created_ms), true))
 }
@@ -1307,17 +1338,21 @@ impl AsyncStore for SqliteStore {
                  ORDER BY id DESC LIMIT ?1",
             )?;
             let rows = stmt
-                .query_map(params![limit], |row| {
-                    Ok(AuditEntry {
-                        at_ms: row.get(0)?,
-                        principal: row.get(1)?,
-                        action: row.get(2)?,
-                        target: row.get(3)?,
-                        remote: row.get(4)?,
-                        status: row.get(5)?,
-                        outcome: row.get(6)?,
-                    })
-                })?
+                .query_map(params![limit], audit_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn audit_of(&self, action: &str, target: &str, limit: u32) -> Pending<Vec<AuditEntry>> {
+        let (action, target) = (action.to_owned(), target.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at_ms, principal, action, target, remote, status, outcome FROM audit \
+                 WHERE target = ?1 AND action = ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![target, action, limit], audit_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
@@ -1524,6 +1559,8 @@ INSERT INTO tokens VALUES ('bb', 'ro', 'viewer', '', 1);
         assert!(store.token("bb").unwrap().unwrap().patterns.is_empty());
         let run = store.run("01a").unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Succeeded);
+        // Written before runs kept their source: unknown, not a guess.
+        assert_eq!(run.source, None);
         assert_eq!(store.steps("01a").unwrap()[0].status, StepState::Succeeded);
         drop(store);
         assert_eq!(user_version(&path), super::VERSION);

@@ -11,8 +11,8 @@ use std::sync::Arc;
 // ambiguous. A case that queues a write without waiting names `AsyncStore` in full.
 use crate::{
     Applied, Approval, AsyncStore, AuditEntry, Change, Commit, Decide, Error, Fence, Lock,
-    MAX_AUDIT_FIELD, NewRun, Outcome, PgStore, RunFilter, RunStatus, Scope, Section, SessionRecord,
-    SqliteStore, StepState, Store, TokenRecord, VoteRecord, no_holds, now_ms,
+    MAX_AUDIT_FIELD, NewRun, Outcome, PgStore, RunFilter, RunSource, RunStatus, Scope, Section,
+    SessionRecord, SqliteStore, StepState, Store, TokenRecord, VoteRecord, no_holds, now_ms,
 };
 
 /// No cap on queued runs.
@@ -104,7 +104,89 @@ both!(
     the_session_cap_refuses_only_when_no_expired_session_can_go,
     deleting_a_token_ends_its_sessions,
     an_approval_keeps_its_first_deadline_and_counts_each_person_once,
+    a_run_keeps_where_it_was_started_from,
+    a_workflows_audit_history_is_its_own_newest_first,
 );
+
+fn a_run_keeps_where_it_was_started_from(t: &Tested) {
+    let store = &*t.store;
+    for (n, source) in RunSource::ALL.into_iter().enumerate() {
+        let id = format!("01{n}");
+        let run = NewRun {
+            source,
+            ..new_run(&id, None)
+        };
+        let (created, _) = store.create_run(&run, ANY).unwrap();
+        assert_eq!(created.source, Some(source));
+        assert_eq!(store.run(&id).unwrap().unwrap().source, Some(source));
+    }
+    let listed: Vec<_> = store
+        .list_runs(&RunFilter {
+            limit: 10,
+            ..RunFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| r.source)
+        .collect();
+    assert_eq!(listed.len(), RunSource::ALL.len());
+    assert!(listed.iter().all(Option::is_some), "{listed:?}");
+    // A retried request answers with the first run, source and all.
+    let first = NewRun {
+        source: RunSource::Slack,
+        ..new_run("02a", Some("k"))
+    };
+    store.create_run(&first, ANY).unwrap();
+    let again = NewRun {
+        source: RunSource::Cli,
+        ..new_run("02b", Some("k"))
+    };
+    let (replayed, created) = store.create_run(&again, ANY).unwrap();
+    assert!(!created);
+    assert_eq!(replayed.source, Some(RunSource::Slack));
+}
+
+fn a_workflows_audit_history_is_its_own_newest_first(t: &Tested) {
+    let store = &*t.store;
+    let entry = |at_ms, action: &str, target: &str, outcome: &str| AuditEntry {
+        at_ms,
+        principal: None,
+        action: action.into(),
+        target: target.into(),
+        remote: "deploy.yaml".into(),
+        status: 200,
+        outcome: outcome.into(),
+    };
+    let now = now_ms();
+    store
+        .audit(&entry(now, "reload workflow", "deploy", "first"))
+        .unwrap();
+    store
+        .audit(&entry(now, "reload workflow", "other", "not this workflow"))
+        .unwrap();
+    store
+        .audit(&entry(now, "POST /api/v1/runs", "deploy", "not a reload"))
+        .unwrap();
+    store
+        .audit(&entry(now, "reload workflow", "deploy", "second"))
+        .unwrap();
+    let outcomes = |limit| -> Vec<String> {
+        store
+            .audit_of("reload workflow", "deploy", limit)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.outcome)
+            .collect()
+    };
+    assert_eq!(outcomes(10), ["second", "first"]);
+    assert_eq!(outcomes(1), ["second"]);
+    assert!(
+        store
+            .audit_of("reload workflow", "nothing", 10)
+            .unwrap()
+            .is_empty()
+    );
+}
 
 /// The daemon the cases claim runs as, with a lease no case outlives.
 const ME: &str = "test-daemon";
@@ -134,6 +216,7 @@ pub(crate) fn new_run(id: &str, key: Option<&str>) -> NewRun {
         workflow: "wf".into(),
         inputs: serde_json::json!({"a": 1}),
         principal: "ci".into(),
+        source: RunSource::Api,
         dry_run: false,
         concurrency_key: None,
         idempotency_key: key.map(Into::into),

@@ -729,7 +729,10 @@ async fn start(
         request.trigger_id.clone()
     };
     let key = format!("slack:{}:{idempotency}", request.team_id);
-    let admitted = match service.admit(caller, run, Some(&key)).await {
+    let admitted = match service
+        .admit(caller, run, Some(&key), shiphat_protocol::RunSource::Slack)
+        .await
+    {
         Ok(admitted) => admitted,
         Err(service::Error::Locked { lock, .. }) => {
             return Answer::refused(
