@@ -599,10 +599,6 @@ impl App {
         Ok(removed)
     }
 
-    /// Writes an entry to the audit log. A refusal (status 400 and up) from an address that
-    /// has had its [`crate::limits::REFUSAL_BURST`] is counted instead, and the next one
-    /// written says how many were not: a flood of bad requests costs a few rows, not one each.
-    /// The store caps the length of every field.
     /// Writes what each reload changed in what a workflow's steps may reach to the audit log:
     /// one entry per reloaded workflow, its outcome the change in words (issue 20: a widened
     /// grant is what a reviewer looks for).
@@ -621,6 +617,10 @@ impl App {
         }
     }
 
+    /// Writes an entry to the audit log. A refusal (status 400 and up) from an address that
+    /// has had its [`crate::limits::REFUSAL_BURST`] is counted instead, and the next one
+    /// written says how many were not: a flood of bad requests costs a few rows, not one each.
+    /// The store caps the length of every field.
     pub async fn audit(&self, mut entry: shiphat_store::AuditEntry) {
         if entry.status >= 400 {
             let address = entry
