@@ -27,6 +27,9 @@
 # after the table comes, for each throughput row, what its statements cost per step: the
 # statements the daemons sent (each a round trip, or part of one) and the time the server took
 # to execute them, then each statement, those run inside a function too, the costliest first.
+# BENCH_PG_SQL: SQL run on the benchmark's database once its schema is migrated, before any
+# daemon starts: to measure a change of the server's side (a function of the schema, say)
+# against the same binary, without another build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -278,6 +281,8 @@ EOF
     # Tokens live in the database: one, for every daemon.
     token=$("$shiphat" token create bench --role admin --config "$work/shiphat.toml" 2>"$work/token.log") \
       || { cat "$work/token.log" >&2; exit 1; }
+    # `token create` opened the store, which migrated the schema.
+    [ -n "${BENCH_PG_SQL:-}" ] && sql "$BENCH_PG_SQL" >/dev/null
 
     # CPU time in clock ticks of these processes and of their children, the ended ones
     # included (the server's backends, the client's Python).

@@ -39,8 +39,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
-/// records the new version. Never edit one that has shipped: add the next.
-const MIGRATIONS: [&str; 7] = [
+/// records the new version. Never edit one that has shipped: add the next. The version is the
+/// place in this list, not the number in a file's name.
+const MIGRATIONS: [&str; 8] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
     include_str!("postgres/migrations/003_sessions.sql"),
@@ -48,6 +49,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("postgres/migrations/005_approvals.sql"),
     include_str!("postgres/migrations/006_append.sql"),
     include_str!("postgres/migrations/007_source.sql"),
+    include_str!("postgres/migrations/008_append_set.sql"),
 ];
 
 /// The schema this build writes.
@@ -97,7 +99,7 @@ const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 /// order, so the next group that waits carries it to disk too, which is that write's contract.
 ///
 /// Events, the bulk of the writes, take no savepoint: a group's events are written by one
-/// call of the function `shiphat_append` (migration 006), which answers a stale fence or a
+/// call of the function `shiphat_append` (migrations 006 and 008), which answers a stale fence or a
 /// step's second end as a value rather than as an error. A group of events thus costs three
 /// round trips (`BEGIN`, the call, `COMMIT`) instead of five per event.
 pub struct PgStore {
@@ -710,7 +712,7 @@ fn int(n: u32) -> i32 {
 /// changes.
 type Event<'a> = (&'a str, &'a Fence, &'a str, Option<&'a Change>);
 
-/// Appends `events`, in order, with one call of `shiphat_append` (migration 006), which checks
+/// Appends `events`, in order, with one call of `shiphat_append` (migration 008), which checks
 /// each fence, refuses a step's second end, inserts and announces each event and changes its
 /// step's record. A [`Change::RunEnded`] is left to the caller. The answer holds, per event,
 /// its `seq`, 0 when its fence refused it, or -1 when its step had ended already (see
@@ -1698,6 +1700,7 @@ mod tests {
     use super::{PgStore, VERSION};
     use crate::testing::Postgres;
     use crate::tests::{ANY, new_run};
+    use ::postgres::fallible_iterator::FallibleIterator;
     use std::time::Duration;
 
     use crate::{Commit, Error, Location, Notice, RunStatus, Store};
@@ -1930,6 +1933,253 @@ mod tests {
                 .unwrap_or_else(|_| panic!("{} runs unheard", unheard.len()));
             unheard.remove(&run);
         }
+    }
+
+    /// One event of a call of `shiphat_append` or `shiphat_append_each`, as the SQL takes it.
+    struct RawEvent {
+        run: String,
+        owner: &'static str,
+        epoch: i64,
+        body: String,
+        kind: Option<&'static str>,
+        step: Option<&'static str>,
+        status: Option<&'static str>,
+        attempts: Option<i32>,
+    }
+
+    /// Calls `function` with `events` on `client`: its answer, and the notifications the call
+    /// sent (the client listens, and a session hears its own notifications at the commit).
+    fn call_append(
+        client: &mut ::postgres::Client,
+        function: &str,
+        events: &[RawEvent],
+        at_ms: i64,
+    ) -> (Vec<i64>, Vec<String>) {
+        let column = |f: &dyn Fn(&RawEvent) -> Option<String>| -> Vec<Option<String>> {
+            events.iter().map(f).collect()
+        };
+        let finished = |e: &RawEvent| e.kind == Some("finished");
+        let answer: Vec<i64> = client
+            .query_one(
+                &format!(
+                    "SELECT {function}($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                     $14, $15)"
+                ),
+                &[
+                    &column(&|e| Some(e.run.clone())),
+                    &column(&|e| Some(e.owner.to_owned())),
+                    &events.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+                    &column(&|e| Some(e.body.clone())),
+                    &column(&|e| e.kind.map(str::to_owned)),
+                    &column(&|e| e.step.map(str::to_owned)),
+                    &column(&|e| e.kind.map(|_| "steps".to_owned())),
+                    &column(&|e| e.status.map(str::to_owned)),
+                    &events.iter().map(|e| e.attempts).collect::<Vec<_>>(),
+                    &events
+                        .iter()
+                        .map(|e| finished(e).then_some(1.5))
+                        .collect::<Vec<_>>(),
+                    &column(&|e| finished(e).then(|| format!("summary of {}", e.body))),
+                    &column(&|e| finished(e).then(|| format!("{{\"at\":\"{}\"}}", e.body))),
+                    &column(&|e| finished(e).then(|| "null".to_owned())),
+                    &events
+                        .iter()
+                        .map(|e| finished(e).then_some(e.body.len() % 2 == 0))
+                        .collect::<Vec<_>>(),
+                    &at_ms,
+                ],
+            )
+            .unwrap()
+            .get(0);
+        let heard = client
+            .notifications()
+            .iter()
+            .map(|n| Ok(n.payload().to_owned()))
+            .collect()
+            .unwrap();
+        (answer, heard)
+    }
+
+    /// What a database holds of runs' events and steps, as text to compare.
+    fn appended(client: &mut ::postgres::Client) -> Vec<String> {
+        client
+            .query(
+                "SELECT row_to_json(e)::text FROM (SELECT * FROM events ORDER BY seq) e \
+                 UNION ALL SELECT * FROM (SELECT row_to_json(s)::text FROM \
+                 (SELECT * FROM steps ORDER BY run_id, step) s) s",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    }
+
+    #[test]
+    fn the_set_based_append_answers_and_writes_what_the_loop_does() {
+        // Migration 008 writes a call's events with set-based statements where 006 looped
+        // over them (that loop is kept as `shiphat_append_each`). The same calls, made on two
+        // databases in the same state, one through each, must answer, write and announce the
+        // same: fences that hold, are stale, have expired or whose run is not running, steps
+        // started, started again after an interruption, ended, ended twice, or ended without
+        // a start (skipped), several runs per call, and run ids long enough that one call's
+        // announcement is split.
+        let server = Postgres::shared();
+        let mut clients: Vec<::postgres::Client> = (0..2)
+            .map(|_| {
+                let url = server.database();
+                drop(PgStore::open(&url, None).unwrap());
+                let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+                // Counted, so that the test knows which calls the set-based statements answered.
+                client
+                    .batch_execute("LISTEN shiphat; SET track_functions = 'pl'")
+                    .unwrap();
+                client
+            })
+            .collect();
+        let runs: Vec<String> = (0..6)
+            .map(|r| format!("run{r}-{}", "x".repeat(if r < 3 { 3000 } else { 10 })))
+            .collect();
+        // Runs 0 to 2 are `me`'s at epoch 1, run 3 another daemon's, run 4's lease has run
+        // out, run 5 is still queued.
+        let setup = |client: &mut ::postgres::Client| {
+            for (r, run) in runs.iter().enumerate() {
+                let (status, owner, expires) = match r {
+                    0..=2 => ("running", "me", i64::MAX),
+                    3 => ("running", "other", i64::MAX),
+                    4 => ("running", "me", 1),
+                    _ => ("queued", "me", i64::MAX),
+                };
+                client
+                    .execute(
+                        "INSERT INTO runs (id, workflow, inputs, principal, dry_run, status, \
+                         created_ms, started_ms, lease_owner, lease_expires_ms, lease_epoch) \
+                         VALUES ($1, 'w', '{}', 'p', false, $2, 0, 0, $3, $4, $5)",
+                        &[
+                            &run,
+                            &status,
+                            &owner,
+                            &expires,
+                            &(if r == 3 { 2i64 } else { 1 }),
+                        ],
+                    )
+                    .unwrap();
+            }
+            client
+                .execute(
+                    "INSERT INTO events (run_id, body) VALUES ($1, 'before')",
+                    &[&runs[0]],
+                )
+                .unwrap();
+            for (step, status, finished) in [
+                ("a", "running", None),
+                ("b", "succeeded", Some(5i64)),
+                ("c", "interrupted", None),
+            ] {
+                client
+                    .execute(
+                        "INSERT INTO steps (run_id, step, section, status, attempts, \
+                         started_ms, finished_ms, seq) VALUES ($1, $2, 'steps', $3, 1, 2, $4, 1)",
+                        &[&runs[0], &step, &status, &finished],
+                    )
+                    .unwrap();
+            }
+        };
+        for client in &mut clients {
+            setup(client);
+        }
+        // A small linear congruential generator: the same calls on every run of the test.
+        let mut state: u64 = 17;
+        let mut next = |n: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let steps = ["a", "b", "c", "d", "e", "f"];
+        let (mut looped_calls, mut large_with_a_step_twice, mut split) = (0i64, 0, 0);
+        let mut answers = std::collections::HashSet::new();
+        for call in 0..300 {
+            let events: Vec<RawEvent> = (0..1 + next(14))
+                .map(|e| {
+                    let run = runs[match next(10) {
+                        r @ 0..=5 => r as usize,
+                        _ => next(3) as usize,
+                    }]
+                    .clone();
+                    let (owner, epoch) = match next(12) {
+                        0 => ("me", 2),
+                        1 => ("other", 2),
+                        _ => ("me", 1),
+                    };
+                    let kind = [None, Some("started"), Some("finished")][next(3) as usize];
+                    RawEvent {
+                        run,
+                        owner,
+                        epoch,
+                        body: format!("{{\"call\":{call},\"event\":{e}}}"),
+                        kind,
+                        step: kind.map(|_| steps[next(6) as usize]),
+                        status: (kind == Some("finished"))
+                            .then(|| ["succeeded", "failed", "skipped"][next(3) as usize]),
+                        attempts: kind.map(|_| 1 + next(3) as i32),
+                    }
+                })
+                .collect();
+            let keys: std::collections::HashSet<_> = events
+                .iter()
+                .filter(|e| e.kind.is_some())
+                .map(|e| (&e.run, e.step))
+                .collect();
+            // The set-based statements leave to the loop a call of a step written twice, and
+            // one of fewer than four events.
+            let twice = keys.len() < events.iter().filter(|e| e.kind.is_some()).count();
+            if events.len() < 4 || twice {
+                looped_calls += 1;
+            }
+            large_with_a_step_twice += usize::from(events.len() >= 4 && twice);
+            // Halfway, another daemon takes run 1 over: `me`'s fence on it goes stale.
+            if call == 150 {
+                for client in &mut clients {
+                    client
+                        .execute(
+                            "UPDATE runs SET lease_owner = 'other', lease_epoch = 2 \
+                             WHERE id = $1",
+                            &[&runs[1]],
+                        )
+                        .unwrap();
+                }
+            }
+            let at_ms = 1000 + call;
+            let looped = call_append(&mut clients[0], "shiphat_append_each", &events, at_ms);
+            let set = call_append(&mut clients[1], "shiphat_append", &events, at_ms);
+            assert_eq!(looped, set, "call {call}");
+            split += usize::from(set.1.len() > 1);
+            answers.extend(set.0.iter().map(|&answer| answer.clamp(-1, 1)));
+        }
+        let [looped, set] = &mut clients[..] else {
+            unreachable!("two clients")
+        };
+        assert_eq!(appended(looped), appended(set));
+        // The calls reached every path: the set-based statements, the loop for the calls
+        // it is left (and only for those), every answer, a split announcement.
+        set.batch_execute("SELECT pg_stat_force_next_flush()")
+            .unwrap();
+        let handed_to_the_loop: i64 = set
+            .query_one(
+                "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions \
+                 WHERE funcname = 'shiphat_append_each'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(handed_to_the_loop, looped_calls);
+        assert!(
+            (30..270).contains(&looped_calls) && large_with_a_step_twice > 0 && split > 0,
+            "{looped_calls} calls were left to the loop ({large_with_a_step_twice} of four \
+             events or more for a step written twice), {split} announcements were split"
+        );
+        assert_eq!(answers, [-1, 0, 1].into());
     }
 
     #[test]
