@@ -962,20 +962,23 @@ on_failure:
             .unwrap();
         assert_eq!(report.status, StepStatus::Failed, "{report:?}");
         assert_eq!(report.error.unwrap().message, "red");
-        let events = events.lock().unwrap();
-        let steps: Vec<&str> = events.iter().filter_map(step_of).collect();
-        assert!(
-            steps.iter().all(|s| *s == "check"),
-            "only the replayed step is heard of: {steps:?}"
-        );
-        assert!(
-            !events.iter().any(|e| matches!(
-                e,
-                Event::StepStarted { .. } | Event::StepFinished { .. } | Event::RunFinished { .. }
-            )),
-            "a replay is no run: {events:?}"
-        );
-        drop(events);
+        {
+            let events = events.lock().unwrap();
+            let steps: Vec<&str> = events.iter().filter_map(step_of).collect();
+            assert!(
+                steps.iter().all(|s| *s == "check"),
+                "only the replayed step is heard of: {steps:?}"
+            );
+            assert!(
+                !events.iter().any(|e| matches!(
+                    e,
+                    Event::StepStarted { .. }
+                        | Event::StepFinished { .. }
+                        | Event::RunFinished { .. }
+                )),
+                "a replay is no run: {events:?}"
+            );
+        }
 
         let mut other = replay(serde_json::json!({}));
         other.step = "nope".into();
