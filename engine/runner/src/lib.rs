@@ -698,7 +698,10 @@ impl Runner {
     /// `replay_at`), under the step's own grants, limits and secrets. It is a dry run, no
     /// other step runs (not `on_failure` either), it is tried once whatever its `retry`, and
     /// no `step_started`/`step_finished` events are emitted: its plugin's logs go to
-    /// `events`. `shiphat verify backtest` is built on it.
+    /// `events`. `shiphat verify backtest` is built on it. Whatever keeps this replay from
+    /// starting (its `with:` or the workflow's `env` not resolving from those inputs) is the
+    /// report's `setup` error; `Err` says the step cannot be replayed at all (no such step,
+    /// or an approval).
     pub async fn replay_step(
         &self,
         prepared: &Prepared,
@@ -740,10 +743,13 @@ impl Runner {
             dry_run: true,
         };
         let run = self.run_state(workflow, options, Vec::new(), events, Stop::new());
-        let env = workflow
-            .resolve_env(&run.inputs, &run.run_id)
-            .map_err(|e| format!("workflow env: {e}"))?;
-        let run = Arc::new(RunState { env, ..run });
+        let started = Instant::now();
+        // A past run whose inputs the workflow's `env` cannot take now is that replay's
+        // failure to start, not the caller's.
+        let (run, env_error) = match workflow.resolve_env(&run.inputs, &run.run_id) {
+            Ok(env) => (Arc::new(RunState { env, ..run }), None),
+            Err(e) => (Arc::new(run), Some(format!("workflow env: {e}"))),
+        };
         run.steps
             .lock()
             .unwrap()
@@ -766,10 +772,19 @@ impl Runner {
                 literal_config: None,
             },
         };
-        let started = Instant::now();
-        let end = job
-            .call_plugin(1, &p.plugin, &p.schema, None, Some(&replay.config))
-            .await;
+        let end = match env_error {
+            Some(message) => AttemptEnd::Failed {
+                error: StepError {
+                    kind: ErrorKind::Setup,
+                    message,
+                },
+                outputs: Map::new(),
+            },
+            None => {
+                job.call_plugin(1, &p.plugin, &p.schema, None, Some(&replay.config))
+                    .await
+            }
+        };
         let (status, summary, outputs, error) = match end {
             AttemptEnd::Succeeded { outputs, summary } => {
                 (StepStatus::Succeeded, summary, outputs, None)
@@ -780,12 +795,13 @@ impl Runner {
                 outputs,
                 Some(error),
             ),
+            // Tried once: a transient error is not the plugin's verdict.
             AttemptEnd::Transient(message) => (
                 StepStatus::Failed,
                 message.clone(),
                 Map::new(),
                 Some(StepError {
-                    kind: ErrorKind::Failed,
+                    kind: ErrorKind::Transient,
                     message,
                 }),
             ),
