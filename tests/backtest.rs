@@ -176,6 +176,40 @@ fn a_step_that_cannot_replay_is_refused_with_what_can() {
     );
     let run = backtest(&dir, &[file.to_str().unwrap(), "--at", "yesterday=bad"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
+
+    // A metric read from a page, which keeps no past, is refused once, by the plugin's words.
+    let scraped = dir.write(
+        "scraped.yaml",
+        r#"name: scraped
+steps:
+  - id: verify
+    uses: metrics-verifier
+    allow: { http: ["127.0.0.1:9"] }
+    with:
+      provider: scrape
+      address: http://127.0.0.1:9/metrics
+      metrics: [{ name: errors, series: errors_total, success_condition: result < 1 }]
+"#,
+    );
+    let run = backtest(
+        &dir,
+        &[
+            scraped.to_str().unwrap(),
+            "--at",
+            "2026-11-02T10:00:00Z",
+            "--at",
+            "2026-11-02T11:00:00Z",
+        ],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(
+            "step `verify` cannot be replayed: metric `errors` reads `scrape`, which answers only for now"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
 }
 
 /// A token for a principal, made with `shiphat token create` in the test's data directory.

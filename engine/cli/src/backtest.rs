@@ -172,6 +172,15 @@ pub async fn backtest(args: BacktestArgs) -> anyhow::Result<u8> {
             .replay_step(&prepared, replay, std::sync::Arc::new(|_| {}))
             .await
             .map_err(Invalid)?;
+        // A `with:` the plugin refuses (a `scrape` metric, which keeps no past) is the file's
+        // to fix, and the same for every deploy: said once, as an error, not as a row each.
+        if let Some(e) = report
+            .error
+            .as_ref()
+            .filter(|e| e.kind == ErrorKind::InvalidConfig)
+        {
+            return Err(Invalid(format!("step `{step}` cannot be replayed: {}", e.message)).into());
+        }
         // A step that failed because it had nothing to judge (the metrics verifier's
         // `verdict: Error`: no samples then, or a query Prometheus refused) says nothing
         // about the deploy, only about the history kept.
