@@ -119,14 +119,16 @@ fn times_given_are_replayed_against_the_recorded_series() {
         &dir,
         &[
             file.to_str().unwrap(),
+            // An offset other than `Z`, as a person in Paris writes it.
             "--at",
-            "2026-11-02T10:19:00Z=bad",
+            "2026-11-02T11:19:00+01:00=bad",
             "--json",
         ],
     );
     assert_eq!(run.code, 0, "{}", run.stderr);
     let report: Value = serde_json::from_str(&run.stdout).unwrap();
     let row = &report["rows"][0];
+    assert_eq!(row["step_started_at"], "2026-11-02T10:19:00Z", "{row}");
     assert_eq!(row["verdict"], "fail", "{row}");
     assert_eq!(row["happened"]["bad"], true, "{row}");
     let measured: Vec<(&str, &str)> = row["outputs"]["measurements"]

@@ -412,11 +412,16 @@ fn given_window(given: &str, inputs: &Map<String, Value>) -> anyhow::Result<Wind
             .into());
         }
     };
-    let at = humantime::parse_rfc3339_weak(time).map_err(|e| {
-        Invalid(format!(
-            "--at `{given}`: `{time}` is not a time ({e}); write it as RFC 3339, e.g. `2026-11-30T10:00:00Z`"
-        ))
-    })?;
+    // Any offset a person writes (`Z`, `+01:00`), as RFC 3339 allows.
+    let at = time
+        .parse::<jiff::Timestamp>()
+        .map_err(|e| e.to_string())
+        .and_then(|t| SystemTime::try_from(t).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            Invalid(format!(
+                "--at `{given}`: `{time}` is not a time ({e}); write it as RFC 3339, e.g. `2026-11-30T10:00:00Z` or `2026-11-30T11:00:00+01:00`"
+            ))
+        })?;
     Ok(Window {
         run: None,
         at,
