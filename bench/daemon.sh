@@ -29,7 +29,9 @@
 # to execute them, then each statement, those run inside a function too, the costliest first.
 # BENCH_PG_SQL: SQL run on the benchmark's database once its schema is migrated, before any
 # daemon starts: to measure a change of the server's side (a function of the schema, say)
-# against the same binary, without another build.
+# against the same binary, without another build. BENCH_PG_OPTS: more of the server's settings,
+# as `-c NAME=VALUE ...` (`auto_explain`'s, say); BENCH_PG_LOG: a file the server's log is
+# copied to on exit (the server's directory is removed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -75,6 +77,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   if [ -n "$pg_dir" ]; then
+    [ -n "${BENCH_PG_LOG:-}" ] && cp "$pg_dir/server.log" "$BENCH_PG_LOG" 2>/dev/null || true
     # Immediate: the data is thrown away.
     (cd / && as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate -w -t 90 stop) >/dev/null 2>&1 || true
     rm -rf "$pg_dir"
@@ -255,7 +258,7 @@ if [ "$postgres" = 1 ]; then
     # `track=all`: the statements inside functions too (marked `in a function` below).
     [ "$statements" = 1 ] && preload="-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
     (cd / && as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 90 \
-      -o "-k $pg_dir -p $port -c listen_addresses=127.0.0.1 $preload" start) >"$work/pg_ctl.log" 2>&1 \
+      -o "-k $pg_dir -p $port -c listen_addresses=127.0.0.1 $preload ${BENCH_PG_OPTS:-}" start) >"$work/pg_ctl.log" 2>&1 \
       || { cat "$work/pg_ctl.log" >&2; cat "$pg_dir/server.log" >&2; exit 1; }
     "$pg_bin/createdb" -h 127.0.0.1 -p "$port" -U shiphat bench
     sql() { "$pg_bin/psql" -h 127.0.0.1 -p "$port" -U shiphat -d bench -Atqc "$1"; }

@@ -41,7 +41,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next. The version is the
 /// place in this list, not the number in a file's name.
-const MIGRATIONS: [&str; 8] = [
+const MIGRATIONS: [&str; 9] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
     include_str!("postgres/migrations/003_sessions.sql"),
@@ -50,6 +50,7 @@ const MIGRATIONS: [&str; 8] = [
     include_str!("postgres/migrations/006_append.sql"),
     include_str!("postgres/migrations/007_source.sql"),
     include_str!("postgres/migrations/008_append_set.sql"),
+    include_str!("postgres/migrations/009_append_by_key.sql"),
 ];
 
 /// The schema this build writes.
