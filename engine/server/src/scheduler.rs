@@ -37,8 +37,8 @@ use crate::workflows::Workflows;
 const LIVE_CAPACITY: usize = 1024;
 
 /// The most runs one claim starts. A claim that starts this many is followed at once by
-/// another; between them, other daemons get their turn, so a burst of queued runs is shared
-/// out rather than taken by whichever daemon heard of it first.
+/// another; between them, other daemons get their turn. On a shared store a claim takes at
+/// most this daemon's even share of the work besides (see `fair_share` in the store).
 const CLAIM_BATCH: u32 = 16;
 
 /// How often the daemon claims without being told to: for locks that expire (a lock removed

@@ -68,6 +68,45 @@ pub(crate) struct Queued {
     pub dry_run: bool,
     pub detail: Option<String>,
     pub not_before_ms: Option<i64>,
+    pub created_ms: i64,
+}
+
+/// How recently a daemon must have claimed to count among the daemons that share the queue
+/// (see [`fair_share`]). An accepting daemon claims at least once a second (the server's
+/// `CLAIM_POLL`), so five seconds passes a daemon busy for a moment and drops, soon after, one
+/// that stopped, drains or was paused.
+pub(crate) const CLAIMER_LIVE_MS: i64 = 5_000;
+
+/// How long a run that may start waits for the daemon whose share it is before any daemon
+/// takes it past its share: a daemon counted among the claimers may be paused, or gone
+/// without handing over, for up to [`CLAIMER_LIVE_MS`]. Two claim polls: a live daemon has
+/// claimed twice by then.
+pub(crate) const SHARE_GRACE_MS: i64 = 2_000;
+
+/// What a claim sees of the daemons that share a store's queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Claimers {
+    /// The daemons that claimed within [`CLAIMER_LIVE_MS`], the claiming one included.
+    pub daemons: usize,
+    /// The runs running now, on any daemon.
+    pub running: usize,
+    /// Those the claiming daemon runs.
+    pub mine: usize,
+}
+
+/// How many of `startable` (the runs a claim may start now, oldest first, as their creation
+/// times) the claiming daemon takes: up to its even share of everything running or about to,
+/// less what it runs already, and at most `max`. Daemons that share a queue thus each take a
+/// part of a burst, instead of whichever heard of it first taking most of it while the others
+/// idle (issue 17: three daemons' runs split 33 / 16 / 1). A run that has waited
+/// [`SHARE_GRACE_MS`] is taken whatever the share: the daemon whose share it was may be paused.
+pub(crate) fn fair_share(claimers: Claimers, startable: &[i64], now: i64, max: usize) -> usize {
+    let share = (claimers.running + startable.len()).div_ceil(claimers.daemons.max(1));
+    let overdue = startable
+        .iter()
+        .filter(|created| now - **created >= SHARE_GRACE_MS)
+        .count();
+    share.saturating_sub(claimers.mine).max(overdue).min(max)
 }
 
 /// What a claim decided.
@@ -175,6 +214,28 @@ pub(crate) fn plan(
     plan
 }
 
+impl Plan {
+    /// Starts only the first `n` of the runs it starts: each of the others waits at the front
+    /// of its key's queue, where [`plan`] with a `max` of `n` would have left it.
+    pub(crate) fn start_first(&mut self, n: usize, queued: &[Queued]) {
+        if n >= self.start.len() {
+            return;
+        }
+        let keys: HashMap<&str, &str> = queued
+            .iter()
+            .filter_map(|run| Some((run.id.as_str(), run.key.as_deref()?)))
+            .collect();
+        let later = self.start.split_off(n);
+        // From the last, so that each goes in front of those of its key queued after it.
+        for id in later.into_iter().rev() {
+            if let Some(queue) = keys.get(id.as_str()).and_then(|k| self.keys.get_mut(*k)) {
+                queue.holder = None;
+                queue.waiting.insert(0, id);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +249,7 @@ mod tests {
             dry_run: false,
             detail: None,
             not_before_ms: None,
+            created_ms: 0,
         }
     }
 
@@ -198,6 +260,59 @@ mod tests {
             reason: "freeze".into(),
             created_ms: 0,
             expires_ms: None,
+        }
+    }
+
+    #[test]
+    fn daemons_sharing_a_burst_each_take_an_even_part_of_it() {
+        let now = 10_000;
+        let burst = [now; 50];
+        let claimers = |running, mine| Claimers {
+            daemons: 3,
+            running,
+            mine,
+        };
+        // The first daemon to claim takes its third, not the whole batch.
+        assert_eq!(fair_share(claimers(0, 0), &burst, now, 16), 16);
+        assert_eq!(fair_share(claimers(16, 16), &burst[16..], now, 16), 1);
+        // The next ones take what is left of theirs.
+        assert_eq!(fair_share(claimers(17, 0), &burst[17..], now, 16), 16);
+        assert_eq!(fair_share(claimers(33, 0), &burst[33..], now, 17), 17);
+        // A daemon that runs its share already takes nothing...
+        assert_eq!(fair_share(claimers(40, 20), &burst[..10], now, 16), 0);
+        // ...but for runs that waited past the grace: the daemon whose share they are may be
+        // paused.
+        let waited = [now - SHARE_GRACE_MS, now - SHARE_GRACE_MS, now];
+        assert_eq!(fair_share(claimers(40, 20), &waited, now, 16), 2);
+        // A daemon alone takes everything, up to `max`.
+        let alone = Claimers {
+            daemons: 1,
+            running: 5,
+            mine: 5,
+        };
+        assert_eq!(fair_share(alone, &burst, now, 16), 16);
+        assert_eq!(fair_share(alone, &burst, now, usize::MAX), 50);
+    }
+
+    #[test]
+    fn a_plan_cut_short_is_the_plan_of_a_smaller_max() {
+        let q = [
+            queued("1", Some("k")),
+            queued("2", None),
+            queued("3", Some("j")),
+            queued("4", Some("k")),
+            queued("5", Some("i")),
+            queued("6", Some("j")),
+        ];
+        let running = HashMap::from([("i".to_owned(), "0".to_owned())]);
+        for n in 0..=4 {
+            let mut cut = plan(&q, running.clone(), &[], 10, 0, &crate::no_holds());
+            cut.start_first(n, &q);
+            assert_eq!(
+                cut,
+                plan(&q, running.clone(), &[], n, 0, &crate::no_holds()),
+                "{n}"
+            );
         }
     }
 

@@ -41,7 +41,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Migration `i` takes a database from version `i` to `i + 1`, inside the transaction that
 /// records the new version. Never edit one that has shipped: add the next. The version is the
 /// place in this list, not the number in a file's name.
-const MIGRATIONS: [&str; 9] = [
+const MIGRATIONS: [&str; 10] = [
     include_str!("postgres/migrations/001_create.sql"),
     include_str!("postgres/migrations/002_claims.sql"),
     include_str!("postgres/migrations/003_sessions.sql"),
@@ -51,6 +51,7 @@ const MIGRATIONS: [&str; 9] = [
     include_str!("postgres/migrations/007_source.sql"),
     include_str!("postgres/migrations/008_append_set.sql"),
     include_str!("postgres/migrations/009_append_by_key.sql"),
+    include_str!("postgres/migrations/010_claimers.sql"),
 ];
 
 /// The schema this build writes.
@@ -857,6 +858,12 @@ fn interrupt_running(tx: &mut Conn, scope: &Scope) -> Result<Vec<Interrupted>> {
         ),
         &[&owner, &expired],
     )?;
+    // Their daemons no longer count among the claimers that share the queue: each is gone,
+    // paused or cut off past its lease. One that comes back counts again at its next claim.
+    let owners: Vec<&str> = running.iter().filter_map(|r| r.daemon.as_deref()).collect();
+    if !owners.is_empty() {
+        tx.execute("DELETE FROM daemons WHERE owner = ANY($1)", &[&owners])?;
+    }
     let mut out = Vec::new();
     for run in running {
         let in_flight = tx
@@ -901,10 +908,28 @@ fn claim(
     let turn: bool = tx
         .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&CLAIM_LOCK])?
         .try_get(0)?;
+    let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
+    // This daemon claims, so it counts among the claimers; and who else does, and what runs.
+    // The row of a daemon gone for an hour goes, so that restarts do not pile rows up.
+    let count = |row: &Row, i| Ok::<_, Error>(row.try_get::<_, i64>(i)?.max(0) as usize);
+    let row = tx.query_one(
+        "WITH seen AS (INSERT INTO daemons (owner, seen_ms) VALUES ($1, $2) \
+           ON CONFLICT (owner) DO UPDATE SET seen_ms = excluded.seen_ms), \
+         gone AS (DELETE FROM daemons WHERE seen_ms < $2 - 3600000 AND owner <> $1) \
+         SELECT 1 + (SELECT count(*) FROM daemons WHERE seen_ms > $2 - $3 AND owner <> $1), \
+           count(*), count(*) FILTER (WHERE lease_owner = $1) \
+         FROM runs WHERE status = 'running'",
+        &[&owner, &now, &crate::claim::CLAIMER_LIVE_MS],
+    )?;
+    let claimers = crate::claim::Claimers {
+        daemons: count(&row, 0)?,
+        running: count(&row, 1)?,
+        mine: count(&row, 2)?,
+    };
     let queued = tx
         .query(
-            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms, dry_run FROM runs \
-             WHERE status = 'queued' ORDER BY id",
+            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms, dry_run, \
+             created_ms FROM runs WHERE status = 'queued' ORDER BY id",
             &[],
         )?
         .iter()
@@ -916,7 +941,8 @@ fn claim(
                 forced: row.try_get(3)?,
                 detail: row.try_get(4)?,
                 not_before_ms: row.try_get(5)?,
-dry_run: row.try_get(6)?,
+                dry_run: row.try_get(6)?,
+                created_ms: row.try_get(7)?,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -929,10 +955,15 @@ dry_run: row.try_get(6)?,
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_>>()?;
-    let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
     let locks = locks(tx, "", &[&now])?;
-    let max = if turn { max as usize } else { 0 };
-    let plan = crate::claim::plan(&queued, running, &locks, max, now, windows);
+    let mut plan = crate::claim::plan(&queued, running, &locks, usize::MAX, now, windows);
+    let created: HashMap<&str, i64> = queued
+        .iter()
+        .map(|run| (run.id.as_str(), run.created_ms))
+        .collect();
+    let startable: Vec<i64> = plan.start.iter().map(|id| created[id.as_str()]).collect();
+    let share = crate::claim::fair_share(claimers, &startable, now, max as usize);
+    plan.start_first(if turn { share } else { 0 }, &queued);
     if !turn {
         // Where the queues stand, as far as this daemon can tell; the claimer decides.
         return Ok(Claimed {
@@ -1275,6 +1306,8 @@ impl AsyncStore for PgStore {
         let owner = owner.to_owned();
         self.write(Commit::Now, move |tx| {
             notify(tx, "r:")?;
+            // No longer one of the claimers that share the queue.
+            tx.execute("DELETE FROM daemons WHERE owner = $1", &[&owner])?;
             Ok(tx.execute(
                 "UPDATE runs SET lease_expires_ms = 0 WHERE status = 'running' \
                  AND lease_owner = $1",
@@ -1731,6 +1764,40 @@ mod tests {
             result.unwrap();
         }
         assert_eq!(schema_versions(&url), [VERSION as i32]);
+    }
+
+    #[test]
+    fn daemons_sharing_a_queue_each_claim_an_even_part_of_a_burst() {
+        let server = Postgres::shared();
+        let store = PgStore::open(&server.database(), None).unwrap();
+        let holds = crate::no_holds();
+        let claim = |owner: &str| {
+            let claimed = store.claim(owner, 60_000, 16, &holds).unwrap();
+            claimed.started.len()
+        };
+        // Three daemons that claim (each does, every second), with nothing queued yet.
+        for owner in ["a", "b", "c"] {
+            assert_eq!(claim(owner), 0);
+        }
+        for i in 0..30 {
+            store
+                .create_run(&new_run(&format!("01{i:02}"), None), ANY)
+                .unwrap();
+        }
+        // Whichever hears of the burst first takes its third, not the 16 a claim may take.
+        assert_eq!(
+            [claim("b"), claim("a"), claim("c"), claim("b")],
+            [10, 10, 10, 0]
+        );
+        // A daemon that stops is no longer counted: of 36 runs, two daemons' share is 18
+        // each (three daemons' would be 12, and `a` would take 2).
+        store.release("c").unwrap();
+        for i in 30..36 {
+            store
+                .create_run(&new_run(&format!("01{i:02}"), None), ANY)
+                .unwrap();
+        }
+        assert_eq!([claim("a"), claim("b")], [6, 0]);
     }
 
     #[test]

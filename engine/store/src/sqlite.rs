@@ -731,8 +731,8 @@ fn claim(
     let now = now_ms();
     let queued = tx
         .prepare_cached(
-            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms, dry_run FROM runs \
-             WHERE status = ?1 ORDER BY id",
+            "SELECT id, workflow, concurrency_key, forced, detail, not_before_ms, dry_run, \
+             created_ms FROM runs WHERE status = ?1 ORDER BY id",
         )?
         .query_map(params![Text(RunStatus::Queued)], |row| {
             Ok(Queued {
@@ -742,7 +742,8 @@ fn claim(
                 forced: row.get(3)?,
                 detail: row.get(4)?,
                 not_before_ms: row.get(5)?,
-dry_run: row.get(6)?,
+                created_ms: row.get(7)?,
+                dry_run: row.get(6)?,
             })
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
