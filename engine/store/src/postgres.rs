@@ -85,6 +85,11 @@ const CLAIM_LOCK: i64 = 0x0063_6c61_696d;
 /// run changed state, `r:` when a lock did.
 const CHANNEL: &str = "shiphat";
 
+/// How long a group of writes smaller than the one before it waits for more (see
+/// [`Transactional::linger`]): a step's commit waits at most this much longer, against the
+/// tens of milliseconds each of 50 concurrent runs waits for its turn at the cores anyway.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// How long the listener waits for a notification before it looks whether its store is gone.
 const LISTEN_POLL: Duration = Duration::from_millis(500);
 
@@ -280,6 +285,14 @@ impl Transactional for Conn {
     /// overflows the cache its backend keeps of them: while it is open, every other session's
     /// snapshots then look its subtransactions up on disk. 64 writes share a commit already.
     const MAX_GROUP: usize = 64;
+    /// A commit here costs the server and the daemon more than SQLite's (three round trips,
+    /// the fence, the set-based statements' fixed part, a notification to every daemon), and
+    /// several daemons split the runs and so the writes: two milliseconds took the server's
+    /// CPU a step, three daemons at 50 runs, from 338–398 µs to 280–286 (docs/BENCHMARKS.md).
+    /// A lone run's groups do not shrink, so it never waits.
+    fn linger() -> Option<Duration> {
+        Some(LINGER)
+    }
 
     fn begin(&mut self, durable: bool) -> Result<()> {
         self.poisoned = false;

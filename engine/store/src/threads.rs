@@ -111,6 +111,14 @@ impl<C> Drop for Workers<C> {
 pub(crate) trait Transactional: Send + 'static {
     /// The most writes one transaction takes.
     const MAX_GROUP: usize;
+    /// How long a durable group smaller than the one before it waits for more writes, until
+    /// it is as big: a commit has a cost of its own besides its writes' (round trips, the
+    /// server's work), which a bigger group shares among more writers. Concurrent runs write
+    /// about as often as they did a moment ago, so the last group says how many to expect.
+    /// `None` (the default): a group is what is queued.
+    fn linger() -> Option<std::time::Duration> {
+        None
+    }
     /// Begins a group's transaction. `durable` is false when every write of the group is a
     /// [`Commit::Soon`] one: the backend may then commit without waiting for the disk, as long
     /// as the next durable commit carries the group there.
@@ -256,17 +264,31 @@ fn run_in_savepoint<C: Transactional, R>(
 }
 
 /// Takes the next group: everything queued, and, while it holds only [`Commit::Soon`] writes,
-/// what arrives until [`SOON`] after its first write. `None` once the queue is closed and
-/// empty.
-fn next_group<C>(rx: &Receiver<Job<C>>, max: usize) -> Option<Vec<Job<C>>> {
+/// what arrives until [`SOON`] after its first write. With `linger` (how long, and the size of
+/// the group before), a durable group smaller than that waits up to so long after its first
+/// write for more. `None` once the queue is closed and empty.
+fn next_group<C>(
+    rx: &Receiver<Job<C>>,
+    max: usize,
+    linger: Option<(std::time::Duration, usize)>,
+) -> Option<Vec<Job<C>>> {
     let first = rx.recv().ok()?;
-    let deadline = Instant::now() + SOON;
+    let start = Instant::now();
+    let deadline = start + SOON;
     let mut now = first.commit == Commit::Now;
     let mut group = vec![first];
     while group.len() < max {
         let next = match rx.try_recv() {
             Ok(job) => Some(job),
-            Err(_) if now => None,
+            Err(_) if now => match linger {
+                Some((wait, last)) if group.len() < last => {
+                    match (start + wait).checked_duration_since(Instant::now()) {
+                        None => None,
+                        Some(left) => rx.recv_timeout(left).ok(),
+                    }
+                }
+                _ => None,
+            },
             Err(_) => match deadline.checked_duration_since(Instant::now()) {
                 None => None,
                 // Timed out, or the queue closed: the group is what it is.
@@ -281,7 +303,9 @@ fn next_group<C>(rx: &Receiver<Job<C>>, max: usize) -> Option<Vec<Job<C>>> {
 }
 
 fn commit_loop<C: Transactional>(mut conn: C, rx: Receiver<Job<C>>) {
-    while let Some(group) = next_group(&rx, C::MAX_GROUP) {
+    let mut last = 0;
+    while let Some(group) = next_group(&rx, C::MAX_GROUP, C::linger().map(|wait| (wait, last))) {
+        last = group.len();
         let durable = group.iter().any(|job| job.commit == Commit::Now);
         let mut wakes = Vec::with_capacity(group.len());
         let commit = match conn.begin(durable) {
@@ -325,7 +349,9 @@ fn commit_loop<C: Transactional>(mut conn: C, rx: Receiver<Job<C>>) {
 
 #[cfg(test)]
 mod tests {
-    use super::Committer;
+    use std::time::{Duration, Instant};
+
+    use super::{Committer, Job, next_group};
     use crate::{Commit, Error, Result, wait};
 
     fn rows(conn: &rusqlite::Connection) -> Result<Vec<i64>> {
@@ -337,6 +363,40 @@ mod tests {
     fn insert(conn: &rusqlite::Connection, n: i64) -> Result<()> {
         conn.execute("INSERT INTO t (n) VALUES (?1)", [n])?;
         Ok(())
+    }
+
+    /// A job that does nothing, of the given kind.
+    fn job(commit: Commit) -> Job<()> {
+        Job {
+            work: Box::new(|_| (Box::new(|_| ()), None)),
+            commit,
+        }
+    }
+
+    #[test]
+    fn a_group_smaller_than_the_last_waits_until_it_is_as_big_and_no_longer() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        tx.send(job(Commit::Now)).unwrap();
+        // A wait far longer than the test: the group ends when its third write comes.
+        let taking = std::thread::spawn(move || {
+            let group = next_group(&rx, 64, Some((Duration::from_secs(600), 3)));
+            (group.map(|g| g.len()), rx)
+        });
+        tx.send(job(Commit::Soon)).unwrap();
+        tx.send(job(Commit::Now)).unwrap();
+        let (taken, rx) = taking.join().unwrap();
+        assert_eq!(taken, Some(3));
+        // Alone, it waits out the linger and goes as it is.
+        tx.send(job(Commit::Now)).unwrap();
+        let started = Instant::now();
+        let linger = Duration::from_millis(20);
+        assert_eq!(next_group(&rx, 64, Some((linger, 3))).unwrap().len(), 1);
+        assert!(started.elapsed() >= linger);
+        // As big as the last, or without a linger, it goes at once with what is queued.
+        for linger in [Some((Duration::from_secs(600), 1)), None] {
+            tx.send(job(Commit::Now)).unwrap();
+            assert_eq!(next_group(&rx, 64, linger).unwrap().len(), 1);
+        }
     }
 
     #[test]
