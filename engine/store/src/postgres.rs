@@ -873,9 +873,15 @@ fn interrupt_running(tx: &mut Conn, scope: &Scope) -> Result<Vec<Interrupted>> {
     )?;
     // Their daemons no longer count among the claimers that share the queue: each is gone,
     // paused or cut off past its lease. One that comes back counts again at its next claim.
+    // A row that a claim in progress holds is left: its daemon is alive, and waiting for it
+    // could deadlock with that claim's group, whose next write may wait for a run locked here.
     let owners: Vec<&str> = running.iter().filter_map(|r| r.daemon.as_deref()).collect();
     if !owners.is_empty() {
-        tx.execute("DELETE FROM daemons WHERE owner = ANY($1)", &[&owners])?;
+        tx.execute(
+            "DELETE FROM daemons WHERE owner IN (SELECT owner FROM daemons \
+             WHERE owner = ANY($1) FOR UPDATE SKIP LOCKED)",
+            &[&owners],
+        )?;
     }
     let mut out = Vec::new();
     for run in running {
@@ -923,12 +929,14 @@ fn claim(
         .try_get(0)?;
     let now: i64 = tx.query_one(&format!("SELECT {DB_NOW}"), &[])?.try_get(0)?;
     // This daemon claims, so it counts among the claimers; and who else does, and what runs.
-    // The row of a daemon gone for an hour goes, so that restarts do not pile rows up.
+    // The row of a daemon gone for an hour goes, so that restarts do not pile rows up (unless
+    // another transaction holds it: nothing here waits for another daemon's row).
     let count = |row: &Row, i| Ok::<_, Error>(row.try_get::<_, i64>(i)?.max(0) as usize);
     let row = tx.query_one(
         "WITH seen AS (INSERT INTO daemons (owner, seen_ms) VALUES ($1, $2) \
            ON CONFLICT (owner) DO UPDATE SET seen_ms = excluded.seen_ms), \
-         gone AS (DELETE FROM daemons WHERE seen_ms < $2 - 3600000 AND owner <> $1) \
+         gone AS (DELETE FROM daemons WHERE owner IN (SELECT owner FROM daemons \
+           WHERE seen_ms < $2 - 3600000 AND owner <> $1 FOR UPDATE SKIP LOCKED)) \
          SELECT 1 + (SELECT count(*) FROM daemons WHERE seen_ms > $2 - $3 AND owner <> $1), \
            count(*), count(*) FILTER (WHERE lease_owner = $1) \
          FROM runs WHERE status = 'running'",
