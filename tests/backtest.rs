@@ -82,6 +82,15 @@ fn backtest(dir: &TestDir, args: &[&str]) -> Run {
     Run::of(command)
 }
 
+/// Runs a backtest that must be refused before it replays anything: exit 2, `words` on
+/// stderr, nothing on stdout.
+fn refused(dir: &TestDir, args: &[&str], words: &str) {
+    let run = backtest(dir, args);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains(words), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
 #[test]
 fn times_given_are_replayed_against_the_recorded_series() {
     let prometheus = Prometheus::recorded(&checkout_history(), Duration::from_secs(300));
@@ -148,18 +157,12 @@ fn a_step_that_cannot_replay_is_refused_with_what_can() {
         "w.yaml",
         "name: w\nsteps:\n  - id: say\n    uses: echo\n    with: { message: hi }\n",
     );
-    let run = backtest(
+    refused(
         &dir,
         &[file.to_str().unwrap(), "--at", "2026-11-02T10:00:00Z"],
+        "no step of `w` can replay the past: none uses a plugin that takes `replay_at`, such as `metrics-verifier`",
     );
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("no step of `w` can replay the past: none uses a plugin that takes `replay_at`, such as `metrics-verifier`"),
-        "{}",
-        run.stderr
-    );
-    let run = backtest(
+    refused(
         &dir,
         &[
             file.to_str().unwrap(),
@@ -168,16 +171,37 @@ fn a_step_that_cannot_replay_is_refused_with_what_can() {
             "--at",
             "2026-11-02T10:00:00Z",
         ],
+        "step `say` uses `echo`, which cannot replay the past (its `with:` takes no `replay_at`)",
     );
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(
-        run.stderr
-            .contains("step `say` uses `echo`, which cannot replay the past (its `with:` takes no `replay_at`)"),
-        "{}",
-        run.stderr
+    // A time or a verdict `--at` cannot read, on a step that could replay (no server is
+    // asked: the words are checked first).
+    let replayable = dir.write(
+        "replayable.yaml",
+        r#"name: replayable
+steps:
+  - id: verify
+    uses: metrics-verifier
+    allow: { http: ["127.0.0.1:9"] }
+    with:
+      provider: prometheus
+      address: http://127.0.0.1:9
+      metrics: [{ name: up, query: up, success_condition: result < 1 }]
+"#,
     );
-    let run = backtest(&dir, &[file.to_str().unwrap(), "--at", "yesterday=bad"]);
-    assert_eq!(run.code, 2, "{}", run.stderr);
+    refused(
+        &dir,
+        &[replayable.to_str().unwrap(), "--at", "yesterday=bad"],
+        "`yesterday` is not a time",
+    );
+    refused(
+        &dir,
+        &[
+            replayable.to_str().unwrap(),
+            "--at",
+            "2026-11-02T10:00:00Z=maybe",
+        ],
+        "`maybe` is neither `good` nor `bad`",
+    );
 
     // A metric read from a page, which keeps no past, is refused once, by the plugin's words.
     let scraped = dir.write(
@@ -193,7 +217,7 @@ steps:
       metrics: [{ name: errors, series: errors_total, success_condition: result < 1 }]
 "#,
     );
-    let run = backtest(
+    refused(
         &dir,
         &[
             scraped.to_str().unwrap(),
@@ -202,16 +226,8 @@ steps:
             "--at",
             "2026-11-02T11:00:00Z",
         ],
+        "step `verify` cannot be replayed: metric `errors` reads `scrape`, which answers only for now",
     );
-    assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(
-        run.stderr.contains(
-            "step `verify` cannot be replayed: metric `errors` reads `scrape`, which answers only for now"
-        ),
-        "{}",
-        run.stderr
-    );
-    assert!(run.stdout.is_empty(), "{}", run.stdout);
 }
 
 /// A token for a principal, made with `shiphat token create` in the test's data directory.
